@@ -1,0 +1,99 @@
+from datetime import date
+
+import pytest
+
+from timoe_core.errors import TimoeError
+from timoe_core.timeslices import (
+    TimeSlice,
+    TimeSlicing,
+    eligible_slices,
+    first_eligible_date,
+    parse_query_date,
+)
+
+
+def test_default_slicing_has_six_two_year_slices():
+    s = TimeSlicing()
+    assert [x.label for x in s.slices] == [
+        "2013-2014", "2015-2016", "2017-2018", "2019-2020", "2021-2022", "2023-2024",
+    ]
+    assert s.slice_for_year(2013).label == "2013-2014"  # first year of first slice
+    assert s.slice_for_year(2017).label == "2017-2018"
+    assert s.slice_for_year(2024).label == "2023-2024"  # last year of last slice
+
+
+def test_odd_width_truncates_the_last_slice():
+    s = TimeSlicing(2013, 2024, 5)
+    assert [x.label for x in s.slices] == ["2013-2017", "2018-2022", "2023-2024"]
+    assert TimeSlicing(2013, 2015, 1).slices[-1].label == "2015"
+    assert TimeSlicing(2013, 2013, 3).slices == [TimeSlice(2013, 2013)]
+
+
+@pytest.mark.parametrize("year", [2012, 2025, 1999])
+def test_year_outside_range_is_a_clear_error(year):
+    with pytest.raises(TimoeError, match="outside the slicing 2013-2024"):
+        TimeSlicing().slice_for_year(year)
+
+
+def test_bad_slicings_are_refused():
+    with pytest.raises(TimoeError, match="slice-years"):
+        TimeSlicing(2013, 2024, 0)
+    with pytest.raises(TimoeError, match="after --end-year"):
+        TimeSlicing(2024, 2013, 2)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2016", date(2016, 12, 31)),
+        ("2016-06", date(2016, 6, 30)),
+        ("2016-02", date(2016, 2, 29)),  # leap year
+        ("2016-06-01", date(2016, 6, 1)),
+        (2016, date(2016, 12, 31)),
+    ],
+)
+def test_query_dates_mean_the_end_of_the_period(text, expected):
+    assert parse_query_date(text) == expected
+
+
+@pytest.mark.parametrize("text", ["16", "2016-13", "2015-02-29", "yesterday", "2016/06"])
+def test_bad_query_dates(text):
+    with pytest.raises(TimoeError, match="bad query date"):
+        parse_query_date(text)
+
+
+def test_inclusive_policy_admits_a_slice_that_has_started():
+    slices = TimeSlicing().slices
+    labels = [s.label for s in eligible_slices(slices, "2016")]
+    assert labels == ["2013-2014", "2015-2016"]
+    # 2017-01-01 is the first day of 2017-2018: inclusive admits it.
+    assert [s.label for s in eligible_slices(slices, "2017-01-01")][-1] == "2017-2018"
+    assert [s.label for s in eligible_slices(slices, "2015")] == ["2013-2014", "2015-2016"]
+
+
+def test_strict_policy_admits_only_finished_slices():
+    slices = TimeSlicing().slices
+    assert [s.label for s in eligible_slices(slices, "2016", "strict")] == [
+        "2013-2014", "2015-2016",
+    ]
+    assert [s.label for s in eligible_slices(slices, "2016-06", "strict")] == ["2013-2014"]
+    assert [s.label for s in eligible_slices(slices, "2014-12-31", "strict")] == ["2013-2014"]
+
+
+def test_no_eligible_expert_names_the_first_usable_date():
+    slices = TimeSlicing().slices
+    with pytest.raises(TimoeError, match="2013-01-01"):
+        eligible_slices(slices, "2012")
+    with pytest.raises(TimoeError, match="2014-12-31"):
+        eligible_slices(slices, "2014-06", "strict")
+    assert first_eligible_date(slices[2:], "inclusive") == date(2017, 1, 1)
+
+
+def test_missing_slices_are_never_eligible():
+    present = [TimeSlice(2013, 2014), TimeSlice(2017, 2018)]
+    assert [s.label for s in eligible_slices(present, "2018")] == ["2013-2014", "2017-2018"]
+
+
+def test_slice_labels_round_trip():
+    for s in TimeSlicing(2013, 2024, 3).slices + [TimeSlice(2020, 2020)]:
+        assert TimeSlice.from_label(s.label) == s

@@ -1,0 +1,3 @@
+from timoe_cli.main import main
+
+main()

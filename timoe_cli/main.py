@@ -1,0 +1,65 @@
+"""Entry point: `timoe` and its subcommands, one module per command."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+try:  # typer >= 0.20 vendors its own click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
+
+from timoe_cli.commands import (
+    coadapt,
+    demo,
+    evaluate,
+    generate,
+    prepare_data,
+    train_expert,
+    train_router,
+)
+from timoe_cli.common import err_console
+
+app = typer.Typer(
+    name="timoe",
+    help="Time-aware mixtures of language experts: one GPT expert per time slice, "
+    "combined without leaking the future.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("prepare-data")(prepare_data.prepare_data)
+app.command("train-expert")(train_expert.train_expert)
+app.command("train-router")(train_router.train_router)
+app.command("coadapt")(coadapt.coadapt)
+app.command("evaluate")(evaluate.evaluate)
+app.command("eval", hidden=True, help="Alias of `evaluate`.")(evaluate.evaluate)
+app.command("generate")(generate.generate)
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    """Run the app; usage errors become one line on stderr with exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError:
+        sys.exit(0)
+    except click_exceptions.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "timoe"
+        err_console.print(
+            f"[bold red]error:[/] {exc.format_message()} (see `{where} --help`)", highlight=False
+        )
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
+        err_console.print("interrupted: rerun the same command to resume", highlight=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

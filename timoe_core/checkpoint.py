@@ -1,0 +1,123 @@
+"""Run dirs on disk: model weights (safetensors), run.json, trainer state.
+
+A run dir holds:
+    model.safetensors   weights only: loading it can never execute code
+    run.json            what the model is: kind, time slice, model config, tokenizer,
+                        data manifest checksum
+    trainer_state.pt    optimizer/scheduler/step/data position/RNG, read with
+                        torch.load(weights_only=True)
+    config.yaml         the resolved command config (rerun with --config)
+    metrics.jsonl       one JSON object per logged step
+Every file is written atomically (timoe_core.io).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from timoe_core import __version__
+from timoe_core.data.manifest import sha256_file
+from timoe_core.errors import TimoeError
+from timoe_core.io import atomic_path, atomic_write_json
+from timoe_core.model.gpt import GPT, GPTConfig
+from timoe_core.timeslices import TimeSlice
+
+MODEL_FILENAME = "model.safetensors"
+RUN_INFO_FILENAME = "run.json"
+TRAINER_STATE_FILENAME = "trainer_state.pt"
+
+
+class RunInfo(BaseModel):
+    """run.json: enough to know what a model is without loading its weights."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    kind: Literal["expert", "dense"]
+    slice_label: str  # "2015-2016"; for dense runs the whole range, "2013-2024"
+    start_date: str  # ISO date of the slice's first day
+    end_date: str  # ISO date of the slice's last day
+    model_config_: GPTConfig
+    tokenizer: dict[str, object]
+    data_manifest_sha256: str | None = None
+    timoe_version: str = __version__
+
+    @property
+    def time_slice(self) -> TimeSlice:
+        return TimeSlice.from_label(self.slice_label)
+
+
+def _info_to_json(info: RunInfo) -> dict:
+    data = json.loads(info.model_dump_json())
+    data["model_config"] = data.pop("model_config_")
+    return data
+
+
+def read_run_info(run_dir: Path) -> RunInfo:
+    path = Path(run_dir) / RUN_INFO_FILENAME
+    if not path.is_file():
+        raise TimoeError(
+            f"{run_dir} is not a run dir (no {RUN_INFO_FILENAME}): train it with "
+            "`timoe train-expert` first"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["model_config_"] = data.pop("model_config")
+        return RunInfo.model_validate(data)
+    except (json.JSONDecodeError, KeyError, ValidationError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TimoeError(f"{path} is corrupt ({first}): retrain or restore it") from None
+
+
+def write_run_info(run_dir: Path, info: RunInfo) -> None:
+    atomic_write_json(Path(run_dir) / RUN_INFO_FILENAME, _info_to_json(info))
+
+
+def save_model_weights(run_dir: Path, model: torch.nn.Module) -> Path:
+    """Weights as safetensors, atomically. Tied weights are stored once (lm_head is wte)."""
+    state = {
+        k: v.detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+        if k != "lm_head.weight"
+    }
+    path = Path(run_dir) / MODEL_FILENAME
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
+    return path
+
+
+def load_model_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    path = Path(run_dir) / MODEL_FILENAME
+    if not path.is_file():
+        raise TimoeError(f"{path} is missing: the run has no saved weights yet")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TimoeError(f"{path} is corrupt ({exc}): retrain or restore it") from None
+
+
+def load_expert(run_dir: Path, device: str | torch.device = "cpu") -> tuple[GPT, RunInfo]:
+    """A GPT from a run dir, in eval mode, with its run.json."""
+    info = read_run_info(run_dir)
+    model = GPT(info.model_config_)
+    state = load_model_weights(run_dir)
+    state["lm_head.weight"] = state["wte.weight"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise TimoeError(
+            f"{Path(run_dir) / MODEL_FILENAME} does not match the model config in "
+            f"{RUN_INFO_FILENAME} ({first})"
+        ) from None
+    return model.to(device).eval(), info
+
+
+def weights_sha256(run_dir: Path) -> str:
+    return sha256_file(Path(run_dir) / MODEL_FILENAME)

@@ -1,0 +1,148 @@
+"""DATA_DIR/manifest.json: what a prepared data folder holds (DESIGN.md §4).
+
+Token files are flat little-endian uint16 arrays, `train/2017.bin` and `val/2017.bin`,
+documents joined by EOT. The manifest is written last, atomically, so a folder with a
+manifest is a complete folder; `load_manifest` checks the files against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from timoe_core.errors import TimoeError
+from timoe_core.timeslices import TimeSlicing
+
+MANIFEST_FILENAME = "manifest.json"
+FORMAT_VERSION = 1
+SPLITS: tuple[str, ...] = ("train", "val")
+Split = Literal["train", "val"]
+
+
+class SplitStats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokens: int = 0
+    documents: int = 0
+
+
+class YearStats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    train: SplitStats = Field(default_factory=SplitStats)
+    val: SplitStats = Field(default_factory=SplitStats)
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bytes: int
+    sha256: str
+
+
+class SlicingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start_year: int
+    end_year: int
+    slice_years: int
+
+
+class ShardSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_shards: int = 1
+    shard_index: int = 0
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    tokenizer: str = "gpt2"
+    vocab_size: int
+    eot_token: int
+    dtype: Literal["uint16"] = "uint16"
+    slicing: SlicingSpec
+    seq_len: int
+    val_fraction: float
+    source: str
+    shards: list[ShardSpec] = Field(default_factory=lambda: [ShardSpec()])
+    # Keys are years as strings (JSON object keys).
+    years: dict[str, YearStats] = Field(default_factory=dict)
+    # Documents not written, by reason: out_of_range, bad_rows, empty, ...
+    skipped: dict[str, int] = Field(default_factory=dict)
+    # Relative path -> size and checksum, for every token file.
+    files: dict[str, FileEntry] = Field(default_factory=dict)
+
+    def time_slicing(self) -> TimeSlicing:
+        return TimeSlicing(**self.slicing.model_dump())
+
+    def tokens(self, year: int, split: Split = "train") -> int:
+        stats = self.years.get(str(year))
+        return getattr(stats, split).tokens if stats else 0
+
+    def years_with_tokens(self, split: Split = "train") -> list[int]:
+        return sorted(int(y) for y, s in self.years.items() if getattr(s, split).tokens > 0)
+
+
+def token_file_relpath(split: str, year: int) -> str:
+    return f"{split}/{year}.bin"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_checksum(data_dir: Path) -> str:
+    """sha256 of manifest.json: recorded in run dirs to tie a model to its data."""
+    path = Path(data_dir) / MANIFEST_FILENAME
+    if not path.is_file():
+        raise TimoeError(f"{data_dir} has no {MANIFEST_FILENAME}: run `timoe prepare-data` first")
+    return sha256_file(path)
+
+
+def load_manifest(
+    data_dir: Path, verify: Literal["none", "size", "sha256"] = "size"
+) -> Manifest:
+    """Read and check a data folder's manifest.
+
+    verify="size" (cheap, default) catches truncated or missing token files;
+    verify="sha256" re-hashes every file.
+    """
+    data_dir = Path(data_dir)
+    path = data_dir / MANIFEST_FILENAME
+    if not data_dir.is_dir():
+        raise TimoeError(f"data dir {data_dir} does not exist: run `timoe prepare-data` first")
+    if not path.is_file():
+        raise TimoeError(
+            f"{data_dir} has no {MANIFEST_FILENAME}: it is not a prepared data dir "
+            "(run `timoe prepare-data --out DIR` first)"
+        )
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise TimoeError(f"{path} is corrupt ({first}): prepare the data again") from None
+    if manifest.format_version != FORMAT_VERSION:
+        raise TimoeError(
+            f"{path} has format version {manifest.format_version}, this timoe reads "
+            f"{FORMAT_VERSION}: prepare the data again"
+        )
+    if verify != "none":
+        for rel, entry in manifest.files.items():
+            f = data_dir / rel
+            if not f.is_file():
+                raise TimoeError(f"token file {f} named in the manifest is missing: prepare again")
+            size = f.stat().st_size
+            if size != entry.bytes:
+                raise TimoeError(
+                    f"token file {f} has {size} bytes, the manifest says {entry.bytes}: "
+                    "it is truncated or changed; prepare the data again"
+                )
+            if verify == "sha256" and sha256_file(f) != entry.sha256:
+                raise TimoeError(f"token file {f} fails its sha256 check: prepare the data again")
+    return manifest

@@ -1,0 +1,224 @@
+"""The GPT expert: a GPT-2 style decoder in one readable file (after nanoGPT).
+
+Pre-LayerNorm blocks, GELU MLP, tied input/output embeddings, PyTorch's
+scaled_dot_product_attention, and an optional KV cache for generation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GPT2_VOCAB_SIZE = 50257
+PresetName = Literal["tiny", "small", "gpt2-124m"]
+
+
+def pad_vocab(vocab_size: int, multiple: int = 64) -> int:
+    """Pad the vocab so the output matmul has a friendly shape (50257 -> 50304)."""
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+class GPTConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vocab_size: int = Field(pad_vocab(GPT2_VOCAB_SIZE), ge=1)
+    block_size: int = Field(1024, ge=2)
+    n_layer: int = Field(12, ge=1)
+    n_head: int = Field(12, ge=1)
+    n_embd: int = Field(768, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bias: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "GPTConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}: "
+                "choose n_embd as a multiple of n_head"
+            )
+        return self
+
+
+PRESETS: dict[str, dict[str, int]] = {
+    # CPU-sized: trains in seconds, enough to show time-dependent facts on the builtin corpus.
+    "tiny": dict(n_layer=2, n_head=4, n_embd=128, block_size=128),
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
+    # The paper's expert size.
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+}
+
+
+def preset_config(name: str, **overrides: object) -> GPTConfig:
+    """A preset with any field overridden; None values leave the preset's value."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    fields = dict(PRESETS[name])
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return GPTConfig(**fields)
+
+
+# One layer's cached keys and values: (batch, heads, time, head_dim) each.
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        if past is None or T > 1:
+            # With a cache and several new tokens, new query i sees all past keys plus new
+            # keys up to i: an explicit bottom-right aligned causal mask.
+            if past is None:
+                mask, causal = None, True
+            else:
+                S = k.size(2)
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+                causal = False
+        else:
+            mask, causal = None, False  # one new token attends to everything cached
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return F.dropout(self.proj(y), self.dropout, self.training), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(self.proj(F.gelu(self.fc(x))), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        a, present = self.attn(self.ln_1(x), past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied embeddings
+        self.apply(self._init_weights)
+        # GPT-2: scale residual projections by 1/sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) and, given targets, the mean cross-entropy.
+
+        Targets equal to -1 are ignored. With `kv_cache` (a list that is filled in
+        place), `idx` holds only the new tokens and positions continue the cache.
+        """
+        logits = self.logits(idx, kv_cache)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
+            )
+        return logits, loss
+
+    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Final-layer-normed hidden states (B, T, n_embd)."""
+        B, T = idx.shape
+        past_len = kv_cache[0][0].size(2) if kv_cache else 0
+        if past_len + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {past_len + T} tokens exceeds block_size {self.config.block_size}"
+            )
+        pos = torch.arange(past_len, past_len + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        fresh = kv_cache is not None and not kv_cache
+        for i, block in enumerate(self.blocks):
+            past = None if (kv_cache is None or fresh) else kv_cache[i]
+            x, present = block(x, past)
+            if kv_cache is not None:
+                if fresh:
+                    kv_cache.append(present)
+                else:
+                    kv_cache[i] = present
+        return self.ln_f(x)
+
+    def logits(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(idx, kv_cache))
+
+    def log_probs(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Next-token log-probabilities (B, T, vocab) in fp32."""
+        return F.log_softmax(self.logits(idx, kv_cache).float(), dim=-1)
+
+    def target_log_probs(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log P(targets[b, t] | idx[b, :t+1]) as (B, T): all a training loss needs.
+
+        Computed as logit[target] - logsumexp(logits), which never builds a second
+        vocab-sized tensor beside the logits.
+        """
+        logits = self.logits(idx).float()
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return picked - torch.logsumexp(logits, dim=-1)
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (6N + attention), as in the PaLM/nanoGPT MFU estimate."""
+        c = self.config
+        n = self.num_params()
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
