@@ -13,6 +13,7 @@ except ImportError:  # pragma: no cover
 
 from timoe_cli.commands import (
     coadapt,
+    compare,
     demo,
     evaluate,
     generate,
@@ -39,6 +40,7 @@ app.command("train-router")(train_router.train_router)
 app.command("coadapt")(coadapt.coadapt)
 app.command("evaluate")(evaluate.evaluate)
 app.command("eval", hidden=True, help="Alias of `evaluate`.")(evaluate.evaluate)
+app.command("compare")(compare.compare)
 app.command("generate")(generate.generate)
 app.command("demo")(demo.demo)
 

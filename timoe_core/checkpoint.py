@@ -1,11 +1,14 @@
 """Run dirs on disk: model weights (safetensors), run.json, trainer state.
 
 A run dir holds:
-    model.safetensors   weights only: loading it can never execute code
+    model.safetensors   weights only: loading it can never execute code (a hard link to
+                        the latest checkpoint's weights while training)
     run.json            what the model is: kind, time slice, model config, tokenizer,
                         data manifest checksum
-    trainer_state.pt    optimizer/scheduler/step/data position/RNG, read with
-                        torch.load(weights_only=True)
+    checkpoints/step-NNNNNNNN/{model.safetensors,trainer_state.pt}
+                        complete training checkpoints; trainer_state.pt holds the
+                        optimizer/schedule/step/data position/RNG, read with
+                        torch.load(weights_only=True) (timoe_core.train.state)
     config.yaml         the resolved command config (rerun with --config)
     metrics.jsonl       one JSON object per logged step
 Every file is written atomically (timoe_core.io).
@@ -102,20 +105,26 @@ def load_model_weights(run_dir: Path) -> dict[str, torch.Tensor]:
         raise TimoeError(f"{path} is corrupt ({exc}): retrain or restore it") from None
 
 
-def load_expert(run_dir: Path, device: str | torch.device = "cpu") -> tuple[GPT, RunInfo]:
-    """A GPT from a run dir, in eval mode, with its run.json."""
-    info = read_run_info(run_dir)
-    model = GPT(info.model_config_)
-    state = load_model_weights(run_dir)
-    state["lm_head.weight"] = state["wte.weight"]
+def load_weights_into(model: GPT, directory: Path) -> GPT:
+    """Load `directory`/model.safetensors into `model` in place (re-tying lm_head)."""
+    state = load_model_weights(directory)
+    if "wte.weight" in state:
+        state["lm_head.weight"] = state["wte.weight"]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise TimoeError(
-            f"{Path(run_dir) / MODEL_FILENAME} does not match the model config in "
+            f"{Path(directory) / MODEL_FILENAME} does not match the model config in "
             f"{RUN_INFO_FILENAME} ({first})"
         ) from None
+    return model
+
+
+def load_expert(run_dir: Path, device: str | torch.device = "cpu") -> tuple[GPT, RunInfo]:
+    """A GPT from a run dir, in eval mode, with its run.json."""
+    info = read_run_info(run_dir)
+    model = load_weights_into(GPT(info.model_config_), run_dir)
     return model.to(device).eval(), info
 
 

@@ -51,6 +51,8 @@ class PrepareDataConfig(StrictModel):
     seed: int = 0
     # Size of the built-in corpus: documents generated per year.
     builtin_docs_per_year: int = Field(400, ge=1)
+    # Split of an hf:NAME / fineweb-edu source.
+    hf_split: str = "train"
     merge: list[Path] | None = None
 
     @model_validator(mode="after")
@@ -94,6 +96,11 @@ class TrainingConfig(StrictModel):
     eval_every: int = Field(0, ge=0)  # 0: only at the end
     eval_batches: int = Field(8, ge=1)
     checkpoint_every: int = Field(0, ge=0)  # 0: only at the end
+    keep_checkpoints: int = Field(2, ge=1)  # complete checkpoints kept in RUN_DIR/checkpoints
+    # Stop (with a checkpoint) at this step of the --max-steps schedule; rerun to go on.
+    stop_at_step: int | None = Field(None, ge=1)
+    # Debug: each rank logs the window indices it read to RUN_DIR/debug/windows-rankR.jsonl.
+    log_windows: bool = False
     log_every: int = Field(10, ge=1)
     nproc_per_node: int = Field(1, ge=1)
     nnodes: int = Field(1, ge=1)
@@ -109,6 +116,8 @@ class TrainingConfig(StrictModel):
     def _check_budget(self) -> "TrainingConfig":
         if self.warmup_fraction + self.decay_fraction > 1.0:
             raise ValueError("warmup_fraction + decay_fraction must be at most 1")
+        if self.max_steps is not None and self.max_tokens is not None:
+            raise ValueError("give --max-steps or --max-tokens, not both")
         return self
 
 
@@ -137,6 +146,11 @@ class MixtureOptions(StrictModel):
     entropy_coef: float = Field(0.01, ge=0.0)
     balance_coef: float = Field(0.01, ge=0.0)
     z_loss_coef: float = Field(1e-4, ge=0.0)
+    # Router shape (learned-avg / coadapt): own token embedding, prefix-mean pooled, MLP.
+    router_embed_dim: int = Field(64, ge=1)
+    router_hidden_dim: int = Field(128, ge=1)
+    # Feed the query date's eligibility mask to the router (it may prefer recent experts).
+    router_date_features: bool = True
 
 
 class TrainRouterConfig(TrainingConfig, MixtureOptions):
@@ -154,7 +168,10 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
 
 
 class EvaluateConfig(StrictModel):
+    """`timoe evaluate` (one model) and `timoe compare` (`models`, several)."""
+
     model: Path | None = None
+    models: list[str] = Field(default_factory=list)  # compare: PATH or PATH:STRATEGY each
     strategy: str | None = None  # avg | learned-avg | coadapt | expert:YEAR | dense
     query_date: str | None = None
     policy: Literal["inclusive", "strict"] | None = None
@@ -165,12 +182,20 @@ class EvaluateConfig(StrictModel):
     tsqa_answer_field: str = "answer"
     tsqa_labels_field: str = "labels"
     tsqa_year_field: str = "year"
+    # When a choice is an object rather than a string: where its text and label are.
+    tsqa_choice_text_field: str = "text"
+    tsqa_choice_label_field: str = "label"
     json_out: Path | None = None
     plot: Path | None = None
     matrix: bool = False
-    max_docs: int | None = Field(None, ge=1)
-    max_items: int | None = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1)
+    # Query dates of the matrix rows; default: every data year.
+    matrix_query_dates: list[str] | None = None
+    max_docs: int | None = Field(None, ge=1)  # held-out windows per data year
+    max_items: int | None = Field(None, ge=1)  # TSQA items
+    batch_size: int = Field(8, ge=1)  # windows per forward pass
+    tsqa_batch_size: int = Field(16, ge=1)  # TSQA items per forward pass (4 rows each)
+    seq_len: int | None = Field(None, ge=1)  # default: min(model block_size, data seq_len)
+    amp: bool | None = None  # None: bf16 autocast on CUDA, fp32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -184,6 +209,8 @@ class GenerateConfig(StrictModel):
     top_k: int | None = Field(None, ge=1)
     greedy: bool = False
     seed: int = 0
+    policy: Literal["inclusive", "strict"] | None = None  # default: the bundle's
+    use_cache: bool = True  # False: recompute the whole context every token (for checks)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

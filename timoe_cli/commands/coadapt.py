@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
-
 from timoe_cli.common import ConfigOption, handles_errors, not_available
 
 

@@ -1,15 +1,244 @@
-"""`timoe prepare-data`."""
+"""`timoe prepare-data`: tokenise a dated corpus, or merge prepared shards."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+from rich import box
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
 
-from timoe_cli.common import ConfigOption, handles_errors, not_available
+from timoe_cli.common import ConfigOption, console, err_console, handles_errors, load_config
+from timoe_core.config import PrepareDataConfig
+from timoe_core.errors import TimoeError
+
+if TYPE_CHECKING:
+    from timoe_core.data.manifest import Manifest
+    from timoe_core.data.prepare import PrepareProgress
+
+_SOURCE = "Source"
+_OUTPUT = "Output"
+_SCALE = "Scale"
 
 
 @handles_errors
-def prepare_data(config: Path | None = ConfigOption) -> None:
-    """Tokenise a dated corpus into per-year token files (manifest.json + uint16 .bin)."""
-    not_available("prepare-data")
+def prepare_data(
+    merge_dirs: list[Path] | None = typer.Argument(
+        None,
+        metavar="DATA_DIR",
+        help="With --merge: the prepared data dirs (e.g. shard outputs) to merge into --out.",
+        show_default=False,
+    ),
+    source: str | None = typer.Option(
+        None,
+        "--source",
+        help="builtin | fineweb-edu[:CONFIG] | hf:NAME[:CONFIG] | a .jsonl/.json/.csv/.parquet "
+        "file or a folder of them.  \\[default: builtin]",
+        show_default=False,
+        rich_help_panel=_SOURCE,
+    ),
+    text_field: str | None = typer.Option(
+        None, help="Field holding the text.  \\[default: text]", rich_help_panel=_SOURCE
+    ),
+    date_field: str | None = typer.Option(
+        None,
+        help="Field holding the date: a year, an ISO date or timestamp, a unix timestamp or a "
+        "CC-MAIN dump name.  \\[default: date; dump for fineweb-edu]",
+        rich_help_panel=_SOURCE,
+    ),
+    skip_bad_rows: bool = typer.Option(
+        False,
+        "--skip-bad-rows",
+        help="Count and skip malformed rows and unreadable dates instead of stopping.",
+        rich_help_panel=_SOURCE,
+    ),
+    max_docs: int | None = typer.Option(
+        None, help="Read only the first N documents of the source.", rich_help_panel=_SOURCE
+    ),
+    builtin_docs_per_year: int | None = typer.Option(
+        None,
+        help="Size of the built-in corpus: documents per year.  \\[default: 400]",
+        rich_help_panel=_SOURCE,
+    ),
+    seed: int | None = typer.Option(
+        None, help="Seed of the built-in corpus.  \\[default: 0]", rich_help_panel=_SOURCE
+    ),
+    hf_split: str | None = typer.Option(
+        None,
+        help="Split of an hf: or fineweb-edu source.  \\[default: train]",
+        rich_help_panel=_SOURCE,
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Data dir to write (manifest.json, train/YEAR.bin, val/YEAR.bin).",
+        rich_help_panel=_OUTPUT,
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace an existing data dir (only once the new one is complete).",
+        rich_help_panel=_OUTPUT,
+    ),
+    seq_len: int | None = typer.Option(
+        None,
+        help="Training window length recorded for readers.  \\[default: 1024]",
+        rich_help_panel=_OUTPUT,
+    ),
+    val_fraction: float | None = typer.Option(
+        None,
+        help="Share of documents held out (chosen by a hash of the text), in (0, 0.5].  "
+        "\\[default: 0.005]",
+        rich_help_panel=_OUTPUT,
+    ),
+    start_year: int | None = typer.Option(
+        None, help="First year kept.  \\[default: 2013]", rich_help_panel=_OUTPUT
+    ),
+    end_year: int | None = typer.Option(
+        None, help="Last year kept.  \\[default: 2024]", rich_help_panel=_OUTPUT
+    ),
+    slice_years: int | None = typer.Option(
+        None, help="Years per time slice (expert).  \\[default: 2]", rich_help_panel=_OUTPUT
+    ),
+    workers: int | None = typer.Option(
+        None, help="Tokeniser threads.  \\[default: all cores]", rich_help_panel=_SCALE
+    ),
+    num_shards: int | None = typer.Option(
+        None,
+        help="Split the corpus across N machines: document i goes to shard i % N.  \\[default: 1]",
+        rich_help_panel=_SCALE,
+    ),
+    shard_index: int | None = typer.Option(
+        None,
+        help="Which shard this machine prepares, 0..N-1.  \\[default: 0]",
+        rich_help_panel=_SCALE,
+    ),
+    merge: bool = typer.Option(
+        False,
+        "--merge",
+        help="Merge the DATA_DIRs given as arguments (shard outputs) into --out.",
+        rich_help_panel=_SCALE,
+    ),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Tokenise a dated corpus into per-year token files (manifest.json + uint16 .bin).
+
+    Examples:
+
+      timoe prepare-data --source builtin --out data/
+
+      timoe prepare-data --source news.jsonl --date-field published --out data/
+
+      timoe prepare-data --source corpus/ --num-shards 2 --shard-index 0 --out shard0/
+
+      timoe prepare-data --merge shard0/ shard1/ --out data/
+    """
+    from timoe_core.data.prepare import prepare_data as run_prepare  # numpy: not for --help
+
+    if merge_dirs and not merge:
+        raise TimoeError(
+            f"unexpected argument {str(merge_dirs[0])!r}: give the source with --source, "
+            "or pass --merge to merge data dirs"
+        )
+    if merge and not merge_dirs:
+        raise TimoeError("--merge needs the data dirs to merge: --merge DIR1 DIR2 ... --out DIR")
+    cfg = load_config(
+        PrepareDataConfig,
+        config,
+        source=source,
+        out=out,
+        text_field=text_field,
+        date_field=date_field,
+        seq_len=seq_len,
+        val_fraction=val_fraction,
+        start_year=start_year,
+        end_year=end_year,
+        slice_years=slice_years,
+        workers=workers,
+        overwrite=overwrite or None,
+        skip_bad_rows=skip_bad_rows or None,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        max_docs=max_docs,
+        seed=seed,
+        builtin_docs_per_year=builtin_docs_per_year,
+        hf_split=hf_split,
+        merge=list(merge_dirs) if merge else None,
+    )
+    what = "merging" if cfg.merge else "tokenising"
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[docs]:>12,} docs"),
+        TextColumn("{task.fields[tokens]:>14,} tokens"),
+        TextColumn("{task.fields[rate]:>8.2f} M tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not err_console.is_terminal,
+        transient=True,  # the summary table replaces it; an error leaves one line
+    ) as progress:
+        task = progress.add_task(what, total=None, docs=0, tokens=0, rate=0.0)
+
+        def show(p: PrepareProgress) -> None:
+            progress.update(
+                task,
+                completed=p.bytes_read or 0,
+                total=p.total_bytes,
+                docs=p.documents,
+                tokens=p.tokens,
+                rate=p.tokens_per_s / 1e6,
+            )
+
+        t0 = time.perf_counter()
+        manifest = run_prepare(cfg, progress_callback=show)
+        elapsed = time.perf_counter() - t0
+    _print_summary(manifest, cfg, elapsed)
+
+
+def _print_summary(manifest: Manifest, cfg: PrepareDataConfig, elapsed: float) -> None:
+    slicing = manifest.time_slicing()
+    table = Table(
+        title=f"tokens per year in {cfg.out}",
+        title_justify="left",
+        caption=f"windows: train windows of seq_len + 1 = {manifest.seq_len + 1} tokens",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("year", justify="right")
+    table.add_column("slice")
+    for split in ("train", "val"):
+        table.add_column(f"{split} docs", justify="right")
+        table.add_column(f"{split} tokens", justify="right")
+    table.add_column("windows", justify="right")
+    totals = [0, 0, 0, 0]
+    for y in sorted(manifest.years, key=int):
+        s = manifest.years[y]
+        row = [s.train.documents, s.train.tokens, s.val.documents, s.val.tokens]
+        totals = [a + b for a, b in zip(totals, row)]
+        label = slicing.slice_for_year(int(y)).label if slicing.contains_year(int(y)) else "-"
+        windows = max(0, (s.train.tokens - 1) // manifest.seq_len)
+        table.add_row(y, label, *(f"{v:,}" for v in row), f"{windows:,}")
+    table.add_section()
+    table.add_row("total", "", *(f"{v:,}" for v in totals), "", style="bold")
+    console.print(table)
+    skipped = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in manifest.skipped.items())
+    console.print(f"skipped documents: {skipped or 'none'}")
+    n_bytes = sum(e.bytes for e in manifest.files.values())
+    tokens = totals[1] + totals[3]
+    rate = tokens / elapsed / 1e6 if elapsed > 0 else 0.0
+    console.print(
+        f"wrote {cfg.out}: {len(manifest.files)} token files, {n_bytes / 2**20:,.1f} MiB, "
+        f"in {elapsed:.1f} s ({rate:.2f} M tokens/s)"
+    )

@@ -1,0 +1,204 @@
+"""Test helpers shared by every engineer's tests (import as `from tests.helpers import ...`
+or `from helpers import ...`; tests/ is on sys.path under pytest's rootdir conftest).
+
+`make_data_dir` writes a valid prepared data dir (manifest.json + uint16 token files)
+without the tokenizer or prepare-data, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from timoe_core.data.manifest import (
+    MANIFEST_FILENAME,
+    FileEntry,
+    Manifest,
+    SlicingSpec,
+    SplitStats,
+    YearStats,
+    sha256_file,
+    token_file_relpath,
+)
+
+GPT2_VOCAB = 50257
+GPT2_EOT = 50256
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a test module (import it, then mark the module with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`): tiny CPU models run no
+    slower, and timings do not collapse when other processes load the cores (OpenMP
+    threads spin-waiting for a busy core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def synthetic_tokens(
+    n: int,
+    year: int,
+    pattern: str = "cycle",
+    period: int = 16,
+    seed: int = 0,
+    vocab_size: int = GPT2_VOCAB,
+) -> np.ndarray:
+    """`n` uint16 tokens for `year`.
+
+    pattern "cycle": a fixed random sequence of `period` tokens (different per year),
+    repeated: next-token prediction is learnable, so the loss falls quickly.
+    pattern "random": uniform random tokens (only the unigram is learnable).
+    """
+    rng = np.random.default_rng([seed, year])
+    hi = min(vocab_size, GPT2_EOT)  # keep clear of EOT
+    if pattern == "cycle":
+        motif = rng.integers(0, hi, size=period)
+        out = np.resize(motif, n)
+    elif pattern == "random":
+        out = rng.integers(0, hi, size=n)
+    else:
+        raise ValueError(f"unknown pattern {pattern!r}")
+    return out.astype(np.uint16)
+
+
+def make_data_dir(
+    tmp_path: Path,
+    years: Iterable[int] = (2013, 2014),
+    tokens_per_year: int = 4096,
+    seq_len: int = 32,
+    val_tokens_per_year: int | None = None,
+    start_year: int = 2013,
+    end_year: int = 2024,
+    slice_years: int = 2,
+    pattern: str = "cycle",
+    period: int = 16,
+    seed: int = 0,
+    vocab_size: int = GPT2_VOCAB,
+    name: str = "data",
+) -> Path:
+    """A prepared data dir under `tmp_path/name` with train/val token files for `years`.
+
+    The slicing (default 2013-2024 by 2) is independent of which years have tokens, so
+    a slice without data is easy to make. Returns the data dir.
+    """
+    data_dir = Path(tmp_path) / name
+    (data_dir / "train").mkdir(parents=True, exist_ok=True)
+    (data_dir / "val").mkdir(parents=True, exist_ok=True)
+    val_n = tokens_per_year // 8 if val_tokens_per_year is None else val_tokens_per_year
+    stats: dict[str, YearStats] = {}
+    files: dict[str, FileEntry] = {}
+    for year in sorted(set(years)):
+        counts = {}
+        for split, n, salt in (("train", tokens_per_year, 0), ("val", val_n, 1)):
+            if n <= 0:
+                counts[split] = SplitStats()
+                continue
+            tokens = synthetic_tokens(n, year, pattern, period, seed + salt, vocab_size)
+            if pattern == "cycle" and split == "val":
+                # Same motif as train, shifted: held-out text from the same process.
+                tokens = np.roll(
+                    synthetic_tokens(n + period, year, pattern, period, seed, vocab_size), 3
+                )[:n]
+            rel = token_file_relpath(split, year)
+            path = data_dir / rel
+            tokens.tofile(path)
+            files[rel] = FileEntry(bytes=path.stat().st_size, sha256=sha256_file(path))
+            counts[split] = SplitStats(tokens=n, documents=max(1, n // 256))
+        stats[str(year)] = YearStats(train=counts["train"], val=counts["val"])
+    manifest = Manifest(
+        tokenizer="gpt2",
+        vocab_size=vocab_size,
+        eot_token=vocab_size - 1,
+        slicing=SlicingSpec(start_year=start_year, end_year=end_year, slice_years=slice_years),
+        seq_len=seq_len,
+        val_fraction=0.1,
+        source="synthetic",
+        years=stats,
+        files=files,
+    )
+    (data_dir / MANIFEST_FILENAME).write_text(
+        json.dumps(json.loads(manifest.model_dump_json()), indent=2) + "\n", encoding="utf-8"
+    )
+    return data_dir
+
+
+def make_expert_runs(
+    root: Path,
+    labels: Iterable[str] | None = None,
+    *,
+    vocab_size: int = 128,
+    block_size: int = 32,
+    n_embd: int = 32,
+    n_layer: int = 1,
+    n_head: int = 2,
+    scale: float = 0.3,
+    seed: int = 0,
+    tokenizer: dict | None = None,
+) -> dict[str, Path]:
+    """Random tiny expert run dirs (run.json + model.safetensors), one per slice label.
+
+    labels: default every slice of TimeSlicing() (2013-2014 ... 2023-2024); leave some
+    out for a missing slice. `scale` is the std of every weight: larger gives peakier,
+    more distinct experts. No training. Returns {label: run dir}.
+    """
+    import torch
+
+    from timoe_core.checkpoint import RunInfo, save_model_weights, write_run_info
+    from timoe_core.model.gpt import GPT, preset_config
+    from timoe_core.timeslices import TimeSlice, TimeSlicing
+
+    cfg = preset_config(
+        "tiny",
+        vocab_size=vocab_size,
+        block_size=block_size,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+    )
+    tok = tokenizer or {"name": "gpt2", "vocab_size": GPT2_VOCAB, "eot_token": GPT2_EOT}
+    labels = [s.label for s in TimeSlicing().slices] if labels is None else list(labels)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for label in labels:
+        s = TimeSlice.from_label(label)
+        model = GPT(cfg)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+        d = Path(root) / label
+        d.mkdir(parents=True, exist_ok=True)
+        save_model_weights(d, model)
+        write_run_info(
+            d,
+            RunInfo(
+                kind="expert",
+                slice_label=label,
+                start_date=s.start.isoformat(),
+                end_date=s.end.isoformat(),
+                model_config_=cfg,
+                tokenizer=dict(tok),
+            ),
+        )
+        out[label] = d
+    return out
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """`timoe ARGS` in this process through the real entry point: (exit code, stdout,
+    stderr). `capsys` is pytest's fixture."""
+    from timoe_cli.main import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["timoe", *map(str, args)])
+        with pytest.raises(SystemExit) as exc:
+            main()
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err

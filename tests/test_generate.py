@@ -1,0 +1,205 @@
+"""Generation: KV-cache decoding equals full recomputation; `timoe generate` end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import GPT2_EOT, make_expert_runs
+from typer.testing import CliRunner
+
+from timoe_cli.main import app
+from timoe_core.checkpoint import load_expert
+from timoe_core.config import MixtureOptions
+from timoe_core.errors import TimoeError
+from timoe_core.generate import generate_tokens, sample_token
+from timoe_core.model.mixture import TiMoE
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+V = 128
+BLOCK = 32
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return make_expert_runs(tmp_path / "runs", vocab_size=V, block_size=BLOCK, scale=0.4)
+
+
+def mixture(tmp_path, strategy="avg", top_k=None) -> TiMoE:
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], strategy=strategy,
+                                 options=MixtureOptions(top_k=top_k))
+    if mix.router is not None:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in mix.router.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return mix
+
+
+def prompt(n: int, seed: int = 0) -> list[int]:
+    return torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@pytest.mark.parametrize("strategy,top_k", [("avg", None), ("learned-avg", None),
+                                            ("learned-avg", 2)])
+@pytest.mark.parametrize("n_prompt", [5, 40])  # 40 > block_size: cropped from the start
+@pytest.mark.parametrize("greedy", [True, False])  # sampled: same seed, same draws
+def test_kv_cache_greedy_equals_full_recomputation_mixture(tmp_path, runs, strategy, top_k,
+                                                           n_prompt, greedy):
+    mix = mixture(tmp_path, strategy, top_k)
+    kw = dict(query_date="2020", max_new_tokens=70, greedy=greedy, seed=7)  # crosses block_size
+    cached = generate_tokens(mix, prompt(n_prompt), use_cache=True, **kw)
+    full = generate_tokens(mix, prompt(n_prompt), use_cache=False, **kw)
+    assert len(cached.tokens) == 70 and cached.stop_reason == "max_new_tokens"
+    assert cached.tokens == full.tokens
+    assert cached.window_rebuilds == full.window_rebuilds >= 2
+    assert cached.experts == ["2013-2014", "2015-2016", "2017-2018", "2019-2020"]
+    assert mix.loaded_experts() == cached.experts  # later experts never loaded
+    if not greedy:
+        assert len(set(cached.tokens)) > 20  # many different contexts were compared
+
+
+def test_kv_cache_greedy_equals_full_recomputation_single_expert(runs):
+    gpt, _ = load_expert(runs["2017-2018"])
+    cached = generate_tokens(gpt, prompt(7), max_new_tokens=60, greedy=True, use_cache=True)
+    full = generate_tokens(gpt, prompt(7), max_new_tokens=60, greedy=True, use_cache=False)
+    assert cached.tokens == full.tokens and len(cached.tokens) == 60
+    assert cached.experts == []
+
+
+@pytest.mark.parametrize("strategy", ["avg", "learned-avg"])
+def test_incremental_log_probs_equal_the_full_mixture(tmp_path, runs, strategy):
+    mix = mixture(tmp_path, strategy)
+    x = torch.randint(0, V, (2, 12))
+    dates = ["2016", "2024"]
+    lp, state = mix.next_log_probs(x[:, :5], dates)
+    assert torch.allclose(lp, mix.mixture_log_probs(x[:, :5], dates)[:, -1], atol=1e-5)
+    for t in range(5, 12):
+        lp, state = mix.next_log_probs(x[:, t : t + 1], state=state)
+        full = mix.mixture_log_probs(x[:, : t + 1], dates)[:, -1]
+        assert torch.allclose(lp, full, atol=1e-5)
+    assert state.length == 12 and set(state.caches) == {s.label for s in mix.slices}
+
+
+def test_stops_at_end_of_text(tmp_path, runs):
+    mix = mixture(tmp_path)
+    first = generate_tokens(mix, prompt(5), query_date="2016", max_new_tokens=3, greedy=True)
+    stop = first.tokens[0]
+    res = generate_tokens(mix, prompt(5), query_date="2016", max_new_tokens=3, greedy=True,
+                          eot_token=stop)
+    assert res.tokens == [] and res.stop_reason == "eot"
+    second = first.tokens[1]
+    if second != stop:
+        res = generate_tokens(mix, prompt(5), query_date="2016", max_new_tokens=3, greedy=True,
+                              eot_token=second)
+        assert res.tokens == [stop] and res.stop_reason == "eot"
+
+
+def test_sampling_controls(tmp_path, runs):
+    mix = mixture(tmp_path)
+    kw = dict(query_date="2018", max_new_tokens=20)
+    greedy = generate_tokens(mix, prompt(4), greedy=True, **kw).tokens
+    assert generate_tokens(mix, prompt(4), temperature=0.0, **kw).tokens == greedy
+    assert generate_tokens(mix, prompt(4), top_k=1, seed=3, **kw).tokens == greedy
+    a = generate_tokens(mix, prompt(4), seed=1, temperature=1.5, **kw).tokens
+    assert generate_tokens(mix, prompt(4), seed=1, temperature=1.5, **kw).tokens == a
+    assert generate_tokens(mix, prompt(4), seed=2, temperature=1.5, **kw).tokens != a
+    lp = torch.log_softmax(torch.randn(V), -1)
+    picks = {sample_token(lp, top_k=3, generator=torch.Generator().manual_seed(s))
+             for s in range(50)}
+    assert picks <= set(lp.topk(3).indices.tolist())
+
+
+def test_generation_bad_input(tmp_path):
+    make_expert_runs(tmp_path / "runs", ["2015-2016", "2017-2018"], vocab_size=V)
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    with pytest.raises(TimoeError, match="first query date with an eligible expert is 2015-01-01"):
+        generate_tokens(mix, prompt(3), query_date="2014")
+    with pytest.raises(TimoeError, match="needs --query-date"):
+        generate_tokens(mix, prompt(3))
+    with pytest.raises(TimoeError, match="outside the model's vocabulary"):
+        generate_tokens(mix, [V + 5], query_date="2016")
+    with pytest.raises(TimoeError, match="prompt is empty"):
+        generate_tokens(mix, [], query_date="2016")
+    assert mix.loaded_experts() == []
+    res = generate_tokens(mix, [], query_date="2016", eot_token=V - 1, max_new_tokens=2,
+                          greedy=True)
+    assert res.prompt_tokens == [] and len(res.tokens) <= 2
+
+
+# ----------------------------------------------------------------------- CLI
+
+
+def run_cli(*args: str):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+@pytest.fixture
+def gpt2_runs(tmp_path):
+    """Experts with the GPT-2 vocabulary (the CLI encodes text), 2013-2014 missing."""
+    return make_expert_runs(tmp_path / "runs", ["2015-2016", "2017-2018", "2019-2020"],
+                            vocab_size=50304, block_size=BLOCK, scale=0.05)
+
+
+def test_cli_train_router_avg_then_generate(tmp_path, gpt2_runs):
+    r = run_cli("train-router", "--strategy", "avg", "--experts", tmp_path / "runs",
+                "--out", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "m" / "timoe.json").is_file()
+    assert (tmp_path / "m" / "config.yaml").is_file()  # the resolved config beside it
+    assert "first usable query date: 2015-01-01" in r.stdout
+
+    args = ["generate", "--model", tmp_path / "m", "--query-date", "2018", "--prompt",
+            "In 2018 the mayor was", "--max-new-tokens", "40", "--greedy"]
+    cached = run_cli(*args)
+    assert cached.exit_code == 0, cached.stderr
+    assert cached.stdout.startswith("In 2018 the mayor was")
+    assert "2015-2016, 2017-2018" in cached.stderr and "tokens/s" in cached.stderr
+    full = run_cli(*args, "--no-cache")
+    assert full.exit_code == 0 and full.stdout == cached.stdout
+
+    sampled = run_cli("generate", "--model", tmp_path / "m", "--query-date", "2020-05",
+                      "--prompt", "", "--max-new-tokens", "5", "--temperature", "0.7",
+                      "--top-k", "20", "--seed", "4")
+    assert sampled.exit_code == 0, sampled.stderr
+
+    # A single expert run dir works too; the date does not restrict it (a note says so).
+    single = run_cli("generate", "--model", gpt2_runs["2017-2018"], "--prompt", "Hello",
+                     "--max-new-tokens", "3", "--greedy")
+    assert single.exit_code == 0, single.stderr
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, gpt2_runs):
+    assert run_cli("train-router", "--strategy", "avg", "--experts", tmp_path / "runs",
+                   "--out", tmp_path / "m").exit_code == 0
+    cases = [
+        (["generate", "--model", tmp_path / "m", "--query-date", "2014", "--prompt", "x"],
+         "2015-01-01"),
+        (["generate", "--model", tmp_path / "m", "--prompt", "x"], "--query-date is required"),
+        (["generate", "--model", tmp_path, "--query-date", "2016", "--prompt", "x"],
+         "not a TiMoE bundle"),
+        (["generate", "--model", tmp_path / "m", "--query-date", "2016", "--prompt", "x",
+          "--strategy", "learned-avg"], "no learned-avg router"),
+        (["generate", "--model", tmp_path / "m", "--query-date", "2016"], "--prompt is required"),
+        (["train-router", "--strategy", "avg", "--experts", tmp_path / "runs", "--out",
+          tmp_path / "m"], "already holds a bundle"),
+        (["train-router", "--strategy", "learned-avg", "--experts", tmp_path / "runs", "--out",
+          tmp_path / "m2"], "not available yet"),
+        (["train-router", "--strategy", "avg", "--experts", tmp_path / "nope", "--out",
+          tmp_path / "m3"], "does not exist"),
+    ]
+    for args, message in cases:
+        r = run_cli(*args)
+        assert r.exit_code == 2, (args, r.stdout, r.stderr)
+        assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
+    assert run_cli("train-router", "--strategy", "avg", "--experts", tmp_path / "runs",
+                   "--out", tmp_path / "m", "--overwrite").exit_code == 0
+
+
+def test_eot_of_the_gpt2_tokenizer_is_the_stop_token(tmp_path, gpt2_runs):
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    assert mix.tokenizer["eot_token"] == GPT2_EOT

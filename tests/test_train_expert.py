@@ -1,0 +1,222 @@
+"""`timoe train-expert` through the CLI (in-process): run dirs, resume rules, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from helpers import make_data_dir, one_thread, run_cli  # noqa: F401 (fixture)
+
+from timoe_core.checkpoint import load_expert, read_run_info
+from timoe_core.data.manifest import manifest_checksum
+from timoe_core.train import state as ckpt_state
+from timoe_core.train.metrics import read_metrics
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+VOCAB = 512
+SMALL = ["--seq-len", "32", "--batch-size", "4", "--log-every", "5", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    # Tokens for 2013, 2014 and 2017 only: slices 2015-2016, 2019-2020, ... are empty.
+    return make_data_dir(tmp_path_factory.mktemp("cli"), years=(2013, 2014, 2017), vocab_size=VOCAB)
+
+
+def train(capsys, data, out, flags: str = "") -> tuple[int, str, str]:
+    """`timoe train-expert --data DATA --out OUT` with small settings and `flags`."""
+    return run_cli(capsys, "train-expert", "--data", data, "--out", out, *SMALL, *flags.split())
+
+
+def test_year_trains_its_slice_and_records_the_run(capsys, data, tmp_path):
+    code, out, err = train(
+        capsys, data, tmp_path / "e", "--year 2014 --max-steps 3 --n-layer 1 --n-embd 64 --n-head 2"
+    )
+    assert code == 0, err
+    assert "trained" in out
+    info = read_run_info(tmp_path / "e")
+    assert (info.kind, info.slice_label) == ("expert", "2013-2014")
+    assert (info.start_date, info.end_date) == ("2013-01-01", "2014-12-31")
+    mc = info.model_config_
+    assert (mc.n_layer, mc.n_embd, mc.n_head, mc.block_size, mc.vocab_size) == (1, 64, 2, 32, 512)
+    assert info.data_manifest_sha256 == manifest_checksum(data)
+    assert info.tokenizer == {"name": "gpt2", "vocab_size": VOCAB, "eot_token": VOCAB - 1}
+    saved = yaml.safe_load((tmp_path / "e" / "config.yaml").read_text())
+    assert saved["year"] == 2014 and saved["max_steps"] == 3 and saved["resume"] is True
+    model, _ = load_expert(tmp_path / "e")  # what evaluate/router will load
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_expert_reads_only_its_slice(data, tmp_path):
+    from timoe_core.config import TrainExpertConfig
+    from timoe_core.train.expert import train_expert
+
+    cfg = TrainExpertConfig(
+        year=2017,
+        data=data,
+        out=tmp_path / "e",
+        seq_len=32,
+        batch_size=4,
+        max_steps=4,
+        log_windows=True,
+    )
+    train_expert(cfg)
+    lines = (tmp_path / "e" / "debug" / "windows-rank0.jsonl").read_text().splitlines()
+    read = [i for line in lines for i in json.loads(line)["windows"]]
+    from timoe_core.data.windows import TokenWindows
+
+    windows = TokenWindows(data, "train", [2017, 2018], 32)  # the slice 2017-2018
+    assert len(read) == 16 and max(read) < len(windows)
+    assert read_run_info(tmp_path / "e").slice_label == "2017-2018"
+
+
+def test_all_years_trains_a_dense_model_on_every_slice(capsys, data, tmp_path):
+    code, _, err = train(capsys, data, tmp_path / "d", "--all-years --max-steps 2")
+    assert code == 0, err
+    info = read_run_info(tmp_path / "d")
+    assert (info.kind, info.slice_label) == ("dense", "2013-2024")
+    assert (info.start_date, info.end_date) == ("2013-01-01", "2024-12-31")
+
+
+def test_max_tokens_sets_the_steps(capsys, data, tmp_path):
+    code, _, err = train(capsys, data, tmp_path / "t", "--year 2013 --max-tokens 1000")
+    assert code == 0, err
+    steps = [r["step"] for r in read_metrics(tmp_path / "t") if r["type"] == "train"]
+    assert steps[-1] == 8  # ceil(1000 / (4 windows x 32 tokens))
+
+
+def test_rerun_resumes_and_extends(capsys, data, tmp_path):
+    assert (
+        train(capsys, data, tmp_path / "r", "--year 2013 --checkpoint-every 2 --max-steps 4")[0]
+        == 0
+    )
+    # Another year of the same slice, a larger budget and a new lr do not conflict.
+    code, out, err = train(
+        capsys, data, tmp_path / "r", "--year 2014 --checkpoint-every 2 --max-steps 6 --lr 5e-4"
+    )
+    assert code == 0, err
+    assert "resuming from" in out and "step 4/6" in out
+    assert ckpt_state.latest_checkpoint(tmp_path / "r").step == 6
+    # Done: the same command again has nothing to train and changes nothing.
+    before = (tmp_path / "r" / "model.safetensors").stat().st_mtime_ns
+    assert train(capsys, data, tmp_path / "r", "--year 2014 --max-steps 6")[0] == 0
+    assert (tmp_path / "r" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_conflicting_resume_names_the_fields_and_writes_nothing(capsys, data, tmp_path):
+    assert train(capsys, data, tmp_path / "r", "--year 2013 --max-steps 2")[0] == 0
+    before = sorted(p.name for p in (tmp_path / "r").rglob("*"))
+    code, _, err = train(
+        capsys, data, tmp_path / "r", "--year 2017 --max-steps 4 --n-embd 64 --seed 3"
+    )
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    for field in ("slice", "--n-embd", "--seed", "2013-2014", "2017-2018"):
+        assert field in err, field
+    assert sorted(p.name for p in (tmp_path / "r").rglob("*")) == before
+
+
+def test_no_resume_refuses_to_clobber_and_overwrite_starts_over(capsys, data, tmp_path):
+    assert train(capsys, data, tmp_path / "r", "--year 2013 --max-steps 3")[0] == 0
+    code, _, err = train(capsys, data, tmp_path / "r", "--year 2013 --no-resume")
+    assert code == 2 and "--overwrite" in err and "already holds a run" in err
+    code, _, err = train(
+        capsys, data, tmp_path / "r", "--year 2017 --max-steps 2 --no-resume --overwrite"
+    )
+    assert code == 0, err
+    assert read_run_info(tmp_path / "r").slice_label == "2017-2018"
+    assert [c.step for c in ckpt_state.list_checkpoints(tmp_path / "r")] == [2]
+    assert [r["step"] for r in read_metrics(tmp_path / "r") if r["type"] == "train"] == [1, 2]
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["overwrite"] is False  # rerunning the saved config never clobbers
+
+
+def test_corrupt_checkpoint_is_an_error_not_a_restart(capsys, data, tmp_path):
+    assert train(capsys, data, tmp_path / "r", "--year 2013 --max-steps 2")[0] == 0
+    ckpt = ckpt_state.latest_checkpoint(tmp_path / "r")
+    torch.save({"step": "garbage"}, ckpt.state_path)
+    code, _, err = train(capsys, data, tmp_path / "r", "--year 2013 --max-steps 4")
+    assert code == 2
+    assert str(ckpt.state_path) in err and "corrupt" in err
+    assert len(err.strip().splitlines()) == 1
+    assert ckpt_state.latest_checkpoint(tmp_path / "r").step == 2  # nothing started over
+
+
+def _no_wandb_credentials(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+
+
+BAD_INPUTS = [
+    ("--year 2030", ["--year 2030", "2013-2024", "2013, 2014, 2017"]),
+    ("--year 2015", ["2015-2016", "no training tokens", "2013, 2014, 2017"]),
+    ("--year 2013 --n-embd 100 --n-head 3", ["not divisible"]),
+    ("--year 2013 --batch-size 5000", ["--batch-size", "has 254"]),
+    ("--year 2013 --nproc-per-node 0", ["--nproc-per-node"]),
+    ("--year 2013 --max-steps 3 --max-tokens 9", ["not both"]),
+    ("", ["--year", "--all-years"]),
+    ("--year 2013 --all-years", ["--year", "--all-years"]),
+    ("--year 2013 --nnodes 2", ["--rdzv-endpoint"]),
+    ("--year 2013 --wandb online", ["WANDB_API_KEY"]),
+    ("--year 2013 --decay-shape exp", ["--decay-shape"]),
+    ("--year 2013 --preset huge", ["--preset"]),
+    pytest.param(
+        "--year 2013 --device cuda",
+        ["CUDA is not available"],
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a CPU-only machine"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "args, words", BAD_INPUTS, ids=lambda v: (v or "none") if isinstance(v, str) else ""
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    capsys, data, tmp_path, monkeypatch, args, words
+):
+    _no_wandb_credentials(monkeypatch, tmp_path)
+    out_dir = tmp_path / "run"
+    code, out, err = train(capsys, data, out_dir, args)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err, (w, err)
+    assert not out_dir.exists()
+
+
+def test_bad_data_dirs_exit_2(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for data_dir, words in (
+        (tmp_path / "empty", "no manifest.json"),
+        (tmp_path / "missing", "does not exist"),
+    ):
+        code, _, err = train(capsys, data_dir, tmp_path / "run", "--year 2013")
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(capsys, "train-expert", "--year", "2013")
+    assert code == 2 and "--data" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_dir_that_is_not_a_run_is_refused(capsys, data, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    code, _, err = train(capsys, data, tmp_path / "mine", "--year 2013 --max-steps 2")
+    assert code == 2 and "not a timoe run dir" in err
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_wandb_offline_resume_continues_the_same_run(capsys, data, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # conftest disables wandb by default
+    args = "--year 2013 --max-steps 4 --wandb offline"
+    assert train(capsys, data, tmp_path / "r", args + " --stop-at-step 2")[0] == 0
+    run_id = (tmp_path / "r" / "wandb_run_id").read_text().strip()
+    assert train(capsys, data, tmp_path / "r", args)[0] == 0
+    assert (tmp_path / "r" / "wandb_run_id").read_text().strip() == run_id
+    runs = sorted(p.name for p in (tmp_path / "r" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.endswith(run_id) for r in runs)

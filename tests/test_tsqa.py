@@ -1,0 +1,261 @@
+"""Temporal QA: loading and validating TSQA items, scoring choices, error rates."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import pytest
+import torch
+
+from timoe_core.checkpoint import RunInfo
+from timoe_core.errors import TimoeError
+from timoe_core.evaluate.models import EvaluatedModel, SingleModel
+from timoe_core.evaluate.tsqa import TSQAFields, load_tsqa, score_tsqa
+from timoe_core.model.gpt import GPT, GPTConfig
+from timoe_core.timeslices import parse_query_date
+from timoe_core.tokenizer import get_tokenizer
+
+# Items are the built-in corpus' TSQAItem, whatever their source.
+pytest.importorskip("timoe_core.data.builtin", reason="timoe_core.data.builtin is not there yet")
+
+GPT2 = {"name": "gpt2", "vocab_size": 50257, "eot_token": 50256}
+LABELS4 = ["correct", "past", "future", "irrelevant"]
+
+
+def item(q="In 2016 the mayor of Lorvik was", choices=None, answer=0, labels=None, year=2016,
+         **extra):
+    rec = {"question": q, "choices": choices or [" Anna Berg", " Carl", " Eva Frost Holm",
+                                                 " Gus"],
+           "answer": answer, "labels": labels or list(LABELS4), "year": year}
+    rec.update(extra)
+    return rec
+
+
+class TokenCostLM(EvaluatedModel):
+    """log P(token) = -0.5 * (token % 5 + 1), whatever the context: scores are computable
+    by hand. No expert before 2015; records the query dates it is asked with."""
+
+    name = strategy = "token-cost"
+    policy = "inclusive"
+    block_size = 64
+    vocab_size = 50304
+    tokenizer = GPT2
+    device = torch.device("cpu")
+    dated = True
+
+    def __init__(self):
+        self.dates: list[date] = []
+
+    def _target_log_probs(self, input_ids, targets, query_dates):
+        dates = query_dates if isinstance(query_dates, list) else [query_dates] * len(targets)
+        assert len(dates) == len(targets)
+        self.dates += dates
+        return -0.5 * (targets % 5 + 1).float()
+
+    def eligible_experts(self, query_date=None):
+        if query_date is not None and parse_query_date(query_date) < date(2015, 1, 1):
+            raise TimoeError("no expert is eligible: the first query date with an eligible "
+                             "expert is 2015-01-01")
+        return ["2015-2016"]
+
+    def loaded_experts(self):
+        return ["2015-2016"]
+
+
+def cost(text: str) -> float:
+    return sum(-0.5 * (t % 5 + 1) for t in get_tokenizer().encode(text))
+
+
+def write(tmp_path, records, name="qa.json"):
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    else:
+        path.write_text(json.dumps(records))
+    return path
+
+
+# ------------------------------------------------------------------ scoring
+
+
+def test_choice_scores_are_the_continuation_log_likelihoods(tmp_path):
+    recs = [item(year=2015 + k % 8, answer=k % 4,
+                 labels=[LABELS4[(j - k) % 4] for j in range(4)]) for k in range(12)]
+    items = load_tsqa(str(write(tmp_path, recs)))
+    res = score_tsqa(TokenCostLM(), items, batch_items=5)
+    choices = recs[0]["choices"]
+    want = [cost(c) for c in choices]
+    lengths = [len(get_tokenizer().encode(c)) for c in choices]
+    for scores, n in zip(res.scores, res.lengths):
+        assert scores == pytest.approx(want, abs=1e-9)
+        assert n == lengths
+    raw = max(range(4), key=lambda i: want[i])
+    norm = max(range(4), key=lambda i: want[i] / lengths[i])
+    assert res.chosen == [raw] * 12 and res.chosen_norm == [norm] * 12
+
+
+def test_accuracy_and_error_rates_sum_to_one(tmp_path):
+    # The model always picks the same choice; which label that is rotates with the item.
+    recs = [item(answer=k % 4, labels=[LABELS4[(j - k) % 4] for j in range(4)], year=2016)
+            for k in range(10)]
+    items = load_tsqa(str(write(tmp_path, recs)))
+    res = score_tsqa(TokenCostLM(), items)
+    picked = [items[k].labels[res.chosen[k]] for k in range(10)]
+    assert res.accuracy == picked.count("correct") / 10
+    for lab in ("past", "future", "irrelevant"):
+        assert res.error_rates[lab] == picked.count(lab) / 10
+    assert res.accuracy + sum(res.error_rates.values()) == pytest.approx(1.0)
+    assert res.accuracy_norm + sum(res.error_rates_norm.values()) == pytest.approx(1.0)
+    assert res.by_year[2016]["n"] == 10
+
+
+def test_query_dates_are_item_years_unless_overridden(tmp_path):
+    recs = [item(year=y) for y in (2013, 2015, 2018, 2024)]
+    items = load_tsqa(str(write(tmp_path, recs)))
+    lm = TokenCostLM()
+    res = score_tsqa(lm, items, batch_items=2)
+    # 2013 has no eligible expert: skipped with the reason, never scored.
+    assert res.n == 3 and res.skipped == 1 and "2015-01-01" in res.skipped_reason
+    assert sorted(set(lm.dates)) == [date(2015, 12, 31), date(2018, 12, 31), date(2024, 12, 31)]
+    assert len(lm.dates) == 3 * 4  # all four choices of an item share its date
+    lm = TokenCostLM()
+    res = score_tsqa(lm, items, query_date="2016-06")
+    assert res.n == 4 and set(lm.dates) == {date(2016, 6, 30)}
+    with pytest.raises(TimoeError, match="2015-01-01"):
+        score_tsqa(TokenCostLM(), items, query_date="2014")
+
+
+def _memorising_gpt(sentence: str, steps: int = 30) -> SingleModel:
+    tok = get_tokenizer()
+    ids = [tok.eot_token] + tok.encode(sentence)
+    cfg = GPTConfig(vocab_size=50304, block_size=32, n_layer=1, n_head=2, n_embd=32)
+    torch.manual_seed(0)
+    gpt = GPT(cfg)
+    seq = torch.tensor((ids * (33 // len(ids) + 1))[:33]).unsqueeze(0)
+    opt = torch.optim.AdamW(gpt.parameters(), lr=1e-2)
+    for _ in range(steps):
+        _, loss = gpt(seq[:, :-1], seq[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5, loss.item()
+    info = RunInfo(kind="expert", slice_label="2015-2016", start_date="2015-01-01",
+                   end_date="2016-12-31", model_config_=cfg, tokenizer=GPT2)
+    return SingleModel(gpt.eval(), info, strategy="expert:2015-2016", name="memoriser")
+
+
+def test_the_choice_that_is_the_training_text_wins():
+    model = _memorising_gpt("The capital of Zorbia is Quintar.")
+    from timoe_core.data.builtin import TSQAItem
+
+    items = [
+        TSQAItem(question="The capital of Zorbia is", year=2016, fact_id="zorbia",
+                 choices=[" Paris.", " Berlin.", " Quintar.", " Madrid."], answer=2,
+                 labels=["past", "future", "correct", "irrelevant"]),
+        TSQAItem(question="The capital of Zorbia is", year=2015, fact_id="zorbia2",
+                 choices=[" Quintar.", " the city of Paris.", " Rome.", " Zorbia."], answer=0,
+                 labels=["correct", "past", "future", "irrelevant"]),
+    ]
+    res = score_tsqa(model, items)
+    assert res.chosen == [2, 0] and res.chosen_norm == [2, 0]
+    assert res.accuracy == 1.0 and res.accuracy_norm == 1.0
+    assert res.error_rates == {"past": 0.0, "future": 0.0, "irrelevant": 0.0}
+
+
+# ------------------------------------------------------------------ loading
+
+
+def test_json_jsonl_and_wrapped_files_load_the_same(tmp_path):
+    recs = [item(year=2016), item(year=2017, answer=3, labels=["past", "future", "irrelevant",
+                                                              "correct"])]
+    a = load_tsqa(str(write(tmp_path, recs)))
+    b = load_tsqa(str(write(tmp_path, recs, "qa.jsonl")))
+    (tmp_path / "w.json").write_text(json.dumps({"items": recs}))
+    c = load_tsqa(str(tmp_path / "w.json"))
+    assert a == b == c
+    assert a[1].answer == 3 and a[1].year == 2017 and a[0].choices[0] == " Anna Berg"
+
+
+def test_paper_style_records_with_choice_objects(tmp_path):
+    """Choices as {text, label} objects, no answer index, a date string, other field names."""
+    rec = {"prompt": "Who led Lorvik in 2019?", "date": "2019-05-01",
+           "options": [{"text": "Anna", "label": "past"}, {"text": "Carl", "label": "correct"},
+                       {"text": "Eva", "label": "future"}, {"text": "Gus", "label": "irrelevant"}]}
+    path = write(tmp_path, [rec])
+    fields = TSQAFields(question="prompt", choices="options", year="date")
+    [it] = load_tsqa(str(path), fields=fields)
+    assert it.answer == 1 and it.year == 2019
+    assert it.labels == ["past", "correct", "future", "irrelevant"]
+    assert it.choices == [" Anna", " Carl", " Eva", " Gus"]  # continuations get their space
+    rec2 = item(answer="C", labels=["past", "future", "correct", "irrelevant"])
+    [it2] = load_tsqa(str(write(tmp_path, [rec2], "b.json")))
+    assert it2.answer == 2
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        (item(choices=[" a", " b", " c"]), "item 1, field 'choices': has 3 choices, expected 4"),
+        ({k: v for k, v in item().items() if k != "labels"}, "item 1, field 'labels': is missing"),
+        (item(labels=["correct", "past", "future"]), "item 1, field 'labels': has 3 labels"),
+        (item(labels=["correct", "past", "later", "irrelevant"]), "unknown label 'later'"),
+        (item(answer=1), "item 1, field 'labels': exactly the answer (choice 1)"),
+        (item(answer=7), "item 1, field 'answer'"),
+        (item(year="soon"), "item 1, field 'year'"),
+        ({k: v for k, v in item().items() if k != "question"}, "item 1, field 'question'"),
+    ],
+)
+def test_bad_items_name_the_item_and_the_field(tmp_path, bad, needle):
+    path = write(tmp_path, [item(), bad])
+    with pytest.raises(TimoeError) as e:
+        load_tsqa(str(path))
+    assert needle in str(e.value)
+    assert str(path) in str(e.value)
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(TimoeError, match="not builtin, hf:NAME or an existing"):
+        load_tsqa(str(tmp_path / "missing.json"))
+    (tmp_path / "x.jsonl").write_text(json.dumps(item()) + "\n{oops\n")
+    with pytest.raises(TimoeError, match="line 2 is not JSON"):
+        load_tsqa(str(tmp_path / "x.jsonl"))
+    (tmp_path / "e.json").write_text("[]")
+    with pytest.raises(TimoeError, match="holds no items"):
+        load_tsqa(str(tmp_path / "e.json"))
+
+
+def test_hf_source_goes_through_datasets(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load(name, split=None):
+        calls.append((name, split))
+        rows = [item(year=2016), item(year=2020)]
+        return rows if split else {"train": rows}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert len(load_tsqa("hf:someone/TSQA")) == 2
+    assert len(load_tsqa("hf:someone/TSQA:test", max_items=1)) == 1
+    assert calls == [("someone/TSQA", None), ("someone/TSQA", "test")]
+
+    def broken(name, split=None):
+        raise FileNotFoundError("Couldn't find dataset someone/none on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", broken)
+    with pytest.raises(TimoeError, match="cannot load TSQA dataset hf:someone/none"):
+        load_tsqa("hf:someone/none")
+
+
+def test_max_items_is_a_fixed_subsample(tmp_path):
+    recs = [item(year=2013 + k % 12, fact_id=f"f{k}") for k in range(40)]
+    path = str(write(tmp_path, recs))
+    a = load_tsqa(path, max_items=7)
+    b = load_tsqa(path, max_items=7)
+    assert len(a) == 7 and [x.fact_id for x in a] == [x.fact_id for x in b]
+
+
+def test_builtin_questions_validate():
+    items = load_tsqa("builtin")
+    assert items and all(len(it.choices) == 4 for it in items)

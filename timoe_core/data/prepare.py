@@ -1,0 +1,570 @@
+"""`prepare-data`: tokenise a dated corpus into per-(split, year) uint16 token files.
+
+`prepare_data(cfg)` streams documents from a source (sources.py), drops the ones
+that are empty or outside the slicing years (counted in the manifest's `skipped`),
+puts each document in `val` when a hash of its text falls below `val_fraction`
+(blake2b, so the split is the same on every run and machine), tokenises with GPT-2
+BPE, and appends the tokens, each document followed by EOT, to `train/YEAR.bin` or
+`val/YEAR.bin`.
+
+Speed and memory: the source is read a batch (a few MB of text) at a time; while one
+batch is tokenised by `workers` threads (tiktoken's Rust BPE runs without the GIL and
+returns numpy buffers, no Python int per token), the main thread parses the next one.
+Tokens go to disk through buffered writers, hashed (sha256) on the way, so memory stays
+at a couple of batches whatever the corpus size.
+
+Atomic output: everything is written into a hidden staging folder beside `--out`
+(`.NAME.partial-XXXX`), `manifest.json` last, and the folder is renamed into place
+only when complete. With `--overwrite` the old folder is replaced only after the new
+one is complete. A killed run leaves at most a staging folder, never a manifest that
+describes incomplete files.
+
+`merge_data_dirs` concatenates the outputs of `--num-shards/--shard-index` runs (or any
+data dirs with the same tokenizer, slicing, seq_len and val_fraction) into one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from timoe_core.config import PrepareDataConfig, save_config
+from timoe_core.data.manifest import (
+    MANIFEST_FILENAME,
+    SPLITS,
+    FileEntry,
+    Manifest,
+    ShardSpec,
+    SlicingSpec,
+    SplitStats,
+    YearStats,
+    load_manifest,
+    token_file_relpath,
+)
+from timoe_core.data.sources import SourceOptions, open_source
+from timoe_core.errors import TimoeError
+from timoe_core.io import atomic_write_json
+from timoe_core.timeslices import TimeSlicing
+from timoe_core.tokenizer import Tokenizer, get_tokenizer
+
+SKIP_REASONS: tuple[str, ...] = ("out_of_range", "empty", "bad_rows")
+TOKEN_DTYPE = np.dtype("<u2")
+WRITE_BUFFER_BYTES = 1 << 20
+COPY_CHUNK_BYTES = 8 << 20
+# Jobs per worker thread and batch: enough to even out documents of unequal length.
+JOBS_PER_WORKER = 4
+
+
+@dataclass
+class PrepareProgress:
+    """What a progress display needs; sent after every batch."""
+
+    documents: int  # documents written
+    tokens: int  # tokens written (EOTs included)
+    elapsed_s: float
+    skipped: dict[str, int]
+    bytes_read: int | None = None
+    total_bytes: int | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+ProgressCallback = Callable[[PrepareProgress], None]
+
+
+# ------------------------------------------------------------------------ split
+
+
+def val_threshold(val_fraction: float) -> int:
+    return int(val_fraction * 2**64)
+
+
+def text_hash(text: str) -> int:
+    """A stable 64-bit hash of a document's text (blake2b of its UTF-8 bytes)."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def is_val(text: str, val_fraction: float) -> bool:
+    """Whether a document is held out: the same answer on every run and machine."""
+    return text_hash(text) < val_threshold(val_fraction)
+
+
+# ---------------------------------------------------------------------- writing
+
+
+class _TokenFile:
+    """One train/YEAR.bin or val/YEAR.bin: buffered appends, sha256 on the way."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._f = open(path, "wb", buffering=WRITE_BUFFER_BYTES)  # noqa: SIM115
+        self._sha = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        self._f.write(view)
+        self._sha.update(view)
+        self.bytes += view.nbytes
+
+    def close(self) -> FileEntry:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return FileEntry(bytes=self.bytes, sha256=self._sha.hexdigest())
+
+    def abort(self) -> None:
+        self._f.close()
+
+
+class _Outputs:
+    """The token files of a staging folder and their per-(split, year) counts."""
+
+    def __init__(self, root: Path, years: Sequence[int]) -> None:
+        self.root = root
+        self.files: dict[str, _TokenFile] = {}
+        self.stats: dict[int, YearStats] = {y: YearStats() for y in years}
+
+    def write(self, split: str, year: int, data: Any, documents: int) -> None:
+        rel = token_file_relpath(split, year)
+        f = self.files.get(rel)
+        if f is None:
+            f = self.files[rel] = _TokenFile(self.root / rel)
+        f.write(data)
+        s: SplitStats = getattr(self.stats[year], split)
+        s.tokens += len(data) if isinstance(data, np.ndarray) else memoryview(data).nbytes // 2
+        s.documents += documents
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.train.tokens + s.val.tokens for s in self.stats.values())
+
+    @property
+    def documents(self) -> int:
+        return sum(s.train.documents + s.val.documents for s in self.stats.values())
+
+    def close(self) -> dict[str, FileEntry]:
+        return {rel: f.close() for rel, f in sorted(self.files.items())}
+
+    def abort(self) -> None:
+        for f in self.files.values():
+            f.abort()
+
+
+# ------------------------------------------------------------------ output dirs
+
+
+def check_out_dir(out: Path | None, overwrite: bool) -> Path:
+    """Refuse an output folder we must not write (before any work is done)."""
+    if out is None:
+        raise TimoeError("--out is required: the folder to write the prepared data into")
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise TimoeError(f"--out {out} is a file, not a folder: choose a folder path")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise TimoeError(
+                f"--out {out} exists and is not empty: pass --overwrite to replace it, "
+                "or choose another folder"
+            )
+        if not (out / MANIFEST_FILENAME).is_file():
+            raise TimoeError(
+                f"--out {out} is not empty and is not a prepared data dir (no "
+                f"{MANIFEST_FILENAME}): refusing to replace it even with --overwrite"
+            )
+    return out
+
+
+class _Staging:
+    """A hidden folder beside `out`; renamed onto it only when complete."""
+
+    def __init__(self, out: Path, overwrite: bool) -> None:
+        self.out = out
+        self.overwrite = overwrite
+        self._made_parents: list[Path] = []
+        parent = out.absolute().parent
+        while not parent.exists():
+            self._made_parents.append(parent)
+            parent = parent.parent
+        out.absolute().parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(
+            tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.absolute().parent)
+        )
+        _chmod_default(self.path, 0o777)  # mkdtemp makes it 0700
+
+    def commit(self) -> None:
+        out = self.out
+        check_out_dir(out, self.overwrite)  # again: something may have appeared meanwhile
+        if out.is_dir() and any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.absolute().parent))
+            os.replace(out, old)  # replaces the empty folder mkdtemp made
+            os.rename(self.path, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if out.is_dir():
+                out.rmdir()
+            os.rename(self.path, out)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        for p in self._made_parents:  # innermost first; only while empty
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+def _chmod_default(path: Path, mode: int) -> None:
+    """The permissions a plain mkdir/open would give (temp files are private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
+def _finish(
+    staging: _Staging, outputs: _Outputs, cfg: PrepareDataConfig, manifest: Manifest
+) -> Manifest:
+    manifest.files = outputs.close()
+    _chmod_default(save_config(cfg, staging.path), 0o666)
+    manifest_path = staging.path / MANIFEST_FILENAME
+    atomic_write_json(manifest_path, manifest.model_dump(mode="json"))  # last
+    _chmod_default(manifest_path, 0o666)
+    staging.commit()
+    return manifest
+
+
+# ------------------------------------------------------------------ tokenising
+
+
+def _make_encoder(tokenizer: Tokenizer) -> Callable[[str], np.ndarray]:
+    # encode_to_numpy with no disallowed specials encodes like encode_ordinary (special
+    # token strings as plain text) but returns a uint32 buffer instead of a list of ints.
+    encode = tokenizer._encoding.encode_to_numpy  # type: ignore[attr-defined]
+
+    def encode_text(text: str) -> np.ndarray:
+        try:
+            return encode(text, disallowed_special=())
+        except UnicodeEncodeError:  # lone surrogates: as tiktoken's encode_ordinary does
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return encode(text, disallowed_special=())
+
+    return encode_text
+
+
+def _encode_job(
+    encode: Callable[[str], np.ndarray], texts: list[str], keys: list[int], eot: np.ndarray
+) -> list[tuple[int, np.ndarray, int]]:
+    """Tokenise documents; per key (in first-seen order): tokens joined by EOT, doc count."""
+    groups: dict[int, list[np.ndarray]] = {}
+    for text, key in zip(texts, keys):
+        parts = groups.get(key)
+        if parts is None:
+            parts = groups[key] = []
+        parts.append(encode(text))
+        parts.append(eot)
+    return [
+        (key, np.concatenate(parts, dtype=TOKEN_DTYPE, casting="unsafe"), len(parts) // 2)
+        for key, parts in groups.items()
+    ]
+
+
+@dataclass
+class _Counts:
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    first_bad_row: str | None = None
+    years_seen_out_of_range: tuple[int, int] | None = None
+
+    def out_of_range(self, year: int) -> None:
+        self.skipped["out_of_range"] += 1
+        lo_hi = self.years_seen_out_of_range
+        self.years_seen_out_of_range = (
+            (year, year) if lo_hi is None else (min(lo_hi[0], year), max(lo_hi[1], year))
+        )
+
+
+def _empty_corpus_message(counts: _Counts, slicing: TimeSlicing, source: str) -> str:
+    s = counts.skipped
+    parts = [f"no documents left to write from {source}"]
+    detail = []
+    if s["out_of_range"]:
+        lo, hi = counts.years_seen_out_of_range or (0, 0)
+        seen = str(lo) if lo == hi else f"{lo}-{hi}"
+        detail.append(
+            f"{s['out_of_range']} outside the years {slicing.start_year}-{slicing.end_year} "
+            f"(they are from {seen}: adjust --start-year/--end-year)"
+        )
+    if s["empty"]:
+        detail.append(f"{s['empty']} with empty text")
+    if s["bad_rows"]:
+        detail.append(f"{s['bad_rows']} bad rows (first: {counts.first_bad_row})")
+    if detail:
+        parts.append("skipped " + "; ".join(detail))
+    else:
+        parts.append("the source holds no documents for this shard")
+    return ": ".join(parts)
+
+
+def prepare_data(
+    cfg: PrepareDataConfig, progress_callback: ProgressCallback | None = None
+) -> Manifest:
+    """Tokenise `cfg.source` into `cfg.out` (or merge `cfg.merge` into it); the manifest."""
+    if cfg.merge:
+        return merge_data_dirs(cfg, progress_callback)
+    out = check_out_dir(cfg.out, cfg.overwrite)
+    slicing = TimeSlicing(cfg.start_year, cfg.end_year, cfg.slice_years)
+    tokenizer = get_tokenizer()
+    opts = SourceOptions(
+        text_field=cfg.text_field,
+        date_field=cfg.date_field,
+        skip_bad_rows=cfg.skip_bad_rows,
+        num_shards=cfg.num_shards,
+        shard_index=cfg.shard_index,
+        max_docs=cfg.max_docs,
+        hf_split=cfg.hf_split,
+    )
+    source = open_source(
+        cfg.source,
+        opts,
+        builtin_docs_per_year=cfg.builtin_docs_per_year,
+        seed=cfg.seed,
+        date_field_given="date_field" in cfg.model_fields_set,
+    )
+    manifest = Manifest(
+        tokenizer=tokenizer.name,
+        vocab_size=tokenizer.vocab_size,
+        eot_token=tokenizer.eot_token,
+        slicing=SlicingSpec(**slicing.to_dict()),
+        seq_len=cfg.seq_len,
+        val_fraction=cfg.val_fraction,
+        source=source.description,
+        shards=[ShardSpec(num_shards=cfg.num_shards, shard_index=cfg.shard_index)],
+    )
+
+    staging = _Staging(out, cfg.overwrite)
+    outputs = _Outputs(staging.path, slicing.years)
+    pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="timoe-tokenise")
+    try:
+        counts = _tokenise_into(cfg, source, tokenizer, slicing, outputs, pool, progress_callback)
+        pool.shutdown(wait=True)
+        if outputs.documents == 0:
+            raise TimoeError(_empty_corpus_message(counts, slicing, source.description))
+        manifest.years = {str(y): s for y, s in outputs.stats.items()}
+        manifest.skipped = counts.skipped
+        return _finish(staging, outputs, cfg, manifest)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        outputs.abort()
+        staging.discard()
+        raise
+
+
+def _tokenise_into(
+    cfg: PrepareDataConfig,
+    source: Any,
+    tokenizer: Tokenizer,
+    slicing: TimeSlicing,
+    outputs: _Outputs,
+    pool: ThreadPoolExecutor,
+    progress_callback: ProgressCallback | None,
+) -> _Counts:
+    encode = _make_encoder(tokenizer)
+    eot = np.array([tokenizer.eot_token], dtype=np.uint32)
+    threshold = val_threshold(cfg.val_fraction)
+    start, end = slicing.start_year, slicing.end_year
+    n_jobs = max(1, cfg.workers * JOBS_PER_WORKER)
+    counts = _Counts()
+    skipped = counts.skipped
+    t0 = time.perf_counter()
+    in_flight: list[Future] = []
+
+    def drain() -> None:
+        for fut in in_flight:
+            for key, tokens, n_docs in fut.result():
+                outputs.write(SPLITS[key & 1], start + (key >> 1), tokens, n_docs)
+        in_flight.clear()
+
+    for batch in source.batches():
+        if batch.bad_rows:
+            skipped["bad_rows"] += batch.bad_rows
+            if counts.first_bad_row is None:
+                counts.first_bad_row = batch.first_bad_row
+        texts: list[str] = []
+        keys: list[int] = []
+        for text, year in zip(batch.texts, batch.years):
+            if not text or text.isspace():
+                skipped["empty"] += 1
+                continue
+            if not start <= year <= end:
+                counts.out_of_range(year)
+                continue
+            keys.append(((year - start) << 1) | (text_hash(text) < threshold))
+            texts.append(text)
+        # Tokenise this batch in the pool while the previous one is written and the
+        # next one is read.
+        new_jobs: list[Future] = []
+        if texts:
+            step = -(-len(texts) // n_jobs)
+            for i in range(0, len(texts), step):
+                new_jobs.append(
+                    pool.submit(_encode_job, encode, texts[i : i + step], keys[i : i + step], eot)
+                )
+        drain()
+        in_flight.extend(new_jobs)
+        if progress_callback is not None:
+            progress_callback(
+                PrepareProgress(
+                    documents=outputs.documents,
+                    tokens=outputs.tokens,
+                    elapsed_s=time.perf_counter() - t0,
+                    skipped=dict(skipped),
+                    bytes_read=batch.bytes_read,
+                    total_bytes=source.total_bytes,
+                )
+            )
+    drain()
+    if progress_callback is not None:
+        progress_callback(
+            PrepareProgress(
+                documents=outputs.documents,
+                tokens=outputs.tokens,
+                elapsed_s=time.perf_counter() - t0,
+                skipped=dict(skipped),
+                bytes_read=source.total_bytes,
+                total_bytes=source.total_bytes,
+            )
+        )
+    return counts
+
+
+# ------------------------------------------------------------------------ merge
+
+
+def _check_compatible(dirs: list[Path], manifests: list[Manifest]) -> None:
+    first_dir, first = dirs[0], manifests[0]
+    checks = {
+        "tokenizer": lambda m: (m.tokenizer, m.vocab_size, m.eot_token, m.dtype),
+        "slicing": lambda m: (m.slicing.start_year, m.slicing.end_year, m.slicing.slice_years),
+        "seq_len": lambda m: m.seq_len,
+        "val_fraction": lambda m: m.val_fraction,
+    }
+    for d, m in zip(dirs[1:], manifests[1:]):
+        for what, get in checks.items():
+            if get(m) != get(first):
+                raise TimoeError(
+                    f"cannot merge {d} into {first_dir}: their {what} differ "
+                    f"({get(m)} vs {get(first)}); prepare them with the same options"
+                )
+    # Shards k1 of n1 and k2 of n2 of one source share documents (record i with
+    # i % n1 == k1 and i % n2 == k2) exactly when k1 == k2 modulo gcd(n1, n2).
+    seen: list[tuple[str, ShardSpec, Path]] = []
+    for d, m in zip(dirs, manifests):
+        for shard in m.shards:
+            for source, other, other_dir in seen:
+                g = math.gcd(shard.num_shards, other.num_shards)
+                if source == m.source and shard.shard_index % g == other.shard_index % g:
+                    raise TimoeError(
+                        f"{other_dir} (shard {other.shard_index} of {other.num_shards}) and {d} "
+                        f"(shard {shard.shard_index} of {shard.num_shards}) hold documents of "
+                        f"{m.source} in common: merging them would duplicate documents"
+                    )
+            seen.append((m.source, shard, d))
+
+
+def merge_data_dirs(
+    cfg: PrepareDataConfig, progress_callback: ProgressCallback | None = None
+) -> Manifest:
+    """Concatenate the data dirs `cfg.merge` into `cfg.out`, file by file.
+
+    Every (split, year) file of the result is the inputs' files in the order given.
+    Inputs are checked against their manifests' sha256 while they are copied, and
+    the result's checksums are computed from what is written.
+    """
+    dirs = [Path(d).expanduser() for d in cfg.merge or []]
+    if not dirs:
+        raise TimoeError("--merge needs at least one data dir to merge")
+    resolved = [d.resolve() for d in dirs]
+    for i, d in enumerate(resolved):
+        if d in resolved[:i]:
+            raise TimoeError(f"{dirs[i]} is given twice to --merge")
+    out = check_out_dir(cfg.out, cfg.overwrite)
+    manifests = [load_manifest(d, verify="size") for d in dirs]
+    _check_compatible(dirs, manifests)
+    first = manifests[0]
+    slicing = first.time_slicing()
+    sources = list(dict.fromkeys(m.source for m in manifests))
+    manifest = Manifest(
+        tokenizer=first.tokenizer,
+        vocab_size=first.vocab_size,
+        eot_token=first.eot_token,
+        slicing=first.slicing,
+        seq_len=first.seq_len,
+        val_fraction=first.val_fraction,
+        source=" + ".join(sources),
+        shards=[s for m in manifests for s in m.shards],
+    )
+    skipped = dict.fromkeys(SKIP_REASONS, 0)
+    for m in manifests:
+        for reason, n in m.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    manifest.skipped = skipped
+    years = sorted({int(y) for m in manifests for y in m.years} | set(slicing.years))
+
+    staging = _Staging(out, cfg.overwrite)
+    outputs = _Outputs(staging.path, years)
+    total_bytes = sum(e.bytes for m in manifests for e in m.files.values())
+    done_bytes = 0
+    t0 = time.perf_counter()
+    try:
+        for split in SPLITS:
+            for year in years:
+                rel = token_file_relpath(split, year)
+                for d, m in zip(dirs, manifests):
+                    entry = m.files.get(rel)
+                    stats = m.years.get(str(year))
+                    if entry is None or stats is None:
+                        continue
+                    n_docs = getattr(stats, split).documents
+                    sha = hashlib.sha256()
+                    with open(d / rel, "rb") as f:
+                        while chunk := f.read(COPY_CHUNK_BYTES):
+                            sha.update(chunk)
+                            outputs.write(split, year, chunk, n_docs)
+                            n_docs = 0  # counted once per input file
+                            done_bytes += len(chunk)
+                    if sha.hexdigest() != entry.sha256:
+                        raise TimoeError(
+                            f"token file {d / rel} fails its sha256 check: prepare that "
+                            "data dir again"
+                        )
+                    if progress_callback is not None:
+                        progress_callback(
+                            PrepareProgress(
+                                documents=outputs.documents,
+                                tokens=outputs.tokens,
+                                elapsed_s=time.perf_counter() - t0,
+                                skipped=dict(skipped),
+                                bytes_read=done_bytes,
+                                total_bytes=total_bytes,
+                            )
+                        )
+        manifest.years = {str(y): s for y, s in outputs.stats.items()}
+        return _finish(staging, outputs, cfg, manifest)
+    except BaseException:
+        outputs.abort()
+        staging.discard()
+        raise

@@ -1,0 +1,533 @@
+"""Dated document sources for `prepare-data`: where documents come from and their year.
+
+A source turns `--source` into a stream of `DocBatch`es: the texts and years of a
+few thousand documents at a time, never the whole corpus. Sources:
+
+- `builtin`: the embedded corpus (`timoe_core.data.builtin`).
+- a `.jsonl` (or `.jsonl.gz`) file: read line by line by our own reader, so a bad line
+  is named as `file:line`.
+- a `.json`, `.csv` or `.parquet` file: streamed through the `datasets` library.
+- a folder: every such file under it, in sorted path order.
+- `hf:NAME[:CONFIG]`: `datasets.load_dataset(NAME, CONFIG, streaming=True)`.
+- `fineweb-edu[:CONFIG]`: HuggingFaceFW/fineweb-edu, the year taken from its `dump`
+  field (`CC-MAIN-2017-13` -> 2017) unless `--date-field` says otherwise.
+
+Sharding: the records of a source are numbered 0, 1, 2, ... in the order the source
+yields them (for JSONL: its non-blank lines, across files in sorted order), and shard
+k of n takes the records whose number % n == k. `max_docs` keeps the first max_docs
+records, before sharding, so the shards of a `--max-docs` run together hold exactly
+the documents of the unsharded run. Each shard still reads the whole stream; it only
+parses and tokenises its own records (JSONL lines of other shards are not even parsed).
+
+Dates (`parse_year`): a year (`2019`, `"2019"`), an ISO date or timestamp
+(`2019-04-01`, `2019-04`, `2019/04/01`, `2019-04-01T10:00:00Z`, with or without an
+offset; the year is the one written, not converted to UTC), a unix timestamp in
+seconds (or milliseconds when above 1e11), an RFC 2822 date, a Common Crawl dump name
+(`CC-MAIN-2017-13`), or a `datetime`/`date` object.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import gzip
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from timoe_core.errors import TimoeError
+
+FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"
+FINEWEB_DATE_FIELD = "dump"
+SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
+# Raw JSONL bytes read per batch: large enough for cheap batching, small enough that
+# two batches in flight stay a few tens of MB whatever the corpus size.
+JSONL_BLOCK_BYTES = 4 << 20
+DATASETS_BATCH_ROWS = 1024
+BUILTIN_BATCH_DOCS = 1024
+
+_MISSING = object()
+
+
+# ----------------------------------------------------------------------- dates
+
+
+class DateError(ValueError):
+    """A date value that names no year."""
+
+
+_CC_DUMP_RE = re.compile(r"CC-MAIN-(\d{4})-\d{2}")
+_YEAR_RE = re.compile(r"[+]?\d{4}")
+_NUMBER_RE = re.compile(r"[+-]?\d+(?:\.\d*)?")
+_ISO_RE = re.compile(
+    r"(\d{4})(?:[-/](\d{1,2})(?:[-/](\d{1,2}))?)?"  # date
+    r"(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?"  # time
+    r"(?:\s*(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?))?"  # offset
+)
+
+
+def _year_from_timestamp(ts: float) -> int:
+    if not math.isfinite(ts):
+        raise DateError("not a finite number")
+    if abs(ts) > 1e11:  # milliseconds: 1e11 s would be the year 5138
+        ts /= 1000.0
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).year
+    except (OverflowError, OSError, ValueError):
+        raise DateError("timestamp out of range") from None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _year_from_string(text: str) -> int:
+    s = text.strip()
+    if not s:
+        raise DateError("empty")
+    if m := _CC_DUMP_RE.fullmatch(s):
+        return int(m.group(1))
+    if _YEAR_RE.fullmatch(s):
+        return int(s)
+    if _NUMBER_RE.fullmatch(s):
+        return _year_from_timestamp(float(s))
+    if m := _ISO_RE.fullmatch(s):
+        year = int(m.group(1))
+        month = int(m.group(2) or 1)
+        day = int(m.group(3) or 1)
+        try:
+            date(year, month, day)
+        except ValueError:
+            raise DateError("no such day") from None
+        return year
+    try:  # whatever else ISO 8601 allows
+        return datetime.fromisoformat(s).year
+    except ValueError:
+        pass
+    try:  # RFC 2822: "Mon, 01 Apr 2019 10:00:00 GMT"
+        return email.utils.parsedate_to_datetime(s).year
+    except (TypeError, ValueError, IndexError):
+        pass
+    raise DateError("unrecognised format")
+
+
+def parse_year(value: Any) -> int:
+    """The year a date value names; DateError when it names none."""
+    if isinstance(value, bool) or value is None:
+        raise DateError("no date")
+    if isinstance(value, int):
+        year = value if abs(value) < 10000 else _year_from_timestamp(float(value))
+    elif isinstance(value, float):
+        if value.is_integer() and abs(value) < 10000:
+            year = int(value)
+        else:
+            year = _year_from_timestamp(value)
+    elif isinstance(value, (datetime, date)):
+        year = value.year
+    elif isinstance(value, str):
+        year = _year_from_string(value)
+    else:
+        raise DateError(f"a {type(value).__name__}, not a date")
+    if not 1 <= year <= 9999:
+        raise DateError("year out of range")
+    return year
+
+
+def describe_date_error(where: str, value: Any, field_name: str) -> str:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return (
+        f"{where}: cannot read a year from {field_name!r} = {shown}: use a year (2019), an ISO "
+        "date or timestamp (2019-04-01, 2019-04-01T10:00:00Z) or a unix timestamp"
+    )
+
+
+# ---------------------------------------------------------------------- batches
+
+
+@dataclass
+class DocBatch:
+    """Documents of one batch, in source order, with what the source could not read."""
+
+    texts: list[Any] = field(default_factory=list)  # usually str; None or "" are "empty"
+    years: list[int] = field(default_factory=list)
+    bad_rows: int = 0
+    first_bad_row: str | None = None  # the message of the first bad row skipped
+    bytes_read: int | None = None  # cumulative, where the source knows it
+
+
+@dataclass
+class SourceOptions:
+    text_field: str = "text"
+    date_field: str = "date"
+    skip_bad_rows: bool = False
+    num_shards: int = 1
+    shard_index: int = 0
+    max_docs: int | None = None
+    hf_split: str = "train"
+
+
+class _RecordCursor:
+    """Numbers records across files; says which this shard takes and when to stop."""
+
+    def __init__(self, opts: SourceOptions) -> None:
+        self.next_index = 0
+        self.n = opts.num_shards
+        self.k = opts.shard_index
+        self.limit = opts.max_docs
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.next_index >= self.limit
+
+    def take(self) -> bool:
+        """Count one record; True when it belongs to this shard."""
+        i = self.next_index
+        self.next_index = i + 1
+        return i % self.n == self.k
+
+
+class _BatchBuilder:
+    """Collects rows; a bad row stops the run or is counted, as --skip-bad-rows says."""
+
+    def __init__(self, opts: SourceOptions) -> None:
+        self.opts = opts
+        self.batch = DocBatch()
+
+    def bad(self, message: str) -> None:
+        if not self.opts.skip_bad_rows:
+            raise TimoeError(message + " (pass --skip-bad-rows to count and skip such rows)")
+        b = self.batch
+        b.bad_rows += 1
+        if b.first_bad_row is None:
+            b.first_bad_row = message
+
+    def add(self, text: Any, date_value: Any, where_fn: Callable[[], str]) -> None:
+        try:
+            year = parse_year(date_value)
+        except DateError:
+            self.bad(describe_date_error(where_fn(), date_value, self.opts.date_field))
+            return
+        self.batch.texts.append(text)
+        self.batch.years.append(year)
+
+    def take(self) -> DocBatch:
+        out, self.batch = self.batch, DocBatch()
+        return out
+
+
+def _fields_hint(keys: Any) -> str:
+    names = ", ".join(repr(str(k)) for k in keys) if keys else "none"
+    return f"the fields are: {names}"
+
+
+def _missing_field_message(where: str, which: str, name: str, keys: Any) -> str:
+    flag = "--text-field" if which == "text" else "--date-field"
+    return f"{where}: no {which} field {name!r} ({_fields_hint(keys)}): choose one with {flag}"
+
+
+# ------------------------------------------------------------------------ sources
+
+
+class DocumentSource:
+    """A stream of DocBatches; `description` goes into the manifest."""
+
+    description: str = ""
+    total_bytes: int | None = None
+
+    def batches(self) -> Iterator[DocBatch]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class BuiltinSource(DocumentSource):
+    def __init__(self, opts: SourceOptions, docs_per_year: int, seed: int) -> None:
+        self.opts = opts
+        self.docs_per_year = docs_per_year
+        self.seed = seed
+        self.description = f"builtin (docs_per_year={docs_per_year}, seed={seed})"
+
+    def batches(self) -> Iterator[DocBatch]:
+        from timoe_core.data.builtin import builtin_documents
+
+        cursor = _RecordCursor(self.opts)
+        batch = DocBatch()
+        for doc in builtin_documents(docs_per_year=self.docs_per_year, seed=self.seed):
+            if cursor.exhausted:
+                break
+            if not cursor.take():
+                continue
+            batch.texts.append(doc.text)
+            batch.years.append(int(doc.year))
+            if len(batch.texts) >= BUILTIN_BATCH_DOCS:
+                yield batch
+                batch = DocBatch()
+        if batch.texts:
+            yield batch
+
+
+class FilesSource(DocumentSource):
+    """Local files: .jsonl by our reader, .json/.csv/.parquet through `datasets`."""
+
+    def __init__(self, opts: SourceOptions, root: Path, files: list[Path]) -> None:
+        self.opts = opts
+        self.files = files
+        self.description = str(root.resolve())
+        self.total_bytes = sum(f.stat().st_size for f in files)
+
+    def batches(self) -> Iterator[DocBatch]:
+        cursor = _RecordCursor(self.opts)
+        done_bytes = 0
+        for path in self.files:
+            if cursor.exhausted:
+                return
+            if _suffix(path) in (".jsonl", ".jsonl.gz"):
+                reader = _jsonl_batches(path, self.opts, cursor)
+            else:
+                reader = _datasets_file_batches(path, self.opts, cursor)
+            for batch in reader:
+                if batch.bytes_read is not None:
+                    batch.bytes_read += done_bytes
+                yield batch
+            done_bytes += path.stat().st_size
+
+
+class HubSource(DocumentSource):
+    def __init__(self, opts: SourceOptions, name: str, config: str | None, label: str) -> None:
+        self.opts = opts
+        self.name = name
+        self.config = config
+        self.description = label
+
+    def batches(self) -> Iterator[DocBatch]:
+        try:
+            ds = load_hf_dataset(self.name, self.config, self.opts.hf_split)
+        except TimoeError:
+            raise
+        except Exception as exc:  # datasets raises many types for a bad name/config/network
+            raise TimoeError(
+                f"cannot open {self.description!r} ({type(exc).__name__}: {_first_line(exc)})"
+            ) from None
+        yield from _iterable_dataset_batches(
+            ds, self.opts, _RecordCursor(self.opts), self.description
+        )
+
+
+def load_hf_dataset(name: str, config: str | None, split: str) -> Any:
+    """`datasets.load_dataset(..., streaming=True)`; tests replace this function."""
+    import datasets
+
+    return datasets.load_dataset(name, config, split=split, streaming=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in SUPPORTED_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return path.suffix.lower()
+
+
+def _jsonl_batches(path: Path, opts: SourceOptions, cursor: _RecordCursor) -> Iterator[DocBatch]:
+    """Our JSONL reader: big binary reads, one json.loads per line this shard owns."""
+    text_field, date_field = opts.text_field, opts.date_field
+    builder = _BatchBuilder(opts)
+    loads = json.loads
+    line_no = 0
+    pending = b""
+    try:
+        raw = open(path, "rb")
+    except OSError as exc:
+        raise TimoeError(f"cannot read {path}: {exc.strerror or exc}") from None
+    f = gzip.GzipFile(fileobj=raw) if path.name.lower().endswith(".gz") else raw
+    with raw, f:
+        first = True
+        while True:
+            try:
+                block = f.read(JSONL_BLOCK_BYTES)
+            except (OSError, EOFError) as exc:  # e.g. a truncated .gz
+                raise TimoeError(f"cannot read {path}: {_first_line(exc)}") from None
+            if first:
+                block = block.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+                first = False
+            if block:
+                cut = block.rfind(b"\n")
+                if cut < 0:  # a line longer than a block: keep reading
+                    pending += block
+                    continue
+                data, pending = pending + block[: cut + 1], block[cut + 1 :]
+            else:
+                data, pending = pending, b""
+                if not data:
+                    break
+            lines = data.split(b"\n")
+            if data.endswith(b"\n"):
+                lines.pop()
+            for line in lines:
+                line_no += 1
+                if not line or line.isspace():
+                    continue
+                if cursor.exhausted:
+                    break
+                if not cursor.take():
+                    continue
+                try:
+                    row = loads(line)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    builder.bad(f"{path}:{line_no}: malformed JSON ({_first_line(exc)})")
+                    continue
+                if not isinstance(row, dict):
+                    builder.bad(
+                        f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}"
+                    )
+                    continue
+                text = row.get(text_field, _MISSING)
+                date_value = row.get(date_field, _MISSING)
+                if text is _MISSING or date_value is _MISSING:
+                    which, name = ("text", text_field) if text is _MISSING else ("date", date_field)
+                    builder.bad(_missing_field_message(f"{path}:{line_no}", which, name, row))
+                    continue
+                if text is not None and not isinstance(text, str):
+                    builder.bad(
+                        f"{path}:{line_no}: field {text_field!r} is a "
+                        f"{type(text).__name__}, not a string"
+                    )
+                    continue
+                builder.add(text, date_value, lambda: f"{path}:{line_no}")  # noqa: B023
+            batch = builder.take()
+            batch.bytes_read = raw.tell()  # compressed bytes for .gz: the progress total
+            yield batch
+            if cursor.exhausted or not block:
+                break
+
+
+def _datasets_file_batches(
+    path: Path, opts: SourceOptions, cursor: _RecordCursor
+) -> Iterator[DocBatch]:
+    builder_name = {".json": "json", ".csv": "csv", ".parquet": "parquet"}[_suffix(path)]
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(
+            builder_name, data_files=str(path), split="train", streaming=True
+        )
+    except Exception as exc:  # datasets wraps reader errors in many types
+        raise TimoeError(f"cannot read {path} ({type(exc).__name__}: {_first_line(exc)})") from None
+    size = path.stat().st_size
+    yield from _iterable_dataset_batches(ds, opts, cursor, str(path))
+    # a file's bytes count once it is done: datasets does not say how far it is
+    yield DocBatch(bytes_read=size)
+
+
+def _iterable_dataset_batches(
+    ds: Any, opts: SourceOptions, cursor: _RecordCursor, label: str
+) -> Iterator[DocBatch]:
+    """Rows of a `datasets.IterableDataset`, a column batch at a time."""
+    text_field, date_field = opts.text_field, opts.date_field
+    columns = getattr(ds, "column_names", None)
+    if columns is not None:
+        _check_columns(label, columns, text_field, date_field)
+        ds = ds.select_columns(
+            [text_field, date_field] if text_field != date_field else [text_field]
+        )
+    builder = _BatchBuilder(opts)
+    row_no = 0
+    iterator = iter(ds.iter(batch_size=DATASETS_BATCH_ROWS))
+    while not cursor.exhausted:
+        try:
+            cols = next(iterator)
+        except StopIteration:
+            break
+        except Exception as exc:  # reader errors (bad CSV, corrupt parquet, network)
+            raise TimoeError(
+                f"cannot read {label} after row {row_no} ({type(exc).__name__}: {_first_line(exc)})"
+            ) from None
+        if columns is None:
+            _check_columns(label, list(cols), text_field, date_field)
+            columns = list(cols)
+        texts, dates = cols[text_field], cols[date_field]
+        for text, date_value in zip(texts, dates):
+            row_no += 1
+            if cursor.exhausted:
+                break
+            if not cursor.take():
+                continue
+            if text is not None and not isinstance(text, str):
+                builder.bad(
+                    f"{label} row {row_no}: field {text_field!r} is a "
+                    f"{type(text).__name__}, not a string"
+                )
+                continue
+            builder.add(text, date_value, lambda: f"{label} row {row_no}")  # noqa: B023
+        yield builder.take()
+
+
+def _check_columns(label: str, columns: list[str], text_field: str, date_field: str) -> None:
+    for which, name in (("text", text_field), ("date", date_field)):
+        if name not in columns:
+            raise TimoeError(_missing_field_message(label, which, name, columns))
+
+
+# ---------------------------------------------------------------------- opening
+
+
+def _find_files(root: Path) -> list[Path]:
+    if root.is_file():
+        if _suffix(root) not in SUPPORTED_SUFFIXES:
+            raise TimoeError(
+                f"{root} is a {root.suffix or 'suffix-less'} file: give a .jsonl, .json, "
+                ".csv or .parquet file (or a folder of them)"
+            )
+        return [root]
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and _suffix(p) in SUPPORTED_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise TimoeError(f"folder {root} holds no .jsonl, .json, .csv or .parquet files")
+    return files
+
+
+def open_source(
+    source: str,
+    opts: SourceOptions,
+    *,
+    builtin_docs_per_year: int = 400,
+    seed: int = 0,
+    date_field_given: bool = True,
+) -> DocumentSource:
+    """Resolve `--source` to a DocumentSource; TimoeError when it cannot be one.
+
+    `date_field_given=False` (the user left --date-field at its default) lets
+    fineweb-edu use its `dump` field.
+    """
+    source = source.strip()
+    if source == "builtin":
+        return BuiltinSource(opts, builtin_docs_per_year, seed)
+    if source == "fineweb-edu" or source.startswith("fineweb-edu:"):
+        config = source.partition(":")[2] or None
+        if not date_field_given:
+            opts.date_field = FINEWEB_DATE_FIELD
+        return HubSource(opts, FINEWEB_EDU, config, source)
+    if source.startswith("hf:"):
+        name, _, config = source[3:].partition(":")
+        if not name:
+            raise TimoeError(f"--source {source!r} names no dataset: use hf:NAME[:CONFIG]")
+        return HubSource(opts, name, config or None, source)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise TimoeError(
+            f"source {source} does not exist: give builtin, fineweb-edu, hf:NAME[:CONFIG], "
+            "or a .jsonl/.json/.csv/.parquet file or folder"
+        )
+    return FilesSource(opts, path, _find_files(path))

@@ -1,0 +1,308 @@
+"""What is evaluated: one interface over a TiMoE bundle, a single expert and a dense model.
+
+`load_evaluated_model(path, strategy)` reads what `path` is (a bundle with timoe.json, a
+run dir with run.json, or a folder of expert run dirs) and returns an `EvaluatedModel`:
+
+    target_log_probs(input_ids, targets, query_dates) -> (B, T) log P(target)
+    eligible_experts(query_date) -> labels of the experts that answer as of that date
+    eligibility_key(query_date)  -> hashable; equal keys give bitwise equal outputs
+    name, strategy, policy, block_size, tokenizer
+
+Strategies: avg | learned-avg | coadapt on a bundle (or avg over a folder of run dirs),
+`expert:YEAR` (the expert of the slice holding YEAR) and `dense` (a run dir of kind
+dense). A dense model or a single expert is a baseline: it has no notion of a query
+date and reads every document the same way; its `eligible_experts` says what it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from timoe_core.checkpoint import RUN_INFO_FILENAME, RunInfo, load_expert, read_run_info
+from timoe_core.config import MixtureOptions
+from timoe_core.errors import TimoeError
+from timoe_core.model.gpt import GPT
+from timoe_core.model.mixture import BUNDLE_FILENAME, STRATEGIES, TiMoE
+from timoe_core.timeslices import POLICIES, first_eligible_date, parse_query_date
+from timoe_core.train.distributed import resolve_device
+
+STRATEGY_HELP = "avg, learned-avg, coadapt, expert:YEAR or dense"
+
+QueryDate = str | int | date
+QueryDates = QueryDate | Sequence[QueryDate]
+
+
+def parse_strategy(strategy: str | None) -> tuple[str | None, int | None]:
+    """('avg', None) / ('expert', 2016) / ('dense', None); None passes through."""
+    if strategy is None:
+        return None, None
+    text = strategy.strip()
+    if text in STRATEGIES or text == "dense":
+        return text, None
+    m = re.fullmatch(r"expert:(\d{4})", text)
+    if m:
+        return "expert", int(m.group(1))
+    raise TimoeError(f"unknown strategy {strategy!r}: use {STRATEGY_HELP}")
+
+
+class EvaluatedModel:
+    """Base of what `timoe evaluate` scores; see the module docstring."""
+
+    name: str
+    strategy: str
+    policy: str
+    block_size: int
+    vocab_size: int  # rows of the embedding: every token id must be below it
+    tokenizer: dict[str, Any]  # {"name", "vocab_size", "eot_token"} from run.json
+    device: torch.device
+    dated: bool  # False: the query date changes nothing (dense model, single expert)
+
+    amp: bool = False  # bf16 autocast (CUDA only)
+
+    def target_log_probs(
+        self, input_ids: torch.Tensor, targets: torch.Tensor, query_dates: QueryDates | None
+    ) -> torch.Tensor:
+        """log P(targets[b, t] | input_ids[b, :t+1]) as float32 (B, T), as of the date(s)."""
+        if self.amp and self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self._target_log_probs(input_ids, targets, query_dates).float()
+        return self._target_log_probs(input_ids, targets, query_dates)
+
+    def _target_log_probs(self, input_ids, targets, query_dates) -> torch.Tensor:
+        raise NotImplementedError
+
+    def eligible_experts(self, query_date: QueryDate | None) -> list[str]:
+        raise NotImplementedError
+
+    def eligibility_key(self, query_date: QueryDate | None) -> tuple[str, ...]:
+        return tuple(self.eligible_experts(query_date))
+
+    def ineligibility(self, query_date: QueryDate) -> str | None:
+        """None when some expert answers as of `query_date`, else the reason why none does."""
+        try:
+            self.eligible_experts(query_date)
+        except TimoeError as exc:
+            return str(exc)
+        return None
+
+    def loaded_experts(self) -> list[str]:
+        raise NotImplementedError
+
+
+class SingleModel(EvaluatedModel):
+    """One GPT: a dense model or a single slice's expert. Query dates are ignored."""
+
+    dated = False
+
+    def __init__(
+        self, gpt: GPT, info: RunInfo, *, strategy: str, name: str, policy: str = "inclusive"
+    ) -> None:
+        self.gpt = gpt.eval()
+        self.info = info
+        self.strategy = strategy
+        self.name = name
+        self.policy = policy
+        self.block_size = gpt.config.block_size
+        self.vocab_size = gpt.config.vocab_size
+        self.tokenizer = dict(info.tokenizer)
+        self.device = next(gpt.parameters()).device
+
+    @property
+    def label(self) -> str:
+        if self.info.kind == "dense":
+            return f"dense {self.info.slice_label}"
+        return self.info.slice_label
+
+    def _target_log_probs(self, input_ids, targets, query_dates=None):
+        return self.gpt.target_log_probs(input_ids, targets)
+
+    def eligible_experts(self, query_date=None):
+        if query_date is not None:
+            parse_query_date(query_date)  # still refuse a malformed date
+        return [self.label]
+
+    def loaded_experts(self):
+        return [self.label]
+
+
+class MixtureModel(EvaluatedModel):
+    """A TiMoE mixture: experts after the query date are excluded, never loaded."""
+
+    dated = True
+
+    def __init__(self, mix: TiMoE, *, name: str) -> None:
+        self.mix = mix.eval()
+        self.name = name
+        self.strategy = mix.strategy
+        self.policy = mix.policy
+        self.tokenizer = dict(mix.tokenizer)
+        self.block_size = mix.block_size
+        self.vocab_size = mix.vocab_size
+        self.device = torch.device(mix.device)
+
+    def _target_log_probs(self, input_ids, targets, query_dates):
+        if query_dates is None:
+            raise TimoeError("a TiMoE mixture needs a query date for every document")
+        return self.mix.mixture_target_log_probs(input_ids, targets, query_dates)
+
+    def eligible_experts(self, query_date=None):
+        if query_date is None:  # each document's own date: every expert may answer some
+            return [s.label for s in sorted(self.mix.slices)]
+        return [s.label for s in self.mix.eligible_experts(parse_query_date(query_date))]
+
+    def ineligibility(self, query_date):
+        # Some slice is eligible exactly from the first eligible date on (both policies).
+        first = first_eligible_date(self.mix.slices, self.policy)
+        if parse_query_date(query_date) < first:
+            return f"no expert before {first.isoformat()} (policy {self.policy})"
+        return None
+
+    def loaded_experts(self):
+        return list(self.mix.loaded_experts())
+
+
+# ------------------------------------------------------------------- loading
+
+
+def _is_bundle(path: Path) -> bool:
+    return (path / BUNDLE_FILENAME).is_file()
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / RUN_INFO_FILENAME).is_file()
+
+
+def _run_dirs_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and _is_run_dir(p))
+
+
+def _single(run_dir: Path, device: torch.device, strategy: str, name: str) -> SingleModel:
+    gpt, info = load_expert(run_dir, device=device)
+    return SingleModel(gpt, info, strategy=strategy, name=name)
+
+
+def _expert_dir_for_year(run_dirs: list[Path], year: int, where: Path) -> Path:
+    experts = [(d, read_run_info(d)) for d in run_dirs]
+    experts = [(d, i) for d, i in experts if i.kind == "expert"]
+    for d, info in experts:
+        if info.time_slice.contains_year(year):
+            return d
+    labels = ", ".join(i.slice_label for _, i in experts) or "none"
+    raise TimoeError(f"no expert in {where} covers {year}: its experts are {labels}")
+
+
+def load_evaluated_model(
+    path: Path | str,
+    strategy: str | None = None,
+    *,
+    policy: str | None = None,
+    device: str | torch.device = "auto",
+    amp: bool | None = None,
+) -> EvaluatedModel:
+    """Open what `path` holds as the model `strategy` asks for (default: its own).
+
+    amp: bf16 autocast; None turns it on for CUDA devices only.
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    model = _load(Path(path), strategy, policy, dev)
+    model.amp = (model.device.type == "cuda") if amp is None else bool(amp)
+    return model
+
+
+def _load(path: Path, strategy: str | None, policy: str | None, dev: torch.device
+          ) -> EvaluatedModel:
+    kind, year = parse_strategy(strategy)
+    if policy is not None and policy not in POLICIES:
+        raise TimoeError(f"unknown policy {policy!r}: use one of {', '.join(POLICIES)}")
+    what = "give a TiMoE bundle, a run dir or a folder of run dirs"
+    if not path.exists():
+        raise TimoeError(f"model {path} does not exist: {what}")
+    if not path.is_dir():
+        raise TimoeError(f"model {path} is a file: {what}")
+
+    if _is_bundle(path):
+        return _load_from_bundle(path, kind, year, policy, dev)
+
+    if _is_run_dir(path):
+        info = read_run_info(path)
+        if info.kind == "dense":
+            if kind not in (None, "dense"):
+                raise TimoeError(
+                    f"{path} is a dense run dir: strategy {strategy!r} needs a TiMoE bundle; "
+                    "use --strategy dense (or leave it out)"
+                )
+            return _single(path, dev, "dense", f"dense ({path.name})")
+        if kind is None or (kind == "expert" and info.time_slice.contains_year(year)):
+            return _single(path, dev, f"expert:{info.slice_label}", f"expert {info.slice_label}")
+        if kind == "expert":
+            raise TimoeError(
+                f"{path} is the expert of {info.slice_label}, which does not cover {year}"
+            )
+        raise TimoeError(
+            f"{path} is a single expert run dir ({info.slice_label}): strategy {strategy!r} "
+            "needs a TiMoE bundle or a folder of expert run dirs"
+        )
+
+    run_dirs = _run_dirs_under(path)
+    if not run_dirs:
+        raise TimoeError(
+            f"{path} is not a TiMoE bundle (no {BUNDLE_FILENAME}), a run dir (no "
+            f"{RUN_INFO_FILENAME}) or a folder of run dirs"
+        )
+    if kind == "expert":
+        d = _expert_dir_for_year(run_dirs, year, path)
+        info = read_run_info(d)
+        return _single(d, dev, f"expert:{info.slice_label}", f"expert {info.slice_label}")
+    if kind == "dense":
+        dense = [d for d in run_dirs if read_run_info(d).kind == "dense"]
+        if len(dense) != 1:
+            raise TimoeError(
+                f"{path} holds {len(dense)} dense run dirs: point --model at the one to evaluate"
+            )
+        return _single(dense[0], dev, "dense", f"dense ({dense[0].name})")
+    if kind in ("learned-avg", "coadapt"):
+        raise TimoeError(
+            f"{path} is a folder of expert run dirs without a router: strategy {kind} needs a "
+            f"bundle trained by `timoe {'train-router' if kind == 'learned-avg' else 'coadapt'}`"
+        )
+    experts = [d for d in run_dirs if read_run_info(d).kind == "expert"]
+    if not experts:
+        raise TimoeError(f"{path} holds no expert run dirs (only dense ones): use --strategy dense")
+    options = MixtureOptions(policy=policy) if policy else None
+    mix = TiMoE.from_expert_dirs(experts, strategy="avg", options=options, device=dev)
+    return MixtureModel(mix, name=f"avg ({path.name})")
+
+
+def _load_from_bundle(
+    bundle: Path, kind: str | None, year: int | None, policy: str | None, dev: torch.device
+) -> EvaluatedModel:
+    if kind == "dense":
+        raise TimoeError(
+            f"{bundle} is a TiMoE bundle, not a dense run dir: point --model at the dense run"
+        )
+    mix = TiMoE.from_bundle(bundle, device=dev)  # timoe.json and the router; no expert yet
+    if kind in ("learned-avg", "coadapt") and kind != mix.strategy:
+        fix = "train-router --strategy learned-avg" if kind == "learned-avg" else "coadapt"
+        raise TimoeError(
+            f"bundle {bundle} was built with strategy {mix.strategy} and has no {kind} router: "
+            f"train one with `timoe {fix}`, or evaluate it with --strategy {mix.strategy}"
+        )
+    if policy is not None:
+        mix.policy = policy
+    if kind == "expert":
+        slices = [s for s in mix.slices if s.contains_year(year)]
+        if not slices:
+            raise TimoeError(f"no expert in bundle {bundle} covers {year}: its experts are "
+                             f"{', '.join(mix.labels)}")
+        s = slices[0]
+        return SingleModel(mix.expert(s), mix.run_infos[s.label], strategy=f"expert:{s.label}",
+                           name=f"expert {s.label}", policy=mix.policy)
+    if kind == "avg" and mix.strategy != "avg":
+        mix = mix.as_average()  # the same experts (coadapt: the adapted ones), equal weights
+    return MixtureModel(mix, name=f"{mix.strategy} ({bundle.name})")

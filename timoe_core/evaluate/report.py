@@ -1,0 +1,271 @@
+"""Evaluation reports: the JSON document, plain table data for the CLI, and PNG plots.
+
+Nothing here imports rich: the tables are (headers, rows) of strings that the CLI
+renders. Plots use matplotlib's Agg canvas directly (headless, no global backend
+switch) and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from timoe_core import __version__
+from timoe_core.config import save_config
+from timoe_core.evaluate.models import EvaluatedModel
+from timoe_core.evaluate.perplexity import PerplexityMatrix, PerplexityResult
+from timoe_core.evaluate.tsqa import ERROR_LABELS, TSQAResult
+from timoe_core.io import atomic_path, atomic_write_json
+from timoe_core.timeslices import parse_query_date
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def evaluation_report(
+    model: EvaluatedModel,
+    *,
+    model_path: Path | str,
+    query_date: str | None,
+    perplexity: PerplexityResult | None = None,
+    tsqa: TSQAResult | None = None,
+    matrix: PerplexityMatrix | None = None,
+    data_dir: Path | str | None = None,
+    tsqa_source: str | None = None,
+) -> dict[str, Any]:
+    """The `evaluate --json` document (DESIGN.md §3 plus details)."""
+    report: dict[str, Any] = {
+        "strategy": model.strategy,
+        "query_date": query_date,
+        "policy": model.policy,
+        "eligible_experts": model.eligible_experts(query_date),
+        "perplexity": perplexity.by_year() if perplexity else None,
+        "tsqa": tsqa.to_dict() if tsqa else None,
+        "model": str(model_path),
+        "name": model.name,
+        "query_date_resolved": parse_query_date(query_date).isoformat() if query_date else None,
+        "data": str(data_dir) if data_dir is not None else None,
+        "tsqa_source": tsqa_source,
+        "perplexity_overall": perplexity.overall() if perplexity else None,
+        "perplexity_details": perplexity.to_dict() if perplexity else None,
+        "loaded_experts": model.loaded_experts(),
+        "timoe_version": __version__,
+    }
+    if query_date is None and model.dated:
+        years = set()
+        if perplexity:
+            years |= set(perplexity.years)
+        if tsqa:
+            years |= set(tsqa.by_year)
+        report["eligible_by_year"] = {
+            str(y): (None if model.ineligibility(y) else model.eligible_experts(y))
+            for y in sorted(years)
+        }
+    if matrix is not None:
+        report["matrix"] = matrix.to_dict()
+    return report
+
+
+def write_report(path: Path, report: Mapping[str, Any], config: BaseModel | None = None) -> None:
+    """The JSON, atomically, with the resolved config beside it (`<stem>.config.yaml`)."""
+    path = Path(path)
+    atomic_write_json(path, report)
+    if config is not None:
+        save_config(config, path.parent, f"{path.stem}.config.yaml")
+
+
+# ---------------------------------------------------------------------- tables
+
+
+def fmt_ppl(x: float | None) -> str:
+    """A perplexity in a narrow cell: fewer decimals as it grows."""
+    if x is None or math.isnan(x):
+        return "—"
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.1f}" if x >= 100 else f"{x:.2f}"
+
+
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    qd = report["query_date"]
+    rows = [
+        ["model", f"{report['name']}  [{report['model']}]"],
+        ["strategy", str(report["strategy"])],
+        ["query date", f"{qd} (= {report['query_date_resolved']})" if qd
+         else "each document's own year"],
+        ["policy", str(report["policy"])],
+        ["eligible experts", ", ".join(report["eligible_experts"]) or "—"],
+        ["loaded experts", ", ".join(report["loaded_experts"]) or "—"],
+    ]
+    if report.get("perplexity_overall") is not None:
+        rows.append(["perplexity (all years)", fmt_ppl(report["perplexity_overall"])])
+    return rows
+
+
+def perplexity_table(report: Mapping[str, Any]) -> Table:
+    details = report["perplexity_details"]["years"]
+    by_year = report.get("eligible_by_year")
+    headers = ["data year", "perplexity", "tokens", "windows"]
+    if by_year:
+        headers.append("experts (own date)")
+    headers.append("note")
+    rows = []
+    for y, d in details.items():
+        row = [y, fmt_ppl(d["perplexity"]), f"{d['tokens']:,}", str(d["windows"])]
+        if by_year:
+            row.append(", ".join(by_year.get(y) or []) or "—")
+        row.append(d["reason"] or "")
+        rows.append(row)
+    return headers, rows
+
+
+def tsqa_table(report: Mapping[str, Any]) -> Table:
+    t = report["tsqa"]
+    headers = ["", "n", "accuracy", "acc (norm)", *[f"{lab} err" for lab in ERROR_LABELS]]
+    rows = [["all", str(t["n"]), pct(t["accuracy"]), pct(t["accuracy_norm"]),
+             *[pct(t["error_rates"][lab]) for lab in ERROR_LABELS]]]
+    for y, d in t["by_year"].items():
+        rows.append([y, str(d["n"]), pct(d["accuracy"]), pct(d["accuracy_norm"]),
+                     *[pct(d["error_rates"][lab]) for lab in ERROR_LABELS]])
+    return headers, rows
+
+
+def matrix_table(report: Mapping[str, Any]) -> Table:
+    m = report["matrix"]
+    headers = ["query \\ data", *m["data_years"]]
+    rows = [[q, *map(fmt_ppl, vals)] for q, vals in zip(m["query_dates"], m["perplexity"])]
+    return headers, rows
+
+
+# ----------------------------------------------------------------------- plots
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def plot_perplexity(
+    path: Path, series: Mapping[str, Mapping[str, float | None]], title: str
+) -> None:
+    """Perplexity by data year, one line per model; null years are gaps."""
+    fig = _new_figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    years = sorted({y for s in series.values() for y in s}, key=int)
+    for label, values in series.items():
+        ys = [values.get(y) for y in years]
+        ax.plot([int(y) for y in years], [math.nan if v is None else v for v in ys],
+                marker="o", label=label)
+    ax.set_xlabel("data year (held-out text)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.set_xticks([int(y) for y in years])
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize="small")
+    _save_png(fig, path)
+
+
+def plot_matrix(path: Path, matrix: Mapping[str, Any], title: str) -> None:
+    """Query date x data year heatmap of perplexity; cells without an expert are grey."""
+    import numpy as np
+
+    values = np.array([[math.nan if v is None else v for v in row] for row in matrix["perplexity"]],
+                      dtype=float)
+    rows, cols = values.shape
+    fig = _new_figure(max(5.0, 0.7 * cols + 2.5), max(4.0, 0.5 * rows + 1.8))
+    ax = fig.add_subplot()
+    masked = np.ma.masked_invalid(values)
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis_r"].with_extremes(bad="#d0d0d0")
+    im = ax.imshow(masked, cmap=cmap, aspect="auto")
+    ax.set_xticks(range(cols), matrix["data_years"], rotation=45)
+    ax.set_yticks(range(rows), matrix["query_dates"])
+    ax.set_xlabel("data year")
+    ax.set_ylabel("query date")
+    ax.set_title(title)
+    if rows * cols <= 400:
+        finite = values[np.isfinite(values)]
+        mid = float(np.median(finite)) if finite.size else 0.0
+        for i in range(rows):
+            for j in range(cols):
+                v = values[i, j]
+                text = "—" if math.isnan(v) else (f"{v:.0f}" if v >= 100 else f"{v:.1f}")
+                color = "white" if not math.isnan(v) and v > mid else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(im, ax=ax, label="perplexity")
+    _save_png(fig, path)
+
+
+def plot_compare(path: Path, result: Mapping[str, Any]) -> None:
+    """Bars of TSQA accuracy and future-error rate per model, and perplexity by year."""
+    import numpy as np
+
+    models = result["models"]
+    names = [m.get("label", m["entry"]) for m in models]
+    has_qa = any(m.get("tsqa") for m in models)
+    has_ppl = any(m.get("perplexity") for m in models)
+    panels = int(has_qa) + int(has_ppl) or 1
+    fig = _new_figure(6.0 * panels + 1.0, 4.6)
+    axes = [fig.add_subplot(1, panels, k + 1) for k in range(panels)]
+    k = 0
+    if has_qa:
+        ax = axes[k]
+        k += 1
+        x = np.arange(len(models))
+        acc = [(m["tsqa"] or {}).get("accuracy") or 0.0 for m in models]
+        fut = [((m["tsqa"] or {}).get("error_rates") or {}).get("future") or 0.0 for m in models]
+        ax.bar(x - 0.2, acc, 0.4, label="TSQA accuracy")
+        ax.bar(x + 0.2, fut, 0.4, label="future-error rate", color="#d62728")
+        ax.set_xticks(x, names, rotation=30, ha="right", fontsize="small")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("share of items")
+        ax.set_title("temporal QA")
+        ax.legend(fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
+    if has_ppl:
+        ax = axes[k]
+        years = sorted({y for m in models for y in (m.get("perplexity") or {})}, key=int)
+        for m, name in zip(models, names):
+            vals = [(m.get("perplexity") or {}).get(y) for y in years]
+            ax.plot([int(y) for y in years], [math.nan if v is None else v for v in vals],
+                    marker="o", label=name)
+        ax.set_xticks([int(y) for y in years])
+        ax.set_xlabel("data year")
+        ax.set_ylabel("perplexity")
+        ax.set_title("held-out perplexity")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    if not (has_qa or has_ppl):
+        axes[0].text(0.5, 0.5, "nothing evaluated", ha="center", va="center")
+    _save_png(fig, path)
+
+
+def plot_report(path: Path, report: Mapping[str, Any]) -> None:
+    """The plot of one evaluation: the matrix heatmap when there is one, else by year."""
+    qd = report["query_date"]
+    when = f"as of {qd}" if qd else "each year as of itself"
+    if report.get("matrix"):
+        plot_matrix(path, report["matrix"], f"{report['name']}: perplexity, query date x data year")
+    elif report.get("perplexity"):
+        plot_perplexity(path, {report["name"]: report["perplexity"]},
+                        f"{report['name']}: perplexity by data year ({when})")
+    else:
+        t = report["tsqa"]
+        plot_compare(path, {"models": [{"entry": report["name"], "tsqa": t, "perplexity": None}]})
+

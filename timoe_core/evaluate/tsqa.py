@@ -1,0 +1,422 @@
+"""Temporal multiple-choice QA in the TSQA format: load, validate, score.
+
+An item is a question, 4 choices (continuations of the question), the index of the
+correct one, a label per choice (correct / past / future / irrelevant) and a year.
+Each choice is scored by the log-likelihood of its tokens given `<EOT> + question`
+(the EOT marks a document start, as in the training files), read as of the item's
+year unless a query date overrides it. Accuracy takes the choice with the highest
+summed log-likelihood; `accuracy_norm` the highest mean per token. The error rates
+are the share of items whose chosen answer is labelled past / future / irrelevant, so
+accuracy + the three error rates = 1.
+
+Sources: `builtin` (the built-in corpus' questions), a .json / .jsonl file, or
+`hf:NAME[:SPLIT]` through `datasets`. Field names are configurable; a choice may be a
+string or an object holding its text and label (as in the paper's TSQA release).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from timoe_core.errors import TimoeError
+from timoe_core.evaluate.models import EvaluatedModel
+from timoe_core.timeslices import parse_query_date
+from timoe_core.tokenizer import get_tokenizer
+
+if TYPE_CHECKING:
+    from timoe_core.data.builtin import TSQAItem
+
+LABELS: tuple[str, ...] = ("correct", "past", "future", "irrelevant")
+ERROR_LABELS: tuple[str, ...] = ("past", "future", "irrelevant")
+NUM_CHOICES = 4
+SUBSAMPLE_SEED = 0
+
+# progress(done, total): items scored so far.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TSQAFields:
+    """Where a record keeps each part of an item."""
+
+    question: str = "question"
+    choices: str = "choices"
+    answer: str = "answer"
+    labels: str = "labels"
+    year: str = "year"
+    choice_text: str = "text"  # when a choice is an object
+    choice_label: str = "label"
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _fail(source: str, index: int, fieldname: str, problem: str) -> TimoeError:
+    return TimoeError(f"TSQA {source}: item {index}, field {fieldname!r}: {problem}")
+
+
+def validate_item(item: TSQAItem, index: int, source: str, fields: TSQAFields = TSQAFields()
+                  ) -> TSQAItem:
+    """Check one item; TimoeError names the item index and the field at fault."""
+    _check_parts(item.question, item.choices, item.answer, item.labels, item.year,
+                 index, source, fields)
+    return item
+
+
+def _check_parts(question: Any, choices: Any, answer: Any, labels: Any, year: Any,
+                 index: int, source: str, fields: TSQAFields) -> None:
+    if not isinstance(question, str) or not question.strip():
+        raise _fail(source, index, fields.question, "must be a non-empty string")
+    if not isinstance(choices, (list, tuple)) or len(choices) != NUM_CHOICES:
+        n = len(choices) if isinstance(choices, (list, tuple)) else "no list of"
+        raise _fail(source, index, fields.choices, f"has {n} choices, expected {NUM_CHOICES}")
+    for c in choices:
+        if not isinstance(c, str) or not c.strip():
+            raise _fail(source, index, fields.choices, "every choice must be a non-empty string")
+    if not isinstance(labels, (list, tuple)) or len(labels) != NUM_CHOICES:
+        n = len(labels) if isinstance(labels, (list, tuple)) else "no list of"
+        raise _fail(source, index, fields.labels, f"has {n} labels, expected one per choice")
+    bad = [lab for lab in labels if lab not in LABELS]
+    if bad:
+        raise _fail(source, index, fields.labels,
+                    f"unknown label {bad[0]!r}: use {', '.join(LABELS)}")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < NUM_CHOICES:
+        raise _fail(source, index, fields.answer,
+                    f"must be a choice index 0-{NUM_CHOICES - 1}, got {answer!r}")
+    if labels[answer] != "correct" or list(labels).count("correct") != 1:
+        raise _fail(source, index, fields.labels,
+                    f"exactly the answer (choice {answer}) must be labelled 'correct', "
+                    f"got {list(labels)}")
+    if isinstance(year, bool) or not isinstance(year, int):
+        raise _fail(source, index, fields.year, f"must be a year, got {year!r}")
+
+
+def _year_of(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, date):
+        return value.year
+    if isinstance(value, str):
+        m = re.match(r"\s*(\d{4})(?:\D|$)", value)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def item_from_record(rec: Any, index: int, source: str, fields: TSQAFields = TSQAFields()
+                     ) -> TSQAItem:
+    """One record (a mapping) as a validated TSQAItem."""
+    if not isinstance(rec, dict):
+        raise TimoeError(f"TSQA {source}: item {index} is a {type(rec).__name__}, not an object")
+    for name in (fields.question, fields.choices, fields.year):
+        if name not in rec:
+            raise _fail(source, index, name, "is missing")
+    raw = rec[fields.choices]
+    if not isinstance(raw, (list, tuple)):
+        raise _fail(source, index, fields.choices, f"must be a list, got {type(raw).__name__}")
+    choices: list[Any] = []
+    choice_labels: list[Any] = []
+    for c in raw:
+        if isinstance(c, dict):
+            if fields.choice_text not in c:
+                raise _fail(source, index, fields.choices,
+                            f"a choice object has no {fields.choice_text!r} key")
+            choices.append(c[fields.choice_text])
+            choice_labels.append(c.get(fields.choice_label))
+        else:
+            choices.append(c)
+            choice_labels.append(None)
+    if fields.labels in rec:
+        labels = rec[fields.labels]
+    elif all(lab is not None for lab in choice_labels) and choice_labels:
+        labels = choice_labels
+    else:
+        raise _fail(source, index, fields.labels, "is missing (one label per choice: "
+                    + "/".join(LABELS) + ")")
+    if isinstance(labels, (list, tuple)):
+        labels = [str(lab).strip().lower() for lab in labels]
+
+    if fields.answer in rec:
+        answer = _answer_index(rec[fields.answer], choices)
+        if answer is None:
+            raise _fail(source, index, fields.answer,
+                        f"{rec[fields.answer]!r} is neither a choice index, a letter A-D nor a "
+                        "choice's text")
+    elif isinstance(labels, list) and labels.count("correct") == 1:
+        answer = labels.index("correct")
+    else:
+        raise _fail(source, index, fields.answer, "is missing and no single choice is 'correct'")
+
+    year = _year_of(rec[fields.year])
+    if year is None:
+        raise _fail(source, index, fields.year, f"must be a year, got {rec[fields.year]!r}")
+    question = rec[fields.question]
+    if isinstance(question, str):
+        choices = [_as_continuation(question, c) if isinstance(c, str) else c for c in choices]
+    _check_parts(question, choices, answer, labels, year, index, source, fields)
+    from timoe_core.data.builtin import TSQAItem
+
+    return TSQAItem(question=question, choices=list(choices), answer=answer, labels=list(labels),
+                    year=year, fact_id=str(rec.get("fact_id", rec.get("id", index))))
+
+
+def _answer_index(value: Any, choices: list[Any]) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return int(text)
+        if len(text) == 1 and text.upper() in "ABCD":
+            return "ABCD".index(text.upper())
+        for i, c in enumerate(choices):
+            if isinstance(c, str) and c.strip() == text:
+                return i
+    return None
+
+
+def _as_continuation(question: str, choice: str) -> str:
+    """A choice continues the question: give it the leading space GPT-2 BPE expects."""
+    if choice[:1].isspace() or question[-1:].isspace():
+        return choice
+    return " " + choice
+
+
+# --------------------------------------------------------------------- sources
+
+
+def _read_json_records(path: Path) -> list[Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TimoeError(f"cannot read TSQA file {path}: {exc}") from None
+    if path.suffix.lower() == ".jsonl":
+        records = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise TimoeError(f"TSQA file {path} line {lineno} is not JSON: {exc.msg}") from None
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TimoeError(f"TSQA file {path} is not JSON (line {exc.lineno}): {exc.msg}") from None
+    if isinstance(data, dict):
+        for key in ("items", "data", "questions"):
+            if isinstance(data.get(key), list):
+                return data[key]
+        raise TimoeError(f"TSQA file {path} holds an object: expected a list of items, or "
+                         "an object with an 'items' list")
+    if not isinstance(data, list):
+        raise TimoeError(f"TSQA file {path} must hold a list of items")
+    return data
+
+
+def _read_hf_records(spec: str) -> list[Any]:
+    name, _, split = spec.partition(":")
+    if not name:
+        raise TimoeError("--tsqa hf:NAME[:SPLIT] needs a dataset name")
+    try:
+        import datasets
+
+        if split:
+            ds = datasets.load_dataset(name, split=split)
+        else:
+            dd = datasets.load_dataset(name)
+            split = "test" if "test" in dd else next(iter(dd))
+            ds = dd[split]
+    except Exception as exc:  # datasets raises many types for missing/offline datasets
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TimoeError(f"cannot load TSQA dataset hf:{spec} ({first})") from None
+    return [dict(r) for r in ds]
+
+
+def load_tsqa(
+    source: str,
+    *,
+    fields: TSQAFields = TSQAFields(),
+    max_items: int | None = None,
+    builtin_seed: int = 0,
+) -> list[TSQAItem]:
+    """Items from `builtin`, a .json/.jsonl file or `hf:NAME[:SPLIT]`, validated."""
+    if source == "builtin":
+        from timoe_core.data.builtin import builtin_tsqa
+
+        items = [validate_item(it, i, "builtin") for i, it in
+                 enumerate(builtin_tsqa(seed=builtin_seed))]
+    else:
+        if source.startswith("hf:"):
+            records, where = _read_hf_records(source[3:]), source
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise TimoeError(f"TSQA source {source!r} is not builtin, hf:NAME or an existing "
+                                 ".json/.jsonl file")
+            records, where = _read_json_records(path), str(path)
+        items = [item_from_record(r, i, where, fields) for i, r in enumerate(records)]
+    if not items:
+        raise TimoeError(f"TSQA source {source!r} holds no items")
+    if max_items is not None and len(items) > max_items:
+        keep = np.sort(np.random.default_rng(SUBSAMPLE_SEED).choice(len(items), max_items,
+                                                                      replace=False))
+        items = [items[int(i)] for i in keep]
+    return items
+
+
+# --------------------------------------------------------------------- scoring
+
+
+def _rates(items: Sequence[TSQAItem], chosen: Sequence[int]) -> tuple[float | None, dict]:
+    n = len(items)
+    if not n:
+        return None, {lab: None for lab in ERROR_LABELS}
+    picked = [it.labels[c] for it, c in zip(items, chosen)]
+    return (picked.count("correct") / n, {lab: picked.count(lab) / n for lab in ERROR_LABELS})
+
+
+@dataclass
+class TSQAResult:
+    """Per-item scores of the items scored, and the metrics over them."""
+
+    items: list[TSQAItem]  # the items scored
+    indices: list[int]  # their positions in the list given to `score_tsqa`
+    scores: list[list[float]]  # summed log-likelihood of each choice
+    lengths: list[list[int]]  # tokens of each choice
+    skipped: int = 0  # items with no eligible expert at their date
+    skipped_reason: str | None = None
+    query_date: str | None = None
+    chosen: list[int] = field(init=False)
+    chosen_norm: list[int] = field(init=False)
+    n: int = field(init=False)
+    accuracy: float | None = field(init=False)
+    accuracy_norm: float | None = field(init=False)
+    error_rates: dict[str, float | None] = field(init=False)
+    error_rates_norm: dict[str, float | None] = field(init=False)
+    by_year: dict[int, dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.chosen = [int(np.argmax(s)) for s in self.scores]
+        self.chosen_norm = [int(np.argmax(np.asarray(s) / np.asarray(n)))
+                            for s, n in zip(self.scores, self.lengths)]
+        self.n = len(self.items)
+        self.accuracy, self.error_rates = _rates(self.items, self.chosen)
+        self.accuracy_norm, self.error_rates_norm = _rates(self.items, self.chosen_norm)
+        self.by_year = {}
+        for y in sorted({it.year for it in self.items}):
+            sel = [k for k, it in enumerate(self.items) if it.year == y]
+            y_items = [self.items[k] for k in sel]
+            y_acc, y_rates = _rates(y_items, [self.chosen[k] for k in sel])
+            y_norm, _ = _rates(y_items, [self.chosen_norm[k] for k in sel])
+            self.by_year[y] = {"n": len(sel), "accuracy": y_acc, "accuracy_norm": y_norm,
+                               "error_rates": y_rates}
+
+    def restricted(self, indices: set[int], reason: str) -> TSQAResult:
+        """The same scores over only the items at `indices` (e.g. those every model scored)."""
+        keep = [k for k, i in enumerate(self.indices) if i in indices]
+        return TSQAResult(
+            items=[self.items[k] for k in keep], indices=[self.indices[k] for k in keep],
+            scores=[self.scores[k] for k in keep], lengths=[self.lengths[k] for k in keep],
+            skipped=self.skipped + len(self.indices) - len(keep), skipped_reason=reason,
+            query_date=self.query_date,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n, "accuracy": self.accuracy, "accuracy_norm": self.accuracy_norm,
+            "error_rates": self.error_rates, "error_rates_norm": self.error_rates_norm,
+            "by_year": {str(y): v for y, v in sorted(self.by_year.items())},
+            "skipped": self.skipped, "skipped_reason": self.skipped_reason,
+        }
+
+
+def _encode_item(item: TSQAItem, tok, block_size: int, index: int) -> list[tuple[list[int], int]]:
+    """Per choice: (tokens = EOT + question + choice, number of choice tokens)."""
+    ctx = [tok.eot_token] + tok.encode(item.question)
+    rows = []
+    for c in item.choices:
+        cont = tok.encode(c)
+        if not cont:
+            raise TimoeError(f"TSQA item {index}: a choice encodes to no tokens")
+        if len(cont) > block_size:
+            raise TimoeError(f"TSQA item {index}: a choice has {len(cont)} tokens, more than "
+                             f"the model's block_size {block_size}")
+        seq = (ctx + cont)[-(block_size + 1):]  # keep the end: the continuation must fit
+        rows.append((seq, len(cont)))
+    return rows
+
+
+def score_tsqa(
+    model: EvaluatedModel,
+    items: Sequence[TSQAItem],
+    *,
+    query_date: str | None = None,
+    batch_items: int = 16,
+    progress: Progress | None = None,
+) -> TSQAResult:
+    """Score every item's choices; items with no eligible expert at their date are skipped."""
+    if query_date is not None:
+        model.eligible_experts(query_date)  # none eligible at all: bad input
+    tok = get_tokenizer(str(model.tokenizer.get("name", "gpt2")))
+    when_of: dict[int, date] = {}
+    kept: list[int] = []
+    reasons: set[str] = set()
+    for i, it in enumerate(items):
+        when = parse_query_date(query_date if query_date is not None else it.year)
+        why = model.ineligibility(when)
+        if why is None:
+            kept.append(i)
+            when_of[i] = when
+        else:
+            reasons.add(why)
+
+    encoded = {i: _encode_item(items[i], tok, model.block_size, i) for i in kept}
+    # Longest first, by date: little padding, and mostly one date per forward pass.
+    order = sorted(kept, key=lambda i: (when_of[i], -max(len(s) for s, _ in encoded[i])))
+    sums: dict[int, list[float]] = {}
+    dev = model.device
+    eot = tok.eot_token
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_items):
+            chunk = order[start : start + batch_items]
+            seqs = [row for i in chunk for row in encoded[i]]
+            width = max(len(s) for s, _ in seqs) - 1
+            inp = torch.full((len(seqs), width), eot, dtype=torch.long)
+            tgt = torch.full((len(seqs), width), eot, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+            for r, (s, n_cont) in enumerate(seqs):
+                t = torch.tensor(s, dtype=torch.long)
+                inp[r, : len(s) - 1] = t[:-1]
+                tgt[r, : len(s) - 1] = t[1:]
+                mask[r, len(s) - 1 - n_cont : len(s) - 1] = True
+            dates = [when_of[i] for i in chunk for _ in range(NUM_CHOICES)]
+            qd = dates[0] if len(set(dates)) == 1 else dates
+            lp = model.target_log_probs(inp.to(dev), tgt.to(dev), qd)
+            picked = torch.where(mask.to(dev), lp.double(), torch.zeros((), dtype=torch.float64,
+                                                                        device=dev))
+            per_row = picked.sum(dim=1).cpu().tolist()
+            for j, i in enumerate(chunk):
+                sums[i] = per_row[j * NUM_CHOICES : (j + 1) * NUM_CHOICES]
+            if progress is not None:
+                progress(min(start + batch_items, len(order)), len(order))
+
+    return TSQAResult(
+        items=[items[i] for i in kept], indices=kept, scores=[sums[i] for i in kept],
+        lengths=[[n for _, n in encoded[i]] for i in kept], skipped=len(items) - len(kept),
+        skipped_reason="; ".join(sorted(reasons)) or None, query_date=query_date,
+    )

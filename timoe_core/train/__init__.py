@@ -1,0 +1,37 @@
+"""Training: the shared loop and the commands built on it.
+
+distributed   workers (PyTorch's elastic launcher), process groups, Ctrl-C
+schedule      warmup-stable-decay learning rate
+optim         AdamW with decay on matrices only
+loop          the TrainTask protocol and `run_training` (every training command)
+state         checkpoints: layout, atomic writes, resume, RNG states
+metrics       rich progress, metrics.jsonl, wandb
+expert        `train_expert(cfg)`: `timoe train-expert`
+"""
+
+from timoe_core.train.distributed import TrainingInterrupted, WorkersFailed
+from timoe_core.train.expert import train_expert
+from timoe_core.train.loop import (
+    DataPosition,
+    GroupedOrder,
+    LoopResult,
+    ShuffledOrder,
+    Trainer,
+    TrainTask,
+    run_training,
+)
+from timoe_core.train.schedule import WSDSchedule
+
+__all__ = [
+    "DataPosition",
+    "GroupedOrder",
+    "LoopResult",
+    "ShuffledOrder",
+    "TrainTask",
+    "Trainer",
+    "TrainingInterrupted",
+    "WSDSchedule",
+    "WorkersFailed",
+    "run_training",
+    "train_expert",
+]

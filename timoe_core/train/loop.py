@@ -1,0 +1,507 @@
+"""The training loop every training command shares (train-expert, train-router, coadapt).
+
+A command describes *what* to train as a `TrainTask`; `run_training` does the rest the
+same way for all: DDP, the warmup–stable–decay schedule, AdamW, gradient accumulation,
+clipping, AMP, optional torch.compile, evaluation, checkpoints and resume, Ctrl-C,
+metrics.jsonl / rich progress / wandb.
+
+The TrainTask protocol
+----------------------
+Subclass `TrainTask` and set or override:
+
+    model: nn.Module
+        Everything that is trained, as ONE module (use a small wrapper module to train
+        several, e.g. a router plus experts). Its trainable parameters (requires_grad)
+        go to AdamW; it is what DDP wraps and what torch.compile compiles. Frozen parts
+        may live inside it with requires_grad=False.
+    order: DataOrder
+        Which windows each optimizer step reads. `order.take(position, n)` returns the
+        global indices of the next `n` windows and the position after them; it must be
+        a pure function of (position, n) so all ranks agree and resume is exact.
+        `ShuffledOrder` (train-expert: one permutation per epoch) and `GroupedOrder`
+        (coadapt: every step's windows come from one group, e.g. one slice) are here.
+    tokens_per_window: int
+        Tokens one window contributes to the token count (the sequence length).
+    batch(indices, device) -> batch
+        Load the windows `indices` (a 1-D int array) and move them to `device`.
+    loss(model, batch) -> (loss, metrics)
+        Forward pass of one micro-batch. `model` is the wrapped module (DDP and/or
+        compiled): call it, not `self.model`, so gradient sync works. `loss` is the
+        mean loss (a 0-d tensor); `metrics` a dict of extra 0-d tensors to log
+        (averaged over micro-steps and ranks at log steps), may be empty.
+    eval_indices() -> array or None
+        The validation windows (global indices into what `eval_batch` reads), or None.
+    eval_batch(indices, device), eval_loss(model, batch) -> 0-d tensor
+        Defaults: `batch` and `loss(...)[0]`. Called with the unwrapped module in
+        eval mode under no_grad.
+    save_weights(directory) / load_weights(directory)
+        Write/read the trained weights as safetensors files in `directory` (a
+        checkpoint folder; sub-folders allowed, e.g. experts/2013-2014/...). Every
+        file written there is checksummed and linked into the run dir at the same
+        relative path as the run's current weights. Never write trainer_state.pt.
+    find_unused_parameters: bool
+        Passed to DDP (True when a step trains only part of `model`, as in coadapt).
+
+Global batch and ranks: one optimizer step reads G = batch_size x grad_accum x
+world_size windows, `order.take(position, G)`. Rank r takes the r-th contiguous block
+of batch_size x grad_accum of them and splits it into grad_accum micro-batches; no
+gradient all-reduce happens on the first grad_accum - 1 of them (`no_sync`). The loss
+of each micro-step is divided by grad_accum, so 4 x (B/4) gives the 1 x B gradient.
+
+Resume: `run_training` resumes from the run dir's latest checkpoint when there is one
+(the command decides beforehand whether that is allowed): weights, optimizer, step,
+tokens, data position and every rank's RNG states are restored, so the rest of the run
+is the one an uninterrupted run would have done (bitwise in one process).
+
+Writing a training command (timoe_core.train.expert is the worked example)
+---------------------------------------------------------------------------
+1. Check every input first and raise TimoeError (nothing written yet); decide the run
+   dir with `state.decide_run_dir(run_dir, resume=, overwrite=, restart=, conflicts=)`
+   where `conflicts()` names the recorded settings the new flags change.
+2. Not inside an outer launcher: `state.open_run_dir(run_dir, action)`, then write
+   run.json and `save_config(state.config_to_save(cfg), run_dir)`.
+3. `distributed.launch(worker, payload, LaunchSpec.from_config(cfg, run_dir))` with a
+   module-level `worker(payload) -> exit code`; one worker runs in this process.
+4. In the worker: `env = distributed.init_workers(cfg.device)`, seed and build the
+   task, `result = run_training(task, cfg, run_dir, env, total_steps)`, `env.close()`;
+   a spawned worker that was interrupted does `sys.exit(EXIT_INTERRUPTED)`.
+5. `result.interrupted` / exit code 130: raise `TrainingInterrupted` (the CLI prints
+   how to resume and exits 130).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from timoe_core.config import TrainingConfig
+from timoe_core.errors import TimoeError
+from timoe_core.train import state as ckpt_state
+from timoe_core.train.distributed import DistEnv, StopRequest, outer_launch
+from timoe_core.train.metrics import MetricsLogger, truncate_metrics
+from timoe_core.train.optim import build_adamw
+from timoe_core.train.schedule import WSDSchedule
+
+# ------------------------------------------------------------------ data order
+
+
+@dataclass(frozen=True)
+class DataPosition:
+    """Where the data stream stands: epoch, and windows of it already consumed."""
+
+    epoch: int = 0
+    offset: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataPosition:
+        return cls(int(d["epoch"]), int(d["offset"]))
+
+
+class DataOrder(Protocol):
+    def take(self, position: DataPosition, n: int) -> tuple[np.ndarray, DataPosition]: ...
+
+
+class ShuffledOrder:
+    """Each epoch a fresh permutation of the windows; steps read consecutive runs of it.
+
+    `permutation(epoch)` must be fixed by the epoch (for token windows:
+    `TokenWindows.shuffled_indices(seed, epoch)`). A step never straddles epochs: a
+    remainder too short for a step is skipped.
+    """
+
+    def __init__(self, num_windows: int, permutation: Callable[[int], np.ndarray]) -> None:
+        self.num_windows = num_windows
+        self._permute = permutation
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, self._permute(epoch))
+        return self._cache[1]
+
+    def take(self, position: DataPosition, n: int) -> tuple[np.ndarray, DataPosition]:
+        if n > self.num_windows:
+            raise ValueError(f"a step of {n} windows exceeds the {self.num_windows} available")
+        epoch, offset = position.epoch, position.offset
+        if offset + n > self.num_windows:
+            epoch, offset = epoch + 1, 0
+        out = self.permutation(epoch)[offset : offset + n]
+        return out, DataPosition(epoch, offset + n)
+
+
+class GroupedOrder:
+    """Every step's windows share one group (e.g. one time slice).
+
+    Each epoch: the windows of every group are permuted (seed, epoch, group), cut into
+    blocks of one step, and the blocks of all groups are shuffled together (seed,
+    epoch). Partial blocks are skipped. `groups[i]` is the group of window i.
+    """
+
+    def __init__(self, groups: np.ndarray, seed: int) -> None:
+        self.groups = np.asarray(groups)
+        self.seed = seed
+        self._cache: tuple[int, int, np.ndarray] | None = None
+
+    def blocks(self, epoch: int, n: int) -> np.ndarray:
+        """(num_blocks, n) window indices of this epoch, in step order."""
+        if self._cache is None or self._cache[:2] != (epoch, n):
+            parts = []
+            for k, g in enumerate(np.unique(self.groups)):
+                members = np.flatnonzero(self.groups == g)
+                members = np.random.default_rng([self.seed, epoch, k]).permutation(members)
+                usable = len(members) // n * n
+                parts.append(members[:usable].reshape(-1, n))
+            blocks = np.concatenate(parts) if parts else np.zeros((0, n), dtype=np.int64)
+            blocks = blocks[np.random.default_rng([self.seed, epoch]).permutation(len(blocks))]
+            self._cache = (epoch, n, blocks)
+        return self._cache[2]
+
+    def take(self, position: DataPosition, n: int) -> tuple[np.ndarray, DataPosition]:
+        epoch, block = position.epoch, math.ceil(position.offset / n)
+        if block >= len(self.blocks(epoch, n)):
+            epoch, block = epoch + 1, 0
+            if len(self.blocks(epoch, n)) == 0:
+                raise ValueError(f"no group has {n} windows for one step")
+        return self.blocks(epoch, n)[block], DataPosition(epoch, (block + 1) * n)
+
+
+# ------------------------------------------------------------------------ task
+
+
+class TrainTask:
+    """What a training command trains; see the module docstring for the protocol."""
+
+    name: str = "task"
+    model: nn.Module
+    order: DataOrder
+    tokens_per_window: int
+    find_unused_parameters: bool = False
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> Any:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def eval_indices(self) -> np.ndarray | None:
+        return None
+
+    def eval_batch(self, indices: np.ndarray, device: torch.device) -> Any:
+        return self.batch(indices, device)
+
+    def eval_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return self.loss(model, batch)[0]
+
+    def save_weights(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    def load_weights(self, directory: Path) -> None:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------- trainer
+
+
+def amp_enabled(cfg: TrainingConfig, device: torch.device) -> bool:
+    """bf16 autocast: on CUDA by default; on CPU only when asked (--amp)."""
+    return device.type == "cuda" if cfg.amp is None else bool(cfg.amp)
+
+
+def make_schedule(cfg: TrainingConfig, total_steps: int) -> WSDSchedule:
+    return WSDSchedule(
+        peak_lr=cfg.lr,
+        total_steps=total_steps,
+        warmup_fraction=cfg.warmup_fraction,
+        decay_fraction=cfg.decay_fraction,
+        min_lr_ratio=cfg.min_lr_ratio,
+        decay_shape=cfg.decay_shape,
+    )
+
+
+class Trainer:
+    """One optimizer step of a task: the part of the loop that runs every step.
+
+    `step(step, micro_batches)` = `accumulate(micro_batches)` (forward/backward of each
+    micro-batch, DDP sync on the last only) + `apply(step)` (lr from the schedule,
+    clipping, AdamW, zero grads). Nothing here reads a tensor back to the host.
+    """
+
+    def __init__(self, task: TrainTask, cfg: TrainingConfig, env: DistEnv, total_steps: int):
+        self.task = task
+        self.cfg = cfg
+        self.env = env
+        self.raw = task.model.to(env.device)
+        self.params = [p for p in self.raw.parameters() if p.requires_grad]
+        self.optimizer = build_adamw(
+            self.raw, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2)
+        )
+        self.schedule = make_schedule(cfg, total_steps)
+        self.amp = amp_enabled(cfg, env.device)
+        model: nn.Module = self.raw
+        if cfg.compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        self.ddp = env.is_distributed
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            model = DDP(
+                model,
+                device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                find_unused_parameters=task.find_unused_parameters,
+            )
+        self.model = model
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def accumulate(
+        self, micro_batches: Iterable[Any], n_micro: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward/backward over `n_micro` micro-batches; mean loss and metrics (detached)."""
+        loss_sum: torch.Tensor | None = None
+        metric_sums: dict[str, torch.Tensor] = {}
+        for i, batch in enumerate(micro_batches):
+            last = i == n_micro - 1
+            sync = contextlib.nullcontext() if (last or not self.ddp) else self.model.no_sync()
+            with sync:
+                with self.autocast():
+                    loss, metrics = self.task.loss(self.model, batch)
+                (loss / n_micro).backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            for k, v in metrics.items():
+                v = v.detach().float()
+                metric_sums[k] = v if k not in metric_sums else metric_sums[k] + v
+        assert loss_sum is not None, "no micro-batches"
+        return loss_sum.float() / n_micro, {k: v / n_micro for k, v in metric_sums.items()}
+
+    def apply(self, step: int) -> torch.Tensor | None:
+        """Clip, set the lr of `step`, AdamW step, zero grads. Returns the grad norm."""
+        lr = self.schedule.lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        grad_norm = None
+        if self.cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def step(
+        self, step: int, micro_batches: Iterable[Any], n_micro: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+        loss, metrics = self.accumulate(micro_batches, n_micro)
+        return loss, metrics, self.apply(step)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean eval loss over the task's eval windows, shared out across ranks."""
+        indices = self.task.eval_indices()
+        if indices is None or len(indices) == 0:
+            return None
+        mine = np.array_split(np.asarray(indices), self.env.world_size)[self.env.rank]
+        totals = torch.zeros(2, dtype=torch.float64, device=self.env.device)
+        self.raw.eval()
+        try:
+            bs = self.cfg.batch_size
+            for start in range(0, len(mine), bs):
+                chunk = mine[start : start + bs]
+                with self.autocast():
+                    loss = self.task.eval_loss(
+                        self.raw, self.task.eval_batch(chunk, self.env.device)
+                    )
+                totals[0] += loss.double() * len(chunk)
+                totals[1] += len(chunk)
+        finally:
+            self.raw.train()
+        totals = self.env.sum(totals)
+        return float(totals[0] / totals[1])
+
+
+# ------------------------------------------------------------------------ loop
+
+
+@dataclass
+class LoopResult:
+    step: int
+    total_steps: int
+    tokens: int
+    interrupted: bool
+    checkpoint: Path | None
+    eval_loss: float | None
+
+
+def _micro_batches(
+    task: TrainTask, indices: np.ndarray, n_micro: int, device: torch.device
+) -> Iterator[Any]:
+    """Load micro-batches lazily: the next one is read while the device still computes."""
+    for part in np.split(indices, n_micro):
+        yield task.batch(part, device)
+
+
+def run_training(
+    task: TrainTask,
+    cfg: TrainingConfig,
+    run_dir: Path,
+    env: DistEnv,
+    total_steps: int,
+    *,
+    title: str = "train",
+    wandb_config: dict[str, Any] | None = None,
+) -> LoopResult:
+    """Train `task` to `total_steps` (or cfg.stop_at_step), resuming from the latest
+    checkpoint in `run_dir` if there is one. Every rank calls this."""
+    run_dir = Path(run_dir)
+    device = env.device
+    ckpt = ckpt_state.latest_checkpoint(run_dir)
+    saved: dict[str, Any] | None = None
+    if ckpt is not None:
+        saved = ckpt_state.load_trainer_state(ckpt)
+        task.load_weights(ckpt.path)
+    trainer = Trainer(task, cfg, env, total_steps)
+    step, tokens, elapsed, position = 0, 0, 0.0, DataPosition()
+    if saved is not None:
+        trainer.optimizer.load_state_dict(saved["optimizer"])
+        step, tokens, elapsed = saved["step"], saved["tokens"], saved["elapsed"]
+        position = DataPosition.from_dict(saved["data"])
+        if saved["world_size"] == env.world_size and len(saved["rng"]) == env.world_size:
+            ckpt_state.restore_rng(saved["rng"][env.rank], device)
+        else:
+            ckpt_state.seed_all(ckpt_state.rank_seed(cfg.seed + step, env.rank))
+    else:
+        ckpt_state.seed_all(ckpt_state.rank_seed(cfg.seed, env.rank))
+
+    end_step = min(total_steps, cfg.stop_at_step) if cfg.stop_at_step else total_steps
+    per_rank = cfg.batch_size * cfg.grad_accum
+    global_batch = per_rank * env.world_size
+    tokens_per_step = global_batch * task.tokens_per_window
+    if env.is_main:
+        truncate_metrics(run_dir, step)
+    logger = MetricsLogger(
+        run_dir,
+        enabled=env.is_main,
+        start_step=step,
+        total_steps=total_steps,
+        title=title,
+        wandb_mode=cfg.wandb,
+        wandb_project=cfg.wandb_project,
+        wandb_config=wandb_config,
+    )
+    if ckpt is not None:
+        logger.message(f"resuming from {ckpt.path} (step {step}/{total_steps})")
+    if step >= end_step:
+        logger.message(f"nothing to train: the run is at step {step} (this run ends at {end_step})")
+    windows_log = run_dir / "debug" / f"windows-rank{env.rank}.jsonl" if cfg.log_windows else None
+    if windows_log is not None:
+        windows_log.parent.mkdir(exist_ok=True)
+
+    def save(at_step: int) -> Path:
+        rngs = env.gather_to_main(ckpt_state.capture_rng(device))
+        path = None
+        if env.is_main:
+            trainer_state = {
+                "task": task.name,
+                "tokens": tokens,
+                "elapsed": elapsed,
+                "data": position.to_dict(),
+                "optimizer": trainer.optimizer.state_dict(),
+                "schedule": trainer.schedule.state_dict(),
+                "rng": rngs,
+                "world_size": env.world_size,
+            }
+            path = ckpt_state.write_checkpoint(
+                run_dir, at_step, task.save_weights, trainer_state, keep=cfg.keep_checkpoints
+            ).path
+        return env.broadcast(path)
+
+    last_ckpt: Path | None = ckpt.path if ckpt else None
+    eval_loss: float | None = None
+    interrupted = False
+    log_loss = torch.zeros((), device=device)
+    log_metrics: dict[str, torch.Tensor] = {}
+    start, elapsed_before = time.perf_counter(), elapsed
+    log_steps, log_tokens, log_t0 = 0, 0, start
+    repeat_aborts = not env.is_distributed and outer_launch() is None
+    try:
+        with StopRequest(repeat_aborts=repeat_aborts, announce=env.is_main) as stop:
+            while step < end_step:
+                indices, next_position = task.order.take(position, global_batch)
+                mine = indices[env.rank * per_rank : (env.rank + 1) * per_rank]
+                if windows_log is not None:
+                    with open(windows_log, "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"step": step, "windows": mine.tolist()}) + "\n")
+                loss, metrics, grad_norm = trainer.step(
+                    step, _micro_batches(task, mine, cfg.grad_accum, device), cfg.grad_accum
+                )
+                step += 1
+                position = next_position
+                tokens += tokens_per_step
+                log_loss += loss
+                for k, v in metrics.items():
+                    log_metrics[k] = log_metrics.get(k, 0) + v
+                log_steps += 1
+                log_tokens += tokens_per_step
+                stopping = env.any(stop.requested)
+                done = step == end_step
+                logger.progress(step)
+                if step % cfg.log_every == 0 or step == 1 or done or stopping:
+                    names = sorted(log_metrics)
+                    packed = torch.stack([log_loss] + [log_metrics[k] for k in names]).float()
+                    packed = env.sum(packed) / (env.world_size * log_steps)
+                    values = packed.tolist()
+                    if not math.isfinite(values[0]):
+                        raise TimoeError(
+                            f"the loss became {values[0]} at step {step}: training diverged; "
+                            f"lower --lr (now {cfg.lr}) or raise --warmup-fraction"
+                        )
+                    now = time.perf_counter()  # after the sync of .tolist()
+                    elapsed = elapsed_before + now - start
+                    record = {
+                        "step": step,
+                        "loss": values[0],
+                        "lr": trainer.schedule.lr(step - 1),
+                        "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                        "tokens": tokens,
+                        "tokens_per_s": log_tokens / max(now - log_t0, 1e-9),
+                        "elapsed": elapsed,
+                    } | dict(zip(names, values[1:]))
+                    logger.train(record)
+                    log_loss = torch.zeros((), device=device)
+                    log_metrics, log_steps, log_tokens, log_t0 = {}, 0, 0, now
+                paused = time.perf_counter()  # eval and checkpoints: not in tokens/s
+                if (cfg.eval_every and step % cfg.eval_every == 0) or done:
+                    eval_loss = trainer.evaluate()
+                    elapsed = elapsed_before + time.perf_counter() - start
+                    if eval_loss is not None:
+                        logger.eval(
+                            {
+                                "step": step,
+                                "eval_loss": eval_loss,
+                                "eval_ppl": math.exp(min(eval_loss, 50.0)),
+                                "tokens": tokens,
+                                "elapsed": elapsed,
+                            }
+                        )
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or done or stopping:
+                    elapsed = elapsed_before + time.perf_counter() - start
+                    last_ckpt = save(step)
+                log_t0 += time.perf_counter() - paused
+                if stopping:
+                    interrupted = True
+                    break
+    finally:
+        logger.close()
+    env.barrier()
+    return LoopResult(step, total_steps, tokens, interrupted, last_ckpt, eval_loss)

@@ -1,0 +1,371 @@
+"""Training checkpoints: weights + trainer state, written so a kill never leaves a bad pair.
+
+Layout of a run dir while and after training:
+
+    RUN_DIR/
+      run.json, config.yaml       what the run is (written once, before training)
+      metrics.jsonl               one JSON object per log/eval step (rank 0)
+      model.safetensors           the latest checkpoint's weights (a hard link into it)
+      checkpoints/
+        step-00000040/            one complete checkpoint
+          model.safetensors       the weights (safetensors: loading runs no code)
+          trainer_state.pt        optimizer, schedule, step, tokens, data position,
+                                  RNG states of every rank, sha256 of the weight files
+        .tmp-step-00000060-*/     a checkpoint being written (ignored, removed on start)
+
+Consistency: a checkpoint is written whole into a temp folder beside the others (every
+file fsynced), and only then renamed to `step-NNNNNNNN` in one `rename` (atomic on
+POSIX), then the folder is fsynced. A kill at any point leaves either no new
+checkpoint (the temp folder is ignored and removed on the next start) or a complete
+one; resume always takes the highest complete step. The trainer state also records the
+sha256 of each weight file beside it, so a checkpoint whose files were changed or
+damaged afterwards is refused naming the file, never silently used or replaced.
+Older checkpoints beyond `keep` are removed only after the new one is in place.
+
+The trainer state holds plain Python values and tensors only (RNG states included), so
+it is read with `torch.load(weights_only=True)`: a crafted pickle cannot run code.
+
+Run dirs: `decide_run_dir` (new / resume / overwrite, or a one-line refusal) and
+`open_run_dir` are what every training command uses before it starts its workers.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from timoe_core import __version__
+from timoe_core.checkpoint import MODEL_FILENAME, RUN_INFO_FILENAME, TRAINER_STATE_FILENAME
+from timoe_core.config import CONFIG_FILENAME, TrainingConfig
+from timoe_core.data.manifest import sha256_file
+from timoe_core.errors import TimoeError
+from timoe_core.io import _fsync_dir, atomic_path
+from timoe_core.train.metrics import METRICS_FILENAME, WANDB_ID_FILENAME
+
+CHECKPOINTS_DIRNAME = "checkpoints"
+STATE_FORMAT = 1
+_STEP_RE = re.compile(r"step-(\d{8,})")
+TrainingConfigT = TypeVar("TrainingConfigT", bound=TrainingConfig)
+_REQUIRED_KEYS = {
+    "format": int,
+    "step": int,
+    "tokens": int,
+    "elapsed": float,
+    "data": dict,
+    "optimizer": dict,
+    "schedule": dict,
+    "rng": list,
+    "world_size": int,
+    "files": dict,
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / TRAINER_STATE_FILENAME
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIRNAME
+
+
+def list_checkpoints(run_dir: Path) -> list[Checkpoint]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_RE.fullmatch(p.name)
+        if m and p.is_dir():
+            found.append(Checkpoint(p, int(m.group(1))))
+    return sorted(found, key=lambda c: c.step)
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def remove_stale(run_dir: Path) -> None:
+    """Remove checkpoint folders a killed run left half-written."""
+    root = checkpoints_dir(run_dir)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith("."):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def write_checkpoint(
+    run_dir: Path,
+    step: int,
+    save_weights: Any,
+    trainer_state: dict[str, Any],
+    keep: int = 2,
+) -> Checkpoint:
+    """Write checkpoint `step` atomically, publish its weights, prune old ones.
+
+    `save_weights(directory)` writes the weight files (safetensors) into `directory`,
+    sub-folders allowed (e.g. one per expert); each is checksummed into the trainer
+    state and linked into the run dir at the same relative path.
+    """
+    root = checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_weights(tmp)
+        weights = _weight_files(tmp)
+        state = dict(trainer_state)
+        state["files"] = {rel: sha256_file(tmp / rel) for rel in weights}
+        state["format"] = STATE_FORMAT
+        state["step"] = step
+        state["timoe_version"] = __version__
+        torch.save(state, tmp / TRAINER_STATE_FILENAME)
+        for rel in [*weights, TRAINER_STATE_FILENAME]:
+            _fsync_file(tmp / rel)
+        for d in sorted({(tmp / rel).parent for rel in weights}, reverse=True):
+            _fsync_dir(d)
+        if final.exists():  # the same step again (e.g. rerun after a kill): replace it
+            old = root / f".old-step-{step:08d}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    ckpt = Checkpoint(final, step)
+    publish_weights(ckpt, run_dir)
+    for old_ckpt in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old_ckpt.path, ignore_errors=True)
+    return ckpt
+
+
+def _weight_files(directory: Path) -> list[str]:
+    """Relative paths (POSIX) of every file `save_weights` wrote, sub-folders included."""
+    return sorted(
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != TRAINER_STATE_FILENAME
+    )
+
+
+def publish_weights(ckpt: Checkpoint, run_dir: Path) -> None:
+    """Make the checkpoint's weight files the run dir's, at the same relative paths
+    (hard links, each replaced atomically)."""
+    for rel in _weight_files(ckpt.path):
+        src, dst = ckpt.path / rel, Path(run_dir) / rel
+        with atomic_path(dst) as tmp:
+            tmp.unlink()
+            try:
+                os.link(src, tmp)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(src, tmp)
+
+
+def _corrupt(path: Path, why: str) -> TimoeError:
+    return TimoeError(
+        f"checkpoint file {path} is corrupt ({why}): delete {path.parent} to resume from "
+        "the checkpoint before it, or start over with --no-resume --overwrite"
+    )
+
+
+def load_trainer_state(ckpt: Checkpoint, verify_files: bool = True) -> dict[str, Any]:
+    """The trainer state of `ckpt`, checked; TimoeError naming the file when it is bad."""
+    path = ckpt.state_path
+    if not path.is_file():
+        raise _corrupt(path, "missing")
+    try:
+        with warnings.catch_warnings():  # a foreign file's pickle protocol: refused below anyway
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise _corrupt(path, f"not a readable trainer state: {first}") from None
+    if not isinstance(state, dict):
+        raise _corrupt(path, "not a trainer state mapping")
+    for key, kind in _REQUIRED_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            raise _corrupt(path, f"field {key!r} is missing or not of type {kind.__name__}")
+    if state["format"] != STATE_FORMAT:
+        raise _corrupt(path, f"format {state['format']}, this timoe reads {STATE_FORMAT}")
+    if state["step"] != ckpt.step:
+        raise _corrupt(path, f"it holds step {state['step']} but sits in {ckpt.path.name}")
+    if verify_files:
+        for name, digest in state["files"].items():
+            f = ckpt.path / name
+            if not f.is_file():
+                raise _corrupt(f, "missing")
+            if sha256_file(f) != digest:
+                raise _corrupt(f, "its sha256 differs from the one in trainer_state.pt")
+    return state
+
+
+# -------------------------------------------------------------------------- RNG
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy's global RNG and Python's `random`."""
+    seed = int(seed) % (2**63)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A per-rank seed (dropout masks differ between ranks), fixed by (seed, rank)."""
+    return int(np.random.SeedSequence([int(seed), int(rank), 1]).generate_state(1, np.uint64)[0])
+
+
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    """This process's RNG states as tensors and plain values (weights_only-safe)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss": py_gauss,
+        },
+        "cuda": None,
+    }
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss"]))
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# --------------------------------------------------------------------- run dirs
+
+# What this toolkit writes into a run dir: all that --overwrite clears (nothing else).
+RUN_ARTIFACTS = (
+    RUN_INFO_FILENAME,
+    CONFIG_FILENAME,
+    MODEL_FILENAME,
+    TRAINER_STATE_FILENAME,
+    METRICS_FILENAME,
+    WANDB_ID_FILENAME,
+    CHECKPOINTS_DIRNAME,
+    "debug",
+    "wandb",
+)
+
+
+def decide_run_dir(
+    run_dir: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    restart: bool,
+    conflicts: Callable[[], list[str]],
+    marker: str = RUN_INFO_FILENAME,
+) -> str:
+    """What to do with a command's run dir: "new", "resume" or "overwrite".
+
+    Refuses (TimoeError, nothing written) a non-empty folder that is not a run dir (no
+    `marker`), `--no-resume` on an existing run without `--overwrite`, a run whose
+    recorded settings `conflicts()` names (one "field (run has X, flags give Y)" per
+    difference), trained weights without a checkpoint, and a damaged latest checkpoint.
+    `--overwrite` means start over. `restart` (a worker restarted by the elastic agent)
+    always resumes.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TimoeError(f"--out {run_dir} is a file, not a folder: choose another --out")
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return "new"
+    if not (run_dir / marker).is_file():
+        raise TimoeError(
+            f"--out {run_dir} is not empty and is not a timoe run dir (no {marker}): "
+            "choose a new or empty folder"
+        )
+    if not (restart or (resume and not overwrite)):
+        if not overwrite:
+            raise TimoeError(
+                f"{run_dir} already holds a run: rerun without --no-resume to resume it, "
+                "or add --overwrite to start over"
+            )
+        return "overwrite"
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        if any(run_dir.glob("*.safetensors")):
+            raise TimoeError(
+                f"{run_dir} has trained weights but no checkpoint to resume from: "
+                "start over with --no-resume --overwrite, or choose another --out"
+            )
+        return "resume"  # killed before its first checkpoint: it starts again
+    diffs = conflicts()
+    if diffs:
+        raise TimoeError(
+            f"cannot resume {run_dir}: the flags change "
+            + "; ".join(diffs)
+            + ". Use the run's settings, another --out, or --no-resume --overwrite to start over"
+        )
+    load_trainer_state(ckpt)  # a damaged checkpoint: TimoeError naming the file
+    return "resume"
+
+
+def config_to_save(cfg: TrainingConfigT) -> TrainingConfigT:
+    """The config as written to RUN_DIR/config.yaml: rerunning it with --config resumes
+    the run and never clobbers it."""
+    return cfg.model_copy(update={"resume": True, "overwrite": False, "stop_at_step": None})
+
+
+def open_run_dir(run_dir: Path, action: str) -> None:
+    """Create the run dir (clearing this toolkit's files first on "overwrite") and remove
+    checkpoints a killed run left half-written."""
+    run_dir = Path(run_dir)
+    if action == "overwrite":
+        for name in RUN_ARTIFACTS:
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale(run_dir)
