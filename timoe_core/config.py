@@ -217,6 +217,7 @@ class GenerateConfig(StrictModel):
 class DemoConfig(StrictModel):
     out: Path = Path("timoe-demo")
     quick: bool = False
+    overwrite: bool = False  # start over when --out holds a demo of other settings
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

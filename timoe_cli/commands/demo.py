@@ -1,13 +1,65 @@
-"""`timoe demo`."""
+"""`timoe demo`: the whole pipeline on the built-in corpus, one command."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from timoe_cli.common import ConfigOption, handles_errors, not_available
+import typer
+from rich.rule import Rule
+
+from timoe_cli.commands.evaluate import print_table, progress_bars
+from timoe_cli.common import ConfigOption, console, handles_errors, load_config
+from timoe_core.config import DemoConfig
+from timoe_core.demo import (
+    PERPLEXITY_PLOT_FILENAME,
+    QA_PLOT_FILENAME,
+    REPORT_FILENAME,
+    Stage,
+    run_demo,
+)
+from timoe_core.evaluate import compare_table
+from timoe_core.evaluate.report import pct
 
 
 @handles_errors
-def demo(config: Path | None = ConfigOption) -> None:
-    """Run the whole pipeline on the built-in corpus and write a report."""
-    not_available("demo")
+def demo(
+    out: Path | None = typer.Option(None, "--out", help="Folder of every stage's output "
+                                    "[default: timoe-demo]."),
+    quick: bool | None = typer.Option(None, "--quick/--full",
+                                      help="A smaller run (about 2 minutes on a 2-core CPU)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the corpus and every run."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    overwrite: bool | None = typer.Option(
+        None, "--overwrite/--no-overwrite",
+        help="Start over when --out holds a demo run with other settings."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Run the whole pipeline on the built-in corpus: data, experts, dense baseline,
+    routers, coadapt, evaluation, report. A rerun resumes where the last one stopped."""
+    cfg = load_config(DemoConfig, config, out=out, quick=quick, seed=seed, device=device,
+                      overwrite=overwrite)
+
+    def on_stage(index: int, total: int, stage: Stage, skipped: bool) -> None:
+        note = "  [dim](done, skipped)[/]" if skipped else ""
+        console.print(Rule(f"[bold][{index}/{total}][/] {stage.description}{note}",
+                           align="left"))
+
+    with progress_bars() as task:
+        report = run_demo(cfg, on_stage, lambda d, done, tot: task(d)(done, tot))
+    result = report["comparison"]
+    print_table("TiMoE vs baselines (held-out perplexity; temporal QA, each question as of "
+                "its own year)", *compare_table(result))
+    head = report["headline"]
+    dense = next((v for k, v in head["models"].items() if k.startswith("dense")), None)
+    for label, row in head["models"].items():
+        if label.startswith("TiMoE") and dense is not None:
+            console.print(f"{label}: future-error rate {pct(row['future_error'])} "
+                          f"vs dense {pct(dense['future_error'])}", highlight=False)
+    verdict = head["timoe_leaks_less_than_dense"]
+    if verdict is not None:
+        console.print("every TiMoE strategy leaks fewer future answers than the dense model"
+                      if verdict else "not every TiMoE strategy leaks fewer future answers "
+                      "than the dense model in this run", highlight=False)
+    console.print(f"report: {cfg.out / REPORT_FILENAME}; plots: {cfg.out / QA_PLOT_FILENAME}, "
+                  f"{cfg.out / PERPLEXITY_PLOT_FILENAME} ({report['total_seconds']:.0f} s of "
+                  "stages)", highlight=False, soft_wrap=True)

@@ -212,17 +212,20 @@ def plot_matrix(path: Path, matrix: Mapping[str, Any], title: str) -> None:
     _save_png(fig, path)
 
 
-def plot_compare(path: Path, result: Mapping[str, Any]) -> None:
-    """Bars of TSQA accuracy and future-error rate per model, and perplexity by year."""
+def plot_compare(
+    path: Path, result: Mapping[str, Any], panels: tuple[str, ...] = ("qa", "perplexity")
+) -> None:
+    """Bars of TSQA accuracy and future-error rate per model, and perplexity by year
+    (`panels` picks either or both)."""
     import numpy as np
 
     models = result["models"]
     names = [m.get("label", m["entry"]) for m in models]
-    has_qa = any(m.get("tsqa") for m in models)
-    has_ppl = any(m.get("perplexity") for m in models)
-    panels = int(has_qa) + int(has_ppl) or 1
-    fig = _new_figure(6.0 * panels + 1.0, 4.6)
-    axes = [fig.add_subplot(1, panels, k + 1) for k in range(panels)]
+    has_qa = "qa" in panels and any(m.get("tsqa") for m in models)
+    has_ppl = "perplexity" in panels and any(m.get("perplexity") for m in models)
+    n_panels = int(has_qa) + int(has_ppl) or 1
+    fig = _new_figure(6.0 * n_panels + 1.0, 4.6)
+    axes = [fig.add_subplot(1, n_panels, k + 1) for k in range(n_panels)]
     k = 0
     if has_qa:
         ax = axes[k]
