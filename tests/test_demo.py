@@ -1,0 +1,94 @@
+"""`timoe demo --quick`: the whole pipeline in the test suite, then a rerun that skips it."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from timoe_core.demo import REPORT_FILENAME, STATE_FILENAME
+
+pytestmark = pytest.mark.slow
+
+STRATEGIES = {"TiMoE avg": "avg", "TiMoE learned-avg": "learned-avg",
+              "TiMoE coadapt": "coadapt", "dense (all years)": "dense"}
+
+
+def timoe(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "timoe_cli", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    first = timoe("demo", "--quick", "--out", str(out))
+    assert first.returncode == 0, first.stderr[-3000:]
+    return out, first
+
+
+def test_quick_demo_reports_every_strategy_with_finite_metrics(demo_run):
+    out, first = demo_run
+    report = json.loads((out / REPORT_FILENAME).read_text())
+    models = {m["label"]: m for m in report["comparison"]["models"]}
+    for label, strategy in STRATEGIES.items():
+        m = models[label]
+        assert m["strategy"] == strategy
+        ppl = m["perplexity"]
+        assert len(ppl) == 12, f"{label}: one perplexity per data year 2013..2024"
+        assert all(v is not None and math.isfinite(v) and v > 1.0 for v in ppl.values()), ppl
+        qa = m["tsqa"]
+        assert qa["n"] > 0
+        rates = [qa["accuracy"], *qa["error_rates"].values()]
+        assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in rates)
+        assert abs(sum(rates) - 1.0) < 1e-9, "accuracy + error rates cover every item"
+    # a TiMoE strategy never uses an expert from after an item's year
+    for label in ("TiMoE avg", "TiMoE learned-avg", "TiMoE coadapt"):
+        for year, eligible in models[label]["eligible_by_year"].items():
+            assert eligible and all(int(e[:4]) <= int(year) for e in eligible), (label, year)
+    head = report["headline"]
+    assert set(STRATEGIES) <= set(head["models"])
+    for png in ("tsqa.png", "perplexity.png"):
+        w, h = png_size(out / png)
+        assert w > 300 and h > 200 and (out / png).stat().st_size > 10_000
+    assert "[1/" in first.stdout and "evaluate" in first.stdout
+    assert "future-error rate" in first.stdout
+
+
+def test_second_run_skips_every_finished_stage(demo_run):
+    out, _ = demo_run
+    state = json.loads((out / STATE_FILENAME).read_text())
+    weights = sorted((out / "experts").glob("*/model.safetensors"))
+    assert len(weights) == 6
+    before = {p: p.stat().st_mtime_ns for p in weights}
+    report_before = (out / REPORT_FILENAME).stat().st_mtime_ns
+    again = timoe("demo", "--quick", "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    n = len(state["finished"])
+    assert again.stdout.count("(done, skipped)") == n, again.stdout
+    assert {p: p.stat().st_mtime_ns for p in weights} == before
+    assert (out / REPORT_FILENAME).stat().st_mtime_ns == report_before
+
+
+def test_other_settings_in_the_same_out_are_refused(demo_run, tmp_path):
+    out, _ = demo_run
+    res = timoe("demo", "--out", str(out))  # the full settings against a --quick demo
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "--overwrite" in res.stderr
+    assert "docs_per_year" in res.stderr and "Traceback" not in res.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    res = timoe("demo", "--quick", "--out", str(tmp_path / "mine"))
+    assert res.returncode == 2 and "holds no demo" in res.stderr
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
