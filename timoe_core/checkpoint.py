@@ -17,6 +17,8 @@ Every file is written atomically (timoe_core.io).
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -91,7 +93,13 @@ def save_model_weights(run_dir: Path, model: torch.nn.Module) -> Path:
     }
     path = Path(run_dir) / MODEL_FILENAME
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
+        try:
+            save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
+        except SafetensorError as exc:  # its I/O errors (disk full...) as the OSError they are
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
     return path
 
 
@@ -110,14 +118,22 @@ def load_weights_into(model: GPT, directory: Path) -> GPT:
     state = load_model_weights(directory)
     if "wte.weight" in state:
         state["lm_head.weight"] = state["wte.weight"]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
+    expected = model.state_dict()
+    diffs = [f"{k} is missing" for k in expected if k not in state]
+    diffs += [f"{k} is unexpected" for k in state if k not in expected]
+    diffs += [
+        f"{k} has shape {tuple(state[k].shape)}, the config gives {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if diffs:
+        more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
         raise TimoeError(
             f"{Path(directory) / MODEL_FILENAME} does not match the model config in "
-            f"{RUN_INFO_FILENAME} ({first})"
-        ) from None
+            f"{RUN_INFO_FILENAME} ({'; '.join(diffs[:3])}{more}): the weights belong to "
+            "another model; retrain or restore the run dir"
+        )
+    model.load_state_dict(state, strict=True)
     return model
 
 

@@ -232,7 +232,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise TimoeError(f"config file {path} does not exist: check the --config path")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TimoeError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        ) from None
     try:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)

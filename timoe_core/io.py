@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from timoe_core.errors import TimoeError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -57,3 +59,31 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_writable_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+    """TimoeError unless `path` is a folder this process can create files in (or could
+    be created): checked by creating and removing a probe file in it, or in its nearest
+    existing parent, so permissions, read-only mounts and ACLs all count. Writes nothing
+    that stays; call it before any work starts."""
+    path = Path(path)
+    probe_dir = path
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if probe_dir.exists() and not probe_dir.is_dir():
+        raise TimoeError(
+            f"{flag} {path}: {probe_dir} is a file, not a folder: choose another {flag}"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".timoe-write-test-", dir=probe_dir)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        where = "" if probe_dir == path else f" (its parent {probe_dir} does not allow it)"
+        raise TimoeError(
+            f"{flag} {path} is not writable{where}: {why}; choose another {flag} or fix "
+            "its permissions"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)

@@ -17,7 +17,8 @@ Atomic output: everything is written into a hidden staging folder beside `--out`
 (`.NAME.partial-XXXX`), `manifest.json` last, and the folder is renamed into place
 only when complete. With `--overwrite` the old folder is replaced only after the new
 one is complete. A killed run leaves at most a staging folder, never a manifest that
-describes incomplete files.
+describes incomplete files; a rerun starts over and removes the staging folders of
+killed runs for the same `--out` (on this host: each records its writer's pid).
 
 `merge_data_dirs` concatenates the outputs of `--num-shards/--shard-index` runs (or any
 data dirs with the same tokenizer, slicing, seq_len and val_fraction) into one.
@@ -29,6 +30,7 @@ import hashlib
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -54,7 +56,7 @@ from timoe_core.data.manifest import (
 )
 from timoe_core.data.sources import SourceOptions, open_source
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_json
+from timoe_core.io import atomic_write_json, check_writable_dir
 from timoe_core.timeslices import TimeSlicing
 from timoe_core.tokenizer import Tokenizer, get_tokenizer
 
@@ -187,6 +189,8 @@ def check_out_dir(out: Path | None, overwrite: bool) -> Path:
                 f"--out {out} is not empty and is not a prepared data dir (no "
                 f"{MANIFEST_FILENAME}): refusing to replace it even with --overwrite"
             )
+    # The staging folder goes beside --out: that is where we must be able to write.
+    check_writable_dir(out.absolute().parent if out.exists() else out, "--out")
     return out
 
 
@@ -202,14 +206,17 @@ class _Staging:
             self._made_parents.append(parent)
             parent = parent.parent
         out.absolute().parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_staging(out)
         self.path = Path(
             tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.absolute().parent)
         )
         _chmod_default(self.path, 0o777)  # mkdtemp makes it 0700
+        (self.path / _OWNER_FILENAME).write_text(_owner_tag(), encoding="utf-8")
 
     def commit(self) -> None:
         out = self.out
         check_out_dir(out, self.overwrite)  # again: something may have appeared meanwhile
+        (self.path / _OWNER_FILENAME).unlink(missing_ok=True)
         if out.is_dir() and any(out.iterdir()):
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.absolute().parent))
             os.replace(out, old)  # replaces the empty folder mkdtemp made
@@ -227,6 +234,37 @@ class _Staging:
                 p.rmdir()
             except OSError:
                 break
+
+
+# Who writes a staging folder (host and pid), so a rerun can tell a folder left by a
+# killed run (its process is gone) from one another run is still writing.
+_OWNER_FILENAME = ".owner"
+
+
+def _owner_tag() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_abandoned_staging(out: Path) -> None:
+    """Remove the staging folders of killed runs for the same --out on this host."""
+    host = socket.gethostname()
+    for p in out.absolute().parent.glob(f".{out.name}.partial-*"):
+        try:
+            owner_host, pid = (p / _OWNER_FILENAME).read_text(encoding="utf-8").split()
+        except (OSError, ValueError):
+            continue  # not ours to judge (another version, or a folder being created)
+        if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _chmod_default(path: Path, mode: int) -> None:

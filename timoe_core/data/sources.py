@@ -118,6 +118,8 @@ def parse_year(value: Any) -> int:
     if isinstance(value, bool) or value is None:
         raise DateError("no date")
     if isinstance(value, int):
+        if abs(value) >= 1 << 53:  # float() of a huge JSON integer overflows
+            raise DateError("timestamp out of range")
         year = value if abs(value) < 10000 else _year_from_timestamp(float(value))
     elif isinstance(value, float):
         if value.is_integer() and abs(value) < 10000:

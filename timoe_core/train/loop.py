@@ -446,6 +446,7 @@ def run_training(
                     step, _micro_batches(task, mine, cfg.grad_accum, device), cfg.grad_accum
                 )
                 step += 1
+                ckpt_state.fault_point(env.rank, step)  # test hook, inert unless set
                 position = next_position
                 tokens += tokens_per_step
                 log_loss += loss

@@ -27,15 +27,26 @@ it is read with `torch.load(weights_only=True)`: a crafted pickle cannot run cod
 
 Run dirs: `decide_run_dir` (new / resume / overwrite, or a one-line refusal) and
 `open_run_dir` are what every training command uses before it starts its workers.
+
+Fault-injection hooks, for the reliability tests only (inert unless the variable is set):
+    TIMOE_TEST_KILL_CHECKPOINT=STEP:WHERE   SIGKILL this process group while writing
+        checkpoint STEP, WHERE = before-rename (temp folder complete, not yet renamed)
+        or after-rename (checkpoint in place, run dir weights not yet published).
+    TIMOE_TEST_FAIL_RANK=RANK:STEP:MARKER   rank RANK SIGKILLs itself after optimizer
+        step STEP, once: it creates the file MARKER first and never fires when it exists
+        (a worker dying under --max-restarts).
+A kill between two steps needs no hook: the tests signal the process group.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
 import re
 import shutil
+import signal
 import uuid
 import warnings
 from collections.abc import Callable
@@ -51,7 +62,7 @@ from timoe_core.checkpoint import MODEL_FILENAME, RUN_INFO_FILENAME, TRAINER_STA
 from timoe_core.config import CONFIG_FILENAME, TrainingConfig
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
-from timoe_core.io import _fsync_dir, atomic_path
+from timoe_core.io import _fsync_dir, atomic_path, check_writable_dir
 from timoe_core.train.metrics import METRICS_FILENAME, WANDB_ID_FILENAME
 
 CHECKPOINTS_DIRNAME = "checkpoints"
@@ -132,10 +143,13 @@ def write_checkpoint(
     state and linked into the run dir at the same relative path.
     """
     root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise _write_failed(run_dir, step, exc) from None
     try:
         save_weights(tmp)
         weights = _weight_files(tmp)
@@ -149,6 +163,7 @@ def write_checkpoint(
             _fsync_file(tmp / rel)
         for d in sorted({(tmp / rel).parent for rel in weights}, reverse=True):
             _fsync_dir(d)
+        _test_kill_point(step, "before-rename")
         if final.exists():  # the same step again (e.g. rerun after a kill): replace it
             old = root / f".old-step-{step:08d}-{uuid.uuid4().hex[:8]}"
             os.rename(final, old)
@@ -157,14 +172,49 @@ def write_checkpoint(
         else:
             os.rename(tmp, final)
         _fsync_dir(root)
+    except OSError as exc:  # disk full, quota, read-only: the previous checkpoint stays
+        raise _write_failed(run_dir, step, exc) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _test_kill_point(step, "after-rename")
     ckpt = Checkpoint(final, step)
     publish_weights(ckpt, run_dir)
     for old_ckpt in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old_ckpt.path, ignore_errors=True)
     return ckpt
+
+
+def _write_failed(run_dir: Path, step: int, exc: OSError) -> TimoeError:
+    """A checkpoint that could not be written, as one line saying what is still safe."""
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space"
+    else:
+        fix = "make the run dir writable"
+    prev = latest_checkpoint(run_dir)
+    kept = f"the checkpoint at step {prev.step} is intact" if prev else "no checkpoint was kept"
+    return TimoeError(
+        f"cannot write the checkpoint of step {step} in {checkpoints_dir(run_dir)} ({why}): "
+        f"{kept}; {fix}, then rerun the same command to resume"
+    )
+
+
+def _test_kill_point(step: int, where: str) -> None:
+    """TIMOE_TEST_KILL_CHECKPOINT (module docstring): die here, as a kill -9 of the job would."""
+    if os.environ.get("TIMOE_TEST_KILL_CHECKPOINT") == f"{step}:{where}":
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def fault_point(rank: int, step: int) -> None:
+    """TIMOE_TEST_FAIL_RANK (module docstring): called by the loop after every step."""
+    spec = os.environ.get("TIMOE_TEST_FAIL_RANK")
+    if not spec:
+        return
+    want_rank, want_step, marker = spec.split(":", 2)
+    if (int(want_rank), int(want_step)) == (rank, step) and not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _weight_files(directory: Path) -> list[str]:
@@ -317,6 +367,7 @@ def decide_run_dir(
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise TimoeError(f"--out {run_dir} is a file, not a folder: choose another --out")
+    check_writable_dir(run_dir, "--out")  # before any worker starts
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return "new"
     if not (run_dir / marker).is_file():
@@ -369,3 +420,9 @@ def open_run_dir(run_dir: Path, action: str) -> None:
                 p.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale(run_dir)
+    latest = latest_checkpoint(run_dir)
+    if latest is not None:
+        # A kill between a checkpoint's rename and its publication left the run dir's
+        # weights one checkpoint behind; a run that has nothing left to train would
+        # otherwise never correct them.
+        publish_weights(latest, run_dir)
