@@ -187,7 +187,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, gpt2_runs):
         (["train-router", "--strategy", "avg", "--experts", tmp_path / "runs", "--out",
           tmp_path / "m"], "already holds a bundle"),
         (["train-router", "--strategy", "learned-avg", "--experts", tmp_path / "runs", "--out",
-          tmp_path / "m2"], "not available yet"),
+          tmp_path / "m2"], "--data DATA_DIR is required"),
         (["train-router", "--strategy", "avg", "--experts", tmp_path / "nope", "--out",
           tmp_path / "m3"], "does not exist"),
     ]

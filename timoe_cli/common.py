@@ -63,3 +63,37 @@ def not_available(command: str) -> NoReturn:
 
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+def run_training_command(train: Callable[[M], Path], cfg: M) -> Path | None:
+    """Run a training library function the way every training command does: Ctrl-C
+    exits 130 with how to resume, a failed worker exits with its code; returns the
+    output dir, or None on a rank other than 0 under torchrun/srun (rank 0 reports)."""
+    from timoe_core.train.distributed import TrainingInterrupted, WorkersFailed, outer_launch
+
+    try:
+        out = train(cfg)
+    except TrainingInterrupted as exc:
+        err_console.print(exc.message, highlight=False)
+        raise typer.Exit(130) from None
+    except WorkersFailed as exc:
+        if exc.code != 2:  # exit 2: the worker already printed its one line
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(exc.code) from None
+    outer = outer_launch()
+    if outer is not None and outer.rank != 0:
+        return None
+    return out
+
+
+def training_summary(run_dir: Path) -> str:
+    """'step N, loss X, eval loss Y' from a run dir's metrics.jsonl."""
+    from timoe_core.train.metrics import read_metrics
+
+    records = read_metrics(run_dir)
+    train = [r for r in records if r.get("type") == "train"]
+    evals = [r for r in records if r.get("type") == "eval"]
+    summary = f"step {train[-1]['step']}, loss {train[-1]['loss']:.4f}" if train else "no new steps"
+    if evals:
+        summary += f", eval loss {evals[-1]['eval_loss']:.4f}"
+    return summary

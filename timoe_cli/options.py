@@ -186,6 +186,60 @@ Overwrite = Annotated[
     ),
 ]
 
+# The mixture commands (train-router, coadapt): MixtureOptions fields and their inputs.
+_MIX = "Mixture"
+Experts = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--experts",
+        help="A folder whose sub-folders are expert run dirs, or a run dir; repeat for several.",
+        rich_help_panel=_MIX,
+    ),
+]
+Policy = Annotated[
+    str | None,
+    typer.Option(help="Eligibility: inclusive | strict (default inclusive).", rich_help_panel=_MIX),
+]
+TopK = Annotated[
+    int | None,
+    typer.Option(help="Router: keep the k largest weights per token.", rich_help_panel=_MIX),
+]
+MixSeqLen = Annotated[
+    int | None,
+    typer.Option(
+        "--seq-len",
+        help="Window length (default: the experts' context or the data's, the shorter).",
+        rich_help_panel=_MIX,
+    ),
+]
+EntropyCoef = Annotated[
+    float | None,
+    typer.Option(help="Router entropy loss weight (default 0.01).", rich_help_panel=_MIX),
+]
+BalanceCoef = Annotated[
+    float | None,
+    typer.Option(help="Router load-balancing loss weight (default 0.01).", rich_help_panel=_MIX),
+]
+ZLossCoef = Annotated[
+    float | None,
+    typer.Option(help="Router z-loss weight (default 1e-4).", rich_help_panel=_MIX),
+]
+RouterEmbedDim = Annotated[
+    int | None,
+    typer.Option(help="Router token embedding width (default 64).", rich_help_panel=_MIX),
+]
+RouterHiddenDim = Annotated[
+    int | None, typer.Option(help="Router hidden width (default 128).", rich_help_panel=_MIX)
+]
+RouterDateFeatures = Annotated[
+    bool | None,
+    typer.Option(
+        "--router-date-features/--no-router-date-features",
+        help="Feed the query date's eligibility mask to the router (default on).",
+        rich_help_panel=_MIX,
+    ),
+]
+
 # TrainingConfig field -> its option type, in --help order.
 TRAINING_OPTIONS: dict[str, Any] = {
     "data": Data,

@@ -156,12 +156,17 @@ class MixtureOptions(StrictModel):
 class TrainRouterConfig(TrainingConfig, MixtureOptions):
     strategy: Literal["avg", "learned-avg"] = "learned-avg"
     experts: list[Path] = Field(default_factory=list)
+    # Frozen experts' target log-probs kept on disk (fp16) and reused from epoch 2 on.
     cache_log_probs: bool = True
+    seq_len: int | None = Field(None, ge=2)  # default: min(experts' block_size, data seq_len)
 
 
 class CoadaptConfig(TrainingConfig, MixtureOptions):
     experts: list[Path] = Field(default_factory=list)
     lr: float = Field(1e-4, gt=0.0)
+    # Start from this bundle's router (e.g. a learned-avg one); default: a fresh router.
+    router: Path | None = None
+    seq_len: int | None = Field(None, ge=2)  # default: min(experts' block_size, data seq_len)
 
 
 # ----------------------------------------------------------------- evaluation

@@ -467,15 +467,11 @@ class TiMoE(nn.Module):
                 )
             )
         router_sha = None
-        router_path = out_dir / ROUTER_FILENAME
         router = self.router_module
         if router is not None:
-            state = {k: v.detach().contiguous().cpu() for k, v in router.state_dict().items()}
-            with atomic_path(router_path) as tmp:
-                save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
-            router_sha = sha256_file(router_path)
+            router_sha = save_router_weights(out_dir, router)
         else:
-            router_path.unlink(missing_ok=True)
+            (out_dir / ROUTER_FILENAME).unlink(missing_ok=True)
         bundle = {
             "format_version": BUNDLE_FORMAT_VERSION,
             "strategy": self.strategy,
@@ -885,6 +881,23 @@ def _target_log_probs(
         logits = expert.lm_head(flat_h[p0:p1]).float()
         parts.append(-F.cross_entropy(logits, flat_t[p0:p1], reduction="none", ignore_index=-1))
     return torch.cat(parts).view(B, T)
+
+
+def save_router_weights(directory: Path, router: Router) -> str:
+    """`directory`/router.safetensors, atomically (a bundle or a training checkpoint);
+    returns its sha256."""
+    path = Path(directory) / ROUTER_FILENAME
+    state = {k: v.detach().contiguous().cpu() for k, v in router.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
+    return sha256_file(path)
+
+
+def load_router_weights(
+    directory: Path, expected_sha: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The state dict in `directory`/router.safetensors (checksum verified when given)."""
+    return _load_router_weights(Path(directory), expected_sha)
 
 
 def _load_router_weights(bundle_dir: Path, expected_sha: str | None) -> dict[str, torch.Tensor]:

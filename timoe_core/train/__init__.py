@@ -7,9 +7,14 @@ loop          the TrainTask protocol and `run_training` (every training command)
 state         checkpoints: layout, atomic writes, resume, RNG states
 metrics       rich progress, metrics.jsonl, wandb
 expert        `train_expert(cfg)`: `timoe train-expert`
+mixture_run   what train-router (learned-avg) and coadapt share: inputs, run dir, bundle
+logprob_cache frozen experts' target log-probs on disk, reused across router epochs
+router        `train_router(cfg)`: `timoe train-router` (avg, learned-avg)
+coadapt       `coadapt(cfg)`: `timoe coadapt`
 """
 
 from timoe_core.train.distributed import TrainingInterrupted, WorkersFailed
+from timoe_core.train.coadapt import coadapt
 from timoe_core.train.expert import train_expert
 from timoe_core.train.loop import (
     DataPosition,
@@ -20,6 +25,7 @@ from timoe_core.train.loop import (
     TrainTask,
     run_training,
 )
+from timoe_core.train.router import train_router
 from timoe_core.train.schedule import WSDSchedule
 
 __all__ = [
@@ -32,6 +38,8 @@ __all__ = [
     "TrainingInterrupted",
     "WSDSchedule",
     "WorkersFailed",
+    "coadapt",
     "run_training",
     "train_expert",
+    "train_router",
 ]

@@ -1,0 +1,546 @@
+"""What `train-router --strategy learned-avg` and `coadapt` share: inputs, run dir, bundle.
+
+Both train part of a TiMoE mixture on a prepared data dir and write a bundle. The
+output dir (--out) is at once the training run dir and the bundle:
+
+    OUT/
+      mixture_run.json     what the run is (strategy, experts and their checksums, data,
+                           seq_len, policy, router shape, seed): a rerun must match it
+      config.yaml          the resolved config (rerun it with --config to resume)
+      metrics.jsonl, checkpoints/step-N/{router.safetensors, experts/<label>/...}
+      router.safetensors   (and coadapt's experts/<label>/model.safetensors) the latest
+                           checkpoint's weights, hard links, as train-expert does
+      timoe.json           written last, once training ends: a folder holding it is a
+                           complete bundle (`TiMoE.from_bundle`); removed when a rerun
+                           trains on, so a half-trained folder never poses as a bundle
+      logprob-cache/       learned-avg's cache of frozen log-probs (logprob_cache.py)
+
+Query dates: a training window's own year is its query date ("2016" = the end of
+2016), so windows of every data year train the router as of their year.
+
+Data years without an eligible expert (before the first expert's slice under the
+inclusive policy; also the first year of every slice under strict) cannot be scored by
+any mixture: they are skipped, and the command prints which and why. coadapt also
+skips years whose own slice has no expert (there is no expert to adapt on them). Only
+when no year is left is it an error (exit 2). Skipping rather than refusing keeps a
+mixture over part of the years (or a strict policy) trainable on a full data dir.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from timoe_core.checkpoint import MODEL_FILENAME
+from timoe_core.config import (
+    CoadaptConfig,
+    MixtureOptions,
+    TrainRouterConfig,
+    config_to_dict,
+    save_config,
+)
+from timoe_core.data.manifest import Manifest, load_manifest, manifest_checksum, sha256_file
+from timoe_core.data.windows import TokenWindows
+from timoe_core.errors import TimoeError
+from timoe_core.io import atomic_write_json
+from timoe_core.model.mixture import (
+    BUNDLE_FILENAME,
+    EMBEDDED_EXPERTS_DIR,
+    ROUTER_FILENAME,
+    TiMoE,
+)
+from timoe_core.train import state as ckpt_state
+from timoe_core.train.distributed import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    DistEnv,
+    LaunchSpec,
+    TrainingInterrupted,
+    check_launch_spec,
+    init_workers,
+    launch,
+    outer_launch,
+    resolve_device,
+)
+from timoe_core.train.expert import _total_steps as total_steps_for
+from timoe_core.train.logprob_cache import CACHE_DIRNAME
+from timoe_core.train.loop import LoopResult, TrainTask, run_training
+from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
+
+MIXTURE_RUN_FILENAME = "mixture_run.json"
+# What --overwrite clears besides the run artifacts every training command writes.
+BUNDLE_ARTIFACTS = (
+    BUNDLE_FILENAME, ROUTER_FILENAME, EMBEDDED_EXPERTS_DIR, MIXTURE_RUN_FILENAME, CACHE_DIRNAME,
+)
+
+MixtureConfig = TrainRouterConfig | CoadaptConfig
+
+# How mixture_run.json fields are named to the user when a resume conflicts.
+_FIELD_FLAGS = {
+    "strategy": "--strategy",
+    "experts": "--experts (expert weights sha256)",
+    "data_manifest_sha256": "data (--data manifest checksum)",
+    "years": "data years",
+    "seq_len": "--seq-len",
+    "policy": "--policy",
+    "top_k": "--top-k",
+    "router_embed_dim": "--router-embed-dim",
+    "router_hidden_dim": "--router-hidden-dim",
+    "router_date_features": "--router-date-features",
+    "router_init": "--router",
+    "seed": "--seed",
+}
+
+
+def mixture_options(cfg: MixtureConfig) -> MixtureOptions:
+    """The MixtureOptions part of a command config."""
+    return MixtureOptions(**{name: getattr(cfg, name) for name in MixtureOptions.model_fields})
+
+
+@dataclass
+class MixturePlan:
+    """Everything checked and derived from the config before anything is written."""
+
+    cfg: MixtureConfig
+    strategy: str  # "learned-avg" | "coadapt"
+    run_dir: Path
+    manifest: Manifest
+    labels: list[str]  # the experts' slices, in time order
+    expert_sha256: dict[str, str]
+    seq_len: int
+    years: list[int]  # data years trained on
+    skipped: dict[int, str]  # data year -> why it is not trained on
+    own_expert: dict[int, str]  # data year -> label of the slice holding it (if any)
+    num_windows: int
+    world_size: int
+    total_steps: int
+    record: dict[str, Any]  # mixture_run.json
+    action: str = "new"  # run dir: "new", "resume" or "overwrite"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def global_batch(self) -> int:
+        c = self.cfg
+        return c.batch_size * c.grad_accum * self.world_size
+
+    @property
+    def title(self) -> str:
+        return f"{self.strategy} {self.labels[0]}..{self.labels[-1]}"
+
+    def train_windows(self) -> TokenWindows:
+        return TokenWindows(self.cfg.data, "train", self.years, self.seq_len, self.manifest)
+
+    def val_windows(self) -> TokenWindows | None:
+        val = TokenWindows(self.cfg.data, "val", self.years, self.seq_len, self.manifest)
+        return val if len(val) else None
+
+
+def _expert_sha256(mix: TiMoE) -> dict[str, str]:
+    out = {}
+    for label, directory in mix.expert_dirs.items():
+        path = directory / MODEL_FILENAME
+        if not path.is_file():
+            raise TimoeError(
+                f"the weights of expert {label} are missing: {path} does not exist "
+                "(finish training it with `timoe train-expert`)"
+            )
+        out[label] = sha256_file(path)
+    return out
+
+
+def _years(
+    mix: TiMoE, manifest: Manifest, strategy: str
+) -> tuple[list[int], dict[int, str], dict[int, str]]:
+    """(years trained on, {skipped year: why}, {year: own expert label})."""
+    used, skipped, own = [], {}, {}
+    for year in manifest.years_with_tokens("train"):
+        holder = [s.label for s in mix.slices if s.contains_year(year)]
+        if holder:
+            own[year] = holder[0]
+        try:
+            eligible = [s.label for s in mix.eligible_experts(str(year))]
+        except TimoeError:
+            skipped[year] = f"no expert is eligible as of {year} (policy {mix.policy})"
+            continue
+        if strategy == "coadapt":
+            if not holder:
+                skipped[year] = f"no expert for the slice holding {year} to adapt"
+                continue
+            if holder[0] not in eligible:
+                skipped[year] = f"its own expert {holder[0]} is not eligible as of {year} " \
+                                f"(policy {mix.policy})"
+                continue
+        used.append(year)
+    return used, skipped, own
+
+
+def _check_router_init(cfg: MixtureConfig, mix: TiMoE) -> str | None:
+    """coadapt --router BUNDLE: that bundle's router must fit the experts; its checksum."""
+    path = getattr(cfg, "router", None)
+    if path is None:
+        return None
+    src = TiMoE.from_bundle(path)
+    if src.router_module is None:
+        raise TimoeError(
+            f"--router {path} is an avg bundle without a router: give a bundle trained by "
+            "`timoe train-router --strategy learned-avg` (or leave --router out)"
+        )
+    slots = src.router_module.config.slice_labels
+    if slots != mix.labels or src.router_module.config.vocab_size != mix.vocab_size:
+        raise TimoeError(
+            f"--router {path} routes over experts {', '.join(slots)} (vocab "
+            f"{src.router_module.config.vocab_size}) but --experts gives {', '.join(mix.labels)} "
+            f"(vocab {mix.vocab_size}): use a router trained on these experts"
+        )
+    return sha256_file(Path(path) / ROUTER_FILENAME)
+
+
+def plan_mixture_run(
+    cfg: MixtureConfig,
+    strategy: str,
+    world_size: int | None = None,
+    check_run_dir: bool = True,
+    restart: bool = False,
+) -> MixturePlan:
+    """Check every input and derive the run; raises TimoeError, writes nothing."""
+    if not cfg.experts:
+        raise TimoeError("--experts is required: a folder of expert run dirs (or run dirs)")
+    if cfg.data is None:
+        raise TimoeError("--data DATA_DIR is required: a folder made by `timoe prepare-data`")
+    if cfg.out is None:
+        raise TimoeError("--out is required: the folder to write the run and its bundle to")
+    spec = LaunchSpec.from_config(cfg)
+    check_launch_spec(spec)
+    outer = outer_launch()
+    if world_size is None:
+        world_size = outer.world_size if outer is not None else spec.world_size
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and outer is None and cfg.nproc_per_node > torch.cuda.device_count():
+        raise TimoeError(
+            f"--nproc-per-node {cfg.nproc_per_node} exceeds the {torch.cuda.device_count()} "
+            "GPUs of this machine"
+        )
+    check_wandb_mode(cfg.wandb)
+
+    # Imported here: timoe_core.evaluate imports timoe_core.train (a cycle at import time).
+    from timoe_core.evaluate.perplexity import check_compatible, resolve_seq_len
+
+    # avg: reads run.json files only; the trained mixture is built in the workers.
+    mix = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=mixture_options(cfg))
+    manifest = load_manifest(cfg.data)
+    experts_view = SimpleNamespace(
+        name=f"experts ({', '.join(mix.labels)})", tokenizer=mix.tokenizer,
+        vocab_size=mix.vocab_size, block_size=mix.block_size,
+    )
+    check_compatible(experts_view, manifest, cfg.data)  # type: ignore[arg-type]
+    seq_len = resolve_seq_len(experts_view, manifest, cfg.seq_len)  # type: ignore[arg-type]
+
+    years, skipped, own = _years(mix, manifest, strategy)
+    if not years:
+        why = "; ".join(f"{y}: {r}" for y, r in skipped.items()) or "it has no training tokens"
+        raise TimoeError(
+            f"no data year of {cfg.data} can train the {strategy} mixture of experts "
+            f"{', '.join(mix.labels)} ({why}): give experts for the data's years"
+        )
+    windows = TokenWindows(cfg.data, "train", years, seq_len, manifest)
+    if len(windows) == 0:
+        raise TimoeError(
+            f"no training windows of {seq_len + 1} tokens in {cfg.data} for years "
+            f"{', '.join(map(str, years))}: prepare more data or use a shorter --seq-len"
+        )
+    global_batch = cfg.batch_size * cfg.grad_accum * world_size
+    step_what = (f"{global_batch} windows ({cfg.batch_size} --batch-size x {cfg.grad_accum} "
+                 f"--grad-accum x {world_size} workers) of {seq_len + 1} tokens")
+    if strategy == "coadapt":
+        per_slice: dict[str, int] = {}
+        for y, n in zip(*_window_counts(windows)):
+            per_slice[own[y]] = per_slice.get(own[y], 0) + n
+        steps_per_epoch = sum(n // global_batch for n in per_slice.values())
+        if steps_per_epoch == 0:
+            sizes = ", ".join(f"{k}: {n}" for k, n in per_slice.items())
+            raise TimoeError(
+                f"a coadapt step reads {step_what} from one slice, but no slice has that many "
+                f"({sizes}): lower --batch-size or --grad-accum, or use a shorter --seq-len"
+            )
+    else:
+        if global_batch > len(windows):
+            raise TimoeError(
+                f"one step needs {step_what} but the data has {len(windows)}: lower "
+                "--batch-size or --grad-accum, or use a shorter --seq-len"
+            )
+        steps_per_epoch = len(windows) // global_batch
+    total_steps = total_steps_for(
+        cfg, steps_per_epoch * global_batch, global_batch, global_batch * seq_len  # type: ignore[arg-type]
+    )
+
+    expert_sha = _expert_sha256(mix)
+    router_init = _check_router_init(cfg, mix) if strategy == "coadapt" else None
+    record = {
+        "strategy": strategy,
+        "experts": expert_sha,
+        "data_manifest_sha256": manifest_checksum(cfg.data),
+        "years": years,
+        "seq_len": seq_len,
+        "policy": cfg.policy,
+        "top_k": cfg.top_k,
+        "router_embed_dim": cfg.router_embed_dim,
+        "router_hidden_dim": cfg.router_hidden_dim,
+        "router_date_features": cfg.router_date_features,
+        "router_init": router_init,
+        "seed": cfg.seed,
+    }
+    plan = MixturePlan(
+        cfg=cfg, strategy=strategy, run_dir=Path(cfg.out), manifest=manifest, labels=mix.labels,
+        expert_sha256=expert_sha, seq_len=seq_len, years=years, skipped=skipped,
+        own_expert=own, num_windows=len(windows), world_size=world_size,
+        total_steps=total_steps, record=record,
+    )
+    if skipped:
+        plan.notes.append(
+            "skipping data years without a usable expert: "
+            + "; ".join(f"{y} ({r})" for y, r in skipped.items())
+        )
+    if check_run_dir:
+        plan.action = _decide_run_dir(plan, restart)
+    return plan
+
+
+def _window_counts(windows: TokenWindows) -> tuple[list[int], list[int]]:
+    years, counts = [], []
+    for y in windows.years:
+        years.append(y)
+        counts.append(int((windows.window_years == y).sum()))
+    return years, counts
+
+
+# --------------------------------------------------------------------- run dir
+
+
+def _conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    diffs = []
+    for key in new:
+        if saved.get(key) != new[key]:
+            a, b = saved.get(key), new[key]
+            if key == "experts" and isinstance(a, dict):
+                changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                a, b = f"other weights for {', '.join(changed)}", "these"
+            diffs.append(f"{_FIELD_FLAGS.get(key, key)} (run has {a}, flags give {b})")
+    return diffs
+
+
+def _read_record(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MIXTURE_RUN_FILENAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TimoeError(f"{path} is unreadable ({exc}): start over with --overwrite") from None
+
+
+def _decide_run_dir(plan: MixturePlan, restart: bool) -> str:
+    """new / resume / overwrite for --out, or a one-line refusal (nothing written)."""
+    cfg, run_dir = plan.cfg, plan.run_dir
+    if (run_dir / BUNDLE_FILENAME).is_file() and not (run_dir / MIXTURE_RUN_FILENAME).is_file():
+        if not cfg.overwrite:
+            raise TimoeError(
+                f"--out {run_dir} holds a bundle that no {plan.strategy} run wrote (e.g. an avg "
+                "bundle): pass --overwrite to replace it, or choose another --out"
+            )
+        return "overwrite"
+    return ckpt_state.decide_run_dir(
+        run_dir, resume=cfg.resume, overwrite=cfg.overwrite, restart=restart,
+        conflicts=lambda: _conflicts(_read_record(run_dir), plan.record),
+        marker=MIXTURE_RUN_FILENAME,
+    )
+
+
+def clear_bundle_artifacts(run_dir: Path) -> None:
+    """Remove what a bundle / mixture run wrote into `run_dir` (never anything else)."""
+    for name in BUNDLE_ARTIFACTS:
+        p = Path(run_dir) / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def prepare_run_dir(plan: MixturePlan) -> None:
+    """Create or reset --out and record what the run is; the old bundle file goes, since
+    the weights beside it are about to change."""
+    if plan.action == "overwrite":
+        clear_bundle_artifacts(plan.run_dir)
+    ckpt_state.open_run_dir(plan.run_dir, plan.action)
+    (plan.run_dir / BUNDLE_FILENAME).unlink(missing_ok=True)
+    atomic_write_json(plan.run_dir / MIXTURE_RUN_FILENAME, plan.record)
+    save_config(ckpt_state.config_to_save(plan.cfg), plan.run_dir)
+    if plan.cfg.wandb != "disabled":
+        wandb_run_id(plan.run_dir, create=True)
+
+
+# ------------------------------------------------------------------- training
+
+
+def build_mixture(plan: MixturePlan, device: torch.device) -> TiMoE:
+    """The mixture to train: the experts (loaded when used), a router seeded by cfg.seed
+    (its output layer is zero, so training starts from avg), or --router's."""
+    cfg = plan.cfg
+    ckpt_state.seed_all(cfg.seed)
+    mix = TiMoE.from_expert_dirs(
+        cfg.experts, strategy=plan.strategy, options=mixture_options(cfg), device=device
+    )
+    if plan.record.get("router_init") is not None:
+        src = TiMoE.from_bundle(cfg.router)  # type: ignore[union-attr]
+        mix.router = src.router_module.to(device)
+    return mix
+
+
+class MixtureTask(TrainTask):
+    """What both mixture tasks share: windows of every trained year, each with its year
+    as query date; loss = -mean log P_mix(target) + the router's auxiliary losses, from
+    target-token log-probs only (`TiMoE.forward`: no (B, T, V) mixture is built)."""
+
+    mix: TiMoE
+
+    def __init__(
+        self, mix: TiMoE, train: TokenWindows, val: TokenWindows | None, eval_windows: int
+    ) -> None:
+        self.mix = mix
+        self.train = train
+        self.val = val
+        self.tokens_per_window = train.seq_len
+        self._eval_windows = eval_windows
+
+    @staticmethod
+    def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        if device.type == "cuda":
+            return rows.pin_memory().to(device, non_blocking=True)
+        return rows
+
+    def mixture(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What to call for `model` (the trained module, maybe wrapped by DDP/compile)."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """After training: leave the trained weights in `self.mix`, unwrapped."""
+
+    def mixture_loss(
+        self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, years: list[int],
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.mixture(model)(x, y, years, **kwargs)
+        nll = -out.target_log_probs.mean()
+        aux = out.router_aux
+        metrics = {"nll": nll.detach(), "router_entropy": aux.entropy.detach(),
+                   "router_balance": aux.balance.detach(), "router_z_loss": aux.z_loss.detach()}
+        return nll + aux.total, metrics
+
+    def eval_indices(self) -> Any:
+        """Up to eval_windows validation windows spread evenly over the years."""
+        if self.val is None or len(self.val) == 0:
+            return None
+        n = min(len(self.val), self._eval_windows)
+        return np.unique(np.linspace(0, len(self.val) - 1, n).round().astype(np.int64))
+
+    def eval_batch(self, indices: np.ndarray, device: torch.device) -> Any:
+        assert self.val is not None
+        rows, years = self.val.batch(indices)
+        rows = self._to_device(rows, device)
+        return rows[:, :-1], rows[:, 1:], years.tolist()
+
+    def eval_loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        """The mixture's held-out NLL (no auxiliary losses: comparable with avg's)."""
+        x, y, years = batch
+        return -self.mixture(model)(x, y, years).target_log_probs.mean()
+
+
+TaskFactory = Callable[[MixturePlan, TiMoE, DistEnv], MixtureTask]
+
+
+def train_in_worker(payload: dict[str, Any], make_task: TaskFactory) -> LoopResult:
+    """One worker's whole job (every rank runs it): plan, build, train, bundle at the end."""
+    config_model = TrainRouterConfig if payload["strategy"] == "learned-avg" else CoadaptConfig
+    cfg = config_model.model_validate(payload["config"])
+    env = init_workers(cfg.device)
+    try:
+        plan = plan_mixture_run(cfg, payload["strategy"], world_size=env.world_size,
+                                check_run_dir=False)
+        if not payload["prepared"] and env.is_main:
+            plan.action = payload["action"]
+            prepare_run_dir(plan)
+        env.barrier()
+        say = Console(soft_wrap=True).print if env.is_main else (lambda *a, **k: None)
+        for note in plan.notes:
+            say(note, highlight=False)
+        mix = build_mixture(plan, env.device)
+        task = make_task(plan, mix, env)
+        wandb_config = config_to_dict(cfg) | {
+            "strategy": plan.strategy, "experts": plan.labels, "years": plan.years,
+            "world_size": env.world_size, "total_steps": plan.total_steps,
+        }
+        result = run_training(task, cfg, plan.run_dir, env, plan.total_steps, title=plan.title,
+                              wandb_config=wandb_config)
+        task.finish()  # the trained weights back in `mix`, not in a DDP/compile wrapper
+        if not result.interrupted and env.is_main:
+            mix.eval()
+            mix.save_bundle(plan.run_dir)  # timoe.json last: the bundle is complete
+            say(f"bundle written to {plan.run_dir} ({plan.strategy}, step {result.step})",
+                highlight=False)
+        env.barrier()
+        return result
+    finally:
+        env.close()
+
+
+def worker_exit(result: LoopResult) -> int:
+    """A spawned worker's exit code (interrupted: exit rather than return, as the agent
+    stopping on a signal never collects return values)."""
+    if result.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    return EXIT_OK
+
+
+def _interrupted_message(run_dir: Path) -> str:
+    ckpt = ckpt_state.latest_checkpoint(run_dir)
+    where = f"checkpoint at step {ckpt.step} in {ckpt.path}" if ckpt else "no checkpoint yet"
+    return f"interrupted ({where}): rerun the same command to resume"
+
+
+def run_mixture_training(
+    cfg: MixtureConfig,
+    strategy: str,
+    worker: Callable[[dict[str, Any]], int],
+    train_here: Callable[[dict[str, Any]], LoopResult],
+) -> Path:
+    """Plan, prepare --out, run the workers (`worker` spawned, or `train_here` in this
+    process); returns the bundle dir. TimoeError for bad input (nothing written),
+    TrainingInterrupted when stopped by Ctrl-C/SIGTERM after a checkpoint."""
+    outer = outer_launch()
+    restart = outer is not None and outer.restart_count > 0
+    plan = plan_mixture_run(cfg, strategy, restart=restart)
+    payload = {"config": config_to_dict(cfg), "strategy": strategy, "prepared": False,
+               "action": plan.action}
+    if outer is None:
+        if cfg.node_rank == 0:  # with several nodes, node 0 prepares the (shared) run dir
+            prepare_run_dir(plan)
+        payload["prepared"] = True
+    if outer is not None or plan.world_size == 1:
+        result = train_here(payload)
+        if result.interrupted:
+            raise TrainingInterrupted(_interrupted_message(plan.run_dir))
+        return plan.run_dir
+    try:
+        code = launch(worker, payload, LaunchSpec.from_config(cfg, plan.run_dir))
+    except TrainingInterrupted:
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        raise TrainingInterrupted(_interrupted_message(plan.run_dir))
+    return plan.run_dir
