@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -49,11 +48,6 @@ from timoe_core.model.mixture import TiMoE
 from timoe_core.timeslices import TimeSlice, parse_query_date
 
 GPT2 = {"name": "gpt2", "vocab_size": 50257, "eot_token": 50256}
-# TSQA items are the built-in corpus' TSQAItem, whatever their source.
-needs_builtin = pytest.mark.skipif(
-    importlib.util.find_spec("timoe_core.data.builtin") is None,
-    reason="timoe_core.data.builtin is not there yet",
-)
 TINY = GPTConfig(vocab_size=50304, block_size=32, n_layer=1, n_head=2, n_embd=32)
 YEARS = list(range(2013, 2025))
 SEQ_LEN = 16
@@ -210,7 +204,6 @@ def test_years_before_the_first_expert_are_null_with_a_reason(world):
         assert values[i][i] == per_year.years[y].perplexity
 
 
-@needs_builtin
 def test_query_date_selects_experts_and_never_loads_later_ones(world, tmp_path):
     # The weights of every expert after 2016 are gone: evaluating as of 2016 must not care.
     bundle = make_bundle(world, tmp_path, drop_after=2016)
@@ -355,7 +348,6 @@ def run_cli(*args: str):
     return result
 
 
-@needs_builtin
 def test_cli_json_validates_against_the_schema_and_png_is_real(world, tmp_path):
     qa = _tsqa_file(tmp_path / "qa.json")
     out = tmp_path / "out"
@@ -401,7 +393,6 @@ def test_matrix_report_and_heatmap(world, tmp_path):
 # ---------------------------------------------------------------- bad input
 
 
-@needs_builtin
 def test_cli_bad_inputs_exit_2_with_one_line(world, tmp_path):
     bad_qa = tmp_path / "bad.json"
     bad_qa.write_text(json.dumps([
@@ -446,7 +437,6 @@ def test_cli_bad_inputs_exit_2_with_one_line(world, tmp_path):
 # ------------------------------------------------------------------ compare
 
 
-@needs_builtin
 def test_compare_models_side_by_side(world, tmp_path):
     qa = _tsqa_file(tmp_path / "qa.json")
     bundle = make_bundle(world, tmp_path, first_year=2015)
@@ -477,7 +467,6 @@ def test_compare_models_side_by_side(world, tmp_path):
     assert w > 600 and h > 300
 
 
-@needs_builtin
 def test_compare_cli(world, tmp_path):
     qa = _tsqa_file(tmp_path / "qa.json")
     r = run_cli("compare", "--model", str(world["dense"]), "--model",

@@ -575,15 +575,6 @@ def test_all_rows_bad_says_why_the_corpus_is_empty(tmp_path, capsys):
 # ------------------------------------------------------------------ built-in
 
 
-def _has_builtin() -> bool:
-    try:
-        from timoe_core.data.builtin import builtin_documents  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_builtin(), reason="timoe_core.data.builtin is not there yet")
 def test_builtin_source_writes_twelve_years(tmp_path, capsys):
     out = tmp_path / "d"
     code, stdout, err = run_cli(

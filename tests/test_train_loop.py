@@ -267,7 +267,6 @@ def test_checkpoints_hold_nested_weight_files(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_expert_on_the_builtin_corpus_loss_falls_over_50_steps(tmp_path):
-    pytest.importorskip("timoe_core.data.builtin", reason="the built-in corpus is not there yet")
     from timoe_core.config import PrepareDataConfig
     from timoe_core.data.prepare import prepare_data
 

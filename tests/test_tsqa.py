@@ -16,9 +16,6 @@ from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.timeslices import parse_query_date
 from timoe_core.tokenizer import get_tokenizer
 
-# Items are the built-in corpus' TSQAItem, whatever their source.
-pytest.importorskip("timoe_core.data.builtin", reason="timoe_core.data.builtin is not there yet")
-
 GPT2 = {"name": "gpt2", "vocab_size": 50257, "eot_token": 50256}
 LABELS4 = ["correct", "past", "future", "irrelevant"]
 
