@@ -32,12 +32,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "benchmarks"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-from mixture import figure, make_experts  # noqa: E402  (benchmarks/mixture.py)
+from benchmarks.common import figure, make_experts  # noqa: E402
+from timoe_core.timeslices import TimeSlicing  # noqa: E402
 
 from timoe_core.generate import generate_tokens  # noqa: E402
 from timoe_core.model.mixture import TiMoE  # noqa: E402
@@ -72,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = {}
     with tempfile.TemporaryDirectory(prefix="timoe-bench-generate-") as tmp:
         wanted = (args.cases or ("single,2016" if args.quick else "single,2016,2024")).split(",")
-        make_experts(Path(tmp), preset=args.preset, n=6 if "2024" in wanted else 2,
-                     block_size=block)
+        labels = [s.label for s in TimeSlicing().slices][: 6 if "2024" in wanted else 2]
+        make_experts(Path(tmp), args.preset, labels, block_size=block)
         mix = TiMoE.from_expert_dirs([Path(tmp)])
         known = {"single": ("single_expert", None), "2016": ("mixture_2016", "2016"),
                  "2024": ("mixture_2024", "2024")}
