@@ -202,3 +202,23 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
             main()
     out, err = capsys.readouterr()
     return exc.value.code, out, err
+
+
+def make_mixture_inputs(
+    root: Path, expert_years: Iterable[int] = (2013, 2015, 2017), steps: int = 30
+) -> tuple[Path, Path]:
+    """(data dir, experts dir) for router/coadapt tests: data for 2013-2018, each year a
+    different repeating motif (vocab 128, windows of 32), and one tiny expert (1 layer,
+    width 32) trained `steps` steps on each slice holding one of `expert_years`. The
+    experts really differ: each predicts only its own slice's motifs well."""
+    from timoe_core.config import TrainExpertConfig
+    from timoe_core.train import train_expert
+
+    data = make_data_dir(root, years=range(2013, 2019), tokens_per_year=1024, vocab_size=128)
+    experts = Path(root) / "experts"
+    for year in expert_years:
+        train_expert(TrainExpertConfig(
+            year=year, data=data, out=experts / str(year), n_layer=1, n_head=2, n_embd=32,
+            seq_len=32, max_steps=steps, batch_size=8, lr=3e-3, device="cpu", log_every=steps,
+        ))
+    return data, experts

@@ -96,8 +96,11 @@ def train_router(
 
 
 def print_bundle(mix: TiMoE, out: Path) -> None:
-    table = Table(title=Text(f"TiMoE bundle {out} ({mix.strategy}, policy {mix.policy})"),
-                  title_justify="left", header_style="bold")
+    table = Table(
+        title=Text(f"TiMoE bundle {out} ({mix.strategy}, policy {mix.policy})"),
+        title_justify="left",
+        header_style="bold",
+    )
     for header in ("slice", "expert weights", "weights sha256"):
         table.add_column(header)
     sha = mix.expert_checksums
@@ -105,9 +108,11 @@ def print_bundle(mix: TiMoE, out: Path) -> None:
         table.add_row(Text(label), Text(str(directory)), Text((sha[label] or "")[:16]))
     console.print(table)
     gaps = [
-        f"{a.end_year + 1}-{b.start_year - 1}" if b.start_year - a.end_year > 2
+        f"{a.end_year + 1}-{b.start_year - 1}"
+        if b.start_year - a.end_year > 2
         else str(a.end_year + 1)
-        for a, b in zip(mix.slices, mix.slices[1:]) if b.start_year > a.end_year + 1
+        for a, b in zip(mix.slices, mix.slices[1:])
+        if b.start_year > a.end_year + 1
     ]
     if gaps:
         console.print(f"no expert for {', '.join(gaps)}: those years are never covered")

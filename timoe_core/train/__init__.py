@@ -13,8 +13,8 @@ router        `train_router(cfg)`: `timoe train-router` (avg, learned-avg)
 coadapt       `coadapt(cfg)`: `timoe coadapt`
 """
 
-from timoe_core.train.distributed import TrainingInterrupted, WorkersFailed
 from timoe_core.train.coadapt import coadapt
+from timoe_core.train.distributed import TrainingInterrupted, WorkersFailed
 from timoe_core.train.expert import train_expert
 from timoe_core.train.loop import (
     DataPosition,

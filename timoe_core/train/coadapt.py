@@ -59,7 +59,12 @@ class CoadaptTask(MixtureTask):
     find_unused_parameters = True  # only one expert is used (and trained) per step
 
     def __init__(
-        self, mix: TiMoE, train: Any, val: Any, seed: int, eval_windows: int,
+        self,
+        mix: TiMoE,
+        train: Any,
+        val: Any,
+        seed: int,
+        eval_windows: int,
         own_expert: dict[int, str],
     ) -> None:
         super().__init__(mix, train, val, eval_windows)
@@ -105,9 +110,14 @@ class CoadaptTask(MixtureTask):
 
 def _make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> CoadaptTask:
     cfg = plan.cfg
-    return CoadaptTask(mix, plan.train_windows(), plan.val_windows(), seed=cfg.seed,
-                       eval_windows=cfg.eval_batches * cfg.batch_size,
-                       own_expert=plan.own_expert)
+    return CoadaptTask(
+        mix,
+        plan.train_windows(),
+        plan.val_windows(),
+        seed=cfg.seed,
+        eval_windows=cfg.eval_batches * cfg.batch_size,
+        own_expert=plan.own_expert,
+    )
 
 
 def _train(payload: dict[str, Any]) -> Any:

@@ -136,7 +136,9 @@ class LogProbCache:
         if chunk not in self._chunks:
             start, end = self.chunk_range(chunk)
             self._chunks[chunk] = np.memmap(
-                self.chunk_path(chunk), dtype=np.float16, mode="r",
+                self.chunk_path(chunk),
+                dtype=np.float16,
+                mode="r",
                 shape=(end - start, self.shape[1], self.shape[2]),
             )
         return self._chunks[chunk]
@@ -202,11 +204,14 @@ class LogProbCache:
             cache.directory.mkdir(parents=True, exist_ok=True)
             atomic_write_json(meta_path, cache._meta(complete=False))
         env.barrier()
-        todo = [c for c in range(env.rank, cache.num_chunks, env.world_size)
-                if not cache.chunk_done(c)]
+        todo = [
+            c for c in range(env.rank, cache.num_chunks, env.world_size) if not cache.chunk_done(c)
+        ]
         n_rows = sum(cache.chunk_range(c)[1] - cache.chunk_range(c)[0] for c in todo)
-        log(f"log-prob cache: computing the frozen experts' target log-probs of "
-            f"{len(windows)} windows ({cache.num_chunks} chunks) into {cache.directory}")
+        log(
+            f"log-prob cache: computing the frozen experts' target log-probs of "
+            f"{len(windows)} windows ({cache.num_chunks} chunks) into {cache.directory}"
+        )
         t0 = time.perf_counter()
         for c in todo:
             cache._compute_chunk(c, windows, mix, batch_size, autocast)
@@ -221,8 +226,10 @@ class LogProbCache:
                 )
             atomic_write_json(cache.directory / META_FILENAME, cache._meta(complete=True))
         env.barrier()
-        log(f"log-prob cache: {int(done.item())} windows computed in "
-            f"{time.perf_counter() - t0:.1f}s")
+        log(
+            f"log-prob cache: {int(done.item())} windows computed in "
+            f"{time.perf_counter() - t0:.1f}s"
+        )
         return cache
 
     @torch.no_grad()

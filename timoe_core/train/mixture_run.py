@@ -80,7 +80,11 @@ from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
 MIXTURE_RUN_FILENAME = "mixture_run.json"
 # What --overwrite clears besides the run artifacts every training command writes.
 BUNDLE_ARTIFACTS = (
-    BUNDLE_FILENAME, ROUTER_FILENAME, EMBEDDED_EXPERTS_DIR, MIXTURE_RUN_FILENAME, CACHE_DIRNAME,
+    BUNDLE_FILENAME,
+    ROUTER_FILENAME,
+    EMBEDDED_EXPERTS_DIR,
+    MIXTURE_RUN_FILENAME,
+    CACHE_DIRNAME,
 )
 
 MixtureConfig = TrainRouterConfig | CoadaptConfig
@@ -177,8 +181,9 @@ def _years(
                 skipped[year] = f"no expert for the slice holding {year} to adapt"
                 continue
             if holder[0] not in eligible:
-                skipped[year] = f"its own expert {holder[0]} is not eligible as of {year} " \
-                                f"(policy {mix.policy})"
+                skipped[year] = (
+                    f"its own expert {holder[0]} is not eligible as of {year} (policy {mix.policy})"
+                )
                 continue
         used.append(year)
     return used, skipped, own
@@ -239,8 +244,10 @@ def plan_mixture_run(
     mix = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=mixture_options(cfg))
     manifest = load_manifest(cfg.data)
     experts_view = SimpleNamespace(
-        name=f"experts ({', '.join(mix.labels)})", tokenizer=mix.tokenizer,
-        vocab_size=mix.vocab_size, block_size=mix.block_size,
+        name=f"experts ({', '.join(mix.labels)})",
+        tokenizer=mix.tokenizer,
+        vocab_size=mix.vocab_size,
+        block_size=mix.block_size,
     )
     check_compatible(experts_view, manifest, cfg.data)  # type: ignore[arg-type]
     seq_len = resolve_seq_len(experts_view, manifest, cfg.seq_len)  # type: ignore[arg-type]
@@ -259,8 +266,10 @@ def plan_mixture_run(
             f"{', '.join(map(str, years))}: prepare more data or use a shorter --seq-len"
         )
     global_batch = cfg.batch_size * cfg.grad_accum * world_size
-    step_what = (f"{global_batch} windows ({cfg.batch_size} --batch-size x {cfg.grad_accum} "
-                 f"--grad-accum x {world_size} workers) of {seq_len + 1} tokens")
+    step_what = (
+        f"{global_batch} windows ({cfg.batch_size} --batch-size x {cfg.grad_accum} "
+        f"--grad-accum x {world_size} workers) of {seq_len + 1} tokens"
+    )
     if strategy == "coadapt":
         per_slice: dict[str, int] = {}
         for y, n in zip(*_window_counts(windows)):
@@ -280,7 +289,10 @@ def plan_mixture_run(
             )
         steps_per_epoch = len(windows) // global_batch
     total_steps = total_steps_for(
-        cfg, steps_per_epoch * global_batch, global_batch, global_batch * seq_len  # type: ignore[arg-type]
+        cfg,
+        steps_per_epoch * global_batch,
+        global_batch,
+        global_batch * seq_len,  # type: ignore[arg-type]
     )
 
     expert_sha = _expert_sha256(mix)
@@ -300,10 +312,20 @@ def plan_mixture_run(
         "seed": cfg.seed,
     }
     plan = MixturePlan(
-        cfg=cfg, strategy=strategy, run_dir=Path(cfg.out), manifest=manifest, labels=mix.labels,
-        expert_sha256=expert_sha, seq_len=seq_len, years=years, skipped=skipped,
-        own_expert=own, num_windows=len(windows), world_size=world_size,
-        total_steps=total_steps, record=record,
+        cfg=cfg,
+        strategy=strategy,
+        run_dir=Path(cfg.out),
+        manifest=manifest,
+        labels=mix.labels,
+        expert_sha256=expert_sha,
+        seq_len=seq_len,
+        years=years,
+        skipped=skipped,
+        own_expert=own,
+        num_windows=len(windows),
+        world_size=world_size,
+        total_steps=total_steps,
+        record=record,
     )
     if skipped:
         plan.notes.append(
@@ -328,9 +350,9 @@ def _window_counts(windows: TokenWindows) -> tuple[list[int], list[int]]:
 
 def _conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     diffs = []
-    for key in new:
-        if saved.get(key) != new[key]:
-            a, b = saved.get(key), new[key]
+    for key, b in new.items():
+        a = saved.get(key)
+        if a != b:
             if key == "experts" and isinstance(a, dict):
                 changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
                 a, b = f"other weights for {', '.join(changed)}", "these"
@@ -357,7 +379,10 @@ def _decide_run_dir(plan: MixturePlan, restart: bool) -> str:
             )
         return "overwrite"
     return ckpt_state.decide_run_dir(
-        run_dir, resume=cfg.resume, overwrite=cfg.overwrite, restart=restart,
+        run_dir,
+        resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        restart=restart,
         conflicts=lambda: _conflicts(_read_record(run_dir), plan.record),
         marker=MIXTURE_RUN_FILENAME,
     )
@@ -433,14 +458,22 @@ class MixtureTask(TrainTask):
         """After training: leave the trained weights in `self.mix`, unwrapped."""
 
     def mixture_loss(
-        self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, years: list[int],
+        self,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        years: list[int],
         **kwargs: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.mixture(model)(x, y, years, **kwargs)
         nll = -out.target_log_probs.mean()
         aux = out.router_aux
-        metrics = {"nll": nll.detach(), "router_entropy": aux.entropy.detach(),
-                   "router_balance": aux.balance.detach(), "router_z_loss": aux.z_loss.detach()}
+        metrics = {
+            "nll": nll.detach(),
+            "router_entropy": aux.entropy.detach(),
+            "router_balance": aux.balance.detach(),
+            "router_z_loss": aux.z_loss.detach(),
+        }
         return nll + aux.total, metrics
 
     def eval_indices(self) -> Any:
@@ -471,8 +504,9 @@ def train_in_worker(payload: dict[str, Any], make_task: TaskFactory) -> LoopResu
     cfg = config_model.model_validate(payload["config"])
     env = init_workers(cfg.device)
     try:
-        plan = plan_mixture_run(cfg, payload["strategy"], world_size=env.world_size,
-                                check_run_dir=False)
+        plan = plan_mixture_run(
+            cfg, payload["strategy"], world_size=env.world_size, check_run_dir=False
+        )
         if not payload["prepared"] and env.is_main:
             plan.action = payload["action"]
             prepare_run_dir(plan)
@@ -483,17 +517,29 @@ def train_in_worker(payload: dict[str, Any], make_task: TaskFactory) -> LoopResu
         mix = build_mixture(plan, env.device)
         task = make_task(plan, mix, env)
         wandb_config = config_to_dict(cfg) | {
-            "strategy": plan.strategy, "experts": plan.labels, "years": plan.years,
-            "world_size": env.world_size, "total_steps": plan.total_steps,
+            "strategy": plan.strategy,
+            "experts": plan.labels,
+            "years": plan.years,
+            "world_size": env.world_size,
+            "total_steps": plan.total_steps,
         }
-        result = run_training(task, cfg, plan.run_dir, env, plan.total_steps, title=plan.title,
-                              wandb_config=wandb_config)
+        result = run_training(
+            task,
+            cfg,
+            plan.run_dir,
+            env,
+            plan.total_steps,
+            title=plan.title,
+            wandb_config=wandb_config,
+        )
         task.finish()  # the trained weights back in `mix`, not in a DDP/compile wrapper
         if not result.interrupted and env.is_main:
             mix.eval()
             mix.save_bundle(plan.run_dir)  # timoe.json last: the bundle is complete
-            say(f"bundle written to {plan.run_dir} ({plan.strategy}, step {result.step})",
-                highlight=False)
+            say(
+                f"bundle written to {plan.run_dir} ({plan.strategy}, step {result.step})",
+                highlight=False,
+            )
         env.barrier()
         return result
     finally:
@@ -526,8 +572,12 @@ def run_mixture_training(
     outer = outer_launch()
     restart = outer is not None and outer.restart_count > 0
     plan = plan_mixture_run(cfg, strategy, restart=restart)
-    payload = {"config": config_to_dict(cfg), "strategy": strategy, "prepared": False,
-               "action": plan.action}
+    payload = {
+        "config": config_to_dict(cfg),
+        "strategy": strategy,
+        "prepared": False,
+        "action": plan.action,
+    }
     if outer is None:
         if cfg.node_rank == 0:  # with several nodes, node 0 prepares the (shared) run dir
             prepare_run_dir(plan)

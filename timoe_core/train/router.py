@@ -111,8 +111,11 @@ def _make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> LearnedAvgTask:
     cache = None
     if cfg.cache_log_probs:
         key = cache_key(
-            data_manifest_sha256=plan.record["data_manifest_sha256"], split="train",
-            years=plan.years, seq_len=plan.seq_len, policy=mix.policy,
+            data_manifest_sha256=plan.record["data_manifest_sha256"],
+            split="train",
+            years=plan.years,
+            seq_len=plan.seq_len,
+            policy=mix.policy,
             experts=plan.expert_sha256,
         )
         reads = plan.total_steps * plan.global_batch
@@ -120,15 +123,28 @@ def _make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> LearnedAvgTask:
         if reads > len(train) or LogProbCache.exists(plan.run_dir, key):
             amp = amp_enabled(cfg, env.device)
             cache = LogProbCache.open_or_build(
-                plan.run_dir, key, train, mix, env, batch_size=cfg.batch_size * cfg.grad_accum,
+                plan.run_dir,
+                key,
+                train,
+                mix,
+                env,
+                batch_size=cfg.batch_size * cfg.grad_accum,
                 autocast=lambda: torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=amp),
                 log=log,
             )
         else:
-            log(f"log-prob cache not built: the run reads {reads} windows, at most one epoch "
-                f"of {len(train)}, so nothing would be read back")
-    return LearnedAvgTask(mix, train, plan.val_windows(), seed=cfg.seed,
-                          eval_windows=cfg.eval_batches * cfg.batch_size, cache=cache)
+            log(
+                f"log-prob cache not built: the run reads {reads} windows, at most one epoch "
+                f"of {len(train)}, so nothing would be read back"
+            )
+    return LearnedAvgTask(
+        mix,
+        train,
+        plan.val_windows(),
+        seed=cfg.seed,
+        eval_windows=cfg.eval_batches * cfg.batch_size,
+        cache=cache,
+    )
 
 
 def _console_log(env: DistEnv) -> Any:

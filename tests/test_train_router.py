@@ -1,0 +1,300 @@
+"""`timoe train-router --strategy learned-avg`: router-only training, its log-prob cache,
+resume, the bundle, the CLI and its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from helpers import (  # noqa: F401 (fixture)
+    make_data_dir,
+    make_expert_runs,
+    make_mixture_inputs,
+    one_thread,
+    run_cli,
+)
+from safetensors.torch import load_file
+
+from timoe_core.checkpoint import MODEL_FILENAME, load_model_weights
+from timoe_core.config import TrainRouterConfig
+from timoe_core.data.manifest import sha256_file
+from timoe_core.data.windows import TokenWindows
+from timoe_core.model.gpt import GPT
+from timoe_core.model.mixture import BUNDLE_FILENAME, ROUTER_FILENAME, TiMoE
+from timoe_core.train import mixture_run, train_router
+from timoe_core.train import state as ckpt_state
+from timoe_core.train.logprob_cache import CACHE_DIRNAME
+from timoe_core.train.metrics import read_metrics
+from timoe_core.train.router import LearnedAvgTask
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+WINDOWS = 186  # train windows of make_mixture_inputs: 6 years x 31
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return make_mixture_inputs(tmp_path_factory.mktemp("router"))
+
+
+def config(inputs, out, **kw) -> TrainRouterConfig:
+    data, experts = inputs
+    base = {"experts": [experts], "data": data, "out": out, "batch_size": 8, "lr": 3e-3,
+            "device": "cpu", "log_every": 5, "max_steps": 10}
+    return TrainRouterConfig(**(base | kw))
+
+
+def capture_mixtures(mp: pytest.MonkeyPatch) -> list[TiMoE]:
+    """Record the mixture every run trains (build_mixture's result)."""
+    built: list[TiMoE] = []
+    real = mixture_run.build_mixture
+
+    def spy(plan, device):
+        mix = real(plan, device)
+        built.append(mix)
+        return mix
+
+    mp.setattr(mixture_run, "build_mixture", spy)
+    return built
+
+
+def val_batch(data):
+    val = TokenWindows(data, "val", range(2013, 2019), 32)
+    rows, years = val.batch(np.arange(len(val)))
+    return rows[:, :-1], rows[:, 1:], years.tolist()
+
+
+@pytest.fixture(scope="module")
+def trained(inputs, tmp_path_factory):
+    """A learned-avg bundle trained for 2 epochs with the cache, and its live mixture."""
+    out = tmp_path_factory.mktemp("trained") / "m"
+    with pytest.MonkeyPatch.context() as mp:
+        built = capture_mixtures(mp)
+        assert train_router(config(inputs, out, max_steps=46)) == out
+    return out, built[0]
+
+
+def test_only_the_router_is_trained_and_the_bundle_reloads_identically(inputs, trained):
+    out, mix = trained
+    data, experts = inputs
+    # Every expert's weights, as trained on, are bitwise its run dir's weights.
+    assert mix.loaded_experts() == ["2013-2014", "2015-2016", "2017-2018"]
+    for label in mix.loaded_experts():
+        source = load_model_weights(experts / label[:4])
+        for name, value in mix.expert(label).state_dict().items():
+            if name != "lm_head.weight":  # tied to wte, stored once
+                assert torch.equal(value, source[name]), (label, name)
+        assert all(not p.requires_grad for p in mix.expert(label).parameters())
+    # The router did train: its output layer starts at zero.
+    assert mix.router.out.weight.abs().max() > 1e-3
+    spec = json.loads((out / BUNDLE_FILENAME).read_text())
+    assert spec["strategy"] == "learned-avg"
+    for e in spec["experts"]:
+        assert not e["embedded"]
+        assert e["weights_sha256"] == sha256_file(experts / e["slice_label"][:4] / MODEL_FILENAME)
+    assert not (out / "experts").exists()
+    # The bundle is what was trained: same mixture log-probs, bitwise.
+    x, y, years = val_batch(data)
+    back = TiMoE.from_bundle(out)
+    mix.eval()
+    with torch.no_grad():
+        assert torch.equal(back.mixture_log_probs(x[:4], years[:4]), mix.mixture_log_probs(
+            x[:4], years[:4]))
+        assert torch.equal(back.mixture_target_log_probs(x, y, years),
+                           mix.mixture_target_log_probs(x, y, years))
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["strategy"] == "learned-avg" and saved["max_steps"] == 46
+
+
+def test_learned_avg_beats_avg_on_held_out_windows(inputs, trained):
+    out, _ = trained
+    x, y, years = val_batch(inputs[0])
+    learned = TiMoE.from_bundle(out)
+    with torch.no_grad():
+        nll_learned = -learned.mixture_target_log_probs(x, y, years).mean().item()
+        nll_avg = -learned.as_average().mixture_target_log_probs(x, y, years).mean().item()
+    # Each window's own-slice expert is far better than the older ones: avg dilutes it.
+    assert nll_learned < nll_avg - 0.1, (nll_learned, nll_avg)
+    evals = [m for m in read_metrics(out) if m["type"] == "eval"]
+    assert evals and evals[-1]["eval_loss"] == pytest.approx(nll_learned, rel=1e-5)
+
+
+def test_resume_10_then_20_equals_20_uninterrupted(inputs, tmp_path):
+    # 20 steps x 8 windows < one epoch: no cache, so the experts run in every step.
+    whole = train_router(config(inputs, tmp_path / "whole", max_steps=20, cache_log_probs=False))
+    part = config(inputs, tmp_path / "part", max_steps=20, cache_log_probs=False)
+    train_router(part.model_copy(update={"stop_at_step": 10}))
+    assert ckpt_state.latest_checkpoint(tmp_path / "part").step == 10
+    assert (tmp_path / "part" / BUNDLE_FILENAME).is_file()  # a bundle of the router so far
+    train_router(part)
+    a, b = load_file(str(whole / ROUTER_FILENAME)), load_file(str(tmp_path / "part" / ROUTER_FILENAME))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[m["loss"] for m in read_metrics(d) if m["type"] == "train"]
+              for d in (whole, tmp_path / "part")]
+    assert losses[0] == losses[1]
+
+
+def _count_expert_rows(mp: pytest.MonkeyPatch) -> dict[str, int]:
+    """Rows every expert forward reads, split into inside a training step or not."""
+    counts = {"step": 0, "other": 0}
+    in_step = [False]
+    real_hidden, real_loss = GPT.hidden_states, LearnedAvgTask.loss
+
+    def hidden_states(self, idx, *args, **kwargs):
+        counts["step" if in_step[0] else "other"] += idx.size(0)
+        return real_hidden(self, idx, *args, **kwargs)
+
+    def loss(self, model, batch):
+        in_step[0] = True
+        try:
+            return real_loss(self, model, batch)
+        finally:
+            in_step[0] = False
+
+    mp.setattr(GPT, "hidden_states", hidden_states)
+    mp.setattr(LearnedAvgTask, "loss", loss)
+    return counts
+
+
+def test_cache_means_no_expert_runs_in_the_training_steps_and_the_same_loss(inputs, tmp_path):
+    steps = 2 * (WINDOWS // 8)  # two epochs
+    # Each window is scored by the experts eligible as of its year: 1, 1, 2, 2, 3, 3.
+    one_pass = 31 * (1 + 1 + 2 + 2 + 3 + 3)
+    with pytest.MonkeyPatch.context() as mp:
+        cached_rows = _count_expert_rows(mp)
+        train_router(config(inputs, tmp_path / "c", max_steps=steps, eval_batches=1))
+    with pytest.MonkeyPatch.context() as mp:
+        plain_rows = _count_expert_rows(mp)
+        train_router(config(inputs, tmp_path / "p", max_steps=steps, eval_batches=1,
+                            cache_log_probs=False))
+    assert cached_rows["step"] == 0  # no step of either epoch ran an expert
+    eval_rows = plain_rows["other"]  # the final evaluation, the same in both runs
+    assert cached_rows["other"] == one_pass + eval_rows  # the cache: each window once
+    assert plain_rows["step"] > 1.8 * one_pass  # two epochs of expert forwards
+    caches = list((tmp_path / "c" / CACHE_DIRNAME).iterdir())
+    assert len(caches) == 1 and not (tmp_path / "p" / CACHE_DIRNAME).exists()
+    chunk = np.fromfile(next(caches[0].glob("chunk-*.f16")), dtype=np.float16)
+    assert chunk.size == WINDOWS * 32 * 3  # (windows, T, K) fp16
+    a = [m["loss"] for m in read_metrics(tmp_path / "c") if m["type"] == "train"]
+    b = [m["loss"] for m in read_metrics(tmp_path / "p") if m["type"] == "train"]
+    assert len(a) == len(b) > 5 and np.allclose(a, b, rtol=2e-3, atol=2e-3), (a, b)
+    # A rerun with more steps reuses the cache: still no expert in any step.
+    with pytest.MonkeyPatch.context() as mp:
+        rows = _count_expert_rows(mp)
+        train_router(config(inputs, tmp_path / "c", max_steps=steps + 4, eval_batches=1))
+    assert rows["step"] == 0 and rows["other"] == eval_rows
+
+
+def test_cache_key_changes_with_the_experts():
+    """A cache is never read for other experts, data or seq_len: they are in its key."""
+    from timoe_core.train.logprob_cache import _digest, cache_key
+
+    key = {"data_manifest_sha256": "d", "split": "train", "years": [2013], "seq_len": 32,
+           "policy": "inclusive", "experts": {"2013-2014": "a"}}
+    assert _digest(cache_key(**key)) != _digest(cache_key(**(key | {"experts": {
+        "2013-2014": "b"}})))
+    assert _digest(cache_key(**key)) != _digest(cache_key(**(key | {"seq_len": 16})))
+    assert _digest(cache_key(**key)) != _digest(cache_key(**(key | {"data_manifest_sha256": "e"})))
+
+
+# ------------------------------------------------------------------------ CLI
+
+SMALL = ["--batch-size", "8", "--device", "cpu", "--log-every", "5"]
+
+
+def test_cli_trains_resumes_evaluates_and_refuses_conflicting_flags(capsys, inputs, tmp_path):
+    data, experts = inputs
+    m = tmp_path / "m"
+    args = ["train-router", "--strategy", "learned-avg", "--experts", experts, "--data", data,
+            "--out", m, "--max-steps", 6, *SMALL]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "trained" in out and "step 6" in out
+    assert (m / BUNDLE_FILENAME).is_file() and (m / ROUTER_FILENAME).is_file()
+    assert yaml.safe_load((m / "config.yaml").read_text())["max_steps"] == 6
+    code, out, err = run_cli(capsys, *args)  # the same command again: resumes, nothing to do
+    assert code == 0 and "nothing to train" in out, (out, err)
+
+    report = tmp_path / "eval.json"
+    code, out, err = run_cli(capsys, "evaluate", "--model", m, "--strategy", "learned-avg",
+                             "--data", data, "--json", report, "--max-docs", 2)
+    assert code == 0, err
+    result = json.loads(report.read_text())
+    assert result["strategy"] == "learned-avg"
+    assert set(result["perplexity"]) >= {"2013", "2018"}
+
+    before = {p: p.stat().st_mtime_ns for p in m.rglob("*")}
+    code, out, err = run_cli(capsys, *args, "--seed", 1, "--policy", "strict")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "--seed (run has 0, flags give 1)" in err and "--policy" in err
+    assert {p: p.stat().st_mtime_ns for p in m.rglob("*")} == before  # untouched
+
+
+def test_cli_avg_still_writes_a_bundle_without_training(capsys, inputs, tmp_path):
+    code, _, err = run_cli(capsys, "train-router", "--strategy", "avg", "--experts", inputs[1],
+                           "--out", tmp_path / "a")
+    assert code == 0, err
+    mix = TiMoE.from_bundle(tmp_path / "a")
+    assert mix.strategy == "avg" and mix.router is None
+    assert not (tmp_path / "a" / "checkpoints").exists()
+    # A learned-avg run refuses to take over an avg bundle unless told to.
+    code, _, err = run_cli(capsys, "train-router", "--experts", inputs[1], "--data", inputs[0],
+                           "--out", tmp_path / "a", "--max-steps", 2, *SMALL)
+    assert code == 2 and "--overwrite" in err
+
+
+def test_years_without_an_eligible_expert_are_skipped_and_named(capsys, inputs, tmp_path):
+    data, experts = inputs
+    code, out, err = run_cli(capsys, "train-router", "--experts", experts / "2017",
+                             "--data", data, "--out", tmp_path / "m", "--max-steps", 2, *SMALL)
+    assert code == 0, err
+    assert "skipping data years without a usable expert: 2013" in out
+    assert "2016 (no expert is eligible as of 2016" in out and "2017 (" not in out
+    record = json.loads((tmp_path / "m" / mixture_run.MIXTURE_RUN_FILENAME).read_text())
+    assert record["years"] == [2017, 2018]
+
+
+@pytest.fixture(scope="module")
+def odd_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("odd")
+    (root / "empty").mkdir()
+    make_expert_runs(root / "mixed", ["2013-2014"], vocab_size=128)
+    make_expert_runs(root / "mixed", ["2015-2016"], vocab_size=128,
+                     tokenizer={"name": "other", "vocab_size": 128, "eot_token": 127})
+    return {
+        "root": root,
+        "wide": make_data_dir(root, years=(2013, 2014), vocab_size=256, name="wide"),
+        "early": make_data_dir(root, years=(2013, 2014), vocab_size=128, name="early"),
+    }
+
+
+BAD = [
+    ("empty experts dir", lambda i, o: ["--experts", o["root"] / "empty"],
+     "neither an expert run dir"),
+    ("experts disagree", lambda i, o: ["--experts", o["root"] / "mixed"],
+     "experts disagree on tokenizer"),
+    ("data tokenizer", lambda i, o: ["--experts", i[1], "--data", o["wide"]],
+     "use different tokenizers"),
+    ("no year covered", lambda i, o: ["--experts", i[1] / "2017", "--data", o["early"]],
+     "2013: no expert is eligible as of 2013"),
+    ("unknown strategy", lambda i, o: ["--experts", i[1], "--strategy", "learned"], "--strategy"),
+    ("no data", lambda i, o: ["--experts", i[1], "--data", o["root"] / "nope"], "nope"),
+]
+
+
+@pytest.mark.parametrize("what, make_args, words", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    capsys, inputs, odd_inputs, tmp_path, what, make_args, words
+):
+    args = make_args(inputs, odd_inputs)
+    if "--data" not in args:
+        args += ["--data", inputs[0]]
+    out_dir = tmp_path / "m"
+    code, out, err = run_cli(capsys, "train-router", *args, "--out", out_dir, "--max-steps", 2,
+                             *SMALL)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert words in err, err
+    assert not out_dir.exists()
