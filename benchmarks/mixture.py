@@ -119,7 +119,6 @@ def measure(
             "mixture": lambda: mix.mixture_log_probs(x, date),
             "naive": lambda: naive_dense(mix, x, date),
         }, repeats, device=device)
-        del buf
         single = peak_memory_bytes(lambda: mix.expert(mix.slices[0]).log_probs(x), device)
         mixture = peak_memory_bytes(lambda: mix.mixture_log_probs(x, date), device)
         naive = peak_memory_bytes(lambda: naive_dense(mix, x, date), device)
@@ -195,11 +194,12 @@ def _scaling_seq(mix: TiMoE, batch: int, seq_lens: Sequence[int], repeats: int, 
         x = torch.randint(0, 50257, (batch, T), device=mix.device)
         with torch.no_grad():
             r = interleaved_rounds({
-                "alone": lambda: experts_alone(mix, x, "2016"),
-                "mixture": lambda: mix.mixture_log_probs(x, "2016"),
+                "alone": lambda x=x: experts_alone(mix, x, "2016"),
+                "mixture": lambda x=x: mix.mixture_log_probs(x, "2016"),
             }, repeats, device=mix.device)
-            single = peak_memory_bytes(lambda: mix.expert(mix.slices[0]).log_probs(x), mix.device)
-            peak = peak_memory_bytes(lambda: mix.mixture_log_probs(x, "2016"), mix.device)
+            single = peak_memory_bytes(lambda x=x: mix.expert(mix.slices[0]).log_probs(x),
+                                       mix.device)
+            peak = peak_memory_bytes(lambda x=x: mix.mixture_log_probs(x, "2016"), mix.device)
         over = r.median_ratio("mixture", "alone") - 1
         print(f"  {T:7d}  {r.median('alone') * 1e3:8.1f}  {r.median('mixture') * 1e3:10.1f}  "
               f"{over:+8.1%}  {peak / 2**20:8.1f}  {peak / single:12.2f}")
@@ -210,6 +210,134 @@ def _scaling_seq(mix: TiMoE, batch: int, seq_lens: Sequence[int], repeats: int, 
         f[f"{p}_seq{T}_peak_mib"] = figure(round(peak / 2**20, 2), "MiB")
         f[f"{p}_seq{T}_memory_ratio"] = figure(round(peak / single, 3), "x")
     return f
+
+
+TARGET_ROUTER_TRAINING_RATIO = 0.9
+
+
+def run_router_training(
+    quick: bool = False,
+    *,
+    batch: int | None = None,
+    seq: int | None = None,
+    repeats: int | None = None,
+    preset: str = "tiny",
+) -> Figures:
+    """(d) learned-avg router training vs its floor, and the log-prob cache.
+
+    Six random `preset` experts, a data dir of random tokens for 2013-2024 (so a batch
+    mixes query dates, as in training: 1 to 6 experts eligible per row), one fixed batch
+    of B windows of T tokens. Sides, interleaved per round:
+      train         one optimizer step of `LearnedAvgTask` through the shared `Trainer`
+                    (batch read from disk, router forward/backward, every eligible expert
+                    run under no_grad for its target log-probs, AdamW);
+      experts       the floor: each expert's own no-grad forward on the rows where it
+                    is eligible, as an evaluation runs it (`GPT.forward(x, targets)`:
+                    logits and cross-entropy);
+      logits        context: the same forward to the logits only (no log-softmax, so no
+                    loss could be computed from it);
+      train cached  the same step reading the experts' log-probs from the on-disk fp16
+                    cache (epoch 2 onwards).
+    Figures: train / experts tokens/s (target >= 0.9), the epoch-2+ speed-up of the
+    cache (train cached vs train), and the cache build's tokens/s (epoch 1's extra).
+    """
+    import time
+
+    from tests.helpers import make_data_dir
+    from timoe_core.config import TrainRouterConfig
+    from timoe_core.train.distributed import DistEnv
+    from timoe_core.train.logprob_cache import LogProbCache, cache_key
+    from timoe_core.train.loop import Trainer
+    from timoe_core.train.mixture_run import build_mixture, plan_mixture_run
+    from timoe_core.train.router import LearnedAvgTask
+
+    B = batch or (4 if quick else 8)
+    T = seq or (64 if quick else 128)
+    repeats = repeats or (3 if quick else 7)
+    per_year = 4 if quick else 8  # windows per data year
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="timoe-bench-router-") as tmp:
+        root = Path(tmp)
+        make_experts(root / "experts", preset, block_size=T)
+        data = make_data_dir(root, years=range(2013, 2025), tokens_per_year=per_year * T + 1,
+                             seq_len=T, pattern="random", val_tokens_per_year=0)
+        cfg = TrainRouterConfig(experts=[root / "experts"], data=data, out=root / "out",
+                                batch_size=B, max_steps=1000, device="cpu")
+        plan = plan_mixture_run(cfg, "learned-avg", world_size=1, check_run_dir=False)
+        env = DistEnv()
+        mix = build_mixture(plan, env.device)
+        for s in mix.slices:
+            mix.expert(s)  # loading is not what is measured
+        train = plan.train_windows()
+        key = cache_key(data_manifest_sha256=plan.record["data_manifest_sha256"], split="train",
+                        years=plan.years, seq_len=T, policy=mix.policy,
+                        experts=plan.expert_sha256)
+        t0 = time.perf_counter()
+        cache = LogProbCache.open_or_build(root / "out", key, train, mix, env, batch_size=B)
+        build_s = time.perf_counter() - t0
+        plain = LearnedAvgTask(mix, train, None, seed=0, eval_windows=0)
+        cached = LearnedAvgTask(mix, train, None, seed=0, eval_windows=0, cache=cache)
+        # Two trainers over the one router: the values do not matter, the work does.
+        trainers = {name: Trainer(task, cfg, env, plan.total_steps)
+                    for name, task in (("train", plain), ("train cached", cached))}
+        tasks = {"train": plain, "train cached": cached}
+        idx = train.shuffled_indices(0, 0)[:B]
+        rows, years = train.batch(idx)
+        x, y = rows[:, :-1], rows[:, 1:]
+        eligible = mix.eligibility(years.tolist(), B)
+
+        def experts_forward(with_targets: bool) -> None:
+            with torch.no_grad():
+                for k, s in enumerate(mix.slices):
+                    sel = eligible[:, k]
+                    if sel.any():
+                        mix.expert(s)(x[sel], y[sel] if with_targets else None)
+
+        step = [0]
+
+        def train_step(name: str) -> None:
+            trainers[name].step(step[0], iter([tasks[name].batch(idx, env.device)]), 1)
+            step[0] += 1
+
+        r = interleaved_rounds({
+            "train": lambda: train_step("train"),
+            "experts": lambda: experts_forward(True),
+            "train cached": lambda: train_step("train cached"),
+            "logits": lambda: experts_forward(False),
+        }, repeats)
+    tokens = B * T
+    ratio = r.median_ratio("experts", "train")  # (tokens/s of train) / (tokens/s of experts)
+    vs_logits = r.median_ratio("logits", "train")
+    speedup = r.median_ratio("train", "train cached")
+    build_tps = len(train) * T / build_s
+    n_eligible = int(eligible.sum())
+    print(f"router training (d): 6 x {preset} experts, batch {B} x {T} with query dates "
+          f"2013-2024 ({n_eligible} expert-rows eligible of {6 * B}), threads "
+          f"{torch.get_num_threads()}, {repeats} rounds")
+    for side in ("train", "experts", "logits", "train cached"):
+        print(f"  {side:14s} {tokens / r.median(side):10,.0f} tok/s  (rounds "
+              f"{fmt_runs(r.rates(side, tokens), 1, 0)})")
+    print(f"  learned-avg training / eligible experts' no-grad forward: {ratio:.2f}x "
+          f"(target >= {TARGET_ROUTER_TRAINING_RATIO}); / their logits alone: "
+          f"{vs_logits:.2f}x")
+    print(f"  epoch 2+ with the log-prob cache: {speedup:.1f}x faster per step; building it "
+          f"(epoch 1's extra): {build_tps:,.0f} tok/s over {len(train)} windows")
+    p = "router_training"
+    return {
+        f"{p}_tokens_per_s": figure(round(tokens / r.median("train")), "tokens/s"),
+        f"{p}_experts_forward_tokens_per_s": figure(round(tokens / r.median("experts")),
+                                                    "tokens/s"),
+        f"{p}_ratio_to_experts_forward": figure(
+            round(ratio, 3), "x", f"{p}_experts_forward_tokens_per_s",
+            TARGET_ROUTER_TRAINING_RATIO, ">="),
+        f"{p}_experts_logits_tokens_per_s": figure(round(tokens / r.median("logits")),
+                                                   "tokens/s"),
+        f"{p}_ratio_to_experts_logits": figure(round(vs_logits, 3), "x",
+                                               f"{p}_experts_logits_tokens_per_s"),
+        f"{p}_cached_tokens_per_s": figure(round(tokens / r.median("train cached")), "tokens/s"),
+        f"{p}_cache_speedup_epoch2": figure(round(speedup, 2), "x", f"{p}_tokens_per_s"),
+        f"{p}_cache_build_tokens_per_s": figure(round(build_tps), "tokens/s"),
+    }
 
 
 def run(
