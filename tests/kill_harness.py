@@ -93,6 +93,36 @@ def _expert_argv(nproc: int, steps: int, every: int) -> Callable[[Path, Path], l
     return argv
 
 
+def _mixture_inputs(root: Path) -> Path:
+    from helpers import make_mixture_inputs
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: no faster on more, slower on busy cores
+    try:
+        make_mixture_inputs(root, steps=10)  # data/ and experts/ under root
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+def _mixture_argv(
+    command: list[str], nproc: int, steps: int, every: int
+) -> Callable[[Path, Path], list[str]]:
+    def argv(inputs: Path, out: Path) -> list[str]:
+        return [
+            *command, "--experts", str(inputs / "experts"), "--data", str(inputs / "data"),
+            "--out", str(out), "--batch-size", "4", "--max-steps", str(steps),
+            "--checkpoint-every", str(every), "--log-every", "1", "--device", "cpu",
+            "--nproc-per-node", str(nproc),
+        ]  # fmt: skip
+
+    return argv
+
+
+ROUTER = ["train-router", "--strategy", "learned-avg"]
+
+# 60 router steps of 4 windows read 240 of the 186 windows: the log-prob cache is built
+# and read back, and the run crosses an epoch.
 COMMANDS: dict[str, TrainCommand] = {
     "train-expert": TrainCommand(
         "train-expert", _expert_inputs, _expert_argv(1, 40, 4), total_steps=40,
@@ -100,6 +130,22 @@ COMMANDS: dict[str, TrainCommand] = {
     ),
     "train-expert-2w": TrainCommand(
         "train-expert-2w", _expert_inputs, _expert_argv(2, 40, 4), total_steps=40,
+        checkpoint_every=4, nproc=2,
+    ),
+    "train-router": TrainCommand(
+        "train-router", _mixture_inputs, _mixture_argv(ROUTER, 1, 60, 4), total_steps=60,
+        checkpoint_every=4,
+    ),
+    "train-router-2w": TrainCommand(
+        "train-router-2w", _mixture_inputs, _mixture_argv(ROUTER, 2, 30, 4), total_steps=30,
+        checkpoint_every=4, nproc=2,
+    ),
+    "coadapt": TrainCommand(
+        "coadapt", _mixture_inputs, _mixture_argv(["coadapt"], 1, 40, 4), total_steps=40,
+        checkpoint_every=4,
+    ),
+    "coadapt-2w": TrainCommand(
+        "coadapt-2w", _mixture_inputs, _mixture_argv(["coadapt"], 2, 40, 4), total_steps=40,
         checkpoint_every=4, nproc=2,
     ),
 }  # fmt: skip

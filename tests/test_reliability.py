@@ -55,6 +55,8 @@ VOCAB = 512
 KILL_CASES = [
     ("train-expert", "before-rename"),  # inside a checkpoint write
     ("train-expert-2w", "signal"),  # kill -9 of the whole job, 2 gloo workers
+    ("train-router", "after-rename"),  # learned-avg, with its log-prob cache
+    ("coadapt", "signal"),
 ]
 
 
@@ -269,6 +271,8 @@ def test_a_trainer_state_that_would_run_code_is_refused_and_runs_nothing(
             ckpt_state.load_trainer_state(ckpt)
         code, _, err = run_cli(capsys, *_args(data, out))  # the CLI resuming from it
         assert code == 2 and "trainer_state.pt is corrupt" in err, err
+        assert "refused by the safe loader" in err and "never load it with" in err
+        assert "will likely succeed" not in err  # torch's advice to disable the check
         assert len(err.strip().splitlines()) == 1
         assert not marker.exists()
     assert ckpt_state.latest_checkpoint(out).step == 4  # nothing trained from it

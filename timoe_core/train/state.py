@@ -255,7 +255,17 @@ def load_trainer_state(ckpt: Checkpoint, verify_files: bool = True) -> dict[str,
         with warnings.catch_warnings():  # a foreign file's pickle protocol: refused below anyway
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests retrying with weights_only=False: exactly what must
+        # never be done with a file that may run code. Keep only its specific line.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        boilerplate = ("Weights only load failed", "Please file an issue", "Check the doc")
+        detail = next((ln for ln in lines if not ln.startswith(boilerplate)), "unpickling failed")
+        raise _corrupt(
+            path, f"refused by the safe loader: {detail[:160]}; never load it with "
+            "weights_only=False, it may run code"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise _corrupt(path, f"not a readable trainer state: {first}") from None
     if not isinstance(state, dict):
