@@ -84,6 +84,19 @@ def _folder_without_corpus_files(ctx: Ctx) -> list:
     return ["prepare-data", "--source", src, "--out", ctx.tmp / "out"]
 
 
+def _unwritable(ctx: Ctx) -> Path:
+    """A folder this process cannot create files in: chmod 555, or /sys for root."""
+    locked = ctx.tmp / "locked"
+    locked.mkdir(mode=0o555)
+    for d in (locked, Path("/sys")):
+        try:
+            (d / ".probe").touch()
+        except OSError:
+            return d
+        (d / ".probe").unlink()
+    pytest.skip("no unwritable folder on this machine")
+
+
 def _run_json_corrupt(ctx: Ctx) -> list:
     run = ctx.copy_run()
     (run / "run.json").write_text('{"kind": "expert", ', encoding="utf-8")
@@ -198,6 +211,10 @@ CASES: list[tuple[str, Callable[[Ctx], list], list[str], dict[str, str]]] = [
     ("prepare-merge-missing",
      lambda c: ["prepare-data", "--merge", c.tmp / "nope", "--out", c.tmp / "out"],
      ["nope does not exist"], {}),
+    ("evaluate-json-unwritable",
+     lambda c: ["evaluate", "--model", c.run, "--tsqa", "builtin", "--json",
+                _unwritable(c) / "report.json"],
+     ["--json", "report.json is not writable", "Permission denied"], {}),
     # train-router / coadapt / demo
     ("router-without-data",
      lambda c: ["train-router", "--strategy", "learned-avg", "--experts", c.run.parent,
@@ -209,6 +226,11 @@ CASES: list[tuple[str, Callable[[Ctx], list], list[str], dict[str, str]]] = [
      ["--experts", "nope does not exist"], {}),
     ("demo-out-is-a-file", lambda c: ["demo", "--out", c.file("f", "x")],
      ["is a file: give a folder"], {}),
+    # an OS error no command checked for up front: the CLI's net (timoe_cli.common)
+    ("router-avg-out-unwritable",
+     lambda c: ["train-router", "--strategy", "avg", "--experts", c.run.parent, "--out",
+                _unwritable(c) / "bundle"],
+     ["bundle", "fix the permissions or choose another path"], {}),
 ]  # fmt: skip
 
 

@@ -6,6 +6,7 @@ Errors: a TimoeError (bad input) prints one line on stderr and exits 2; Ctrl-C e
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -45,11 +46,29 @@ def handles_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except TimoeError as exc:
             fail(str(exc).replace("\n", " "))
+        except OSError as exc:
+            if exc.errno not in _ENVIRONMENT_ERRNOS:
+                raise  # anything else is a bug: keep its traceback
+            fail(describe_os_error(exc))
         except KeyboardInterrupt:
             err_console.print("interrupted: rerun the same command to resume", highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# OS errors that are the machine's state, not a bug: one line and exit 2 wherever they
+# surface (commands check their outputs up front; this is the net behind those checks).
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def describe_os_error(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space and rerun (training commands resume from their last checkpoint)"
+    else:
+        fix = "fix the permissions or choose another path"
+    return f"{exc.strerror or exc}{where}: {fix}"
 
 
 def load_config(model: type[M], config_file: Path | None, **flags: Any) -> M:

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from timoe_cli.common import ConfigOption, console, err_console, handles_errors
 from timoe_core.config import EvaluateConfig, resolve_config, save_config
+from timoe_core.io import check_writable_dir
 from timoe_core.errors import TimoeError
 from timoe_core.evaluate.models import load_evaluated_model
 from timoe_core.evaluate.perplexity import evaluate_perplexity, perplexity_matrix
@@ -51,6 +52,8 @@ def check_outputs(cfg: EvaluateConfig) -> None:
     for flag, path in (("--json", cfg.json_out), ("--plot", cfg.plot)):
         if path is not None and path.is_dir():
             raise TimoeError(f"{flag} {path} is a folder: give a file name")
+        if path is not None:  # found now, not after the whole evaluation
+            check_writable_dir(path.parent if path.exists() else path, flag)
 
 
 @contextmanager
