@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the prepare-data child never needs it
+    import torch
 
 Figure = dict[str, Any]
 Figures = dict[str, Figure]
@@ -63,8 +64,20 @@ def target_met(fig: Mapping[str, Any]) -> bool | None:
 
 def sync(device: torch.device | str | None) -> None:
     """Wait for queued GPU work, so that wall-clock time covers it."""
-    if device is not None and torch.device(device).type == "cuda":
+    if device is None:
+        return
+    import torch
+
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a side returns when it times itself (e.g. the work inside a child process,
+    without the interpreter's start-up): `interleaved_rounds` records these seconds."""
+
+    seconds: float
 
 
 @dataclass
@@ -92,7 +105,8 @@ def interleaved_rounds(
     device: torch.device | str | None = None,
 ) -> Rounds:
     """Time every side `repeats` times, once per round, the order rotated each round;
-    `warmup` untimed calls of each side first (allocator, caches, lazy loading)."""
+    `warmup` untimed calls of each side first (allocator, caches, lazy loading). A side
+    that returns `Measured` is recorded with its own seconds."""
     names = list(sides)
     for name in names:
         for _ in range(warmup):
@@ -103,9 +117,10 @@ def interleaved_rounds(
         k = r % len(names)
         for name in names[k:] + names[:k]:
             t0 = time.perf_counter()
-            sides[name]()
+            result = sides[name]()
             sync(device)
-            seconds[name].append(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            seconds[name].append(result.seconds if isinstance(result, Measured) else took)
     return Rounds(seconds)
 
 
@@ -122,6 +137,7 @@ def peak_allocated_bytes(fn: Callable[[], Any]) -> tuple[int, Any]:
     code makes, on CPU, where the allocator keeps no statistics. Tensors alive before
     the call (weights, inputs) are not counted; the returned result is.
     """
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -145,6 +161,8 @@ def peak_allocated_bytes(fn: Callable[[], Any]) -> tuple[int, Any]:
 def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str) -> int:
     """Peak bytes `fn` allocates: the CUDA allocator's own peak on a GPU (the profiler's
     event replay costs too much at gpt2-124m sizes), the event replay on CPU."""
+    import torch
+
     device = torch.device(device)
     if device.type != "cuda":
         return peak_allocated_bytes(fn)[0]
@@ -162,7 +180,6 @@ def make_experts(
     """Random experts of a model preset, one run dir per slice label (default: the six
     default slices) under `root`. Speed does not depend on what an expert learned."""
     from tests.helpers import make_expert_runs  # the one writer of expert run dirs
-
     from timoe_core.model.gpt import preset_config
 
     cfg = preset_config(preset, **overrides)

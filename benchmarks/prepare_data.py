@@ -1,9 +1,8 @@
 """Benchmark of `timoe prepare-data` against the raw tokeniser ceiling.
 
-    python benchmarks/prepare_data.py [--quick] [--json FILE] [--mb 48] [--repeats 3]
+    python -m benchmarks.prepare_data [--quick] [--json FILE] [--mb 32] [--repeats 3]
 
-In one run, on the same text (a JSONL corpus written to a temp folder, from the
-built-in corpus when `timoe_core.data.builtin` is there, otherwise synthetic English):
+In one run, on the same text (the built-in corpus written as JSONL to a temp folder):
 
 - ceiling: tiktoken `encode_ordinary_batch(texts, num_threads=all cores)` tokens/s on
   the texts already in memory;
@@ -13,8 +12,10 @@ built-in corpus when `timoe_core.data.builtin` is there, otherwise synthetic Eng
   reported (streaming: it must not grow with the corpus);
 - bytes per token of the files written (uint16: must be 2.0).
 
-Both rates are the best of `--repeats` alternating runs. The tokenizer is loaded before
-timing in both. `--json FILE` writes `{name: {"value", "unit", "ratio_to", "target"}}`.
+Scaling: the same two with 1 worker / thread and with every core. Each round runs
+every variant once, the order rotated between rounds; rates are medians over rounds and
+ratios medians of the per-round ratios. The tokenizer is loaded before timing in both;
+the end-to-end time is taken inside the child (interpreter start-up excluded).
 """
 
 from __future__ import annotations
@@ -22,95 +23,42 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-_CACHE = ROOT.parent / "shared" / "tiktoken_cache"
-if "TIKTOKEN_CACHE_DIR" not in os.environ and _CACHE.is_dir():
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(_CACHE)
+from benchmarks.common import Figures, Measured, figure, fmt_runs, interleaved_rounds, write_json
+from timoe_core.data.builtin import YEARS, builtin_documents
 
 TARGET_RATIO = 0.7
 
-_WORDS = (
-    "the of and to in a is that for it as was with be by on not he I this are or his from at "
-    "which but have an they you were her she there one all we their been has would when who "
-    "will more no if out so said what up its about into than them can only other new some "
-    "could time these two may then do first any my now such like our over man me even most "
-    "made after also did many before must through back years where much your way well down "
-    "should because each just those people how too little state good very make world still "
-    "own see men work long get here between both life being under never day same another "
-    "know while last might us great old year off come since against go came right used take "
-    "three government company market city council report season election team school price "
-    "policy research minister energy system network service health water public history "
-    "announced reported according increased percent million billion quarter growth record"
-).split()
 
-
-def synthetic_documents(target_bytes: int, seed: int = 0):
-    """Deterministic English-like documents (Zipf word choice, sentences, numbers)."""
-    rng = random.Random(seed)
-    weights = [1.0 / (i + 1) for i in range(len(_WORDS))]
-    made = 0
-    i = 0
-    while made < target_bytes:
-        year = 2013 + i % 12
-        sentences = []
-        for _ in range(rng.randint(8, 60)):
-            words = rng.choices(_WORDS, weights, k=rng.randint(6, 24))
-            if rng.random() < 0.3:
-                words.insert(rng.randrange(len(words)), str(rng.randint(1, 2024)))
-            sentences.append(" ".join(words).capitalize() + rng.choice(".,.;.!?"))
-        text = " ".join(sentences)
-        made += len(text)
-        i += 1
-        yield text, f"{year}-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00Z"
-
-
-def builtin_or_synthetic(target_bytes: int):
-    try:
-        from timoe_core.data.builtin import builtin_documents
-    except ImportError:
-        builtin_documents = None
-    if builtin_documents is not None:
-        sample = list(builtin_documents(docs_per_year=20, seed=0))
-        if sample:
-            avg = sum(len(d.text) for d in sample) / len(sample)
-            per_year = max(1, int(target_bytes / avg / 12) + 1)
-            return "builtin corpus", (
-                (d.text, d.date) for d in builtin_documents(docs_per_year=per_year, seed=0)
-            )
-    return "synthetic English", synthetic_documents(target_bytes)
-
-
-def write_corpus(path: Path, target_bytes: int) -> tuple[str, int, int]:
-    kind, docs = builtin_or_synthetic(target_bytes)
+def write_corpus(path: Path, target_bytes: int) -> tuple[int, int]:
+    """About `target_bytes` of the built-in corpus as JSONL: (documents, bytes)."""
+    sample = list(builtin_documents(docs_per_year=20, seed=0))
+    avg = sum(len(d.text) for d in sample) / len(sample)
+    per_year = max(1, int(target_bytes / avg / len(YEARS)) + 1)
     n = size = 0
     with open(path, "w", encoding="utf-8") as f:
-        for text, date in docs:
-            line = json.dumps({"text": text, "date": date}) + "\n"
+        for d in builtin_documents(docs_per_year=per_year, seed=0):
+            line = json.dumps({"text": d.text, "date": d.date}) + "\n"
             f.write(line)
             n += 1
             size += len(line)
             if size >= target_bytes:
                 break
-    return kind, n, size
+    return n, size
 
 
-def measure_ceiling(texts: list[str], threads: int) -> tuple[int, float]:
+def measure_ceiling(texts: list[str], threads: int) -> int:
+    """Tokens of `texts` from tiktoken's batch encoder on `threads` threads."""
     from timoe_core.tokenizer import get_tokenizer
 
     enc = get_tokenizer()._encoding  # type: ignore[attr-defined]
-    t0 = time.perf_counter()
-    tokens = enc.encode_ordinary_batch(texts, num_threads=threads)
-    dt = time.perf_counter() - t0
-    return sum(map(len, tokens)), dt
+    return sum(map(len, enc.encode_ordinary_batch(texts, num_threads=threads)))
 
 
 def _proc_status_kb(key: str) -> float:
@@ -133,125 +81,106 @@ def child(corpus: str, out: str, workers: int) -> None:
     t0 = time.perf_counter()
     m = prepare_data(cfg)
     dt = time.perf_counter() - t0
-    peak_kb = _proc_status_kb("VmHWM")  # this process's peak RSS (ru_maxrss survives exec)
-    tokens = sum(s.train.tokens + s.val.tokens for s in m.years.values())
-    docs = sum(s.train.documents + s.val.documents for s in m.years.values())
-    n_bytes = sum(e.bytes for e in m.files.values())
-    print(
-        json.dumps(
-            {
-                "seconds": dt,
-                "tokens": tokens,
-                "documents": docs,
-                "bytes": n_bytes,
-                "rss_base_mib": base_kb / 1024,
-                "rss_peak_mib": peak_kb / 1024,
-            }
-        )
-    )
+    peak_kb = _proc_status_kb("VmHWM")  # this process's peak RSS
+    print(json.dumps({
+        "seconds": dt,
+        "tokens": sum(s.train.tokens + s.val.tokens for s in m.years.values()),
+        "documents": sum(s.train.documents + s.val.documents for s in m.years.values()),
+        "bytes": sum(e.bytes for e in m.files.values()),
+        "rss_base_mib": base_kb / 1024,
+        "rss_peak_mib": peak_kb / 1024,
+    }))
 
 
 def measure_end_to_end(corpus: Path, out: Path, workers: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(corpus), str(out), str(workers)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=os.environ.copy())
+    cmd = [sys.executable, "-m", "benchmarks.prepare_data", "--child", str(corpus), str(out),
+           str(workers)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                         cwd=Path(__file__).resolve().parents[1])
     if res.returncode != 0:
-        sys.exit(f"end-to-end run failed:\n{res.stderr}")
+        raise RuntimeError(f"end-to-end prepare-data run failed:\n{res.stderr}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool = False, *, mb: float | None = None, repeats: int | None = None) -> Figures:
+    """Ceiling and end-to-end, with every core and with one, on one corpus."""
+    mb = mb if mb is not None else (6 if quick else 32)
+    repeats = repeats or 3
+    cores = os.cpu_count() or 1
+    counts = sorted({1, cores})
+    with tempfile.TemporaryDirectory(prefix="timoe-bench-prepare-") as tmp:
+        corpus = Path(tmp) / "corpus.jsonl"
+        n_docs, size = write_corpus(corpus, int(mb * 1e6))
+        with open(corpus, encoding="utf-8") as f:
+            texts = [json.loads(line)["text"] for line in f]
+        n_tok = measure_ceiling(texts, cores)  # also loads the tokenizer
+        print(f"prepare_data: {n_docs:,} documents, {size / 1e6:.1f} MB of JSONL (built-in corpus), "
+              f"{n_tok:,} tokens ({sum(map(len, texts)) / n_tok:.2f} bytes of text each); "
+              f"{cores} cores, {repeats} rounds")
+        last: dict = {}
+
+        def end_to_end(workers: int) -> Measured:
+            r = measure_end_to_end(corpus, Path(tmp) / f"data{workers}", workers)
+            if r["tokens"] - r["documents"] != n_tok:  # the EOTs it adds are not text tokens
+                raise RuntimeError(f"token counts differ: ceiling {n_tok}, prepare-data "
+                                   f"{r['tokens'] - r['documents']}")
+            last[workers] = r
+            return Measured(r["seconds"])
+
+        sides = {}
+        for n in counts:
+            sides[f"ceiling {n}"] = lambda n=n: measure_ceiling(texts, n)
+            sides[f"prepare {n}"] = lambda n=n: end_to_end(n)
+        rounds = interleaved_rounds(sides, repeats, warmup=0)
+    f: Figures = {}
+    for n in counts:
+        # Names say "all" for every core (2 here, more elsewhere) so that runs on
+        # different machines compare; the core count is in the run record.
+        w = "all" if n == cores else "1"
+        ceiling, e2e = rounds.rates(f"ceiling {n}", n_tok), rounds.rates(f"prepare {n}", n_tok)
+        ratio = rounds.median_ratio(f"ceiling {n}", f"prepare {n}")
+        print(f"  {n} thread(s)/worker(s): ceiling {median(ceiling) / 1e6:.2f} M tokens/s "
+              f"(rounds {fmt_runs(ceiling, 1e-6, 2)}); prepare-data {median(e2e) / 1e6:.2f} M "
+              f"tokens/s (rounds {fmt_runs(e2e, 1e-6, 2)}); ratio {ratio:.3f}")
+        f[f"encode_ceiling_{w}_threads_tokens_per_s"] = figure(round(median(ceiling)), "tokens/s")
+        f[f"prepare_data_{w}_workers_tokens_per_s"] = figure(round(median(e2e)), "tokens/s")
+        f[f"prepare_data_{w}_workers_ratio_to_ceiling"] = figure(
+            round(ratio, 3), "x", f"encode_ceiling_{w}_threads_tokens_per_s",
+            TARGET_RATIO if w == "all" else None, ">=" if w == "all" else None)
+    if len(counts) > 1:
+        f["prepare_data_speedup_all_workers_vs_1"] = figure(
+            round(rounds.median_ratio("prepare 1", f"prepare {cores}"), 3), "x",
+            "prepare_data_1_workers_tokens_per_s")
+        f["encode_ceiling_speedup_all_threads_vs_1"] = figure(
+            round(rounds.median_ratio("ceiling 1", f"ceiling {cores}"), 3), "x",
+            "encode_ceiling_1_threads_tokens_per_s")
+    r = last[cores]
+    f["prepare_data_bytes_per_token"] = figure(r["bytes"] / r["tokens"], "bytes/token",
+                                               None, 2.0, "==")
+    f["prepare_data_peak_rss_mib"] = figure(round(r["rss_peak_mib"], 1), "MiB")
+    f["prepare_data_rss_growth_mib"] = figure(round(r["rss_peak_mib"] - r["rss_base_mib"], 1),
+                                              "MiB")
+    f["prepare_data_corpus_mib"] = figure(round(size / 2**20, 1), "MiB")
+    print(f"  bytes per token on disk {r['bytes'] / r['tokens']:.3f} (target 2.0); peak RSS "
+          f"{r['rss_peak_mib']:.1f} MiB ({r['rss_base_mib']:.1f} after imports) for a "
+          f"{size / 2**20:.1f} MiB corpus")
+    return f
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="8 MB corpus, one repeat")
-    ap.add_argument("--mb", type=float, default=None, help="corpus size in MB (default 48)")
-    ap.add_argument("--repeats", type=int, default=None, help="runs of each (default 3)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--quick", action="store_true", help="6 MB corpus")
+    ap.add_argument("--mb", type=float, default=None, help="corpus size in MB (default 32)")
+    ap.add_argument("--repeats", type=int, default=None, help="rounds (default 3)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
         return 0
-    mb = args.mb if args.mb is not None else (8 if args.quick else 48)
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-    workers = args.workers
-
-    with tempfile.TemporaryDirectory(prefix="timoe-bench-") as tmp:
-        corpus = Path(tmp) / "corpus.jsonl"
-        kind, n_docs, size = write_corpus(corpus, int(mb * 1e6))
-        with open(corpus, encoding="utf-8") as f:
-            texts = [json.loads(line)["text"] for line in f]
-        print(f"corpus: {n_docs:,} documents, {size / 1e6:.1f} MB of JSONL ({kind})")
-        print(f"cores: {os.cpu_count()}, workers/threads: {workers}, repeats: {repeats}")
-        ceiling, e2e = [], []
-        for _ in range(repeats):
-            n_tok, dt = measure_ceiling(texts, workers)
-            ceiling.append(n_tok / dt)
-            r = measure_end_to_end(corpus, Path(tmp) / "data", workers)
-            text_tokens = r["tokens"] - r["documents"]  # without the EOTs
-            if text_tokens != n_tok:
-                sys.exit(f"token counts differ: ceiling {n_tok}, prepare-data {text_tokens}")
-            e2e.append(text_tokens / r["seconds"])
-    best_ceiling, best_e2e = max(ceiling), max(e2e)
-    ratio = best_e2e / best_ceiling
-    bytes_per_token = r["bytes"] / r["tokens"]
-    figures = {
-        "encode_ceiling_tokens_per_s": {
-            "value": round(best_ceiling),
-            "unit": "tokens/s",
-            "ratio_to": None,
-            "target": None,
-        },
-        "prepare_data_tokens_per_s": {
-            "value": round(best_e2e),
-            "unit": "tokens/s",
-            "ratio_to": "encode_ceiling_tokens_per_s",
-            "target": TARGET_RATIO,
-        },
-        "prepare_data_ratio_to_ceiling": {
-            "value": round(ratio, 3),
-            "unit": "ratio",
-            "ratio_to": None,
-            "target": TARGET_RATIO,
-        },
-        "prepare_data_bytes_per_token": {
-            "value": bytes_per_token,
-            "unit": "bytes/token",
-            "ratio_to": None,
-            "target": 2.0,
-        },
-        "prepare_data_peak_rss": {
-            "value": round(r["rss_peak_mib"], 1),
-            "unit": "MiB",
-            "ratio_to": None,
-            "target": None,
-        },
-        "prepare_data_rss_growth": {
-            "value": round(r["rss_peak_mib"] - r["rss_base_mib"], 1),
-            "unit": "MiB",
-            "ratio_to": None,
-            "target": None,
-        },
-    }
-    print(f"tokens: {n_tok:,} (bytes of text per token {sum(map(len, texts)) / n_tok:.2f})")
-    print(
-        f"ceiling   encode_ordinary_batch : {best_ceiling / 1e6:6.2f} M tokens/s "
-        f"(runs: {', '.join(f'{x / 1e6:.2f}' for x in ceiling)})"
-    )
-    print(
-        f"end-to-end prepare_data (JSONL) : {best_e2e / 1e6:6.2f} M tokens/s "
-        f"(runs: {', '.join(f'{x / 1e6:.2f}' for x in e2e)})"
-    )
-    print(f"ratio end-to-end / ceiling      : {ratio:6.3f}   (target >= {TARGET_RATIO})")
-    print(f"bytes per token on disk         : {bytes_per_token:6.3f}   (target 2.0)")
-    print(
-        f"peak RSS of the prepare_data run: {r['rss_peak_mib']:6.1f} MiB "
-        f"({r['rss_base_mib']:.1f} MiB after imports; corpus "
-        f"{size / 2**20:.1f} MiB)"
-    )
+    figures = run(args.quick, mb=args.mb, repeats=args.repeats)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        write_json(args.json, figures)
     return 0
 
 
