@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(REPO.parent / "shared" / "tiktoken_cache"))
 
-from kill_harness import (  # noqa: E402
+from kill_harness import (
     COMMANDS,
     kill_and_resume,
     random_kill_point,
@@ -56,8 +56,12 @@ def sweep(names: list[str], points: int, seed: int, root: Path) -> list[dict]:
             row = {"command": name, "point": str(point)}
             try:
                 r = kill_and_resume(cmd, inputs, work / f"kill-{i}", point, ref)
-                row |= {"ok": True, "resumed_from": r.resumed_from,
-                        "max_abs_diff": r.max_abs_diff, "seconds": round(r.seconds, 1)}
+                row |= {
+                    "ok": True,
+                    "resumed_from": r.resumed_from,
+                    "max_abs_diff": r.max_abs_diff,
+                    "seconds": round(r.seconds, 1),
+                }
             except Exception as exc:  # noqa: BLE001 - report every failure, go on
                 row |= {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
                 traceback.print_exc()
@@ -68,8 +72,9 @@ def sweep(names: list[str], points: int, seed: int, root: Path) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("commands", nargs="*", metavar="COMMAND",
-                        help=f"of: {', '.join(COMMANDS)} (default: all)")
+    parser.add_argument(
+        "commands", nargs="*", metavar="COMMAND", help=f"of: {', '.join(COMMANDS)} (default: all)"
+    )
     parser.add_argument("--points", type=int, default=5, help="kill points per command")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -87,8 +92,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="timoe-kill-sweep-") as tmp:
             results = sweep(args.commands, args.points, args.seed, Path(tmp))
     failed = [r for r in results if not r["ok"]]
-    print(f"\n{len(results) - len(failed)}/{len(results)} kill points passed "
-          f"in {time.perf_counter() - t0:.0f}s")
+    print(
+        f"\n{len(results) - len(failed)}/{len(results)} kill points passed "
+        f"in {time.perf_counter() - t0:.0f}s"
+    )
     for name in args.commands:
         rows = [r for r in results if r["command"] == name]
         ok = sum(r["ok"] for r in rows)

@@ -40,10 +40,10 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import make_data_dir  # noqa: E402
+from helpers import make_data_dir
 
-from timoe_core.train import state as ckpt_state  # noqa: E402
-from timoe_core.train.metrics import read_metrics  # noqa: E402
+from timoe_core.train import state as ckpt_state
+from timoe_core.train.metrics import read_metrics
 
 KILL_HOWS = ("signal", "before-rename", "after-rename")
 VOCAB = 512
@@ -179,7 +179,12 @@ def timoe(argv: list[str]) -> list[str]:
 
 def run(argv: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        timoe(argv), capture_output=True, text=True, timeout=timeout, env=subprocess_env(**env)
+        timoe(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(**env),
+        check=False,
     )
 
 
@@ -294,9 +299,7 @@ def kill_and_resume(
     steps = [r["step"] for r in read_metrics(out) if r.get("type") == "train"]
     assert steps == list(range(1, cmd.total_steps + 1)), steps  # no gap, no repeat
     diff = compare_weights(weights(reference), weights(out), cmd.bitwise)
-    return KillResult(
-        point, rc, latest.step if latest else None, diff, time.perf_counter() - t0
-    )
+    return KillResult(point, rc, latest.step if latest else None, diff, time.perf_counter() - t0)
 
 
 def reference_run(cmd: TrainCommand, inputs: Path, out: Path) -> Path:

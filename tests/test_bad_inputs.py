@@ -200,8 +200,8 @@ CASES: list[tuple[str, Callable[[Ctx], list], list[str], dict[str, str]]] = [
      ["--max-new-tokens: Input should be greater than or equal to 1"], {}),
     ("generate-run-json-corrupt", _run_json_corrupt, ["run.json is corrupt"], {}),
     ("generate-weights-do-not-match-config", _weights_mismatch,
-     ["does not match the model config in run.json", "wte.weight has shape (128, 32), "
-      "the config gives (128, 64)"], {}),
+     ["does not match the model config in run.json",
+      "wte.weight has shape (128, 32), the config gives (128, 64)"], {}),
     # prepare-data
     ("prepare-hf-without-name",
      lambda c: ["prepare-data", "--source", "hf:", "--out", c.tmp / "out"],
@@ -246,7 +246,7 @@ def fixed(tmp_path_factory):
 def test_cli_bad_input_is_exit_2_one_line_and_writes_nothing(
     fixed, tmp_path, capsys, monkeypatch, case
 ):
-    name, build, words, env = case
+    _, build, words, env = case
     ctx = Ctx(tmp_path, *fixed)
     args = build(ctx)
     before = sorted(tmp_path.rglob("*"))
@@ -273,14 +273,19 @@ _FIELDS = ["year", "data", "out", "max_steps", "max-steps", "lr", "seq_len", "de
            "source", "val_fraction", "batch_size", "amp", "experts", "merge", "query_date",
            "strategy", "top_k", "policy", "warmup_fraction"]  # fmt: skip
 _scalars = (
-    st.none() | st.booleans() | st.integers()
+    st.none()
+    | st.booleans()
+    | st.integers()
     | st.integers(min_value=10**305, max_value=10**320)  # beyond a float
-    | st.floats() | st.text(max_size=12) | st.dates()
+    | st.floats()
+    | st.text(max_size=12)
+    | st.dates()
 )
 _values = st.recursive(
     _scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 _MODELS = (TrainExpertConfig, TrainRouterConfig, PrepareDataConfig, EvaluateConfig,
@@ -426,7 +431,7 @@ def test_every_test_the_catalogue_names_exists():
         for path, name, param in _TEST_REF.findall(row[3]):
             f = REPO / path
             text = f.read_text(encoding="utf-8") if f.is_file() else ""
-            if not re.search(rf"^def {name}\(", text, re.M):
+            if not re.search(rf"^def {name}\(", text, re.MULTILINE):
                 missing.append(f"{path}::{name}")
             elif param and param not in text:  # a parametrize id is spelled in the file
                 missing.append(f"{path}::{name}[{param}]")

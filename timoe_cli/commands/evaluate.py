@@ -20,7 +20,6 @@ from rich.text import Text
 
 from timoe_cli.common import ConfigOption, console, err_console, handles_errors
 from timoe_core.config import EvaluateConfig, resolve_config, save_config
-from timoe_core.io import check_writable_dir
 from timoe_core.errors import TimoeError
 from timoe_core.evaluate.models import load_evaluated_model
 from timoe_core.evaluate.perplexity import evaluate_perplexity, perplexity_matrix
@@ -34,6 +33,7 @@ from timoe_core.evaluate.report import (
     write_report,
 )
 from timoe_core.evaluate.tsqa import TSQAFields, load_tsqa, score_tsqa
+from timoe_core.io import check_writable_dir
 from timoe_core.timeslices import parse_query_date
 
 

@@ -262,8 +262,9 @@ def load_trainer_state(ckpt: Checkpoint, verify_files: bool = True) -> dict[str,
         boilerplate = ("Weights only load failed", "Please file an issue", "Check the doc")
         detail = next((ln for ln in lines if not ln.startswith(boilerplate)), "unpickling failed")
         raise _corrupt(
-            path, f"refused by the safe loader: {detail[:160]}; never load it with "
-            "weights_only=False, it may run code"
+            path,
+            f"refused by the safe loader: {detail[:160]}; never load it with "
+            "weights_only=False, it may run code",
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
