@@ -31,6 +31,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -77,9 +78,12 @@ def experts_alone_floor(mix: TiMoE, x: torch.Tensor, query_date: str, buf: torch
         torch.log_softmax(out, dim=-1, out=out)
 
 
-def load_mixture(root: Path, preset: str, block_size: int, device: torch.device) -> TiMoE:
-    """Six random experts of `preset`, all loaded (loading is not what is measured)."""
-    make_experts(root, preset, block_size=block_size)
+def load_mixture(
+    root: Path, preset: str, block_size: int, device: torch.device, **overrides: Any
+) -> TiMoE:
+    """Six random experts of `preset` (fields overridden), all loaded (loading is not
+    what is measured)."""
+    make_experts(root, preset, block_size=block_size, **overrides)
     mix = TiMoE.from_expert_dirs([root], strategy="avg", device=device)
     for s in mix.slices:
         mix.expert(s)
@@ -98,7 +102,7 @@ def measure(
     sequence-length series. `prefix` starts every figure name."""
     device = mix.device
     seq = seq_lens[0]
-    x = torch.randint(0, 50257, (batch, seq), device=device)
+    x = torch.randint(0, min(50257, mix.vocab_size), (batch, seq), device=device)
     V = mix.vocab_size
     print(f"{prefix}: 6 experts ({sum(p.numel() for p in mix.expert(mix.slices[0]).parameters()):,}"
           f" params each), batch {batch} x {seq}, vocab {V}, {device}, threads "
@@ -191,7 +195,7 @@ def _scaling_seq(mix: TiMoE, batch: int, seq_lens: Sequence[int], repeats: int, 
     f: Figures = {}
     print("  seq len  alone ms  mixture ms  overhead  peak MiB  / one expert")
     for T in sorted(seq_lens):
-        x = torch.randint(0, 50257, (batch, T), device=mix.device)
+        x = torch.randint(0, min(50257, mix.vocab_size), (batch, T), device=mix.device)
         with torch.no_grad():
             r = interleaved_rounds({
                 "alone": lambda x=x: experts_alone(mix, x, "2016"),
@@ -348,14 +352,17 @@ def run(
     repeats: int | None = None,
     preset: str = "tiny",
     scaling: bool = True,
+    **model_overrides: Any,
 ) -> Figures:
-    """The CPU mixture figures; seq_lens[0] is the length of the headline figures."""
+    """The CPU mixture figures; seq_lens[0] is the length of the headline figures.
+    `model_overrides` change fields of the preset (tests use a small vocabulary)."""
     batch = batch or (2 if quick else 4)
     seq_lens = list(seq_lens or ((128, 64, 256) if quick else (128, 32, 64, 256)))
     repeats = repeats or (3 if quick else 7)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="timoe-bench-mixture-") as tmp:
-        mix = load_mixture(Path(tmp), preset, max(seq_lens), torch.device("cpu"))
+        mix = load_mixture(Path(tmp), preset, max(seq_lens), torch.device("cpu"),
+                           **model_overrides)
         return measure(mix, batch, seq_lens, repeats, scaling=scaling)
 
 

@@ -1,0 +1,251 @@
+"""docs/benchmarks.md from the suite's JSON: `python -m benchmarks.report [FILE] [--out MD]`.
+
+The page is generated, never edited by hand: the machine and the command of the run,
+a table of every figure that has a target (met or missed), then one section per group
+with its method (fixed text below) and all its figures. Notes on a missed target are
+printed only when that target is missed in the file, so the page never explains a miss
+that did not happen nor hides one that did. The JSON the committed page was made from is
+docs/benchmarks.json (tests/test_benchmarks.py checks that the two agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from benchmarks.__main__ import GROUPS
+from benchmarks.common import target_met
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
+DEFAULT_JSON = ROOT / "docs" / "benchmarks.json"
+REGENERATE = ("python -m benchmarks --quick --json docs/benchmarks.json && "
+              "python -m benchmarks.report docs/benchmarks.json")
+
+INTRO = """\
+Every figure here is a ratio measured in one run against its peer or limit: the two
+sides run in the same process, on the same data, in alternating order (each round runs
+every side once, the order rotated between rounds, after a warm-up). Times and rates
+are medians over rounds; ratios are medians of the per-round ratios, because the sides
+of a round ran back to back and load from other processes mostly cancels in them. No
+test asserts a timing: the figures come from `python -m benchmarks` only.
+
+`python -m benchmarks --json FILE` writes every figure as
+`{name: {"value", "unit", "ratio_to", "target", "goal"}}` (`ratio_to`: the figure it was
+measured against; `goal`: which side of `target` is good) plus a `_run` record (machine,
+command, date, load average, per group its status and seconds). This page is generated
+from that file by `python -m benchmarks.report FILE`; regenerate it with
+
+    {regenerate}
+
+`--only GROUP` runs one group (`python -m benchmarks --list` lists them), `--threads N`
+sets torch's threads. Each group is also a module with its own options
+(`python -m benchmarks.mixture --help`)."""
+
+# Fixed text per group: how it is measured and what the figures mean.
+METHOD: dict[str, str] = {
+    "prepare_data": """\
+On the same text (the built-in corpus written as JSONL, a few MB): the ceiling is
+tiktoken's `encode_ordinary_batch` on the texts already in memory; end-to-end is
+`prepare_data` from the JSONL file to a complete data dir (read, parse, dates, split
+hash, tokenise, write, sha256, manifest) in a child process, its time taken inside the
+child (interpreter start-up excluded), counting the same text tokens (not the EOTs it
+adds). Both with every core ("all") and with one thread / worker. prepare-data overlaps
+parsing on the main thread with tokenisation on `workers` threads (tiktoken's Rust BPE
+runs without the GIL), which is why with one worker it can beat the one-thread ceiling.
+Peak RSS is the child's high-water mark; its growth over the post-import RSS stays
+bounded whatever the corpus size (streaming). Files are flat uint16: 2 bytes a token.""",
+    "train": """\
+Same model (same init) and same batch, in one process: the bare loop is
+`model(x, y) -> loss.backward() -> AdamW.step() -> zero_grad()`; the train step is
+`timoe_core.train.loop.Trainer.step` (WSD lr, autocast context, loss / grad-accum,
+gradient clipping, AdamW with decay-on-matrices groups); "with data" adds what
+`run_training` does around it every step (`ShuffledOrder.take` and the memmap reads of
+the windows). `tiny` preset (2 layers, 128 wide, 50304-word output layer), batch 8 x 128
+tokens, fp32 (bf16 autocast is off on CPU: bf16 matmul on CPUs without AMX is about 100x
+slower than fp32). Model FLOP/s = `GPT.flops_per_token()` (6N + attention) x tokens/s,
+against the fp32 peak of a 2048^3 `torch.mm` measured before and after the rounds. The
+tiny preset's cost on a CPU is the 50304-wide output layer and its softmax (1024 x 50304
+fp32 logits per step, memory-bound), not the two blocks: that is why it reaches only a
+fraction of the matmul peak.""",
+    "mixture": """\
+Six random `tiny` experts, one per default slice; one batch of random tokens; fp32,
+no_grad. (a) the eligible experts run alone, `expert.log_probs(x)` one after the other;
+(a') the same with no allocation (logits into one reused buffer, log-softmax in place),
+the compute floor (a) contains; (b) `TiMoE.mixture_log_probs(x, date)`, which streams
+expert by expert: each eligible expert's hidden states, its vocabulary projection in
+chunks of positions, log-softmax in place, folded into one (B, T, V) output with
+`logaddexp` in place; (c) a naive dense mixture that runs every expert and keeps the
+masked ones in an (experts, B, T, V) stack with weight 0, then `logsumexp`. The
+headline is at query date 2016 (2 of 6 experts eligible). Peak memory is the peak of
+live tensor bytes during the call (the output included, the loaded weights not), from
+the PyTorch profiler's allocation events; the mixture's is the output plus one chunk
+and one expert's activations, whatever the number of experts, so it stays at or below
+one expert's `log_probs` (which holds logits and log-probs, two (B, T, V) tensors).
+Scaling: the same with 1..6 experts eligible (query dates 2013, 2015, ..., 2023) and
+with the sequence length.""",
+    "router": """\
+Six random `tiny` experts, data of random tokens for 2013-2024 (a batch mixes query
+dates, as in training). One optimizer step of `LearnedAvgTask` through the shared
+`Trainer` (batch read from disk, router forward and backward, every eligible expert run
+under no_grad for its target-token log-probs only, AdamW) against the floor: each
+eligible expert's plain no-grad forward to its logits on the rows where it is
+eligible. The cache figures: the same step reading the experts' target log-probs from
+the on-disk cache (epoch 2 onwards), and the cache build's rate (epoch 1's extra).""",
+    "generate": """\
+Random `small` experts (6 layers, 384 wide, vocab 50304) with a 512-token context,
+fp32, greedy decoding of 256 new tokens after a random prompt, with the KV cache (one
+new position per expert and step) and by full recomputation of the context every step.
+Both project only the last position onto the vocabulary, so the ratio is the cache's
+gain alone: it grows with the context and shrinks where the vocabulary projection,
+which both modes pay every token, dominates the model. The two modes' tokens are
+checked equal.""",
+    "evaluate": """\
+Random `tiny` experts combined by avg, a synthetic data dir of val tokens for 12 years.
+The bare forward is `target_log_probs` alone on batches already in memory, under
+inference_mode; evaluate is `evaluate_perplexity` end to end (memmap reads, batching,
+the date of every row, NLL sums per year), on the same windows in the same batches with
+the same query dates: all as of 2024, and each window as of its own year.""",
+    "gpu": """\
+Runs only where CUDA is present. Training: gpt2-124m (12 layers, 768 wide, the paper's
+expert size), batch 16 x 1024, bf16 autocast, `torch.compile`, fused AdamW; the train
+step vs the bare loop as on CPU, tokens/s per GPU, and MFU against the bf16 matmul peak
+measured in the same run and the device's nominal dense bf16 peak (target >= 40%).
+Mixture: six gpt2-124m experts, batch 8 x 1024, overhead vs the experts alone and
+memory vs one expert (CUDA allocator peaks). Evaluation: `evaluate_perplexity` vs the
+bare forward with gpt2-124m experts in bf16.""",
+}
+
+# Printed under a group's table only when the named figure misses its target in the
+# file: what the profile showed, not a guess.
+MISSED_NOTES: dict[str, str] = {}
+
+
+def fmt_value(value: Any, unit: str) -> str:
+    """A figure's value for a table cell, in its unit."""
+    if value is None:
+        return "-"
+    if unit == "fraction":
+        return f"{value * 100:.1f}%"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "FLOP/s":
+        return f"{value / 1e12:.1f} TFLOP/s" if value >= 1e12 else f"{value / 1e9:.1f} GFLOP/s"
+    if unit == "tokens/s":
+        return f"{value:,.0f} tokens/s" if value >= 100 else f"{value:.1f} tokens/s"
+    if isinstance(value, float):
+        return f"{value:,.2f} {unit}"
+    return f"{value:,} {unit}"
+
+
+def fmt_fraction(name: str, value: float) -> str:
+    """Overheads carry a sign (a negative overhead is noise or a real gain)."""
+    return f"{value * 100:+.1f}%" if "overhead" in name else f"{value * 100:.1f}%"
+
+
+def cell(name: str, fig: Mapping[str, Any]) -> str:
+    if fig.get("unit") == "fraction" and fig.get("value") is not None:
+        return fmt_fraction(name, fig["value"])
+    return fmt_value(fig.get("value"), fig.get("unit", ""))
+
+
+def target_cell(name: str, fig: Mapping[str, Any]) -> str:
+    target = fig.get("target")
+    if target is None:
+        return ""
+    shown = fmt_fraction(name, target) if fig.get("unit") == "fraction" else (
+        f"{target:g}x" if fig.get("unit") == "x" else f"{target:g}")
+    return f"{fig['goal']} {shown}"
+
+
+def met_cell(fig: Mapping[str, Any]) -> str:
+    ok = target_met(fig)
+    return "" if ok is None else ("met" if ok else "**missed**")
+
+
+def table(figures: Mapping[str, Mapping[str, Any]], names: list[str]) -> list[str]:
+    lines = ["| figure | value | measured against | target | |", "| --- | ---: | --- | --- | --- |"]
+    for n in names:
+        f = figures[n]
+        vs = f"`{f['ratio_to']}`" if f.get("ratio_to") else ""
+        lines.append(f"| `{n}` | {cell(n, f)} | {vs} | {target_cell(n, f)} | {met_cell(f)} |")
+    return lines
+
+
+def render(data: Mapping[str, Any]) -> str:
+    """The whole page for one JSON file of the suite."""
+    run = data.get("_run")
+    if run is None:
+        raise ValueError("no `_run` record: write the file with `python -m benchmarks --json`")
+    figures = {k: v for k, v in data.items() if k != "_run"}
+    groups: Mapping[str, Mapping[str, Any]] = run.get("groups", {})
+    m = run.get("machine", {})
+    load_b, load_a = run.get("loadavg_before", []), run.get("loadavg_after", [])
+    out = ["# Benchmarks", "",
+           ("<!-- Generated by `python -m benchmarks.report` from the JSON of "
+           "`python -m benchmarks`: do not edit by hand. -->"), "",
+           INTRO.replace("{regenerate}", REGENERATE), "", "## This run", "",
+           "| | |", "| --- | --- |",
+           f"| command | `{run.get('command')}` |",
+           f"| date | {run.get('date')} |",
+           (f"| CPU | {m.get('cpu')}, {m.get('cores')} cores (torch threads: "
+           f"{m.get('torch_threads')}) |"),
+           f"| GPU | {m.get('cuda_device') or 'none'} |",
+           f"| software | torch {m.get('torch')}, Python {m.get('python')}, {m.get('platform')} |",
+           f"| revision | {run.get('git') or 'unknown'} |",
+           (f"| load average (1, 5, 15 min) | before {', '.join(map(str, load_b))}; after "
+           f"{', '.join(map(str, load_a))} |"),
+           f"| duration | {run.get('seconds')} s |", ""]
+    if load_b and load_b[0] > 0.5 * (m.get("cores") or 1):
+        out += [(f"The machine was shared while this ran (load average {load_b[0]} on "
+                f"{m.get('cores')} cores): absolute rates are low and noisy; the ratios, "
+                "taken within rounds, are the figures to read."), ""]
+
+    targeted = [n for n, f in figures.items() if f.get("target") is not None]
+    missed = [n for n in targeted if target_met(figures[n]) is False]
+    out += ["## Targets", "",
+            f"{len(targeted) - len(missed)} of {len(targeted)} figures with a target meet it.",
+            ""]
+    if targeted:
+        out += table(figures, targeted) + [""]
+
+    for name in GROUPS:
+        entry = groups.get(name)
+        out += [f"## {name}: {GROUPS[name][0]}", "", METHOD[name], ""]
+        if entry is None:
+            out += ["Not run in this file (the run used `--only`).", ""]
+            continue
+        if entry["status"] != "ran":
+            out += [f"**Not run here: {entry['status']}** ({entry.get('reason')}).", ""]
+            if name == "gpu":
+                out += [("There is no GPU figure in this file; run `python -m benchmarks "
+                        "--only gpu` on a CUDA machine."), ""]
+            continue
+        names = [n for n in entry["figures"] if n in figures]
+        out += [f"{len(names)} figures, {entry.get('seconds')} s.", ""]
+        out += table(figures, names) + [""]
+        notes = [MISSED_NOTES[n] for n in names if n in missed and n in MISSED_NOTES]
+        for note in dict.fromkeys(notes):  # once each, in order
+            out += [note, ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", type=Path, nargs="?", default=DEFAULT_JSON,
+                    help="the file written by `python -m benchmarks --json` "
+                         "(default docs/benchmarks.json)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    data = json.loads(args.json.read_text(encoding="utf-8"))
+    args.out.write_text(render(data), encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The benchmark suite's plumbing: the JSON schema the runner writes is the one the docs
+generator reads. No timing is asserted anywhere (figures come from `python -m benchmarks`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import one_thread  # noqa: F401 (fixture)
+
+from benchmarks import __main__ as runner
+from benchmarks import gpu, mixture, report
+from benchmarks.common import (
+    Measured,
+    Skipped,
+    figure,
+    interleaved_rounds,
+    target_met,
+)
+
+KEYS = {"value", "unit", "ratio_to", "target", "goal"}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _run_record(groups: dict) -> dict:
+    return {
+        "command": "python -m benchmarks --quick --json bench.json",
+        "quick": True,
+        "date": "2026-01-02T03:04:05+00:00",
+        "seconds": 100.0,
+        "loadavg_before": [0.1, 0.2, 0.3],
+        "loadavg_after": [0.4, 0.5, 0.6],
+        "git": "abc1234",
+        "machine": {"cpu": "Test CPU 9000", "cores": 2, "torch": "2.13.0+cpu",
+                    "torch_threads": 2, "python": "3.11.7", "platform": "Linux",
+                    "cuda_device": None},
+        "groups": groups,
+    }
+
+
+@pytest.fixture
+def fixture_json() -> dict:
+    figs = {
+        "mixture_2016_experts_alone_ms": figure(100.0, "ms"),
+        "mixture_overhead_vs_experts_alone": figure(0.25, "fraction",
+                                                    "mixture_2016_experts_alone_ms", 0.10, "<="),
+        "mixture_memory_ratio_to_single_expert": figure(0.63, "x", None, 1.25, "<="),
+        "generate_single_expert_prompt32_cache_speedup": figure(7.5, "x", None, 5.0, ">="),
+        "prepare_data_bytes_per_token": figure(2.0, "bytes/token", None, 2.0, "=="),
+    }
+    groups = {
+        "mixture": {"status": "ran", "reason": None, "seconds": 30.0,
+                    "figures": [k for k in figs if k.startswith("mixture")]},
+        "generate": {"status": "ran", "reason": None, "seconds": 20.0,
+                     "figures": ["generate_single_expert_prompt32_cache_speedup"]},
+        "prepare_data": {"status": "ran", "reason": None, "seconds": 10.0,
+                         "figures": ["prepare_data_bytes_per_token"]},
+        "gpu": {"status": "skipped", "reason": "no CUDA device", "seconds": 0.1, "figures": []},
+    }
+    return {**figs, "_run": _run_record(groups)}
+
+
+def test_report_marks_each_target_met_or_missed(fixture_json):
+    md = report.render(fixture_json)
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines()
+            if line.startswith("| `")}
+    assert "| +25.0% |" in rows["`mixture_overhead_vs_experts_alone`"]
+    assert "| <= +10.0% | **missed** |" in rows["`mixture_overhead_vs_experts_alone`"]
+    assert "`mixture_2016_experts_alone_ms`" in rows["`mixture_overhead_vs_experts_alone`"]
+    assert rows["`mixture_memory_ratio_to_single_expert`"].endswith(
+        "| 0.63x |  | <= 1.25x | met |")
+    assert rows["`generate_single_expert_prompt32_cache_speedup`"].endswith(
+        "| 7.50x |  | >= 5x | met |")
+    assert rows["`prepare_data_bytes_per_token`"].endswith("| 2.00 bytes/token |  | == 2 | met |")
+    assert rows["`mixture_2016_experts_alone_ms`"].endswith("| 100.00 ms |  |  |  |")
+    assert "3 of 4 figures with a target meet it." in md
+
+
+def test_report_describes_the_machine_and_what_did_not_run(fixture_json):
+    md = report.render(fixture_json)
+    assert "`python -m benchmarks --quick --json bench.json`" in md
+    assert "Test CPU 9000, 2 cores" in md
+    assert "before 0.1, 0.2, 0.3; after 0.4, 0.5, 0.6" in md
+    assert "torch 2.13.0+cpu" in md
+    gpu_section = md.split("## gpu:")[1]
+    assert "**Not run here: skipped** (no CUDA device)" in gpu_section
+    assert "Not run in this file" in md.split("## train:")[1].split("## mixture:")[0]
+    assert "The machine was shared" not in md  # load 0.1 on 2 cores is quiet
+    # one section per group, in the suite's order, each with its method text
+    heads = [line.split(":")[0][3:] for line in md.splitlines() if line.startswith("## ")
+             and ":" in line]
+    assert heads == list(runner.GROUPS)
+    assert set(report.METHOD) == set(runner.GROUPS)
+
+
+def test_report_says_when_the_machine_was_loaded(fixture_json):
+    fixture_json["_run"]["loadavg_before"] = [5.5, 4.0, 3.0]
+    assert "The machine was shared while this ran (load average 5.5" in report.render(
+        fixture_json)
+
+
+def test_report_refuses_a_file_without_run_record(fixture_json):
+    del fixture_json["_run"]
+    with pytest.raises(ValueError, match="_run"):
+        report.render(fixture_json)
+
+
+def test_targets_and_goals():
+    assert target_met(figure(0.95, "x", None, 0.9, ">=")) is True
+    assert target_met(figure(0.85, "x", None, 0.9, ">=")) is False
+    assert target_met(figure(0.12, "fraction", None, 0.10, "<=")) is False
+    assert target_met(figure(-0.05, "fraction", None, 0.10, "<=")) is True
+    assert target_met(figure(2.0, "bytes/token", None, 2.0, "==")) is True
+    assert target_met(figure(2.5, "bytes/token", None, 2.0, "==")) is False
+    assert target_met(figure(3.0, "ms")) is None
+    with pytest.raises(ValueError, match="goal"):
+        figure(1.0, "x", None, 0.9)  # a target without a direction is meaningless
+
+
+def test_interleaved_rounds_rotate_the_order_and_take_self_timed_seconds():
+    calls: list[str] = []
+    sides = {
+        "a": lambda: calls.append("a"),
+        "b": lambda: calls.append("b"),
+        "c": lambda: (calls.append("c"), Measured(7.0))[1],
+    }
+    r = interleaved_rounds(sides, repeats=3, warmup=2)
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up, untimed
+    assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert r.seconds["c"] == [7.0, 7.0, 7.0]
+    assert all(len(v) == 3 for v in r.seconds.values())
+    assert r.median_ratio("c", "c") == 1.0
+
+
+def test_unknown_group_is_a_clear_error():
+    with pytest.raises(SystemExit, match="unknown benchmark group 'nope'"):
+        runner.parse_groups(["mixture,nope"])
+    assert runner.parse_groups(["gpu", "mixture,train"]) == ["train", "mixture", "gpu"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only skip")
+def test_gpu_section_skips_cleanly_without_cuda():
+    assert "no CUDA device" in gpu.skip_reason()
+    with pytest.raises(Skipped, match="no CUDA device"):
+        gpu.run(quick=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the gpu group would really run")
+def test_runner_json_is_what_the_report_reads(tmp_path, monkeypatch, capsys):
+    """One real group at tiny sizes through the runner, then the generator on its file."""
+    what = runner.GROUPS["mixture"][0]
+    monkeypatch.setitem(runner.GROUPS, "mixture", (what, lambda quick: mixture.run(
+        quick, batch=1, seq_lens=[8, 4], repeats=1, vocab_size=512, n_embd=32)))
+    out = tmp_path / "bench.json"
+    assert runner.main(["--quick", "--only", "mixture,gpu", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    run = data.pop("_run")
+    assert run["quick"] is True and run["command"].startswith("python -m benchmarks --quick")
+    assert len(run["loadavg_before"]) == 3 and run["machine"]["cores"] >= 1
+    assert run["groups"]["gpu"]["status"] == "skipped"
+    assert run["groups"]["mixture"]["status"] == "ran"
+    assert run["groups"]["mixture"]["figures"] == list(data)
+    for name, f in data.items():
+        assert set(f) == KEYS, name
+        assert f["ratio_to"] is None or f["ratio_to"] in data, name
+        assert (f["target"] is None) == (f["goal"] is None), name
+    for name in ("mixture_overhead_vs_experts_alone", "mixture_memory_ratio_to_single_expert",
+                 "mixture_6_eligible_peak_mib", "mixture_seq4_ms", "mixture_speedup_vs_naive_dense"):
+        assert name in data
+    # memory is deterministic: the streamed mixture never holds more than one expert does
+    assert data["mixture_memory_ratio_to_single_expert"]["value"] <= 1.25
+    assert data["mixture_naive_dense_memory_ratio"]["value"] > 2
+
+    md_path = tmp_path / "benchmarks.md"
+    assert report.main([str(out), "--out", str(md_path)]) == 0
+    md = md_path.read_text()
+    assert "| `mixture_overhead_vs_experts_alone` |" in md
+    assert "**Not run here: skipped**" in md
+
+
+def test_committed_docs_are_generated_from_the_committed_json():
+    root = Path(__file__).resolve().parents[1]
+    data = json.loads((root / "docs" / "benchmarks.json").read_text(encoding="utf-8"))
+    assert (root / "docs" / "benchmarks.md").read_text(encoding="utf-8") == report.render(data), (
+        "docs/benchmarks.md is stale: run `python -m benchmarks.report docs/benchmarks.json`")
