@@ -111,6 +111,17 @@ def _weights_mismatch(ctx: Ctx) -> list:
     return ["generate", "--model", run, "--prompt", "x", "--device", "cpu"]
 
 
+def _router_mismatch(ctx: Ctx) -> list:
+    from timoe_core.model.mixture import TiMoE
+
+    bundle = ctx.tmp / "bundle"
+    TiMoE.from_expert_dirs([ctx.run], strategy="learned-avg").save_bundle(bundle)
+    spec = json.loads((bundle / "timoe.json").read_text())
+    spec["router"]["hidden_dim"] *= 2  # timoe.json edited; router.safetensors unchanged
+    (bundle / "timoe.json").write_text(json.dumps(spec))
+    return ["generate", "--model", bundle, "--query-date", "2014", "--prompt", "x"]
+
+
 def _manifest_corrupt(ctx: Ctx) -> list:
     data = ctx.copy_data()
     (data / "manifest.json").write_text("{not json", encoding="utf-8")
@@ -202,6 +213,9 @@ CASES: list[tuple[str, Callable[[Ctx], list], list[str], dict[str, str]]] = [
     ("generate-weights-do-not-match-config", _weights_mismatch,
      ["does not match the model config in run.json",
       "wte.weight has shape (128, 32), the config gives (128, 64)"], {}),
+    ("generate-router-does-not-match-bundle", _router_mismatch,
+     ["router.safetensors does not match the model config in timoe.json", "fc.weight has shape",
+      "rebuild the bundle"], {}),
     # prepare-data
     ("prepare-hf-without-name",
      lambda c: ["prepare-data", "--source", "hf:", "--out", c.tmp / "out"],

@@ -118,7 +118,24 @@ def load_weights_into(model: GPT, directory: Path) -> GPT:
     state = load_model_weights(directory)
     if "wte.weight" in state:
         state["lm_head.weight"] = state["wte.weight"]
-    expected = model.state_dict()
+    check_state_matches(
+        model, state, Path(directory) / MODEL_FILENAME, RUN_INFO_FILENAME,
+        "retrain or restore the run dir",
+    )  # fmt: skip
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def check_state_matches(
+    module: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    path: Path,
+    config_file: str,
+    fix: str,
+) -> None:
+    """TimoeError naming the tensors (up to 3) where the weights file `path` and the
+    module its config file describes disagree: missing, unexpected, other shape."""
+    expected = module.state_dict()
     diffs = [f"{k} is missing" for k in expected if k not in state]
     diffs += [f"{k} is unexpected" for k in state if k not in expected]
     diffs += [
@@ -129,12 +146,9 @@ def load_weights_into(model: GPT, directory: Path) -> GPT:
     if diffs:
         more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
         raise TimoeError(
-            f"{Path(directory) / MODEL_FILENAME} does not match the model config in "
-            f"{RUN_INFO_FILENAME} ({'; '.join(diffs[:3])}{more}): the weights belong to "
-            "another model; retrain or restore the run dir"
+            f"{path} does not match the model config in {config_file} "
+            f"({'; '.join(diffs[:3])}{more}): the weights belong to another model; {fix}"
         )
-    model.load_state_dict(state, strict=True)
-    return model
 
 
 def load_expert(run_dir: Path, device: str | torch.device = "cpu") -> tuple[GPT, RunInfo]:

@@ -73,6 +73,7 @@ from timoe_core import __version__
 from timoe_core.checkpoint import (
     MODEL_FILENAME,
     RunInfo,
+    check_state_matches,
     load_weights_into,
     read_run_info,
     save_model_weights,
@@ -419,7 +420,10 @@ class TiMoE(nn.Module):
         router = None
         if spec.router is not None:
             router = Router(spec.router)
-            router.load_state_dict(_load_router_weights(bundle_dir, spec.router_sha256))
+            state = _load_router_weights(bundle_dir, spec.router_sha256)
+            check_state_matches(router, state, bundle_dir / ROUTER_FILENAME, BUNDLE_FILENAME,
+                                "rebuild the bundle")
+            router.load_state_dict(state)
         if spec.strategy != "avg" and router is None:
             raise TimoeError(f"{path} says strategy {spec.strategy} but holds no router")
         return cls(records, strategy=spec.strategy, options=options, router=router, device=device)
