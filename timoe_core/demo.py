@@ -8,7 +8,7 @@ Each stage calls the library function behind the matching CLI command:
                   as all the slice experts together (the baseline)
     avg           train_router --strategy avg (a bundle, no training)  OUT/timoe-avg
     learned-avg   train_router --strategy learned-avg                OUT/timoe-learned-avg
-    coadapt       coadapt                                            OUT/timoe-coadapt
+    coadapt       coadapt, from the learned-avg router               OUT/timoe-coadapt
     evaluate      compare_models: held-out perplexity per data year and the built-in
                   temporal QA, each item read as of its own year     OUT/report.json, *.png
 
@@ -51,6 +51,7 @@ class DemoSettings(BaseModel):
     """Everything that decides the demo's numbers; a rerun must match it to resume."""
 
     docs_per_year: int
+    val_fraction: float  # the held-out share: enough windows for every year's perplexity
     seq_len: int
     n_layer: int
     n_head: int
@@ -70,7 +71,7 @@ class DemoSettings(BaseModel):
 
 def demo_settings(cfg: DemoConfig) -> DemoSettings:
     """The default run (<= 10 min on a 2-core CPU) or --quick (<= 2 min)."""
-    common = dict(seq_len=64, n_layer=2, n_head=4, n_embd=128, batch_size=16, expert_lr=3e-3,
+    common = dict(val_fraction=0.1, seq_len=64, n_layer=2, n_head=4, n_embd=128, batch_size=16, expert_lr=3e-3,
                   router_lr=3e-3, coadapt_lr=3e-4, seed=cfg.seed, device=cfg.device)
     if cfg.quick:
         return DemoSettings(**common, docs_per_year=40, expert_steps=12, router_steps=8,
@@ -134,6 +135,7 @@ def _stages(
     expert_training = _training(s, s.expert_steps, s.expert_lr)
     stages = [Stage("data", "prepare-data: the built-in corpus", lambda: prepare_data(
         PrepareDataConfig(source="builtin", out=layout.data, seq_len=s.seq_len,
+                          val_fraction=s.val_fraction,
                           builtin_docs_per_year=s.docs_per_year, seed=s.seed, overwrite=True)))]
     for sl in slicing.slices:
         stages.append(Stage(f"expert {sl.label}", f"train-expert: the {sl.label} expert",
@@ -157,7 +159,7 @@ def _stages(
     stages.append(Stage("coadapt", "coadapt: router and each batch's own expert",
                         lambda: coadapt(CoadaptConfig(
                             experts=[layout.experts], data=layout.data,
-                            out=layout.bundle("coadapt"),
+                            out=layout.bundle("coadapt"), router=layout.bundle("learned-avg"),
                             **_training(s, s.coadapt_steps, s.coadapt_lr)))))
     stages.append(Stage("evaluate", "evaluate: every strategy and baseline, side by side",
                         lambda: _evaluate(s, layout, slicing, eval_progress)))
