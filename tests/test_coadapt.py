@@ -185,7 +185,8 @@ def test_two_gloo_workers_agree_on_the_active_slice_every_step(inputs, tmp_path)
     cmd = [sys.executable, "-m", "timoe_cli", "coadapt", "--experts", str(experts), "--data",
            str(data), "--out", str(out), "--max-steps", "4", "--batch-size", "2",
            "--nproc-per-node", "2", "--log-windows", "--device", "cpu"]
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=subprocess_env())
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
+                       env=subprocess_env())
     assert r.returncode == 0, r.stderr
     rank0, rank1 = active_slices(data, out, 0), active_slices(data, out, 1)
     assert len(rank0) == len(rank1) == 4

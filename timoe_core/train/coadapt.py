@@ -103,7 +103,9 @@ class CoadaptTask(MixtureTask):
             save_model_weights(directory / EMBEDDED_EXPERTS_DIR / label, self.mix.expert(label))
 
     def load_weights(self, directory: Path) -> None:
-        self.mix.router_module.load_state_dict(load_router_weights(directory))  # type: ignore[union-attr]
+        router = self.mix.router_module
+        assert router is not None
+        router.load_state_dict(load_router_weights(directory))
         for label in self.adapted:
             load_weights_into(self.mix.expert(label), directory / EMBEDDED_EXPERTS_DIR / label)
 

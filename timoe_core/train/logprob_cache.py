@@ -14,9 +14,10 @@ Layout, in the run dir:
                              expert k is not eligible for the window's date
 
 Key: the cache format, the data manifest checksum (which holds every token file's
-sha256), split, years, seq_len, eligibility policy, and every expert's label and
-weights sha256. Other data, experts, seq_len or policy give another folder, and
-meta.json must repeat the key exactly, so a cache of something else is never read.
+sha256), split, years, seq_len, eligibility policy, the experts' forward precision, and
+every expert's label and weights sha256. Other data, experts, seq_len, policy or
+precision give another folder, and meta.json must repeat the key exactly, so a cache of
+something else is never read.
 Caches of other keys are removed when a new one is built.
 
 Building: chunks are dealt to ranks round-robin; each is written to a temp file and
@@ -61,11 +62,14 @@ def cache_key(
     seq_len: int,
     policy: str,
     experts: dict[str, str],
+    compute_dtype: str = "float32",
 ) -> dict[str, Any]:
-    """What the cached numbers depend on; `experts` maps slice label -> weights sha256."""
+    """What the cached numbers depend on; `experts` maps slice label -> weights sha256,
+    `compute_dtype` is the experts' forward precision ("bfloat16" under autocast)."""
     return {
         "format": CACHE_FORMAT,
         "dtype": "float16",
+        "compute_dtype": compute_dtype,
         "data_manifest_sha256": data_manifest_sha256,
         "split": split,
         "years": sorted(years),

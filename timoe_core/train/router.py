@@ -110,6 +110,7 @@ def _make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> LearnedAvgTask:
     train = plan.train_windows()
     cache = None
     if cfg.cache_log_probs:
+        amp = amp_enabled(cfg, env.device)
         key = cache_key(
             data_manifest_sha256=plan.record["data_manifest_sha256"],
             split="train",
@@ -117,11 +118,11 @@ def _make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> LearnedAvgTask:
             seq_len=plan.seq_len,
             policy=mix.policy,
             experts=plan.expert_sha256,
+            compute_dtype="bfloat16" if amp else "float32",
         )
         reads = plan.total_steps * plan.global_batch
         log = _console_log(env)
         if reads > len(train) or LogProbCache.exists(plan.run_dir, key):
-            amp = amp_enabled(cfg, env.device)
             cache = LogProbCache.open_or_build(
                 plan.run_dir,
                 key,
