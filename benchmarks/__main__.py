@@ -131,8 +131,13 @@ def parse_groups(only: list[str] | None) -> list[str]:
     return [n for n in GROUPS if n in names]  # the suite's order, each once
 
 
-def run_groups(names: list[str], quick: bool) -> tuple[Figures, dict[str, dict[str, Any]]]:
-    """Every group's figures, and per group its status, seconds, reason and figure names."""
+def run_groups(
+    names: list[str],
+    quick: bool,
+    after_group: Callable[[Figures, dict[str, dict[str, Any]]], None] | None = None,
+) -> tuple[Figures, dict[str, dict[str, Any]]]:
+    """Every group's figures, and per group its status, seconds, reason and figure names.
+    `after_group(figures, record)` is called after each group with all there is so far."""
     figures: Figures = {}
     record: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -157,6 +162,8 @@ def run_groups(names: list[str], quick: bool) -> tuple[Figures, dict[str, dict[s
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         record[name] = entry
         print(f"--- {name}: {entry['status']} in {entry['seconds']:.0f} s", flush=True)
+        if after_group is not None:
+            after_group(figures, record)
     return figures, record
 
 
@@ -196,23 +203,28 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.timezone.utc)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    figures, groups = run_groups(names, args.quick)
-    run_record = {
+    run_record: dict[str, Any] = {
         "command": shlex.join(["python", "-m", "benchmarks", *argv]),
         "quick": args.quick,
         "date": started.isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "git": git_revision(),
         "machine": machine(),
-        "groups": groups,
+        "loadavg_before": [round(x, 2) for x in load_before],
     }
+
+    def record(figures: Figures, groups: dict[str, dict[str, Any]]) -> None:
+        # Written after every group, so a long run stopped half-way keeps its figures.
+        run_record.update(seconds=round(time.perf_counter() - t0, 1), groups=groups,
+                          loadavg_after=[round(x, 2) for x in os.getloadavg()])
+        if args.json:
+            write_json(args.json, {**figures, "_run": run_record})
+
+    figures, groups = run_groups(names, args.quick, record)
+    record(figures, groups)
     print_summary(figures)
     print(f"\n{len(figures)} figures in {run_record['seconds']:.0f} s; load average "
           f"{load_before[0]:.2f} before, {run_record['loadavg_after'][0]:.2f} after")
     if args.json:
-        write_json(args.json, {**figures, "_run": run_record})
         print(f"wrote {args.json}")
     return 1 if any(g["status"] == "failed" for g in groups.values()) else 0
 

@@ -15,7 +15,9 @@ no_grad. In one run on the same batch:
     (experts, B, T, V) stack with weight 0, then logsumexp): speed-up and memory ratio
     of (b) against it at query date 2016 (2 of 6 experts eligible);
 and how (a), (b) time and (b) memory grow with the number of eligible experts 1..6
-(query dates 2013, 2015, ..., 2023) and with the sequence length (at 2016).
+(query dates 2013, 2015, ..., 2023) and with the sequence length (at 2016); and (a),
+(a'), (b) at 2016 with two experts of the `small` preset (6 layers, 384 wide), where
+the per-vocabulary-entry mixing work is a smaller share of the experts' own.
 
 Times: medians over rounds, the variants interleaved in each round (order rotated);
 the overhead is the median of the per-round ratios. Memory: `peak_memory_bytes` (the
@@ -46,6 +48,7 @@ from benchmarks.common import (  # noqa: F401  (peak_allocated_bytes: tests/test
     write_json,
 )
 from timoe_core.model.mixture import TiMoE
+from timoe_core.timeslices import TimeSlicing
 
 TARGET_OVERHEAD = 0.10
 TARGET_MEMORY_RATIO = 1.25
@@ -216,6 +219,39 @@ def _scaling_seq(mix: TiMoE, batch: int, seq_lens: Sequence[int], repeats: int, 
     return f
 
 
+def overhead_at_preset(preset: str, batch: int, seq: int, repeats: int) -> Figures:
+    """(a), (a') and (b) at 2016 with two experts of a larger preset: the mixing work
+    (logaddexp, the 1/n weight) is per vocabulary entry, like a 128-wide expert's own
+    projection, but a small part of a wider, deeper expert's."""
+    p = f"mixture_{preset.replace('-', '_')}"
+    labels = [s.label for s in TimeSlicing().slices[:2]]  # the experts eligible at 2016
+    with tempfile.TemporaryDirectory(prefix="timoe-bench-mixture-preset-") as tmp:
+        make_experts(Path(tmp), preset, labels, block_size=seq)
+        mix = TiMoE.from_expert_dirs([Path(tmp)])
+        x = torch.randint(0, 50257, (batch, seq))
+        buf = torch.empty(x.numel(), mix.vocab_size)
+        with torch.no_grad():
+            r = interleaved_rounds({
+                "alone": lambda: experts_alone(mix, x, "2016"),
+                "floor": lambda: experts_alone_floor(mix, x, "2016", buf),
+                "mixture": lambda: mix.mixture_log_probs(x, "2016"),
+            }, repeats)
+    over, vs_floor = r.median_ratio("mixture", "alone") - 1, r.median_ratio("mixture", "floor") - 1
+    print(f"  {preset} experts, batch {batch} x {seq}, 2016: alone {r.median('alone') * 1e3:.1f} ms, "
+          f"no-alloc floor {r.median('floor') * 1e3:.1f} ms, mixture "
+          f"{r.median('mixture') * 1e3:.1f} ms: overhead {over:+.1%} vs alone, {vs_floor:+.1%} "
+          f"vs the floor")
+    return {
+        f"{p}_2016_experts_alone_ms": figure(round(r.median("alone") * 1e3, 2), "ms"),
+        f"{p}_2016_ms": figure(round(r.median("mixture") * 1e3, 2), "ms"),
+        f"{p}_overhead_vs_experts_alone": figure(
+            round(over, 4), "fraction", f"{p}_2016_experts_alone_ms", TARGET_OVERHEAD, "<="),
+        f"{p}_2016_no_alloc_floor_ms": figure(round(r.median("floor") * 1e3, 2), "ms"),
+        f"{p}_overhead_vs_no_alloc_floor": figure(round(vs_floor, 4), "fraction",
+                                                  f"{p}_2016_no_alloc_floor_ms"),
+    }
+
+
 TARGET_ROUTER_TRAINING_RATIO = 0.9
 
 
@@ -352,9 +388,11 @@ def run(
     repeats: int | None = None,
     preset: str = "tiny",
     scaling: bool = True,
+    wider: str | None = "small",
     **model_overrides: Any,
 ) -> Figures:
-    """The CPU mixture figures; seq_lens[0] is the length of the headline figures.
+    """The CPU mixture figures; seq_lens[0] is the length of the headline figures; `wider`:
+    a larger preset whose overhead at 2016 is measured too (None: not).
     `model_overrides` change fields of the preset (tests use a small vocabulary)."""
     batch = batch or (2 if quick else 4)
     seq_lens = list(seq_lens or ((128, 64, 256) if quick else (128, 32, 64, 256)))
@@ -363,7 +401,10 @@ def run(
     with tempfile.TemporaryDirectory(prefix="timoe-bench-mixture-") as tmp:
         mix = load_mixture(Path(tmp), preset, max(seq_lens), torch.device("cpu"),
                            **model_overrides)
-        return measure(mix, batch, seq_lens, repeats, scaling=scaling)
+        f = measure(mix, batch, seq_lens, repeats, scaling=scaling)
+    if wider:
+        f.update(overhead_at_preset(wider, batch, seq_lens[0], repeats))
+    return f
 
 
 def main(argv: list[str] | None = None) -> int:

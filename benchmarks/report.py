@@ -87,15 +87,19 @@ the PyTorch profiler's allocation events; the mixture's is the output plus one c
 and one expert's activations, whatever the number of experts, so it stays at or below
 one expert's `log_probs` (which holds logits and log-probs, two (B, T, V) tensors).
 Scaling: the same with 1..6 experts eligible (query dates 2013, 2015, ..., 2023) and
-with the sequence length.""",
+with the sequence length; and (a), (a'), (b) at 2016 with two experts of the `small`
+preset (6 layers, 384 wide): the mixing work (`logaddexp` and the 1/n weight, once per
+vocabulary entry and position) costs what it costs whatever the expert, so its share
+falls as the experts grow.""",
     "router": """\
 Six random `tiny` experts, data of random tokens for 2013-2024 (a batch mixes query
 dates, as in training). One optimizer step of `LearnedAvgTask` through the shared
 `Trainer` (batch read from disk, router forward and backward, every eligible expert run
-under no_grad for its target-token log-probs only, AdamW) against the floor: each
-eligible expert's plain no-grad forward to its logits on the rows where it is
-eligible. The cache figures: the same step reading the experts' target log-probs from
-the on-disk cache (epoch 2 onwards), and the cache build's rate (epoch 1's extra).""",
+under no_grad for its target-token log-probs only, AdamW) against the floor: the
+eligible experts' own no-grad forward on the rows where each is eligible. The cache
+figures: the same step reading the experts' target log-probs from the on-disk cache
+(epoch 2 onwards), and the cache build's rate (epoch 1's extra). Exactly what each side
+runs: `run_router_training` in benchmarks/mixture.py.""",
     "generate": """\
 Random `small` experts (6 layers, 384 wide, vocab 50304) with a 512-token context,
 fp32, greedy decoding of 256 new tokens after a random prompt, with the KV cache (one

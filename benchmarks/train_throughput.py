@@ -162,8 +162,8 @@ def run(
     repeats: int | None = None,
 ) -> Figures:
     """The CPU training figures (fp32, the default on CPU)."""
-    steps = steps or (2 if quick else 4)
-    repeats = repeats or (5 if quick else 7)
+    steps = steps or (1 if quick else 4)
+    repeats = repeats or 5
     device = torch.device("cpu")
     mc = preset_config(preset, block_size=seq_len)
     cfg = TrainingConfig(batch_size=batch, device="cpu")
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=None, help="default: the preset's")
-    ap.add_argument("--steps", type=int, default=None, help="steps per round (default 4)")
-    ap.add_argument("--repeats", type=int, default=None, help="rounds (default 7; quick 5)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per round (default 4; quick 1)")
+    ap.add_argument("--repeats", type=int, default=None, help="rounds (default 5)")
     args = ap.parse_args(argv)
     figures = run(args.quick, preset=args.preset, batch=args.batch_size, seq_len=args.seq_len,
                   steps=args.steps, repeats=args.repeats)

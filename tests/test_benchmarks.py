@@ -154,7 +154,7 @@ def test_runner_json_is_what_the_report_reads(tmp_path, monkeypatch, capsys):
     """One real group at tiny sizes through the runner, then the generator on its file."""
     what = runner.GROUPS["mixture"][0]
     monkeypatch.setitem(runner.GROUPS, "mixture", (what, lambda quick: mixture.run(
-        quick, batch=1, seq_lens=[8, 4], repeats=1, vocab_size=512, n_embd=32)))
+        quick, batch=1, seq_lens=[8, 4], repeats=1, wider=None, vocab_size=512, n_embd=32)))
     out = tmp_path / "bench.json"
     assert runner.main(["--quick", "--only", "mixture,gpu", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
