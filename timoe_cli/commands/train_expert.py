@@ -7,7 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
-from timoe_cli.common import ConfigOption, console, err_console, handles_errors, load_config
+from timoe_cli.common import (
+    ConfigOption,
+    console,
+    handles_errors,
+    load_config,
+    run_training_command,
+    training_summary,
+)
 from timoe_cli.options import training_options
 
 _MODEL = "Model"
@@ -48,9 +55,7 @@ def train_expert(
 ) -> None:
     """Train the GPT expert of one time slice (--year), or a dense model on all years."""
     from timoe_core.config import TrainExpertConfig
-    from timoe_core.train.distributed import TrainingInterrupted, WorkersFailed, outer_launch
     from timoe_core.train.expert import train_expert as run
-    from timoe_core.train.metrics import read_metrics
 
     cfg = load_config(
         TrainExpertConfig,
@@ -65,22 +70,7 @@ def train_expert(
         dropout=dropout,
         **training,
     )
-    try:
-        run_dir = run(cfg)
-    except TrainingInterrupted as exc:
-        err_console.print(exc.message, highlight=False)
-        raise typer.Exit(130) from None
-    except WorkersFailed as exc:
-        if exc.code != 2:  # exit 2: the worker already printed its one line
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(exc.code) from None
-    outer = outer_launch()
-    if outer is not None and outer.rank != 0:
-        return  # under torchrun/srun every rank runs this command: rank 0 reports
-    records = read_metrics(run_dir)
-    train = [r for r in records if r.get("type") == "train"]
-    evals = [r for r in records if r.get("type") == "eval"]
-    summary = f"step {train[-1]['step']}, loss {train[-1]['loss']:.4f}" if train else "no new steps"
-    if evals:
-        summary += f", eval loss {evals[-1]['eval_loss']:.4f}"
-    console.print(f"trained {run_dir} ({summary})", highlight=False, soft_wrap=True)
+    run_dir = run_training_command(run, cfg)
+    if run_dir is not None:
+        console.print(f"trained {run_dir} ({training_summary(run_dir)})", highlight=False,
+                      soft_wrap=True)
