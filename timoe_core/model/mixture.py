@@ -55,7 +55,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -814,13 +814,15 @@ class TiMoE(nn.Module):
         input_ids: torch.Tensor,
         query_dates: QueryDates | None = None,
         state: MixtureState | None = None,
+        heads: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, MixtureState]:
         """(B, V) log-probs of the token after `input_ids`, and the state to continue.
 
         Without `state`, `input_ids` is the whole context (query_dates needed); with it,
         `input_ids` holds only the new tokens. Every eligible expert keeps a KV cache
         (top-k may silence an expert now and need it later), and only the last position
-        is projected onto the vocabulary.
+        is projected onto the vocabulary, by `heads[label]` when given (a generation
+        makes them once with `GPT.decode_head`), else by the expert's `lm_head`.
         """
         ids = input_ids.to(self.device)
         B, T = ids.shape
@@ -837,7 +839,8 @@ class TiMoE(nn.Module):
             expert = self.expert(s)
             cache = state.caches.setdefault(s.label, [])
             h = expert.hidden_states(ids if every else ids[rows], kv_cache=cache)[:, -1]
-            lp = torch.log_softmax(expert.lm_head(h).float(), dim=-1)
+            head = heads[s.label] if heads is not None else expert.lm_head
+            lp = torch.log_softmax(head(h).float(), dim=-1)
             lp += lw[rows, k].unsqueeze(1) if not every else lw[:, k].unsqueeze(1)
             if every:
                 torch.logaddexp(out, lp, out=out)
