@@ -436,6 +436,19 @@ def _tokenise_into(
                 outputs.write(SPLITS[key & 1], start + (key >> 1), tokens, n_docs)
         in_flight.clear()
 
+    def report_progress(bytes_read: int) -> None:
+        if progress_callback is not None:
+            progress_callback(
+                PrepareProgress(
+                    documents=outputs.documents,
+                    tokens=outputs.tokens,
+                    elapsed_s=time.perf_counter() - t0,
+                    skipped=dict(skipped),
+                    bytes_read=bytes_read,
+                    total_bytes=source.total_bytes,
+                )
+            )
+
     for batch in source.batches():
         if batch.bad_rows:
             skipped["bad_rows"] += batch.bad_rows
@@ -463,29 +476,9 @@ def _tokenise_into(
                 )
         drain()
         in_flight.extend(new_jobs)
-        if progress_callback is not None:
-            progress_callback(
-                PrepareProgress(
-                    documents=outputs.documents,
-                    tokens=outputs.tokens,
-                    elapsed_s=time.perf_counter() - t0,
-                    skipped=dict(skipped),
-                    bytes_read=batch.bytes_read,
-                    total_bytes=source.total_bytes,
-                )
-            )
+        report_progress(batch.bytes_read)
     drain()
-    if progress_callback is not None:
-        progress_callback(
-            PrepareProgress(
-                documents=outputs.documents,
-                tokens=outputs.tokens,
-                elapsed_s=time.perf_counter() - t0,
-                skipped=dict(skipped),
-                bytes_read=source.total_bytes,
-                total_bytes=source.total_bytes,
-            )
-        )
+    report_progress(source.total_bytes)
     return counts
 
 

@@ -395,6 +395,32 @@ def launch(entry: Callable[[Any], int], payload: Any, spec: LaunchSpec) -> int:
     return max(codes) if codes else EXIT_OK
 
 
+def train_or_launch(
+    payload: dict[str, Any],
+    cfg: Any,
+    run_dir: Path,
+    world_size: int,
+    outer: LaunchEnv | None,
+    prepare: Callable[[], None],
+    train_here: Callable[[dict[str, Any]], Any],
+    worker: Callable[[dict[str, Any]], int],
+) -> bool:
+    """Prepare the run dir and train; True when Ctrl-C/SIGTERM stopped the run (after a
+    checkpoint). Under an outer launcher (torchrun, Slurm) the run dir is already
+    prepared and this process is one worker; otherwise node 0 prepares it, and training
+    runs in this process (one worker) or in workers spawned by the elastic agent."""
+    if outer is None:
+        if cfg.node_rank == 0:  # with several nodes, node 0 prepares the (shared) run dir
+            prepare()
+        payload["prepared"] = True
+    if outer is not None or world_size == 1:
+        return bool(train_here(payload).interrupted)
+    try:
+        return launch(worker, payload, LaunchSpec.from_config(cfg, run_dir)) == EXIT_INTERRUPTED
+    except TrainingInterrupted:
+        return True
+
+
 def _quiet_elastic_logs() -> None:
     """The agent logs each signal and shutdown as warnings; our own lines say it better."""
     for name in list(logging.root.manager.loggerDict):

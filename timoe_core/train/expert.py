@@ -56,9 +56,9 @@ from timoe_core.train.distributed import (
     TrainingInterrupted,
     check_launch_spec,
     init_workers,
-    launch,
     outer_launch,
     resolve_device,
+    train_or_launch,
 )
 from timoe_core.train.loop import LoopResult, ShuffledOrder, TrainTask, run_training
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
@@ -390,12 +390,6 @@ def _worker(payload: dict[str, Any]) -> int:
     return EXIT_OK
 
 
-def _interrupted_message(run_dir: Path) -> str:
-    ckpt = ckpt_state.latest_checkpoint(run_dir)
-    where = f"checkpoint at step {ckpt.step} in {ckpt.path}" if ckpt else "no checkpoint yet"
-    return f"interrupted ({where}): rerun the same command to resume"
-
-
 def train_expert(cfg: TrainExpertConfig) -> Path:
     """Train the expert (or dense model) that `cfg` describes; returns its run dir.
 
@@ -406,19 +400,7 @@ def train_expert(cfg: TrainExpertConfig) -> Path:
     restart = outer is not None and outer.restart_count > 0
     plan = plan_expert_run(cfg, restart=restart)
     payload = {"config": config_to_dict(cfg), "prepared": False, "action": plan.action}
-    if outer is None:
-        if cfg.node_rank == 0:  # with several nodes, node 0 prepares the (shared) run dir
-            prepare_run_dir(plan)
-        payload["prepared"] = True
-    if outer is not None or plan.world_size == 1:
-        result = _train(payload)
-        if result.interrupted:
-            raise TrainingInterrupted(_interrupted_message(plan.run_dir))
-        return plan.run_dir
-    try:
-        code = launch(_worker, payload, LaunchSpec.from_config(cfg, plan.run_dir))
-    except TrainingInterrupted:
-        code = EXIT_INTERRUPTED
-    if code == EXIT_INTERRUPTED:
-        raise TrainingInterrupted(_interrupted_message(plan.run_dir))
+    if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
+                       lambda: prepare_run_dir(plan), _train, _worker):
+        raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
     return plan.run_dir

@@ -68,9 +68,9 @@ from timoe_core.train.distributed import (
     TrainingInterrupted,
     check_launch_spec,
     init_workers,
-    launch,
     outer_launch,
     resolve_device,
+    train_or_launch,
 )
 from timoe_core.train.expert import _total_steps as total_steps_for
 from timoe_core.train.logprob_cache import CACHE_DIRNAME
@@ -554,12 +554,6 @@ def worker_exit(result: LoopResult) -> int:
     return EXIT_OK
 
 
-def _interrupted_message(run_dir: Path) -> str:
-    ckpt = ckpt_state.latest_checkpoint(run_dir)
-    where = f"checkpoint at step {ckpt.step} in {ckpt.path}" if ckpt else "no checkpoint yet"
-    return f"interrupted ({where}): rerun the same command to resume"
-
-
 def run_mixture_training(
     cfg: MixtureConfig,
     strategy: str,
@@ -578,19 +572,7 @@ def run_mixture_training(
         "prepared": False,
         "action": plan.action,
     }
-    if outer is None:
-        if cfg.node_rank == 0:  # with several nodes, node 0 prepares the (shared) run dir
-            prepare_run_dir(plan)
-        payload["prepared"] = True
-    if outer is not None or plan.world_size == 1:
-        result = train_here(payload)
-        if result.interrupted:
-            raise TrainingInterrupted(_interrupted_message(plan.run_dir))
-        return plan.run_dir
-    try:
-        code = launch(worker, payload, LaunchSpec.from_config(cfg, plan.run_dir))
-    except TrainingInterrupted:
-        code = EXIT_INTERRUPTED
-    if code == EXIT_INTERRUPTED:
-        raise TrainingInterrupted(_interrupted_message(plan.run_dir))
+    if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
+                       lambda: prepare_run_dir(plan), train_here, worker):
+        raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
     return plan.run_dir

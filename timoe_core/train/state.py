@@ -437,3 +437,10 @@ def open_run_dir(run_dir: Path, action: str) -> None:
         # weights one checkpoint behind; a run that has nothing left to train would
         # otherwise never correct them.
         publish_weights(latest, run_dir)
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """What to tell a user whose run stopped on Ctrl-C/SIGTERM: where it can resume from."""
+    ckpt = latest_checkpoint(run_dir)
+    where = f"checkpoint at step {ckpt.step} in {ckpt.path}" if ckpt else "no checkpoint yet"
+    return f"interrupted ({where}): rerun the same command to resume"
