@@ -331,6 +331,24 @@ def check_launch_spec(spec: LaunchSpec) -> None:
             raise TimoeError(f"--rdzv-endpoint must be HOST:PORT, got {spec.rdzv_endpoint!r}")
 
 
+def check_launch(cfg: Any, world_size: int | None = None) -> int:
+    """Check a training command's worker flags against this machine, before anything is
+    started or written; returns the job's world size (`world_size` when given, else an
+    outer launcher's, else the flags')."""
+    spec = LaunchSpec.from_config(cfg)
+    check_launch_spec(spec)
+    outer = outer_launch()
+    if world_size is None:
+        world_size = outer.world_size if outer is not None else spec.world_size
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and outer is None and cfg.nproc_per_node > torch.cuda.device_count():
+        raise TimoeError(
+            f"--nproc-per-node {cfg.nproc_per_node} exceeds the {torch.cuda.device_count()} "
+            "GPUs of this machine"
+        )
+    return world_size
+
+
 def run_id_for(key: str) -> str:
     """A launcher run id that every node computes alike from the same run dir."""
     return "timoe-" + hashlib.sha256(key.encode()).hexdigest()[:12]

@@ -52,12 +52,10 @@ from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import (
     EXIT_INTERRUPTED,
     EXIT_OK,
-    LaunchSpec,
     TrainingInterrupted,
-    check_launch_spec,
+    check_launch,
     init_workers,
     outer_launch,
-    resolve_device,
     train_or_launch,
 )
 from timoe_core.train.loop import LoopResult, ShuffledOrder, TrainTask, run_training
@@ -199,17 +197,7 @@ def plan_expert_run(
     """Check every input and derive the run; raises TimoeError, writes nothing."""
     if cfg.data is None:
         raise TimoeError("--data DATA_DIR is required: a folder made by `timoe prepare-data`")
-    spec = LaunchSpec.from_config(cfg)
-    check_launch_spec(spec)
-    outer = outer_launch()
-    if world_size is None:
-        world_size = outer.world_size if outer is not None else spec.world_size
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and outer is None and cfg.nproc_per_node > torch.cuda.device_count():
-        raise TimoeError(
-            f"--nproc-per-node {cfg.nproc_per_node} exceeds the {torch.cuda.device_count()} "
-            "GPUs of this machine"
-        )
+    world_size = check_launch(cfg, world_size)
     check_wandb_mode(cfg.wandb)
 
     manifest = load_manifest(cfg.data)

@@ -64,12 +64,10 @@ from timoe_core.train.distributed import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     DistEnv,
-    LaunchSpec,
     TrainingInterrupted,
-    check_launch_spec,
+    check_launch,
     init_workers,
     outer_launch,
-    resolve_device,
     train_or_launch,
 )
 from timoe_core.train.expert import _total_steps as total_steps_for
@@ -224,17 +222,7 @@ def plan_mixture_run(
         raise TimoeError("--data DATA_DIR is required: a folder made by `timoe prepare-data`")
     if cfg.out is None:
         raise TimoeError("--out is required: the folder to write the run and its bundle to")
-    spec = LaunchSpec.from_config(cfg)
-    check_launch_spec(spec)
-    outer = outer_launch()
-    if world_size is None:
-        world_size = outer.world_size if outer is not None else spec.world_size
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and outer is None and cfg.nproc_per_node > torch.cuda.device_count():
-        raise TimoeError(
-            f"--nproc-per-node {cfg.nproc_per_node} exceeds the {torch.cuda.device_count()} "
-            "GPUs of this machine"
-        )
+    world_size = check_launch(cfg, world_size)
     check_wandb_mode(cfg.wandb)
 
     # Imported here: timoe_core.evaluate imports timoe_core.train (a cycle at import time).
