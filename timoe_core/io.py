@@ -7,6 +7,7 @@ here: write to a temp file in the same folder, fsync, then `os.replace`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -87,3 +88,12 @@ def check_writable_dir(path: str | os.PathLike, flag: str = "--out") -> None:
         ) from None
     os.close(fd)
     os.unlink(probe)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks (weights, manifests, caches)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -7,7 +7,6 @@ manifest is a complete folder; `load_manifest` checks the files against it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from timoe_core.errors import TimoeError
+from timoe_core.io import sha256_file
 from timoe_core.timeslices import TimeSlicing
 
 MANIFEST_FILENAME = "manifest.json"
@@ -88,14 +88,6 @@ class Manifest(BaseModel):
 
 def token_file_relpath(split: str, year: int) -> str:
     return f"{split}/{year}.bin"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_checksum(data_dir: Path) -> str:

@@ -26,11 +26,13 @@ import torch
 
 from timoe_core.checkpoint import RUN_INFO_FILENAME, RunInfo, load_expert, read_run_info
 from timoe_core.config import MixtureOptions
+from timoe_core.device import resolve_device
 from timoe_core.errors import TimoeError
+from timoe_core.model.bundle import BUNDLE_FILENAME
 from timoe_core.model.gpt import GPT
-from timoe_core.model.mixture import BUNDLE_FILENAME, STRATEGIES, TiMoE
+from timoe_core.model.mixture import TiMoE
+from timoe_core.strategies import STRATEGIES
 from timoe_core.timeslices import POLICIES, first_eligible_date, parse_query_date
-from timoe_core.train.distributed import resolve_device
 
 STRATEGY_HELP = "avg, learned-avg, coadapt, expert:YEAR or dense"
 

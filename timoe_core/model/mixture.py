@@ -1,12 +1,17 @@
-"""TiMoE: time-slice experts combined in log-probability space (DESIGN.md §2).
+"""TiMoE: time-slice experts combined in log-probability space.
 
 For a query date d, eligible experts E(d) and weights w_k summing to 1 over E(d):
 
     log P(x_{t+1} | x_{1..t})
         = logsumexp_{k in E(d)} ( log w_k(x_{1..t}) + log P_k(x_{t+1} | x_{1..t}) )
 
-Strategies: `avg` (w_k = 1/|E(d)|, no router), `learned-avg` (a causal router, experts
-frozen), `coadapt` (router plus experts adapted by training, stored in the bundle).
+The formula is `add_expert` below: one expert's term folded into the running
+logsumexp. Every path calls it, expert by expert: the full distribution
+(`mixture_log_probs`), the target-only one for training and evaluation (`forward`) and
+decoding (`next_log_probs`). The weights come from the strategy's weighting
+(`timoe_core.strategies`: uniform over E(d), or the causal router); the experts are
+records loaded lazily with their checksums verified (`expert_pool.py`); the bundle
+files are `bundle.py`.
 
 Invariants kept here, each tested in tests/test_mixture.py:
 - causal validity: only experts eligible for a row are loaded and run, and only on that
@@ -18,43 +23,23 @@ Invariants kept here, each tested in tests/test_mixture.py:
 Cost model:
 - `mixture_log_probs` streams expert by expert: each eligible expert's final hidden
   states, then its vocab projection in chunks of positions, log-softmax in place, folded
-  into one (B, T, V) output with `logaddexp` in place. Peak memory is the output, one
-  chunk and one expert's activations, whatever the number of experts; nothing of shape
+  into one (B, T, V) output in place. Peak memory is the output, one chunk and one
+  expert's activations, whatever the number of experts; nothing of shape
   (experts, B, T, V) is ever built.
 - `forward` / `mixture_target_log_probs` (training and evaluation) never build a
   vocab-sized mixture: each expert gives only log P_k(target) (B, T), computed chunk by
-  chunk, and the mixture is a logsumexp over K of (B, T, K).
+  chunk, folded over the experts.
 - Training hooks: `set_trainable_experts` / `forward(trainable=...)` run the named
   experts with gradients and every other expert under no_grad; `cached_expert_log_probs`
   skips frozen experts entirely (their target log-probs read from a cache, see
   `experts_target_log_probs`); `router_aux` carries the auxiliary losses.
 - Generation: `next_log_probs` keeps a KV cache per eligible expert and the router's
   running prefix sum, and projects only the last position onto the vocabulary.
-
-Bundle directory (`save_bundle` / `from_bundle`):
-
-    timoe.json            format_version, strategy, policy, options (MixtureOptions),
-                          router (RouterConfig or null), router_sha256, tokenizer,
-                          experts: [{slice_label, start_date, end_date, kind, path,
-                          abs_path, embedded, weights_sha256, model_config}]
-    router.safetensors    the router's weights (learned-avg, coadapt)
-    experts/<label>/      coadapt only: adapted experts' model.safetensors + run.json
-    config.yaml           the resolved command config (written by the CLI)
-
-An expert's `path` is its run dir relative to the bundle (or `experts/<label>` inside
-it); `abs_path` is the same dir as an absolute path, tried when the relative one does
-not resolve (a bundle moved without its runs). Either way the weights must match
-`weights_sha256`, checked when the expert is loaded. timoe.json is written last, so a
-folder holding it is a complete bundle. Loading a bundle reads timoe.json and the small
-router only; each expert's weights are read the first time a query makes it eligible.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -63,40 +48,33 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from torch import nn
 
-from timoe_core import __version__
-from timoe_core.checkpoint import (
-    MODEL_FILENAME,
-    RunInfo,
-    check_state_matches,
-    load_weights_into,
-    read_run_info,
-    save_model_weights,
-    write_run_info,
-)
+from timoe_core.checkpoint import RunInfo
 from timoe_core.config import MixtureOptions
-from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_path, atomic_write_json
-from timoe_core.model.gpt import GPT, GPTConfig, KVCache
+from timoe_core.model import bundle
+from timoe_core.model.bundle import (  # noqa: F401  (re-exported: the bundle's file names)
+    BUNDLE_FILENAME,
+    EMBEDDED_EXPERTS_DIR,
+    ROUTER_FILENAME,
+)
+from timoe_core.model.expert_pool import (
+    ExpertRecord,
+    check_compatible,
+    load_expert,
+    records_from_run_dirs,
+)
+from timoe_core.model.gpt import GPT, KVCache
 from timoe_core.model.router import Router, RouterAux, RouterConfig, RouterOutput, RouterState
+from timoe_core.strategies import STRATEGIES, get_strategy  # noqa: F401  (STRATEGIES re-exported)
 from timoe_core.timeslices import (
     POLICIES,
     TimeSlice,
     eligible_slices,
     parse_query_date,
 )
-
-BUNDLE_FILENAME = "timoe.json"
-ROUTER_FILENAME = "router.safetensors"
-EMBEDDED_EXPERTS_DIR = "experts"
-BUNDLE_FORMAT_VERSION = 1
-STRATEGIES: tuple[str, ...] = ("avg", "learned-avg", "coadapt")
 
 # One chunk of vocab-sized log-probs (positions x vocab x 4 bytes) is about this big.
 CHUNK_BYTES = 32 << 20
@@ -106,66 +84,7 @@ QueryDate = str | int | date
 QueryDates = QueryDate | Sequence[QueryDate] | torch.Tensor | np.ndarray
 
 
-# ---------------------------------------------------------------- bundle schema
-
-
-class ExpertSpec(BaseModel):
-    """One expert of a bundle: which slice, where its weights are, their checksum."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
-
-    slice_label: str
-    start_date: str
-    end_date: str
-    kind: str = "expert"
-    path: str
-    abs_path: str | None = None
-    embedded: bool = False
-    weights_sha256: str
-    gpt_config: GPTConfig = Field(alias="model_config")
-
-
-class BundleSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    format_version: int
-    strategy: str
-    policy: str
-    options: dict[str, Any]
-    router: RouterConfig | None = None
-    router_sha256: str | None = None
-    tokenizer: dict[str, Any]
-    experts: list[ExpertSpec]
-    timoe_version: str | None = None
-
-
 # ------------------------------------------------------------------ internals
-
-
-@dataclass
-class _ExpertRecord:
-    info: RunInfo  # kind, slice, model config, tokenizer; read without any weights
-    candidates: list[Path]  # folders that may hold model.safetensors, in order
-    sha256: str | None  # expected checksum; None until first read (from run dirs)
-    embedded: bool = False
-
-    @property
-    def time_slice(self) -> TimeSlice:
-        return self.info.time_slice
-
-    @property
-    def label(self) -> str:
-        return self.info.slice_label
-
-    def weights_dir(self) -> Path:
-        for d in self.candidates:
-            if (d / MODEL_FILENAME).is_file():
-                return d
-        tried = " nor ".join(str(d / MODEL_FILENAME) for d in self.candidates)
-        raise TimoeError(
-            f"the weights of expert {self.label} are missing: {tried} does not exist "
-            "(restore the run dir or rebuild the bundle with `timoe train-router`)"
-        )
 
 
 @dataclass
@@ -224,75 +143,6 @@ def _dates_per_row(query_dates: QueryDates, batch_size: int) -> list[date]:
     return [parse_query_date(d) for d in dates]
 
 
-def _check_compatible(records: list[_ExpertRecord]) -> None:
-    """Experts must share the tokenizer and vocab size; slices must not overlap."""
-    first = records[0]
-    for rec in records[1:]:
-        for key in sorted(set(first.info.tokenizer) | set(rec.info.tokenizer)):
-            a, b = first.info.tokenizer.get(key), rec.info.tokenizer.get(key)
-            if a != b:
-                raise TimoeError(
-                    f"experts disagree on tokenizer.{key}: {first.label} has {a!r}, {rec.label} "
-                    f"has {b!r}; every expert of a mixture must use the same tokenizer"
-                )
-        a, b = first.info.model_config_.vocab_size, rec.info.model_config_.vocab_size
-        if a != b:
-            raise TimoeError(
-                f"experts disagree on model_config.vocab_size: {first.label} has {a}, "
-                f"{rec.label} has {b}; every expert of a mixture must share the vocabulary"
-            )
-    ordered = sorted(records, key=lambda r: r.time_slice)
-    for prev, cur in zip(ordered, ordered[1:]):
-        if cur.time_slice.start_year <= prev.time_slice.end_year:
-            raise TimoeError(
-                f"expert slices overlap: {prev.label} ({prev.candidates[0]}) and {cur.label} "
-                f"({cur.candidates[0]}); give one expert per time slice"
-            )
-
-
-def _find_run_dirs(paths: Iterable[Path | str]) -> list[tuple[Path, RunInfo]]:
-    """Expert run dirs from run dirs and/or folders of run dirs (DESIGN.md §3 --experts).
-
-    A dense run found inside a folder is skipped (a runs/ folder often holds the dense
-    baseline too); a dense run named directly is an error.
-    """
-    found: list[tuple[Path, RunInfo]] = []
-    for p in paths:
-        p = Path(p)
-        if (p / "run.json").is_file():
-            info = read_run_info(p)
-            if info.kind != "expert":
-                raise TimoeError(
-                    f"--experts {p} is a {info.kind} run, not a time-slice expert: "
-                    "give expert run dirs (trained with `timoe train-expert --year`)"
-                )
-            found.append((p, info))
-        elif p.is_dir():
-            subs = sorted(d for d in p.iterdir() if d.is_dir() and (d / "run.json").is_file())
-            if not subs:
-                raise TimoeError(
-                    f"--experts {p} is neither an expert run dir (no run.json) nor a folder "
-                    "of run dirs: train experts with `timoe train-expert --year` first"
-                )
-            for d in subs:
-                info = read_run_info(d)
-                if info.kind == "expert":
-                    found.append((d, info))
-        else:
-            raise TimoeError(f"--experts {p} does not exist")
-    if not found:
-        raise TimoeError("no expert run dirs found under --experts: only dense runs were there")
-    by_label: dict[str, Path] = {}
-    for d, info in found:
-        if info.slice_label in by_label:
-            raise TimoeError(
-                f"two experts for slice {info.slice_label}: {by_label[info.slice_label]} and {d}; "
-                "give one run dir per slice"
-            )
-        by_label[info.slice_label] = d
-    return found
-
-
 # ---------------------------------------------------------------------- TiMoE
 
 
@@ -301,7 +151,7 @@ class TiMoE(nn.Module):
 
     def __init__(
         self,
-        experts: list[_ExpertRecord],
+        experts: list[ExpertRecord],
         strategy: str = "avg",
         options: MixtureOptions | None = None,
         router: Router | None = None,
@@ -310,8 +160,8 @@ class TiMoE(nn.Module):
         super().__init__()
         if not experts:
             raise TimoeError("a mixture needs at least one expert")
-        _check_compatible(experts)
-        self._records: dict[str, _ExpertRecord] = {
+        check_compatible(experts)
+        self._records: dict[str, ExpertRecord] = {
             r.label: r for r in sorted(experts, key=lambda r: r.time_slice)
         }
         self.slices: list[TimeSlice] = [r.time_slice for r in self._records.values()]
@@ -346,7 +196,7 @@ class TiMoE(nn.Module):
         strategy: str = "avg",
         options: MixtureOptions | None = None,
         device: str | torch.device = "cpu",
-    ) -> "TiMoE":
+    ) -> TiMoE:
         """A mixture over expert run dirs (or one folder whose sub-folders are run dirs).
 
         avg reads run.json files only. learned-avg / coadapt get a fresh router (output
@@ -356,14 +206,9 @@ class TiMoE(nn.Module):
         if isinstance(expert_dirs, (str, Path)):
             expert_dirs = [expert_dirs]
         options = options or MixtureOptions()
-        records = [
-            _ExpertRecord(info=info, candidates=[Path(d).resolve()], sha256=None)
-            for d, info in _find_run_dirs(expert_dirs)
-        ]
-        if strategy not in STRATEGIES:
-            raise TimoeError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        records = records_from_run_dirs(expert_dirs)
         router = None
-        if strategy != "avg":
+        if get_strategy(strategy).uses_router:
             ordered = sorted(records, key=lambda r: r.time_slice)
             router = Router(
                 RouterConfig(
@@ -380,121 +225,24 @@ class TiMoE(nn.Module):
         return model
 
     @classmethod
-    def from_bundle(cls, bundle_dir: Path | str, device: str | torch.device = "cpu") -> "TiMoE":
+    def from_bundle(cls, bundle_dir: Path | str, device: str | torch.device = "cpu") -> TiMoE:
         """Open a bundle: timoe.json and the router only; experts load when first eligible."""
-        bundle_dir = Path(bundle_dir)
-        path = bundle_dir / BUNDLE_FILENAME
-        if not path.is_file():
-            raise TimoeError(
-                f"{bundle_dir} is not a TiMoE bundle (no {BUNDLE_FILENAME}): build one with "
-                "`timoe train-router --experts RUNS --out DIR`"
-            )
-        try:
-            spec = BundleSpec.model_validate(json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TimoeError(f"{path} is corrupt ({first}): rebuild the bundle") from None
-        if spec.format_version != BUNDLE_FORMAT_VERSION:
-            raise TimoeError(
-                f"{path} has format version {spec.format_version}, this timoe reads "
-                f"{BUNDLE_FORMAT_VERSION}: rebuild the bundle with `timoe train-router`"
-            )
-        if not spec.experts:
-            raise TimoeError(f"{path} lists no experts: rebuild the bundle")
-        records = []
-        for e in spec.experts:
-            rel = Path(e.path)
-            candidates = [rel if rel.is_absolute() else (bundle_dir / rel).resolve()]
-            if e.abs_path and Path(e.abs_path) not in candidates:
-                candidates.append(Path(e.abs_path))
-            info = RunInfo(
-                kind="expert", slice_label=e.slice_label, start_date=e.start_date,
-                end_date=e.end_date, model_config_=e.gpt_config, tokenizer=spec.tokenizer,
-            )
-            records.append(_ExpertRecord(info, candidates, e.weights_sha256, e.embedded))
-        try:
-            options = MixtureOptions.model_validate({**spec.options, "policy": spec.policy})
-        except ValidationError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise TimoeError(f"{path} has invalid mixture options ({first})") from None
-        router = None
-        if spec.router is not None:
-            router = Router(spec.router)
-            state = _load_router_weights(bundle_dir, spec.router_sha256)
-            check_state_matches(router, state, bundle_dir / ROUTER_FILENAME, BUNDLE_FILENAME,
-                                "rebuild the bundle")
-            router.load_state_dict(state)
-        if spec.strategy != "avg" and router is None:
-            raise TimoeError(f"{path} says strategy {spec.strategy} but holds no router")
-        return cls(records, strategy=spec.strategy, options=options, router=router, device=device)
+        b = bundle.read_bundle(bundle_dir)
+        return cls(b.records, strategy=b.strategy, options=b.options, router=b.router,
+                   device=device)
 
     def save_bundle(self, out_dir: Path | str) -> None:
-        """Write the bundle (see the module docstring); timoe.json is written last."""
-        out_dir = Path(out_dir).resolve()
+        """Write the bundle (`bundle.py`); timoe.json is written last. Under an
+        expert-adapting strategy the adapted experts are stored inside it."""
+        adapts = get_strategy(self.strategy).adapts_experts
         embedded = {
             label for label, rec in self._records.items()
-            if self.strategy == "coadapt" and (rec.embedded or label in self._adapted)
+            if adapts and (rec.embedded or label in self._adapted)
         }
-        sources = {  # every expert's weights must be there before anything is written
-            label: rec.weights_dir() for label, rec in self._records.items()
-            if label not in embedded or label not in self._experts
-        }
-        out_dir.mkdir(parents=True, exist_ok=True)
-        specs = []
-        for label, rec in self._records.items():
-            embed = label in embedded
-            if embed:
-                target = out_dir / EMBEDDED_EXPERTS_DIR / label
-                if label in self._experts:
-                    save_model_weights(target, self._experts[label])
-                else:
-                    src = sources[label] / MODEL_FILENAME
-                    if src.resolve() != (target / MODEL_FILENAME).resolve():
-                        with atomic_path(target / MODEL_FILENAME) as tmp:
-                            shutil.copyfile(src, tmp)
-                write_run_info(target, rec.info)
-                weights = target
-            else:
-                weights = sources[label]
-            digest = sha256_file(weights / MODEL_FILENAME)
-            if not embed and rec.sha256 is not None and digest != rec.sha256:
-                raise TimoeError(
-                    f"{weights / MODEL_FILENAME} changed since it was read (sha256 mismatch): "
-                    "rebuild the bundle from the current run dirs"
-                )
-            rel = os.path.relpath(weights, out_dir)
-            specs.append(
-                ExpertSpec(
-                    slice_label=label, start_date=rec.info.start_date, end_date=rec.info.end_date,
-                    kind=rec.info.kind, path=rel, abs_path=str(weights), embedded=embed,
-                    weights_sha256=digest, gpt_config=rec.info.model_config_,
-                )
-            )
-        router_sha = None
-        router = self.router_module
-        if router is not None:
-            router_sha = save_router_weights(out_dir, router)
-        else:
-            (out_dir / ROUTER_FILENAME).unlink(missing_ok=True)
-        bundle = {
-            "format_version": BUNDLE_FORMAT_VERSION,
-            "strategy": self.strategy,
-            "policy": self.policy,
-            "options": json.loads(self.options.model_dump_json()),
-            "router": json.loads(router.config.model_dump_json()) if router else None,
-            "router_sha256": router_sha,
-            "tokenizer": dict(self.tokenizer),
-            "experts": [json.loads(s.model_dump_json(by_alias=True)) for s in specs],
-            "timoe_version": __version__,
-        }
-        atomic_write_json(out_dir / BUNDLE_FILENAME, bundle)
-        for spec in specs:  # what the bundle now records
-            rec = self._records[spec.slice_label]
-            rec.sha256 = spec.weights_sha256
-            if spec.embedded:
-                rec.embedded, rec.candidates = True, [out_dir / spec.path]
+        bundle.write_bundle(out_dir, self._records, dict(self._experts.items()), embedded,
+                            self.strategy, self.options, self.router)
 
-    def as_average(self) -> "TiMoE":
+    def as_average(self) -> TiMoE:
         """The same experts combined by `avg` (no router); loaded experts are shared."""
         twin = TiMoE(list(self._records.values()), "avg", self.options, None, self.device)
         twin._experts = self._experts
@@ -508,9 +256,7 @@ class TiMoE(nn.Module):
 
     @strategy.setter
     def strategy(self, value: str) -> None:
-        if value not in STRATEGIES:
-            raise TimoeError(f"unknown strategy {value!r}: use one of {', '.join(STRATEGIES)}")
-        if value != "avg" and self.router is None:
+        if get_strategy(value).uses_router and self.router is None:
             raise TimoeError(
                 f"this mixture has no router, so strategy {value} is not available: train one "
                 "with `timoe train-router --strategy learned-avg` (or `timoe coadapt`), or use avg"
@@ -560,13 +306,13 @@ class TiMoE(nn.Module):
         """The longest context every expert accepts."""
         return min(r.info.model_config_.block_size for r in self._records.values())
 
-    def to(self, *args: Any, **kwargs: Any) -> "TiMoE":
+    def to(self, *args: Any, **kwargs: Any) -> TiMoE:
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
         if device is not None:
             self.device = torch.device(device)
         return super().to(*args, **kwargs)
 
-    def train(self, mode: bool = True) -> "TiMoE":
+    def train(self, mode: bool = True) -> TiMoE:
         """The router follows `mode`; experts stay in eval mode unless trainable."""
         self.training = mode
         if self.router is not None:
@@ -577,7 +323,7 @@ class TiMoE(nn.Module):
 
     # ----------------------------------------------------------------- experts
 
-    def _record(self, time_slice: TimeSlice | str) -> _ExpertRecord:
+    def _record(self, time_slice: TimeSlice | str) -> ExpertRecord:
         label = time_slice.label if isinstance(time_slice, TimeSlice) else str(time_slice)
         if label not in self._records:
             raise TimoeError(
@@ -590,17 +336,7 @@ class TiMoE(nn.Module):
         rec = self._record(time_slice)
         if rec.label in self._experts:
             return self._experts[rec.label]  # type: ignore[return-value]
-        directory = rec.weights_dir()
-        path = directory / MODEL_FILENAME
-        digest = sha256_file(path)
-        if rec.sha256 is not None and digest != rec.sha256:
-            raise TimoeError(
-                f"{path} fails its checksum (sha256 {digest[:12]}…, the bundle records "
-                f"{rec.sha256[:12]}…): the expert of {rec.label} was changed or replaced; "
-                "rebuild the bundle with `timoe train-router`"
-            )
-        rec.sha256 = digest
-        model = load_weights_into(GPT(rec.info.model_config_), directory)
+        model = load_expert(rec)
         trainable = rec.label in self._trainable
         model.requires_grad_(trainable)
         model.to(self.device).train(self.training and trainable)
@@ -614,12 +350,12 @@ class TiMoE(nn.Module):
     def set_trainable_experts(self, experts: Iterable[TimeSlice | str]) -> None:
         """Experts run with gradients (and requires_grad) from now on; the rest frozen.
 
-        Under strategy coadapt they also count as adapted: `save_bundle` stores their
-        weights inside the bundle.
+        Under a strategy that adapts experts (coadapt) they also count as adapted:
+        `save_bundle` stores their weights inside the bundle.
         """
         labels = {self._record(e).label for e in experts}
         self._trainable = labels
-        if self.strategy == "coadapt":
+        if get_strategy(self.strategy).adapts_experts:
             self._adapted |= labels
         for label, m in self._experts.items():
             m.requires_grad_(label in labels)
@@ -644,21 +380,23 @@ class TiMoE(nn.Module):
 
     # ----------------------------------------------------------------- weights
 
-    @property
-    def router_module(self) -> Router | None:
-        """The Router itself, also when a trainer replaced `self.router` by a DDP wrapper
-        (forward passes go through `self.router`, attributes are read from this)."""
-        return getattr(self.router, "module", self.router)
-
     def _uses_router(self) -> bool:
-        return self.strategy != "avg"
+        return get_strategy(self.strategy).uses_router
 
     def _log_weights(
-        self, input_ids: torch.Tensor, eligible: torch.Tensor, state: RouterState | None = None
+        self,
+        input_ids: torch.Tensor,
+        eligible: torch.Tensor,
+        state: RouterState | None = None,
+        router: nn.Module | None = None,
     ) -> tuple[torch.Tensor, RouterOutput | None]:
-        """(B, T, K) log-weights (router) or (B, 1, K) (avg); -inf for excluded experts."""
+        """(B, T, K) log-weights (router) or (B, 1, K) (uniform); -inf for excluded experts.
+
+        router: what to call instead of `self.router` (a trainer's DDP/compiled wrapper
+        of it, so that gradients are synchronised)."""
         if self._uses_router():
-            out = self.router(input_ids, eligible, state=state, top_k=self.options.top_k)
+            call = router if router is not None else self.router
+            out = call(input_ids, eligible, state=state, top_k=self.options.top_k)
             return out.log_weights, out
         n = eligible.sum(1, keepdim=True).to(torch.float32)
         lw = torch.where(eligible, -torch.log(n), torch.full_like(n, float("-inf")))
@@ -710,10 +448,8 @@ class TiMoE(nn.Module):
                     else:  # the row's first expert writes straight into the output
                         buf = _project(hid[p0:p1], weight, dest[p0:p1])
                     torch.log_softmax(buf, dim=-1, out=buf)  # in place, row by row
-                    if a is not None:
-                        buf.add_(a[p0:p1])
-                    if accumulate:
-                        torch.logaddexp(dest[p0:p1], buf, out=dest[p0:p1])
+                    add_expert(dest[p0:p1] if accumulate else None, buf,
+                               None if a is None else a[p0:p1], inplace=True)
             for r in rows:
                 written[r] = True
         if uniform:
@@ -733,6 +469,7 @@ class TiMoE(nn.Module):
         *,
         trainable: Iterable[TimeSlice | str] | None = None,
         cached_expert_log_probs: torch.Tensor | None = None,
+        router: nn.Module | None = None,
     ) -> MixtureOutput:
         """Target-token log-probs of the mixture, (B, T), without any (B, T, V) mixture.
 
@@ -740,24 +477,29 @@ class TiMoE(nn.Module):
             other expert runs under no_grad. The router follows the global grad mode.
         cached_expert_log_probs: (B, T, K) log P_k(target) of frozen experts (from
             `experts_target_log_probs`, e.g. a disk cache); those experts are not run.
+        router: the module computing the weights in place of `self.router` (a trainer's
+            DDP/compiled wrapper of it).
         Targets equal to -1 are ignored (their log-prob is 0).
         """
         ids = input_ids.to(self.device)
         tgt = targets.to(self.device)
         B, T = ids.shape
         eligible = self.eligibility(query_dates, B)
-        lw, router_out = self._log_weights(ids, eligible)
+        lw, router_out = self._log_weights(ids, eligible, router=router)
         lw = lw.expand(B, T, -1)
         active = eligible & torch.isfinite(lw).any(1)
         train_set = (
             self._trainable if trainable is None else {self._record(e).label for e in trainable}
         )
         elp = self._experts_target(ids, tgt, active, train_set, cached_expert_log_probs)
-        tlp = torch.logsumexp(lw + elp, dim=-1)
+        tlp: torch.Tensor | None = None
+        for k in range(elp.size(-1)):
+            tlp = add_expert(tlp, elp[..., k], lw[..., k])
+        assert tlp is not None
         aux = None
         if router_out is not None:
             o = self.options
-            aux = self.router_module.aux_losses(
+            aux = self.router.aux_losses(
                 router_out, o.entropy_coef, o.balance_coef, o.z_loss_coef, mask=tgt != -1
             )
         return MixtureOutput(tlp, lw, elp, eligible, router_out, aux)
@@ -841,17 +583,56 @@ class TiMoE(nn.Module):
             h = expert.hidden_states(ids if every else ids[rows], kv_cache=cache)[:, -1]
             head = heads[s.label] if heads is not None else expert.lm_head
             lp = torch.log_softmax(head(h).float(), dim=-1)
-            lp += lw[rows, k].unsqueeze(1) if not every else lw[:, k].unsqueeze(1)
             if every:
-                torch.logaddexp(out, lp, out=out)
+                add_expert(out, lp, lw[:, k].unsqueeze(1), inplace=True)
             else:
-                out[rows] = torch.logaddexp(out[rows], lp)
+                out[rows] = add_expert(out[rows], lp, lw[rows, k].unsqueeze(1), inplace=True)
         return out, MixtureState(
             eligible=state.eligible,
             caches=state.caches,
             router=router_out.state if router_out is not None else None,
             length=state.length + T,
         )
+
+
+# ------------------------------------------------------------------ the formula
+
+
+def add_expert(
+    total: torch.Tensor | None,
+    expert_log_probs: torch.Tensor,
+    log_weight: torch.Tensor | None = None,
+    *,
+    inplace: bool = False,
+) -> torch.Tensor:
+    """The mixture formula, one expert at a time:
+
+        total <- log( exp(total) + w_k * P_k )  =  logaddexp(total, log w_k + log P_k)
+
+    Folding every eligible expert of a row in gives logsumexp_k (log w_k + log P_k).
+    total None: this is the first expert (its term is the total so far). log_weight
+    None: the caller applies the weights (uniform ones: log(1/n) once at the end).
+    inplace: reuse `expert_log_probs` for the term and write the sum into `total`
+    (inference on vocab-sized tensors); otherwise autograd-safe, also where both sides
+    are -inf (an expert excluded so far gets a zero gradient, never NaN).
+    """
+    if log_weight is None:
+        term = expert_log_probs
+    elif inplace:
+        term = expert_log_probs.add_(log_weight)
+    else:
+        term = expert_log_probs + log_weight
+    if total is None:
+        return term
+    if inplace:
+        return torch.logaddexp(total, term, out=total)
+    excluded = torch.isneginf(total) & torch.isneginf(term)
+    if not bool(excluded.any()):
+        return torch.logaddexp(total, term)
+    # logaddexp(-inf, -inf) has a NaN gradient: compute it on zeros there instead.
+    zero = torch.zeros((), dtype=total.dtype, device=total.device)
+    summed = torch.logaddexp(torch.where(excluded, zero, total), torch.where(excluded, zero, term))
+    return torch.where(excluded, total.detach(), summed)
 
 
 # ------------------------------------------------------------------ helpers
@@ -909,33 +690,3 @@ def _frozen_target_log_probs(
         torch.log_softmax(buf, dim=-1, out=buf)
         torch.gather(buf, 1, picked[p0:p1], out=out[p0:p1].unsqueeze(1))
     return out.masked_fill_(ignored, 0.0)
-
-
-def save_router_weights(directory: Path, router: Router) -> str:
-    """`directory`/router.safetensors, atomically (a bundle or a training checkpoint);
-    returns its sha256."""
-    path = Path(directory) / ROUTER_FILENAME
-    state = {k: v.detach().contiguous().cpu() for k, v in router.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
-    return sha256_file(path)
-
-
-def load_router_weights(
-    directory: Path, expected_sha: str | None = None
-) -> dict[str, torch.Tensor]:
-    """The state dict in `directory`/router.safetensors (checksum verified when given)."""
-    return _load_router_weights(Path(directory), expected_sha)
-
-
-def _load_router_weights(bundle_dir: Path, expected_sha: str | None) -> dict[str, torch.Tensor]:
-    path = bundle_dir / ROUTER_FILENAME
-    if not path.is_file():
-        raise TimoeError(f"{path} is missing: the bundle's router weights are gone; rebuild it")
-    if expected_sha is not None and sha256_file(path) != expected_sha:
-        raise TimoeError(f"{path} fails its checksum: the router was changed; rebuild the bundle")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise TimoeError(f"{path} is corrupt ({exc}): rebuild the bundle") from None
-

@@ -35,11 +35,10 @@ import torch
 
 from timoe_core.checkpoint import load_weights_into, save_model_weights
 from timoe_core.config import CoadaptConfig
+from timoe_core.model.bundle import load_router_weights, save_router_weights
 from timoe_core.model.mixture import (
     EMBEDDED_EXPERTS_DIR,
     TiMoE,
-    load_router_weights,
-    save_router_weights,
 )
 from timoe_core.train.distributed import DistEnv
 from timoe_core.train.loop import GroupedOrder
@@ -98,12 +97,12 @@ class CoadaptTask(MixtureTask):
         return self.mixture_loss(model, x, y, years, trainable=[active])
 
     def save_weights(self, directory: Path) -> None:
-        save_router_weights(directory, self.mix.router_module)  # type: ignore[arg-type]
+        save_router_weights(directory, self.mix.router)  # type: ignore[arg-type]
         for label in self.adapted:
             save_model_weights(directory / EMBEDDED_EXPERTS_DIR / label, self.mix.expert(label))
 
     def load_weights(self, directory: Path) -> None:
-        router = self.mix.router_module
+        router = self.mix.router
         assert router is not None
         router.load_state_dict(load_router_weights(directory))
         for label in self.adapted:

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from timoe_core.device import resolve_device
 from timoe_core.errors import TimoeError
 
 EXIT_OK = 0
@@ -108,17 +109,6 @@ def _export_slurm_env(launch: LaunchEnv) -> None:
     env["RANK"] = str(launch.rank)
     env["WORLD_SIZE"] = str(launch.world_size)
     env["LOCAL_RANK"] = str(launch.local_rank)
-
-
-def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """auto: CUDA when present, else CPU. One GPU per local rank."""
-    if preference not in ("auto", "cpu", "cuda"):
-        raise TimoeError(f"--device must be auto, cpu or cuda, got {preference!r}")
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise TimoeError("--device cuda was asked for but CUDA is not available: use --device cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 @dataclass

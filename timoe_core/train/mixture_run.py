@@ -193,16 +193,16 @@ def _check_router_init(cfg: MixtureConfig, mix: TiMoE) -> str | None:
     if path is None:
         return None
     src = TiMoE.from_bundle(path)
-    if src.router_module is None:
+    if src.router is None:
         raise TimoeError(
             f"--router {path} is an avg bundle without a router: give a bundle trained by "
             "`timoe train-router --strategy learned-avg` (or leave --router out)"
         )
-    slots = src.router_module.config.slice_labels
-    if slots != mix.labels or src.router_module.config.vocab_size != mix.vocab_size:
+    slots = src.router.config.slice_labels
+    if slots != mix.labels or src.router.config.vocab_size != mix.vocab_size:
         raise TimoeError(
             f"--router {path} routes over experts {', '.join(slots)} (vocab "
-            f"{src.router_module.config.vocab_size}) but --experts gives {', '.join(mix.labels)} "
+            f"{src.router.config.vocab_size}) but --experts gives {', '.join(mix.labels)} "
             f"(vocab {mix.vocab_size}): use a router trained on these experts"
         )
     return sha256_file(Path(path) / ROUTER_FILENAME)
@@ -412,7 +412,7 @@ def build_mixture(plan: MixturePlan, device: torch.device) -> TiMoE:
     )
     if plan.record.get("router_init") is not None:
         src = TiMoE.from_bundle(cfg.router)  # type: ignore[union-attr]
-        mix.router = src.router_module.to(device)
+        mix.router = src.router.to(device)
     return mix
 
 

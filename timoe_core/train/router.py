@@ -32,11 +32,10 @@ import torch
 
 from timoe_core.config import TrainRouterConfig, save_config
 from timoe_core.errors import TimoeError
+from timoe_core.model.bundle import load_router_weights, save_router_weights
 from timoe_core.model.mixture import (
     BUNDLE_FILENAME,
     TiMoE,
-    load_router_weights,
-    save_router_weights,
 )
 from timoe_core.model.router import Router
 from timoe_core.train.distributed import DistEnv
@@ -78,7 +77,7 @@ class LearnedAvgTask(MixtureTask):
 
     def mixture(self, model: torch.nn.Module) -> torch.nn.Module:
         # The mixture calls `self.router`: route it through the DDP/compiled wrapper so
-        # gradients are synchronised (mix.router_module still reaches the Router).
+        # gradients are synchronised (mix.router still reaches the Router).
         self.mix.router = model
         return self.mix
 

@@ -1,0 +1,238 @@
+"""A TiMoE bundle on disk: its schema, and reading and writing it.
+
+    timoe.json            format_version, strategy, policy, options (MixtureOptions),
+                          router (RouterConfig or null), router_sha256, tokenizer,
+                          experts: [{slice_label, start_date, end_date, kind, path,
+                          abs_path, embedded, weights_sha256, model_config}]
+    router.safetensors    the router's weights (learned-avg, coadapt)
+    experts/<label>/      coadapt only: adapted experts' model.safetensors + run.json
+    config.yaml           the resolved command config (written by the CLI)
+
+An expert's `path` is its run dir relative to the bundle (or `experts/<label>` inside
+it); `abs_path` is the same dir as an absolute path, tried when the relative one does
+not resolve (a bundle moved without its runs). Either way the weights must match
+`weights_sha256`, checked when the expert is loaded (`expert_pool.load_expert`).
+timoe.json is written last, so a folder holding it is a complete bundle. Reading a
+bundle reads timoe.json and the small router only, never an expert's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from timoe_core import __version__
+from timoe_core.checkpoint import (
+    MODEL_FILENAME,
+    RunInfo,
+    check_state_matches,
+    save_model_weights,
+    write_run_info,
+)
+from timoe_core.config import MixtureOptions
+from timoe_core.errors import TimoeError
+from timoe_core.io import atomic_path, atomic_write_json, sha256_file
+from timoe_core.model.expert_pool import ExpertRecord
+from timoe_core.model.gpt import GPT, GPTConfig
+from timoe_core.model.router import Router, RouterConfig
+
+BUNDLE_FILENAME = "timoe.json"
+ROUTER_FILENAME = "router.safetensors"
+EMBEDDED_EXPERTS_DIR = "experts"
+BUNDLE_FORMAT_VERSION = 1
+
+
+class ExpertSpec(BaseModel):
+    """One expert of a bundle: which slice, where its weights are, their checksum."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+
+    slice_label: str
+    start_date: str
+    end_date: str
+    kind: str = "expert"
+    path: str
+    abs_path: str | None = None
+    embedded: bool = False
+    weights_sha256: str
+    gpt_config: GPTConfig = Field(alias="model_config")
+
+
+class BundleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int
+    strategy: str
+    policy: str
+    options: dict[str, Any]
+    router: RouterConfig | None = None
+    router_sha256: str | None = None
+    tokenizer: dict[str, Any]
+    experts: list[ExpertSpec]
+    timoe_version: str | None = None
+
+
+@dataclass
+class BundleContents:
+    """What `read_bundle` gives: enough to build the mixture, no expert weights read."""
+
+    records: list[ExpertRecord]
+    strategy: str
+    options: MixtureOptions
+    router: Router | None
+
+
+def read_bundle(bundle_dir: Path | str) -> BundleContents:
+    """timoe.json and the router of a bundle, validated (TimoeError naming the fix)."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / BUNDLE_FILENAME
+    if not path.is_file():
+        raise TimoeError(
+            f"{bundle_dir} is not a TiMoE bundle (no {BUNDLE_FILENAME}): build one with "
+            "`timoe train-router --experts RUNS --out DIR`"
+        )
+    try:
+        spec = BundleSpec.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TimoeError(f"{path} is corrupt ({first}): rebuild the bundle") from None
+    if spec.format_version != BUNDLE_FORMAT_VERSION:
+        raise TimoeError(
+            f"{path} has format version {spec.format_version}, this timoe reads "
+            f"{BUNDLE_FORMAT_VERSION}: rebuild the bundle with `timoe train-router`"
+        )
+    if not spec.experts:
+        raise TimoeError(f"{path} lists no experts: rebuild the bundle")
+    records = []
+    for e in spec.experts:
+        rel = Path(e.path)
+        candidates = [rel if rel.is_absolute() else (bundle_dir / rel).resolve()]
+        if e.abs_path and Path(e.abs_path) not in candidates:
+            candidates.append(Path(e.abs_path))
+        info = RunInfo(
+            kind="expert", slice_label=e.slice_label, start_date=e.start_date,
+            end_date=e.end_date, model_config_=e.gpt_config, tokenizer=spec.tokenizer,
+        )
+        records.append(ExpertRecord(info, candidates, e.weights_sha256, e.embedded))
+    try:
+        options = MixtureOptions.model_validate({**spec.options, "policy": spec.policy})
+    except ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise TimoeError(f"{path} has invalid mixture options ({first})") from None
+    router = None
+    if spec.router is not None:
+        router = Router(spec.router)
+        state = load_router_weights(bundle_dir, spec.router_sha256)
+        check_state_matches(router, state, bundle_dir / ROUTER_FILENAME, BUNDLE_FILENAME,
+                            "rebuild the bundle")
+        router.load_state_dict(state)
+    if spec.strategy != "avg" and router is None:
+        raise TimoeError(f"{path} says strategy {spec.strategy} but holds no router")
+    return BundleContents(records, spec.strategy, options, router)
+
+
+def write_bundle(
+    out_dir: Path | str,
+    records: Mapping[str, ExpertRecord],
+    loaded: Mapping[str, GPT],
+    embedded: set[str],
+    strategy: str,
+    options: MixtureOptions,
+    router: Router | None,
+) -> None:
+    """Write a bundle over `records`; experts in `embedded` get their weights copied into
+    it (from memory when loaded: an adapted expert). timoe.json is written last, and the
+    records are updated to what the bundle now holds."""
+    out_dir = Path(out_dir).resolve()
+    sources = {  # every expert's weights must be there before anything is written
+        label: rec.weights_dir() for label, rec in records.items()
+        if label not in embedded or label not in loaded
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = []
+    for label, rec in records.items():
+        embed = label in embedded
+        if embed:
+            target = out_dir / EMBEDDED_EXPERTS_DIR / label
+            if label in loaded:
+                save_model_weights(target, loaded[label])
+            else:
+                src = sources[label] / MODEL_FILENAME
+                if src.resolve() != (target / MODEL_FILENAME).resolve():
+                    with atomic_path(target / MODEL_FILENAME) as tmp:
+                        shutil.copyfile(src, tmp)
+            write_run_info(target, rec.info)
+            weights = target
+        else:
+            weights = sources[label]
+        digest = sha256_file(weights / MODEL_FILENAME)
+        if not embed and rec.sha256 is not None and digest != rec.sha256:
+            raise TimoeError(
+                f"{weights / MODEL_FILENAME} changed since it was read (sha256 mismatch): "
+                "rebuild the bundle from the current run dirs"
+            )
+        rel = os.path.relpath(weights, out_dir)
+        specs.append(
+            ExpertSpec(
+                slice_label=label, start_date=rec.info.start_date, end_date=rec.info.end_date,
+                kind=rec.info.kind, path=rel, abs_path=str(weights), embedded=embed,
+                weights_sha256=digest, gpt_config=rec.info.model_config_,
+            )
+        )
+    router_sha = None
+    if router is not None:
+        router_sha = save_router_weights(out_dir, router)
+    else:
+        (out_dir / ROUTER_FILENAME).unlink(missing_ok=True)
+    bundle = {
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "strategy": strategy,
+        "policy": options.policy,
+        "options": json.loads(options.model_dump_json()),
+        "router": json.loads(router.config.model_dump_json()) if router else None,
+        "router_sha256": router_sha,
+        "tokenizer": dict(next(iter(records.values())).info.tokenizer),
+        "experts": [json.loads(s.model_dump_json(by_alias=True)) for s in specs],
+        "timoe_version": __version__,
+    }
+    atomic_write_json(out_dir / BUNDLE_FILENAME, bundle)
+    for spec in specs:  # what the bundle now records
+        rec = records[spec.slice_label]
+        rec.sha256 = spec.weights_sha256
+        if spec.embedded:
+            rec.embedded, rec.candidates = True, [out_dir / spec.path]
+
+
+def save_router_weights(directory: Path, router: Router) -> str:
+    """`directory`/router.safetensors, atomically (a bundle or a training checkpoint);
+    returns its sha256."""
+    path = Path(directory) / ROUTER_FILENAME
+    state = {k: v.detach().contiguous().cpu() for k, v in router.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
+    return sha256_file(path)
+
+
+def load_router_weights(
+    directory: Path, expected_sha: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The state dict in `directory`/router.safetensors (checksum verified when given)."""
+    path = Path(directory) / ROUTER_FILENAME
+    if not path.is_file():
+        raise TimoeError(f"{path} is missing: the bundle's router weights are gone; rebuild it")
+    if expected_sha is not None and sha256_file(path) != expected_sha:
+        raise TimoeError(f"{path} fails its checksum: the router was changed; rebuild the bundle")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TimoeError(f"{path} is corrupt ({exc}): rebuild the bundle") from None

@@ -1,0 +1,138 @@
+"""The experts of a mixture as records on disk, loaded lazily and checksummed.
+
+An `ExpertRecord` is what is known about one expert without reading its weights (its
+run.json: slice, model config, tokenizer) and where its weights may be. `load_expert`
+reads them the first time a query makes the expert eligible, verifying the recorded
+sha256, so an ineligible expert's files are never opened. `find_run_dirs` turns
+`--experts` arguments (run dirs and/or folders of run dirs) into records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from timoe_core.checkpoint import MODEL_FILENAME, RunInfo, load_weights_into, read_run_info
+from timoe_core.errors import TimoeError
+from timoe_core.io import sha256_file
+from timoe_core.model.gpt import GPT
+from timoe_core.timeslices import TimeSlice
+
+
+@dataclass
+class ExpertRecord:
+    info: RunInfo  # kind, slice, model config, tokenizer; read without any weights
+    candidates: list[Path]  # folders that may hold model.safetensors, in order
+    sha256: str | None  # expected checksum; None until first read (from run dirs)
+    embedded: bool = False
+
+    @property
+    def time_slice(self) -> TimeSlice:
+        return self.info.time_slice
+
+    @property
+    def label(self) -> str:
+        return self.info.slice_label
+
+    def weights_dir(self) -> Path:
+        for d in self.candidates:
+            if (d / MODEL_FILENAME).is_file():
+                return d
+        tried = " nor ".join(str(d / MODEL_FILENAME) for d in self.candidates)
+        raise TimoeError(
+            f"the weights of expert {self.label} are missing: {tried} does not exist "
+            "(restore the run dir or rebuild the bundle with `timoe train-router`)"
+        )
+
+
+def load_expert(rec: ExpertRecord) -> GPT:
+    """The expert's GPT on CPU, its weights checked against `rec.sha256` (then recorded)."""
+    directory = rec.weights_dir()
+    path = directory / MODEL_FILENAME
+    digest = sha256_file(path)
+    if rec.sha256 is not None and digest != rec.sha256:
+        raise TimoeError(
+            f"{path} fails its checksum (sha256 {digest[:12]}…, the bundle records "
+            f"{rec.sha256[:12]}…): the expert of {rec.label} was changed or replaced; "
+            "rebuild the bundle with `timoe train-router`"
+        )
+    rec.sha256 = digest
+    return load_weights_into(GPT(rec.info.model_config_), directory)
+
+
+def check_compatible(records: list[ExpertRecord]) -> None:
+    """Experts must share the tokenizer and vocab size; slices must not overlap."""
+    first = records[0]
+    for rec in records[1:]:
+        for key in sorted(set(first.info.tokenizer) | set(rec.info.tokenizer)):
+            a, b = first.info.tokenizer.get(key), rec.info.tokenizer.get(key)
+            if a != b:
+                raise TimoeError(
+                    f"experts disagree on tokenizer.{key}: {first.label} has {a!r}, {rec.label} "
+                    f"has {b!r}; every expert of a mixture must use the same tokenizer"
+                )
+        a, b = first.info.model_config_.vocab_size, rec.info.model_config_.vocab_size
+        if a != b:
+            raise TimoeError(
+                f"experts disagree on model_config.vocab_size: {first.label} has {a}, "
+                f"{rec.label} has {b}; every expert of a mixture must share the vocabulary"
+            )
+    ordered = sorted(records, key=lambda r: r.time_slice)
+    for prev, cur in zip(ordered, ordered[1:]):
+        if cur.time_slice.start_year <= prev.time_slice.end_year:
+            raise TimoeError(
+                f"expert slices overlap: {prev.label} ({prev.candidates[0]}) and {cur.label} "
+                f"({cur.candidates[0]}); give one expert per time slice"
+            )
+
+
+def find_run_dirs(paths: Iterable[Path | str]) -> list[tuple[Path, RunInfo]]:
+    """Expert run dirs from run dirs and/or folders of run dirs.
+
+    A dense run found inside a folder is skipped (a runs/ folder often holds the dense
+    baseline too); a dense run named directly is an error.
+    """
+    found: list[tuple[Path, RunInfo]] = []
+    for p in paths:
+        p = Path(p)
+        if (p / "run.json").is_file():
+            info = read_run_info(p)
+            if info.kind != "expert":
+                raise TimoeError(
+                    f"--experts {p} is a {info.kind} run, not a time-slice expert: "
+                    "give expert run dirs (trained with `timoe train-expert --year`)"
+                )
+            found.append((p, info))
+        elif p.is_dir():
+            subs = sorted(d for d in p.iterdir() if d.is_dir() and (d / "run.json").is_file())
+            if not subs:
+                raise TimoeError(
+                    f"--experts {p} is neither an expert run dir (no run.json) nor a folder "
+                    "of run dirs: train experts with `timoe train-expert --year` first"
+                )
+            for d in subs:
+                info = read_run_info(d)
+                if info.kind == "expert":
+                    found.append((d, info))
+        else:
+            raise TimoeError(f"--experts {p} does not exist")
+    if not found:
+        raise TimoeError("no expert run dirs found under --experts: only dense runs were there")
+    by_label: dict[str, Path] = {}
+    for d, info in found:
+        if info.slice_label in by_label:
+            raise TimoeError(
+                f"two experts for slice {info.slice_label}: {by_label[info.slice_label]} and {d}; "
+                "give one run dir per slice"
+            )
+        by_label[info.slice_label] = d
+    return found
+
+
+def records_from_run_dirs(paths: Iterable[Path | str]) -> list[ExpertRecord]:
+    """One record per expert run dir found under `paths` (no weights read)."""
+    return [
+        ExpertRecord(info=info, candidates=[Path(d).resolve()], sha256=None)
+        for d, info in find_run_dirs(paths)
+    ]
