@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -148,3 +148,52 @@ def load_manifest(data_dir: Path, verify: Verify | None = None) -> Manifest:
             if verify == "sha256" and sha256_file(f) != entry.sha256:
                 raise TimoeError(f"token file {f} fails its sha256 check: prepare the data again")
     return manifest
+
+
+class ModelShape(Protocol):
+    """What data checks read of a model (a single GPT, a mixture, an evaluated model)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def tokenizer(self) -> dict[str, Any]: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def block_size(self) -> int: ...
+
+
+def check_compatible(model: ModelShape, manifest: Manifest, data_dir: Path) -> None:
+    """Refuse data tokenised differently from the model's training data, naming the fields."""
+    tok = model.tokenizer
+    problems = []
+    pairs = (("name", manifest.tokenizer), ("vocab_size", manifest.vocab_size),
+             ("eot_token", manifest.eot_token))
+    for key, data_value in pairs:
+        if key in tok and tok[key] != data_value:
+            data_field = "tokenizer" if key == "name" else key
+            problems.append(
+                f"model tokenizer.{key}={tok[key]!r} but data {data_field}={data_value!r}"
+            )
+    if manifest.vocab_size > model.vocab_size:
+        problems.append(
+            f"data vocab_size={manifest.vocab_size} exceeds the model's embedding rows "
+            f"(model_config.vocab_size={model.vocab_size})"
+        )
+    if problems:
+        raise TimoeError(
+            f"model {model.name} and data {data_dir} use different tokenizers: "
+            + "; ".join(problems) + ": prepare the data with the model's tokenizer"
+        )
+
+
+def resolve_seq_len(model: ModelShape, manifest: Manifest, seq_len: int | None) -> int:
+    """Windows as long as both the model's context and the data's sequence length allow."""
+    if seq_len is None:
+        return min(model.block_size, manifest.seq_len)
+    if seq_len > model.block_size:
+        raise TimoeError(
+            f"--seq-len {seq_len} exceeds the model's block_size {model.block_size}: "
+            f"use at most {model.block_size}"
+        )
+    return seq_len

@@ -24,9 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from timoe_core.data.manifest import Manifest, load_manifest
+from timoe_core.data.manifest import (  # noqa: F401  (check_compatible re-exported)
+    Manifest,
+    check_compatible,
+    load_manifest,
+    resolve_seq_len,
+)
 from timoe_core.data.windows import TokenWindows
-from timoe_core.errors import TimoeError
 from timoe_core.evaluate.models import EvaluatedModel
 from timoe_core.timeslices import parse_query_date
 
@@ -101,42 +105,6 @@ class PerplexityMatrix:
 
 
 # --------------------------------------------------------------------- checks
-
-
-def check_compatible(model: EvaluatedModel, manifest: Manifest, data_dir: Path) -> None:
-    """Refuse data tokenised differently from the model's training data, naming the fields."""
-    tok = model.tokenizer
-    problems = []
-    pairs = (("name", manifest.tokenizer), ("vocab_size", manifest.vocab_size),
-             ("eot_token", manifest.eot_token))
-    for key, data_value in pairs:
-        if key in tok and tok[key] != data_value:
-            data_field = "tokenizer" if key == "name" else key
-            problems.append(
-                f"model tokenizer.{key}={tok[key]!r} but data {data_field}={data_value!r}"
-            )
-    if manifest.vocab_size > model.vocab_size:
-        problems.append(
-            f"data vocab_size={manifest.vocab_size} exceeds the model's embedding rows "
-            f"(model_config.vocab_size={model.vocab_size})"
-        )
-    if problems:
-        raise TimoeError(
-            f"model {model.name} and data {data_dir} use different tokenizers: "
-            + "; ".join(problems) + ": prepare the data with the model's tokenizer"
-        )
-
-
-def resolve_seq_len(model: EvaluatedModel, manifest: Manifest, seq_len: int | None) -> int:
-    """Windows as long as both the model's context and the data's sequence length allow."""
-    if seq_len is None:
-        return min(model.block_size, manifest.seq_len)
-    if seq_len > model.block_size:
-        raise TimoeError(
-            f"--seq-len {seq_len} exceeds the model's block_size {model.block_size}: "
-            f"use at most {model.block_size}"
-        )
-    return seq_len
 
 
 def subsample(indices: np.ndarray, max_docs: int | None, seed: int = SUBSAMPLE_SEED) -> np.ndarray:

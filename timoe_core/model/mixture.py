@@ -276,6 +276,10 @@ class TiMoE(nn.Module):
         self.options.policy = value  # type: ignore[assignment]
 
     @property
+    def name(self) -> str:
+        return f"experts ({', '.join(self.labels)})"
+
+    @property
     def labels(self) -> list[str]:
         return [s.label for s in self.slices]
 

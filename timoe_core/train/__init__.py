@@ -6,11 +6,14 @@ optim         AdamW with decay on matrices only
 loop          the TrainTask protocol and `run_training` (every training command)
 state         checkpoints: layout, atomic writes, resume, RNG states
 metrics       rich progress, metrics.jsonl, wandb
-expert        `train_expert(cfg)`: `timoe train-expert`
-mixture_run   what train-router (learned-avg) and coadapt share: inputs, run dir, bundle
+job           the one training-job driver: plan, resume check, task, finish (`run_job`)
+expert        `train_expert(cfg)`: `timoe train-expert` (EXPERT_JOB)
+mixture_run   the job of every mixture strategy (MixtureJob): inputs, run dir, bundle
 logprob_cache frozen experts' target log-probs on disk, reused across router epochs
-router        `train_router(cfg)`: `timoe train-router` (avg, learned-avg)
-coadapt       `coadapt(cfg)`: `timoe coadapt`
+router        `train_router(cfg)`: `timoe train-router` (avg, learned-avg recipes)
+coadapt       `coadapt(cfg)`: `timoe coadapt` (the coadapt recipe)
+
+The strategies' training recipes (their tasks) are in timoe_core/strategies/.
 """
 
 from timoe_core.train.coadapt import coadapt

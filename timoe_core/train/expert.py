@@ -4,8 +4,8 @@
 windows only; `--all-years` trains one dense model on every slice (run.json kind
 "dense", slice label covering the whole range). Everything about the input is checked
 before anything is written (`plan_expert_run`); then the run dir is prepared once
-(`prepare_run_dir`) and the workers train (`_worker`, through
-`timoe_core.train.distributed.launch`).
+(`prepare_run_dir`) and the workers train, all by the shared job driver
+(`timoe_core.train.job`; this module's `EXPERT_JOB`).
 
 Resume rules (the run dir is RUN_DIR = --out):
 - RUN_DIR holds a run with a checkpoint: the run resumes from it, unless the new flags
@@ -18,9 +18,7 @@ Resume rules (the run dir is RUN_DIR = --out):
 
 from __future__ import annotations
 
-import math
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,6 @@ from timoe_core.checkpoint import (
 from timoe_core.config import (
     CONFIG_FILENAME,
     TrainExpertConfig,
-    config_to_dict,
     format_validation_error,
     read_config_file,
     save_config,
@@ -49,16 +46,10 @@ from timoe_core.errors import TimoeError
 from timoe_core.model.gpt import GPT, GPTConfig, pad_vocab, preset_config
 from timoe_core.timeslices import TimeSlice
 from timoe_core.train import state as ckpt_state
-from timoe_core.train.distributed import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    TrainingInterrupted,
-    check_launch,
-    init_workers,
-    outer_launch,
-    train_or_launch,
-)
-from timoe_core.train.loop import LoopResult, ShuffledOrder, TrainTask, run_training
+from timoe_core.train.distributed import DistEnv, check_launch
+from timoe_core.train.job import run_job
+from timoe_core.train.loop import LoopResult, ShuffledOrder, TrainTask
+from timoe_core.train.schedule import budget_steps
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
 
 # How run.json fields are named to the user when a resume conflicts.
@@ -92,6 +83,7 @@ class ExpertPlan:
     # Run dir decision: "new" (nothing there), "resume" (checkpoint or re-prepare),
     # "overwrite" (clear it first).
     action: str = "new"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def model_config(self) -> GPTConfig:
@@ -137,16 +129,6 @@ def _select_slice(cfg: TrainExpertConfig, manifest: Manifest) -> tuple[str, Time
             f"{_years_text(manifest)}): choose one of those years"
         )
     return "expert", slicing.slice_for_year(cfg.year)
-
-
-def _total_steps(
-    cfg: TrainExpertConfig, train_windows: int, global_batch: int, tokens_per_step: int
-) -> int:
-    if cfg.max_steps is not None:
-        return cfg.max_steps
-    if cfg.max_tokens is not None:
-        return max(1, math.ceil(cfg.max_tokens / tokens_per_step))
-    return max(1, train_windows // global_batch)  # default budget: one epoch of the slice
 
 
 def _conflicts(saved: RunInfo, new: RunInfo, saved_seed: int | None, seed: int) -> list[str]:
@@ -226,7 +208,7 @@ def plan_expert_run(
             "--grad-accum, or use a shorter --seq-len"
         )
     tokens_per_step = global_batch * seq_len
-    total_steps = _total_steps(cfg, len(windows), global_batch, tokens_per_step)
+    total_steps = budget_steps(cfg, len(windows), global_batch, tokens_per_step)
 
     run_dir = Path(cfg.out) if cfg.out is not None else Path("runs") / f"{kind}-{time_slice.label}"
     info = RunInfo(
@@ -320,62 +302,49 @@ class ExpertTask(TrainTask):
         load_weights_into(self.model, directory)
 
 
-def _train(payload: dict[str, Any]) -> LoopResult:
-    """One worker's whole job (every rank runs it)."""
-    cfg = TrainExpertConfig.model_validate(payload["config"])
-    env = init_workers(cfg.device)
-    try:
-        plan = plan_expert_run(cfg, world_size=env.world_size, check_run_dir=False)
-        if not payload["prepared"] and env.is_main:
-            plan.action = payload["action"]
-            prepare_run_dir(plan)
-        env.barrier()
+class ExpertJob:
+    """train-expert as a `TrainingJob` (see job.py)."""
+
+    ref = "timoe_core.train.expert:EXPERT_JOB"
+    config_model = TrainExpertConfig
+
+    def plan(
+        self, cfg: TrainExpertConfig, world_size: int | None = None, check_run_dir: bool = True,
+        restart: bool = False,
+    ) -> ExpertPlan:
+        return plan_expert_run(cfg, world_size, check_run_dir, restart)
+
+    def prepare_run_dir(self, plan: ExpertPlan) -> None:
+        prepare_run_dir(plan)
+
+    def build_task(self, plan: ExpertPlan, env: DistEnv) -> ExpertTask:
+        cfg = plan.cfg
         ckpt_state.seed_all(cfg.seed)
         model = GPT(plan.model_config)
-        val = TokenWindows(
-            cfg.data, "val", plan.time_slice.years, plan.model_config.block_size, plan.manifest
-        )
-        task = ExpertTask(
+        years, seq_len = plan.time_slice.years, plan.model_config.block_size
+        val = TokenWindows(cfg.data, "val", years, seq_len, plan.manifest)
+        return ExpertTask(
             model,
-            TokenWindows(
-                cfg.data,
-                "train",
-                plan.time_slice.years,
-                plan.model_config.block_size,
-                plan.manifest,
-            ),
+            TokenWindows(cfg.data, "train", years, seq_len, plan.manifest),
             val if len(val) else None,
             seed=cfg.seed,
             eval_windows=cfg.eval_batches * cfg.batch_size,
         )
-        wandb_config = config_to_dict(cfg) | {
+
+    def wandb_config(self, plan: ExpertPlan, env: DistEnv) -> dict[str, Any]:
+        return {
             "slice": plan.time_slice.label,
             "kind": plan.run_info.kind,
             "model": plan.model_config.model_dump(),
             "world_size": env.world_size,
             "total_steps": plan.total_steps,
         }
-        return run_training(
-            task,
-            cfg,
-            plan.run_dir,
-            env,
-            plan.total_steps,
-            title=plan.title,
-            wandb_config=wandb_config,
-        )
-    finally:
-        env.close()
+
+    def finish(self, plan: ExpertPlan, task: TrainTask, result: LoopResult, env: DistEnv) -> None:
+        pass
 
 
-def _worker(payload: dict[str, Any]) -> int:
-    """Entry point of a spawned worker (module level: pickled by reference)."""
-    result = _train(payload)
-    if result.interrupted:
-        # Exit rather than return: an agent stopping on a signal waits for its workers
-        # to exit and never collects return values.
-        sys.exit(EXIT_INTERRUPTED)
-    return EXIT_OK
+EXPERT_JOB = ExpertJob()
 
 
 def train_expert(cfg: TrainExpertConfig) -> Path:
@@ -384,11 +353,4 @@ def train_expert(cfg: TrainExpertConfig) -> Path:
     Raises TimoeError for bad input (nothing written), TrainingInterrupted when stopped
     by Ctrl-C/SIGTERM after writing a checkpoint (rerun to resume).
     """
-    outer = outer_launch()
-    restart = outer is not None and outer.restart_count > 0
-    plan = plan_expert_run(cfg, restart=restart)
-    payload = {"config": config_to_dict(cfg), "prepared": False, "action": plan.action}
-    if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
-                       lambda: prepare_run_dir(plan), _train, _worker):
-        raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
-    return plan.run_dir
+    return run_job(EXPERT_JOB, cfg)

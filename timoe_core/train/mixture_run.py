@@ -1,6 +1,8 @@
-"""What `train-router --strategy learned-avg` and `coadapt` share: inputs, run dir, bundle.
+"""The training job of every mixture strategy (learned-avg, coadapt): inputs, run dir, bundle.
 
-Both train part of a TiMoE mixture on a prepared data dir and write a bundle. The
+`MixtureJob(strategy)` is the `TrainingJob` (job.py) of a strategy whose recipe
+(timoe_core/strategies/) trains part of a mixture; the recipe supplies only its task
+(`make_task`). Both train part of a TiMoE mixture on a prepared data dir and write a bundle. The
 output dir (--out) is at once the training run dir and the bundle:
 
     OUT/
@@ -30,26 +32,29 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
 
 from timoe_core.checkpoint import MODEL_FILENAME
 from timoe_core.config import (
     CoadaptConfig,
     MixtureOptions,
     TrainRouterConfig,
-    config_to_dict,
     save_config,
 )
-from timoe_core.data.manifest import Manifest, load_manifest, manifest_checksum, sha256_file
+from timoe_core.data.manifest import (
+    Manifest,
+    check_compatible,
+    load_manifest,
+    manifest_checksum,
+    resolve_seq_len,
+)
+from timoe_core.io import sha256_file
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_json
@@ -60,19 +65,12 @@ from timoe_core.model.mixture import (
     TiMoE,
 )
 from timoe_core.train import state as ckpt_state
-from timoe_core.train.distributed import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    DistEnv,
-    TrainingInterrupted,
-    check_launch,
-    init_workers,
-    outer_launch,
-    train_or_launch,
-)
-from timoe_core.train.expert import _total_steps as total_steps_for
+from timoe_core.strategies import get_strategy
+from timoe_core.train.distributed import DistEnv, check_launch
+from timoe_core.train.job import main_print
 from timoe_core.train.logprob_cache import CACHE_DIRNAME
-from timoe_core.train.loop import LoopResult, TrainTask, run_training
+from timoe_core.train.loop import LoopResult, TrainTask
+from timoe_core.train.schedule import budget_steps
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
 
 MIXTURE_RUN_FILENAME = "mixture_run.json"
@@ -174,7 +172,7 @@ def _years(
         except TimoeError:
             skipped[year] = f"no expert is eligible as of {year} (policy {mix.policy})"
             continue
-        if strategy == "coadapt":
+        if get_strategy(strategy).adapts_experts:
             if not holder:
                 skipped[year] = f"no expert for the slice holding {year} to adapt"
                 continue
@@ -225,20 +223,11 @@ def plan_mixture_run(
     world_size = check_launch(cfg, world_size)
     check_wandb_mode(cfg.wandb)
 
-    # Imported here: timoe_core.evaluate imports timoe_core.train (a cycle at import time).
-    from timoe_core.evaluate.perplexity import check_compatible, resolve_seq_len
-
     # avg: reads run.json files only; the trained mixture is built in the workers.
     mix = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=mixture_options(cfg))
     manifest = load_manifest(cfg.data)
-    experts_view = SimpleNamespace(
-        name=f"experts ({', '.join(mix.labels)})",
-        tokenizer=mix.tokenizer,
-        vocab_size=mix.vocab_size,
-        block_size=mix.block_size,
-    )
-    check_compatible(experts_view, manifest, cfg.data)  # type: ignore[arg-type]
-    seq_len = resolve_seq_len(experts_view, manifest, cfg.seq_len)  # type: ignore[arg-type]
+    check_compatible(mix, manifest, cfg.data)
+    seq_len = resolve_seq_len(mix, manifest, cfg.seq_len)
 
     years, skipped, own = _years(mix, manifest, strategy)
     if not years:
@@ -258,7 +247,7 @@ def plan_mixture_run(
         f"{global_batch} windows ({cfg.batch_size} --batch-size x {cfg.grad_accum} "
         f"--grad-accum x {world_size} workers) of {seq_len + 1} tokens"
     )
-    if strategy == "coadapt":
+    if get_strategy(strategy).adapts_experts:  # a step reads one slice (its expert's)
         per_slice: dict[str, int] = {}
         for y, n in zip(*_window_counts(windows)):
             per_slice[own[y]] = per_slice.get(own[y], 0) + n
@@ -276,7 +265,7 @@ def plan_mixture_run(
                 "--batch-size or --grad-accum, or use a shorter --seq-len"
             )
         steps_per_epoch = len(windows) // global_batch
-    total_steps = total_steps_for(
+    total_steps = budget_steps(
         cfg,
         steps_per_epoch * global_batch,
         global_batch,
@@ -284,7 +273,7 @@ def plan_mixture_run(
     )
 
     expert_sha = _expert_sha256(mix)
-    router_init = _check_router_init(cfg, mix) if strategy == "coadapt" else None
+    router_init = _check_router_init(cfg, mix)
     record = {
         "strategy": strategy,
         "experts": expert_sha,
@@ -438,12 +427,10 @@ class MixtureTask(TrainTask):
             return rows.pin_memory().to(device, non_blocking=True)
         return rows
 
-    def mixture(self, model: torch.nn.Module) -> torch.nn.Module:
-        """What to call for `model` (the trained module, maybe wrapped by DDP/compile)."""
+    def mixture(self, model: torch.nn.Module) -> Callable[..., Any]:
+        """The mixture's forward for `model`, the trained module as the loop wrapped it
+        (DDP and/or compile): the wrapper is called, never stored in `self.mix`."""
         raise NotImplementedError
-
-    def finish(self) -> None:
-        """After training: leave the trained weights in `self.mix`, unwrapped."""
 
     def mixture_loss(
         self,
@@ -483,84 +470,53 @@ class MixtureTask(TrainTask):
         return -self.mixture(model)(x, y, years).target_log_probs.mean()
 
 
-TaskFactory = Callable[[MixturePlan, TiMoE, DistEnv], MixtureTask]
+class MixtureJob:
+    """A strategy's training run as a `TrainingJob` (job.py). The strategy's recipe
+    module (timoe_core/strategies/) defines `CONFIG` (its command's config model),
+    `make_task(plan, mix, env)` and `JOB = MixtureJob(name)`."""
 
+    def __init__(self, strategy: str) -> None:
+        self.strategy = strategy
 
-def train_in_worker(payload: dict[str, Any], make_task: TaskFactory) -> LoopResult:
-    """One worker's whole job (every rank runs it): plan, build, train, bundle at the end."""
-    config_model = TrainRouterConfig if payload["strategy"] == "learned-avg" else CoadaptConfig
-    cfg = config_model.model_validate(payload["config"])
-    env = init_workers(cfg.device)
-    try:
-        plan = plan_mixture_run(
-            cfg, payload["strategy"], world_size=env.world_size, check_run_dir=False
-        )
-        if not payload["prepared"] and env.is_main:
-            plan.action = payload["action"]
-            prepare_run_dir(plan)
-        env.barrier()
-        say = Console(soft_wrap=True).print if env.is_main else (lambda *a, **k: None)
-        for note in plan.notes:
-            say(note, highlight=False)
+    @property
+    def ref(self) -> str:
+        return f"{get_strategy(self.strategy).recipe}:JOB"
+
+    @property
+    def config_model(self) -> type[MixtureConfig]:  # type: ignore[valid-type]
+        return get_strategy(self.strategy).recipe_module().CONFIG  # type: ignore[no-any-return]
+
+    def plan(
+        self, cfg: MixtureConfig, world_size: int | None = None, check_run_dir: bool = True,
+        restart: bool = False,
+    ) -> MixturePlan:
+        return plan_mixture_run(cfg, self.strategy, world_size, check_run_dir, restart)
+
+    def prepare_run_dir(self, plan: MixturePlan) -> None:
+        prepare_run_dir(plan)
+
+    def build_task(self, plan: MixturePlan, env: DistEnv) -> MixtureTask:
         mix = build_mixture(plan, env.device)
-        task = make_task(plan, mix, env)
-        wandb_config = config_to_dict(cfg) | {
+        make_task = get_strategy(self.strategy).recipe_module().make_task
+        return make_task(plan, mix, env)  # type: ignore[no-any-return]
+
+    def wandb_config(self, plan: MixturePlan, env: DistEnv) -> dict[str, Any]:
+        return {
             "strategy": plan.strategy,
             "experts": plan.labels,
             "years": plan.years,
             "world_size": env.world_size,
             "total_steps": plan.total_steps,
         }
-        result = run_training(
-            task,
-            cfg,
-            plan.run_dir,
-            env,
-            plan.total_steps,
-            title=plan.title,
-            wandb_config=wandb_config,
-        )
-        task.finish()  # the trained weights back in `mix`, not in a DDP/compile wrapper
+
+    def finish(self, plan: MixturePlan, task: TrainTask, result: LoopResult, env: DistEnv) -> None:
+        """Rank 0 writes the bundle (timoe.json last: the bundle is complete)."""
+        assert isinstance(task, MixtureTask)
         if not result.interrupted and env.is_main:
-            mix.eval()
-            mix.save_bundle(plan.run_dir)  # timoe.json last: the bundle is complete
-            say(
+            task.mix.eval()
+            task.mix.save_bundle(plan.run_dir)
+            main_print(env)(
                 f"bundle written to {plan.run_dir} ({plan.strategy}, step {result.step})",
                 highlight=False,
             )
         env.barrier()
-        return result
-    finally:
-        env.close()
-
-
-def worker_exit(result: LoopResult) -> int:
-    """A spawned worker's exit code (interrupted: exit rather than return, as the agent
-    stopping on a signal never collects return values)."""
-    if result.interrupted:
-        sys.exit(EXIT_INTERRUPTED)
-    return EXIT_OK
-
-
-def run_mixture_training(
-    cfg: MixtureConfig,
-    strategy: str,
-    worker: Callable[[dict[str, Any]], int],
-    train_here: Callable[[dict[str, Any]], LoopResult],
-) -> Path:
-    """Plan, prepare --out, run the workers (`worker` spawned, or `train_here` in this
-    process); returns the bundle dir. TimoeError for bad input (nothing written),
-    TrainingInterrupted when stopped by Ctrl-C/SIGTERM after a checkpoint."""
-    outer = outer_launch()
-    restart = outer is not None and outer.restart_count > 0
-    plan = plan_mixture_run(cfg, strategy, restart=restart)
-    payload = {
-        "config": config_to_dict(cfg),
-        "strategy": strategy,
-        "prepared": False,
-        "action": plan.action,
-    }
-    if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
-                       lambda: prepare_run_dir(plan), train_here, worker):
-        raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
-    return plan.run_dir

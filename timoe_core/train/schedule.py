@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 DecayShape = Literal["linear", "cosine", "1-sqrt"]
 DECAY_SHAPES: tuple[str, ...] = ("linear", "cosine", "1-sqrt")
@@ -76,3 +76,15 @@ class WSDSchedule:
     def state_dict(self) -> dict[str, object]:
         """Plain values only (readable with torch.load(weights_only=True))."""
         return asdict(self)
+
+
+def budget_steps(
+    cfg: Any, train_windows: int, global_batch: int, tokens_per_step: int
+) -> int:
+    """Optimizer steps of a run: --max-steps, else --max-tokens worth, else one epoch
+    of `train_windows` (the windows one epoch reads)."""
+    if cfg.max_steps is not None:
+        return int(cfg.max_steps)
+    if cfg.max_tokens is not None:
+        return max(1, math.ceil(cfg.max_tokens / tokens_per_step))
+    return max(1, train_windows // global_batch)

@@ -1,0 +1,143 @@
+"""learned-avg: a causal router learns per-token weights; every expert is frozen.
+
+Experts are never in the optimizer, run under no_grad, in eval mode. Each training
+window's own year is its query date, so the router learns on windows of every data
+year with the experts eligible as of that year. The loss is -mean log P_mix(target) +
+the router's auxiliary losses, computed from each eligible expert's target-token
+log-probs only (`TiMoE.forward`), never from a vocab-sized mixture.
+
+Log-prob cache (`cache_log_probs`, on by default): since the experts are frozen, their
+target log-probs of every training window are computed once, stored as fp16 in
+OUT/logprob-cache (train/logprob_cache.py), and read back instead of running the
+experts. It is built before the first step when the run reads more windows than one
+epoch holds (otherwise it could never be reused); a complete cache of the same key is
+reused by any later run in OUT (a resumed or extended one). The held-out evaluation
+always runs the experts.
+
+Run dir, resume, workers, Ctrl-C and logging are the shared job driver's
+(train/job.py, train/mixture_run.py); OUT is the bundle once training ends.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from timoe_core.config import TrainRouterConfig
+from timoe_core.model.bundle import load_router_weights, save_router_weights
+from timoe_core.model.mixture import TiMoE
+from timoe_core.model.router import Router
+from timoe_core.train.distributed import DistEnv
+from timoe_core.train.job import main_print, run_job
+from timoe_core.train.logprob_cache import LogProbCache, cache_key
+from timoe_core.train.loop import ShuffledOrder, amp_enabled
+from timoe_core.train.mixture_run import MixtureJob, MixturePlan, MixtureTask
+
+CONFIG = TrainRouterConfig
+
+
+class LearnedAvgTask(MixtureTask):
+    """The router alone is trained (TrainTask protocol, see loop.py); the experts stay
+    in the mixture, frozen."""
+
+    name = "learned-avg"
+
+    def __init__(
+        self,
+        mix: TiMoE,
+        train: Any,
+        val: Any,
+        seed: int,
+        eval_windows: int,
+        cache: LogProbCache | None = None,
+    ) -> None:
+        super().__init__(mix, train, val, eval_windows)
+        assert mix.router is not None
+        self.router: Router = mix.router  # type: ignore[assignment]
+        self.model = self.router
+        self.cache = cache
+        self.order = ShuffledOrder(len(train), lambda epoch: train.shuffled_indices(seed, epoch))
+
+    def mixture(self, model: torch.nn.Module) -> Callable[..., Any]:
+        # The weights come from `model` (the router as the loop wrapped it, DDP and/or
+        # compiled), so that its gradients are synchronised.
+        return functools.partial(self.mix, router=model)
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> Any:
+        rows, years = self.train.batch(indices)
+        rows = self._to_device(rows, device)
+        cached = None
+        if self.cache is not None:
+            cached = self._to_device(self.cache.read(indices), device)
+        return rows[:, :-1], rows[:, 1:], years.tolist(), cached
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict]:
+        x, y, years, cached = batch
+        return self.mixture_loss(model, x, y, years, cached_expert_log_probs=cached)
+
+    def save_weights(self, directory: Path) -> None:
+        save_router_weights(directory, self.router)
+
+    def load_weights(self, directory: Path) -> None:
+        self.router.load_state_dict(load_router_weights(directory))
+
+
+def make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> LearnedAvgTask:
+    cfg = plan.cfg
+    assert isinstance(cfg, TrainRouterConfig)
+    train = plan.train_windows()
+    cache = None
+    if cfg.cache_log_probs:
+        amp = amp_enabled(cfg, env.device)
+        key = cache_key(
+            data_manifest_sha256=plan.record["data_manifest_sha256"],
+            split="train",
+            years=plan.years,
+            seq_len=plan.seq_len,
+            policy=mix.policy,
+            experts=plan.expert_sha256,
+            compute_dtype="bfloat16" if amp else "float32",
+        )
+        reads = plan.total_steps * plan.global_batch
+        say = main_print(env)
+
+        def log(text: str) -> None:
+            say(text, highlight=False)
+
+        if reads > len(train) or LogProbCache.exists(plan.run_dir, key):
+            cache = LogProbCache.open_or_build(
+                plan.run_dir,
+                key,
+                train,
+                mix,
+                env,
+                batch_size=cfg.batch_size * cfg.grad_accum,
+                autocast=lambda: torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=amp),
+                log=log,
+            )
+        else:
+            log(
+                f"log-prob cache not built: the run reads {reads} windows, at most one epoch "
+                f"of {len(train)}, so nothing would be read back"
+            )
+    return LearnedAvgTask(
+        mix,
+        train,
+        plan.val_windows(),
+        seed=cfg.seed,
+        eval_windows=cfg.eval_batches * cfg.batch_size,
+        cache=cache,
+    )
+
+
+JOB = MixtureJob("learned-avg")
+
+
+def train(cfg: TrainRouterConfig) -> Path:
+    """Train the router of the bundle `cfg` describes; returns the bundle dir."""
+    return run_job(JOB, cfg)
