@@ -32,6 +32,8 @@ def _option_row(param) -> str:  # a click Option (typer may vendor its own click
     names = " / ".join(param.opts + param.secondary_opts)
     help_text = (getattr(param, "help", None) or "").replace("|", "\\|").replace("\n", " ")
     default = param.default
+    if isinstance(getattr(param, "show_default", None), str):  # the config field's default
+        default = param.show_default
     shown = "" if default is None or callable(default) or default == [] else f"`{default}`"
     return f"| `{names}` | {help_text} | {shown} |"
 

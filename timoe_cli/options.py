@@ -1,303 +1,143 @@
-"""The flags every training command shares, defined once.
+"""Command-line options derived from the config models: each option is declared once.
 
-Each alias is a Typer `Annotated` type, e.g. `max_steps: MaxSteps = None`. Every
-default is None, meaning "not given": `load_config` then keeps the config file's value
-or the config model's default, so a flag only overrides what the user typed.
-
-`training_options` adds all of them to a command at once and hands the command the
-given values as one dict:
+An option's type, default, bounds and help live on its pydantic field in
+timoe_core/config.py (`Field(default, ge=..., description=..., json_schema_extra=
+cli(panel, flag))`); the config-file key is the field name, the flag is
+`--field-name` unless `cli(flag=...)` says otherwise. `config_options` turns fields
+into Typer parameters and hands the command the given values as one dict:
 
     @handles_errors
-    @training_options
-    def coadapt(experts: ..., config: ConfigPath = None, *, training: dict) -> None:
-        cfg = load_config(CoadaptConfig, config, experts=experts, **training)
+    @config_options(EvaluateConfig, ["model", "strategy", "query_date", ...])
+    def evaluate(config: ConfigPath = None, *, flags: dict[str, Any]) -> None:
+        cfg = resolve_config(EvaluateConfig, config, flags)
 
-The names of the dict's keys are TrainingConfig's field names.
+Every Typer default is None, meaning "not given": `resolve_config` then keeps the
+config file's value or the field's default, so a flag only overrides what the user
+typed. --help shows the field's default (Typer's "[default: ...]"), so no help text
+repeats one.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
-_TRAIN = "Training"
-_WORKERS = "Workers"
-_RUN = "Run dir, checkpoints and logging"
-
-Data = Annotated[
-    Path | None,
-    typer.Option(
-        "--data", help="Prepared data dir (from `timoe prepare-data`).", rich_help_panel=_RUN
-    ),
-]
-Out = Annotated[
-    Path | None,
-    typer.Option("--out", help="Run dir to write (and to resume from).", rich_help_panel=_RUN),
-]
-MaxSteps = Annotated[
-    int | None,
-    typer.Option(
-        help="Optimizer steps of the whole run (or give --max-tokens; default: one epoch).",
-        rich_help_panel=_TRAIN,
-    ),
-]
-MaxTokens = Annotated[
-    int | None,
-    typer.Option(
-        help="Training tokens of the whole run; sets --max-steps.", rich_help_panel=_TRAIN
-    ),
-]
-StopAtStep = Annotated[
-    int | None,
-    typer.Option(
-        help="Stop at this step with a checkpoint (the schedule still spans "
-        "--max-steps); rerun without it to go on.",
-        rich_help_panel=_TRAIN,
-    ),
-]
-BatchSize = Annotated[
-    int | None,
-    typer.Option(help="Windows per micro-batch per worker (default 8).", rich_help_panel=_TRAIN),
-]
-GradAccum = Annotated[
-    int | None,
-    typer.Option(help="Micro-batches per optimizer step (default 1).", rich_help_panel=_TRAIN),
-]
-Lr = Annotated[float | None, typer.Option(help="Peak learning rate.", rich_help_panel=_TRAIN)]
-MinLrRatio = Annotated[
-    float | None,
-    typer.Option(
-        help="Floor of the decay as a fraction of the peak (default 0.1).", rich_help_panel=_TRAIN
-    ),
-]
-WarmupFraction = Annotated[
-    float | None,
-    typer.Option(help="Warmup share of the steps (default 0.05).", rich_help_panel=_TRAIN),
-]
-DecayFraction = Annotated[
-    float | None,
-    typer.Option(help="Decay share of the steps (default 0.1).", rich_help_panel=_TRAIN),
-]
-DecayShape = Annotated[
-    str | None,
-    typer.Option(help="linear | cosine | 1-sqrt (default linear).", rich_help_panel=_TRAIN),
-]
-WeightDecay = Annotated[
-    float | None,
-    typer.Option(help="AdamW weight decay on matrices (default 0.1).", rich_help_panel=_TRAIN),
-]
-Beta1 = Annotated[
-    float | None, typer.Option(help="AdamW beta1 (default 0.9).", rich_help_panel=_TRAIN)
-]
-Beta2 = Annotated[
-    float | None, typer.Option(help="AdamW beta2 (default 0.95).", rich_help_panel=_TRAIN)
-]
-GradClip = Annotated[
-    float | None,
-    typer.Option(
-        help="Clip the gradient norm to this (0: off) (default 1.0).", rich_help_panel=_TRAIN
-    ),
-]
-Amp = Annotated[
-    bool | None,
-    typer.Option(
-        "--amp/--no-amp",
-        help="bf16 autocast (default on for CUDA, off for CPU).",
-        rich_help_panel=_TRAIN,
-    ),
-]
-Device = Annotated[
-    str | None, typer.Option(help="auto | cpu | cuda (default auto).", rich_help_panel=_TRAIN)
-]
-Compile = Annotated[
-    bool | None,
-    typer.Option("--compile/--no-compile", help="torch.compile the model.", rich_help_panel=_TRAIN),
-]
-Seed = Annotated[
-    int | None,
-    typer.Option(help="Seed of init and data order (default 0).", rich_help_panel=_TRAIN),
-]
-EvalEvery = Annotated[
-    int | None,
-    typer.Option(help="Evaluate every N steps (0: at the end only).", rich_help_panel=_RUN),
-]
-EvalBatches = Annotated[
-    int | None,
-    typer.Option(help="Validation batches per evaluation (default 8).", rich_help_panel=_RUN),
-]
-CheckpointEvery = Annotated[
-    int | None,
-    typer.Option(help="Checkpoint every N steps (0: at the end only).", rich_help_panel=_RUN),
-]
-KeepCheckpoints = Annotated[
-    int | None, typer.Option(help="Complete checkpoints to keep (default 2).", rich_help_panel=_RUN)
-]
-LogEvery = Annotated[
-    int | None, typer.Option(help="Log every N steps (default 10).", rich_help_panel=_RUN)
-]
-LogWindows = Annotated[
-    bool | None,
-    typer.Option("--log-windows", hidden=True, help="Debug: log the windows each rank reads."),
-]
-NprocPerNode = Annotated[
-    int | None,
-    typer.Option(help="Worker processes on this machine (default 1).", rich_help_panel=_WORKERS),
-]
-Nnodes = Annotated[
-    int | None, typer.Option(help="Machines in the run (default 1).", rich_help_panel=_WORKERS)
-]
-NodeRank = Annotated[
-    int | None, typer.Option(help="This machine's rank (0..nnodes-1).", rich_help_panel=_WORKERS)
-]
-RdzvEndpoint = Annotated[
-    str | None,
-    typer.Option(help="HOST:PORT of node rank 0 (several nodes).", rich_help_panel=_WORKERS),
-]
-MaxRestarts = Annotated[
-    int | None,
-    typer.Option(
-        help="Restarts of failed workers (they resume) (default 0).", rich_help_panel=_WORKERS
-    ),
-]
-Wandb = Annotated[
-    str | None,
-    typer.Option(help="disabled | offline | online (default disabled).", rich_help_panel=_RUN),
-]
-WandbProject = Annotated[
-    str | None, typer.Option(help="wandb project (default timoe).", rich_help_panel=_RUN)
-]
-Resume = Annotated[
-    bool | None,
-    typer.Option(
-        "--resume/--no-resume",
-        help="Resume from the run dir's last checkpoint (default resume).",
-        rich_help_panel=_RUN,
-    ),
-]
-Overwrite = Annotated[
-    bool | None,
-    typer.Option(
-        "--overwrite", help="Start over, clearing an existing run in --out.", rich_help_panel=_RUN
-    ),
-]
-
-# The mixture commands (train-router, coadapt): MixtureOptions fields and their inputs.
-_MIX = "Mixture"
-Experts = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--experts",
-        help="A folder whose sub-folders are expert run dirs, or a run dir; repeat for several.",
-        rich_help_panel=_MIX,
-    ),
-]
-Policy = Annotated[
-    str | None,
-    typer.Option(help="Eligibility: inclusive | strict (default inclusive).", rich_help_panel=_MIX),
-]
-TopK = Annotated[
-    int | None,
-    typer.Option(help="Router: keep the k largest weights per token.", rich_help_panel=_MIX),
-]
-MixSeqLen = Annotated[
-    int | None,
-    typer.Option(
-        "--seq-len",
-        help="Window length (default: the experts' context or the data's, the shorter).",
-        rich_help_panel=_MIX,
-    ),
-]
-EntropyCoef = Annotated[
-    float | None,
-    typer.Option(help="Router entropy loss weight (default 0.01).", rich_help_panel=_MIX),
-]
-BalanceCoef = Annotated[
-    float | None,
-    typer.Option(help="Router load-balancing loss weight (default 0.01).", rich_help_panel=_MIX),
-]
-ZLossCoef = Annotated[
-    float | None,
-    typer.Option(help="Router z-loss weight (default 1e-4).", rich_help_panel=_MIX),
-]
-RouterEmbedDim = Annotated[
-    int | None,
-    typer.Option(help="Router token embedding width (default 64).", rich_help_panel=_MIX),
-]
-RouterHiddenDim = Annotated[
-    int | None, typer.Option(help="Router hidden width (default 128).", rich_help_panel=_MIX)
-]
-RouterDateFeatures = Annotated[
-    bool | None,
-    typer.Option(
-        "--router-date-features/--no-router-date-features",
-        help="Feed the query date's eligibility mask to the router (default on).",
-        rich_help_panel=_MIX,
-    ),
-]
-
-# TrainingConfig field -> its option type, in --help order.
-TRAINING_OPTIONS: dict[str, Any] = {
-    "data": Data,
-    "out": Out,
-    "max_steps": MaxSteps,
-    "max_tokens": MaxTokens,
-    "stop_at_step": StopAtStep,
-    "batch_size": BatchSize,
-    "grad_accum": GradAccum,
-    "lr": Lr,
-    "min_lr_ratio": MinLrRatio,
-    "warmup_fraction": WarmupFraction,
-    "decay_fraction": DecayFraction,
-    "decay_shape": DecayShape,
-    "weight_decay": WeightDecay,
-    "beta1": Beta1,
-    "beta2": Beta2,
-    "grad_clip": GradClip,
-    "amp": Amp,
-    "device": Device,
-    "compile": Compile,
-    "seed": Seed,
-    "nproc_per_node": NprocPerNode,
-    "nnodes": Nnodes,
-    "node_rank": NodeRank,
-    "rdzv_endpoint": RdzvEndpoint,
-    "max_restarts": MaxRestarts,
-    "eval_every": EvalEvery,
-    "eval_batches": EvalBatches,
-    "checkpoint_every": CheckpointEvery,
-    "keep_checkpoints": KeepCheckpoints,
-    "log_every": LogEvery,
-    "wandb": Wandb,
-    "wandb_project": WandbProject,
-    "resume": Resume,
-    "overwrite": Overwrite,
-    "log_windows": LogWindows,
-}
+from timoe_core.config import TrainingConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The fields of TrainingConfig, in --help order: every training command takes them.
+TRAINING_FIELDS: tuple[str, ...] = (
+    "data", "out", "max_steps", "max_tokens", "stop_at_step", "batch_size", "grad_accum", "lr",
+    "min_lr_ratio", "warmup_fraction", "decay_fraction", "decay_shape", "weight_decay", "beta1",
+    "beta2", "grad_clip", "amp", "device", "compile", "seed", "nproc_per_node", "nnodes",
+    "node_rank", "rdzv_endpoint", "max_restarts", "eval_every", "eval_batches",
+    "checkpoint_every", "keep_checkpoints", "log_every", "wandb", "wandb_project", "resume",
+    "overwrite", "log_windows",
+)
+assert set(TRAINING_FIELDS) == set(TrainingConfig.model_fields)
 
-def training_options(fn: F) -> F:
-    """Add every shared training flag to a Typer command; it receives them as `training`."""
-    sig = inspect.signature(fn, eval_str=True)  # real Annotated types, not strings
-    own = [p for p in sig.parameters.values() if p.name != "training"]
-    clash = set(TRAINING_OPTIONS) & {p.name for p in own}
-    if clash:
-        raise TypeError(f"{fn.__name__} redefines shared training options: {sorted(clash)}")
-    extra = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann)
-        for name, ann in TRAINING_OPTIONS.items()
-    ]
+# The MixtureOptions fields a mixture training command takes, in --help order.
+MIXTURE_FIELDS: tuple[str, ...] = (
+    "policy", "top_k", "seq_len", "entropy_coef", "balance_coef", "z_loss_coef",
+    "router_embed_dim", "router_hidden_dim", "router_date_features",
+)
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        training = {name: kwargs.pop(name, None) for name in TRAINING_OPTIONS}
-        return fn(*args, training=training, **kwargs)
 
-    wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
-    return wrapper  # type: ignore[return-value]
+def _cli_type(annotation: Any) -> Any:
+    """The Typer type of a field: None dropped, Literal as its values' type."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        return _cli_type(rest[0]) if len(rest) == 1 else str
+    if typing.get_origin(annotation) is typing.Literal:
+        return type(args[0])
+    return annotation
+
+
+def _shown_default(field: Any, flag: str) -> str | bool:
+    default = field.default
+    if default is PydanticUndefined or default is None or field.default_factory is not None:
+        return False
+    if isinstance(default, bool):
+        if "/" not in flag:
+            return False  # an on-only flag (--overwrite): off unless given
+        on, off = (d.strip().removeprefix("--") for d in flag.split("/"))
+        return on if default else off
+    if isinstance(default, Path):
+        return str(default)
+    return str(default)
+
+
+def option_annotation(model: type[BaseModel], name: str) -> Any:
+    """`Annotated[type | None, typer.Option(...)]` for the field `name` of `model`."""
+    field = model.model_fields[name]
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    base = _cli_type(field.annotation)
+    flag = extra.get("flag") or "--" + name.replace("_", "-")
+    if base is bool and "flag" not in extra and field.default is not False:
+        flag = f"{flag}/--no-{flag.removeprefix('--')}"
+    option = typer.Option(
+        str(flag),
+        help=field.description,
+        show_default=_shown_default(field, str(flag)),
+        rich_help_panel=extra.get("panel"),
+        hidden=bool(extra.get("hidden", False)),
+    )
+    return Annotated[base | None, option]
+
+
+def config_options(
+    model: type[BaseModel], names: Sequence[str], after: Sequence[str] = ()
+) -> Callable[[F], F]:
+    """Add an option for each field of `model` in `names` (before the command's own
+    parameters, e.g. --config) and in `after` (after them) to a Typer command; the
+    command receives the given values as `flags` (field -> value, None: not given)."""
+    before, after = list(names), list(after)
+    every = before + after
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn, eval_str=True)  # real Annotated types, not strings
+        own = [p for p in sig.parameters.values() if p.name != "flags"]
+        clash = set(every) & {p.name for p in own}
+        if clash:
+            raise TypeError(f"{fn.__name__} redefines options of {model.__name__}: {sorted(clash)}")
+
+        def params(fields: list[str]) -> list[inspect.Parameter]:
+            return [
+                inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                  annotation=option_annotation(model, n))
+                for n in fields
+            ]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            flags = {n: kwargs.pop(n, None) for n in every}
+            for n, v in flags.items():  # a repeatable option given no times is "not given"
+                if isinstance(v, (list, tuple)):
+                    flags[n] = list(v) or None
+            return fn(*args, flags=flags, **kwargs)
+
+        wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+            parameters=params(before) + own + params(after)
+        )
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def training_options(
+    model: type[BaseModel], names: Sequence[str] = ()
+) -> Callable[[F], F]:
+    """A training command's options: its own fields `names`, --config, then every
+    shared training flag (TRAINING_FIELDS)."""
+    return config_options(model, names, after=TRAINING_FIELDS)

@@ -70,47 +70,148 @@ class PrepareDataConfig(StrictModel):
 
 # ----------------------------------------------------------------------- training
 
+# Help panels of `--help` (json_schema_extra "panel").
+TRAIN, WORKERS, RUN, MIXTURE, MODEL = (
+    "Training", "Workers", "Run dir, checkpoints and logging", "Mixture", "Model",
+)
+
+
+def cli(panel: str | None = None, flag: str | None = None, hidden: bool = False) -> dict[str, Any]:
+    """How a field appears on the command line, beside its Field(description=...): the
+    --help panel, and the flag when it is not --field-name (e.g. "--amp/--no-amp")."""
+    extra: dict[str, Any] = {}
+    if panel:
+        extra["panel"] = panel
+    if flag:
+        extra["flag"] = flag
+    if hidden:
+        extra["hidden"] = True
+    return extra
+
+
+def flag_name(model: type[BaseModel], name: str) -> str:
+    """The command-line flag of field `name` (`--field-name` unless `cli(flag=...)`)."""
+    field = model.model_fields.get(name)
+    extra = field.json_schema_extra if field is not None else None
+    if isinstance(extra, dict) and extra.get("flag"):
+        return str(extra["flag"]).split("/")[0]
+    return "--" + name.replace("_", "-")
+
 
 class TrainingConfig(StrictModel):
     """What every training command shares: optimisation, workers, checkpoints, logging."""
 
-    data: Path | None = None
-    out: Path | None = None
-    max_steps: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
-    warmup_fraction: float = Field(0.05, ge=0.0, le=1.0)
-    decay_fraction: float = Field(0.1, ge=0.0, le=1.0)
-    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "linear"
-    weight_decay: float = Field(0.1, ge=0.0)
-    beta1: float = Field(0.9, gt=0.0, lt=1.0)
-    beta2: float = Field(0.95, gt=0.0, lt=1.0)
-    grad_clip: float = Field(1.0, ge=0.0)
-    amp: bool | None = None  # None: bf16 on CUDA, off on CPU
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    compile: bool = False
-    seed: int = 0
-    eval_every: int = Field(0, ge=0)  # 0: only at the end
-    eval_batches: int = Field(8, ge=1)
-    checkpoint_every: int = Field(0, ge=0)  # 0: only at the end
-    keep_checkpoints: int = Field(2, ge=1)  # complete checkpoints kept in RUN_DIR/checkpoints
-    # Stop (with a checkpoint) at this step of the --max-steps schedule; rerun to go on.
-    stop_at_step: int | None = Field(None, ge=1)
+    data: Path | None = Field(
+        None, description="Prepared data dir (from `timoe prepare-data`).", json_schema_extra=cli(RUN)
+    )
+    out: Path | None = Field(
+        None, description="Run dir to write (and to resume from).", json_schema_extra=cli(RUN)
+    )
+    max_steps: int | None = Field(
+        None, ge=1, json_schema_extra=cli(TRAIN),
+        description="Optimizer steps of the whole run (or give --max-tokens; default: one epoch).",
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="Training tokens of the whole run; sets --max-steps.",
+        json_schema_extra=cli(TRAIN),
+    )
+    batch_size: int = Field(
+        8, ge=1, description="Windows per micro-batch per worker.", json_schema_extra=cli(TRAIN)
+    )
+    grad_accum: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step.", json_schema_extra=cli(TRAIN)
+    )
+    lr: float = Field(1e-3, gt=0.0, description="Peak learning rate.", json_schema_extra=cli(TRAIN))
+    min_lr_ratio: float = Field(
+        0.1, ge=0.0, le=1.0, description="Floor of the decay as a fraction of the peak.",
+        json_schema_extra=cli(TRAIN),
+    )
+    warmup_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="Warmup share of the steps.", json_schema_extra=cli(TRAIN)
+    )
+    decay_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="Decay share of the steps.", json_schema_extra=cli(TRAIN)
+    )
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = Field(
+        "linear", description="linear | cosine | 1-sqrt.", json_schema_extra=cli(TRAIN)
+    )
+    weight_decay: float = Field(
+        0.1, ge=0.0, description="AdamW weight decay on matrices.", json_schema_extra=cli(TRAIN)
+    )
+    beta1: float = Field(
+        0.9, gt=0.0, lt=1.0, description="AdamW beta1.", json_schema_extra=cli(TRAIN)
+    )
+    beta2: float = Field(
+        0.95, gt=0.0, lt=1.0, description="AdamW beta2.", json_schema_extra=cli(TRAIN)
+    )
+    grad_clip: float = Field(
+        1.0, ge=0.0, description="Clip the gradient norm to this (0: off).",
+        json_schema_extra=cli(TRAIN),
+    )
+    amp: bool | None = Field(  # None: bf16 on CUDA, off on CPU
+        None, description="bf16 autocast (default on for CUDA, off for CPU).",
+        json_schema_extra=cli(TRAIN, "--amp/--no-amp"),
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto | cpu | cuda.", json_schema_extra=cli(TRAIN)
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model.",
+        json_schema_extra=cli(TRAIN, "--compile/--no-compile"),
+    )
+    seed: int = Field(0, description="Seed of init and data order.", json_schema_extra=cli(TRAIN))
+    eval_every: int = Field(
+        0, ge=0, description="Evaluate every N steps (0: at the end only).",
+        json_schema_extra=cli(RUN),
+    )
+    eval_batches: int = Field(
+        8, ge=1, description="Validation batches per evaluation.", json_schema_extra=cli(RUN)
+    )
+    checkpoint_every: int = Field(
+        0, ge=0, description="Checkpoint every N steps (0: at the end only).",
+        json_schema_extra=cli(RUN),
+    )
+    keep_checkpoints: int = Field(  # complete checkpoints kept in RUN_DIR/checkpoints
+        2, ge=1, description="Complete checkpoints to keep.", json_schema_extra=cli(RUN)
+    )
+    stop_at_step: int | None = Field(
+        None, ge=1, json_schema_extra=cli(TRAIN),
+        description="Stop at this step with a checkpoint (the schedule still spans "
+        "--max-steps); rerun without it to go on.",
+    )
     # Debug: each rank logs the window indices it read to RUN_DIR/debug/windows-rankR.jsonl.
-    log_windows: bool = False
-    log_every: int = Field(10, ge=1)
-    nproc_per_node: int = Field(1, ge=1)
-    nnodes: int = Field(1, ge=1)
-    node_rank: int = Field(0, ge=0)
-    rdzv_endpoint: str | None = None
-    max_restarts: int = Field(0, ge=0)
-    wandb: Literal["disabled", "offline", "online"] = "disabled"
-    wandb_project: str = "timoe"
-    resume: bool = True
-    overwrite: bool = False
+    log_windows: bool = Field(
+        False, description="Debug: log the windows each rank reads.",
+        json_schema_extra=cli(hidden=True),
+    )
+    log_every: int = Field(10, ge=1, description="Log every N steps.", json_schema_extra=cli(RUN))
+    nproc_per_node: int = Field(
+        1, ge=1, description="Worker processes on this machine.", json_schema_extra=cli(WORKERS)
+    )
+    nnodes: int = Field(1, ge=1, description="Machines in the run.", json_schema_extra=cli(WORKERS))
+    node_rank: int = Field(
+        0, ge=0, description="This machine's rank (0..nnodes-1).", json_schema_extra=cli(WORKERS)
+    )
+    rdzv_endpoint: str | None = Field(
+        None, description="HOST:PORT of node rank 0 (several nodes).",
+        json_schema_extra=cli(WORKERS),
+    )
+    max_restarts: int = Field(
+        0, ge=0, description="Restarts of failed workers (they resume).",
+        json_schema_extra=cli(WORKERS),
+    )
+    wandb: Literal["disabled", "offline", "online"] = Field(
+        "disabled", description="disabled | offline | online.", json_schema_extra=cli(RUN)
+    )
+    wandb_project: str = Field("timoe", description="wandb project.", json_schema_extra=cli(RUN))
+    resume: bool = Field(
+        True, description="Resume from the run dir's last checkpoint.",
+        json_schema_extra=cli(RUN, "--resume/--no-resume"),
+    )
+    overwrite: bool = Field(
+        False, description="Start over, clearing an existing run in --out.",
+        json_schema_extra=cli(RUN),
+    )
 
     @model_validator(mode="after")
     def _check_budget(self) -> "TrainingConfig":
@@ -122,14 +223,28 @@ class TrainingConfig(StrictModel):
 
 
 class TrainExpertConfig(TrainingConfig):
-    year: int | None = None
-    all_years: bool = False
-    preset: Literal["tiny", "small", "gpt2-124m"] = "tiny"
-    n_layer: int | None = Field(None, ge=1)
-    n_head: int | None = Field(None, ge=1)
-    n_embd: int | None = Field(None, ge=1)
-    seq_len: int | None = Field(None, ge=2)
-    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    year: int | None = Field(None, description="Train the expert of the slice containing this year.")
+    all_years: bool = Field(False, description="Train one dense model on every slice.")
+    preset: Literal["tiny", "small", "gpt2-124m"] = Field(
+        "tiny", description="tiny | small | gpt2-124m.", json_schema_extra=cli(MODEL)
+    )
+    n_layer: int | None = Field(
+        None, ge=1, description="Override the preset's layers.", json_schema_extra=cli(MODEL)
+    )
+    n_head: int | None = Field(
+        None, ge=1, description="Override the preset's heads.", json_schema_extra=cli(MODEL)
+    )
+    n_embd: int | None = Field(
+        None, ge=1, description="Override the preset's width.", json_schema_extra=cli(MODEL)
+    )
+    seq_len: int | None = Field(
+        None, ge=2, description="Override the preset's context length.",
+        json_schema_extra=cli(MODEL),
+    )
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Override the preset's dropout.",
+        json_schema_extra=cli(MODEL),
+    )
 
     @model_validator(mode="after")
     def _check_target(self) -> "TrainExpertConfig":
@@ -141,82 +256,156 @@ class TrainExpertConfig(TrainingConfig):
 class MixtureOptions(StrictModel):
     """How experts are combined; saved in the bundle."""
 
-    policy: Literal["inclusive", "strict"] = "inclusive"
-    top_k: int | None = Field(None, ge=1)
-    entropy_coef: float = Field(0.01, ge=0.0)
-    balance_coef: float = Field(0.01, ge=0.0)
-    z_loss_coef: float = Field(1e-4, ge=0.0)
+    policy: Literal["inclusive", "strict"] = Field(
+        "inclusive", description="Eligibility: inclusive | strict.", json_schema_extra=cli(MIXTURE)
+    )
+    top_k: int | None = Field(
+        None, ge=1, description="Router: keep the k largest weights per token.",
+        json_schema_extra=cli(MIXTURE),
+    )
+    entropy_coef: float = Field(
+        0.01, ge=0.0, description="Router entropy loss weight.", json_schema_extra=cli(MIXTURE)
+    )
+    balance_coef: float = Field(
+        0.01, ge=0.0, description="Router load-balancing loss weight.",
+        json_schema_extra=cli(MIXTURE),
+    )
+    z_loss_coef: float = Field(
+        1e-4, ge=0.0, description="Router z-loss weight.", json_schema_extra=cli(MIXTURE)
+    )
     # Router shape (learned-avg / coadapt): own token embedding, prefix-mean pooled, MLP.
-    router_embed_dim: int = Field(64, ge=1)
-    router_hidden_dim: int = Field(128, ge=1)
-    # Feed the query date's eligibility mask to the router (it may prefer recent experts).
-    router_date_features: bool = True
+    router_embed_dim: int = Field(
+        64, ge=1, description="Router token embedding width.", json_schema_extra=cli(MIXTURE)
+    )
+    router_hidden_dim: int = Field(
+        128, ge=1, description="Router hidden width.", json_schema_extra=cli(MIXTURE)
+    )
+    router_date_features: bool = Field(
+        True, description="Feed the query date's eligibility mask to the router.",
+        json_schema_extra=cli(MIXTURE, "--router-date-features/--no-router-date-features"),
+    )
 
 
 class TrainRouterConfig(TrainingConfig, MixtureOptions):
-    strategy: Literal["avg", "learned-avg"] = "learned-avg"
-    experts: list[Path] = Field(default_factory=list)
-    # Frozen experts' target log-probs kept on disk (fp16) and reused from epoch 2 on.
-    cache_log_probs: bool = True
-    seq_len: int | None = Field(None, ge=2)  # default: min(experts' block_size, data seq_len)
+    strategy: Literal["avg", "learned-avg"] = Field(
+        "learned-avg",
+        description="learned-avg: train a router, experts frozen | avg: write the "
+        "equal-weight bundle (no training, no --data).",
+    )
+    experts: list[Path] = Field(
+        default_factory=list, json_schema_extra=cli(MIXTURE),
+        description="A folder whose sub-folders are expert run dirs, or a run dir; repeat for "
+        "several.",
+    )
+    cache_log_probs: bool = Field(
+        True, json_schema_extra=cli(flag="--cache-log-probs/--no-cache-log-probs"),
+        description="Keep the frozen experts' target log-probs on disk (fp16) and reuse them "
+        "from the second epoch on.",
+    )
+    seq_len: int | None = Field(
+        None, ge=2, json_schema_extra=cli(MIXTURE),
+        description="Window length (default: the experts' context or the data's, the shorter).",
+    )
 
 
 class CoadaptConfig(TrainingConfig, MixtureOptions):
-    experts: list[Path] = Field(default_factory=list)
-    lr: float = Field(1e-4, gt=0.0)
-    # Start from this bundle's router (e.g. a learned-avg one); default: a fresh router.
-    router: Path | None = None
-    seq_len: int | None = Field(None, ge=2)  # default: min(experts' block_size, data seq_len)
+    experts: list[Path] = TrainRouterConfig.model_fields["experts"]  # the same option
+    lr: float = Field(1e-4, gt=0.0, description="Peak learning rate.", json_schema_extra=cli(TRAIN))
+    router: Path | None = Field(
+        None, json_schema_extra=cli(MIXTURE),
+        description="Start from this bundle's router (e.g. one from `train-router --strategy "
+        "learned-avg`); default: a fresh router, equal to avg at the start.",
+    )
+    seq_len: int | None = TrainRouterConfig.model_fields["seq_len"]  # the same option
 
 
 # ----------------------------------------------------------------- evaluation
 
 
+_MODEL_HELP = "TiMoE bundle, expert/dense run dir, or folder of expert run dirs."
+_STRATEGY_HELP = "avg | learned-avg | coadapt | expert:YEAR | dense (default: the bundle's own)."
+_POLICY_HELP = "Eligibility: inclusive | strict."
+
+
 class EvaluateConfig(StrictModel):
     """`timoe evaluate` (one model) and `timoe compare` (`models`, several)."""
 
-    model: Path | None = None
-    models: list[str] = Field(default_factory=list)  # compare: PATH or PATH:STRATEGY each
-    strategy: str | None = None  # avg | learned-avg | coadapt | expert:YEAR | dense
-    query_date: str | None = None
-    policy: Literal["inclusive", "strict"] | None = None
-    data: Path | None = None
-    tsqa: str | None = None
-    tsqa_question_field: str = "question"
-    tsqa_choices_field: str = "choices"
-    tsqa_answer_field: str = "answer"
-    tsqa_labels_field: str = "labels"
-    tsqa_year_field: str = "year"
+    model: Path | None = Field(None, description=_MODEL_HELP)
+    models: list[str] = Field(  # compare: PATH or PATH:STRATEGY each
+        default_factory=list, json_schema_extra=cli(flag="--model"),
+        description="PATH or PATH:STRATEGY, repeated: a bundle (runs/timoe, "
+        "runs/timoe:learned-avg, runs/timoe:expert:2016), a dense run dir, a folder of runs.",
+    )
+    strategy: str | None = Field(None, description=_STRATEGY_HELP)
+    query_date: str | None = Field(
+        None, description="Read everything as of DATE (YYYY, YYYY-MM or YYYY-MM-DD); "
+        "default: each document's or question's own year.",
+    )
+    policy: Literal["inclusive", "strict"] | None = Field(None, description=_POLICY_HELP)
+    data: Path | None = Field(None, description="Prepared data dir: val perplexity.")
+    tsqa: str | None = Field(
+        None, description="Temporal QA: builtin | FILE.json/.jsonl | hf:NAME[:SPLIT]."
+    )
+    tsqa_question_field: str = Field("question", description="TSQA field of the question.")
+    tsqa_choices_field: str = Field("choices", description="TSQA field of the choices.")
+    tsqa_answer_field: str = Field("answer", description="TSQA field of the correct answer.")
+    tsqa_labels_field: str = Field(
+        "labels", description="TSQA field of the choices' labels (correct/past/future/irrelevant)."
+    )
+    tsqa_year_field: str = Field("year", description="TSQA field of the question's year.")
     # When a choice is an object rather than a string: where its text and label are.
     tsqa_choice_text_field: str = "text"
     tsqa_choice_label_field: str = "label"
-    json_out: Path | None = None
-    plot: Path | None = None
-    matrix: bool = False
+    json_out: Path | None = Field(
+        None, description="Write the report as JSON.", json_schema_extra=cli(flag="--json")
+    )
+    plot: Path | None = Field(None, description="Write a PNG plot.")
+    matrix: bool = Field(
+        False, description="Also a query date x data year perplexity matrix.",
+        json_schema_extra=cli(flag="--matrix/--no-matrix"),
+    )
     # Query dates of the matrix rows; default: every data year.
     matrix_query_dates: list[str] | None = None
-    max_docs: int | None = Field(None, ge=1)  # held-out windows per data year
-    max_items: int | None = Field(None, ge=1)  # TSQA items
-    batch_size: int = Field(8, ge=1)  # windows per forward pass
-    tsqa_batch_size: int = Field(16, ge=1)  # TSQA items per forward pass (4 rows each)
-    seq_len: int | None = Field(None, ge=1)  # default: min(model block_size, data seq_len)
-    amp: bool | None = None  # None: bf16 autocast on CUDA, fp32 on CPU
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_docs: int | None = Field(
+        None, ge=1, description="At most N held-out windows per data year (fixed subsample)."
+    )
+    max_items: int | None = Field(None, ge=1, description="At most N TSQA items.")
+    batch_size: int = Field(8, ge=1, description="Windows per forward.")
+    tsqa_batch_size: int = Field(16, ge=1, description="TSQA items per forward (4 rows each).")
+    seq_len: int | None = Field(
+        None, ge=1, description="Window length in tokens (default: the model's context or "
+        "the data's, the shorter).",
+    )
+    amp: bool | None = Field(  # None: bf16 autocast on CUDA, fp32 on CPU
+        None, description="bf16 autocast (CUDA).", json_schema_extra=cli(flag="--amp/--no-amp")
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda.")
 
 
 class GenerateConfig(StrictModel):
-    model: Path | None = None
-    query_date: str | None = None
-    prompt: str | None = None
-    strategy: str | None = None
-    max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
-    top_k: int | None = Field(None, ge=1)
-    greedy: bool = False
-    seed: int = 0
-    policy: Literal["inclusive", "strict"] | None = None  # default: the bundle's
-    use_cache: bool = True  # False: recompute the whole context every token (for checks)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: Path | None = Field(None, description=_MODEL_HELP)
+    query_date: str | None = Field(
+        None, description="Generate as of DATE (YYYY, YYYY-MM or YYYY-MM-DD); required for a "
+        "mixture.",
+    )
+    prompt: str | None = Field(None, description="Text to continue (may be empty).")
+    strategy: str | None = Field(None, description=_STRATEGY_HELP)
+    max_new_tokens: int = Field(64, ge=1, description="At most N tokens.")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0: greedy).")
+    top_k: int | None = Field(None, ge=1, description="Sample among the k likeliest tokens.")
+    greedy: bool = Field(
+        False, description="Always the likeliest token.",
+        json_schema_extra=cli(flag="--greedy/--sample"),
+    )
+    seed: int = Field(0, description="Sampling seed.")
+    policy: Literal["inclusive", "strict"] | None = Field(  # default: the bundle's
+        None, description=_POLICY_HELP
+    )
+    use_cache: bool = Field(  # False: recompute the whole context every token (for checks)
+        True, description="KV cache; --no-cache recomputes every token.",
+        json_schema_extra=cli(flag="--cache/--no-cache"),
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda.")
 
 
 class DemoConfig(StrictModel):

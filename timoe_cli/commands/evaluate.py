@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import typer
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,41 +19,10 @@ from rich.table import Table
 from rich.text import Text
 
 from timoe_cli.common import ConfigOption, console, err_console, handles_errors
-from timoe_core.config import EvaluateConfig, resolve_config, save_config
-from timoe_core.errors import TimoeError
-from timoe_core.evaluate.models import load_evaluated_model
-from timoe_core.evaluate.perplexity import evaluate_perplexity, perplexity_matrix
-from timoe_core.evaluate.report import (
-    evaluation_report,
-    matrix_table,
-    perplexity_table,
-    plot_report,
-    summary_rows,
-    tsqa_table,
-    write_report,
-)
-from timoe_core.evaluate.tsqa import TSQAFields, load_tsqa, score_tsqa
-from timoe_core.io import check_writable_dir
-from timoe_core.timeslices import parse_query_date
-
-
-def tsqa_fields(cfg: EvaluateConfig) -> TSQAFields:
-    return TSQAFields(
-        question=cfg.tsqa_question_field, choices=cfg.tsqa_choices_field,
-        answer=cfg.tsqa_answer_field, labels=cfg.tsqa_labels_field, year=cfg.tsqa_year_field,
-        choice_text=cfg.tsqa_choice_text_field, choice_label=cfg.tsqa_choice_label_field,
-    )
-
-
-def check_outputs(cfg: EvaluateConfig) -> None:
-    """Bad output paths are bad input, found before any work."""
-    if cfg.plot is not None and cfg.plot.suffix.lower() != ".png":
-        raise TimoeError(f"--plot {cfg.plot} must name a .png file")
-    for flag, path in (("--json", cfg.json_out), ("--plot", cfg.plot)):
-        if path is not None and path.is_dir():
-            raise TimoeError(f"{flag} {path} is a folder: give a file name")
-        if path is not None:  # found now, not after the whole evaluation
-            check_writable_dir(path.parent if path.exists() else path, flag)
+from timoe_cli.options import config_options
+from timoe_core.config import EvaluateConfig, resolve_config
+from timoe_core.evaluate.report import matrix_table, perplexity_table, summary_rows, tsqa_table
+from timoe_core.evaluate.run import run_evaluate
 
 
 @contextmanager
@@ -91,117 +60,38 @@ def print_table(title: str, headers: list[str], rows: list[list[str]],
     console.print(table)
 
 
-def write_outputs(cfg: EvaluateConfig, report: dict, plot: Callable[[Path, dict], None]) -> None:
-    """JSON and PNG, each atomically; the resolved config beside the JSON (else the PNG)."""
-    if cfg.json_out is not None:
-        write_report(cfg.json_out, report, cfg)
-        console.print(f"report: {cfg.json_out} (config: {cfg.json_out.stem}.config.yaml)")
-    if cfg.plot is not None:
-        plot(cfg.plot, report)
-        if cfg.json_out is None:
-            save_config(cfg, cfg.plot.parent, f"{cfg.plot.stem}.config.yaml")
-        console.print(f"plot: {cfg.plot}")
+def print_written(written: list[tuple[str, Path]]) -> None:
+    for kind, path in written:
+        if kind == "report":
+            console.print(f"report: {path} (config: {path.stem}.config.yaml)")
+        else:
+            console.print(f"plot: {path}")
+
+
+_FIELDS = [
+    "model", "strategy", "query_date", "policy", "data", "tsqa", "json_out", "plot", "matrix",
+    "max_docs", "max_items", "batch_size", "tsqa_batch_size", "seq_len", "amp", "device",
+    "tsqa_question_field", "tsqa_choices_field", "tsqa_answer_field", "tsqa_labels_field",
+    "tsqa_year_field",
+]
 
 
 @handles_errors
-def evaluate(
-    model: Path | None = typer.Option(
-        None, "--model", help="TiMoE bundle, expert/dense run dir, or folder of expert run dirs."
-    ),
-    strategy: str | None = typer.Option(
-        None, "--strategy", help="avg | learned-avg | coadapt | expert:YEAR | dense "
-        "(default: the bundle's own)."
-    ),
-    query_date: str | None = typer.Option(
-        None, "--query-date", help="Read everything as of DATE (YYYY, YYYY-MM or YYYY-MM-DD); "
-        "default: each document's or question's own year."
-    ),
-    policy: str | None = typer.Option(None, "--policy", help="Eligibility: inclusive | strict."),
-    data: Path | None = typer.Option(None, "--data", help="Prepared data dir: val perplexity."),
-    tsqa: str | None = typer.Option(
-        None, "--tsqa", help="Temporal QA: builtin | FILE.json/.jsonl | hf:NAME[:SPLIT]."
-    ),
-    json_out: Path | None = typer.Option(None, "--json", help="Write the report as JSON."),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG plot."),
-    matrix: bool | None = typer.Option(
-        None, "--matrix/--no-matrix", help="Also a query date x data year perplexity matrix."
-    ),
-    max_docs: int | None = typer.Option(
-        None, "--max-docs", help="At most N held-out windows per data year (fixed subsample)."
-    ),
-    max_items: int | None = typer.Option(None, "--max-items", help="At most N TSQA items."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Windows per forward."),
-    tsqa_batch_size: int | None = typer.Option(
-        None, "--tsqa-batch-size", help="TSQA items per forward (4 rows each)."
-    ),
-    seq_len: int | None = typer.Option(None, "--seq-len", help="Window length in tokens."),
-    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (CUDA)."),
-    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda."),
-    tsqa_question_field: str | None = typer.Option(None, "--tsqa-question-field"),
-    tsqa_choices_field: str | None = typer.Option(None, "--tsqa-choices-field"),
-    tsqa_answer_field: str | None = typer.Option(None, "--tsqa-answer-field"),
-    tsqa_labels_field: str | None = typer.Option(None, "--tsqa-labels-field"),
-    tsqa_year_field: str | None = typer.Option(None, "--tsqa-year-field"),
-    config: Path | None = ConfigOption,
-) -> None:
+@config_options(EvaluateConfig, _FIELDS)
+def evaluate(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     """Perplexity per data year and temporal QA, as of a query date."""
-    flags = dict(
-        model=model, strategy=strategy, query_date=query_date, policy=policy, data=data,
-        tsqa=tsqa, json_out=json_out, plot=plot, matrix=matrix, max_docs=max_docs,
-        max_items=max_items, batch_size=batch_size, tsqa_batch_size=tsqa_batch_size,
-        seq_len=seq_len, amp=amp, device=device, tsqa_question_field=tsqa_question_field,
-        tsqa_choices_field=tsqa_choices_field, tsqa_answer_field=tsqa_answer_field,
-        tsqa_labels_field=tsqa_labels_field, tsqa_year_field=tsqa_year_field,
-    )
-    # (resolve_config, not common.load_config: its first parameter is also called `model`)
     cfg = resolve_config(EvaluateConfig, config, flags)
-    run_evaluate(cfg)
-
-
-def run_evaluate(cfg: EvaluateConfig) -> dict:
-    if cfg.model is None:
-        raise TimoeError("--model is required: a TiMoE bundle, a run dir or a folder of runs")
-    if cfg.data is None and cfg.tsqa is None:
-        raise TimoeError("nothing to evaluate: give --data DATA_DIR and/or --tsqa SOURCE")
-    if cfg.matrix and cfg.data is None:
-        raise TimoeError("--matrix needs held-out text: give --data DATA_DIR")
-    check_outputs(cfg)
-    if cfg.query_date is not None:
-        parse_query_date(cfg.query_date)
-
-    m = load_evaluated_model(cfg.model, cfg.strategy, policy=cfg.policy, device=cfg.device,
-                             amp=cfg.amp)
-    if cfg.query_date is not None:
-        m.eligible_experts(cfg.query_date)  # no expert that early: exit 2, naming the first date
-    items = (load_tsqa(cfg.tsqa, fields=tsqa_fields(cfg), max_items=cfg.max_items)
-             if cfg.tsqa else None)
-
-    ppl = mat = qa = None
     with progress_bars() as task:
-        if cfg.data is not None:
-            common = dict(query_date=cfg.query_date, max_docs=cfg.max_docs,
-                          batch_size=cfg.batch_size, seq_len=cfg.seq_len)
-            if cfg.matrix:
-                mat, ppl = perplexity_matrix(m, cfg.data, query_dates=cfg.matrix_query_dates,
-                                             progress=task("perplexity matrix"), **common)
-            else:
-                ppl = evaluate_perplexity(m, cfg.data, progress=task("perplexity"), **common)
-        if items is not None:
-            qa = score_tsqa(m, items, query_date=cfg.query_date, batch_items=cfg.tsqa_batch_size,
-                            progress=task("TSQA"))
-
-    report = evaluation_report(m, model_path=cfg.model, query_date=cfg.query_date, perplexity=ppl,
-                               tsqa=qa, matrix=mat, data_dir=cfg.data, tsqa_source=cfg.tsqa)
+        result = run_evaluate(cfg, task)
+    report, qa = result.report, result.tsqa
     print_table("evaluation", ["", ""], summary_rows(report), numeric=False)
-    if ppl is not None:
+    if result.perplexity is not None:
         print_table("held-out perplexity by data year", *perplexity_table(report))
-    if mat is not None:
+    if result.matrix is not None:
         print_table("perplexity: query date (rows) x data year (columns)", *matrix_table(report))
     if qa is not None:
         title = f"temporal QA ({cfg.tsqa})"
         if qa.skipped:
             title += f" — {qa.skipped} items skipped: {qa.skipped_reason}"
         print_table(title, *tsqa_table(report))
-
-    write_outputs(cfg, report, plot_report)
-    return report
+    print_written(result.written)

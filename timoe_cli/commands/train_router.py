@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.table import Table
 from rich.text import Text
 
@@ -17,76 +16,21 @@ from timoe_cli.common import (
     run_training_command,
     training_summary,
 )
-from timoe_cli.options import (
-    BalanceCoef,
-    EntropyCoef,
-    Experts,
-    MixSeqLen,
-    Policy,
-    RouterDateFeatures,
-    RouterEmbedDim,
-    RouterHiddenDim,
-    TopK,
-    ZLossCoef,
-    training_options,
-)
+from timoe_cli.options import MIXTURE_FIELDS, training_options
+from timoe_core.config import TrainRouterConfig
 from timoe_core.model.mixture import TiMoE
 from timoe_core.timeslices import first_eligible_date
 
+_OWN = ["strategy", "experts", *MIXTURE_FIELDS[:3], "cache_log_probs", *MIXTURE_FIELDS[3:]]
+
 
 @handles_errors
-@training_options
-def train_router(
-    strategy: Annotated[
-        str | None,
-        typer.Option(
-            help="learned-avg: train a router, experts frozen (default) | avg: write the "
-            "equal-weight bundle (no training, no --data)."
-        ),
-    ] = None,
-    experts: Experts = None,
-    policy: Policy = None,
-    top_k: TopK = None,
-    seq_len: MixSeqLen = None,
-    cache_log_probs: Annotated[
-        bool | None,
-        typer.Option(
-            "--cache-log-probs/--no-cache-log-probs",
-            help="Keep the frozen experts' target log-probs on disk (fp16) and reuse them "
-            "from the second epoch on (default on).",
-        ),
-    ] = None,
-    entropy_coef: EntropyCoef = None,
-    balance_coef: BalanceCoef = None,
-    z_loss_coef: ZLossCoef = None,
-    router_embed_dim: RouterEmbedDim = None,
-    router_hidden_dim: RouterHiddenDim = None,
-    router_date_features: RouterDateFeatures = None,
-    config: Path | None = ConfigOption,
-    *,
-    training: dict[str, Any],
-) -> None:
+@training_options(TrainRouterConfig, _OWN)
+def train_router(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     """Build a TiMoE bundle from expert run dirs; learned-avg trains its router."""
-    from timoe_core.config import TrainRouterConfig
     from timoe_core.train.router import train_router as run
 
-    cfg = load_config(
-        TrainRouterConfig,
-        config,
-        strategy=strategy,
-        experts=list(experts) if experts else None,
-        policy=policy,
-        top_k=top_k,
-        seq_len=seq_len,
-        cache_log_probs=cache_log_probs,
-        entropy_coef=entropy_coef,
-        balance_coef=balance_coef,
-        z_loss_coef=z_loss_coef,
-        router_embed_dim=router_embed_dim,
-        router_hidden_dim=router_hidden_dim,
-        router_date_features=router_date_features,
-        **training,
-    )
+    cfg = load_config(TrainRouterConfig, config, **flags)
     out = run_training_command(run, cfg)
     if out is None:
         return

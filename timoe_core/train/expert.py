@@ -36,6 +36,7 @@ from timoe_core.checkpoint import (
 from timoe_core.config import (
     CONFIG_FILENAME,
     TrainExpertConfig,
+    flag_name,
     format_validation_error,
     read_config_file,
     save_config,
@@ -52,20 +53,16 @@ from timoe_core.train.loop import LoopResult, ShuffledOrder, TrainTask
 from timoe_core.train.schedule import budget_steps
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
 
-# How run.json fields are named to the user when a resume conflicts.
-_FIELD_FLAGS = {
+# How run.json fields that are not options are named to the user when a resume
+# conflicts; every other field is an option, named by its flag (config.flag_name).
+_RECORD_NAMES = {
     "kind": "--year/--all-years",
     "slice_label": "slice (--year/--all-years)",
     "data_manifest_sha256": "data (--data manifest checksum)",
     "tokenizer": "tokenizer (--data)",
     "block_size": "--seq-len",
     "vocab_size": "vocab size (--data)",
-    "n_layer": "--n-layer",
-    "n_head": "--n-head",
-    "n_embd": "--n-embd",
-    "dropout": "--dropout",
     "bias": "bias",
-    "seed": "--seed",
 }
 
 
@@ -140,7 +137,8 @@ def _conflicts(saved: RunInfo, new: RunInfo, saved_seed: int | None, seed: int) 
     for key in a:
         if a[key] != b.get(key):
             diffs.append(
-                f"{_FIELD_FLAGS.get(key, key)} (run has {a[key]}, flags give {b.get(key)})"
+                f"{_RECORD_NAMES.get(key) or flag_name(TrainExpertConfig, key)} "
+                f"(run has {a[key]}, flags give {b.get(key)})"
             )
     if saved_seed is not None and saved_seed != seed:
         diffs.append(f"--seed (run has {saved_seed}, flags give {seed})")

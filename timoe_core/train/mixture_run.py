@@ -43,6 +43,7 @@ import torch
 from timoe_core.checkpoint import MODEL_FILENAME
 from timoe_core.config import (
     CoadaptConfig,
+    flag_name,
     MixtureOptions,
     TrainRouterConfig,
     save_config,
@@ -85,21 +86,18 @@ BUNDLE_ARTIFACTS = (
 
 MixtureConfig = TrainRouterConfig | CoadaptConfig
 
-# How mixture_run.json fields are named to the user when a resume conflicts.
-_FIELD_FLAGS = {
-    "strategy": "--strategy",
+# How mixture_run.json fields that are not options are named to the user when a resume
+# conflicts; every other field is an option, named by its flag (config.flag_name).
+_RECORD_NAMES = {
     "experts": "--experts (expert weights sha256)",
     "data_manifest_sha256": "data (--data manifest checksum)",
     "years": "data years",
-    "seq_len": "--seq-len",
-    "policy": "--policy",
-    "top_k": "--top-k",
-    "router_embed_dim": "--router-embed-dim",
-    "router_hidden_dim": "--router-hidden-dim",
-    "router_date_features": "--router-date-features",
     "router_init": "--router",
-    "seed": "--seed",
 }
+
+
+def _record_name(key: str) -> str:
+    return _RECORD_NAMES.get(key) or flag_name(CoadaptConfig, key)
 
 
 def mixture_options(cfg: MixtureConfig) -> MixtureOptions:
@@ -333,7 +331,7 @@ def _conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if key == "experts" and isinstance(a, dict):
                 changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
                 a, b = f"other weights for {', '.join(changed)}", "these"
-            diffs.append(f"{_FIELD_FLAGS.get(key, key)} (run has {a}, flags give {b})")
+            diffs.append(f"{_record_name(key)} (run has {a}, flags give {b})")
     return diffs
 
 
