@@ -8,7 +8,7 @@ figures (written by `python -m benchmarks.report FILE.json`).
 import os
 from pathlib import Path
 
-# The GPT-2 tokenizer files for offline machines (DESIGN.md §4), as tests/conftest.py does.
+# The GPT-2 tokenizer files for offline machines, as tests/conftest.py does.
 _CACHE = Path(__file__).resolve().parents[2] / "shared" / "tiktoken_cache"
 if "TIKTOKEN_CACHE_DIR" not in os.environ and _CACHE.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_CACHE)

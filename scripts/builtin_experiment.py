@@ -12,7 +12,7 @@ The claim the demo makes: at each item's own date, TiMoE's future-error rate is 
 below the dense model's, and its accuracy is not worse. CPU-heavy (minutes): run it
 by hand, never in the test suite.
 
-    TIKTOKEN_CACHE_DIR=../shared/tiktoken_cache python scripts/builtin_experiment.py \\
+    TIKTOKEN_CACHE_DIR=/path/to/tiktoken_cache python scripts/builtin_experiment.py \\
         --out /tmp/builtin-exp --docs-per-year 100 --steps 80
 """
 

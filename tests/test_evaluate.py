@@ -311,7 +311,7 @@ class _TSQA(BaseModel):
 
 
 class _Report(BaseModel):
-    """DESIGN.md §3's `evaluate --json` schema (extra keys allowed)."""
+    """The `evaluate --json` schema of docs/cli.md (extra keys allowed)."""
 
     strategy: str
     query_date: str | None

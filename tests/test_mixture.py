@@ -1,4 +1,4 @@
-"""The TiMoE mixture: the four invariants of DESIGN.md §2, the cost model, the bundle."""
+"""The TiMoE mixture: the four invariants of docs/architecture.md, the cost model, the bundle."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Time slices, query dates and expert eligibility (DESIGN.md §2).
+"""Time slices, query dates and expert eligibility.
 
 Slice boundaries are dates, never indices: the paper's code compared 1-based slice
 numbers with 0-based expert indices and admitted the next slice's expert. Here a

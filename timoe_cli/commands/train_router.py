@@ -51,13 +51,7 @@ def print_bundle(mix: TiMoE, out: Path) -> None:
     for label, directory in mix.expert_dirs.items():
         table.add_row(Text(label), Text(str(directory)), Text((sha[label] or "")[:16]))
     console.print(table)
-    gaps = [
-        f"{a.end_year + 1}-{b.start_year - 1}"
-        if b.start_year - a.end_year > 2
-        else str(a.end_year + 1)
-        for a, b in zip(mix.slices, mix.slices[1:])
-        if b.start_year > a.end_year + 1
-    ]
+    gaps = mix.uncovered_years()
     if gaps:
         console.print(f"no expert for {', '.join(gaps)}: those years are never covered")
     first = first_eligible_date(mix.slices, mix.policy)  # type: ignore[arg-type]

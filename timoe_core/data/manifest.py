@@ -1,4 +1,4 @@
-"""DATA_DIR/manifest.json: what a prepared data folder holds (DESIGN.md §4).
+"""DATA_DIR/manifest.json: what a prepared data folder holds.
 
 Token files are flat little-endian uint16 arrays, `train/2017.bin` and `val/2017.bin`,
 documents joined by EOT. The manifest is written last, atomically, so a folder with a

@@ -36,7 +36,7 @@ def evaluation_report(
     data_dir: Path | str | None = None,
     tsqa_source: str | None = None,
 ) -> dict[str, Any]:
-    """The `evaluate --json` document (DESIGN.md §3 plus details)."""
+    """The `evaluate --json` document (its schema: docs/architecture.md)."""
     report: dict[str, Any] = {
         "strategy": model.strategy,
         "query_date": query_date,

@@ -275,6 +275,16 @@ class TiMoE(nn.Module):
             )
         self.options.policy = value  # type: ignore[assignment]
 
+    def uncovered_years(self) -> list[str]:
+        """Years between the experts' slices that no expert covers ("2017" or "2017-2018")."""
+        return [
+            f"{a.end_year + 1}-{b.start_year - 1}"
+            if b.start_year - a.end_year > 2
+            else str(a.end_year + 1)
+            for a, b in zip(self.slices, self.slices[1:])
+            if b.start_year > a.end_year + 1
+        ]
+
     @property
     def name(self) -> str:
         return f"experts ({', '.join(self.labels)})"

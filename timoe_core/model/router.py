@@ -1,4 +1,4 @@
-"""The TiMoE router: causal per-token weights over the time-slice experts (DESIGN.md §2).
+"""The TiMoE router: causal per-token weights over the time-slice experts.
 
 At position t the router sees only tokens 1..t and the query date's eligibility mask:
 
