@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def make_data_dir(
     years: Iterable[int] = (2013, 2014),
     tokens_per_year: int = 4096,
     seq_len: int = 32,
-    val_tokens_per_year: int | None = None,
+    val_tokens_per_year: int | Mapping[int, int] | None = None,
     start_year: int = 2013,
     end_year: int = 2024,
     slice_years: int = 2,
@@ -84,7 +85,8 @@ def make_data_dir(
     vocab_size: int = GPT2_VOCAB,
     name: str = "data",
 ) -> Path:
-    """A prepared data dir under `tmp_path/name` with train/val token files for `years`.
+    """A prepared data dir under `tmp_path/name` with train/val token files for `years`
+    (val_tokens_per_year: one count, or {year: count}).
 
     The slicing (default 2013-2024 by 2) is independent of which years have tokens, so
     a slice without data is easy to make. Returns the data dir.
@@ -92,12 +94,18 @@ def make_data_dir(
     data_dir = Path(tmp_path) / name
     (data_dir / "train").mkdir(parents=True, exist_ok=True)
     (data_dir / "val").mkdir(parents=True, exist_ok=True)
-    val_n = tokens_per_year // 8 if val_tokens_per_year is None else val_tokens_per_year
+    def val_tokens(year: int) -> int:
+        if val_tokens_per_year is None:
+            return tokens_per_year // 8
+        if isinstance(val_tokens_per_year, Mapping):
+            return val_tokens_per_year.get(year, 0)
+        return val_tokens_per_year
+
     stats: dict[str, YearStats] = {}
     files: dict[str, FileEntry] = {}
     for year in sorted(set(years)):
         counts = {}
-        for split, n, salt in (("train", tokens_per_year, 0), ("val", val_n, 1)):
+        for split, n, salt in (("train", tokens_per_year, 0), ("val", val_tokens(year), 1)):
             if n <= 0:
                 counts[split] = SplitStats()
                 continue
@@ -130,6 +138,30 @@ def make_data_dir(
     return data_dir
 
 
+def make_run(
+    run_dir: Path, kind: str, label: str, cfg: Any, tokenizer: dict | None = None,
+    init: Callable[[Any], None] | None = None,
+) -> Path:
+    """A run dir (run.json + model.safetensors) of `kind` ("expert" or "dense") for the
+    slice `label`, holding GPT(cfg) as initialised (by `init(model)` when given)."""
+    from timoe_core.checkpoint import RunInfo, save_model_weights, write_run_info
+    from timoe_core.model.gpt import GPT
+    from timoe_core.timeslices import TimeSlice
+
+    s = TimeSlice.from_label(label)
+    model = GPT(cfg)
+    if init is not None:
+        init(model)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_model_weights(run_dir, model)
+    tok = tokenizer or {"name": "gpt2", "vocab_size": GPT2_VOCAB, "eot_token": GPT2_EOT}
+    write_run_info(run_dir, RunInfo(kind=kind, slice_label=label, start_date=s.start.isoformat(),
+                                    end_date=s.end.isoformat(), model_config_=cfg,
+                                    tokenizer=dict(tok)))
+    return run_dir
+
+
 def make_expert_runs(
     root: Path,
     labels: Iterable[str] | None = None,
@@ -151,9 +183,8 @@ def make_expert_runs(
     """
     import torch
 
-    from timoe_core.checkpoint import RunInfo, save_model_weights, write_run_info
-    from timoe_core.model.gpt import GPT, preset_config
-    from timoe_core.timeslices import TimeSlice, TimeSlicing
+    from timoe_core.model.gpt import preset_config
+    from timoe_core.timeslices import TimeSlicing
 
     cfg = preset_config(
         "tiny",
@@ -163,31 +194,17 @@ def make_expert_runs(
         n_layer=n_layer,
         n_head=n_head,
     )
-    tok = tokenizer or {"name": "gpt2", "vocab_size": GPT2_VOCAB, "eot_token": GPT2_EOT}
     labels = [s.label for s in TimeSlicing().slices] if labels is None else list(labels)
     gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for label in labels:
-        s = TimeSlice.from_label(label)
-        model = GPT(cfg)
+
+    def init(model: Any) -> None:
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * scale)
-        d = Path(root) / label
-        d.mkdir(parents=True, exist_ok=True)
-        save_model_weights(d, model)
-        write_run_info(
-            d,
-            RunInfo(
-                kind="expert",
-                slice_label=label,
-                start_date=s.start.isoformat(),
-                end_date=s.end.isoformat(),
-                model_config_=cfg,
-                tokenizer=dict(tok),
-            ),
-        )
-        out[label] = d
+
+    out = {}
+    for label in labels:
+        out[label] = make_run(Path(root) / label, "expert", label, cfg, tokenizer, init)
     return out
 
 
@@ -202,6 +219,29 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
             main()
     out, err = capsys.readouterr()
     return exc.value.code, out, err
+
+
+def invoke_cli(*args):
+    """`timoe ARGS` through Typer's CliRunner: the result's exit_code (also as returncode),
+    stdout and stderr; an exception other than SystemExit is re-raised (a bug)."""
+    from typer.testing import CliRunner
+
+    from timoe_cli.main import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    result.returncode = result.exit_code
+    return result
+
+
+def write_jsonl(path: Path, rows: list, extra_lines: dict[int, str] | None = None) -> Path:
+    """One JSON object per line; `extra_lines` {index: raw line} inserted as given."""
+    lines = [json.dumps(r) for r in rows]
+    for at, line in sorted((extra_lines or {}).items()):
+        lines.insert(at, line)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def make_mixture_inputs(

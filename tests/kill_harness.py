@@ -237,6 +237,24 @@ def run_killed(argv: list[str], out: Path, point: KillPoint, timeout: float = 30
     return proc.returncode
 
 
+def kill_when(argv: list[str], ready: Callable[[], bool], timeout: float = 60) -> int:
+    """Start `argv` (a full command line), SIGKILL it as soon as `ready()` holds; returns
+    its exit status (-9). Fails if it ends first or `ready` never holds in `timeout` s."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env()
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return proc.returncode
+
+
 # ------------------------------------------------------------------- checking
 
 

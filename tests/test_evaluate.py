@@ -11,24 +11,14 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import invoke_cli
 from pydantic import BaseModel, ConfigDict
-from typer.testing import CliRunner
 
-from timoe_cli.main import app
-from timoe_core.checkpoint import RunInfo, save_model_weights, write_run_info
-from timoe_core.data.manifest import (
-    FileEntry,
-    Manifest,
-    SlicingSpec,
-    SplitStats,
-    YearStats,
-    sha256_file,
-    token_file_relpath,
-)
 from timoe_core.errors import TimoeError
 from timoe_core.evaluate import (
     compare_models,
@@ -42,10 +32,9 @@ from timoe_core.evaluate import (
     write_report,
 )
 from timoe_core.evaluate.models import MixtureModel
-from timoe_core.io import atomic_write_json
 from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.model.mixture import TiMoE
-from timoe_core.timeslices import TimeSlice, parse_query_date
+from timoe_core.timeslices import parse_query_date
 
 GPT2 = {"name": "gpt2", "vocab_size": 50257, "eot_token": 50256}
 TINY = GPTConfig(vocab_size=50304, block_size=32, n_layer=1, n_head=2, n_embd=32)
@@ -57,38 +46,17 @@ VAL_TOKENS = {y: 16 * 5 + 1 + (y % 3) for y in YEARS}  # 5 windows a year, ragge
 # ------------------------------------------------------------------ builders
 
 
-def make_data_dir(root: Path, years=YEARS, vocab_size=50257, eot=50256, seq_len=SEQ_LEN,
-                  tokenizer="gpt2", val_tokens=None) -> Path:
-    """A prepared data dir written by hand: manifest + uint16 token files."""
-    val_tokens = val_tokens or VAL_TOKENS
-    m = Manifest(tokenizer=tokenizer, vocab_size=vocab_size, eot_token=eot,
-                 slicing=SlicingSpec(start_year=2013, end_year=2024, slice_years=2),
-                 seq_len=seq_len, val_fraction=0.1, source="test")
-    rng = np.random.default_rng(1)
-    for y in years:
-        m.years[str(y)] = YearStats()
-        for split, n in (("train", 200), ("val", val_tokens.get(y, 0))):
-            rel = token_file_relpath(split, y)
-            path = root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Small ids, shifted by year, so years differ.
-            (rng.integers(0, 300, n) + (y - 2013) * 7).astype(np.uint16).tofile(path)
-            setattr(m.years[str(y)], split, SplitStats(tokens=n, documents=1))
-            m.files[rel] = FileEntry(bytes=path.stat().st_size, sha256=sha256_file(path))
-    atomic_write_json(root / "manifest.json", json.loads(m.model_dump_json()))
-    return root
+def make_data_dir(root: Path, years=YEARS, vocab_size=50257) -> Path:
+    """The shared builder (helpers.make_data_dir): 200 random training tokens a year,
+    VAL_TOKENS held out."""
+    return helpers.make_data_dir(root.parent, years, tokens_per_year=200, seq_len=SEQ_LEN,
+                                 val_tokens_per_year=VAL_TOKENS, pattern="random",
+                                 vocab_size=vocab_size, name=root.name)
 
 
 def make_run(run_dir: Path, kind: str, label: str, seed: int, cfg: GPTConfig = TINY) -> Path:
-    s = TimeSlice.from_label(label)
     torch.manual_seed(seed)
-    model = GPT(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_model_weights(run_dir, model)
-    write_run_info(run_dir, RunInfo(kind=kind, slice_label=label, start_date=s.start.isoformat(),
-                                    end_date=s.end.isoformat(), model_config_=cfg,
-                                    tokenizer=dict(GPT2)))
-    return run_dir
+    return helpers.make_run(run_dir, kind, label, cfg, tokenizer=GPT2)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +176,7 @@ def test_query_date_selects_experts_and_never_loads_later_ones(world, tmp_path):
     # The weights of every expert after 2016 are gone: evaluating as of 2016 must not care.
     bundle = make_bundle(world, tmp_path, drop_after=2016)
     out = tmp_path / "r.json"
-    r = run_cli("evaluate", "--model", str(bundle), "--query-date", "2016", "--data",
+    r = invoke_cli("evaluate", "--model", str(bundle), "--query-date", "2016", "--data",
                 str(world["data"]), "--tsqa", str(_tsqa_file(tmp_path / "qa.json")),
                 "--max-docs", "1", "--device", "cpu", "--json", str(out))
     assert r.exit_code == 0, r.stderr
@@ -216,12 +184,12 @@ def test_query_date_selects_experts_and_never_loads_later_ones(world, tmp_path):
     assert report["eligible_experts"] == ["2013-2014", "2015-2016"]
     assert report["loaded_experts"] == ["2013-2014", "2015-2016"]
     assert report["tsqa"]["n"] == 4 and all(v is not None for v in report["perplexity"].values())
-    r = run_cli("evaluate", "--model", str(bundle), "--query-date", "2014-06", "--tsqa",
+    r = invoke_cli("evaluate", "--model", str(bundle), "--query-date", "2014-06", "--tsqa",
                 str(tmp_path / "qa.json"), "--device", "cpu", "--json", str(out))
     assert r.exit_code == 0, r.stderr
     assert json.loads(out.read_text())["eligible_experts"] == ["2013-2014"]
     # Own dates: a 2019 question may use 2017-2018, whose weights are gone: a clear error.
-    r = run_cli("evaluate", "--model", str(bundle), "--tsqa", str(tmp_path / "qa.json"),
+    r = invoke_cli("evaluate", "--model", str(bundle), "--tsqa", str(tmp_path / "qa.json"),
                 "--device", "cpu")
     assert r.exit_code == 2 and "weights of expert 2017-2018 are missing" in r.stderr
 
@@ -241,7 +209,7 @@ def test_query_date_before_every_slice_names_the_first_date(world):
 
 
 def test_tokenizer_mismatch_names_the_fields(world, tmp_path):
-    other = make_data_dir(tmp_path / "other", vocab_size=1000, eot=999, years=[2013])
+    other = make_data_dir(tmp_path / "other", vocab_size=1000, years=[2013])
     model = load_evaluated_model(world["dense"], device="cpu")
     with pytest.raises(TimoeError) as e:
         evaluate_perplexity(model, other)
@@ -339,15 +307,6 @@ def _tsqa_file(path: Path) -> Path:
     return path
 
 
-def run_cli(*args: str):
-    """In-process: result.exit_code, .stdout, .stderr (the error contract of every command)."""
-    result = CliRunner().invoke(app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    result.returncode = result.exit_code
-    return result
-
-
 def test_cli_json_validates_against_the_schema_and_png_is_real(world, tmp_path):
     qa = _tsqa_file(tmp_path / "qa.json")
     out = tmp_path / "out"
@@ -371,7 +330,7 @@ def test_cli_json_validates_against_the_schema_and_png_is_real(world, tmp_path):
     assert w >= 400 and h >= 300 and (out / "eval.png").stat().st_size > 10_000
     assert "held-out perplexity" in r.stdout and "temporal QA" in r.stdout
     # `eval` is the same command.
-    r2 = run_cli("eval", "--model", str(world["dense"]), "--tsqa", str(qa), "--device", "cpu")
+    r2 = invoke_cli("eval", "--model", str(world["dense"]), "--tsqa", str(qa), "--device", "cpu")
     assert r2.returncode == 0, r2.stderr
 
 
@@ -404,7 +363,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(world, tmp_path):
     no_labels = tmp_path / "nolabels.jsonl"
     no_labels.write_text(json.dumps({"question": "Q?", "choices": [" a", " b", " c", " d"],
                                      "answer": 0, "year": 2015}) + "\n")
-    other = make_data_dir(tmp_path / "other", vocab_size=1000, eot=999, years=[2013])
+    other = make_data_dir(tmp_path / "other", vocab_size=1000, years=[2013])
     bundle = make_bundle(world, tmp_path / "b", first_year=2015)
     m = ["--model", str(world["dense"]), "--device", "cpu"]
     cases = [
@@ -417,7 +376,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(world, tmp_path):
         (["--tsqa", "builtin", "--plot", str(tmp_path / "p.jpg")], "must name a .png"),
     ]
     for extra, needle in cases:
-        r = run_cli("evaluate", *m, *extra)
+        r = invoke_cli("evaluate", *m, *extra)
         assert r.returncode == 2, (extra, r.stderr)
         assert needle in r.stderr, (extra, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -428,7 +387,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(world, tmp_path):
         (["--query-date", "2014", "--tsqa", "builtin"],
          "the first query date with an eligible expert is 2015-01-01"),
     ]:
-        r = run_cli("evaluate", *b, *extra)
+        r = invoke_cli("evaluate", *b, *extra)
         assert r.returncode == 2 and needle in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*.png"))  # nothing half-written
@@ -469,7 +428,7 @@ def test_compare_models_side_by_side(world, tmp_path):
 
 def test_compare_cli(world, tmp_path):
     qa = _tsqa_file(tmp_path / "qa.json")
-    r = run_cli("compare", "--model", str(world["dense"]), "--model",
+    r = invoke_cli("compare", "--model", str(world["dense"]), "--model",
                 f"{world['experts']}:expert:2020", "--data", str(world["data"]), "--tsqa",
                 str(qa), "--max-docs", "1", "--device", "cpu", "--json",
                 str(tmp_path / "c.json"), "--plot", str(tmp_path / "c.png"))
@@ -478,9 +437,9 @@ def test_compare_cli(world, tmp_path):
     assert [m["strategy"] for m in res["models"]] == ["dense", "expert:2019-2020"]
     assert (tmp_path / "c.config.yaml").is_file()
     _png_size(tmp_path / "c.png")
-    r = run_cli("compare", "--model", f"{world['dense']}:bogus", "--tsqa", str(qa))
+    r = invoke_cli("compare", "--model", f"{world['dense']}:bogus", "--tsqa", str(qa))
     assert r.returncode == 2 and "unknown strategy 'bogus'" in r.stderr
-    r = run_cli("compare", "--model", str(tmp_path / "nope"), "--tsqa", str(qa))
+    r = invoke_cli("compare", "--model", str(tmp_path / "nope"), "--tsqa", str(qa))
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import GPT2_EOT, make_expert_runs
-from typer.testing import CliRunner
+from helpers import GPT2_EOT, invoke_cli, make_expert_runs
 
-from timoe_cli.main import app
 from timoe_core.checkpoint import load_expert
 from timoe_core.config import MixtureOptions
 from timoe_core.errors import TimoeError
@@ -130,13 +128,6 @@ def test_generation_bad_input(tmp_path):
 # ----------------------------------------------------------------------- CLI
 
 
-def run_cli(*args: str):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
 @pytest.fixture
 def gpt2_runs(tmp_path):
     """Experts with the GPT-2 vocabulary (the CLI encodes text), 2013-2014 missing."""
@@ -145,7 +136,7 @@ def gpt2_runs(tmp_path):
 
 
 def test_cli_train_router_avg_then_generate(tmp_path, gpt2_runs):
-    r = run_cli("train-router", "--strategy", "avg", "--experts", tmp_path / "runs",
+    r = invoke_cli("train-router", "--strategy", "avg", "--experts", tmp_path / "runs",
                 "--out", tmp_path / "m")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "m" / "timoe.json").is_file()
@@ -154,26 +145,26 @@ def test_cli_train_router_avg_then_generate(tmp_path, gpt2_runs):
 
     args = ["generate", "--model", tmp_path / "m", "--query-date", "2018", "--prompt",
             "In 2018 the mayor was", "--max-new-tokens", "40", "--greedy"]
-    cached = run_cli(*args)
+    cached = invoke_cli(*args)
     assert cached.exit_code == 0, cached.stderr
     assert cached.stdout.startswith("In 2018 the mayor was")
     assert "2015-2016, 2017-2018" in cached.stderr and "tokens/s" in cached.stderr
-    full = run_cli(*args, "--no-cache")
+    full = invoke_cli(*args, "--no-cache")
     assert full.exit_code == 0 and full.stdout == cached.stdout
 
-    sampled = run_cli("generate", "--model", tmp_path / "m", "--query-date", "2020-05",
+    sampled = invoke_cli("generate", "--model", tmp_path / "m", "--query-date", "2020-05",
                       "--prompt", "", "--max-new-tokens", "5", "--temperature", "0.7",
                       "--top-k", "20", "--seed", "4")
     assert sampled.exit_code == 0, sampled.stderr
 
     # A single expert run dir works too; the date does not restrict it (a note says so).
-    single = run_cli("generate", "--model", gpt2_runs["2017-2018"], "--prompt", "Hello",
+    single = invoke_cli("generate", "--model", gpt2_runs["2017-2018"], "--prompt", "Hello",
                      "--max-new-tokens", "3", "--greedy")
     assert single.exit_code == 0, single.stderr
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, gpt2_runs):
-    assert run_cli("train-router", "--strategy", "avg", "--experts", tmp_path / "runs",
+    assert invoke_cli("train-router", "--strategy", "avg", "--experts", tmp_path / "runs",
                    "--out", tmp_path / "m").exit_code == 0
     cases = [
         (["generate", "--model", tmp_path / "m", "--query-date", "2014", "--prompt", "x"],
@@ -192,11 +183,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, gpt2_runs):
           tmp_path / "m3"], "does not exist"),
     ]
     for args, message in cases:
-        r = run_cli(*args)
+        r = invoke_cli(*args)
         assert r.exit_code == 2, (args, r.stdout, r.stderr)
         assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
-    assert run_cli("train-router", "--strategy", "avg", "--experts", tmp_path / "runs",
+    assert invoke_cli("train-router", "--strategy", "avg", "--experts", tmp_path / "runs",
                    "--out", tmp_path / "m", "--overwrite").exit_code == 0
 
 

@@ -7,12 +7,13 @@ import os
 import random
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli, write_jsonl
+from kill_harness import kill_when
 
 from timoe_core.config import PrepareDataConfig
 from timoe_core.data.manifest import load_manifest, sha256_file
@@ -36,26 +37,6 @@ def make_docs(n: int, seed: int = 0, years=range(2013, 2025)) -> list[dict]:
             {"text": f"Doc {i} of {year}. {body.capitalize()}.", "date": f"{year}-04-01T10:00:00Z"}
         )
     return docs
-
-
-def write_jsonl(path: Path, rows: list, raw_lines: dict[int, str] | None = None) -> Path:
-    lines = [json.dumps(r) for r in rows]
-    for at, line in sorted((raw_lines or {}).items()):
-        lines.insert(at, line)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    """`timoe ARGS` in this process: (exit code, stdout, stderr)."""
-    from timoe_cli.main import main
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "argv", ["timoe", *map(str, args)])
-        with pytest.raises(SystemExit) as exc:
-            main()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def prep(source, out, **kw) -> object:
@@ -385,32 +366,9 @@ def test_a_killed_run_never_leaves_a_manifest(tmp_path):
     src = write_jsonl(tmp_path / "big.jsonl", make_docs(60000, seed=3))
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "timoe_cli",
-            "prepare-data",
-            "--source",
-            str(src),
-            "--out",
-            str(work / "data"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not list(work.glob(".data.partial-*/train/*.bin")):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    finally:
-        proc.kill()
-        proc.wait()
+    argv = [sys.executable, "-m", "timoe_cli", "prepare-data", "--source", str(src),
+            "--out", str(work / "data"), "--workers", "1"]  # fmt: skip
+    kill_when(argv, lambda: bool(list(work.glob(".data.partial-*/train/*.bin"))), 60)
     assert not (work / "data").exists()
     assert list(work.rglob("manifest.json")) == []
 

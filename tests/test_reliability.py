@@ -15,7 +15,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from kill_harness import (
     KillPoint,
     compare_weights,
     kill_and_resume,
+    kill_when,
     reference_run,
     run,
     subprocess_env,
@@ -347,19 +347,8 @@ def test_prepare_data_killed_midway_then_rerun_restarts_cleanly(tmp_path):
     work.mkdir()
     argv = [sys.executable, "-m", "timoe_cli", "prepare-data", "--source", str(src),
             "--out", str(work / "data"), "--workers", "1", "--seq-len", "64"]  # fmt: skip
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env()
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not list(work.glob(".data.partial-*/train/*.bin")):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    code = kill_when(argv, lambda: bool(list(work.glob(".data.partial-*/train/*.bin"))), 120)
+    assert code == -signal.SIGKILL
     assert not (work / "data").exists() and list(work.rglob("manifest.json")) == []
     assert len(list(work.glob(".data.partial-*"))) == 1  # what the kill left
     again = subprocess.run(argv, capture_output=True, text=True, env=subprocess_env(), check=False)

@@ -6,21 +6,13 @@ import csv
 import gzip
 import json
 from datetime import date, datetime, timezone
-from pathlib import Path
 
 import pytest
+from helpers import write_jsonl
 
 from timoe_core.data import sources
 from timoe_core.data.sources import DateError, SourceOptions, open_source, parse_year
 from timoe_core.errors import TimoeError
-
-
-def write_jsonl(path: Path, rows: list, extra_lines: dict[int, str] | None = None) -> Path:
-    lines = [json.dumps(r) for r in rows]
-    for at, line in sorted((extra_lines or {}).items()):
-        lines.insert(at, line)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def read_all(source: str, **opts) -> tuple[list, list, int]:

@@ -24,11 +24,11 @@ from timoe_core.data.manifest import sha256_file
 from timoe_core.data.windows import TokenWindows
 from timoe_core.model.gpt import GPT
 from timoe_core.model.mixture import BUNDLE_FILENAME, ROUTER_FILENAME, TiMoE
+from timoe_core.strategies.learned_avg import LearnedAvgTask
 from timoe_core.train import mixture_run, train_router
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.logprob_cache import CACHE_DIRNAME
 from timoe_core.train.metrics import read_metrics
-from timoe_core.strategies.learned_avg import LearnedAvgTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WINDOWS = 186  # train windows of make_mixture_inputs: 6 years x 31
