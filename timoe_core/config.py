@@ -29,51 +29,13 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-# --------------------------------------------------------------------------- data
-
-
-class PrepareDataConfig(StrictModel):
-    source: str = "builtin"
-    out: Path | None = None
-    text_field: str = "text"
-    date_field: str = "date"
-    seq_len: int = Field(1024, ge=8)
-    val_fraction: float = Field(0.005, gt=0.0, le=0.5)
-    start_year: int = Field(2013, ge=1900, le=2200)
-    end_year: int = Field(2024, ge=1900, le=2200)
-    slice_years: int = Field(2, ge=1)
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    overwrite: bool = False
-    skip_bad_rows: bool = False
-    num_shards: int = Field(1, ge=1)
-    shard_index: int = Field(0, ge=0)
-    max_docs: int | None = Field(None, ge=1)
-    seed: int = 0
-    # Size of the built-in corpus: documents generated per year.
-    builtin_docs_per_year: int = Field(400, ge=1)
-    # Split of an hf:NAME / fineweb-edu source.
-    hf_split: str = "train"
-    merge: list[Path] | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> "PrepareDataConfig":
-        if self.start_year > self.end_year:
-            raise ValueError(
-                f"start_year {self.start_year} is after end_year {self.end_year}: swap them"
-            )
-        if self.shard_index >= self.num_shards:
-            raise ValueError(
-                f"shard_index {self.shard_index} must be below num_shards {self.num_shards}"
-            )
-        return self
-
-
-# ----------------------------------------------------------------------- training
+# ------------------------------------------------------------------- options
 
 # Help panels of `--help` (json_schema_extra "panel").
 TRAIN, WORKERS, RUN, MIXTURE, MODEL = (
     "Training", "Workers", "Run dir, checkpoints and logging", "Mixture", "Model",
 )
+SOURCE, OUTPUT, SCALE = "Source", "Output", "Scale"
 
 
 def cli(panel: str | None = None, flag: str | None = None, hidden: bool = False) -> dict[str, Any]:
@@ -97,6 +59,84 @@ def flag_name(model: type[BaseModel], name: str) -> str:
         return str(extra["flag"]).split("/")[0]
     return "--" + name.replace("_", "-")
 
+
+# --------------------------------------------------------------------------- data
+
+
+class PrepareDataConfig(StrictModel):
+    source: str = Field(
+        "builtin", json_schema_extra=cli(SOURCE),
+        description="builtin | fineweb-edu[:CONFIG] | hf:NAME[:CONFIG] | a "
+        ".jsonl/.json/.csv/.parquet file or a folder of them.",
+    )
+    out: Path | None = Field(
+        None, description="Data dir to write (manifest.json, train/YEAR.bin, val/YEAR.bin).",
+        json_schema_extra=cli(OUTPUT),
+    )
+    text_field: str = Field("text", description="Field holding the text.",
+                            json_schema_extra=cli(SOURCE))
+    date_field: str = Field(
+        "date", json_schema_extra=cli(SOURCE),
+        description="Field holding the date: a year, an ISO date or timestamp, a unix timestamp "
+        "or a CC-MAIN dump name (fineweb-edu: its dump field unless given).",
+    )
+    seq_len: int = Field(1024, ge=8, description="Training window length recorded for readers.",
+                         json_schema_extra=cli(OUTPUT))
+    val_fraction: float = Field(
+        0.005, gt=0.0, le=0.5, json_schema_extra=cli(OUTPUT),
+        description="Share of documents held out (chosen by a hash of the text), in (0, 0.5].",
+    )
+    start_year: int = Field(2013, ge=1900, le=2200, description="First year kept.",
+                            json_schema_extra=cli(OUTPUT))
+    end_year: int = Field(2024, ge=1900, le=2200, description="Last year kept.",
+                          json_schema_extra=cli(OUTPUT))
+    slice_years: int = Field(2, ge=1, description="Years per time slice (expert).",
+                             json_schema_extra=cli(OUTPUT))
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1,
+        description="Tokeniser threads (default: all cores).", json_schema_extra=cli(SCALE),
+    )
+    overwrite: bool = Field(
+        False, description="Replace an existing data dir (only once the new one is complete).",
+        json_schema_extra=cli(OUTPUT),
+    )
+    skip_bad_rows: bool = Field(
+        False, json_schema_extra=cli(SOURCE),
+        description="Count and skip malformed rows and unreadable dates instead of stopping.",
+    )
+    num_shards: int = Field(
+        1, ge=1, json_schema_extra=cli(SCALE),
+        description="Split the corpus across N machines: document i goes to shard i % N.",
+    )
+    shard_index: int = Field(0, ge=0, description="Which shard this machine prepares, 0..N-1.",
+                             json_schema_extra=cli(SCALE))
+    max_docs: int | None = Field(None, ge=1, description="Read only the first N documents of "
+                                 "the source.", json_schema_extra=cli(SOURCE))
+    seed: int = Field(0, description="Seed of the built-in corpus.", json_schema_extra=cli(SOURCE))
+    # Size of the built-in corpus: documents generated per year.
+    builtin_docs_per_year: int = Field(
+        400, ge=1, description="Size of the built-in corpus: documents per year.",
+        json_schema_extra=cli(SOURCE),
+    )
+    # Split of an hf:NAME / fineweb-edu source.
+    hf_split: str = Field("train", description="Split of an hf: or fineweb-edu source.",
+                          json_schema_extra=cli(SOURCE))
+    merge: list[Path] | None = None  # the data dirs to merge (prepare-data --merge DIR...)
+
+    @model_validator(mode="after")
+    def _check(self) -> "PrepareDataConfig":
+        if self.start_year > self.end_year:
+            raise ValueError(
+                f"start_year {self.start_year} is after end_year {self.end_year}: swap them"
+            )
+        if self.shard_index >= self.num_shards:
+            raise ValueError(
+                f"shard_index {self.shard_index} must be below num_shards {self.num_shards}"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------- training
 
 class TrainingConfig(StrictModel):
     """What every training command shares: optimisation, workers, checkpoints, logging."""
@@ -409,11 +449,17 @@ class GenerateConfig(StrictModel):
 
 
 class DemoConfig(StrictModel):
-    out: Path = Path("timoe-demo")
-    quick: bool = False
-    overwrite: bool = False  # start over when --out holds a demo of other settings
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out: Path = Field(Path("timoe-demo"), description="Folder of every stage's output.")
+    quick: bool = Field(
+        False, description="A smaller run (about 2 minutes on a 2-core CPU).",
+        json_schema_extra=cli(flag="--quick/--full"),
+    )
+    overwrite: bool = Field(  # start over when --out holds a demo of other settings
+        False, description="Start over when --out holds a demo run with other settings.",
+        json_schema_extra=cli(flag="--overwrite/--no-overwrite"),
+    )
+    seed: int = Field(0, description="Seed of the corpus and every run.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda.")
 
 
 # ------------------------------------------------------------------ machinery

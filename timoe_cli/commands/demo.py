@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import typer
+from typing import Any
 
 from timoe_cli.commands.evaluate import print_table, progress_bars
 from timoe_cli.common import ConfigOption, console, handles_errors, load_config
+from timoe_cli.options import config_options
 from timoe_core.config import DemoConfig
 from timoe_core.demo import (
     PERPLEXITY_PLOT_FILENAME,
@@ -21,22 +21,11 @@ from timoe_core.evaluate.report import pct
 
 
 @handles_errors
-def demo(
-    out: Path | None = typer.Option(None, "--out", help="Folder of every stage's output "
-                                    "[default: timoe-demo]."),
-    quick: bool | None = typer.Option(None, "--quick/--full",
-                                      help="A smaller run (about 2 minutes on a 2-core CPU)."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of the corpus and every run."),
-    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda."),
-    overwrite: bool | None = typer.Option(
-        None, "--overwrite/--no-overwrite",
-        help="Start over when --out holds a demo run with other settings."),
-    config: Path | None = ConfigOption,
-) -> None:
+@config_options(DemoConfig, ["out", "quick", "seed", "device", "overwrite"])
+def demo(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     """Run the whole pipeline on the built-in corpus: data, experts, dense baseline,
     routers, coadapt, evaluation, report. A rerun resumes where the last one stopped."""
-    cfg = load_config(DemoConfig, config, out=out, quick=quick, seed=seed, device=device,
-                      overwrite=overwrite)
+    cfg = load_config(DemoConfig, config, **flags)
 
     def on_stage(index: int, total: int, stage: Stage, skipped: bool) -> None:
         note = "  [dim](done, skipped)[/]" if skipped else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich import box
@@ -19,19 +19,23 @@ from rich.progress import (
 from rich.table import Table
 
 from timoe_cli.common import ConfigOption, console, err_console, handles_errors, load_config
-from timoe_core.config import PrepareDataConfig
+from timoe_cli.options import config_options
+from timoe_core.config import SCALE, PrepareDataConfig
 from timoe_core.errors import TimoeError
 
 if TYPE_CHECKING:
     from timoe_core.data.manifest import Manifest
     from timoe_core.data.prepare import PrepareProgress
 
-_SOURCE = "Source"
-_OUTPUT = "Output"
-_SCALE = "Scale"
+_FIELDS = [
+    "source", "text_field", "date_field", "skip_bad_rows", "max_docs", "builtin_docs_per_year",
+    "seed", "hf_split", "out", "overwrite", "seq_len", "val_fraction", "start_year", "end_year",
+    "slice_years", "workers", "num_shards", "shard_index",
+]
 
 
 @handles_errors
+@config_options(PrepareDataConfig, _FIELDS)
 def prepare_data(
     merge_dirs: list[Path] | None = typer.Argument(
         None,
@@ -39,97 +43,15 @@ def prepare_data(
         help="With --merge: the prepared data dirs (e.g. shard outputs) to merge into --out.",
         show_default=False,
     ),
-    source: str | None = typer.Option(
-        None,
-        "--source",
-        help="builtin | fineweb-edu[:CONFIG] | hf:NAME[:CONFIG] | a .jsonl/.json/.csv/.parquet "
-        "file or a folder of them.  \\[default: builtin]",
-        show_default=False,
-        rich_help_panel=_SOURCE,
-    ),
-    text_field: str | None = typer.Option(
-        None, help="Field holding the text.  \\[default: text]", rich_help_panel=_SOURCE
-    ),
-    date_field: str | None = typer.Option(
-        None,
-        help="Field holding the date: a year, an ISO date or timestamp, a unix timestamp or a "
-        "CC-MAIN dump name.  \\[default: date; dump for fineweb-edu]",
-        rich_help_panel=_SOURCE,
-    ),
-    skip_bad_rows: bool = typer.Option(
-        False,
-        "--skip-bad-rows",
-        help="Count and skip malformed rows and unreadable dates instead of stopping.",
-        rich_help_panel=_SOURCE,
-    ),
-    max_docs: int | None = typer.Option(
-        None, help="Read only the first N documents of the source.", rich_help_panel=_SOURCE
-    ),
-    builtin_docs_per_year: int | None = typer.Option(
-        None,
-        help="Size of the built-in corpus: documents per year.  \\[default: 400]",
-        rich_help_panel=_SOURCE,
-    ),
-    seed: int | None = typer.Option(
-        None, help="Seed of the built-in corpus.  \\[default: 0]", rich_help_panel=_SOURCE
-    ),
-    hf_split: str | None = typer.Option(
-        None,
-        help="Split of an hf: or fineweb-edu source.  \\[default: train]",
-        rich_help_panel=_SOURCE,
-    ),
-    out: Path | None = typer.Option(
-        None,
-        "--out",
-        help="Data dir to write (manifest.json, train/YEAR.bin, val/YEAR.bin).",
-        rich_help_panel=_OUTPUT,
-    ),
-    overwrite: bool = typer.Option(
-        False,
-        "--overwrite",
-        help="Replace an existing data dir (only once the new one is complete).",
-        rich_help_panel=_OUTPUT,
-    ),
-    seq_len: int | None = typer.Option(
-        None,
-        help="Training window length recorded for readers.  \\[default: 1024]",
-        rich_help_panel=_OUTPUT,
-    ),
-    val_fraction: float | None = typer.Option(
-        None,
-        help="Share of documents held out (chosen by a hash of the text), in (0, 0.5].  "
-        "\\[default: 0.005]",
-        rich_help_panel=_OUTPUT,
-    ),
-    start_year: int | None = typer.Option(
-        None, help="First year kept.  \\[default: 2013]", rich_help_panel=_OUTPUT
-    ),
-    end_year: int | None = typer.Option(
-        None, help="Last year kept.  \\[default: 2024]", rich_help_panel=_OUTPUT
-    ),
-    slice_years: int | None = typer.Option(
-        None, help="Years per time slice (expert).  \\[default: 2]", rich_help_panel=_OUTPUT
-    ),
-    workers: int | None = typer.Option(
-        None, help="Tokeniser threads.  \\[default: all cores]", rich_help_panel=_SCALE
-    ),
-    num_shards: int | None = typer.Option(
-        None,
-        help="Split the corpus across N machines: document i goes to shard i % N.  \\[default: 1]",
-        rich_help_panel=_SCALE,
-    ),
-    shard_index: int | None = typer.Option(
-        None,
-        help="Which shard this machine prepares, 0..N-1.  \\[default: 0]",
-        rich_help_panel=_SCALE,
-    ),
     merge: bool = typer.Option(
         False,
         "--merge",
         help="Merge the DATA_DIRs given as arguments (shard outputs) into --out.",
-        rich_help_panel=_SCALE,
+        rich_help_panel=SCALE,
     ),
     config: Path | None = ConfigOption,
+    *,
+    flags: dict[str, Any],
 ) -> None:
     """Tokenise a dated corpus into per-year token files (manifest.json + uint16 .bin).
 
@@ -152,29 +74,8 @@ def prepare_data(
         )
     if merge and not merge_dirs:
         raise TimoeError("--merge needs the data dirs to merge: --merge DIR1 DIR2 ... --out DIR")
-    cfg = load_config(
-        PrepareDataConfig,
-        config,
-        source=source,
-        out=out,
-        text_field=text_field,
-        date_field=date_field,
-        seq_len=seq_len,
-        val_fraction=val_fraction,
-        start_year=start_year,
-        end_year=end_year,
-        slice_years=slice_years,
-        workers=workers,
-        overwrite=overwrite or None,
-        skip_bad_rows=skip_bad_rows or None,
-        num_shards=num_shards,
-        shard_index=shard_index,
-        max_docs=max_docs,
-        seed=seed,
-        builtin_docs_per_year=builtin_docs_per_year,
-        hf_split=hf_split,
-        merge=list(merge_dirs) if merge else None,
-    )
+    cfg = load_config(PrepareDataConfig, config, **flags,
+                      merge=list(merge_dirs) if merge else None)
     what = "merging" if cfg.merge else "tokenising"
     with Progress(
         SpinnerColumn(),
