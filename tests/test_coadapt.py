@@ -23,7 +23,8 @@ from timoe_core.checkpoint import MODEL_FILENAME
 from timoe_core.config import CoadaptConfig, TrainRouterConfig
 from timoe_core.data.manifest import sha256_file
 from timoe_core.data.windows import TokenWindows
-from timoe_core.model.mixture import BUNDLE_FILENAME, ROUTER_FILENAME, TiMoE
+from timoe_core.model.bundle import BUNDLE_FILENAME, ROUTER_FILENAME
+from timoe_core.model.mixture import TiMoE
 from timoe_core.timeslices import TimeSlice
 from timoe_core.train import coadapt, mixture_run, train_router
 from timoe_core.train.mixture_run import MIXTURE_RUN_FILENAME

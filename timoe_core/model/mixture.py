@@ -55,11 +55,6 @@ from timoe_core.checkpoint import RunInfo
 from timoe_core.config import MixtureOptions
 from timoe_core.errors import TimoeError
 from timoe_core.model import bundle
-from timoe_core.model.bundle import (  # noqa: F401  (re-exported: the bundle's file names)
-    BUNDLE_FILENAME,
-    EMBEDDED_EXPERTS_DIR,
-    ROUTER_FILENAME,
-)
 from timoe_core.model.expert_pool import (
     ExpertRecord,
     check_compatible,
@@ -68,7 +63,7 @@ from timoe_core.model.expert_pool import (
 )
 from timoe_core.model.gpt import GPT, KVCache
 from timoe_core.model.router import Router, RouterAux, RouterConfig, RouterOutput, RouterState
-from timoe_core.strategies import STRATEGIES, get_strategy  # noqa: F401  (STRATEGIES re-exported)
+from timoe_core.strategies import get_strategy
 from timoe_core.timeslices import (
     POLICIES,
     TimeSlice,

@@ -43,9 +43,9 @@ import torch
 from timoe_core.checkpoint import MODEL_FILENAME
 from timoe_core.config import (
     CoadaptConfig,
-    flag_name,
     MixtureOptions,
     TrainRouterConfig,
+    flag_name,
     save_config,
 )
 from timoe_core.data.manifest import (
@@ -55,24 +55,19 @@ from timoe_core.data.manifest import (
     manifest_checksum,
     resolve_seq_len,
 )
-from timoe_core.io import sha256_file
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_json
-from timoe_core.model.mixture import (
-    BUNDLE_FILENAME,
-    EMBEDDED_EXPERTS_DIR,
-    ROUTER_FILENAME,
-    TiMoE,
-)
-from timoe_core.train import state as ckpt_state
+from timoe_core.io import atomic_write_json, sha256_file
+from timoe_core.model.bundle import BUNDLE_FILENAME, EMBEDDED_EXPERTS_DIR, ROUTER_FILENAME
+from timoe_core.model.mixture import TiMoE
 from timoe_core.strategies import get_strategy
+from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
 from timoe_core.train.job import main_print
 from timoe_core.train.logprob_cache import CACHE_DIRNAME
 from timoe_core.train.loop import LoopResult, TrainTask
-from timoe_core.train.schedule import budget_steps
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
+from timoe_core.train.schedule import budget_steps
 
 MIXTURE_RUN_FILENAME = "mixture_run.json"
 # What --overwrite clears besides the run artifacts every training command writes.
