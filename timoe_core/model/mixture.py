@@ -5,7 +5,7 @@ For a query date d, eligible experts E(d) and weights w_k summing to 1 over E(d)
     log P(x_{t+1} | x_{1..t})
         = logsumexp_{k in E(d)} ( log w_k(x_{1..t}) + log P_k(x_{t+1} | x_{1..t}) )
 
-The formula is `add_expert` below: one expert's term folded into the running
+The formula is `add_to_mixture` below: one expert's term folded into the running
 logsumexp. Every path calls it, expert by expert: the full distribution
 (`mixture_log_probs`), the target-only one for training and evaluation (`forward`) and
 decoding (`next_log_probs`). The weights come from the strategy's weighting
@@ -457,7 +457,7 @@ class TiMoE(nn.Module):
                     else:  # the row's first expert writes straight into the output
                         buf = _project(hid[p0:p1], weight, dest[p0:p1])
                     torch.log_softmax(buf, dim=-1, out=buf)  # in place, row by row
-                    add_expert(dest[p0:p1] if accumulate else None, buf,
+                    add_to_mixture(dest[p0:p1] if accumulate else None, buf,
                                None if a is None else a[p0:p1], inplace=True)
             for r in rows:
                 written[r] = True
@@ -501,10 +501,7 @@ class TiMoE(nn.Module):
             self._trainable if trainable is None else {self._record(e).label for e in trainable}
         )
         elp = self._experts_target(ids, tgt, active, train_set, cached_expert_log_probs)
-        tlp: torch.Tensor | None = None
-        for k in range(elp.size(-1)):
-            tlp = add_expert(tlp, elp[..., k], lw[..., k])
-        assert tlp is not None
+        tlp = add_to_mixture(None, elp, lw, experts_dim=-1)
         aux = None
         if router_out is not None:
             o = self.options
@@ -593,9 +590,9 @@ class TiMoE(nn.Module):
             head = heads[s.label] if heads is not None else expert.lm_head
             lp = torch.log_softmax(head(h).float(), dim=-1)
             if every:
-                add_expert(out, lp, lw[:, k].unsqueeze(1), inplace=True)
+                add_to_mixture(out, lp, lw[:, k].unsqueeze(1), inplace=True)
             else:
-                out[rows] = add_expert(out[rows], lp, lw[rows, k].unsqueeze(1), inplace=True)
+                out[rows] = add_to_mixture(out[rows], lp, lw[rows, k].unsqueeze(1), inplace=True)
         return out, MixtureState(
             eligible=state.eligible,
             caches=state.caches,
@@ -607,23 +604,28 @@ class TiMoE(nn.Module):
 # ------------------------------------------------------------------ the formula
 
 
-def add_expert(
+def add_to_mixture(
     total: torch.Tensor | None,
     expert_log_probs: torch.Tensor,
     log_weight: torch.Tensor | None = None,
     *,
+    experts_dim: int | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
-    """The mixture formula, one expert at a time:
+    """The mixture formula: experts' terms folded into the running log-probability,
 
-        total <- log( exp(total) + w_k * P_k )  =  logaddexp(total, log w_k + log P_k)
+        total <- log( exp(total) + sum_k w_k * P_k )
+               = logaddexp(total, logsumexp_k (log w_k + log P_k))
 
-    Folding every eligible expert of a row in gives logsumexp_k (log w_k + log P_k).
-    total None: this is the first expert (its term is the total so far). log_weight
-    None: the caller applies the weights (uniform ones: log(1/n) once at the end).
-    inplace: reuse `expert_log_probs` for the term and write the sum into `total`
-    (inference on vocab-sized tensors); otherwise autograd-safe, also where both sides
-    are -inf (an expert excluded so far gets a zero gradient, never NaN).
+    so that folding every eligible expert in gives logsumexp_k (log w_k + log P_k).
+
+    total None: nothing folded yet (the result is the terms' logsumexp).
+    log_weight None: the caller applies the weights (uniform ones: log(1/n) once at the
+        end, instead of once per expert).
+    experts_dim: the terms hold several experts along this dim (the target-only path:
+        (B, T, K)), folded at once; None: one expert's term.
+    inplace: one expert's vocab-sized term is computed in `expert_log_probs` and the sum
+        written into `total` (inference; no second vocab-sized tensor).
     """
     if log_weight is None:
         term = expert_log_probs
@@ -631,17 +633,13 @@ def add_expert(
         term = expert_log_probs.add_(log_weight)
     else:
         term = expert_log_probs + log_weight
+    if experts_dim is not None:
+        term = torch.logsumexp(term, dim=experts_dim)
     if total is None:
         return term
     if inplace:
         return torch.logaddexp(total, term, out=total)
-    excluded = torch.isneginf(total) & torch.isneginf(term)
-    if not bool(excluded.any()):
-        return torch.logaddexp(total, term)
-    # logaddexp(-inf, -inf) has a NaN gradient: compute it on zeros there instead.
-    zero = torch.zeros((), dtype=total.dtype, device=total.device)
-    summed = torch.logaddexp(torch.where(excluded, zero, total), torch.where(excluded, zero, term))
-    return torch.where(excluded, total.detach(), summed)
+    return torch.logaddexp(total, term)
 
 
 # ------------------------------------------------------------------ helpers
