@@ -37,7 +37,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # The fields of TrainingConfig, in --help order: every training command takes them.
 TRAINING_FIELDS: tuple[str, ...] = (
-    "data", "out", "max_steps", "max_tokens", "stop_at_step", "batch_size", "grad_accum", "lr",
+    "data", "out", "max_steps", "max_tokens", "steps_per_stage", "stop_at_step", "batch_size", "grad_accum", "lr",
     "min_lr_ratio", "warmup_fraction", "decay_fraction", "decay_shape", "weight_decay", "beta1",
     "beta2", "grad_clip", "amp", "device", "compile", "seed", "nproc_per_node", "nnodes",
     "node_rank", "rdzv_endpoint", "max_restarts", "eval_every", "eval_batches",

@@ -9,6 +9,8 @@ A run dir holds:
                         complete training checkpoints; trainer_state.pt holds the
                         optimizer/schedule/step/data position/RNG, read with
                         torch.load(weights_only=True) (timoe_core.train.state)
+    snapshots/<date>/   model.safetensors + snapshot.json of each stage but the last
+                        (train-expert --snapshots stages): the expert as of that date
     config.yaml         the resolved command config (rerun with --config)
     metrics.jsonl       one JSON object per logged step
 Every file is written atomically (timoe_core.io).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -51,11 +54,23 @@ class RunInfo(BaseModel):
     model_config_: GPTConfig
     tokenizer: dict[str, object]
     data_manifest_sha256: str | None = None
+    # The latest date of any text that shaped the final weights (ISO date); None in runs
+    # written before cutoffs were recorded: then the slice's end.
+    data_cutoff: str | None = None
+    # Snapshots inside the slice (train-expert --snapshots stages), earliest first:
+    # {"data_cutoff": ISO date, "path": "snapshots/<date>"}; each folder holds its
+    # model.safetensors and snapshot.json (cutoff, stage year, steps, sha256).
+    snapshots: list[dict[str, str]] = []
     timoe_version: str = __version__
 
     @property
     def time_slice(self) -> TimeSlice:
         return TimeSlice.from_label(self.slice_label)
+
+    @property
+    def cutoff(self) -> date:
+        """data_cutoff as a date (the slice's end for runs that did not record it)."""
+        return date.fromisoformat(self.data_cutoff or self.end_date)
 
 
 def _info_to_json(info: RunInfo) -> dict:

@@ -121,6 +121,11 @@ class PrepareDataConfig(StrictModel):
     # Split of an hf:NAME / fineweb-edu source.
     hf_split: str = Field("train", description="Split of an hf: or fineweb-edu source.",
                           json_schema_extra=cli(SOURCE))
+    until: str | None = Field(
+        None, json_schema_extra=cli(SOURCE),
+        description="Leave out documents dated after DATE (YYYY, YYYY-MM or YYYY-MM-DD; a "
+        "document dated by year counts as its last day); the slicing stays as it is.",
+    )
     merge: list[Path] | None = None  # the data dirs to merge (prepare-data --merge DIR...)
 
     @model_validator(mode="after")
@@ -154,6 +159,11 @@ class TrainingConfig(StrictModel):
     max_tokens: int | None = Field(
         None, ge=1, description="Training tokens of the whole run; sets --max-steps.",
         json_schema_extra=cli(TRAIN),
+    )
+    steps_per_stage: int | None = Field(
+        None, ge=1, json_schema_extra=cli(TRAIN),
+        description="Optimizer steps of each chronological stage (one year of data; default: "
+        "one pass over that year's windows). The budget of a staged run.",
     )
     batch_size: int = Field(
         8, ge=1, description="Windows per micro-batch per worker.", json_schema_extra=cli(TRAIN)
@@ -285,6 +295,12 @@ class TrainExpertConfig(TrainingConfig):
         None, ge=0.0, lt=1.0, description="Override the preset's dropout.",
         json_schema_extra=cli(MODEL),
     )
+    snapshots: Literal["stages", "none"] = Field(
+        "stages", json_schema_extra=cli(TRAIN),
+        description="stages: train the years in chronological stages and save a snapshot "
+        "after each (a decay branch), so the expert is usable as of every year | none: one "
+        "shuffled run over the slice, usable once the slice has ended.",
+    )
 
     @model_validator(mode="after")
     def _check_target(self) -> "TrainExpertConfig":
@@ -296,8 +312,11 @@ class TrainExpertConfig(TrainingConfig):
 class MixtureOptions(StrictModel):
     """How experts are combined; saved in the bundle."""
 
-    policy: Literal["inclusive", "strict"] = Field(
-        "inclusive", description="Eligibility: inclusive | strict.", json_schema_extra=cli(MIXTURE)
+    policy: Literal["point-in-time", "strict", "inclusive"] = Field(
+        "point-in-time", json_schema_extra=cli(MIXTURE),
+        description="Eligibility: point-in-time (strict: the same) uses only artefacts whose "
+        "data cutoff is on or before the query date; inclusive (the paper code's rule) a "
+        "slice's final expert once the slice has started, which leaks up to one slice.",
     )
     top_k: int | None = Field(
         None, ge=1, description="Router: keep the k largest weights per token.",
@@ -364,7 +383,7 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
 
 _MODEL_HELP = "TiMoE bundle, expert/dense run dir, or folder of expert run dirs."
 _STRATEGY_HELP = "avg | learned-avg | coadapt | expert:YEAR | dense (default: the bundle's own)."
-_POLICY_HELP = "Eligibility: inclusive | strict."
+_POLICY_HELP = "Eligibility: point-in-time | strict (its alias) | inclusive (default: the bundle's)."
 
 
 class EvaluateConfig(StrictModel):
@@ -381,7 +400,9 @@ class EvaluateConfig(StrictModel):
         None, description="Read everything as of DATE (YYYY, YYYY-MM or YYYY-MM-DD); "
         "default: each document's or question's own year.",
     )
-    policy: Literal["inclusive", "strict"] | None = Field(None, description=_POLICY_HELP)
+    policy: Literal["point-in-time", "strict", "inclusive"] | None = Field(
+        None, description=_POLICY_HELP
+    )
     data: Path | None = Field(None, description="Prepared data dir: val perplexity.")
     tsqa: str | None = Field(
         None, description="Temporal QA: builtin | FILE.json/.jsonl | hf:NAME[:SPLIT]."
@@ -438,7 +459,7 @@ class GenerateConfig(StrictModel):
         json_schema_extra=cli(flag="--greedy/--sample"),
     )
     seed: int = Field(0, description="Sampling seed.")
-    policy: Literal["inclusive", "strict"] | None = Field(  # default: the bundle's
+    policy: Literal["point-in-time", "strict", "inclusive"] | None = Field(  # default: the bundle's
         None, description=_POLICY_HELP
     )
     use_cache: bool = Field(  # False: recompute the whole context every token (for checks)

@@ -15,8 +15,24 @@ from typing import Literal
 
 from timoe_core.errors import TimoeError
 
-EligibilityPolicy = Literal["inclusive", "strict"]
-POLICIES: tuple[str, ...] = ("inclusive", "strict")
+EligibilityPolicy = Literal["point-in-time", "strict", "inclusive"]
+# point-in-time (the default): an artefact is usable as of d only if every text that
+# shaped it is dated <= d (its data_cutoff); `strict` is its older name. inclusive: the
+# paper code's rule, a slice is usable once it has started (it leaks up to one slice).
+POLICIES: tuple[str, ...] = ("point-in-time", "strict", "inclusive")
+DEFAULT_POLICY: EligibilityPolicy = "point-in-time"
+
+
+def canonical_policy(policy: str) -> str:
+    """`strict` is an alias of `point-in-time`; TimoeError for an unknown policy."""
+    if policy not in POLICIES:
+        raise TimoeError(f"unknown eligibility policy {policy!r}: use one of {', '.join(POLICIES)}")
+    return "point-in-time" if policy == "strict" else policy
+
+
+def year_cutoff(year: int) -> date:
+    """The data cutoff of text dated by year only: its last day (Y-12-31)."""
+    return date(year, 12, 31)
 
 
 @dataclass(frozen=True, order=True)
@@ -48,12 +64,11 @@ class TimeSlice:
         return self.start_year <= year <= self.end_year
 
     def is_eligible(self, query_date: date, policy: EligibilityPolicy = "inclusive") -> bool:
-        """inclusive: the slice started on or before the date; strict: it ended by then."""
-        if policy == "inclusive":
+        """inclusive: the slice started on or before the date; point-in-time (strict) for
+        a slice whose artefact read the whole slice: it ended by then."""
+        if canonical_policy(policy) == "inclusive":
             return self.start <= query_date
-        if policy == "strict":
-            return self.end <= query_date
-        raise TimoeError(f"unknown eligibility policy {policy!r}: use one of {', '.join(POLICIES)}")
+        return self.end <= query_date
 
     @classmethod
     def from_label(cls, label: str) -> "TimeSlice":
@@ -154,7 +169,7 @@ def first_eligible_date(slices: list[TimeSlice], policy: EligibilityPolicy = "in
     """The earliest query date for which at least one of `slices` is eligible."""
     if not slices:
         raise TimoeError("no time slices: train at least one expert first")
-    if policy == "strict":
+    if canonical_policy(policy) == "point-in-time":
         return min(s.end for s in slices)
     return min(s.start for s in slices)
 
@@ -168,8 +183,7 @@ def eligible_slices(
 
     Raises TimoeError naming the first usable date when none is eligible.
     """
-    if policy not in POLICIES:
-        raise TimoeError(f"unknown eligibility policy {policy!r}: use one of {', '.join(POLICIES)}")
+    canonical_policy(policy)
     when = parse_query_date(query_date)
     out = sorted(s for s in slices if s.is_eligible(when, policy))
     if not out:

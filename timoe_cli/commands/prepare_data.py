@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 _FIELDS = [
     "source", "text_field", "date_field", "skip_bad_rows", "max_docs", "builtin_docs_per_year",
     "seed", "hf_split", "out", "overwrite", "seq_len", "val_fraction", "start_year", "end_year",
-    "slice_years", "workers", "num_shards", "shard_index",
+    "slice_years", "until", "workers", "num_shards", "shard_index",
 ]
 
 

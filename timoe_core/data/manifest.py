@@ -72,6 +72,9 @@ class Manifest(BaseModel):
     years: dict[str, YearStats] = Field(default_factory=dict)
     # Documents not written, by reason: out_of_range, bad_rows, empty, ...
     skipped: dict[str, int] = Field(default_factory=dict)
+    # prepare-data --until: documents dated after this ISO date were left out
+    # (counted in skipped["after_until"]); the slicing is unchanged.
+    until: str | None = None
     # Relative path -> size and checksum, for every token file.
     files: dict[str, FileEntry] = Field(default_factory=dict)
 

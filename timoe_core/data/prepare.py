@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ from timoe_core.data.manifest import (
 from timoe_core.data.sources import SourceOptions, open_source
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_json, check_writable_dir
-from timoe_core.timeslices import TimeSlicing
+from timoe_core.timeslices import TimeSlicing, parse_query_date, year_cutoff
 from timoe_core.tokenizer import Tokenizer, get_tokenizer
 
 SKIP_REASONS: tuple[str, ...] = ("out_of_range", "empty", "bad_rows")
@@ -346,6 +347,8 @@ def _empty_corpus_message(counts: _Counts, slicing: TimeSlicing, source: str) ->
             f"{s['out_of_range']} outside the years {slicing.start_year}-{slicing.end_year} "
             f"(they are from {seen}: adjust --start-year/--end-year)"
         )
+    if s.get("after_until"):
+        detail.append(f"{s['after_until']} dated after --until")
     if s["empty"]:
         detail.append(f"{s['empty']} with empty text")
     if s["bad_rows"]:
@@ -363,6 +366,7 @@ def prepare_data(
     """Tokenise `cfg.source` into `cfg.out` (or merge `cfg.merge` into it); the manifest."""
     if cfg.merge:
         return merge_data_dirs(cfg, progress_callback)
+    until = parse_query_date(cfg.until) if cfg.until is not None else None  # bad date: exit 2
     out = check_out_dir(cfg.out, cfg.overwrite)
     slicing = TimeSlicing(cfg.start_year, cfg.end_year, cfg.slice_years)
     tokenizer = get_tokenizer()
@@ -391,13 +395,15 @@ def prepare_data(
         val_fraction=cfg.val_fraction,
         source=source.description,
         shards=[ShardSpec(num_shards=cfg.num_shards, shard_index=cfg.shard_index)],
+        until=until.isoformat() if until is not None else None,
     )
 
     staging = _Staging(out, cfg.overwrite)
     outputs = _Outputs(staging.path, slicing.years)
     pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="timoe-tokenise")
     try:
-        counts = _tokenise_into(cfg, source, tokenizer, slicing, outputs, pool, progress_callback)
+        counts = _tokenise_into(cfg, source, tokenizer, slicing, outputs, pool, progress_callback,
+                                until)
         pool.shutdown(wait=True)
         if outputs.documents == 0:
             raise TimoeError(_empty_corpus_message(counts, slicing, source.description))
@@ -419,6 +425,7 @@ def _tokenise_into(
     outputs: _Outputs,
     pool: ThreadPoolExecutor,
     progress_callback: ProgressCallback | None,
+    until: date | None = None,
 ) -> _Counts:
     encode = _make_encoder(tokenizer)
     eot = np.array([tokenizer.eot_token], dtype=np.uint32)
@@ -427,6 +434,8 @@ def _tokenise_into(
     n_jobs = max(1, cfg.workers * JOBS_PER_WORKER)
     counts = _Counts()
     skipped = counts.skipped
+    if until is not None:
+        skipped["after_until"] = 0
     t0 = time.perf_counter()
     in_flight: list[Future] = []
 
@@ -462,6 +471,10 @@ def _tokenise_into(
                 continue
             if not start <= year <= end:
                 counts.out_of_range(year)
+                continue
+            if until is not None and year_cutoff(year) > until:
+                # Dated by year only: the document may be from the year's last day.
+                skipped["after_until"] += 1
                 continue
             keys.append(((year - start) << 1) | (text_hash(text) < threshold))
             texts.append(text)

@@ -19,6 +19,7 @@ Resume rules (the run dir is RUN_DIR = --out):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from timoe_core.checkpoint import (
 from timoe_core.config import (
     CONFIG_FILENAME,
     TrainExpertConfig,
+    TrainingConfig,
     flag_name,
     format_validation_error,
     read_config_file,
@@ -45,12 +47,13 @@ from timoe_core.data.manifest import Manifest, load_manifest, manifest_checksum
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
 from timoe_core.model.gpt import GPT, GPTConfig, pad_vocab, preset_config
-from timoe_core.timeslices import TimeSlice
+from timoe_core.io import atomic_write_json, sha256_file
+from timoe_core.timeslices import TimeSlice, year_cutoff
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
 from timoe_core.train.job import run_job
-from timoe_core.train.loop import LoopResult, ShuffledOrder, TrainTask
-from timoe_core.train.schedule import budget_steps
+from timoe_core.train.loop import Branch, DataPosition, LoopResult, ShuffledOrder, TrainTask
+from timoe_core.train.schedule import StagedSchedule, budget_steps, stage_decay_steps
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
 
 # How run.json fields that are not options are named to the user when a resume
@@ -63,7 +66,27 @@ _RECORD_NAMES = {
     "block_size": "--seq-len",
     "vocab_size": "vocab size (--data)",
     "bias": "bias",
+    "data_cutoff": "data (the last year with training windows)",
+    "snapshots": "--snapshots (or the data's years)",
 }
+SNAPSHOTS_DIRNAME = "snapshots"
+SNAPSHOT_INFO_FILENAME = "snapshot.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One chronological stage of a staged run: year `year`, reading the windows of the
+    run's years <= year (the first `windows` of the run's TokenWindows, which are in
+    year order), `steps` main steps and a decay of `decay_steps`."""
+
+    year: int
+    windows: int
+    steps: int
+    decay_steps: int
+
+    @property
+    def cutoff(self) -> date:
+        return year_cutoff(self.year)
 
 
 @dataclass
@@ -77,6 +100,7 @@ class ExpertPlan:
     run_info: RunInfo
     world_size: int
     total_steps: int
+    stages: list[Stage] = field(default_factory=list)  # empty: --snapshots none
     # Run dir decision: "new" (nothing there), "resume" (checkpoint or re-prepare),
     # "overwrite" (clear it first).
     action: str = "new"
@@ -206,7 +230,14 @@ def plan_expert_run(
             "--grad-accum, or use a shorter --seq-len"
         )
     tokens_per_step = global_batch * seq_len
-    total_steps = budget_steps(cfg, len(windows), global_batch, tokens_per_step)
+    stages: list[Stage] = []
+    if cfg.snapshots == "none":
+        total_steps = budget_steps(cfg, len(windows), global_batch, tokens_per_step)
+        data_cutoff = year_cutoff(max(windows.years))
+    else:
+        stages = plan_stages(cfg, windows, global_batch, time_slice)
+        total_steps = sum(s.steps for s in stages) + stages[-1].decay_steps
+        data_cutoff = stages[-1].cutoff
 
     run_dir = Path(cfg.out) if cfg.out is not None else Path("runs") / f"{kind}-{time_slice.label}"
     info = RunInfo(
@@ -221,6 +252,11 @@ def plan_expert_run(
             "eot_token": manifest.eot_token,
         },
         data_manifest_sha256=manifest_checksum(cfg.data),
+        data_cutoff=data_cutoff.isoformat(),
+        snapshots=[
+            {"data_cutoff": s.cutoff.isoformat(), "path": snapshot_relpath(s.cutoff)}
+            for s in stages[:-1]
+        ],
     )
     plan = ExpertPlan(
         cfg=cfg,
@@ -230,10 +266,45 @@ def plan_expert_run(
         run_info=info,
         world_size=world_size,
         total_steps=total_steps,
+        stages=stages,
     )
     if check_run_dir:
         _check_run_dir(plan, restart=restart)
     return plan
+
+
+def snapshot_relpath(cutoff: date) -> str:
+    return f"{SNAPSHOTS_DIRNAME}/{cutoff.isoformat()}"
+
+
+def plan_stages(
+    cfg: TrainExpertConfig, windows: TokenWindows, global_batch: int, time_slice: TimeSlice
+) -> list[Stage]:
+    """The chronological stages of a staged run: one per year with training windows.
+
+    Budgets are per stage, never global: stage k's steps come from --steps-per-stage or
+    from year k's own windows (one pass), so an artefact with cutoff k depends on data
+    <= k and the config only."""
+    if cfg.max_steps is not None or cfg.max_tokens is not None:
+        flag = "--max-steps" if cfg.max_steps is not None else "--max-tokens"
+        raise TimoeError(
+            f"{flag} sets one budget for the whole run, but a staged run (--snapshots stages, "
+            "the default) has a budget per year: give --steps-per-stage N, or --snapshots none "
+            f"for one run of {flag}"
+        )
+    stages = []
+    for year in windows.years:
+        upto = int((windows.window_years <= year).sum())
+        own = int((windows.window_years == year).sum())
+        if upto < global_batch:
+            raise TimoeError(
+                f"stage {year} of {time_slice.label} has {upto} training windows of "
+                f"{windows.seq_len + 1} tokens, fewer than one step's {global_batch}: lower "
+                "--batch-size or --grad-accum, use a shorter --seq-len, or --snapshots none"
+            )
+        steps = cfg.steps_per_stage or max(1, own // global_batch)
+        stages.append(Stage(year, upto, steps, stage_decay_steps(steps, cfg.decay_fraction)))
+    return stages
 
 
 def prepare_run_dir(plan: ExpertPlan) -> None:
@@ -300,6 +371,90 @@ class ExpertTask(TrainTask):
         load_weights_into(self.model, directory)
 
 
+class StageStream:
+    """The data order of one stage: permutations of the stage's windows (the first
+    `windows` of the run), seeded by (seed, stage year, epoch), cut into steps. It knows
+    nothing of later years: a run that stops at this stage reads the same windows."""
+
+    def __init__(self, stage: Stage, seed: int) -> None:
+        self.stage, self.seed = stage, seed
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def block(self, j: int, n: int) -> np.ndarray:
+        per_epoch = self.stage.windows // n
+        epoch, b = divmod(j, per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            rng = np.random.default_rng([self.seed, self.stage.year, epoch])
+            self._perm = (epoch, rng.permutation(self.stage.windows))
+        return self._perm[1][b * n : (b + 1) * n]
+
+
+class StagedOrder:
+    """Main step s reads from the stream of the stage holding s; the last stage's stream
+    goes on through the final decay (DataOrder protocol, see loop.py)."""
+
+    def __init__(self, stages: list[Stage], seed: int) -> None:
+        self.stages = stages
+        self.streams = [StageStream(s, seed) for s in stages]
+        self.starts = np.cumsum([0] + [s.steps for s in stages])
+
+    def take(self, position: DataPosition, n: int) -> tuple[np.ndarray, DataPosition]:
+        step = position.offset // n
+        k = min(int(np.searchsorted(self.starts, step, side="right")) - 1, len(self.stages) - 1)
+        out = self.streams[k].block(step - int(self.starts[k]), n)
+        return out, DataPosition(0, position.offset + n)
+
+
+class StagedExpertTask(ExpertTask):
+    """An expert trained in chronological stages, a snapshot after each but the last
+    through a decay branch (loop.Branch); see docs/architecture.md."""
+
+    def __init__(self, model: GPT, train: TokenWindows, val: TokenWindows | None, seed: int,
+                 eval_windows: int, stages: list[Stage], run_dir: Path) -> None:
+        super().__init__(model, train, val, seed, eval_windows)
+        self.stages, self.run_dir = stages, run_dir
+        self.order = StagedOrder(stages, seed)
+        self.schedule: StagedSchedule | None = None
+
+    def own_schedule(self, cfg: TrainingConfig, total_steps: int) -> StagedSchedule:
+        first = self.stages[0].steps
+        self.schedule = StagedSchedule(
+            peak_lr=cfg.lr,
+            warmup_steps=int(cfg.warmup_fraction * first + 0.5),
+            main_steps=sum(s.steps for s in self.stages),
+            decay_steps=self.stages[-1].decay_steps,
+            min_lr_ratio=cfg.min_lr_ratio,
+            decay_shape=cfg.decay_shape,
+        )
+        return self.schedule
+
+    def branch_after(self, step: int) -> Branch | None:
+        order = self.order
+        assert isinstance(order, StagedOrder)
+        for k, stage in enumerate(self.stages[:-1]):
+            if int(order.starts[k + 1]) == step:
+                stream, schedule = order.streams[k], self.schedule
+                assert schedule is not None
+                folder = self.run_dir / snapshot_relpath(stage.cutoff)
+                return Branch(
+                    steps=stage.decay_steps,
+                    take=lambda i, n: stream.block(stage.steps + i, n),
+                    lr=lambda i: schedule.branch_lr(i, stage.decay_steps),
+                    save=lambda: self.save_snapshot(folder, stage),
+                    done=(folder / SNAPSHOT_INFO_FILENAME).is_file(),
+                )
+        return None
+
+    def save_snapshot(self, folder: Path, stage: Stage) -> None:
+        """The snapshot's weights, then snapshot.json (last: a folder holding it is whole)."""
+        path = save_model_weights(folder, self.model)
+        atomic_write_json(folder / SNAPSHOT_INFO_FILENAME, {
+            "data_cutoff": stage.cutoff.isoformat(), "stage_year": stage.year,
+            "stage_steps": stage.steps, "decay_steps": stage.decay_steps,
+            "sha256": sha256_file(path),
+        })
+
+
 class ExpertJob:
     """train-expert as a `TrainingJob` (see job.py)."""
 
@@ -321,13 +476,13 @@ class ExpertJob:
         model = GPT(plan.model_config)
         years, seq_len = plan.time_slice.years, plan.model_config.block_size
         val = TokenWindows(cfg.data, "val", years, seq_len, plan.manifest)
-        return ExpertTask(
-            model,
-            TokenWindows(cfg.data, "train", years, seq_len, plan.manifest),
-            val if len(val) else None,
-            seed=cfg.seed,
-            eval_windows=cfg.eval_batches * cfg.batch_size,
-        )
+        train = TokenWindows(cfg.data, "train", years, seq_len, plan.manifest)
+        eval_windows = cfg.eval_batches * cfg.batch_size
+        if plan.stages:
+            return StagedExpertTask(model, train, val if len(val) else None, cfg.seed,
+                                    eval_windows, plan.stages, plan.run_dir)
+        return ExpertTask(model, train, val if len(val) else None, seed=cfg.seed,
+                          eval_windows=eval_windows)
 
     def wandb_config(self, plan: ExpertPlan, env: DistEnv) -> dict[str, Any]:
         return {

@@ -72,6 +72,7 @@ Writing a training command (timoe_core.train.expert is the worked example)
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
@@ -181,6 +182,23 @@ class GroupedOrder:
 # ------------------------------------------------------------------------ task
 
 
+@dataclass
+class Branch:
+    """A decay branch off the main line after a main step (train-expert's snapshots).
+
+    The loop checkpoints the pre-branch state, runs `steps` optimizer steps reading
+    `take(i, n)` (the windows of branch step i) at learning rate `lr(i)`, calls `save()`
+    on rank 0 (the snapshot), then restores weights, optimizer and RNG to the pre-branch
+    state: the main line goes on bitwise as if the branch had not happened. `done`: the
+    snapshot is already on disk (a resumed run), so the branch is skipped."""
+
+    steps: int
+    take: Callable[[int, int], np.ndarray]
+    lr: Callable[[int], float]
+    save: Callable[[], None]
+    done: bool = False
+
+
 class TrainTask:
     """What a training command trains; see the module docstring for the protocol."""
 
@@ -210,6 +228,15 @@ class TrainTask:
 
     def load_weights(self, directory: Path) -> None:
         raise NotImplementedError
+
+    def own_schedule(self, cfg: TrainingConfig, total_steps: int) -> Any:
+        """A schedule of the task's own (with `lr(step)` and `state_dict()`), or None for
+        the run's warmup-stable-decay over `total_steps`."""
+        return None
+
+    def branch_after(self, step: int) -> Branch | None:
+        """The decay branch to run once `step` main steps are done, if any."""
+        return None
 
 
 # --------------------------------------------------------------------- trainer
@@ -248,7 +275,7 @@ class Trainer:
         self.optimizer = build_adamw(
             self.raw, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2)
         )
-        self.schedule = make_schedule(cfg, total_steps)
+        self.schedule = task.own_schedule(cfg, total_steps) or make_schedule(cfg, total_steps)
         self.amp = amp_enabled(cfg, env.device)
         model: nn.Module = self.raw
         if cfg.compile:
@@ -287,9 +314,10 @@ class Trainer:
         assert loss_sum is not None, "no micro-batches"
         return loss_sum.float() / n_micro, {k: v / n_micro for k, v in metric_sums.items()}
 
-    def apply(self, step: int) -> torch.Tensor | None:
-        """Clip, set the lr of `step`, AdamW step, zero grads. Returns the grad norm."""
-        lr = self.schedule.lr(step)
+    def apply(self, step: int, lr: float | None = None) -> torch.Tensor | None:
+        """Clip, set the lr of `step` (or `lr`), AdamW step, zero grads. Returns the grad
+        norm."""
+        lr = self.schedule.lr(step) if lr is None else lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         grad_norm = None
@@ -304,6 +332,25 @@ class Trainer:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
         loss, metrics = self.accumulate(micro_batches, n_micro)
         return loss, metrics, self.apply(step)
+
+    def run_branch(self, branch: Branch, global_batch: int) -> None:
+        """`branch` off the current state, which is restored afterwards (see Branch)."""
+        env, cfg = self.env, self.cfg
+        per_rank = cfg.batch_size * cfg.grad_accum
+        weights = {k: v.detach().clone() for k, v in self.raw.state_dict().items()}
+        optimizer = copy.deepcopy(self.optimizer.state_dict())
+        rng = ckpt_state.capture_rng(env.device)
+        for i in range(branch.steps):
+            mine = branch.take(i, global_batch)[env.rank * per_rank : (env.rank + 1) * per_rank]
+            self.accumulate(_micro_batches(self.task, mine, cfg.grad_accum, env.device),
+                            cfg.grad_accum)
+            self.apply(-1, lr=branch.lr(i))
+        if env.is_main:
+            branch.save()
+        env.barrier()
+        self.raw.load_state_dict(weights)
+        self.optimizer.load_state_dict(optimizer)
+        ckpt_state.restore_rng(rng, env.device)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -436,6 +483,10 @@ def run_training(
     repeat_aborts = not env.is_distributed and outer_launch() is None
     try:
         with StopRequest(repeat_aborts=repeat_aborts, announce=env.is_main) as stop:
+            resumed_branch = task.branch_after(step) if saved is not None else None
+            if resumed_branch is not None and not resumed_branch.done:  # stopped inside it
+                logger.message(f"step {step}: decay branch of {resumed_branch.steps} steps")
+                trainer.run_branch(resumed_branch, global_batch)
             while step < end_step:
                 indices, next_position = task.order.take(position, global_batch)
                 mine = indices[env.rank * per_rank : (env.rank + 1) * per_rank]
@@ -495,9 +546,16 @@ def run_training(
                                 "elapsed": elapsed,
                             }
                         )
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or done or stopping:
+                branch = None if stopping else task.branch_after(step)
+                if (
+                    (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or done
+                    or stopping or branch is not None  # a branch resumes from its start
+                ):
                     elapsed = elapsed_before + time.perf_counter() - start
                     last_ckpt = save(step)
+                if branch is not None and not branch.done:
+                    logger.message(f"step {step}: decay branch of {branch.steps} steps")
+                    trainer.run_branch(branch, global_batch)
                 log_t0 += time.perf_counter() - paused
                 if stopping:
                     interrupted = True

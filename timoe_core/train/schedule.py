@@ -61,14 +61,7 @@ class WSDSchedule:
         decay_start = total - d
         if step < decay_start:
             return 1.0
-        p = min(1.0, (step - decay_start + 1) / d)
-        if self.decay_shape == "linear":
-            shape = 1.0 - p
-        elif self.decay_shape == "cosine":
-            shape = 0.5 * (1.0 + math.cos(math.pi * p))
-        else:
-            shape = 1.0 - math.sqrt(p)
-        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * shape
+        return decay_factor(step - decay_start, d, self.min_lr_ratio, self.decay_shape)
 
     def lr(self, step: int) -> float:
         return self.peak_lr * self.factor(step)
@@ -76,6 +69,63 @@ class WSDSchedule:
     def state_dict(self) -> dict[str, object]:
         """Plain values only (readable with torch.load(weights_only=True))."""
         return asdict(self)
+
+
+def decay_factor(i: int, decay_steps: int, min_lr_ratio: float, shape: DecayShape) -> float:
+    """The multiplier at step `i` (0-based) of a decay of `decay_steps` steps from the peak
+    to `min_lr_ratio`. The final decay of a run and every decay branch call this, so a
+    branch and a run that ends there anneal through bitwise the same learning rates."""
+    p = min(1.0, (i + 1) / decay_steps)
+    if shape == "linear":
+        s = 1.0 - p
+    elif shape == "cosine":
+        s = 0.5 * (1.0 + math.cos(math.pi * p))
+    else:
+        s = 1.0 - math.sqrt(p)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * s
+
+
+@dataclass(frozen=True)
+class StagedSchedule:
+    """WSD over chronological stages: warmup (`warmup_steps`, fixed by the first stage
+    alone), the peak through every stage's main steps (`main_steps` in all), then the last
+    stage's decay (`decay_steps`). Every earlier stage ends with a decay branch of its own
+    length (`branch_lr`), run off the main line (train/loop.py). Nothing here depends on
+    stages that come later than the step it is asked about."""
+
+    peak_lr: float
+    warmup_steps: int
+    main_steps: int
+    decay_steps: int
+    min_lr_ratio: float = 0.1
+    decay_shape: DecayShape = "linear"
+
+    @property
+    def total_steps(self) -> int:
+        return self.main_steps + self.decay_steps
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if step < self.main_steps:
+            return 1.0
+        return decay_factor(step - self.main_steps, self.decay_steps, self.min_lr_ratio,
+                            self.decay_shape)
+
+    def lr(self, step: int) -> float:
+        return self.peak_lr * self.factor(step)
+
+    def branch_lr(self, i: int, decay_steps: int) -> float:
+        """Step `i` of a decay branch of `decay_steps` steps."""
+        return self.peak_lr * decay_factor(i, decay_steps, self.min_lr_ratio, self.decay_shape)
+
+    def state_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def stage_decay_steps(stage_steps: int, decay_fraction: float) -> int:
+    """Steps of a stage's decay (branch or final): decay_fraction of its own steps, >= 1."""
+    return max(1, int(decay_fraction * stage_steps + 0.5))
 
 
 def budget_steps(

@@ -352,6 +352,7 @@ RUN_ARTIFACTS = (
     METRICS_FILENAME,
     WANDB_ID_FILENAME,
     CHECKPOINTS_DIRNAME,
+    "snapshots",
     "debug",
     "wandb",
 )
