@@ -23,6 +23,8 @@ pytestmark = pytest.mark.filterwarnings("error")
 
 V = 128
 ALL = [s.label for s in TimeSlicing().slices]
+# These tests state the paper code's rule, under which a slice answers once it has started.
+INCLUSIVE = MixtureOptions(policy="inclusive")
 DATES = ["2013", "2014-06", "2016", "2019-03-01", "2024"]
 
 
@@ -78,7 +80,7 @@ def _cases():
 @pytest.mark.parametrize("strategy", ["avg", "learned-avg"])
 def test_causal_validity_ineligible_experts_never_matter(tmp_path, runs, x, strategy):
     """Bitwise equal after re-initialising every ineligible expert, and after deleting it."""
-    base = TiMoE.from_expert_dirs([tmp_path / "runs"], strategy=strategy)
+    base = TiMoE.from_expert_dirs([tmp_path / "runs"], strategy=strategy, options=INCLUSIVE)
     if strategy != "avg":
         random_router(base)
     bundle = tmp_path / "bundle"
@@ -118,7 +120,7 @@ def test_causal_validity_ineligible_experts_never_matter(tmp_path, runs, x, stra
 def test_from_expert_dirs_reads_no_weights_until_a_query(tmp_path, runs, x):
     for lab in ALL[2:]:
         (runs[lab] / MODEL_FILENAME).unlink()  # only the first two have weights
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], options=INCLUSIVE)
     assert mix.loaded_experts() == []
     mix.mixture_log_probs(x, "2016")
     assert mix.loaded_experts() == ["2013-2014", "2015-2016"]
@@ -134,7 +136,7 @@ def test_from_expert_dirs_reads_no_weights_until_a_query(tmp_path, runs, x):
 @pytest.mark.parametrize("date", ["2013", "2016", "2024"])
 def test_mixture_is_a_proper_distribution(tmp_path, runs, x, strategy, top_k, date):
     mix = TiMoE.from_expert_dirs([tmp_path / "runs"], strategy=strategy,
-                                 options=MixtureOptions(top_k=top_k))
+                                 options=MixtureOptions(policy="inclusive", top_k=top_k))
     if strategy != "avg":
         random_router(mix)
     lp = mix.mixture_log_probs(x, date)
@@ -151,7 +153,7 @@ def test_mixture_is_a_proper_distribution(tmp_path, runs, x, strategy, top_k, da
 
 def test_ineligible_experts_are_excluded_not_zeroed(tmp_path, runs, x):
     """The paper's bug: a masked expert with zero logits is uniform and still takes mass."""
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], options=INCLUSIVE)
     lp = mix.mixture_log_probs(x, "2013")  # a single eligible expert
     alone = mix.expert("2013-2014").log_probs(x)
     assert torch.allclose(lp, alone, atol=1e-6)
@@ -165,7 +167,7 @@ def test_ineligible_experts_are_excluded_not_zeroed(tmp_path, runs, x):
 
 @pytest.mark.parametrize("strategy", ["avg", "learned-avg"])
 def test_changing_a_later_token_leaves_earlier_positions_alone(tmp_path, runs, x, strategy):
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], strategy=strategy)
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], strategy=strategy, options=INCLUSIVE)
     if strategy != "avg":
         random_router(mix)
     dates = ["2016", "2024", "2019"]
@@ -188,7 +190,7 @@ def test_changing_a_later_token_leaves_earlier_positions_alone(tmp_path, runs, x
 @pytest.mark.parametrize("chunk", [None, 7, 64])
 @pytest.mark.parametrize("date", ["2013", "2016", "2020", "2024"])
 def test_streaming_avg_equals_the_naive_dense_mixture(tmp_path, runs, x, date, chunk):
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], options=INCLUSIVE)
     mix.chunk_tokens = chunk
     lp = mix.mixture_log_probs(x, date)
     assert torch.allclose(lp, naive_avg(mix, x, date), atol=1e-5, rtol=0)
@@ -199,7 +201,7 @@ def test_streaming_avg_equals_the_naive_dense_mixture(tmp_path, runs, x, date, c
 def test_target_log_probs_equal_the_full_mixture_at_the_targets(tmp_path, runs, x, strategy,
                                                                 top_k):
     mix = TiMoE.from_expert_dirs([tmp_path / "runs"], strategy=strategy,
-                                 options=MixtureOptions(top_k=top_k))
+                                 options=MixtureOptions(policy="inclusive", top_k=top_k))
     if strategy != "avg":
         random_router(mix)
     mix.chunk_tokens = 16
@@ -215,7 +217,7 @@ def test_target_log_probs_equal_the_full_mixture_at_the_targets(tmp_path, runs, 
 
 def test_learned_router_weights_are_used(tmp_path, runs, x):
     """A non-uniform router gives a different mixture than avg, built from its weights."""
-    mix = random_router(TiMoE.from_expert_dirs([tmp_path / "runs"], strategy="learned-avg"))
+    mix = random_router(TiMoE.from_expert_dirs([tmp_path / "runs"], strategy="learned-avg", options=INCLUSIVE))
     out = mix(x, torch.zeros_like(x), "2016")
     lw = out.log_weights  # (B, T, K)
     stack = torch.stack([mix.expert(s).log_probs(x) for s in mix.slices[:2]], dim=-2)
@@ -225,8 +227,8 @@ def test_learned_router_weights_are_used(tmp_path, runs, x):
 
 
 def test_untrained_router_is_exactly_avg(tmp_path, runs, x):
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], strategy="learned-avg")
-    avg = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], strategy="learned-avg", options=INCLUSIVE)
+    avg = TiMoE.from_expert_dirs([tmp_path / "runs"], options=INCLUSIVE)
     assert torch.allclose(mix.mixture_log_probs(x, "2020"), avg.mixture_log_probs(x, "2020"),
                           atol=1e-6)
 
@@ -236,7 +238,7 @@ def test_untrained_router_is_exactly_avg(tmp_path, runs, x):
 
 @pytest.mark.parametrize("strategy", ["avg", "learned-avg"])
 def test_mixed_dates_in_one_batch_equal_each_row_alone(tmp_path, runs, strategy):
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], strategy=strategy)
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], strategy=strategy, options=INCLUSIVE)
     if strategy != "avg":
         random_router(mix)
     mix.chunk_tokens = 9
@@ -258,7 +260,7 @@ def test_mixed_dates_in_one_batch_equal_each_row_alone(tmp_path, runs, strategy)
 
 
 def test_each_expert_runs_only_on_its_eligible_rows(tmp_path, runs, monkeypatch):
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], options=INCLUSIVE)
     seen: dict[str, int] = {}
     for s in mix.slices:
         expert = mix.expert(s)
@@ -280,7 +282,7 @@ def test_each_expert_runs_only_on_its_eligible_rows(tmp_path, runs, monkeypatch)
 
 def test_no_eligible_expert_names_the_first_usable_date(tmp_path, x):
     make_expert_runs(tmp_path / "runs", ALL[1:], vocab_size=V)  # 2013-2014 missing
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], options=INCLUSIVE)
     with pytest.raises(TimoeError, match="first query date with an eligible expert is 2015-01-01"):
         mix.mixture_log_probs(x, "2014")
     with pytest.raises(TimoeError, match="2015-01-01"):
@@ -296,7 +298,7 @@ def test_no_eligible_expert_names_the_first_usable_date(tmp_path, x):
 def test_a_missing_slice_is_never_eligible(tmp_path, x):
     labels = [lab for lab in ALL if lab != "2017-2018"]
     make_expert_runs(tmp_path / "runs", labels, vocab_size=V)
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], options=INCLUSIVE)
     assert [s.label for s in mix.slices] == labels
     assert [s.label for s in mix.eligible_experts("2018")] == ["2013-2014", "2015-2016"]
     assert [s.label for s in mix.eligible_experts("2019")] == ["2013-2014", "2015-2016",
@@ -305,7 +307,7 @@ def test_a_missing_slice_is_never_eligible(tmp_path, x):
 
 
 def test_query_dates_must_match_the_batch(tmp_path, runs, x):
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], options=INCLUSIVE)
     with pytest.raises(TimoeError, match="2 query dates for a batch of 3 rows"):
         mix.mixture_log_probs(x, ["2016", "2017"])
     with pytest.raises(TimoeError, match="bad query date"):
@@ -319,7 +321,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_experts(tmp_path):
     """Never an (experts x B x T x V) stack: 6 experts cost what 1 costs."""
     measure = _bench().peak_allocated_bytes
     make_expert_runs(tmp_path / "runs", vocab_size=50304, block_size=64, scale=0.02)
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], options=INCLUSIVE)
     x = torch.randint(0, 50257, (2, 64))
     with torch.no_grad():
         for s in mix.slices:
@@ -369,14 +371,14 @@ def test_bundle_roundtrip_is_lazy_and_identical(tmp_path, runs, x):
 
 
 def test_bundle_moved_alone_falls_back_to_absolute_paths(tmp_path, runs, x):
-    TiMoE.from_expert_dirs([tmp_path / "runs"]).save_bundle(tmp_path / "a" / "m")
+    TiMoE.from_expert_dirs([tmp_path / "runs"], options=INCLUSIVE).save_bundle(tmp_path / "a" / "m")
     shutil.move(tmp_path / "a" / "m", tmp_path / "elsewhere")
     mix = TiMoE.from_bundle(tmp_path / "elsewhere")
     assert torch.allclose(mix.mixture_log_probs(x, "2016"), naive_avg(mix, x, "2016"), atol=1e-5)
 
 
 def test_a_changed_expert_fails_its_checksum_naming_the_file(tmp_path, runs, x):
-    TiMoE.from_expert_dirs([tmp_path / "runs"]).save_bundle(tmp_path / "m")
+    TiMoE.from_expert_dirs([tmp_path / "runs"], options=INCLUSIVE).save_bundle(tmp_path / "m")
     make_expert_runs(tmp_path / "runs", ["2015-2016"], vocab_size=V, seed=5)
     mix = TiMoE.from_bundle(tmp_path / "m")
     mix.mixture_log_probs(x, "2014")  # the changed expert is not eligible: fine
@@ -405,7 +407,7 @@ def test_expert_dirs_forms_and_refusals(tmp_path):
     info = read_run_info(dense)
     write_run_info(dense, RunInfo(**{**info.model_dump(), "kind": "dense",
                                      "slice_label": "2013-2024", "end_date": "2024-12-31"}))
-    assert TiMoE.from_expert_dirs(tmp_path / "runs").labels == ALL[:3]
+    assert TiMoE.from_expert_dirs(tmp_path / "runs", options=INCLUSIVE).labels == ALL[:3]
     assert TiMoE.from_expert_dirs([runs["2015-2016"], runs["2013-2014"]]).labels == ALL[:2]
     with pytest.raises(TimoeError, match="dense run, not a time-slice expert"):
         TiMoE.from_expert_dirs([dense])
@@ -417,11 +419,11 @@ def test_expert_dirs_forms_and_refusals(tmp_path):
     with pytest.raises(TimoeError, match="neither an expert run dir"):
         TiMoE.from_expert_dirs([tmp_path / "empty"])
     with pytest.raises(TimoeError, match="no router"):
-        TiMoE.from_expert_dirs(tmp_path / "runs").strategy = "learned-avg"
+        TiMoE.from_expert_dirs(tmp_path / "runs", options=INCLUSIVE).strategy = "learned-avg"
 
 
 def test_as_average_shares_experts(tmp_path, runs, x):
-    mix = random_router(TiMoE.from_expert_dirs([tmp_path / "runs"], strategy="learned-avg"))
+    mix = random_router(TiMoE.from_expert_dirs([tmp_path / "runs"], strategy="learned-avg", options=INCLUSIVE))
     avg = mix.as_average()
     assert avg.strategy == "avg" and avg.router is None
     assert torch.allclose(avg.mixture_log_probs(x, "2016"), naive_avg(mix, x, "2016"), atol=1e-5)
@@ -432,7 +434,7 @@ def test_as_average_shares_experts(tmp_path, runs, x):
 
 
 def test_trainable_expert_gets_gradients_and_the_others_none(tmp_path, runs, x):
-    mix = random_router(TiMoE.from_expert_dirs([tmp_path / "runs"], strategy="coadapt"))
+    mix = random_router(TiMoE.from_expert_dirs([tmp_path / "runs"], strategy="coadapt", options=INCLUSIVE))
     mix.set_trainable_experts(["2015-2016"])
     mix.train()
     targets = torch.randint(0, V, x.shape)
@@ -467,7 +469,7 @@ def test_trainable_expert_gets_gradients_and_the_others_none(tmp_path, runs, x):
 
 
 def test_cached_frozen_log_probs_replace_running_the_experts(tmp_path, runs, x, monkeypatch):
-    mix = random_router(TiMoE.from_expert_dirs([tmp_path / "runs"], strategy="learned-avg"))
+    mix = random_router(TiMoE.from_expert_dirs([tmp_path / "runs"], strategy="learned-avg", options=INCLUSIVE))
     targets = torch.randint(0, V, x.shape)
     dates = ["2016", "2024", "2013"]
     cache = mix.experts_target_log_probs(x, targets, dates)

@@ -121,7 +121,8 @@ def generate_tokens(
     if isinstance(model, TiMoE):
         if query_date is None:
             raise TimoeError("a TiMoE mixture needs --query-date: generation is as of a date")
-        experts = [s.label for s in model.eligible_experts(query_date)]  # exit 2 if none
+        model = model.as_of(query_date)  # exactly the artefacts usable then (exit 2 if none)
+        experts = [s.label for s in model.eligible_experts(query_date)]
         block_size = min(model.run_infos[label].model_config_.block_size for label in experts)
         vocab_size = model.vocab_size
         device = model.device

@@ -32,9 +32,10 @@ from timoe_core.model.bundle import BUNDLE_FILENAME
 from timoe_core.model.gpt import GPT
 from timoe_core.model.mixture import TiMoE
 from timoe_core.strategies import STRATEGIES
-from timoe_core.timeslices import POLICIES, first_eligible_date, parse_query_date
+from timoe_core.model.expert_pool import run_dir_artefacts
+from timoe_core.timeslices import POLICIES, parse_query_date
 
-STRATEGY_HELP = "avg, learned-avg, coadapt, expert:YEAR or dense"
+STRATEGY_HELP = "avg, learned-avg, coadapt, expert:YEAR, dense or dense-series"
 
 QueryDate = str | int | date
 QueryDates = QueryDate | Sequence[QueryDate]
@@ -45,7 +46,7 @@ def parse_strategy(strategy: str | None) -> tuple[str | None, int | None]:
     if strategy is None:
         return None, None
     text = strategy.strip()
-    if text in STRATEGIES or text == "dense":
+    if text in STRATEGIES or text in ("dense", "dense-series"):
         return text, None
     m = re.fullmatch(r"expert:(\d{4})", text)
     if m:
@@ -84,6 +85,10 @@ class EvaluatedModel:
 
     def eligibility_key(self, query_date: QueryDate | None) -> tuple[str, ...]:
         return tuple(self.eligible_experts(query_date))
+
+    def artefacts_used(self, query_date: QueryDate | None) -> list[dict[str, str]]:
+        """[{name, data_cutoff}] of the trained artefacts an answer as of the date uses."""
+        raise NotImplementedError
 
     def ineligibility(self, query_date: QueryDate) -> str | None:
         """None when some expert answers as of `query_date`, else the reason why none does."""
@@ -132,6 +137,9 @@ class SingleModel(EvaluatedModel):
     def loaded_experts(self):
         return [self.label]
 
+    def artefacts_used(self, query_date=None):
+        return [{"name": self.label, "data_cutoff": self.info.cutoff.isoformat()}]
+
 
 class MixtureModel(EvaluatedModel):
     """A TiMoE mixture: experts after the query date are excluded, never loaded."""
@@ -158,9 +166,15 @@ class MixtureModel(EvaluatedModel):
             return [s.label for s in sorted(self.mix.slices)]
         return [s.label for s in self.mix.eligible_experts(parse_query_date(query_date))]
 
+    def eligibility_key(self, query_date):
+        return self.mix.selection_key(parse_query_date(query_date))
+
+    def artefacts_used(self, query_date=None):
+        return self.mix.artefacts_used(parse_query_date(query_date))
+
     def ineligibility(self, query_date):
-        # Some slice is eligible exactly from the first eligible date on (both policies).
-        first = first_eligible_date(self.mix.slices, self.policy)
+        # Some artefact is usable exactly from the first usable date on (every policy).
+        first = self.mix.first_usable_date()
         if parse_query_date(query_date) < first:
             return f"no expert before {first.isoformat()} (policy {self.policy})"
         return None
@@ -233,6 +247,14 @@ def _load(path: Path, strategy: str | None, policy: str | None, dev: torch.devic
 
     if _is_run_dir(path):
         info = read_run_info(path)
+        if info.kind == "dense" and kind == "dense-series":
+            # The dense run and its snapshots, one per year: as of d, the latest snapshot
+            # trained on text up to d (the leak-free baseline).
+            options = MixtureOptions(policy=policy) if policy else None
+            mix = TiMoE(run_dir_artefacts(path, info), "avg", options, device=dev)
+            model = MixtureModel(mix, name=f"dense series ({path.name})")
+            model.strategy = "dense-series"
+            return model
         if info.kind == "dense":
             if kind not in (None, "dense"):
                 raise TimoeError(

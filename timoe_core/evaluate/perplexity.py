@@ -174,25 +174,25 @@ class _Cells:
             groups.setdefault(key, when)
             cell_group[(q, y)] = key
 
-        # Rows of work: (window index, group). Sorted by date so most batches hold one date.
+        # Batches never mix groups (one date and data year each): a cell's result depends
+        # on its own windows only, not on which other years or dates are scored with it.
         order = sorted(groups, key=lambda k: (groups[k], k[1]))
-        work = [(int(i), k) for k in order for i in self.selected[k[1]]]
         sums = {k: 0.0 for k in groups}
-        total = len(work)
+        total = sum(len(self.selected[k[1]]) for k in order)
+        done = 0
         dev = self.model.device
         with torch.inference_mode():
-            for start in range(0, total, batch_size):
-                chunk = work[start : start + batch_size]
-                rows, _ = self.windows.batch([i for i, _ in chunk])
-                rows = rows.to(dev, non_blocking=True)
-                dates = [groups[k] for _, k in chunk]
-                qd: date | list[date] = dates[0] if len(set(dates)) == 1 else dates
-                lp = self.model.target_log_probs(rows[:, :-1], rows[:, 1:], qd)
-                nll = (-lp.double().sum(dim=1)).cpu().tolist()
-                for (_, k), v in zip(chunk, nll):
-                    sums[k] += v
-                if progress is not None:
-                    progress(min(start + batch_size, total), total)
+            for k in order:
+                indices = [int(i) for i in self.selected[k[1]]]
+                for start in range(0, len(indices), batch_size):
+                    chunk = indices[start : start + batch_size]
+                    rows, _ = self.windows.batch(chunk)
+                    rows = rows.to(dev, non_blocking=True)
+                    lp = self.model.target_log_probs(rows[:, :-1], rows[:, 1:], groups[k])
+                    sums[k] += float(-lp.double().sum())
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
 
         for cell, key in cell_group.items():
             n_win = len(self.selected[key[1]])

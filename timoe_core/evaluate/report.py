@@ -54,6 +54,8 @@ def evaluation_report(
         "loaded_experts": model.loaded_experts(),
         "timoe_version": __version__,
     }
+    if query_date is not None or not model.dated:
+        report["artefacts_used"] = model.artefacts_used(query_date)
     if query_date is None and model.dated:
         years = set()
         if perplexity:
@@ -62,6 +64,11 @@ def evaluation_report(
             years |= set(tsqa.by_year)
         report["eligible_by_year"] = {
             str(y): (None if model.ineligibility(y) else model.eligible_experts(y))
+            for y in sorted(years)
+        }
+        # Each year's answers as of its own date: the artefacts behind them.
+        report["artefacts_used"] = {
+            str(y): (None if model.ineligibility(y) else model.artefacts_used(y))
             for y in sorted(years)
         }
     if matrix is not None:

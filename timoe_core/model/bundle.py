@@ -4,8 +4,16 @@
                           router (RouterConfig or null), router_sha256, tokenizer,
                           experts: [{slice_label, start_date, end_date, kind, path,
                           abs_path, embedded, weights_sha256, model_config}]
-    router.safetensors    the router's weights (learned-avg, coadapt)
+    router.safetensors    the router's weights (learned-avg, coadapt): the latest one
+    routers/<date>/router.safetensors
+                          a staged router's snapshots, one per data cutoff (timoe.json
+                          `router_snapshots`: data_cutoff, path, sha256, config)
     experts/<label>/      coadapt only: adapted experts' model.safetensors + run.json
+                          (a staged coadapt: experts/<label>@<date>+adapted/)
+
+Each expert entry is one artefact: a slice's final expert, a snapshot inside the slice,
+or an adapted expert, with its `data_cutoff` (the latest date of any text that shaped
+it) and `generation` (0: trained by train-expert; 1: adapted from one).
     config.yaml           the resolved command config (written by the CLI)
 
 An expert's `path` is its run dir relative to the bundle (or `experts/<label>` inside
@@ -21,8 +29,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +53,12 @@ from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_path, atomic_write_json, sha256_file
 from timoe_core.model.expert_pool import ExpertRecord
 from timoe_core.model.gpt import GPT, GPTConfig
-from timoe_core.model.router import Router, RouterConfig
+from timoe_core.model.router import Router, RouterConfig, RouterSnapshot
 
 BUNDLE_FILENAME = "timoe.json"
 ROUTER_FILENAME = "router.safetensors"
 EMBEDDED_EXPERTS_DIR = "experts"
+ROUTER_SNAPSHOTS_DIR = "routers"
 BUNDLE_FORMAT_VERSION = 1
 
 
@@ -66,6 +76,17 @@ class ExpertSpec(BaseModel):
     embedded: bool = False
     weights_sha256: str
     gpt_config: GPTConfig = Field(alias="model_config")
+    data_cutoff: str | None = None  # None: the slice's end (bundles written before cutoffs)
+    generation: int = 0
+
+
+class RouterSnapshotSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data_cutoff: str
+    path: str
+    sha256: str
+    config: RouterConfig
 
 
 class BundleSpec(BaseModel):
@@ -79,6 +100,8 @@ class BundleSpec(BaseModel):
     router_sha256: str | None = None
     tokenizer: dict[str, Any]
     experts: list[ExpertSpec]
+    router_data_cutoff: str | None = None  # the single router's cutoff (not staged)
+    router_snapshots: list[RouterSnapshotSpec] = Field(default_factory=list)
     timoe_version: str | None = None
 
 
@@ -90,6 +113,8 @@ class BundleContents:
     strategy: str
     options: MixtureOptions
     router: Router | None
+    router_snapshots: list[RouterSnapshot] = field(default_factory=list)
+    router_data_cutoff: date | None = None
 
 
 def read_bundle(bundle_dir: Path | str) -> BundleContents:
@@ -122,8 +147,10 @@ def read_bundle(bundle_dir: Path | str) -> BundleContents:
         info = RunInfo(
             kind="expert", slice_label=e.slice_label, start_date=e.start_date,
             end_date=e.end_date, model_config_=e.gpt_config, tokenizer=spec.tokenizer,
+            data_cutoff=e.data_cutoff,
         )
-        records.append(ExpertRecord(info, candidates, e.weights_sha256, e.embedded))
+        records.append(ExpertRecord(info, candidates, e.weights_sha256, e.embedded,
+                                    generation=e.generation))
     try:
         options = MixtureOptions.model_validate({**spec.options, "policy": spec.policy})
     except ValidationError as exc:
@@ -136,45 +163,65 @@ def read_bundle(bundle_dir: Path | str) -> BundleContents:
         check_state_matches(router, state, bundle_dir / ROUTER_FILENAME, BUNDLE_FILENAME,
                             "rebuild the bundle")
         router.load_state_dict(state)
+    snapshots = []
+    for r in spec.router_snapshots:
+        snap = Router(r.config)
+        folder = bundle_dir / r.path
+        state = load_router_weights(folder, r.sha256)
+        check_state_matches(snap, state, folder / ROUTER_FILENAME, BUNDLE_FILENAME,
+                            "rebuild the bundle")
+        snap.load_state_dict(state)
+        snapshots.append(RouterSnapshot(date.fromisoformat(r.data_cutoff), snap))
     if spec.strategy != "avg" and router is None:
         raise TimoeError(f"{path} says strategy {spec.strategy} but holds no router")
-    return BundleContents(records, spec.strategy, options, router)
+    cutoff = date.fromisoformat(spec.router_data_cutoff) if spec.router_data_cutoff else None
+    return BundleContents(records, spec.strategy, options, router, snapshots, cutoff)
+
+
+def embedded_dirname(rec: ExpertRecord) -> str:
+    """Folder of an embedded expert under experts/: its slice, or for a derived
+    artefact of a staged run its name (slice@cutoff+adapted)."""
+    return rec.label if rec.generation == 0 else rec.key
 
 
 def write_bundle(
     out_dir: Path | str,
-    records: Mapping[str, ExpertRecord],
+    records: Sequence[ExpertRecord],
     loaded: Mapping[str, GPT],
     embedded: set[str],
     strategy: str,
     options: MixtureOptions,
     router: Router | None,
+    router_snapshots: Sequence[RouterSnapshot] = (),
+    router_data_cutoff: date | None = None,
 ) -> None:
-    """Write a bundle over `records`; experts in `embedded` get their weights copied into
-    it (from memory when loaded: an adapted expert). timoe.json is written last, and the
-    records are updated to what the bundle now holds."""
+    """Write a bundle over the artefacts `records`; those whose key is in `embedded` get
+    their weights copied into it (from memory when in `loaded`, keyed by artefact key: an
+    adapted expert). timoe.json is written last, and the records are updated to what the
+    bundle now holds."""
     out_dir = Path(out_dir).resolve()
     sources = {  # every expert's weights must be there before anything is written
-        label: rec.weights_dir() for label, rec in records.items()
-        if label not in embedded or label not in loaded
+        rec.key: rec.weights_dir() for rec in records
+        if rec.key not in embedded or rec.key not in loaded
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = []
-    for label, rec in records.items():
-        embed = label in embedded
+    for rec in records:
+        embed = rec.key in embedded
         if embed:
-            target = out_dir / EMBEDDED_EXPERTS_DIR / label
-            if label in loaded:
-                save_model_weights(target, loaded[label])
+            target = out_dir / EMBEDDED_EXPERTS_DIR / embedded_dirname(rec)
+            if rec.key in loaded:
+                save_model_weights(target, loaded[rec.key])
             else:
-                src = sources[label] / MODEL_FILENAME
+                src = sources[rec.key] / MODEL_FILENAME
                 if src.resolve() != (target / MODEL_FILENAME).resolve():
                     with atomic_path(target / MODEL_FILENAME) as tmp:
                         shutil.copyfile(src, tmp)
-            write_run_info(target, rec.info)
+            write_run_info(target, rec.info.model_copy(
+                update={"data_cutoff": rec.cutoff.isoformat(), "snapshots": []}))
             weights = target
         else:
-            weights = sources[label]
+            weights = sources[rec.key]
         digest = sha256_file(weights / MODEL_FILENAME)
         if not embed and rec.sha256 is not None and digest != rec.sha256:
             raise TimoeError(
@@ -184,9 +231,10 @@ def write_bundle(
         rel = os.path.relpath(weights, out_dir)
         specs.append(
             ExpertSpec(
-                slice_label=label, start_date=rec.info.start_date, end_date=rec.info.end_date,
-                kind=rec.info.kind, path=rel, abs_path=str(weights), embedded=embed,
-                weights_sha256=digest, gpt_config=rec.info.model_config_,
+                slice_label=rec.label, start_date=rec.info.start_date,
+                end_date=rec.info.end_date, kind=rec.info.kind, path=rel, abs_path=str(weights),
+                embedded=embed, weights_sha256=digest, gpt_config=rec.info.model_config_,
+                data_cutoff=rec.cutoff.isoformat(), generation=rec.generation,
             )
         )
     router_sha = None
@@ -194,6 +242,16 @@ def write_bundle(
         router_sha = save_router_weights(out_dir, router)
     else:
         (out_dir / ROUTER_FILENAME).unlink(missing_ok=True)
+    snapshot_specs = []
+    for snap in router_snapshots:
+        folder = out_dir / ROUTER_SNAPSHOTS_DIR / snap.data_cutoff.isoformat()
+        sha = save_router_weights(folder, snap.router)
+        snapshot_specs.append({
+            "data_cutoff": snap.data_cutoff.isoformat(),
+            "path": os.path.relpath(folder, out_dir),
+            "sha256": sha,
+            "config": json.loads(snap.router.config.model_dump_json()),
+        })
     bundle = {
         "format_version": BUNDLE_FORMAT_VERSION,
         "strategy": strategy,
@@ -201,13 +259,14 @@ def write_bundle(
         "options": json.loads(options.model_dump_json()),
         "router": json.loads(router.config.model_dump_json()) if router else None,
         "router_sha256": router_sha,
-        "tokenizer": dict(next(iter(records.values())).info.tokenizer),
+        "tokenizer": dict(records[0].info.tokenizer),
         "experts": [json.loads(s.model_dump_json(by_alias=True)) for s in specs],
+        "router_data_cutoff": router_data_cutoff.isoformat() if router_data_cutoff else None,
+        "router_snapshots": snapshot_specs,
         "timoe_version": __version__,
     }
     atomic_write_json(out_dir / BUNDLE_FILENAME, bundle)
-    for spec in specs:  # what the bundle now records
-        rec = records[spec.slice_label]
+    for rec, spec in zip(records, specs):  # what the bundle now records
         rec.sha256 = spec.weights_sha256
         if spec.embedded:
             rec.embedded, rec.candidates = True, [out_dir / spec.path]

@@ -9,23 +9,31 @@ sha256, so an ineligible expert's files are never opened. `find_run_dirs` turns
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from timoe_core.checkpoint import MODEL_FILENAME, RunInfo, load_weights_into, read_run_info
 from timoe_core.errors import TimoeError
 from timoe_core.io import sha256_file
 from timoe_core.model.gpt import GPT
-from timoe_core.timeslices import TimeSlice
+from timoe_core.timeslices import TimeSlice, canonical_policy
 
 
 @dataclass
 class ExpertRecord:
+    """One artefact of a slice: its final expert, a snapshot inside the slice, or an
+    expert derived from one (coadapt's adapted experts, `generation` 1)."""
+
     info: RunInfo  # kind, slice, model config, tokenizer; read without any weights
     candidates: list[Path]  # folders that may hold model.safetensors, in order
     sha256: str | None  # expected checksum; None until first read (from run dirs)
     embedded: bool = False
+    # Latest date of any text that shaped these weights; None: the run's data_cutoff.
+    data_cutoff: date | None = None
+    generation: int = 0  # derived artefacts come after their base of the same cutoff
 
     @property
     def time_slice(self) -> TimeSlice:
@@ -34,6 +42,19 @@ class ExpertRecord:
     @property
     def label(self) -> str:
         return self.info.slice_label
+
+    @property
+    def cutoff(self) -> date:
+        return self.data_cutoff if self.data_cutoff is not None else self.info.cutoff
+
+    @property
+    def key(self) -> str:
+        """The artefact's name: slice, cutoff, and a mark per derivation."""
+        return f"{self.label}@{self.cutoff.isoformat()}" + "+adapted" * self.generation
+
+    @property
+    def order(self) -> tuple[date, int]:
+        return self.cutoff, self.generation
 
     def weights_dir(self) -> Path:
         for d in self.candidates:
@@ -61,6 +82,38 @@ def load_expert(rec: ExpertRecord) -> GPT:
     return load_weights_into(GPT(rec.info.model_config_), directory)
 
 
+def select_artefacts(
+    records: Iterable[ExpertRecord], when: date, policy: str
+) -> list[ExpertRecord]:
+    """The artefacts usable as of `when`, at most one per slice, in time order.
+
+    point-in-time (strict): per slice, the latest artefact (by cutoff, then generation)
+    whose data cutoff is on or before `when`. inclusive (the paper code's rule, which
+    leaks up to one slice): per slice that has started by `when`, its final artefact.
+    """
+    policy = canonical_policy(policy)
+    by_label: dict[str, list[ExpertRecord]] = {}
+    for rec in records:
+        by_label.setdefault(rec.label, []).append(rec)
+    out = []
+    for recs in by_label.values():
+        if policy == "inclusive":
+            usable = recs if recs[0].time_slice.start <= when else []
+        else:
+            usable = [r for r in recs if r.cutoff <= when]
+        if usable:
+            out.append(max(usable, key=lambda r: r.order))
+    return sorted(out, key=lambda r: r.time_slice)
+
+
+def first_usable_date(records: Iterable[ExpertRecord], policy: str) -> date:
+    """The earliest date as of which some artefact is usable under `policy`."""
+    recs = list(records)
+    if canonical_policy(policy) == "inclusive":
+        return min(r.time_slice.start for r in recs)
+    return min(r.cutoff for r in recs)
+
+
 def check_compatible(records: list[ExpertRecord]) -> None:
     """Experts must share the tokenizer and vocab size; slices must not overlap."""
     first = records[0]
@@ -78,7 +131,7 @@ def check_compatible(records: list[ExpertRecord]) -> None:
                 f"experts disagree on model_config.vocab_size: {first.label} has {a}, "
                 f"{rec.label} has {b}; every expert of a mixture must share the vocabulary"
             )
-    ordered = sorted(records, key=lambda r: r.time_slice)
+    ordered = sorted({r.label: r for r in records}.values(), key=lambda r: r.time_slice)
     for prev, cur in zip(ordered, ordered[1:]):
         if cur.time_slice.start_year <= prev.time_slice.end_year:
             raise TimoeError(
@@ -131,8 +184,28 @@ def find_run_dirs(paths: Iterable[Path | str]) -> list[tuple[Path, RunInfo]]:
 
 
 def records_from_run_dirs(paths: Iterable[Path | str]) -> list[ExpertRecord]:
-    """One record per expert run dir found under `paths` (no weights read)."""
-    return [
-        ExpertRecord(info=info, candidates=[Path(d).resolve()], sha256=None)
-        for d, info in find_run_dirs(paths)
-    ]
+    """The artefacts of every expert run dir found under `paths`: its final weights and
+    each snapshot its run.json lists (no weights read)."""
+    out = []
+    for d, info in find_run_dirs(paths):
+        out.extend(run_dir_artefacts(Path(d), info))
+    return out
+
+
+def run_dir_artefacts(run_dir: Path, info: RunInfo) -> list[ExpertRecord]:
+    """A run dir's snapshots (earliest first), then its final weights."""
+    run_dir = Path(run_dir).resolve()
+    out = []
+    for snap in info.snapshots:
+        folder = run_dir / snap["path"]
+        sha = None
+        meta = folder / "snapshot.json"
+        if meta.is_file():
+            try:
+                sha = json.loads(meta.read_text(encoding="utf-8")).get("sha256")
+            except (OSError, ValueError):
+                sha = None
+        out.append(ExpertRecord(info=info, candidates=[folder], sha256=sha,
+                                data_cutoff=date.fromisoformat(snap["data_cutoff"])))
+    out.append(ExpertRecord(info=info, candidates=[run_dir], sha256=None))
+    return out

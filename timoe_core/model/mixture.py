@@ -58,16 +58,25 @@ from timoe_core.model import bundle
 from timoe_core.model.expert_pool import (
     ExpertRecord,
     check_compatible,
+    first_usable_date,
     load_expert,
     records_from_run_dirs,
+    select_artefacts,
 )
 from timoe_core.model.gpt import GPT, KVCache
-from timoe_core.model.router import Router, RouterAux, RouterConfig, RouterOutput, RouterState
+from timoe_core.model.router import (
+    Router,
+    RouterAux,
+    RouterConfig,
+    RouterOutput,
+    RouterSnapshot,
+    RouterState,
+)
 from timoe_core.strategies import get_strategy
 from timoe_core.timeslices import (
     POLICIES,
     TimeSlice,
-    eligible_slices,
+    canonical_policy,
     parse_query_date,
 )
 
@@ -151,14 +160,29 @@ class TiMoE(nn.Module):
         options: MixtureOptions | None = None,
         router: Router | None = None,
         device: str | torch.device = "cpu",
+        router_snapshots: Sequence[RouterSnapshot] = (),
+        router_data_cutoff: date | None = None,
+        shared: dict[str, GPT] | None = None,
     ) -> None:
         super().__init__()
         if not experts:
             raise TimoeError("a mixture needs at least one expert")
         check_compatible(experts)
-        self._records: dict[str, ExpertRecord] = {
-            r.label: r for r in sorted(experts, key=lambda r: r.time_slice)
-        }
+        # Every artefact (a slice's final expert, its snapshots, adapted experts), in
+        # (slice, cutoff, generation) order; _records: the final one of each slice.
+        self._all: list[ExpertRecord] = sorted(experts, key=lambda r: (r.time_slice, r.order))
+        self._records: dict[str, ExpertRecord] = {r.label: r for r in self._all}
+        self._router_snapshots = sorted(router_snapshots, key=lambda r: r.data_cutoff)
+        self.router_data_cutoff = router_data_cutoff
+        # Staged: an answer as of d is computed by `as_of(d)`, a mixture of exactly the
+        # artefacts usable as of d (and the router snapshot of d). A mixture with one
+        # global router over final experts (not staged) computes as it always did.
+        self.staged = bool(self._router_snapshots) or (
+            router is None and len(self._all) > len(self._records)
+        )
+        self._pool = self._all if self.staged else list(self._records.values())
+        self._shared: dict[str, GPT] = {} if shared is None else shared  # artefact key -> GPT
+        self._views: dict[tuple[str, ...], TiMoE] = {}
         self.slices: list[TimeSlice] = [r.time_slice for r in self._records.values()]
         self.options = (options or MixtureOptions()).model_copy()
         self.router = router
@@ -224,22 +248,26 @@ class TiMoE(nn.Module):
         """Open a bundle: timoe.json and the router only; experts load when first eligible."""
         b = bundle.read_bundle(bundle_dir)
         return cls(b.records, strategy=b.strategy, options=b.options, router=b.router,
-                   device=device)
+                   device=device, router_snapshots=b.router_snapshots,
+                   router_data_cutoff=b.router_data_cutoff)
 
     def save_bundle(self, out_dir: Path | str) -> None:
         """Write the bundle (`bundle.py`); timoe.json is written last. Under an
         expert-adapting strategy the adapted experts are stored inside it."""
         adapts = get_strategy(self.strategy).adapts_experts
         embedded = {
-            label for label, rec in self._records.items()
-            if adapts and (rec.embedded or label in self._adapted)
+            rec.key for rec in self._all
+            if adapts and (rec.embedded or (rec is self._records[rec.label]
+                                            and rec.label in self._adapted))
         }
-        bundle.write_bundle(out_dir, self._records, dict(self._experts.items()), embedded,
-                            self.strategy, self.options, self.router)
+        loaded = {self._records[label].key: m for label, m in self._experts.items()}
+        bundle.write_bundle(out_dir, self._all, loaded, embedded, self.strategy, self.options,
+                            self.router, self._router_snapshots, self.router_data_cutoff)
 
     def as_average(self) -> TiMoE:
         """The same experts combined by `avg` (no router); loaded experts are shared."""
-        twin = TiMoE(list(self._records.values()), "avg", self.options, None, self.device)
+        twin = TiMoE(list(self._all), "avg", self.options, None, self.device,
+                     shared=self._shared)
         twin._experts = self._experts
         return twin
 
@@ -345,7 +373,8 @@ class TiMoE(nn.Module):
         rec = self._record(time_slice)
         if rec.label in self._experts:
             return self._experts[rec.label]  # type: ignore[return-value]
-        model = load_expert(rec)
+        model = self._shared.get(rec.key) or load_expert(rec)
+        self._shared[rec.key] = model
         trainable = rec.label in self._trainable
         model.requires_grad_(trainable)
         model.to(self.device).train(self.training and trainable)
@@ -353,8 +382,9 @@ class TiMoE(nn.Module):
         return model
 
     def loaded_experts(self) -> list[str]:
-        """Labels of the experts loaded so far, in time order."""
-        return [s.label for s in self.slices if s.label in self._experts]
+        """Labels of the experts loaded so far (any artefact of theirs), in time order."""
+        loaded = {r.label for r in self._all if r.key in self._shared} | set(self._experts)
+        return [s.label for s in self.slices if s.label in loaded]
 
     def set_trainable_experts(self, experts: Iterable[TimeSlice | str]) -> None:
         """Experts run with gradients (and requires_grad) from now on; the rest frozen.
@@ -374,7 +404,93 @@ class TiMoE(nn.Module):
 
     def eligible_experts(self, query_date: QueryDate) -> list[TimeSlice]:
         """The experts usable as of `query_date` (TimoeError naming the first usable date)."""
-        return eligible_slices(self.slices, query_date, self.policy)  # type: ignore[arg-type]
+        return [r.time_slice for r in self.usable_artefacts(query_date)]
+
+    def usable_artefacts(self, query_date: QueryDate) -> list[ExpertRecord]:
+        """The artefacts an answer as of `query_date` uses, one per slice at most
+        (`expert_pool.select_artefacts`); TimoeError naming the first usable date."""
+        when = parse_query_date(query_date)
+        chosen = select_artefacts(self._pool, when, self.policy)
+        if not chosen:
+            first = first_usable_date(self._pool, self.policy)
+            raise TimoeError(
+                f"no expert is eligible as of {when.isoformat()} (policy {self.policy}): "
+                f"the first query date with an eligible expert is {first.isoformat()}"
+            )
+        return chosen
+
+    def first_usable_date(self) -> date:
+        return first_usable_date(self._pool, self.policy)
+
+    def router_for(self, query_date: QueryDate) -> RouterSnapshot | None:
+        """The router snapshot an answer as of `query_date` uses (staged routers):
+        point-in-time: the one with the largest cutoff on or before the date; inclusive:
+        the latest one over exactly the slices that answer."""
+        if not self._router_snapshots or not self._uses_router():
+            return None
+        when = parse_query_date(query_date)
+        if canonical_policy(self.policy) == "inclusive":
+            labels = [r.label for r in self.usable_artefacts(when)]
+            fits = [r for r in self._router_snapshots if r.router.config.slice_labels == labels]
+        else:
+            fits = [r for r in self._router_snapshots if r.data_cutoff <= when]
+        if not fits:
+            raise TimoeError(
+                f"no router snapshot of this bundle answers as of {when.isoformat()} "
+                f"(policy {self.policy}): its routers start at "
+                f"{self._router_snapshots[0].data_cutoff.isoformat()}"
+            )
+        return fits[-1]
+
+    def selection_key(self, query_date: QueryDate) -> tuple[str, ...]:
+        """Names of the artefacts used as of the date: equal keys, bitwise equal answers."""
+        snap = self.router_for(query_date) if self.staged else None
+        keys = tuple(r.key for r in self.usable_artefacts(query_date))
+        return keys + ((snap.name,) if snap is not None else ())
+
+    def artefacts_used(self, query_date: QueryDate) -> list[dict[str, str]]:
+        """[{name, data_cutoff}] of every artefact an answer as of the date depends on."""
+        out = [{"name": r.key, "data_cutoff": r.cutoff.isoformat()}
+               for r in self.usable_artefacts(query_date)]
+        if self._uses_router():
+            snap = self.router_for(query_date) if self.staged else None
+            if snap is not None:
+                out.append({"name": snap.name, "data_cutoff": snap.data_cutoff.isoformat()})
+            elif self.router is not None:
+                cutoff = self.router_data_cutoff or max(r.cutoff for r in self._records.values())
+                out.append({"name": "router", "data_cutoff": cutoff.isoformat()})
+        return out
+
+    def as_of(self, query_date: QueryDate) -> TiMoE:
+        """The mixture that answers as of `query_date`: exactly the usable artefacts (one
+        per slice) and, with a staged router, its snapshot for that date. Nothing of a
+        later artefact is in it, so its outputs cannot depend on one. A mixture that is
+        not staged is its own answer."""
+        if not self.staged:
+            return self
+        key = self.selection_key(query_date)
+        view = self._views.get(key)
+        if view is None:
+            snap = self.router_for(query_date)
+            router = snap.router if snap is not None else None
+            strategy = self.strategy if router is not None or not self._uses_router() else "avg"
+            view = TiMoE(self.usable_artefacts(query_date), strategy, self.options, router,
+                         self.device, shared=self._shared)
+            view.chunk_tokens = self.chunk_tokens
+            view.eval()
+            self._views[key] = view
+        return view
+
+    def _by_view(self, query_dates: QueryDates, batch_size: int) -> list[tuple[TiMoE, list[int], date]]:
+        """Rows grouped by the mixture that answers them (a staged mixture's as_of)."""
+        dates = _dates_per_row(query_dates, batch_size)
+        groups: dict[tuple[str, ...], tuple[TiMoE, list[int], date]] = {}
+        for b, when in enumerate(dates):
+            key = self.selection_key(when)
+            if key not in groups:
+                groups[key] = (self.as_of(when), [], when)
+            groups[key][1].append(b)
+        return list(groups.values())
 
     def eligibility(self, query_dates: QueryDates, batch_size: int) -> torch.Tensor:
         """(B, K) bool: row b may use expert k. One date for all rows or one per row."""
@@ -428,6 +544,9 @@ class TiMoE(nn.Module):
         """
         ids = input_ids.to(self.device)
         B, T = ids.shape
+        if self.staged:
+            return self._gather_views(ids, None, query_dates, lambda v, x, _, d:
+                                      v.mixture_log_probs(x, d), (B, T, self.vocab_size))
         eligible = self.eligibility(query_dates, B)
         lw, _ = self._log_weights(ids, eligible)
         active = (eligible & torch.isfinite(lw).any(1)).cpu()  # top-k may drop an expert from a row
@@ -514,7 +633,26 @@ class TiMoE(nn.Module):
         self, input_ids: torch.Tensor, targets: torch.Tensor, query_dates: QueryDates
     ) -> torch.Tensor:
         """log P_mix(targets[b, t] | input_ids[b, :t+1]) as (B, T) fp32."""
+        if self.staged:
+            return self._gather_views(input_ids, targets, query_dates, lambda v, x, y, d:
+                                      v.forward(x, y, d).target_log_probs, tuple(targets.shape))
         return self.forward(input_ids, targets, query_dates).target_log_probs
+
+    def _gather_views(self, ids: torch.Tensor, targets: torch.Tensor | None,
+                      query_dates: QueryDates, run: Callable[..., torch.Tensor],
+                      shape: tuple[int, ...]) -> torch.Tensor:
+        """`run(view, ids, targets, date)` for each group of rows of one answering
+        mixture, put back in row order."""
+        groups = self._by_view(query_dates, ids.size(0))
+        if len(groups) == 1:
+            view, _, when = groups[0]
+            return run(view, ids, targets, when)
+        out = torch.empty(shape, dtype=torch.float32, device=self.device)
+        for view, rows, when in groups:
+            idx = torch.tensor(rows, device=ids.device)
+            out[idx.to(self.device)] = run(view, ids[idx], None if targets is None
+                                           else targets[idx], when)
+        return out
 
     @torch.no_grad()
     def experts_target_log_probs(

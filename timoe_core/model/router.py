@@ -29,13 +29,27 @@ at once.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
+from datetime import date
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass
+class RouterSnapshot:
+    """A router as trained on data up to `data_cutoff` (a stage of a staged router)."""
+
+    data_cutoff: date
+    router: "Router"
+
+    @property
+    def name(self) -> str:
+        return f"router@{self.data_cutoff.isoformat()}"
 
 
 class RouterConfig(BaseModel):
@@ -197,6 +211,42 @@ class Router(nn.Module):
 
         total = entropy_coef * entropy + balance_coef * balance + z_loss_coef * z_loss
         return RouterAux(total=total, entropy=entropy, balance=balance, z_loss=z_loss)
+
+
+def slot_generator(seed: int, label: str) -> torch.Generator:
+    """A generator fixed by (seed, slot label) alone: a slot's initial weights never
+    depend on how many other slots exist or will exist."""
+    digest = hashlib.sha256(f"{seed}:{label}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+@torch.no_grad()
+def grow_router(router: Router, labels: list[str], seed: int) -> Router:
+    """`router` with one slot per label of `labels` (a superset of its own slots, in time
+    order). Kept slots keep their weights; a new slot starts with a zero output row and
+    bias (equal weight, as an untrained router) and a date-feature column drawn from
+    `slot_generator(seed, label)`. Nothing depends on slices that are not in `labels`."""
+    old = router.config.slice_labels
+    missing = [label for label in old if label not in labels]
+    if missing:
+        raise ValueError(f"grow_router would drop the slots {missing}")
+    grown = Router(router.config.model_copy(update={"slice_labels": list(labels)}))
+    grown.to(router.embed.weight.device)
+    for name in ("embed", "norm", "fc"):
+        getattr(grown, name).load_state_dict(getattr(router, name).state_dict())
+    grown.out.weight.zero_()
+    grown.out.bias.zero_()
+    for k, label in enumerate(labels):
+        if label in old:
+            j = old.index(label)
+            grown.out.weight[k] = router.out.weight[j]
+            grown.out.bias[k] = router.out.bias[j]
+            if grown.date_proj is not None and router.date_proj is not None:
+                grown.date_proj.weight[:, k] = router.date_proj.weight[:, j]
+        elif grown.date_proj is not None:
+            column = torch.randn(grown.config.hidden_dim, generator=slot_generator(seed, label))
+            grown.date_proj.weight[:, k] = column.to(grown.date_proj.weight.device) * 0.5
+    return grown
 
 
 def masked_log_softmax(
