@@ -309,6 +309,12 @@ class TiMoE(nn.Module):
         ]
 
     @property
+    def artefacts(self) -> list[ExpertRecord]:
+        """Every artefact of the mixture (finals, snapshots, adapted), in slice and
+        cutoff order."""
+        return list(self._all)
+
+    @property
     def name(self) -> str:
         return f"experts ({', '.join(self.labels)})"
 

@@ -42,6 +42,7 @@ from timoe_core.model.bundle import (
     save_router_weights,
 )
 from timoe_core.model.mixture import TiMoE
+from timoe_core.timeslices import canonical_policy
 from timoe_core.train.distributed import DistEnv
 from timoe_core.train.job import run_job
 from timoe_core.train.loop import GroupedOrder
@@ -125,4 +126,8 @@ JOB = MixtureJob("coadapt")
 
 def train(cfg: CoadaptConfig) -> Path:
     """Co-adapt the router and the experts `cfg` names; returns the bundle dir."""
+    if canonical_policy(cfg.policy) == "point-in-time":  # a router snapshot per cutoff
+        from timoe_core.train.staged_mixture import train_staged
+
+        return train_staged(cfg, "coadapt")
     return run_job(JOB, cfg)

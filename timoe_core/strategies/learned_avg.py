@@ -32,6 +32,7 @@ from timoe_core.config import TrainRouterConfig
 from timoe_core.model.bundle import load_router_weights, save_router_weights
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.router import Router
+from timoe_core.timeslices import canonical_policy
 from timoe_core.train.distributed import DistEnv
 from timoe_core.train.job import main_print, run_job
 from timoe_core.train.logprob_cache import LogProbCache, cache_key
@@ -140,4 +141,8 @@ JOB = MixtureJob("learned-avg")
 
 def train(cfg: TrainRouterConfig) -> Path:
     """Train the router of the bundle `cfg` describes; returns the bundle dir."""
+    if canonical_policy(cfg.policy) == "point-in-time":  # a router snapshot per cutoff
+        from timoe_core.train.staged_mixture import train_staged
+
+        return train_staged(cfg, "learned-avg")
     return run_job(JOB, cfg)

@@ -1,0 +1,319 @@
+"""Staged (causal) routers: learned-avg and coadapt under the point-in-time policy.
+
+An answer as of d may depend on no text dated after d, and that holds for the router
+too. So the router trains in chronological stages, one per distinct data cutoff c of
+the experts' artefacts (their final weights and snapshots: one per data year):
+
+- stage c trains on the windows of the year ending at c (the data dated after the
+  previous stage's cutoff, up to c), each read as of c, through the artefacts usable as
+  of c (`expert_pool.select_artefacts`, point-in-time), and saves a router snapshot
+  with cutoff c;
+- its router starts from stage c-1's, grown by one slot per slice that became usable
+  (`router.grow_router`: a new slot's init depends on the seed and its label only), so
+  neither its shape nor its initialisation knows how many slices exist later;
+- its budget is `--steps-per-stage N`, default one pass over the stage's windows (none:
+  0 steps, the snapshot is the previous router grown), with its own AdamW and
+  warmup-stable-decay schedule: nothing depends on later stages;
+- coadapt: the expert of the slice holding year c (its artefact usable as of c) is
+  trained too, and saved as a derived artefact (generation + 1) with cutoff c; every
+  other artefact is frozen.
+
+A query as of d then uses the router snapshot with the largest cutoff <= d, whose slots
+are exactly the slices usable as of d (`TiMoE.as_of`).
+
+Layout of OUT (the bundle once every stage is done):
+
+    mixture_run.json           what the run is; a rerun must match it (or --overwrite)
+    stages/<date>/             each stage's training run dir (checkpoints, metrics,
+                               log-prob cache), resumed when interrupted
+    routers/<date>/router.safetensors     the router snapshot of each stage
+    experts/<slice>@<date>+adapted/       coadapt: the adapted expert of each stage
+    timoe.json, router.safetensors        written last (the latest router)
+
+Stages run in this process, one after the other (a completed stage is skipped on a
+rerun); several workers are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from timoe_core.checkpoint import MODEL_FILENAME, load_weights_into, save_model_weights
+from timoe_core.config import CoadaptConfig, TrainRouterConfig, config_to_dict, save_config
+from timoe_core.data.manifest import check_compatible, load_manifest, manifest_checksum
+from timoe_core.data.manifest import resolve_seq_len
+from timoe_core.data.windows import TokenWindows
+from timoe_core.errors import TimoeError
+from timoe_core.io import atomic_write_json, sha256_file
+from timoe_core.model.bundle import (
+    BUNDLE_FILENAME,
+    EMBEDDED_EXPERTS_DIR,
+    ROUTER_SNAPSHOTS_DIR,
+    embedded_dirname,
+    load_router_weights,
+    save_router_weights,
+    write_bundle,
+)
+from timoe_core.model.expert_pool import ExpertRecord, select_artefacts
+from timoe_core.model.gpt import GPT
+from timoe_core.model.mixture import TiMoE
+from timoe_core.model.router import Router, RouterConfig, RouterSnapshot, grow_router
+from timoe_core.model.router import slot_generator
+from timoe_core.strategies import get_strategy
+from timoe_core.train import state as ckpt_state
+from timoe_core.train.distributed import TrainingInterrupted, init_workers
+from timoe_core.train.job import main_print
+from timoe_core.train.logprob_cache import LogProbCache, cache_key
+from timoe_core.train.loop import amp_enabled, run_training
+from timoe_core.train.metrics import check_wandb_mode
+from timoe_core.train.mixture_run import MIXTURE_RUN_FILENAME, clear_bundle_artifacts
+from timoe_core.train.mixture_run import mixture_options
+
+STAGES_DIRNAME = "stages"
+MixtureConfig = TrainRouterConfig | CoadaptConfig
+
+
+def _check(cfg: MixtureConfig, strategy: str) -> None:
+    if not cfg.experts:
+        raise TimoeError("--experts is required: a folder of expert run dirs (or run dirs)")
+    if cfg.data is None:
+        raise TimoeError("--data DATA_DIR is required: a folder made by `timoe prepare-data`")
+    if cfg.out is None:
+        raise TimoeError("--out is required: the folder to write the run and its bundle to")
+    if cfg.nproc_per_node != 1 or cfg.nnodes != 1:
+        raise TimoeError(
+            f"a staged {strategy} router (policy point-in-time) trains its stages in one "
+            "process: leave out --nproc-per-node/--nnodes, or use --policy inclusive"
+        )
+    if cfg.max_steps is not None or cfg.max_tokens is not None:
+        flag = "--max-steps" if cfg.max_steps is not None else "--max-tokens"
+        raise TimoeError(
+            f"{flag} sets one budget for the whole run, but a staged {strategy} router "
+            "(policy point-in-time, the default) has a budget per stage: give "
+            "--steps-per-stage N, or --policy inclusive for one run over every year"
+        )
+    check_wandb_mode(cfg.wandb)
+
+
+def _fresh_router(cfg: MixtureConfig, labels: list[str], vocab_size: int, first: GPT) -> Router:
+    """Stage 1's router: seeded by cfg.seed, token table from the earliest artefact usable
+    then, every slot's date-feature column from (seed, label)."""
+    ckpt_state.seed_all(cfg.seed)
+    router = Router(RouterConfig(
+        slice_labels=labels, vocab_size=vocab_size, embed_dim=cfg.router_embed_dim,
+        hidden_dim=cfg.router_hidden_dim, date_features=cfg.router_date_features,
+    ))
+    router.init_embedding_from(first.wte.weight)
+    with torch.no_grad():
+        if router.date_proj is not None:
+            for k, label in enumerate(labels):
+                column = torch.randn(router.config.hidden_dim, generator=slot_generator(cfg.seed,
+                                                                                        label))
+                router.date_proj.weight[:, k] = column * 0.5
+    return router
+
+
+def _record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int) -> dict[str, Any]:
+    experts = {}
+    for rec in mix.artefacts:
+        path = rec.weights_dir() / MODEL_FILENAME
+        experts[rec.key] = rec.sha256 or sha256_file(path)
+    keys = ("policy", "top_k", "router_embed_dim", "router_hidden_dim", "router_date_features",
+            "steps_per_stage", "seed", "batch_size", "grad_accum", "lr", "entropy_coef",
+            "balance_coef", "z_loss_coef")
+    return {
+        "strategy": strategy, "staged": True, "experts": experts,
+        "data_manifest_sha256": manifest_checksum(cfg.data), "seq_len": seq_len,
+        "router_init": str(getattr(cfg, "router", None) or "") or None,
+    } | {k: getattr(cfg, k) for k in keys}
+
+
+def _open_out(cfg: MixtureConfig, strategy: str, record: dict[str, Any]) -> None:
+    out = Path(cfg.out)  # type: ignore[arg-type]
+    marker = out / MIXTURE_RUN_FILENAME
+    if out.exists() and not out.is_dir():
+        raise TimoeError(f"--out {out} is a file: give a folder for the bundle")
+    if cfg.overwrite:
+        clear_bundle_artifacts(out)
+        for name in (STAGES_DIRNAME, ROUTER_SNAPSHOTS_DIR):
+            shutil.rmtree(out / name, ignore_errors=True)
+        ckpt_state.open_run_dir(out, "overwrite")
+    elif marker.is_file():
+        saved = json.loads(marker.read_text(encoding="utf-8"))
+        diffs = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
+        if diffs:
+            raise TimoeError(
+                f"--out {out} holds a {saved.get('strategy')} run with other settings "
+                f"({', '.join(diffs)}): rerun with the same flags to resume, or pass "
+                "--overwrite to start over"
+            )
+        if not cfg.resume:
+            raise TimoeError(f"--out {out} holds a run and --no-resume was given: pass "
+                             "--overwrite to start over")
+    elif out.is_dir() and any(out.iterdir()):
+        raise TimoeError(f"--out {out} is not empty and holds no {strategy} run: choose a new "
+                         "folder or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / BUNDLE_FILENAME).unlink(missing_ok=True)  # until every stage is done
+    atomic_write_json(marker, record)
+    save_config(ckpt_state.config_to_save(cfg), out)
+
+
+def train_staged(cfg: MixtureConfig, strategy: str) -> Path:
+    """Train `strategy`'s router (and, for coadapt, experts) stage by stage; the bundle."""
+    _check(cfg, strategy)
+    adapts = get_strategy(strategy).adapts_experts
+    options = mixture_options(cfg)
+    base = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=options)
+    manifest = load_manifest(cfg.data)
+    check_compatible(base, manifest, cfg.data)
+    seq_len = resolve_seq_len(base, manifest, cfg.seq_len)
+    init_src = None
+    if getattr(cfg, "router", None) is not None:
+        init_src = TiMoE.from_bundle(cfg.router)  # type: ignore[arg-type]
+    record = _record(cfg, strategy, base, seq_len)
+    out = Path(cfg.out)  # type: ignore[arg-type]
+    _open_out(cfg, strategy, record)
+
+    env = init_workers(cfg.device)
+    say = main_print(env)
+    device = env.device
+    global_batch = cfg.batch_size * cfg.grad_accum
+    with_tokens = set(manifest.years_with_tokens("train"))
+    cutoffs = sorted({r.cutoff for r in base.artefacts})
+    shared: dict[str, GPT] = {}
+    adapted: list[ExpertRecord] = []
+    adapted_models: dict[str, GPT] = {}
+    snapshots: list[RouterSnapshot] = []
+    router: Router | None = None
+    amp = amp_enabled(cfg, device)
+    try:
+        for cutoff in cutoffs:
+            year = cutoff.year
+            pool = base.artefacts + adapted
+            chosen = select_artefacts(pool, cutoff, "point-in-time")
+            labels = [r.label for r in chosen]
+            view = TiMoE(chosen, "avg", options, None, device, shared=shared)
+            if router is None:
+                first = init_src.router_for(cutoff) if init_src is not None else None
+                if first is not None and first.router.config.slice_labels == labels:
+                    router = Router(first.router.config)
+                    router.load_state_dict(first.router.state_dict())
+                elif init_src is not None:
+                    raise TimoeError(
+                        f"--router {cfg.router} has no router snapshot over "  # type: ignore
+                        f"{', '.join(labels)} as of {cutoff.isoformat()}: give a bundle "
+                        "trained by `timoe train-router --strategy learned-avg` on these experts"
+                    )
+                else:
+                    router = _fresh_router(cfg, labels, base.vocab_size, view.expert(labels[0]))
+            else:
+                router = grow_router(router, labels, cfg.seed)
+            router.to(device)
+            holder = next((r for r in chosen if r.time_slice.contains_year(year)), None)
+            windows = (TokenWindows(cfg.data, "train", [year], seq_len, manifest)
+                       if year in with_tokens else None)
+            n_windows = len(windows) if windows is not None else 0
+            steps = 0
+            if n_windows >= global_batch and (holder is not None or not adapts):
+                steps = cfg.steps_per_stage or n_windows // global_batch
+            router_dir = out / ROUTER_SNAPSHOTS_DIR / cutoff.isoformat()
+            new_rec = None
+            if adapts and steps:
+                assert holder is not None
+                new_rec = ExpertRecord(
+                    info=holder.info, candidates=[], sha256=None, embedded=True,
+                    data_cutoff=cutoff, generation=holder.generation + 1,
+                )
+                new_rec.candidates = [out / EMBEDDED_EXPERTS_DIR / embedded_dirname(new_rec)]
+            done = (router_dir / "router.safetensors").is_file() and (
+                new_rec is None or (new_rec.candidates[0] / MODEL_FILENAME).is_file())
+            if done:
+                router.load_state_dict(load_router_weights(router_dir))
+            elif steps:
+                say(f"stage {cutoff.isoformat()}: {steps} steps on {n_windows} windows of "
+                    f"{year}, experts {', '.join(r.key for r in chosen)}", highlight=False)
+                _train_stage(cfg, strategy, view, router, holder, windows, steps, cutoff, out,
+                             env, amp)
+            if new_rec is not None:
+                assert holder is not None
+                if done:
+                    model = load_weights_into(GPT(holder.info.model_config_),
+                                              new_rec.candidates[0]).to(device).eval()
+                else:
+                    model = view.expert(holder.label)
+                    save_model_weights(new_rec.candidates[0], model)
+                model.requires_grad_(False)
+                model.eval()
+                shared[new_rec.key] = model
+                adapted_models[new_rec.key] = model
+                adapted.append(new_rec)
+            if not done:
+                save_router_weights(router_dir, router)
+            frozen = Router(router.config)
+            frozen.load_state_dict(router.state_dict())
+            snapshots.append(RouterSnapshot(cutoff, frozen.eval()))
+        if env.is_main:
+            write_bundle(out, base.artefacts + adapted, adapted_models,
+                         {r.key for r in adapted}, strategy, options, router, snapshots,
+                         cutoffs[-1])
+            say(f"bundle written to {out} ({strategy}, {len(snapshots)} router stages)",
+                highlight=False)
+    finally:
+        env.close()
+    return out
+
+
+def _train_stage(
+    cfg: MixtureConfig, strategy: str, view: TiMoE, router: Router, holder: ExpertRecord | None,
+    windows: TokenWindows, steps: int, cutoff: date, out: Path, env: Any, amp: bool,
+) -> None:
+    """One stage: the shared training loop in OUT/stages/<date> (resumable)."""
+    stage_dir = out / STAGES_DIRNAME / cutoff.isoformat()
+    stage_cfg = cfg.model_copy(update={"max_steps": steps, "out": stage_dir})
+    ckpt_state.open_run_dir(stage_dir, "resume")
+    view.router = router
+    view.strategy = strategy
+    val = TokenWindows(cfg.data, "val", [cutoff.year], windows.seq_len, windows.manifest)
+    val_windows = val if len(val) else None
+    eval_windows = cfg.eval_batches * cfg.batch_size
+    if get_strategy(strategy).adapts_experts:
+        from timoe_core.strategies.coadapt import CoadaptTask
+
+        assert holder is not None
+        # The adapted expert is a copy: the artefact it starts from stays as it is.
+        view._shared = {k: m for k, m in view._shared.items() if k != holder.key}
+        if holder.label in view._experts:
+            del view._experts[holder.label]
+        task: Any = CoadaptTask(view, windows, val_windows, cfg.seed, eval_windows,
+                                {cutoff.year: holder.label})
+    else:
+        from timoe_core.strategies.learned_avg import LearnedAvgTask
+
+        cache = None
+        if cfg.cache_log_probs and steps * cfg.batch_size * cfg.grad_accum > len(windows):
+            key = cache_key(
+                data_manifest_sha256=sha256_file(windows.data_dir / "manifest.json"),
+                split="train", years=[cutoff.year], seq_len=windows.seq_len,
+                policy="point-in-time",
+                experts={r.key: r.sha256 or "" for r in view.artefacts},
+                compute_dtype="bfloat16" if amp else "float32",
+            )
+            cache = LogProbCache.open_or_build(
+                stage_dir, key, windows, view, env, batch_size=cfg.batch_size * cfg.grad_accum,
+                autocast=lambda: torch.autocast(env.device.type, dtype=torch.bfloat16,
+                                                enabled=amp),
+            )
+        task = LearnedAvgTask(view, windows, val_windows, seed=cfg.seed,
+                              eval_windows=eval_windows, cache=cache)
+    result = run_training(task, stage_cfg, stage_dir, env, steps,
+                          title=f"{strategy} stage {cutoff.isoformat()}",
+                          wandb_config=config_to_dict(stage_cfg))
+    if result.interrupted:
+        raise TrainingInterrupted(ckpt_state.interrupted_message(stage_dir))
