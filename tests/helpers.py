@@ -260,5 +260,6 @@ def make_mixture_inputs(
         train_expert(TrainExpertConfig(
             year=year, data=data, out=experts / str(year), n_layer=1, n_head=2, n_embd=32,
             seq_len=32, max_steps=steps, batch_size=8, lr=3e-3, device="cpu", log_every=steps,
+            snapshots="none",
         ))
     return data, experts

@@ -16,7 +16,9 @@ from timoe_core.train.metrics import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VOCAB = 512
-SMALL = ["--seq-len", "32", "--batch-size", "4", "--log-every", "5", "--device", "cpu"]
+# These tests cover the single shuffled run (--snapshots none): one budget, --max-steps.
+SMALL = ["--snapshots", "none", "--seq-len", "32", "--batch-size", "4", "--log-every", "5",
+         "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,7 @@ def test_expert_reads_only_its_slice(data, tmp_path):
         seq_len=32,
         batch_size=4,
         max_steps=4,
+        snapshots="none",
         log_windows=True,
     )
     train_expert(cfg)
@@ -220,3 +223,53 @@ def test_wandb_offline_resume_continues_the_same_run(capsys, data, tmp_path, mon
     assert (tmp_path / "r" / "wandb_run_id").read_text().strip() == run_id
     runs = sorted(p.name for p in (tmp_path / "r" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.endswith(run_id) for r in runs)
+
+
+# ------------------------------------------------- staged runs (the default)
+
+STAGED = ["--seq-len", "32", "--batch-size", "4", "--log-every", "5", "--device", "cpu",
+          "--steps-per-stage", "3"]
+
+
+def test_staged_run_snapshots_each_year_but_the_last(capsys, data, tmp_path):
+    import json
+
+    code, _, err = run_cli(capsys, "train-expert", "--data", data, "--out", tmp_path / "s",
+                           "--year", "2013", *STAGED)
+    assert code == 0, err
+    info = json.loads((tmp_path / "s" / "run.json").read_text())
+    assert info["data_cutoff"] == "2014-12-31"
+    assert info["snapshots"] == [{"data_cutoff": "2013-12-31", "path": "snapshots/2013-12-31"}]
+    snap = json.loads((tmp_path / "s" / "snapshots/2013-12-31/snapshot.json").read_text())
+    assert (snap["stage_year"], snap["stage_steps"], snap["decay_steps"]) == (2013, 3, 1)
+    # 3 + 3 main steps and the last stage's decay; the 2013 branch is off the main line.
+    steps = [r["step"] for r in read_metrics(tmp_path / "s") if r["type"] == "train"]
+    assert steps[-1] == 7
+
+
+def test_staged_run_refuses_a_global_budget(capsys, data, tmp_path):
+    code, _, err = run_cli(capsys, "train-expert", "--data", data, "--out", tmp_path / "s",
+                           "--year", "2013", "--max-steps", "4", "--device", "cpu")
+    assert code == 2
+    assert "--steps-per-stage" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_staged_run_stopped_after_a_branch_resumes_to_the_same_weights(capsys, data, tmp_path):
+    import torch
+
+    from timoe_core.checkpoint import load_model_weights
+
+    def same(a, b):  # tensors, not file bytes (a safetensors header's order may vary)
+        wa, wb = load_model_weights(a), load_model_weights(b)
+        return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    args = ["train-expert", "--data", data, "--year", "2013", *STAGED]
+    assert run_cli(capsys, *args, "--out", tmp_path / "a")[0] == 0
+    for stop in ("2", "4"):  # before the 2013 branch, and after it
+        b = tmp_path / f"b{stop}"
+        assert run_cli(capsys, *args, "--out", b, "--stop-at-step", stop)[0] == 0
+        assert run_cli(capsys, *args, "--out", b)[0] == 0
+        assert same(tmp_path / "a", b)
+        snap = "snapshots/2013-12-31"
+        assert same(tmp_path / "a" / snap, b / snap)
