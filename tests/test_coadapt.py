@@ -41,7 +41,8 @@ def inputs(tmp_path_factory):
 def config(inputs, out, **kw) -> CoadaptConfig:
     data, experts = inputs
     base = {"experts": [experts], "data": data, "out": out, "batch_size": 4, "device": "cpu",
-            "log_every": 1, "max_steps": 1}
+            "log_every": 1, "max_steps": 1,
+            "policy": "inclusive"}  # one run over every year (the staged one: elsewhere)
     return CoadaptConfig(**(base | kw))
 
 
@@ -119,11 +120,12 @@ def test_resume_equals_an_uninterrupted_run(inputs, tmp_path):
 def test_cli_coadapt_from_a_learned_avg_router_then_evaluate(capsys, inputs, tmp_path):
     data, experts = inputs
     learned = train_router(TrainRouterConfig(experts=[experts], data=data, out=tmp_path / "la",
-                                              max_steps=6, lr=3e-3, batch_size=8, device="cpu"))
+                                              max_steps=6, lr=3e-3, batch_size=8, device="cpu",
+                                              policy="inclusive"))
     la_router = load_file(str(learned / ROUTER_FILENAME))
     assert la_router["out.weight"].abs().max() > 1e-3
     m = tmp_path / "m"
-    code, out, err = run_cli(capsys, "coadapt", "--experts", experts, "--data", data, "--out", m,
+    code, out, err = run_cli(capsys, "coadapt", "--policy", "inclusive", "--experts", experts, "--data", data, "--out", m,
                              "--router", learned, "--max-steps", 2, "--lr", 1e-6,
                              "--batch-size", 4, "--device", "cpu")
     assert code == 0, err
@@ -145,7 +147,7 @@ def test_cli_coadapt_from_a_learned_avg_router_then_evaluate(capsys, inputs, tmp
 
     # Resuming with other settings is refused, naming them; nothing is touched.
     before = {p: p.stat().st_mtime_ns for p in m.rglob("*")}
-    code, _, err = run_cli(capsys, "coadapt", "--experts", experts, "--data", data, "--out", m,
+    code, _, err = run_cli(capsys, "coadapt", "--policy", "inclusive", "--experts", experts, "--data", data, "--out", m,
                            "--max-steps", 2, "--batch-size", 4, "--device", "cpu")
     assert code == 2 and "--router (run has" in err and len(err.strip().splitlines()) == 1, err
     assert {p: p.stat().st_mtime_ns for p in m.rglob("*")} == before
@@ -160,7 +162,7 @@ def test_cli_coadapt_from_a_learned_avg_router_then_evaluate(capsys, inputs, tmp
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, inputs, tmp_path, what,
                                                             args, words):
     data, experts = inputs
-    code, _, err = run_cli(capsys, "train-router", "--strategy", "avg", "--experts", experts,
+    code, _, err = run_cli(capsys, "train-router", "--policy", "inclusive", "--strategy", "avg", "--experts", experts,
                            "--out", tmp_path / "avg")
     assert code == 0, err
     late = make_data_dir(tmp_path, years=(2015, 2016), vocab_size=128, name="late")
@@ -171,7 +173,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, inputs, tmp_
         args += ["--experts", experts]
     if "--data" not in args:
         args += ["--data", data]
-    code, out, err = run_cli(capsys, "coadapt", *args, "--out", tmp_path / "m",
+    code, out, err = run_cli(capsys, "coadapt", "--policy", "inclusive", *args, "--out", tmp_path / "m",
                              "--max-steps", 1, "--device", "cpu")
     assert code == 2, (out, err)
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
@@ -183,7 +185,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, inputs, tmp_
 def test_two_gloo_workers_agree_on_the_active_slice_every_step(inputs, tmp_path):
     data, experts = inputs
     out = tmp_path / "m"
-    cmd = [sys.executable, "-m", "timoe_cli", "coadapt", "--experts", str(experts), "--data",
+    cmd = [sys.executable, "-m", "timoe_cli", "coadapt", "--policy", "inclusive", "--experts", str(experts), "--data",
            str(data), "--out", str(out), "--max-steps", "4", "--batch-size", "2",
            "--nproc-per-node", "2", "--log-windows", "--device", "cpu"]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from helpers import invoke_cli
 from pydantic import BaseModel, ConfigDict
 
+from timoe_core.config import MixtureOptions
 from timoe_core.errors import TimoeError
 from timoe_core.evaluate import (
     compare_models,
@@ -41,6 +42,8 @@ TINY = GPTConfig(vocab_size=50304, block_size=32, n_layer=1, n_head=2, n_embd=32
 YEARS = list(range(2013, 2025))
 SEQ_LEN = 16
 VAL_TOKENS = {y: 16 * 5 + 1 + (y % 3) for y in YEARS}  # 5 windows a year, ragged tails
+# Most tests here state the paper code's rule (a slice answers once it has started).
+INCLUSIVE = MixtureOptions(policy="inclusive")
 
 
 # ------------------------------------------------------------------ builders
@@ -73,7 +76,8 @@ def world(tmp_path_factory):
 
 def mixture(world, first_year=2013, strategy="avg") -> MixtureModel:
     dirs = [d for d in sorted(world["experts"].iterdir()) if int(d.name[:4]) >= first_year]
-    return MixtureModel(TiMoE.from_expert_dirs(dirs, strategy=strategy), name="avg (test)")
+    return MixtureModel(TiMoE.from_expert_dirs(dirs, strategy=strategy, options=INCLUSIVE),
+                        name="avg (test)")
 
 
 def make_bundle(world, out: Path, first_year=2013, strategy="avg", drop_after=None) -> Path:
@@ -82,7 +86,7 @@ def make_bundle(world, out: Path, first_year=2013, strategy="avg", drop_after=No
     for d in sorted(world["experts"].iterdir()):
         if int(d.name[:4]) >= first_year:
             shutil.copytree(d, runs / d.name)
-    TiMoE.from_expert_dirs(runs, strategy=strategy).save_bundle(out / "bundle")
+    TiMoE.from_expert_dirs(runs, strategy=strategy, options=INCLUSIVE).save_bundle(out / "bundle")
     if drop_after is not None:
         for d in runs.iterdir():
             if int(d.name[:4]) > drop_after:
@@ -198,7 +202,8 @@ def test_eligible_experts_follow_the_policy(world):
     model = load_evaluated_model(world["experts"], policy="strict", device="cpu")
     assert model.eligible_experts("2016") == ["2013-2014", "2015-2016"]
     assert model.eligible_experts("2017-06") == ["2013-2014", "2015-2016"]
-    assert load_evaluated_model(world["experts"], device="cpu").eligible_experts("2017-06") == [
+    inclusive = load_evaluated_model(world["experts"], policy="inclusive", device="cpu")
+    assert inclusive.eligible_experts("2017-06") == [
         "2013-2014", "2015-2016", "2017-2018"]
 
 
@@ -401,7 +406,8 @@ def test_compare_models_side_by_side(world, tmp_path):
     bundle = make_bundle(world, tmp_path, first_year=2015)
     entries = [str(world["dense"]), f"{world['experts']}:expert:2016", str(bundle),
                f"{bundle}:expert:2024"]
-    res = compare_models(entries, world["data"], str(qa), max_docs=1, device="cpu")
+    res = compare_models(entries, world["data"], str(qa), max_docs=1, device="cpu",
+                         policy="inclusive")
     assert [m["entry"] for m in res["models"]] == entries
     assert [m["strategy"] for m in res["models"]] == ["dense", "expert:2015-2016", "avg",
                                                       "expert:2023-2024"]

@@ -25,7 +25,7 @@ def runs(tmp_path):
 
 def mixture(tmp_path, strategy="avg", top_k=None) -> TiMoE:
     mix = TiMoE.from_expert_dirs([tmp_path / "runs"], strategy=strategy,
-                                 options=MixtureOptions(top_k=top_k))
+                                 options=MixtureOptions(policy="inclusive", top_k=top_k))
     if mix.router is not None:
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
@@ -110,7 +110,7 @@ def test_sampling_controls(tmp_path, runs):
 
 def test_generation_bad_input(tmp_path):
     make_expert_runs(tmp_path / "runs", ["2015-2016", "2017-2018"], vocab_size=V)
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], options=MixtureOptions(policy="inclusive"))
     with pytest.raises(TimoeError, match="first query date with an eligible expert is 2015-01-01"):
         generate_tokens(mix, prompt(3), query_date="2014")
     with pytest.raises(TimoeError, match="needs --query-date"):
@@ -136,7 +136,7 @@ def gpt2_runs(tmp_path):
 
 
 def test_cli_train_router_avg_then_generate(tmp_path, gpt2_runs):
-    r = invoke_cli("train-router", "--strategy", "avg", "--experts", tmp_path / "runs",
+    r = invoke_cli("train-router", "--policy", "inclusive", "--strategy", "avg", "--experts", tmp_path / "runs",
                 "--out", tmp_path / "m")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "m" / "timoe.json").is_file()
@@ -164,7 +164,7 @@ def test_cli_train_router_avg_then_generate(tmp_path, gpt2_runs):
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, gpt2_runs):
-    assert invoke_cli("train-router", "--strategy", "avg", "--experts", tmp_path / "runs",
+    assert invoke_cli("train-router", "--policy", "inclusive", "--strategy", "avg", "--experts", tmp_path / "runs",
                    "--out", tmp_path / "m").exit_code == 0
     cases = [
         (["generate", "--model", tmp_path / "m", "--query-date", "2014", "--prompt", "x"],
@@ -175,11 +175,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, gpt2_runs):
         (["generate", "--model", tmp_path / "m", "--query-date", "2016", "--prompt", "x",
           "--strategy", "learned-avg"], "no learned-avg router"),
         (["generate", "--model", tmp_path / "m", "--query-date", "2016"], "--prompt is required"),
-        (["train-router", "--strategy", "avg", "--experts", tmp_path / "runs", "--out",
+        (["train-router", "--policy", "inclusive", "--strategy", "avg", "--experts", tmp_path / "runs", "--out",
           tmp_path / "m"], "already holds a bundle"),
-        (["train-router", "--strategy", "learned-avg", "--experts", tmp_path / "runs", "--out",
+        (["train-router", "--policy", "inclusive", "--strategy", "learned-avg", "--experts", tmp_path / "runs", "--out",
           tmp_path / "m2"], "--data DATA_DIR is required"),
-        (["train-router", "--strategy", "avg", "--experts", tmp_path / "nope", "--out",
+        (["train-router", "--policy", "inclusive", "--strategy", "avg", "--experts", tmp_path / "nope", "--out",
           tmp_path / "m3"], "does not exist"),
     ]
     for args, message in cases:
@@ -187,10 +187,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, gpt2_runs):
         assert r.exit_code == 2, (args, r.stdout, r.stderr)
         assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
-    assert invoke_cli("train-router", "--strategy", "avg", "--experts", tmp_path / "runs",
+    assert invoke_cli("train-router", "--policy", "inclusive", "--strategy", "avg", "--experts", tmp_path / "runs",
                    "--out", tmp_path / "m", "--overwrite").exit_code == 0
 
 
 def test_eot_of_the_gpt2_tokenizer_is_the_stop_token(tmp_path, gpt2_runs):
-    mix = TiMoE.from_expert_dirs([tmp_path / "runs"])
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], options=MixtureOptions(policy="inclusive"))
     assert mix.tokenizer["eot_token"] == GPT2_EOT

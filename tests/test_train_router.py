@@ -43,7 +43,8 @@ def inputs(tmp_path_factory):
 def config(inputs, out, **kw) -> TrainRouterConfig:
     data, experts = inputs
     base = {"experts": [experts], "data": data, "out": out, "batch_size": 8, "lr": 3e-3,
-            "device": "cpu", "log_every": 5, "max_steps": 10}
+            "device": "cpu", "log_every": 5, "max_steps": 10,
+            "policy": "inclusive"}  # one router over every year (the staged one: elsewhere)
     return TrainRouterConfig(**(base | kw))
 
 
@@ -210,7 +211,7 @@ SMALL = ["--batch-size", "8", "--device", "cpu", "--log-every", "5"]
 def test_cli_trains_resumes_evaluates_and_refuses_conflicting_flags(capsys, inputs, tmp_path):
     data, experts = inputs
     m = tmp_path / "m"
-    args = ["train-router", "--strategy", "learned-avg", "--experts", experts, "--data", data,
+    args = ["train-router", "--policy", "inclusive", "--strategy", "learned-avg", "--experts", experts, "--data", data,
             "--out", m, "--max-steps", 6, *SMALL]
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
@@ -229,28 +230,28 @@ def test_cli_trains_resumes_evaluates_and_refuses_conflicting_flags(capsys, inpu
     assert set(result["perplexity"]) >= {"2013", "2018"}
 
     before = {p: p.stat().st_mtime_ns for p in m.rglob("*")}
-    code, out, err = run_cli(capsys, *args, "--seed", 1, "--policy", "strict")
+    code, out, err = run_cli(capsys, *args, "--seed", 1, "--top-k", 2)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert "--seed (run has 0, flags give 1)" in err and "--policy" in err
+    assert "--seed (run has 0, flags give 1)" in err and "--top-k" in err
     assert {p: p.stat().st_mtime_ns for p in m.rglob("*")} == before  # untouched
 
 
 def test_cli_avg_still_writes_a_bundle_without_training(capsys, inputs, tmp_path):
-    code, _, err = run_cli(capsys, "train-router", "--strategy", "avg", "--experts", inputs[1],
+    code, _, err = run_cli(capsys, "train-router", "--policy", "inclusive", "--strategy", "avg", "--experts", inputs[1],
                            "--out", tmp_path / "a")
     assert code == 0, err
     mix = TiMoE.from_bundle(tmp_path / "a")
     assert mix.strategy == "avg" and mix.router is None
     assert not (tmp_path / "a" / "checkpoints").exists()
     # A learned-avg run refuses to take over an avg bundle unless told to.
-    code, _, err = run_cli(capsys, "train-router", "--experts", inputs[1], "--data", inputs[0],
+    code, _, err = run_cli(capsys, "train-router", "--policy", "inclusive", "--experts", inputs[1], "--data", inputs[0],
                            "--out", tmp_path / "a", "--max-steps", 2, *SMALL)
     assert code == 2 and "--overwrite" in err
 
 
 def test_years_without_an_eligible_expert_are_skipped_and_named(capsys, inputs, tmp_path):
     data, experts = inputs
-    code, out, err = run_cli(capsys, "train-router", "--experts", experts / "2017",
+    code, out, err = run_cli(capsys, "train-router", "--policy", "inclusive", "--experts", experts / "2017",
                              "--data", data, "--out", tmp_path / "m", "--max-steps", 2, *SMALL)
     assert code == 0, err
     assert "skipping data years without a usable expert: 2013" in out
@@ -295,7 +296,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     if "--data" not in args:
         args += ["--data", inputs[0]]
     out_dir = tmp_path / "m"
-    code, out, err = run_cli(capsys, "train-router", *args, "--out", out_dir, "--max-steps", 2,
+    code, out, err = run_cli(capsys, "train-router", "--policy", "inclusive", *args, "--out", out_dir, "--max-steps", 2,
                              *SMALL)
     assert code == 2, (out, err)
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
