@@ -116,7 +116,27 @@ Device = Annotated[
 ]
 Compile = Annotated[
     bool | None,
-    typer.Option("--compile/--no-compile", help="torch.compile the model.", rich_help_panel=_TRAIN),
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the model (default on for CUDA, off for CPU).",
+        rich_help_panel=_TRAIN,
+    ),
+]
+Tf32 = Annotated[
+    bool | None,
+    typer.Option(
+        "--tf32/--no-tf32",
+        help="TF32 matmuls on CUDA (default on; no effect on CPU).",
+        rich_help_panel=_TRAIN,
+    ),
+]
+FusedAdamw = Annotated[
+    bool | None,
+    typer.Option(
+        "--fused-adamw/--no-fused-adamw",
+        help="The fused AdamW kernel (default on for CUDA, off for CPU).",
+        rich_help_panel=_TRAIN,
+    ),
 ]
 Seed = Annotated[
     int | None,
@@ -261,6 +281,8 @@ TRAINING_OPTIONS: dict[str, Any] = {
     "amp": Amp,
     "device": Device,
     "compile": Compile,
+    "tf32": Tf32,
+    "fused_adamw": FusedAdamw,
     "seed": Seed,
     "nproc_per_node": NprocPerNode,
     "nnodes": Nnodes,

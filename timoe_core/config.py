@@ -91,7 +91,17 @@ class TrainingConfig(StrictModel):
     grad_clip: float = Field(1.0, ge=0.0)
     amp: bool | None = None  # None: bf16 on CUDA, off on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    compile: bool = False
+    # The GPU settings below resolve per device when training starts; the choices made
+    # are the run's first metrics.jsonl record ({"type": "runtime", ...}).
+    compile: bool | None = Field(
+        None, description="torch.compile the trained model; None: on for CUDA, off on CPU"
+    )
+    tf32: bool = Field(
+        True, description="TF32 matmuls and convolutions on CUDA (Ampere and newer); no effect on CPU"
+    )
+    fused_adamw: bool | None = Field(
+        None, description="the fused AdamW kernel; None: when every trained parameter is on CUDA"
+    )
     seed: int = 0
     eval_every: int = Field(0, ge=0)  # 0: only at the end
     eval_batches: int = Field(8, ge=1)
