@@ -202,3 +202,36 @@ def test_committed_docs_are_generated_from_the_committed_json():
     data = json.loads((root / "docs" / "benchmarks.json").read_text(encoding="utf-8"))
     assert (root / "docs" / "benchmarks.md").read_text(encoding="utf-8") == report.render(data), (
         "docs/benchmarks.md is stale: run `python -m benchmarks.report docs/benchmarks.json`")
+
+
+def test_decode_bytes_count_every_weight_a_step_reads_and_the_kv_cache():
+    from benchmarks.generate import decode_bytes_per_token
+    from timoe_core.model.gpt import GPT, preset_config
+
+    model = GPT(preset_config("tiny", vocab_size=512, block_size=64))
+    c = model.config
+    blocks = sum(p.numel() for p in model.blocks.parameters())
+    final_norm = sum(p.numel() for p in model.ln_f.parameters())
+    one_row_each = 2 * c.n_embd  # the token's and the position's embedding rows
+    weights = 4 * (blocks + final_norm + c.vocab_size * c.n_embd + one_row_each)
+    kv = 4 * 2 * c.n_layer * 40 * c.n_embd  # keys and values of 40 positions, every layer
+    assert decode_bytes_per_token(model, 40) == weights + kv
+
+
+def test_generate_group_figures_hang_together(tmp_path):
+    from benchmarks import generate
+
+    f = generate.run(True, preset="tiny", eligible=[1, 2], prompt_tokens=8, new_tokens=4,
+                     repeats=1)
+    for name, fig in f.items():
+        assert set(fig) == KEYS and name.startswith("generate_"), name
+        assert fig["ratio_to"] is None or fig["ratio_to"] in f, name
+    for n in (1, 2):
+        k = f"generate_{n}_eligible"
+        assert f[f"{k}_fraction_of_roofline"]["target"] == 0.5
+        ratio = f[f"{k}_decode_tokens_per_s"]["value"] / f[f"{k}_roofline_tokens_per_s"]["value"]
+        assert f[f"{k}_fraction_of_roofline"]["value"] == pytest.approx(ratio, rel=0.02)
+    best = max(f[f"generate_bandwidth_{m}_bytes_per_s"]["value"] for m in ("copy", "read", "matvec"))
+    per_token = f["generate_decode_bytes_per_expert_token"]["value"]
+    assert f["generate_2_eligible_roofline_tokens_per_s"]["value"] == pytest.approx(
+        best / (2 * per_token), rel=0.01)
