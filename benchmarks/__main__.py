@@ -82,8 +82,8 @@ GROUPS: dict[str, tuple[str, Callable[[bool], Figures]]] = {
     "generate": ("decode vs the memory-bandwidth roofline, 1, 2 and 6 eligible experts",
                  _generate),
     "evaluate": ("evaluate perplexity vs the bare mixture forward", _evaluate),
-    "gpu": ("gpt2-124m on CUDA: training MFU (bf16, compile/eager), mixture, evaluate, "
-            "decode roofline", _gpu),
+    "gpu": (("gpt2-124m on CUDA: training MFU (bf16, compile/eager), mixture, evaluate, "
+             "decode roofline"), _gpu),
 }
 
 

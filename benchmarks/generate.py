@@ -152,8 +152,9 @@ def run(
         bw = Bandwidth(device=device)
         mean_context = prompt_tokens + new_tokens / 2
         per_expert = decode_bytes_per_token(mix.expert(mix.slices[0]), mean_context)
-        print(f"{prefix}: {preset} experts on {device}, block_size {block}, prompt {prompt_tokens}, "
-              f"{new_tokens} new tokens, greedy, threads {torch.get_num_threads()}, "
+        print(f"{prefix}: {preset} experts on {device}, block_size {block}, prompt "
+              f"{prompt_tokens}, {new_tokens} new tokens, greedy, "
+              f"threads {torch.get_num_threads()}, "
               f"{repeats} rounds; {per_expert / 1e6:.1f} MB read per expert and token")
         tokens: dict[str, list[int]] = {}
 
@@ -212,7 +213,8 @@ def run(
                 raise RuntimeError("cached and recomputed tokens differ")
             speedup = r.median_ratio("full_2", "decode_2")
             full_tps = (new_tokens - 1) / r.median("full_2")
-            print(f"  2 eligible, full recomputation: {full_tps:.1f} tokens/s; cache {speedup:.1f}x")
+            print(f"  2 eligible, full recomputation: {full_tps:.1f} tokens/s; "
+                  f"cache {speedup:.1f}x")
             f[f"{prefix}_2_eligible_full_recompute_tokens_per_s"] = figure(round(full_tps, 1),
                                                                           "tokens/s")
             f[f"{prefix}_2_eligible_cache_speedup"] = figure(

@@ -231,7 +231,8 @@ def test_generate_group_figures_hang_together(tmp_path):
         assert f[f"{k}_fraction_of_roofline"]["target"] == 0.5
         ratio = f[f"{k}_decode_tokens_per_s"]["value"] / f[f"{k}_roofline_tokens_per_s"]["value"]
         assert f[f"{k}_fraction_of_roofline"]["value"] == pytest.approx(ratio, rel=0.02)
-    best = max(f[f"generate_bandwidth_{m}_bytes_per_s"]["value"] for m in ("copy", "read", "matvec"))
+    best = max(f[f"generate_bandwidth_{m}_bytes_per_s"]["value"]
+               for m in ("copy", "read", "matvec"))
     per_token = f["generate_decode_bytes_per_expert_token"]["value"]
     assert f["generate_2_eligible_roofline_tokens_per_s"]["value"] == pytest.approx(
         best / (2 * per_token), rel=0.01)

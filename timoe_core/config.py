@@ -97,7 +97,8 @@ class TrainingConfig(StrictModel):
         None, description="torch.compile the trained model; None: on for CUDA, off on CPU"
     )
     tf32: bool = Field(
-        True, description="TF32 matmuls and convolutions on CUDA (Ampere and newer); no effect on CPU"
+        True,
+        description="TF32 matmuls and convolutions on CUDA (Ampere and newer); no effect on CPU",
     )
     fused_adamw: bool | None = Field(
         None, description="the fused AdamW kernel; None: when every trained parameter is on CUDA"

@@ -84,14 +84,17 @@ class StaticKVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        shape = (config.n_layer, batch_size, config.n_head, capacity, config.n_embd // config.n_head)
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, capacity, head_dim)
         self.keys = torch.empty(shape, dtype=dtype, device=device)
         self.values = torch.empty(shape, dtype=dtype, device=device)
         self.capacity = capacity
         self.length = 0  # positions filled
 
     @classmethod
-    def for_model(cls, model: "GPT", batch_size: int = 1, capacity: int | None = None) -> "StaticKVCache":
+    def for_model(
+        cls, model: GPT, batch_size: int = 1, capacity: int | None = None
+    ) -> StaticKVCache:
         """A cache shaped for `model` (its dtype and device), `capacity` default block_size."""
         w = model.lm_head.weight
         return cls(model.config, batch_size, capacity or model.config.block_size,
