@@ -39,7 +39,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 TRAINING_FIELDS: tuple[str, ...] = (
     "data", "out", "max_steps", "max_tokens", "stop_at_step", "batch_size", "grad_accum", "lr",
     "min_lr_ratio", "warmup_fraction", "decay_fraction", "decay_shape", "weight_decay", "beta1",
-    "beta2", "grad_clip", "amp", "device", "compile", "seed", "nproc_per_node", "nnodes",
+    "beta2", "grad_clip", "amp", "device", "compile", "tf32", "fused_adamw", "seed",
+    "nproc_per_node", "nnodes",
     "node_rank", "rdzv_endpoint", "max_restarts", "eval_every", "eval_batches",
     "checkpoint_every", "keep_checkpoints", "log_every", "wandb", "wandb_project", "resume",
     "overwrite", "log_windows",

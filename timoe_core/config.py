@@ -195,9 +195,19 @@ class TrainingConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto | cpu | cuda.", json_schema_extra=cli(TRAIN)
     )
-    compile: bool = Field(
-        False, description="torch.compile the model.",
+    # The GPU settings below resolve per device when training starts; the choices made
+    # are the run's first metrics.jsonl record ({"type": "runtime", ...}).
+    compile: bool | None = Field(
+        None, description="torch.compile the model (default on for CUDA, off for CPU).",
         json_schema_extra=cli(TRAIN, "--compile/--no-compile"),
+    )
+    tf32: bool = Field(
+        True, description="TF32 matmuls on CUDA (no effect on CPU).",
+        json_schema_extra=cli(TRAIN, "--tf32/--no-tf32"),
+    )
+    fused_adamw: bool | None = Field(
+        None, description="The fused AdamW kernel (default on for CUDA, off for CPU).",
+        json_schema_extra=cli(TRAIN, "--fused-adamw/--no-fused-adamw"),
     )
     seed: int = Field(0, description="Seed of init and data order.", json_schema_extra=cli(TRAIN))
     eval_every: int = Field(
