@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -225,6 +225,39 @@ class DemoConfig(StrictModel):
     overwrite: bool = False  # start over when --out holds a demo of other settings
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+# ------------------------------------------------------------------ interop
+
+
+class ExportConfig(StrictModel):
+    """`timoe export`: timoe models as folders other tools open."""
+
+    model: Path | None = Field(None, description="Run dir, TiMoE bundle, folder of expert run "
+                               "dirs, or hf:ORG/NAME.")
+    format: Literal["hf"] = Field("hf", description="hf: a transformers GPT2LMHeadModel folder "
+                                  "with the GPT-2 tokenizer files.")
+    out: Path | None = Field(None, description="Folder to write (must not exist, or be empty).")
+    query_date: str | None = Field(None, description="With a bundle or folder: export only the "
+                                   "experts usable as of DATE (default: every expert).")
+    policy: Literal["inclusive", "strict"] | None = Field(
+        None, description="Eligibility for --query-date (default: the bundle's).")
+
+
+class ImportConfig(StrictModel):
+    """`timoe import`: other checkpoints as timoe run dirs."""
+
+    format: Literal["gptbase", "hf"] | None = Field(
+        None, description="gptbase: the paper code's GPTBase folder (config.json + weights); "
+        "hf: a transformers GPT2LMHeadModel folder.")
+    source: str | None = Field(None, description="The folder to read, or hf:ORG/NAME.")
+    slice: str | None = Field(None, description="The time slice the model was trained on, "
+                              "e.g. 2015-2016 (one year: 2015-2015).")
+    data_cutoff: str | None = Field(None, description="Latest date of any text the model saw, "
+                                    "YYYY[-MM[-DD]] (default: the slice's last day).")
+    kind: Literal["expert", "dense"] = Field("expert", description="expert (one slice) or dense "
+                                             "(all years).")
+    out: Path | None = Field(None, description="Run dir to write (must not exist, or be empty).")
 
 
 # ------------------------------------------------------------------ machinery
