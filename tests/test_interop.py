@@ -93,7 +93,8 @@ def test_export_bundle_as_of_a_date_writes_the_usable_experts_and_a_readme(
     st = load_file(str(out / "2015-2016" / "model.safetensors"))
     src = load_file(str(experts["2015-2016"] / "model.safetensors"))
     assert torch.equal(st["transformer.wte.weight"], src["wte.weight"])
-    assert torch.equal(st["transformer.h.1.attn.c_attn.weight"], src["blocks.1.attn.qkv.weight"].t())
+    qkv = src["blocks.1.attn.qkv.weight"]
+    assert torch.equal(st["transformer.h.1.attn.c_attn.weight"], qkv.t())
     assert "lm_head.weight" not in st
 
 

@@ -41,8 +41,8 @@ def test_tokenizer_needs_no_cache_dir_or_network(tmp_path: Path):
     env.update(TIKTOKEN_CACHE_DIR=str(tmp_path), HTTPS_PROXY="http://127.0.0.1:9",
                HTTP_PROXY="http://127.0.0.1:9", PYTHONPATH=str(Path(__file__).parents[1]))
     code = "from timoe_core.tokenizer import get_tokenizer; print(get_tokenizer().encode('Hi'))"
-    out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], check=False, env=env,
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[17250]"
     assert list(tmp_path.iterdir()) == []

@@ -224,7 +224,8 @@ class _BatchBuilder:
         try:
             year = parse_year(date_value)
         except DateError:
-            self.bad(describe_date_error(where_fn(), date_value, date_field or self.opts.date_field))
+            field_name = date_field or self.opts.date_field
+            self.bad(describe_date_error(where_fn(), date_value, field_name))
             return
         self.batch.texts.append(text)
         self.batch.years.append(year)
