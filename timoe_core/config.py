@@ -190,6 +190,22 @@ class EvaluateConfig(StrictModel):
     # When a choice is an object rather than a string: where its text and label are.
     tsqa_choice_text_field: str = "text"
     tsqa_choice_label_field: str = "label"
+    tsqa_schema: Literal["timoe", "tsqa-release"] | None = Field(
+        None, description="Named TSQA schema: timoe (default) or tsqa-release (the published "
+        "TSQA's field names).")
+    tsqa_field: dict[str, str] = Field(
+        default_factory=dict, description="TSQA field names by part, PART=KEY (parts: question, "
+        "choices, text, label, labels, answer, year); over the schema and the *_field options.")
+    tsqa_label: dict[str, str] = Field(
+        default_factory=dict, description="The source's value for each of our labels, "
+        "OURS=THEIRS (correct, past, future, irrelevant).")
+    lm_eval_tasks: list[str] | None = Field(
+        None, description="lm-evaluation-harness tasks to run too (needs timoe[eval]).")
+    lm_eval_include_path: Path | None = Field(
+        None, description="Folder of extra lm-eval task YAMLs.")
+    lm_eval_limit: int | None = Field(None, ge=1, description="Documents per lm-eval task.")
+    lm_eval_date_field: str | None = Field(
+        None, description="Field of the lm-eval docs giving each document's date.")
     json_out: Path | None = None
     plot: Path | None = None
     matrix: bool = False

@@ -32,17 +32,19 @@ from timoe_core.evaluate.report import (
     tsqa_table,
     write_report,
 )
-from timoe_core.evaluate.tsqa import TSQAFields, load_tsqa, score_tsqa
+from timoe_core.evaluate.tsqa import (
+    TSQAFields,
+    load_tsqa,
+    parse_assignments,
+    score_tsqa,
+    tsqa_fields_from_config,
+)
 from timoe_core.io import check_writable_dir
 from timoe_core.timeslices import parse_query_date
 
 
 def tsqa_fields(cfg: EvaluateConfig) -> TSQAFields:
-    return TSQAFields(
-        question=cfg.tsqa_question_field, choices=cfg.tsqa_choices_field,
-        answer=cfg.tsqa_answer_field, labels=cfg.tsqa_labels_field, year=cfg.tsqa_year_field,
-        choice_text=cfg.tsqa_choice_text_field, choice_label=cfg.tsqa_choice_label_field,
-    )
+    return tsqa_fields_from_config(cfg)
 
 
 def check_outputs(cfg: EvaluateConfig) -> None:
@@ -142,6 +144,32 @@ def evaluate(
     tsqa_answer_field: str | None = typer.Option(None, "--tsqa-answer-field"),
     tsqa_labels_field: str | None = typer.Option(None, "--tsqa-labels-field"),
     tsqa_year_field: str | None = typer.Option(None, "--tsqa-year-field"),
+    tsqa_schema: str | None = typer.Option(
+        None, "--tsqa-schema", help="Named TSQA schema: timoe (default) | tsqa-release (the "
+        "published TSQA's field names)."
+    ),
+    tsqa_field: list[str] | None = typer.Option(
+        None, "--tsqa-field", help="PART=KEY, repeatable: where a record keeps question, "
+        "choices, text, label, labels, answer or year (e.g. choices=options)."
+    ),
+    tsqa_label: list[str] | None = typer.Option(
+        None, "--tsqa-label", help="OURS=THEIRS, repeatable: the source's value for correct, "
+        "past, future or irrelevant (e.g. correct=gold)."
+    ),
+    lm_eval_tasks: str | None = typer.Option(
+        None, "--lm-eval-tasks", help="Also run these lm-evaluation-harness tasks (comma "
+        "separated, e.g. arc_easy,hellaswag; needs timoe[eval]) and add their scores."
+    ),
+    lm_eval_include_path: Path | None = typer.Option(
+        None, "--lm-eval-include-path", help="Folder of extra lm-eval task YAMLs (local tasks)."
+    ),
+    lm_eval_limit: int | None = typer.Option(
+        None, "--lm-eval-limit", help="At most N documents per lm-eval task."
+    ),
+    lm_eval_date_field: str | None = typer.Option(
+        None, "--lm-eval-date-field", help="Read each lm-eval document as of its own date, "
+        "from this field of the task's docs (instead of --query-date)."
+    ),
     config: Path | None = ConfigOption,
 ) -> None:
     """Perplexity per data year and temporal QA, as of a query date."""
@@ -152,6 +180,11 @@ def evaluate(
         seq_len=seq_len, amp=amp, device=device, tsqa_question_field=tsqa_question_field,
         tsqa_choices_field=tsqa_choices_field, tsqa_answer_field=tsqa_answer_field,
         tsqa_labels_field=tsqa_labels_field, tsqa_year_field=tsqa_year_field,
+        tsqa_schema=tsqa_schema, tsqa_field=parse_assignments(tsqa_field, "--tsqa-field") or None,
+        tsqa_label=parse_assignments(tsqa_label, "--tsqa-label") or None,
+        lm_eval_tasks=lm_eval_tasks.split(",") if lm_eval_tasks else None,
+        lm_eval_include_path=lm_eval_include_path, lm_eval_limit=lm_eval_limit,
+        lm_eval_date_field=lm_eval_date_field,
     )
     # (resolve_config, not common.load_config: its first parameter is also called `model`)
     cfg = resolve_config(EvaluateConfig, config, flags)
@@ -161,7 +194,7 @@ def evaluate(
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     if cfg.model is None:
         raise TimoeError("--model is required: a TiMoE bundle, a run dir or a folder of runs")
-    if cfg.data is None and cfg.tsqa is None:
+    if cfg.data is None and cfg.tsqa is None and not cfg.lm_eval_tasks:
         raise TimoeError("nothing to evaluate: give --data DATA_DIR and/or --tsqa SOURCE")
     if cfg.matrix and cfg.data is None:
         raise TimoeError("--matrix needs held-out text: give --data DATA_DIR")
@@ -192,6 +225,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
     report = evaluation_report(m, model_path=cfg.model, query_date=cfg.query_date, perplexity=ppl,
                                tsqa=qa, matrix=mat, data_dir=cfg.data, tsqa_source=cfg.tsqa)
+    if cfg.lm_eval_tasks:
+        from timoe_core.evaluate.harness import run_lm_eval_tasks
+
+        report["lm_eval"] = run_lm_eval_tasks(m, cfg)
     print_table("evaluation", ["", ""], summary_rows(report), numeric=False)
     if ppl is not None:
         print_table("held-out perplexity by data year", *perplexity_table(report))
@@ -202,6 +239,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         if qa.skipped:
             title += f" — {qa.skipped} items skipped: {qa.skipped_reason}"
         print_table(title, *tsqa_table(report))
+    if "lm_eval" in report:
+        from timoe_core.evaluate.harness import lm_eval_table
+
+        print_table("lm-evaluation-harness", *lm_eval_table(report["lm_eval"]))
 
     write_outputs(cfg, report, plot_report)
     return report
