@@ -149,3 +149,39 @@ def test_timoe_lm_eval_command_runs_the_timoe_model(setup, tmp_path):
     acc = json.loads(result.read_text())["results"]["timoe_local_qa"]["acc,none"]
     m = load_evaluated_model(root / "experts", device="cpu")
     assert acc == pytest.approx(score_tsqa(m, load_tsqa(str(setup[1]))).accuracy, abs=1e-12)
+
+
+def test_rolling_loglikelihood_and_generation_follow_the_model(setup):
+    import torch
+
+    from timoe_core.generate import generate_tokens
+    from timoe_core.tokenizer import get_tokenizer
+
+    root, _, _ = setup
+    m = load_evaluated_model(root / "experts" / "2015-2016", device="cpu")  # one expert
+    lm = TimoeLM(m)
+    tok = get_tokenizer()
+    text = "In 2016 the mayor of Lorvik was Anna Berg, " * 12  # longer than block_size 32
+    ids = [tok.eot_token] + tok.encode(text)
+    assert len(ids) > 2 * m.block_size
+    # Reference: every token scored once, each window seeing up to block_size tokens before.
+    want = 0.0
+    with torch.inference_mode():
+        for start in range(1, len(ids), m.block_size):
+            end = min(start + m.block_size, len(ids))
+            ctx_start = max(0, end - m.block_size - 1)
+            x = torch.tensor([ids[ctx_start:end - 1]])
+            y = torch.tensor([ids[ctx_start + 1:end]])
+            lp = m.target_log_probs(x, y, None)[0]
+            want += float(lp[-(end - start):].double().sum())
+    [got] = lm.loglikelihood_rolling([_Req(text, None, {})])
+    assert got == pytest.approx(want, rel=1e-6)
+
+    class _Gen:
+        args = ("In 2016 the mayor", {"until": ["\n"], "max_gen_toks": 5})
+        doc, task_name, doc_id = {}, "t", 0
+
+    [out] = lm.generate_until([_Gen()])
+    ref = generate_tokens(m.gpt, [tok.eot_token] + tok.encode("In 2016 the mayor"),
+                          max_new_tokens=5, greedy=True, eot_token=tok.eot_token)
+    assert out == tok.decode(ref.tokens).split("\n")[0]
