@@ -250,7 +250,7 @@ def run_lm_eval_tasks(model: EvaluatedModel, cfg: Any) -> dict[str, Any]:
         raise TimoeError(f"unknown lm-eval task {unknown[0]!r}: see `lm_eval ls tasks`, or "
                          "give --lm-eval-include-path with its YAML")
     lm = TimoeLM(model, query_date=None if cfg.lm_eval_date_field else cfg.query_date,
-                 date_field=cfg.lm_eval_date_field, batch_size=cfg.tsqa_batch_size)
+                 date_field=cfg.lm_eval_date_field, batch_size=cfg.tsqa_batch_size * 4)
     try:
         results = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=cfg.lm_eval_limit,
                                           task_manager=manager, log_samples=False,
