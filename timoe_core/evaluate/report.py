@@ -278,14 +278,16 @@ def _draw_qa_by_year(fig, models: list[Mapping[str, Any]], names: list[str]) -> 
         years = sorted(by_year, key=int)
         _stacked_bars(ax, years, [_qa_shares(by_year[y]) for y in years], min_label=0.12,
                       fontsize=6, width=0.8)
-        ax.set_xticks(range(len(years)), [y[2:] if len(years) > 6 else y for y in years],
-                      fontsize=7)
+        ax.set_xticks(range(len(years)),  # the year, and below it how many questions
+                      [f"{y[2:] if len(years) > 6 else y}\n{by_year[y].get('n', '')}"
+                       for y in years], fontsize=7)
         ax.set_title(name, fontsize="small")
         if k % ncols == 0:
             ax.set_ylabel("% of questions")
     for k in range(len(with_years), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
-    fig.suptitle("by question year ('13 = 2013), each question as of "
+    fig.suptitle("by question year ('13 = 2013; below it, the number of questions), each "
+                 "question as of "
                  + ("the query date" if any(m.get("query_date") for m, _ in with_years)
                     else "its own year"), fontsize="medium")
 
