@@ -83,7 +83,7 @@ def option_annotation(model: type[BaseModel], name: str) -> Any:
     """`Annotated[type | None, typer.Option(...)]` for the field `name` of `model`."""
     field = model.model_fields[name]
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    base = _cli_type(field.annotation)
+    base = list[str] if extra.get("repeat") else _cli_type(field.annotation)
     flag = extra.get("flag") or "--" + name.replace("_", "-")
     if base is bool and "flag" not in extra and field.default is not False:
         flag = f"{flag}/--no-{flag.removeprefix('--')}"

@@ -52,6 +52,10 @@ class RunInfo(BaseModel):
     tokenizer: dict[str, object]
     data_manifest_sha256: str | None = None
     timoe_version: str = __version__
+    # ISO date of the latest text that shaped the weights, when known (imported models
+    # state it; None: the slice's last day).
+    data_cutoff: str | None = None
+    imported_from: str | None = None  # `timoe import`: the source format and folder
 
     @property
     def time_slice(self) -> TimeSlice:
