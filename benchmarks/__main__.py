@@ -79,9 +79,11 @@ GROUPS: dict[str, tuple[str, Callable[[bool], Figures]]] = {
     "mixture": ("mixture vs its experts alone and vs naive dense; memory; scaling", _mixture),
     "router": ("learned-avg router training vs eligible experts' forward; log-prob cache",
                _router),
-    "generate": ("generation with vs without the KV cache", _generate),
+    "generate": ("decode vs the memory-bandwidth roofline, 1, 2 and 6 eligible experts",
+                 _generate),
     "evaluate": ("evaluate perplexity vs the bare mixture forward", _evaluate),
-    "gpu": ("gpt2-124m on CUDA: training MFU (bf16, compile), mixture, evaluate", _gpu),
+    "gpu": (("gpt2-124m on CUDA: training MFU (bf16, compile/eager), mixture, evaluate, "
+             "decode roofline"), _gpu),
 }
 
 

@@ -12,7 +12,11 @@ runner prints it and records it in the JSON's `_run` record). On one GPU:
 - the mixture: six gpt2-124m experts, batch 8 x 1024, fp32 log-probs: overhead vs its
   eligible experts alone, memory vs one expert, naive dense contrast
   (`mixture.measure`, peak memory from the CUDA allocator);
-- evaluation: `evaluate_perplexity` vs the bare mixture forward, bf16, gpt2-124m.
+- evaluation: `evaluate_perplexity` vs the bare mixture forward, bf16, gpt2-124m;
+- decoding: six gpt2-124m experts, fp32, 1, 2 and 6 eligible, against the GPU's own
+  memory-bandwidth roofline measured in the same rounds (`generate.run` on CUDA).
+
+Training runs twice, with torch.compile and without (`compile=False`): the MFU of each.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import evaluate, mixture
+from benchmarks import evaluate, generate, mixture
 from benchmarks.common import Figures, Skipped, figure, write_json
 from benchmarks.train_throughput import compare, matmul_peak
 from tests.helpers import make_data_dir
@@ -51,7 +55,8 @@ def run(quick: bool = False) -> Figures:
     name = torch.cuda.get_device_name(device)
     print(f"gpu: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     f: Figures = {}
-    f.update(_training(device, name, quick))
+    f.update(_training(device, name, quick, compiled=True))
+    f.update(_training(device, name, quick, compiled=False))
     with tempfile.TemporaryDirectory(prefix="timoe-bench-gpu-mixture-") as tmp:
         mix = mixture.load_mixture(Path(tmp), "gpt2-124m", 1024, device)
         f.update(mixture.measure(mix, 8, [1024], 3 if quick else 7,
@@ -60,14 +65,17 @@ def run(quick: bool = False) -> Figures:
     torch.cuda.empty_cache()
     f.update(evaluate.run(quick, device="cuda", preset="gpt2-124m", experts=6,
                           windows=8 if quick else 32, batch_size=16))
+    torch.cuda.empty_cache()
+    f.update(generate.run(quick, preset="gpt2-124m", device="cuda", prefix="gpu_generate",
+                          full=False))
     return f
 
 
-def _training(device: torch.device, name: str, quick: bool) -> Figures:
+def _training(device: torch.device, name: str, quick: bool, compiled: bool) -> Figures:
     seq_len, batch = 1024, 16
     mc = preset_config("gpt2-124m", block_size=seq_len)
-    cfg = TrainingConfig(batch_size=batch, device="cuda", compile=True)
-    label = "gpu_gpt2_124m_bf16_compile"
+    cfg = TrainingConfig(batch_size=batch, device="cuda", compile=compiled)
+    label = "gpu_gpt2_124m_bf16_" + ("compile" if compiled else "eager")
     with tempfile.TemporaryDirectory(prefix="timoe-bench-gpu-train-") as tmp:
         data = make_data_dir(Path(tmp), years=(2013,), tokens_per_year=(seq_len + 1) * 256,
                              seq_len=seq_len, pattern="random")
@@ -81,15 +89,16 @@ def _training(device: torch.device, name: str, quick: bool) -> Figures:
     if nominal:
         line += f", {achieved / nominal:.1%} of nominal {nominal / 1e12:,.0f}"
     print(line)
-    f["gpu_bf16_matmul_peak_flops"] = figure(round(peak), "FLOP/s")
+    f[f"{label}_bf16_matmul_peak_flops"] = figure(round(peak), "FLOP/s")
     f[f"{label}_tokens_per_s_per_gpu"] = figure(round(tps), "tokens/s")
     f[f"{label}_mfu_of_measured_peak"] = figure(round(achieved / peak, 4), "fraction",
-                                                "gpu_bf16_matmul_peak_flops", TARGET_MFU, ">=")
+                                                f"{label}_bf16_matmul_peak_flops", TARGET_MFU,
+                                                ">=")
     if nominal:
-        f["gpu_nominal_bf16_peak_flops"] = figure(nominal, "FLOP/s")
+        f[f"{label}_nominal_bf16_peak_flops"] = figure(nominal, "FLOP/s")
         f[f"{label}_mfu_of_nominal_peak"] = figure(
-            round(achieved / nominal, 4), "fraction", "gpu_nominal_bf16_peak_flops", TARGET_MFU,
-            ">=")
+            round(achieved / nominal, 4), "fraction", f"{label}_nominal_bf16_peak_flops",
+            TARGET_MFU, ">=")
     return f
 
 

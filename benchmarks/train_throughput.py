@@ -64,9 +64,10 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int) -> 
 class Bare:
     """The bare PyTorch loop."""
 
-    def __init__(self, model: GPT, cfg: TrainingConfig, device: torch.device, amp: bool):
+    def __init__(self, model: GPT, cfg: TrainingConfig, device: torch.device, amp: bool,
+                 compiled: bool = False):
         self.model = model.to(device)
-        self.fwd = torch.compile(self.model) if cfg.compile else self.model
+        self.fwd = torch.compile(self.model) if compiled else self.model
         self.amp, self.device = amp, device
         self.opt = torch.optim.AdamW(
             self.model.parameters(),
@@ -105,7 +106,7 @@ def compare(
     task = ExpertTask(twin, TokenWindows(data, "train", [2013], seq_len), None, seed=0,
                       eval_windows=0)
     trainer = Trainer(task, cfg, DistEnv(device=device), total_steps=10**6)
-    bare = Bare(model, cfg, device, amp=trainer.amp)
+    bare = Bare(model, cfg, device, amp=trainer.amp, compiled=trainer.runtime.compile)
     g = torch.Generator().manual_seed(1)
     rows = torch.randint(0, mc.vocab_size - 64, (batch, seq_len + 1), generator=g)
     x, y = rows[:, :-1].to(device), rows[:, 1:].to(device)
@@ -132,7 +133,7 @@ def compare(
     overhead = r.median_ratio("train_step", "bare") - 1
     overhead_data = r.median_ratio("train_loop", "bare") - 1
     print(f"[{label}] {mc.n_layer} layers x {mc.n_embd}, batch {batch} x {seq_len} tokens, "
-          f"amp {trainer.amp}, compile {cfg.compile}, {steps} steps x {repeats} rounds")
+          f"amp {trainer.amp}, compile {trainer.runtime.compile}, {steps} steps x {repeats} rounds")
     for name in sides:
         print(f"  {name:>10}: {tps[name]:>12,.0f} tokens/s  (rounds "
               f"{fmt_runs(r.rates(name, tokens), digits=0)})")

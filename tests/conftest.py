@@ -1,4 +1,5 @@
-"""Shared test setup: offline tokenizer, small threads, and a session-wide tiny corpus."""
+"""Shared test setup: wandb off, small threads, and a session-wide tiny corpus (the GPT-2
+tokenizer ships in the package: no cache dir or network needed)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-_SHARED_CACHE = Path(__file__).resolve().parents[1].parent / "shared" / "tiktoken_cache"
-if "TIKTOKEN_CACHE_DIR" not in os.environ and _SHARED_CACHE.is_dir():
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(_SHARED_CACHE)
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 torch.manual_seed(0)

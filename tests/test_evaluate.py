@@ -451,3 +451,38 @@ def test_compare_cli(world, tmp_path):
 
 def test_dates_are_parsed_as_period_ends():
     assert parse_query_date("2016") == date(2016, 12, 31)
+
+
+def test_plots_show_the_whole_qa_breakdown_and_a_log_scaled_readable_heatmap(tmp_path):
+    from matplotlib.colors import LogNorm
+
+    from timoe_core.evaluate.report import plot_matrix
+
+    def qa(acc, past, fut):
+        by_year = {"2015": {"n": 2, "accuracy": 0.5, "error_rates": {"past": 0.5, "future": 0.0,
+                                                                    "irrelevant": 0.0}}}
+        return {"accuracy": acc, "error_rates": {"past": past, "future": fut,
+                                                 "irrelevant": round(1 - acc - past - fut, 6)},
+                "by_year": by_year}
+
+    res = {"models": [{"entry": "a", "tsqa": qa(0.46, 0.35, 0.04), "perplexity": None},
+                      {"entry": "b", "tsqa": qa(0.54, 0.16, 0.23), "perplexity": None}]}
+    fig = plot_compare(tmp_path / "qa.png", res, panels=("qa",))
+    overall = fig.axes[0]
+    texts = {t.get_text() for t in overall.texts}
+    assert {"46", "35", "15", "54", "16", "23", "7"} <= texts  # every segment, in %
+    assert [t.get_text() for t in overall.get_legend().get_texts()] == [
+        "correct", "past", "future", "irrelevant"]
+    stacked = sorted(round(p.get_y() + p.get_height(), 6) for p in overall.patches)
+    assert stacked[-2:] == [1.0, 1.0]  # each bar sums to 100 %
+    assert len(fig.subfigs[1].axes) >= 2  # the per-question-year panels, one per model
+    assert _png_size(tmp_path / "qa.png")[1] > 400
+
+    years = ["2013", "2014"]
+    fig = plot_matrix(tmp_path / "m.png", {"data_years": years, "query_dates": years,
+                                            "perplexity": [[936.0, 24061.0], [1200.0, None]]},
+                      "t")
+    ax = fig.axes[0]
+    assert isinstance(ax.images[0].norm, LogNorm)
+    colors = {t.get_text(): t.get_color() for t in ax.texts}
+    assert colors["936"] == "black" and colors["24,061"] == "white" and colors["—"] == "black"

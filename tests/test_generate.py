@@ -10,6 +10,7 @@ from timoe_core.checkpoint import load_expert
 from timoe_core.config import MixtureOptions
 from timoe_core.errors import TimoeError
 from timoe_core.generate import generate_tokens, sample_token
+from timoe_core.model.gpt import StaticKVCache
 from timoe_core.model.mixture import TiMoE
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -77,6 +78,42 @@ def test_incremental_log_probs_equal_the_full_mixture(tmp_path, runs, strategy):
         full = mix.mixture_log_probs(x[:, : t + 1], dates)[:, -1]
         assert torch.allclose(lp, full, atol=1e-5)
     assert state.length == 12 and set(state.caches) == {s.label for s in mix.slices}
+
+
+def test_static_kv_cache_gives_the_full_forward_and_refuses_overflow(runs):
+    gpt, _ = load_expert(runs["2017-2018"])
+    x = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(1))
+    full = gpt.log_probs(x)
+    cache = StaticKVCache.for_model(gpt, batch_size=2, capacity=20)
+    pieces = [(0, 6), (6, 7), (7, 15), (15, 16), (16, 20)]  # prompt, one token, chunks
+    for a, b in pieces:
+        lp = torch.log_softmax(gpt.lm_head(gpt.hidden_states(x[:, a:b], kv_cache=cache)), -1)
+        assert torch.allclose(lp, full[:, a:b], atol=1e-5), (a, b)
+    assert cache.length == 20
+    with pytest.raises(ValueError, match="exceeds the cache's capacity 20"):
+        gpt.hidden_states(x[:, :1], kv_cache=cache)
+
+
+def test_padding_ids_are_never_generated(tmp_path):
+    # Experts of vocab 128 whose tokenizer has 100 tokens: ids 100..127 are padding, as
+    # 50257..50303 are for GPT-2. Without the limit they are drawn (the test can fail).
+    tok = {"name": "gpt2", "vocab_size": 100, "eot_token": 99}
+    make_expert_runs(tmp_path / "pad", vocab_size=V, block_size=BLOCK, scale=0.4, tokenizer=tok)
+    mix = TiMoE.from_expert_dirs([tmp_path / "pad"])
+    kw = dict(query_date="2024", max_new_tokens=60, temperature=2.0)
+    unlimited = [t for s in range(3) for t in generate_tokens(
+        mix, prompt(5), seed=s, tokenizer_vocab_size=V, **kw).tokens]
+    assert max(unlimited) >= 100
+    for s in range(3):
+        assert max(generate_tokens(mix, prompt(5), seed=s, **kw).tokens) < 100
+    assert max(generate_tokens(mix, prompt(5), greedy=True, **kw).tokens) < 100
+    lp = torch.full((V,), -50.0)
+    lp[120] = 0.0  # a padding id holds all the mass
+    assert sample_token(lp, greedy=True, vocab_limit=100) < 100
+    assert sample_token(lp, greedy=True) == 120
+    picks = {sample_token(lp, vocab_limit=100, generator=torch.Generator().manual_seed(s))
+             for s in range(20)}
+    assert max(picks) < 100
 
 
 def test_stops_at_end_of_text(tmp_path, runs):

@@ -280,3 +280,58 @@ def test_hub_errors_become_one_clean_message(monkeypatch):
     monkeypatch.setattr(sources, "load_hf_dataset", load)
     with pytest.raises(TimoeError, match=r"cannot open 'hf:nobody/nothing' \(FileNotFoundError"):
         read_all("hf:nobody/nothing")
+
+
+# ------------------------------------------- FineWeb-Edu's own schema, anywhere
+
+
+FINEWEB_ROWS = [
+    {"text": "a", "id": "1", "dump": "CC-MAIN-2017-13", "url": "u"},
+    {"text": "b", "id": "2", "dump": "CC-MAIN-2021-49", "url": "v"},
+]
+
+
+def _read_default_date_field(source: str) -> tuple[list, list]:
+    src = open_source(source, SourceOptions(), date_field_given=False)
+    batches = list(src.batches())
+    return [t for b in batches for t in b.texts], [y for b in batches for y in b.years]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_local_fineweb_copy_without_date_reads_the_year_from_dump(tmp_path: Path, suffix: str):
+    path = tmp_path / f"000_00000{suffix}"
+    if suffix == ".jsonl":
+        write_jsonl(path, FINEWEB_ROWS)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(FINEWEB_ROWS), path)
+    assert _read_default_date_field(str(tmp_path)) == (["a", "b"], [2017, 2021])
+    # A given --date-field is used as given: no silent fallback.
+    with pytest.raises(TimoeError, match="no date field 'date'"):
+        read_all(str(path))
+
+
+def test_date_column_wins_over_dump_when_both_exist(tmp_path: Path):
+    rows = [{"text": "a", "dump": "CC-MAIN-2017-13", "date": "2019-01-01"}]
+    path = write_jsonl(tmp_path / "a.jsonl", rows)
+    assert _read_default_date_field(str(path)) == (["a"], [2019])
+
+
+def test_bad_dump_value_names_the_dump_field(tmp_path: Path):
+    path = write_jsonl(tmp_path / "a.jsonl", [{"text": "a", "dump": "CC-MAIN-latest"}])
+    with pytest.raises(TimoeError, match=r"a\.jsonl:1.*'dump'"):
+        _read_default_date_field(str(path))
+
+
+def test_fineweb_edu_offline_names_the_download_command(monkeypatch):
+    def load(name, config, split):
+        raise ConnectionError("Couldn't reach 'HuggingFaceFW/fineweb-edu' on the Hub (offline)")
+
+    monkeypatch.setattr(sources, "load_hf_dataset", load)
+    with pytest.raises(TimoeError) as err:
+        _read_default_date_field("fineweb-edu")
+    msg = str(err.value)
+    assert "huggingface-cli download HuggingFaceFW/fineweb-edu --repo-type dataset" in msg
+    assert "pass the folder instead" in msg and "\n" not in msg

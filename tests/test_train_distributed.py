@@ -105,7 +105,7 @@ def _start_and_interrupt(
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if len(read_metrics(out)) >= after_records:
+            if sum(r.get("type") == "train" for r in read_metrics(out)) >= after_records:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "training ended before the signal"

@@ -298,3 +298,74 @@ def test_tiny_expert_on_the_builtin_corpus_loss_falls_over_50_steps(tmp_path):
     assert first == pytest.approx(np.log(50304), abs=0.5)
     assert last < first - 3.0, (first, last)
     assert evals[-1]["eval_loss"] < first - 3.0
+
+
+# ------------------------------------------------------- GPU-ready step, on CPU
+
+_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__array__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Every tensor read back to the host by timoe's own code (on CUDA each one waits for
+    the device): a list of (function, method) that grows as they happen."""
+    import sys
+
+    seen: list[tuple[str, str]] = []
+    for name in _READS:
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, _original=original, _name=name, **kw):
+            caller = sys._getframe(1)
+            if "timoe_core" in caller.f_code.co_filename:
+                seen.append((caller.f_code.co_name, _name))
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    return seen
+
+
+def test_the_train_step_reads_nothing_back_to_the_host(data, host_reads):
+    trainer, task = _trainer(data, 4, 2)
+    idx = np.arange(8)
+    before = {n: p.detach().clone() for n, p in trainer.raw.named_parameters()}
+    for step in range(3):
+        batches = (task.batch(part, torch.device("cpu")) for part in np.split(idx, 2))
+        loss, _, grad_norm = trainer.step(step, batches, 2)
+    assert host_reads == []
+    assert loss.dim() == 0 and grad_norm is not None and grad_norm.dim() == 0  # still tensors
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.raw.named_parameters())
+
+
+def test_the_loop_reads_back_only_when_it_logs(data, tmp_path, host_reads):
+    # Logs at step 1 and the last: the reads of 12 steps are those of 2 steps.
+    train_expert(cfg(data, tmp_path / "a", max_steps=2, log_every=1000))
+    two = list(host_reads)
+    host_reads.clear()
+    train_expert(cfg(data, tmp_path / "b", max_steps=12, log_every=1000))
+    assert host_reads == two and two  # the log steps do read (the loss, the grad norm)
+    host_reads.clear()
+    train_expert(cfg(data, tmp_path / "c", max_steps=12, log_every=1))
+    assert len(host_reads) > len(two)  # reading more often is seen
+
+
+def test_runtime_choices_resolve_per_device_and_are_recorded(data, tmp_path):
+    from timoe_core.config import TrainingConfig
+    from timoe_core.train.loop import RuntimeChoices
+
+    cpu = RuntimeChoices.resolve(TrainingConfig(), torch.device("cpu"), [])
+    assert cpu.to_dict() == {"device": "cpu", "amp": False, "compile": False, "tf32": False,
+                             "fused_adamw": True, "pin_memory": False}  # no parameter: vacuous
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    assert RuntimeChoices.resolve(TrainingConfig(), torch.device("cpu"), p).fused_adamw is False
+    cuda = RuntimeChoices.resolve(TrainingConfig(), torch.device("cuda", 0), [])
+    assert (cuda.amp, cuda.compile, cuda.tf32, cuda.fused_adamw, cuda.pin_memory) == (True,) * 5
+    off = RuntimeChoices.resolve(TrainingConfig(compile=False, tf32=False, amp=False,
+                                                fused_adamw=False), torch.device("cuda"), [])
+    assert (off.amp, off.compile, off.tf32, off.fused_adamw) == (False,) * 4
+    run = train_expert(cfg(data, tmp_path / "r", max_steps=2))
+    first = read_metrics(run)[0]
+    assert first == {"type": "runtime", "step": 0, "device": "cpu", "amp": False,
+                     "compile": False, "tf32": False, "fused_adamw": False, "pin_memory": False}
+    saved = (run / "config.yaml").read_text()
+    assert "compile: null" in saved and "tf32: true" in saved and "fused_adamw: null" in saved

@@ -256,3 +256,111 @@ def test_max_items_is_a_fixed_subsample(tmp_path):
 def test_builtin_questions_validate():
     items = load_tsqa("builtin")
     assert items and all(len(it.choices) == 4 for it in items)
+
+
+# ------------------------------------------ other schemas: field and label mapping
+
+
+def _their_record(k: int) -> dict:
+    """An item as another release might write it: other keys, other label values."""
+    names = ["Anna Berg", "Carl Dahl", "Eva Frost", "Gus Holm"]
+    kinds = ["gold", "earlier", "later", "unrelated"]
+    order = [(j + k) % 4 for j in range(4)]
+    return {"prompt": f"In {2015 + k} the mayor of Lorvik was", "when": 2015 + k,
+            "options": [{"option": names[i], "kind": kinds[i]} for i in order]}
+
+
+def _ours(rec: dict) -> dict:
+    ours = {"gold": "correct", "earlier": "past", "later": "future", "unrelated": "irrelevant"}
+    return {"question": rec["prompt"], "year": rec["when"],
+            "choices": [o["option"] for o in rec["options"]],
+            "labels": [ours[o["kind"]] for o in rec["options"]]}
+
+
+MAPPING = {"question": "prompt", "choices": "options", "text": "option", "label": "kind",
+           "year": "when"}
+LABEL_MAP = {"correct": "gold", "past": "earlier", "future": "later", "irrelevant": "unrelated"}
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "parquet"])
+def test_mapped_fields_and_labels_read_like_our_own_schema(tmp_path, fmt):
+    from timoe_core.evaluate.tsqa import tsqa_fields_for
+
+    theirs = [_their_record(k) for k in range(6)]
+    path = tmp_path / f"theirs.{fmt}"
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(theirs), path)
+    else:
+        write(tmp_path, theirs, path.name)
+    fields = tsqa_fields_for(None, MAPPING, LABEL_MAP)
+    got = load_tsqa(str(path), fields=fields)
+    want = load_tsqa(str(write(tmp_path, [_ours(r) for r in theirs], "ours.json")))
+    assert [(i.question, i.choices, i.answer, i.labels, i.year) for i in got] == [
+        (i.question, i.choices, i.answer, i.labels, i.year) for i in want]
+    res_a, res_b = score_tsqa(TokenCostLM(), got), score_tsqa(TokenCostLM(), want)
+    assert res_a.scores == res_b.scores and res_a.error_rates == res_b.error_rates
+
+
+def test_release_schema_preset_reads_the_card_shape(tmp_path):
+    rec = {"question": "Who led Lorvik in 2021?", "year": 2021,
+           "choices": [{"text": "Anna", "label": "past"}, {"text": "Carl", "label": "correct"},
+                       {"text": "Eva", "label": "future"}, {"text": "Gus", "label": "irrelevant"}]}
+    from timoe_core.evaluate.tsqa import tsqa_fields_for
+
+    [it] = load_tsqa(str(write(tmp_path, [rec])), fields=tsqa_fields_for("tsqa-release"))
+    assert (it.answer, it.year, it.labels[1]) == (1, 2021, "correct")
+
+
+def test_duplicated_choice_texts_are_refused_naming_file_item_and_field(tmp_path):
+    recs = [item(), item(choices=[" Anna", " Carl", " anna ".strip().title(), " Gus"])]
+    path = write(tmp_path, recs)
+    with pytest.raises(TimoeError) as err:
+        load_tsqa(str(path))
+    msg = str(err.value)
+    assert str(path) in msg and "item 1, field 'choices'" in msg
+    assert "choices 0 and 2 have the same text 'Anna'" in msg
+
+
+@pytest.mark.parametrize("fields, labels, needle", [
+    ({"prompt": "q"}, {}, "unknown part 'prompt'"),
+    ({}, {"wrong": "x"}, "unknown label 'wrong'"),
+    ({}, {"correct": "x", "past": "X"}, "one value to two labels"),
+])
+def test_bad_mappings_are_refused(fields, labels, needle):
+    from timoe_core.evaluate.tsqa import tsqa_fields_for
+
+    with pytest.raises(TimoeError, match=needle):
+        tsqa_fields_for(None, fields, labels)
+
+
+def test_cli_and_config_file_mappings_agree(tmp_path, capsys):
+    from helpers import make_expert_runs, run_cli
+
+    run = make_expert_runs(tmp_path / "runs", ["2015-2016"], vocab_size=50304, n_embd=16,
+                           n_layer=1)["2015-2016"]
+    qa = write(tmp_path, [_their_record(k) for k in range(2)])
+    flags = [f"{k}={v}" for k, v in MAPPING.items()]
+    argv = ["evaluate", "--model", run, "--tsqa", qa]
+    for f in flags:
+        argv += ["--tsqa-field", f]
+    for k, v in LABEL_MAP.items():
+        argv += ["--tsqa-label", f"{k}={v}"]
+    code, _, err = run_cli(capsys, *argv, "--json", tmp_path / "a.json")
+    assert code == 0, err
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"tsqa_field": MAPPING,
+                                                     "tsqa_label": LABEL_MAP}))
+    code, _, err = run_cli(capsys, "evaluate", "--model", run, "--tsqa", qa, "--config",
+                           tmp_path / "c.yaml", "--json", tmp_path / "b.json")
+    assert code == 0, err
+    a, b = (json.loads((tmp_path / n).read_text())["tsqa"] for n in ("a.json", "b.json"))
+    assert a == b and a["n"] == 2
+    code, _, err = run_cli(capsys, "evaluate", "--model", run, "--tsqa", qa,
+                           "--tsqa-field", "choices")
+    assert code == 2 and "--tsqa-field: 'choices': expected NAME=VALUE" in err
+    code, _, err = run_cli(capsys, "evaluate", "--model", run, "--tsqa", qa)
+    assert code == 2 and "field 'question': is missing" in err and str(qa) in err

@@ -16,7 +16,9 @@ from timoe_cli.commands import (
     compare,
     demo,
     evaluate,
+    export,
     generate,
+    import_model,
     prepare_data,
     train_expert,
     train_router,
@@ -43,6 +45,8 @@ app.command("eval", hidden=True, help="Alias of `evaluate`.")(evaluate.evaluate)
 app.command("compare")(compare.compare)
 app.command("generate")(generate.generate)
 app.command("demo")(demo.demo)
+app.command("export")(export.export)
+app.command("import")(import_model.import_)
 
 
 def main() -> None:

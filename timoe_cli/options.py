@@ -39,7 +39,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 TRAINING_FIELDS: tuple[str, ...] = (
     "data", "out", "max_steps", "max_tokens", "steps_per_stage", "stop_at_step", "batch_size", "grad_accum", "lr",
     "min_lr_ratio", "warmup_fraction", "decay_fraction", "decay_shape", "weight_decay", "beta1",
-    "beta2", "grad_clip", "amp", "device", "compile", "seed", "nproc_per_node", "nnodes",
+    "beta2", "grad_clip", "amp", "device", "compile", "tf32", "fused_adamw", "seed",
+    "nproc_per_node", "nnodes",
     "node_rank", "rdzv_endpoint", "max_restarts", "eval_every", "eval_batches",
     "checkpoint_every", "keep_checkpoints", "log_every", "wandb", "wandb_project", "resume",
     "overwrite", "log_windows",
@@ -82,7 +83,7 @@ def option_annotation(model: type[BaseModel], name: str) -> Any:
     """`Annotated[type | None, typer.Option(...)]` for the field `name` of `model`."""
     field = model.model_fields[name]
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    base = _cli_type(field.annotation)
+    base = list[str] if extra.get("repeat") else _cli_type(field.annotation)
     flag = extra.get("flag") or "--" + name.replace("_", "-")
     if base is bool and "flag" not in extra and field.default is not False:
         flag = f"{flag}/--no-{flag.removeprefix('--')}"

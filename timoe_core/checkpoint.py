@@ -54,14 +54,15 @@ class RunInfo(BaseModel):
     model_config_: GPTConfig
     tokenizer: dict[str, object]
     data_manifest_sha256: str | None = None
-    # The latest date of any text that shaped the final weights (ISO date); None in runs
-    # written before cutoffs were recorded: then the slice's end.
+    # ISO date of the latest text that shaped the final weights (train-expert records it;
+    # imported models state it); None in runs written before cutoffs: the slice's end.
     data_cutoff: str | None = None
     # Snapshots inside the slice (train-expert --snapshots stages), earliest first:
     # {"data_cutoff": ISO date, "path": "snapshots/<date>"}; each folder holds its
     # model.safetensors and snapshot.json (cutoff, stage year, steps, sha256).
     snapshots: list[dict[str, str]] = []
     timoe_version: str = __version__
+    imported_from: str | None = None  # `timoe import`: the source format and folder
 
     @property
     def time_slice(self) -> TimeSlice:

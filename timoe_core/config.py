@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import tomllib
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_text
@@ -38,10 +38,15 @@ TRAIN, WORKERS, RUN, MIXTURE, MODEL = (
 SOURCE, OUTPUT, SCALE = "Source", "Output", "Scale"
 
 
-def cli(panel: str | None = None, flag: str | None = None, hidden: bool = False) -> dict[str, Any]:
+def cli(
+    panel: str | None = None, flag: str | None = None, hidden: bool = False, repeat: bool = False
+) -> dict[str, Any]:
     """How a field appears on the command line, beside its Field(description=...): the
-    --help panel, and the flag when it is not --field-name (e.g. "--amp/--no-amp")."""
+    --help panel, the flag when it is not --field-name (e.g. "--amp/--no-amp"), and
+    `repeat` for a field given as a repeatable string option (a NAME=VALUE mapping)."""
     extra: dict[str, Any] = {}
+    if repeat:
+        extra["repeat"] = True
     if panel:
         extra["panel"] = panel
     if flag:
@@ -49,6 +54,23 @@ def cli(panel: str | None = None, flag: str | None = None, hidden: bool = False)
     if hidden:
         extra["hidden"] = True
     return extra
+
+
+def parse_assignments(items: Any) -> dict[str, str]:
+    """['a=b', 'c=d'] (flags) or {'a': 'b'} (a config file) -> {'a': 'b', 'c': 'd'}.
+
+    Raises ValueError (pydantic names the field) for an item without NAME=VALUE."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        return {str(k): str(v) for k, v in items.items()}
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{item!r}: expected NAME=VALUE")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def flag_name(model: type[BaseModel], name: str) -> str:
@@ -205,9 +227,19 @@ class TrainingConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto | cpu | cuda.", json_schema_extra=cli(TRAIN)
     )
-    compile: bool = Field(
-        False, description="torch.compile the model.",
+    # The GPU settings below resolve per device when training starts; the choices made
+    # are the run's first metrics.jsonl record ({"type": "runtime", ...}).
+    compile: bool | None = Field(
+        None, description="torch.compile the model (default on for CUDA, off for CPU).",
         json_schema_extra=cli(TRAIN, "--compile/--no-compile"),
+    )
+    tf32: bool = Field(
+        True, description="TF32 matmuls on CUDA (no effect on CPU).",
+        json_schema_extra=cli(TRAIN, "--tf32/--no-tf32"),
+    )
+    fused_adamw: bool | None = Field(
+        None, description="The fused AdamW kernel (default on for CUDA, off for CPU).",
+        json_schema_extra=cli(TRAIN, "--fused-adamw/--no-fused-adamw"),
     )
     seed: int = Field(0, description="Seed of init and data order.", json_schema_extra=cli(TRAIN))
     eval_every: int = Field(
@@ -425,6 +457,26 @@ class EvaluateConfig(StrictModel):
         False, description="Also a query date x data year perplexity matrix.",
         json_schema_extra=cli(flag="--matrix/--no-matrix"),
     )
+    tsqa_schema: Literal["timoe", "tsqa-release"] | None = Field(
+        None, description="Named TSQA schema: timoe (default) or tsqa-release (the published "
+        "TSQA's field names).")
+    tsqa_field: dict[str, str] = Field(
+        default_factory=dict, json_schema_extra=cli(repeat=True),
+        description="PART=KEY, repeatable: where a record keeps question, choices, text, "
+        "label, labels, answer or year (e.g. choices=options); over the schema and the "
+        "*_field options.")
+    tsqa_label: dict[str, str] = Field(
+        default_factory=dict, json_schema_extra=cli(repeat=True),
+        description="OURS=THEIRS, repeatable: the source's value for correct, past, future or "
+        "irrelevant (e.g. correct=gold).")
+    lm_eval_tasks: list[str] | None = Field(
+        None, description="Also run these lm-evaluation-harness tasks (comma separated, e.g. "
+        "arc_easy,hellaswag; needs timoe[eval]) and add their scores.")
+    lm_eval_include_path: Path | None = Field(
+        None, description="Folder of extra lm-eval task YAMLs.")
+    lm_eval_limit: int | None = Field(None, ge=1, description="Documents per lm-eval task.")
+    lm_eval_date_field: str | None = Field(
+        None, description="Field of the lm-eval docs giving each document's date.")
     # Query dates of the matrix rows; default: every data year.
     matrix_query_dates: list[str] | None = None
     max_docs: int | None = Field(
@@ -441,6 +493,23 @@ class EvaluateConfig(StrictModel):
         None, description="bf16 autocast (CUDA).", json_schema_extra=cli(flag="--amp/--no-amp")
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda.")
+
+
+    @field_validator("tsqa_field", "tsqa_label", mode="before")
+    @classmethod
+    def _assignments(cls, value: Any) -> Any:
+        """Flags give ['a=b', ...]; a config file gives a mapping."""
+        return parse_assignments(value) if isinstance(value, (list, tuple)) else value
+
+    @field_validator("lm_eval_tasks", mode="before")
+    @classmethod
+    def _task_list(cls, value: Any) -> Any:
+        """`--lm-eval-tasks a,b` (and repeated flags) -> ['a', 'b']."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return [t.strip() for v in value for t in str(v).split(",") if t.strip()] or None
+        return value
 
 
 class GenerateConfig(StrictModel):
@@ -481,6 +550,39 @@ class DemoConfig(StrictModel):
     )
     seed: int = Field(0, description="Seed of the corpus and every run.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda.")
+
+
+# ------------------------------------------------------------------ interop
+
+
+class ExportConfig(StrictModel):
+    """`timoe export`: timoe models as folders other tools open."""
+
+    model: Path | None = Field(None, description="Run dir, TiMoE bundle, folder of expert run "
+                               "dirs, or hf:ORG/NAME.")
+    format: Literal["hf"] = Field("hf", description="hf: a transformers GPT2LMHeadModel folder "
+                                  "with the GPT-2 tokenizer files.")
+    out: Path | None = Field(None, description="Folder to write (must not exist, or be empty).")
+    query_date: str | None = Field(None, description="With a bundle or folder: export only the "
+                                   "experts usable as of DATE (default: every expert).")
+    policy: Literal["inclusive", "strict"] | None = Field(
+        None, description="Eligibility for --query-date (default: the bundle's).")
+
+
+class ImportConfig(StrictModel):
+    """`timoe import`: other checkpoints as timoe run dirs."""
+
+    format: Literal["gptbase", "hf"] | None = Field(
+        None, description="gptbase: the paper code's GPTBase folder (config.json + weights); "
+        "hf: a transformers GPT2LMHeadModel folder.")
+    source: str | None = Field(None, description="The folder to read, or hf:ORG/NAME.")
+    slice: str | None = Field(None, description="The time slice the model was trained on, "
+                              "e.g. 2015-2016 (one year: 2015-2015).")
+    data_cutoff: str | None = Field(None, description="Latest date of any text the model saw, "
+                                    "YYYY[-MM[-DD]] (default: the slice's last day).")
+    kind: Literal["expert", "dense"] = Field("expert", description="expert (one slice) or dense "
+                                             "(all years).")
+    out: Path | None = Field(None, description="Run dir to write (must not exist, or be empty).")
 
 
 # ------------------------------------------------------------------ machinery

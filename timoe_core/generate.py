@@ -1,6 +1,7 @@
 """Sampling from a TiMoE mixture (as of a query date) or from a single GPT run dir.
 
-Decoding keeps a KV cache per eligible expert and the router's running prefix sum
+Decoding keeps a KV cache per eligible expert (a `StaticKVCache`, preallocated once per
+generation and filled in place) and the router's running prefix sum
 (`TiMoE.next_log_probs`), so each new token costs one position per expert instead of
 the whole context; `use_cache=False` recomputes the context every token (the reference
 the cache is checked against, and the baseline of benchmarks/generate.py).
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from timoe_core.errors import TimoeError
-from timoe_core.model.gpt import GPT, KVCache
+from timoe_core.model.gpt import GPT, StaticKVCache
 from timoe_core.model.mixture import MixtureState, QueryDate, TiMoE
 
 StopReason = Literal["eot", "max_new_tokens"]
@@ -42,10 +43,17 @@ class GenerationResult:
     experts: list[str]  # labels of the experts that took part
     seconds: float
     window_rebuilds: int  # times the context was cut back to fit block_size
+    first_token_seconds: float = 0.0  # the prompt's forward pass and the first token
 
     @property
     def tokens_per_s(self) -> float:
         return len(self.tokens) / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens after the first per second of decoding (the prompt's pass excluded)."""
+        t = self.seconds - self.first_token_seconds
+        return (len(self.tokens) - 1) / t if len(self.tokens) > 1 and t > 0 else float("nan")
 
 
 def sample_token(
@@ -55,8 +63,16 @@ def sample_token(
     top_k: int | None = None,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    vocab_limit: int | None = None,
 ) -> int:
-    """One token id from (V,) log-probs: argmax when greedy or temperature 0."""
+    """One token id from (V,) log-probs: argmax when greedy or temperature 0.
+
+    Ids at or above `vocab_limit` are never drawn: the embedding is padded past the
+    tokenizer's vocabulary (50257 -> 50304 for GPT-2) and the tokenizer cannot decode
+    those ids. Cutting them off renormalises the draw over the tokenizer's tokens.
+    """
+    if vocab_limit is not None and vocab_limit < log_probs.size(-1):
+        log_probs = log_probs[:vocab_limit]
     if greedy or temperature == 0.0:
         return int(torch.argmax(log_probs))
     scores = log_probs.float() / temperature
@@ -77,11 +93,23 @@ Step = Callable[[torch.Tensor, object | None, bool], tuple[torch.Tensor, object]
 # and without the cache alike, so the two modes differ by the cache alone.
 
 
+# With the cache, every expert decodes into a `StaticKVCache` of block_size positions,
+# made at the first step and emptied whenever a window starts (after a cut): a step
+# writes its new keys and values in place instead of re-concatenating them.
+
+
 def _mixture_step(model: TiMoE, query_date: QueryDate, experts: list[str]) -> Step:
     with torch.no_grad():
         heads = {label: model.expert(label).decode_head() for label in experts}
+    caches: dict[str, StaticKVCache] = {}
 
     def step(ids: torch.Tensor, state: MixtureState | None, use_cache: bool):
+        if state is None and use_cache:
+            for label in experts:  # made once, emptied when a window starts again
+                cache = caches.get(label) or StaticKVCache.for_model(model.expert(label))
+                cache.length = 0
+                caches[label] = cache
+            state = MixtureState(eligible=model.eligibility(query_date, 1), caches=dict(caches))
         lp, new_state = model.next_log_probs(ids, query_date, state, heads=heads)
         return lp[0], new_state if use_cache else None
 
@@ -91,10 +119,15 @@ def _mixture_step(model: TiMoE, query_date: QueryDate, experts: list[str]) -> St
 def _gpt_step(model: GPT) -> Step:
     with torch.no_grad():
         head = model.decode_head()
+    made: list[StaticKVCache] = []
 
     @torch.no_grad()
-    def step(ids: torch.Tensor, state: KVCache | None, use_cache: bool):
-        cache: KVCache | None = (state if state is not None else []) if use_cache else None
+    def step(ids: torch.Tensor, state: StaticKVCache | None, use_cache: bool):
+        cache = state
+        if use_cache and cache is None:
+            made[:] = made or [StaticKVCache.for_model(model)]
+            cache = made[0]
+            cache.length = 0
         h = model.hidden_states(ids, kv_cache=cache)[:, -1]
         return torch.log_softmax(head(h).float(), dim=-1)[0], cache
 
@@ -113,10 +146,13 @@ def generate_tokens(
     seed: int = 0,
     eot_token: int | None = None,
     use_cache: bool = True,
+    tokenizer_vocab_size: int | None = None,
 ) -> GenerationResult:
     """Sample up to `max_new_tokens` tokens after `prompt_tokens` (see the module docstring).
 
-    A TiMoE needs `query_date`; a single GPT ignores it.
+    A TiMoE needs `query_date`; a single GPT ignores it. `tokenizer_vocab_size`: ids at
+    or above it (the embedding's padding) are never generated; default: the mixture's
+    recorded tokenizer size, else no limit.
     """
     if isinstance(model, TiMoE):
         if query_date is None:
@@ -126,6 +162,8 @@ def generate_tokens(
         block_size = min(model.run_infos[label].model_config_.block_size for label in experts)
         vocab_size = model.vocab_size
         device = model.device
+        if tokenizer_vocab_size is None:
+            tokenizer_vocab_size = model.tokenizer.get("vocab_size")
     else:
         experts = []
         block_size = model.config.block_size
@@ -151,6 +189,7 @@ def generate_tokens(
     fed = start  # tokens[start:fed] are in the caches
     new: list[int] = []
     rebuilds = 0
+    first_token_seconds = 0.0
     stop: StopReason = "max_new_tokens"
     began = time.perf_counter()
     for _ in range(max_new_tokens):
@@ -163,12 +202,16 @@ def generate_tokens(
         log_probs, state = step(ids, state, use_cache)
         fed = len(tokens)
         token = sample_token(
-            log_probs, temperature=temperature, top_k=top_k, greedy=greedy, generator=generator
+            log_probs, temperature=temperature, top_k=top_k, greedy=greedy, generator=generator,
+            vocab_limit=tokenizer_vocab_size,
         )
+        if not new:
+            first_token_seconds = time.perf_counter() - began
         if eot_token is not None and token == eot_token:
             stop = "eot"
             break
         tokens.append(token)
         new.append(token)
     seconds = time.perf_counter() - began
-    return GenerationResult(list(prompt_tokens), new, stop, experts, seconds, rebuilds)
+    return GenerationResult(list(prompt_tokens), new, stop, experts, seconds, rebuilds,
+                            first_token_seconds)

@@ -28,12 +28,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        chmod_default(tmp_path, 0o666)  # mkstemp makes it 0600: colleagues could not read it
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux), since
+    setting it to read it back races with other threads creating files."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def chmod_default(path: str | os.PathLike, mode: int) -> None:
+    """Give `path` the permissions a plain open/mkdir would: `mode` less the umask
+    (temp files and folders are created private)."""
+    os.chmod(path, mode & ~current_umask())
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -68,5 +68,6 @@ def run_generate(cfg: GenerateConfig) -> GeneratedText:
             net, tok.encode(cfg.prompt), query_date=cfg.query_date,
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
             greedy=cfg.greedy, seed=cfg.seed, eot_token=tok.eot_token, use_cache=cfg.use_cache,
+            tokenizer_vocab_size=tok.vocab_size,
         )
     return GeneratedText(result, tok.decode(result.tokens), notes)

@@ -72,7 +72,8 @@ _FIELDS = [
     "model", "strategy", "query_date", "policy", "data", "tsqa", "json_out", "plot", "matrix",
     "max_docs", "max_items", "batch_size", "tsqa_batch_size", "seq_len", "amp", "device",
     "tsqa_question_field", "tsqa_choices_field", "tsqa_answer_field", "tsqa_labels_field",
-    "tsqa_year_field",
+    "tsqa_year_field", "tsqa_schema", "tsqa_field", "tsqa_label", "lm_eval_tasks",
+    "lm_eval_include_path", "lm_eval_limit", "lm_eval_date_field",
 ]
 
 
@@ -94,4 +95,8 @@ def evaluate(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> No
         if qa.skipped:
             title += f" — {qa.skipped} items skipped: {qa.skipped_reason}"
         print_table(title, *tsqa_table(report))
+    if "lm_eval" in report:
+        from timoe_core.evaluate.harness import lm_eval_table
+
+        print_table("lm-evaluation-harness", *lm_eval_table(report["lm_eval"]))
     print_written(result.written)

@@ -57,7 +57,7 @@ from timoe_core.data.manifest import (
 )
 from timoe_core.data.sources import SourceOptions, open_source
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_json, check_writable_dir
+from timoe_core.io import atomic_write_json, check_writable_dir, chmod_default
 from timoe_core.timeslices import TimeSlicing, parse_query_date, year_cutoff
 from timoe_core.tokenizer import Tokenizer, get_tokenizer
 
@@ -268,11 +268,7 @@ def _remove_abandoned_staging(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _chmod_default(path: Path, mode: int) -> None:
-    """The permissions a plain mkdir/open would give (temp files are private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, mode & ~umask)
+_chmod_default = chmod_default  # the permissions a plain mkdir/open would give
 
 
 def _finish(

@@ -12,6 +12,10 @@ few thousand documents at a time, never the whole corpus. Sources:
 - `fineweb-edu[:CONFIG]`: HuggingFaceFW/fineweb-edu, the year taken from its `dump`
   field (`CC-MAIN-2017-13` -> 2017) unless `--date-field` says otherwise.
 
+FineWeb(-Edu) as it is: when `--date-field` is not given and a record has no `date`
+but has `dump`, the year comes from `dump`, for every source (a local copy of
+FineWeb-Edu's parquet files reads without flags).
+
 Sharding: the records of a source are numbered 0, 1, 2, ... in the order the source
 yields them (for JSONL: its non-blank lines, across files in sorted order), and shard
 k of n takes the records whose number % n == k. `max_docs` keeps the first max_docs
@@ -44,6 +48,12 @@ from timoe_core.errors import TimoeError
 
 FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"
 FINEWEB_DATE_FIELD = "dump"
+# Offline (or behind a firewall): fetch a part of the corpus once, then read the folder.
+FINEWEB_OFFLINE_HINT = (
+    "; offline, download a part of it where there is network, e.g. `huggingface-cli download "
+    f"{FINEWEB_EDU} --repo-type dataset --include 'sample/10BT/000_*.parquet' "
+    "--local-dir fineweb-edu`, and pass the folder instead: --source fineweb-edu/sample/10BT"
+)
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
 # Raw JSONL bytes read per batch: large enough for cheap batching, small enough that
 # two batches in flight stay a few tens of MB whatever the corpus size.
@@ -170,6 +180,8 @@ class SourceOptions:
     shard_index: int = 0
     max_docs: int | None = None
     hf_split: str = "train"
+    # Read when a record lacks `date_field` (FineWeb's `dump`); None: no fallback.
+    date_fallback_field: str | None = None
 
 
 class _RecordCursor:
@@ -207,11 +219,13 @@ class _BatchBuilder:
         if b.first_bad_row is None:
             b.first_bad_row = message
 
-    def add(self, text: Any, date_value: Any, where_fn: Callable[[], str]) -> None:
+    def add(self, text: Any, date_value: Any, where_fn: Callable[[], str],
+            date_field: str | None = None) -> None:
         try:
             year = parse_year(date_value)
         except DateError:
-            self.bad(describe_date_error(where_fn(), date_value, self.opts.date_field))
+            field_name = date_field or self.opts.date_field
+            self.bad(describe_date_error(where_fn(), date_value, field_name))
             return
         self.batch.texts.append(text)
         self.batch.years.append(year)
@@ -309,8 +323,10 @@ class HubSource(DocumentSource):
         except TimoeError:
             raise
         except Exception as exc:  # datasets raises many types for a bad name/config/network
+            hint = FINEWEB_OFFLINE_HINT if self.name == FINEWEB_EDU else ""
             raise TimoeError(
                 f"cannot open {self.description!r} ({type(exc).__name__}: {_first_line(exc)})"
+                f"{hint}"
             ) from None
         yield from _iterable_dataset_batches(
             ds, self.opts, _RecordCursor(self.opts), self.description
@@ -340,6 +356,7 @@ def _suffix(path: Path) -> str:
 def _jsonl_batches(path: Path, opts: SourceOptions, cursor: _RecordCursor) -> Iterator[DocBatch]:
     """Our JSONL reader: big binary reads, one json.loads per line this shard owns."""
     text_field, date_field = opts.text_field, opts.date_field
+    fallback = opts.date_fallback_field
     builder = _BatchBuilder(opts)
     loads = json.loads
     line_no = 0
@@ -391,7 +408,9 @@ def _jsonl_batches(path: Path, opts: SourceOptions, cursor: _RecordCursor) -> It
                     )
                     continue
                 text = row.get(text_field, _MISSING)
-                date_value = row.get(date_field, _MISSING)
+                date_value, row_date_field = row.get(date_field, _MISSING), date_field
+                if date_value is _MISSING and fallback is not None and fallback in row:
+                    date_value, row_date_field = row[fallback], fallback
                 if text is _MISSING or date_value is _MISSING:
                     which, name = ("text", text_field) if text is _MISSING else ("date", date_field)
                     builder.bad(_missing_field_message(f"{path}:{line_no}", which, name, row))
@@ -402,7 +421,8 @@ def _jsonl_batches(path: Path, opts: SourceOptions, cursor: _RecordCursor) -> It
                         f"{type(text).__name__}, not a string"
                     )
                     continue
-                builder.add(text, date_value, lambda: f"{path}:{line_no}")  # noqa: B023
+                builder.add(text, date_value, lambda: f"{path}:{line_no}",  # noqa: B023
+                            row_date_field)
             batch = builder.take()
             batch.bytes_read = raw.tell()  # compressed bytes for .gz: the progress total
             yield batch
@@ -435,6 +455,7 @@ def _iterable_dataset_batches(
     text_field, date_field = opts.text_field, opts.date_field
     columns = getattr(ds, "column_names", None)
     if columns is not None:
+        date_field = _date_column(columns, date_field, opts.date_fallback_field)
         _check_columns(label, columns, text_field, date_field)
         ds = ds.select_columns(
             [text_field, date_field] if text_field != date_field else [text_field]
@@ -452,6 +473,7 @@ def _iterable_dataset_batches(
                 f"cannot read {label} after row {row_no} ({type(exc).__name__}: {_first_line(exc)})"
             ) from None
         if columns is None:
+            date_field = _date_column(list(cols), date_field, opts.date_fallback_field)
             _check_columns(label, list(cols), text_field, date_field)
             columns = list(cols)
         texts, dates = cols[text_field], cols[date_field]
@@ -467,8 +489,16 @@ def _iterable_dataset_batches(
                     f"{type(text).__name__}, not a string"
                 )
                 continue
-            builder.add(text, date_value, lambda: f"{label} row {row_no}")  # noqa: B023
+            builder.add(text, date_value, lambda: f"{label} row {row_no}",  # noqa: B023
+                        date_field)
         yield builder.take()
+
+
+def _date_column(columns: list[str], date_field: str, fallback: str | None) -> str:
+    """The date column of a table: `date_field`, or the fallback when only it exists."""
+    if date_field not in columns and fallback is not None and fallback in columns:
+        return fallback
+    return date_field
 
 
 def _check_columns(label: str, columns: list[str], text_field: str, date_field: str) -> None:
@@ -511,9 +541,12 @@ def open_source(
     """Resolve `--source` to a DocumentSource; TimoeError when it cannot be one.
 
     `date_field_given=False` (the user left --date-field at its default) lets
-    fineweb-edu use its `dump` field.
+    fineweb-edu use its `dump` field, and any other source fall back to `dump` where a
+    record has no `date`.
     """
     source = source.strip()
+    if not date_field_given and opts.date_fallback_field is None:
+        opts.date_fallback_field = FINEWEB_DATE_FIELD
     if source == "builtin":
         return BuiltinSource(opts, builtin_docs_per_year, seed)
     if source == "fineweb-edu" or source.startswith("fineweb-edu:"):

@@ -35,6 +35,8 @@ def parse_entry(entry: str) -> tuple[Path, str | None]:
     if Path(text).exists():
         return Path(text), None
     m = _ENTRY_RE.match(text)
+    if text.startswith("hf:"):  # a hub reference: resolved (and checked) when loaded
+        return (Path(m.group("path")), m.group("strategy")) if m else (Path(text), None)
     if m:
         path, strategy = Path(m.group("path")), m.group("strategy")
     elif ":" in text:

@@ -29,6 +29,7 @@ from timoe_core.config import MixtureOptions
 from timoe_core.device import resolve_device
 from timoe_core.errors import TimoeError
 from timoe_core.model.bundle import BUNDLE_FILENAME
+from timoe_core.interop.hub import resolve_model_path
 from timoe_core.model.gpt import GPT
 from timoe_core.model.mixture import TiMoE
 from timoe_core.strategies import STRATEGIES
@@ -226,7 +227,7 @@ def load_evaluated_model(
     amp: bf16 autocast; None turns it on for CUDA devices only.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    model = _load(Path(path), strategy, policy, dev)
+    model = _load(resolve_model_path(path), strategy, policy, dev)  # hf:ORG/NAME too
     model.amp = (model.device.type == "cuda") if amp is None else bool(amp)
     return model
 
@@ -274,6 +275,12 @@ def _load(path: Path, strategy: str | None, policy: str | None, dev: torch.devic
         )
 
     run_dirs = _run_dirs_under(path)
+    if not run_dirs and (path / "config.json").is_file():
+        raise TimoeError(
+            f"{path} holds a config.json but no {RUN_INFO_FILENAME}: a GPT-2 or GPTBase "
+            "checkpoint, not a timoe model; import it first with `timoe import --format "
+            "hf|gptbase --source DIR --slice YYYY-YYYY --out RUN_DIR`"
+        )
     if not run_dirs:
         raise TimoeError(
             f"{path} is not a TiMoE bundle (no {BUNDLE_FILENAME}), a run dir (no "

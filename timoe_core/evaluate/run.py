@@ -28,7 +28,13 @@ from timoe_core.evaluate.report import (
     plot_report,
     write_report,
 )
-from timoe_core.evaluate.tsqa import TSQAFields, TSQAResult, load_tsqa, score_tsqa
+from timoe_core.evaluate.tsqa import (
+    TSQAFields,
+    TSQAResult,
+    load_tsqa,
+    score_tsqa,
+    tsqa_fields_from_config,
+)
 from timoe_core.io import check_writable_dir
 from timoe_core.timeslices import parse_query_date
 
@@ -49,11 +55,8 @@ class EvaluationResult:
 
 
 def tsqa_fields(cfg: EvaluateConfig) -> TSQAFields:
-    return TSQAFields(
-        question=cfg.tsqa_question_field, choices=cfg.tsqa_choices_field,
-        answer=cfg.tsqa_answer_field, labels=cfg.tsqa_labels_field, year=cfg.tsqa_year_field,
-        choice_text=cfg.tsqa_choice_text_field, choice_label=cfg.tsqa_choice_label_field,
-    )
+    """Where `cfg`'s TSQA source keeps each part (schema, *_field options, --tsqa-field)."""
+    return tsqa_fields_from_config(cfg)
 
 
 def check_outputs(cfg: EvaluateConfig) -> None:
@@ -88,8 +91,10 @@ def run_evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> Evalu
     task = progress or _no_progress
     if cfg.model is None:
         raise TimoeError("--model is required: a TiMoE bundle, a run dir or a folder of runs")
-    if cfg.data is None and cfg.tsqa is None:
-        raise TimoeError("nothing to evaluate: give --data DATA_DIR and/or --tsqa SOURCE")
+    if cfg.data is None and cfg.tsqa is None and not cfg.lm_eval_tasks:
+        raise TimoeError(
+            "nothing to evaluate: give --data DATA_DIR, --tsqa SOURCE and/or --lm-eval-tasks"
+        )
     if cfg.matrix and cfg.data is None:
         raise TimoeError("--matrix needs held-out text: give --data DATA_DIR")
     check_outputs(cfg)
@@ -118,6 +123,10 @@ def run_evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> Evalu
 
     report = evaluation_report(m, model_path=cfg.model, query_date=cfg.query_date, perplexity=ppl,
                                tsqa=qa, matrix=mat, data_dir=cfg.data, tsqa_source=cfg.tsqa)
+    if cfg.lm_eval_tasks:
+        from timoe_core.evaluate.harness import run_lm_eval_tasks  # needs timoe[eval]
+
+        report["lm_eval"] = run_lm_eval_tasks(m, cfg)
     return EvaluationResult(report, qa, ppl, mat, write_outputs(cfg, report, plot_report))
 
 

@@ -9,9 +9,16 @@ summed log-likelihood; `accuracy_norm` the highest mean per token. The error rat
 are the share of items whose chosen answer is labelled past / future / irrelevant, so
 accuracy + the three error rates = 1.
 
-Sources: `builtin` (the built-in corpus' questions), a .json / .jsonl file, or
-`hf:NAME[:SPLIT]` through `datasets`. Field names are configurable; a choice may be a
-string or an object holding its text and label (as in the paper's TSQA release).
+Sources: `builtin` (the built-in corpus' questions), a .json / .jsonl / .parquet
+file, or `hf:NAME[:SPLIT]` through `datasets`. Field names are configurable; a choice
+may be a string or an object holding its text and label (as in the paper's TSQA
+release). Schemas (`--tsqa-schema`): `timoe` (the field names below) and
+`tsqa-release`, the published release's; either is adjusted part by part with
+`--tsqa-field PART=KEY` (PART: question, choices, text, label, labels, answer, year)
+and label values with `--tsqa-label OURS=THEIRS` (OURS: correct, past, future,
+irrelevant), e.g. `--tsqa-field choices=options --tsqa-label correct=gold`. Every
+error names the source, the item and the field; items whose choices repeat a text
+are refused (the duplicate could not be told apart from the answer).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class TSQAFields:
-    """Where a record keeps each part of an item."""
+    """Where a record keeps each part of an item, and how it writes the labels."""
 
     question: str = "question"
     choices: str = "choices"
@@ -55,9 +62,72 @@ class TSQAFields:
     year: str = "year"
     choice_text: str = "text"  # when a choice is an object
     choice_label: str = "label"
+    # Our label -> the value the source writes for it (only those that differ).
+    label_values: tuple[tuple[str, str], ...] = ()
+
+    def our_label(self, value: Any) -> str:
+        text = str(value).strip().lower()
+        for ours, theirs in self.label_values:
+            if text == theirs.strip().lower():
+                return ours
+        return text
+
+
+# `--tsqa-field PART=KEY` parts -> TSQAFields attributes.
+FIELD_PARTS = {"question": "question", "choices": "choices", "text": "choice_text",
+               "label": "choice_label", "labels": "labels", "answer": "answer", "year": "year"}
+# Named schemas. `tsqa-release`: the published TSQA (10,063 questions, 2013-2024, one
+# JSON file): a question, four choice objects each with its text and its label
+# (correct / past / future / irrelevant) and an integer year, as its dataset card
+# describes them. Only the card could be read offline: see docs/data-format.md.
+TSQA_SCHEMAS: dict[str, TSQAFields] = {
+    "timoe": TSQAFields(),
+    "tsqa-release": TSQAFields(question="question", choices="choices", choice_text="text",
+                               choice_label="label", year="year"),
+}
+
+
+def tsqa_fields_for(schema: str | None = None, fields: dict[str, str] | None = None,
+                    labels: dict[str, str] | None = None, base: TSQAFields | None = None
+                    ) -> TSQAFields:
+    """A schema (default `timoe`, or `base`) with parts and label values replaced."""
+    if schema is not None and schema not in TSQA_SCHEMAS:
+        raise TimoeError(f"unknown TSQA schema {schema!r}: use {', '.join(TSQA_SCHEMAS)}")
+    start = TSQA_SCHEMAS[schema] if schema is not None else (base or TSQAFields())
+    changes: dict[str, Any] = {}
+    for part, key in (fields or {}).items():
+        if part not in FIELD_PARTS:
+            raise TimoeError(f"--tsqa-field {part}={key}: unknown part {part!r}: use "
+                             f"{', '.join(FIELD_PARTS)}")
+        changes[FIELD_PARTS[part]] = key
+    values = dict(start.label_values)
+    for ours, theirs in (labels or {}).items():
+        if ours not in LABELS:
+            raise TimoeError(f"--tsqa-label {ours}={theirs}: unknown label {ours!r}: use "
+                             f"{', '.join(LABELS)}")
+        values[ours] = theirs
+    theirs_seen = [v.strip().lower() for v in values.values()]
+    if len(set(theirs_seen)) < len(theirs_seen):
+        raise TimoeError(f"--tsqa-label gives one value to two labels ({values}): each of "
+                         "our labels needs its own value")
+    from dataclasses import replace
+
+    return replace(start, **changes, label_values=tuple(sorted(values.items())))
 
 
 # ------------------------------------------------------------------ validation
+
+
+def tsqa_fields_from_config(cfg: Any) -> TSQAFields:
+    """The TSQAFields an EvaluateConfig describes: its schema, then the single *_field
+    options given explicitly, then `tsqa_field` / `tsqa_label`."""
+    legacy = {"question": "tsqa_question_field", "choices": "tsqa_choices_field",
+              "answer": "tsqa_answer_field", "labels": "tsqa_labels_field",
+              "year": "tsqa_year_field", "text": "tsqa_choice_text_field",
+              "label": "tsqa_choice_label_field"}
+    given = {part: getattr(cfg, name) for part, name in legacy.items()
+             if cfg.tsqa_schema is None or name in cfg.model_fields_set}
+    return tsqa_fields_for(cfg.tsqa_schema, {**given, **cfg.tsqa_field}, cfg.tsqa_label)
 
 
 def _fail(source: str, index: int, fieldname: str, problem: str) -> TimoeError:
@@ -82,13 +152,22 @@ def _check_parts(question: Any, choices: Any, answer: Any, labels: Any, year: An
     for c in choices:
         if not isinstance(c, str) or not c.strip():
             raise _fail(source, index, fields.choices, "every choice must be a non-empty string")
+    seen: dict[str, int] = {}
+    for k, c in enumerate(choices):
+        key = " ".join(c.split())
+        if key in seen:
+            raise _fail(source, index, fields.choices,
+                        f"choices {seen[key]} and {k} have the same text {c.strip()!r}: a "
+                        "repeated answer cannot be told apart; fix or drop the item")
+        seen[key] = k
     if not isinstance(labels, (list, tuple)) or len(labels) != NUM_CHOICES:
         n = len(labels) if isinstance(labels, (list, tuple)) else "no list of"
         raise _fail(source, index, fields.labels, f"has {n} labels, expected one per choice")
     bad = [lab for lab in labels if lab not in LABELS]
     if bad:
         raise _fail(source, index, fields.labels,
-                    f"unknown label {bad[0]!r}: use {', '.join(LABELS)}")
+                    f"unknown label {bad[0]!r}: use {', '.join(LABELS)}, or map the "
+                    f"source's own with --tsqa-label correct={bad[0]} (and so on)")
     if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < NUM_CHOICES:
         raise _fail(source, index, fields.answer,
                     f"must be a choice index 0-{NUM_CHOICES - 1}, got {answer!r}")
@@ -145,7 +224,7 @@ def item_from_record(rec: Any, index: int, source: str, fields: TSQAFields = TSQ
         raise _fail(source, index, fields.labels, "is missing (one label per choice: "
                     + "/".join(LABELS) + ")")
     if isinstance(labels, (list, tuple)):
-        labels = [str(lab).strip().lower() for lab in labels]
+        labels = [fields.our_label(lab) for lab in labels]
 
     if fields.answer in rec:
         answer = _answer_index(rec[fields.answer], choices)
@@ -228,6 +307,16 @@ def _read_json_records(path: Path) -> list[Any]:
     return data
 
 
+def _read_parquet_records(path: Path) -> list[Any]:
+    try:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises many types for damaged files
+        raise TimoeError(f"cannot read TSQA file {path} as parquet ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
 def _read_hf_records(spec: str) -> list[Any]:
     name, _, split = spec.partition(":")
     if not name:
@@ -267,8 +356,11 @@ def load_tsqa(
             path = Path(source)
             if not path.is_file():
                 raise TimoeError(f"TSQA source {source!r} is not builtin, hf:NAME or an existing "
-                                 ".json/.jsonl file")
-            records, where = _read_json_records(path), str(path)
+                                 ".json/.jsonl file or .parquet file")
+            if path.suffix.lower() == ".parquet":
+                records, where = _read_parquet_records(path), str(path)
+            else:
+                records, where = _read_json_records(path), str(path)
         items = [item_from_record(r, i, where, fields) for i, r in enumerate(records)]
     if not items:
         raise TimoeError(f"TSQA source {source!r} holds no items")

@@ -2,8 +2,14 @@
 
 A command describes *what* to train as a `TrainTask`; `run_training` does the rest the
 same way for all: DDP, the warmup–stable–decay schedule, AdamW, gradient accumulation,
-clipping, AMP, optional torch.compile, evaluation, checkpoints and resume, Ctrl-C,
+clipping, AMP, torch.compile, evaluation, checkpoints and resume, Ctrl-C,
 metrics.jsonl / rich progress / wandb.
+
+On CUDA by default (`RuntimeChoices`, each switchable in the config): bf16 autocast,
+TF32 matmuls, fused AdamW, torch.compile, batches from pinned memory copied
+non_blocking; and a step never reads a tensor back to the host (loss and metrics are
+summed on the device and read once per log step), so the GPU is never waited for
+between logs. On CPU all of these are off unless asked for.
 
 The TrainTask protocol
 ----------------------
@@ -247,6 +253,39 @@ def amp_enabled(cfg: TrainingConfig, device: torch.device) -> bool:
     return device.type == "cuda" if cfg.amp is None else bool(cfg.amp)
 
 
+@dataclass(frozen=True)
+class RuntimeChoices:
+    """How the step runs on this device, resolved from the config's auto (None) values.
+
+    Written as the first metrics.jsonl record of every invocation ({"type": "runtime"}).
+    On CPU every choice is off unless asked for, so CPU results never depend on them.
+    """
+
+    device: str
+    amp: bool  # bf16 autocast (never by default on CPU: no bf16 units there)
+    compile: bool  # torch.compile of the trained module
+    tf32: bool  # TF32 matmuls (CUDA only)
+    fused_adamw: bool  # one fused kernel for the whole AdamW update (CUDA)
+    pin_memory: bool  # batches copied from pinned host memory, non_blocking (CUDA)
+
+    @classmethod
+    def resolve(cls, cfg: TrainingConfig, device: torch.device, params: Iterable[nn.Parameter]
+                ) -> RuntimeChoices:
+        cuda = device.type == "cuda"
+        on_cuda = all(p.is_cuda for p in params)
+        return cls(
+            device=str(device),
+            amp=amp_enabled(cfg, device),
+            compile=cuda if cfg.compile is None else bool(cfg.compile),
+            tf32=cuda and cfg.tf32,
+            fused_adamw=on_cuda if cfg.fused_adamw is None else bool(cfg.fused_adamw),
+            pin_memory=cuda,  # what every task's batch() does on CUDA
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 def make_schedule(cfg: TrainingConfig, total_steps: int) -> WSDSchedule:
     return WSDSchedule(
         peak_lr=cfg.lr,
@@ -272,13 +311,18 @@ class Trainer:
         self.env = env
         self.raw = task.model.to(env.device)
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
+        self.runtime = RuntimeChoices.resolve(cfg, env.device, self.params)
+        if self.runtime.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.optimizer = build_adamw(
-            self.raw, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2)
+            self.raw, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
+            fused=self.runtime.fused_adamw,
         )
         self.schedule = task.own_schedule(cfg, total_steps) or make_schedule(cfg, total_steps)
-        self.amp = amp_enabled(cfg, env.device)
+        self.amp = self.runtime.amp
         model: nn.Module = self.raw
-        if cfg.compile:
+        if self.runtime.compile:
             model = torch.compile(model)  # type: ignore[assignment]
         self.ddp = env.is_distributed
         if self.ddp:
@@ -448,6 +492,7 @@ def run_training(
     )
     if ckpt is not None:
         logger.message(f"resuming from {ckpt.path} (step {step}/{total_steps})")
+    logger.runtime(step, trainer.runtime.to_dict())
     if step >= end_step:
         logger.message(f"nothing to train: the run is at step {step} (this run ends at {end_step})")
     windows_log = run_dir / "debug" / f"windows-rank{env.rank}.jsonl" if cfg.log_windows else None

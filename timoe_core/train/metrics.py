@@ -5,6 +5,8 @@ metrics.jsonl (always written, one JSON object a line, appended and flushed):
     {"type": "train", "step": 10, "loss": 7.91, "lr": 0.001, "grad_norm": 1.2,
      "tokens": 40960, "tokens_per_s": 51234.5, "elapsed": 0.8}
     {"type": "eval", "step": 50, "eval_loss": 6.2, "eval_ppl": 492.7, "tokens": ..., "elapsed": ...}
+    {"type": "runtime", "step": 0, "device": "cuda:0", "amp": true, "compile": true,
+     "tf32": true, "fused_adamw": true, "pin_memory": true}     (each invocation's first)
 
 `elapsed` is training wall time in seconds summed over all invocations of the run. On
 resume the lines after the checkpoint's step (written by the interrupted invocation)
@@ -208,6 +210,13 @@ class MetricsLogger:
             self._progress.console.print(text, highlight=False)
         else:
             self.console.print(text, highlight=False)
+
+    def runtime(self, step: int, choices: dict[str, Any]) -> None:
+        """How this invocation trains (device, amp, compile, ...): a record and one line."""
+        if not self.enabled:
+            return
+        self._write({"type": "runtime", "step": step} | choices)
+        self.message("runtime: " + ", ".join(f"{k} {v}" for k, v in choices.items()))
 
     def message(self, text: str) -> None:
         if self.enabled:
