@@ -17,7 +17,8 @@ from timoe_core.demo import REPORT_FILENAME, STATE_FILENAME
 pytestmark = pytest.mark.slow
 
 STRATEGIES = {"TiMoE avg": "avg", "TiMoE learned-avg": "learned-avg",
-              "TiMoE coadapt": "coadapt", "dense (all years)": "dense"}
+              "TiMoE coadapt": "coadapt", "TiMoE avg, inclusive (paper rule)": "avg",
+              "dense series (leak-free)": "dense-series", "dense (all years)": "dense"}
 
 
 def timoe(*args: str) -> subprocess.CompletedProcess:
@@ -56,15 +57,18 @@ def test_quick_demo_reports_every_strategy_with_finite_metrics(demo_run):
         rates = [qa["accuracy"], *qa["error_rates"].values()]
         assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in rates)
         assert abs(sum(rates) - 1.0) < 1e-9, "accuracy + error rates cover every item"
-    # a TiMoE strategy never uses an expert from after an item's year
-    for label in ("TiMoE avg", "TiMoE learned-avg", "TiMoE coadapt"):
-        for year, eligible in models[label]["eligible_by_year"].items():
-            assert eligible and all(int(e[:4]) <= int(year) for e in eligible), (label, year)
+    # point-in-time: no artefact behind an item's answer read text after the item's year
+    for label in ("TiMoE avg", "TiMoE learned-avg", "TiMoE coadapt", "dense series (leak-free)"):
+        for year, used in models[label]["artefacts_used"].items():
+            assert used and all(a["data_cutoff"] <= f"{year}-12-31" for a in used), (label, year)
+    # the paper's rule answers 2015 with the 2015-2016 expert that read 2016
+    inclusive = models["TiMoE avg, inclusive (paper rule)"]["artefacts_used"]["2015"]
+    assert {"name": "2015-2016@2016-12-31", "data_cutoff": "2016-12-31"} in inclusive
     head = report["headline"]
     assert set(STRATEGIES) <= set(head["models"])
     state = json.loads((out / STATE_FILENAME).read_text())
     assert report["stage_seconds"] == {k: v["seconds"] for k, v in state["finished"].items()}
-    assert len(report["stage_seconds"]) == 12 and report["total_seconds"] > 0
+    assert len(report["stage_seconds"]) == 13 and report["total_seconds"] > 0
     for png in ("tsqa.png", "perplexity.png"):
         w, h = png_size(out / png)
         assert w > 300 and h > 200 and (out / png).stat().st_size > 10_000

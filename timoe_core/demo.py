@@ -3,12 +3,15 @@
 Each stage calls the library function behind the matching CLI command:
 
     data          prepare_data (builtin corpus)                      OUT/data
-    expert L      train_expert --year, one per time slice            OUT/experts/L
-    dense         train_expert --all-years, the same total compute   OUT/dense
-                  as all the slice experts together (the baseline)
+    expert L      train_expert --year, one per time slice, a         OUT/experts/L
+                  snapshot after its first year (point-in-time)
+    dense         train_expert --all-years, the same steps per year  OUT/dense
+                  as the experts: its snapshots are the leak-free dense series, its
+                  final weights the all-years (leaky) dense baseline
     avg           train_router --strategy avg (a bundle, no training)  OUT/timoe-avg
-    learned-avg   train_router --strategy learned-avg                OUT/timoe-learned-avg
-    coadapt       coadapt, from the learned-avg router               OUT/timoe-coadapt
+    inclusive     the same avg bundle under the paper code's rule    OUT/timoe-inclusive
+    learned-avg   train_router --strategy learned-avg, staged        OUT/timoe-learned-avg
+    coadapt       coadapt, staged, from the learned-avg router       OUT/timoe-coadapt
     evaluate      compare_models: held-out perplexity per data year and the built-in
                   temporal QA, each item read as of its own year     OUT/report.json, *.png
 
@@ -58,10 +61,10 @@ class DemoSettings(BaseModel):
     n_embd: int
     batch_size: int
     expert_lr: float
-    expert_steps: int  # per slice expert; the dense model gets n_slices times as many
-    router_steps: int
+    expert_steps: int  # per year-stage of every expert and of the dense model
+    router_steps: int  # per router stage (one per data year)
     router_lr: float
-    coadapt_steps: int
+    coadapt_steps: int  # per coadapt stage
     coadapt_lr: float
     eval_windows_per_year: int
     eval_items: int | None  # None: every built-in question
@@ -77,10 +80,10 @@ def demo_settings(cfg: DemoConfig) -> DemoSettings:
                   batch_size=8, expert_lr=3e-3, router_lr=3e-3, coadapt_lr=3e-4,
                   seed=cfg.seed, device=cfg.device)
     if cfg.quick:
-        return DemoSettings(**common, docs_per_year=40, expert_steps=16, router_steps=10,
-                            coadapt_steps=8, eval_windows_per_year=4, eval_items=48)
-    return DemoSettings(**common, docs_per_year=200, expert_steps=80, router_steps=60,
-                        coadapt_steps=40, eval_windows_per_year=8, eval_items=None)
+        return DemoSettings(**common, docs_per_year=40, expert_steps=8, router_steps=1,
+                            coadapt_steps=1, eval_windows_per_year=4, eval_items=48)
+    return DemoSettings(**common, docs_per_year=200, expert_steps=40, router_steps=5,
+                        coadapt_steps=3, eval_windows_per_year=8, eval_items=None)
 
 
 @dataclass(frozen=True)
@@ -123,9 +126,9 @@ EvalProgress = Callable[[str, int, int], None]
 
 
 def _training(s: DemoSettings, steps: int, lr: float) -> dict[str, Any]:
-    """The options every demo training stage shares."""
-    return dict(max_steps=steps, batch_size=s.batch_size, lr=lr, seed=s.seed,
-                device=s.device, log_every=max(1, steps // 10))
+    """The options every demo training stage shares: `steps` per chronological stage."""
+    return dict(steps_per_stage=steps, batch_size=s.batch_size, lr=lr, seed=s.seed,
+                device=s.device, log_every=max(1, steps // 2))
 
 
 def _stages(
@@ -145,15 +148,18 @@ def _stages(
                             lambda sl=sl: train_expert(TrainExpertConfig(
                                 year=sl.start_year, data=layout.data,
                                 out=layout.experts / sl.label, **model, **expert_training))))
-    dense_training = _training(s, s.expert_steps * len(slicing.slices), s.expert_lr)
-    stages.append(Stage("dense", "train-expert --all-years: dense baseline, same compute",
+    stages.append(Stage("dense", "train-expert --all-years: dense series, same compute",
                         lambda: train_expert(TrainExpertConfig(
                             all_years=True, data=layout.data, out=layout.dense, **model,
-                            **dense_training))))
+                            **expert_training))))
     stages.append(Stage("avg", "train-router --strategy avg: the equal-weight bundle",
                         lambda: train_router(TrainRouterConfig(
                             strategy="avg", experts=[layout.experts], out=layout.bundle("avg"),
                             overwrite=True))))
+    stages.append(Stage("inclusive", "train-router --strategy avg --policy inclusive",
+                        lambda: train_router(TrainRouterConfig(
+                            strategy="avg", experts=[layout.experts], policy="inclusive",
+                            out=layout.bundle("inclusive"), overwrite=True))))
     stages.append(Stage("learned-avg", "train-router --strategy learned-avg",
                         lambda: train_router(TrainRouterConfig(
                             strategy="learned-avg", experts=[layout.experts], data=layout.data,
@@ -171,13 +177,13 @@ def _stages(
 
 # Models compared in the report: (label, entry for compare_models).
 def _entries(layout: DemoLayout, slicing: TimeSlicing) -> list[tuple[str, str]]:
-    newest = slicing.slices[-1]
     return [
         ("TiMoE avg", f"{layout.bundle('avg')}:avg"),
         ("TiMoE learned-avg", f"{layout.bundle('learned-avg')}:learned-avg"),
         ("TiMoE coadapt", f"{layout.bundle('coadapt')}:coadapt"),
+        ("TiMoE avg, inclusive (paper rule)", f"{layout.bundle('inclusive')}:avg"),
+        ("dense series (leak-free)", f"{layout.dense}:dense-series"),
         ("dense (all years)", f"{layout.dense}:dense"),
-        (f"newest expert ({newest.label})", f"{layout.bundle('avg')}:expert:{newest.end_year}"),
     ]
 
 
@@ -211,8 +217,8 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
             "future_error": (qa.get("error_rates") or {}).get("future"),
             "perplexity_mean": m.get("perplexity_mean"),
         }
-    dense = next((v for k, v in rows.items() if k.startswith("dense")), None)
-    timoe = {k: v for k, v in rows.items() if k.startswith("TiMoE")}
+    dense = next((v for k, v in rows.items() if k.startswith("dense (all")), None)
+    timoe = {k: v for k, v in rows.items() if k.startswith("TiMoE") and "inclusive" not in k}
     fewer = None
     if dense is not None and dense["future_error"] is not None and timoe:
         fewer = all(v["future_error"] is not None and v["future_error"] < dense["future_error"]

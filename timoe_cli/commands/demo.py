@@ -39,11 +39,11 @@ def demo(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     print_table("TiMoE vs baselines (held-out perplexity; temporal QA, each question as of "
                 "its own year)", *compare_table(result))
     head = report["headline"]
-    dense = next((v for k, v in head["models"].items() if k.startswith("dense")), None)
+    dense = next((v for k, v in head["models"].items() if k.startswith("dense (all")), None)
     for label, row in head["models"].items():
-        if label.startswith("TiMoE") and dense is not None:
+        if dense is not None and not label.startswith("dense (all"):
             console.print(f"{label}: future-error rate {pct(row['future_error'])} "
-                          f"vs dense {pct(dense['future_error'])}", highlight=False)
+                          f"vs dense (all years) {pct(dense['future_error'])}", highlight=False)
     verdict = head["timoe_leaks_less_than_dense"]
     if verdict is not None:
         console.print("every TiMoE strategy leaks fewer future answers than the dense model"
