@@ -545,3 +545,26 @@ def test_builtin_source_writes_twelve_years(tmp_path, capsys):
     # deterministic: the same seed gives the same bytes
     m2 = prep("builtin", tmp_path / "d2", builtin_docs_per_year=20)
     assert m2.files == m.files
+
+
+
+def test_until_drops_later_documents_and_keeps_earlier_years_byte_identical(tmp_path):
+    from helpers import invoke_cli
+
+    common = dict(seq_len=16, val_fraction=0.2, builtin_docs_per_year=6, workers=1)
+    full = prepare_data(PrepareDataConfig(out=tmp_path / "full", **common))
+    cut = prepare_data(PrepareDataConfig(out=tmp_path / "cut", until="2015-06", **common))
+    # Dated by year only, a 2015 document may be from after June: it is left out too.
+    assert cut.until == "2015-06-30"
+    assert cut.years_with_tokens("train") == [2013, 2014]
+    assert cut.skipped["after_until"] == sum(
+        full.years[str(y)].train.documents + full.years[str(y)].val.documents
+        for y in range(2015, 2025))
+    assert cut.slicing == full.slicing
+    for split in ("train", "val"):
+        for year in (2013, 2014):
+            a = (tmp_path / "full" / split / f"{year}.bin").read_bytes()
+            assert a == (tmp_path / "cut" / split / f"{year}.bin").read_bytes()
+    res = invoke_cli("prepare-data", "--out", tmp_path / "bad", "--until", "2015-13")
+    assert res.exit_code == 2 and "bad query date" in res.stderr
+    assert not (tmp_path / "bad").exists()

@@ -18,7 +18,8 @@ Invariants kept here, each tested in tests/test_mixture.py:
   row; an ineligible expert's weights or files are never read for that query;
 - proper distribution: ineligible experts are excluded (log-weight -inf), never zeroed;
 - causal in the sequence: experts are causal decoders, the router pools a prefix mean;
-- eligibility by date: `timeslices.eligible_slices` (inclusive/strict), never by index.
+- eligibility by date and data cutoff: `expert_pool.select_artefacts` (point-in-time,
+  inclusive), never by index; a staged mixture answers a date through `as_of`.
 
 Cost model:
 - `mixture_log_probs` streams expert by expert: each eligible expert's final hidden

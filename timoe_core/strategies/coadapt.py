@@ -23,6 +23,12 @@ experts' pre-training rate, since the experts are already trained.
 Output: OUT is a coadapt bundle; every adapted expert is stored inside it, in
 OUT/experts/<label>/ (model.safetensors + run.json, checksummed in timoe.json); experts
 that no window trained stay referenced from their run dirs.
+
+Staged (policy point-in-time, the default): `train` hands the run to
+train/staged_mixture.py: one stage per data cutoff, each adapting the expert of the
+slice holding that year (a copy of its artefact usable then, stored as a derived
+artefact with the stage's cutoff) through this task; `--policy inclusive` trains over
+every year at once as below.
 """
 
 from __future__ import annotations

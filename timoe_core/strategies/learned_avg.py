@@ -16,6 +16,11 @@ always runs the experts.
 
 Run dir, resume, workers, Ctrl-C and logging are the shared job driver's
 (train/job.py, train/mixture_run.py); OUT is the bundle once training ends.
+
+Staged (policy point-in-time, the default): `train` hands the run to
+train/staged_mixture.py, which trains one router stage per data cutoff of the experts'
+artefacts, each through this task on the stage's windows, and writes a router snapshot
+per stage; `--policy inclusive` trains the single router over every year below.
 """
 
 from __future__ import annotations
