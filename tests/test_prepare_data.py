@@ -551,7 +551,7 @@ def test_builtin_source_writes_twelve_years(tmp_path, capsys):
 def test_until_drops_later_documents_and_keeps_earlier_years_byte_identical(tmp_path):
     from helpers import invoke_cli
 
-    common = dict(seq_len=16, val_fraction=0.2, builtin_docs_per_year=6, workers=1)
+    common = {"seq_len": 16, "val_fraction": 0.2, "builtin_docs_per_year": 6, "workers": 1}
     full = prepare_data(PrepareDataConfig(out=tmp_path / "full", **common))
     cut = prepare_data(PrepareDataConfig(out=tmp_path / "cut", until="2015-06", **common))
     # Dated by year only, a 2015 document may be from after June: it is left out too.

@@ -36,7 +36,7 @@ from timoe_core.interop.gpt2 import EOT_TOKEN, hf_gpt2_config, to_gpt2_state
 from timoe_core.interop.hub import resolve_model_path
 from timoe_core.io import atomic_write_json, atomic_write_text, chmod_default
 from timoe_core.model.gpt import GPT
-from timoe_core.timeslices import parse_query_date
+from timoe_core.timeslices import DEFAULT_POLICY, canonical_policy, parse_query_date
 from timoe_core.tokenizer import ENCODER_FILENAME, EOT_TEXT, GPT2_FILES_DIR, MERGES_FILENAME
 
 HF_WEIGHTS_FILENAME = "model.safetensors"
@@ -93,10 +93,14 @@ def _models_to_export(path: Path, query_date: str | None, policy: str | None
     if (path / RUN_INFO_FILENAME).is_file():
         if query_date is not None:
             info = read_run_info(path)
-            if not info.time_slice.is_eligible(parse_query_date(query_date), policy or "inclusive"):
+            when, rule = parse_query_date(query_date), canonical_policy(policy or DEFAULT_POLICY)
+            usable = (info.time_slice.is_eligible(when, rule) if rule == "inclusive"
+                      else info.cutoff <= when)
+            if not usable:
                 raise TimoeError(
                     f"--model {path} is the model of {info.slice_label}, not usable as of "
-                    f"--query-date {query_date} (policy {policy or 'inclusive'})"
+                    f"--query-date {query_date} (policy {rule}; its data cutoff is "
+                    f"{info.cutoff.isoformat()})"
                 )
         model, info = load_expert(path)
         return [("", model, info)]
@@ -116,8 +120,11 @@ def _models_to_export(path: Path, query_date: str | None, policy: str | None
                              f"{BUNDLE_FILENAME}) or a folder of expert run dirs")
         mix = TiMoE.from_expert_dirs(runs, strategy="avg",
                                      options=MixtureOptions(policy=policy) if policy else None)
-    slices = (mix.eligible_experts(parse_query_date(query_date)) if query_date is not None
-              else sorted(mix.slices))
+    if query_date is not None:  # exactly the artefacts (e.g. snapshots) usable then
+        mix = mix.as_of(parse_query_date(query_date))
+        slices = mix.eligible_experts(parse_query_date(query_date))
+    else:
+        slices = sorted(mix.slices)
     return [(s.label, mix.expert(s), mix.run_infos[s.label]) for s in slices]
 
 

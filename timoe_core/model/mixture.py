@@ -325,8 +325,11 @@ class TiMoE(nn.Module):
 
     @property
     def run_infos(self) -> dict[str, RunInfo]:
-        """label -> RunInfo of every expert (from run.json or timoe.json, no weights read)."""
-        return {label: rec.info for label, rec in self._records.items()}
+        """label -> RunInfo of every expert (from run.json or timoe.json, no weights read),
+        with the data cutoff of the artefact this mixture holds for the slice."""
+        return {label: rec.info if rec.data_cutoff is None else rec.info.model_copy(
+                    update={"data_cutoff": rec.cutoff.isoformat(), "snapshots": []})
+                for label, rec in self._records.items()}
 
     @property
     def expert_dirs(self) -> dict[str, Path]:

@@ -46,15 +46,15 @@ from timoe_core.config import (
 from timoe_core.data.manifest import Manifest, load_manifest, manifest_checksum
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
-from timoe_core.model.gpt import GPT, GPTConfig, pad_vocab, preset_config
 from timoe_core.io import atomic_write_json, sha256_file
+from timoe_core.model.gpt import GPT, GPTConfig, pad_vocab, preset_config
 from timoe_core.timeslices import TimeSlice, year_cutoff
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
 from timoe_core.train.job import run_job
 from timoe_core.train.loop import Branch, DataPosition, LoopResult, ShuffledOrder, TrainTask
-from timoe_core.train.schedule import StagedSchedule, budget_steps, stage_decay_steps
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
+from timoe_core.train.schedule import StagedSchedule, budget_steps, stage_decay_steps
 
 # How run.json fields that are not options are named to the user when a resume
 # conflicts; every other field is an option, named by its flag (config.flag_name).
@@ -436,11 +436,11 @@ class StagedExpertTask(ExpertTask):
                 stream, schedule = order.streams[k], self.schedule
                 assert schedule is not None
                 folder = self.run_dir / snapshot_relpath(stage.cutoff)
-                return Branch(
+                return Branch(  # the branch reads its stage's stream on from the stage end
                     steps=stage.decay_steps,
-                    take=lambda i, n: stream.block(stage.steps + i, n),
-                    lr=lambda i: schedule.branch_lr(i, stage.decay_steps),
-                    save=lambda: self.save_snapshot(folder, stage),
+                    take=lambda i, n, s=stream, at=stage.steps: s.block(at + i, n),
+                    lr=lambda i, f=schedule.branch_lr, d=stage.decay_steps: f(i, d),
+                    save=lambda f=folder, st=stage: self.save_snapshot(f, st),
                     done=(folder / SNAPSHOT_INFO_FILENAME).is_file(),
                 )
         return None

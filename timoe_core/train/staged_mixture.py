@@ -46,8 +46,12 @@ import torch
 
 from timoe_core.checkpoint import MODEL_FILENAME, load_weights_into, save_model_weights
 from timoe_core.config import CoadaptConfig, TrainRouterConfig, config_to_dict, save_config
-from timoe_core.data.manifest import check_compatible, load_manifest, manifest_checksum
-from timoe_core.data.manifest import resolve_seq_len
+from timoe_core.data.manifest import (
+    check_compatible,
+    load_manifest,
+    manifest_checksum,
+    resolve_seq_len,
+)
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_json, sha256_file
@@ -63,8 +67,13 @@ from timoe_core.model.bundle import (
 from timoe_core.model.expert_pool import ExpertRecord, select_artefacts
 from timoe_core.model.gpt import GPT
 from timoe_core.model.mixture import TiMoE
-from timoe_core.model.router import Router, RouterConfig, RouterSnapshot, grow_router
-from timoe_core.model.router import slot_generator
+from timoe_core.model.router import (
+    Router,
+    RouterConfig,
+    RouterSnapshot,
+    grow_router,
+    slot_generator,
+)
 from timoe_core.strategies import get_strategy
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import TrainingInterrupted, init_workers
@@ -72,8 +81,11 @@ from timoe_core.train.job import main_print
 from timoe_core.train.logprob_cache import LogProbCache, cache_key
 from timoe_core.train.loop import amp_enabled, run_training
 from timoe_core.train.metrics import check_wandb_mode
-from timoe_core.train.mixture_run import MIXTURE_RUN_FILENAME, clear_bundle_artifacts
-from timoe_core.train.mixture_run import mixture_options
+from timoe_core.train.mixture_run import (
+    MIXTURE_RUN_FILENAME,
+    clear_bundle_artifacts,
+    mixture_options,
+)
 
 STAGES_DIRNAME = "stages"
 MixtureConfig = TrainRouterConfig | CoadaptConfig
