@@ -142,3 +142,27 @@ def test_embedding_seeded_from_an_expert_table():
     d01 = (r.embed.weight[0] - r.embed.weight[1]).norm()
     d02 = (r.embed.weight[0] - r.embed.weight[2]).norm()
     assert d01 < 0.1 * d02
+
+
+def test_grown_router_keeps_its_slots_and_new_ones_know_only_their_label():
+    from timoe_core.model.router import grow_router
+
+    torch.manual_seed(0)
+    small = Router(RouterConfig(slice_labels=["2013-2014"], vocab_size=50, embed_dim=8,
+                                hidden_dim=16))
+    with torch.no_grad():
+        small.out.weight.normal_()
+        small.out.bias.normal_()
+    two = grow_router(small, ["2013-2014", "2015-2016"], seed=7)
+    three = grow_router(two, ["2013-2014", "2015-2016", "2017-2018"], seed=7)
+    assert torch.equal(three.out.weight[0], small.out.weight[0])
+    assert torch.equal(three.date_proj.weight[:, :2], two.date_proj.weight)
+    # A new slot starts at zero output (equal weight to an untrained one) and its
+    # date-feature column is the same whichever other slots exist.
+    assert torch.count_nonzero(three.out.weight[1:]) == 0
+    direct = grow_router(small, ["2013-2014", "2017-2018"], seed=7)
+    assert torch.equal(direct.date_proj.weight[:, 1], three.date_proj.weight[:, 2])
+    assert not torch.equal(grow_router(small, ["2013-2014", "2017-2018"], seed=8)
+                           .date_proj.weight[:, 1], direct.date_proj.weight[:, 1])
+    with pytest.raises(ValueError, match="drop"):
+        grow_router(three, ["2013-2014"], seed=7)

@@ -97,3 +97,35 @@ def test_missing_slices_are_never_eligible():
 def test_slice_labels_round_trip():
     for s in TimeSlicing(2013, 2024, 3).slices + [TimeSlice(2020, 2020)]:
         assert TimeSlice.from_label(s.label) == s
+
+
+def test_point_in_time_takes_per_slice_the_latest_artefact_with_cutoff_on_or_before():
+    from timoe_core.checkpoint import RunInfo
+    from timoe_core.model.expert_pool import ExpertRecord, select_artefacts
+    from timoe_core.model.gpt import GPTConfig
+
+    cfg = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8)
+
+    def rec(label, cutoff, generation=0):
+        s = TimeSlice.from_label(label)
+        info = RunInfo(kind="expert", slice_label=label, start_date=s.start.isoformat(),
+                       end_date=s.end.isoformat(), model_config_=cfg, tokenizer={})
+        return ExpertRecord(info, [], None, data_cutoff=date.fromisoformat(cutoff),
+                            generation=generation)
+
+    pool = [rec("2013-2014", "2013-12-31"), rec("2013-2014", "2014-12-31"),
+            rec("2013-2014", "2014-12-31", 1), rec("2015-2016", "2015-12-31"),
+            rec("2015-2016", "2016-12-31")]
+
+    def keys(when, policy):
+        return [r.key for r in select_artefacts(pool, date.fromisoformat(when), policy)]
+
+    assert keys("2013-06-30", "point-in-time") == []
+    assert keys("2014-06-30", "point-in-time") == ["2013-2014@2013-12-31"]
+    assert keys("2015-12-31", "strict") == ["2013-2014@2014-12-31+adapted",
+                                             "2015-2016@2015-12-31"]
+    # The paper's rule: a started slice answers with its final artefact (it read 2016).
+    assert keys("2015-12-31", "inclusive") == ["2013-2014@2014-12-31+adapted",
+                                                "2015-2016@2016-12-31"]
+    with pytest.raises(TimoeError, match="unknown eligibility policy"):
+        select_artefacts(pool, date(2016, 1, 1), "lenient")

@@ -302,3 +302,42 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert words in err, err
     assert not out_dir.exists()
+
+
+# ------------------------------------------------ staged routers (point-in-time)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-steps", "4"], "--steps-per-stage"),
+    (["--nproc-per-node", "2"], "one process"),
+])
+def test_staged_router_refuses_a_global_budget_and_workers(capsys, inputs, tmp_path, flags,
+                                                           message):
+    data, experts = inputs
+    code, _, err = run_cli(capsys, "train-router", "--experts", experts, "--data", data,
+                           "--out", tmp_path / "m", "--device", "cpu", *flags)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_staged_router_writes_one_snapshot_per_cutoff_and_resumes(inputs, tmp_path):
+    from timoe_core.model.mixture import TiMoE
+
+    data, experts = inputs
+    cfg = TrainRouterConfig(experts=[experts], data=data, out=tmp_path / "m", batch_size=8,
+                            steps_per_stage=2, device="cpu", log_every=5)
+    out = train_router(cfg)
+    spec = json.loads((out / "timoe.json").read_text())
+    # experts of 2013-2014, 2015-2016, 2017-2018 (one artefact each): cutoffs 2014, 2016,
+    # 2018 -> one router stage each, over the slices usable then.
+    cutoffs = [r["data_cutoff"] for r in spec["router_snapshots"]]
+    assert cutoffs == ["2014-12-31", "2016-12-31", "2018-12-31"]
+    assert [len(r["config"]["slice_labels"]) for r in spec["router_snapshots"]] == [1, 2, 3]
+    mix = TiMoE.from_bundle(out)
+    assert mix.artefacts_used("2017-06")[-1] == {"name": "router@2016-12-31",
+                                                 "data_cutoff": "2016-12-31"}
+    trained = sorted((out / "stages").rglob("trainer_state.pt"))
+    assert len(trained) == 3
+    before = {p: p.stat().st_mtime_ns for p in trained}
+    train_router(cfg)  # every stage is done: none is trained again
+    assert {p: p.stat().st_mtime_ns for p in trained} == before
