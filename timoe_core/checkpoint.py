@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 
 from timoe_core import __version__
 from timoe_core.data.manifest import sha256_file
-from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_path, atomic_write_json
+from timoe_core.errors import TimoeError, describe_validation_error
+from timoe_core.io import atomic_path, atomic_write_json, read_small_file
 from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.timeslices import TimeSlice
 
@@ -72,12 +72,15 @@ def read_run_info(run_dir: Path) -> RunInfo:
             "`timoe train-expert` first"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_small_file(path).decode("utf-8"))
         data["model_config_"] = data.pop("model_config")
         return RunInfo.model_validate(data)
-    except (json.JSONDecodeError, KeyError, ValidationError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TimoeError(f"{path} is corrupt ({first}): retrain or restore it") from None
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValidationError,
+            UnicodeDecodeError) as exc:  # fmt: skip
+        why = describe_validation_error(exc)
+        if isinstance(exc, (KeyError, TypeError, AttributeError)):
+            why = "it holds no model_config mapping"
+        raise TimoeError(f"{path} is corrupt ({why}): retrain or restore it") from None
 
 
 def write_run_info(run_dir: Path, info: RunInfo) -> None:

@@ -26,7 +26,16 @@ CONFIG_FILENAME = "config.yaml"
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in a config file must not be silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `--lr inf` or `weight_decay: .nan` is refused here, at the
+    # boundary, before anything is written (json would save it as null).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Seeds feed torch, numpy and per-step/per-rank derivations (seed + step): keep them in
+# a range every one of those accepts.
+MAX_SEED = 2**31 - 1
+# A config file is a few lines; anything this large is a mistake or an attack.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------- data
@@ -48,7 +57,7 @@ class PrepareDataConfig(StrictModel):
     num_shards: int = Field(1, ge=1)
     shard_index: int = Field(0, ge=0)
     max_docs: int | None = Field(None, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     # Size of the built-in corpus: documents generated per year.
     builtin_docs_per_year: int = Field(400, ge=1)
     # Split of an hf:NAME / fineweb-edu source.
@@ -92,7 +101,7 @@ class TrainingConfig(StrictModel):
     amp: bool | None = None  # None: bf16 on CUDA, off on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     eval_every: int = Field(0, ge=0)  # 0: only at the end
     eval_batches: int = Field(8, ge=1)
     checkpoint_every: int = Field(0, ge=0)  # 0: only at the end
@@ -147,8 +156,8 @@ class MixtureOptions(StrictModel):
     balance_coef: float = Field(0.01, ge=0.0)
     z_loss_coef: float = Field(1e-4, ge=0.0)
     # Router shape (learned-avg / coadapt): own token embedding, prefix-mean pooled, MLP.
-    router_embed_dim: int = Field(64, ge=1)
-    router_hidden_dim: int = Field(128, ge=1)
+    router_embed_dim: int = Field(64, ge=1, le=1 << 16)
+    router_hidden_dim: int = Field(128, ge=1, le=1 << 16)
     # Feed the query date's eligibility mask to the router (it may prefer recent experts).
     router_date_features: bool = True
 
@@ -210,20 +219,30 @@ class GenerateConfig(StrictModel):
     prompt: str | None = None
     strategy: str | None = None
     max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
+    # 0 means greedy; below 1e-3 the scaled log-probs overflow to inf (NaN probabilities).
+    temperature: float = Field(1.0, ge=0.0, le=1000.0)
     top_k: int | None = Field(None, ge=1)
     greedy: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     policy: Literal["inclusive", "strict"] | None = None  # default: the bundle's
     use_cache: bool = True  # False: recompute the whole context every token (for checks)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _check_temperature(self) -> "GenerateConfig":
+        if 0.0 < self.temperature < 1e-3:
+            raise ValueError(
+                f"--temperature {self.temperature:g} is too small to sample with (the scaled "
+                "log-probs overflow): use 0 or --greedy for greedy decoding, or at least 0.001"
+            )
+        return self
 
 
 class DemoConfig(StrictModel):
     out: Path = Path("timoe-demo")
     quick: bool = False
     overwrite: bool = False  # start over when --out holds a demo of other settings
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -232,11 +251,37 @@ class DemoConfig(StrictModel):
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml's SafeLoader without anchors and aliases: an option file needs neither, and
+    nested aliases (a "billion laughs" file) expand exponentially in memory and time."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in a config file",
+                event.start_mark,
+            )
+        event = self.peek_event()
+        if getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "YAML anchors (&name) are not allowed in a config file",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """A YAML or TOML file holding one mapping of option names to values."""
     path = Path(path)
     if not path.is_file():
         raise TimoeError(f"config file {path} does not exist: check the --config path")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise TimoeError(
+            f"config file {path} is {size} bytes, more than a config file can be "
+            f"({MAX_CONFIG_BYTES} bytes): check the --config path"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -247,7 +292,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
         elif path.suffix.lower() in (".yaml", ".yml", ".json"):
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
         else:
             raise TimoeError(f"config file {path} must end in .yaml, .yml, .toml or .json")
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
@@ -270,7 +315,9 @@ def format_validation_error(exc: ValidationError) -> str:
         if loc == "config":
             parts.append(msg)
         else:
-            parts.append(f"--{loc.replace('_', '-')}: {msg} (got {err.get('input')!r})")
+            got = repr(err.get("input"))
+            got = got if len(got) <= 60 else got[:57] + "..."
+            parts.append(f"--{loc.replace('_', '-')}: {msg} (got {got})")
     return "invalid config: " + "; ".join(parts)
 
 

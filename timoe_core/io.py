@@ -87,3 +87,20 @@ def check_writable_dir(path: str | os.PathLike, flag: str = "--out") -> None:
         ) from None
     os.close(fd)
     os.unlink(probe)
+
+
+# run.json, timoe.json, manifest.json: a few KB each; a larger one is not ours.
+MAX_METADATA_BYTES = 16 << 20
+
+
+def read_small_file(path: str | os.PathLike, max_bytes: int = MAX_METADATA_BYTES) -> bytes:
+    """The bytes of a metadata file, refusing (TimoeError) one larger than `max_bytes`
+    before reading it: a hostile or mistaken multi-GB file must not be loaded whole."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise TimoeError(
+            f"{path} is {size} bytes, far more than a timoe metadata file holds "
+            f"(at most {max_bytes}): it is not one of ours; restore or rebuild it"
+        )
+    return path.read_bytes()

@@ -81,8 +81,8 @@ from timoe_core.checkpoint import (
 )
 from timoe_core.config import MixtureOptions
 from timoe_core.data.manifest import sha256_file
-from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_path, atomic_write_json
+from timoe_core.errors import TimoeError, describe_validation_error
+from timoe_core.io import atomic_path, atomic_write_json, read_small_file
 from timoe_core.model.gpt import GPT, GPTConfig, KVCache
 from timoe_core.model.router import Router, RouterAux, RouterConfig, RouterOutput, RouterState
 from timoe_core.timeslices import (
@@ -390,10 +390,10 @@ class TiMoE(nn.Module):
                 "`timoe train-router --experts RUNS --out DIR`"
             )
         try:
-            spec = BundleSpec.model_validate(json.loads(path.read_text(encoding="utf-8")))
+            spec = BundleSpec.model_validate(json.loads(read_small_file(path).decode("utf-8")))
         except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TimoeError(f"{path} is corrupt ({first}): rebuild the bundle") from None
+            why = describe_validation_error(exc)
+            raise TimoeError(f"{path} is corrupt ({why}): rebuild the bundle") from None
         if spec.format_version != BUNDLE_FORMAT_VERSION:
             raise TimoeError(
                 f"{path} has format version {spec.format_version}, this timoe reads "
