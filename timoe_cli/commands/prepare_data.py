@@ -178,7 +178,7 @@ def prepare_data(
     what = "merging" if cfg.merge else "tokenising"
     with Progress(
         SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         TextColumn("{task.fields[docs]:>12,} docs"),
         TextColumn("{task.fields[tokens]:>14,} tokens"),

@@ -499,7 +499,7 @@ def train_in_worker(payload: dict[str, Any], make_task: TaskFactory) -> LoopResu
             plan.action = payload["action"]
             prepare_run_dir(plan)
         env.barrier()
-        say = Console(soft_wrap=True).print if env.is_main else (lambda *a, **k: None)
+        say = Console(soft_wrap=True, markup=False, emoji=False).print if env.is_main else (lambda *a, **k: None)
         for note in plan.notes:
             say(note, highlight=False)
         mix = build_mixture(plan, env.device)

@@ -151,7 +151,7 @@ def _make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> LearnedAvgTask:
 def _console_log(env: DistEnv) -> Any:
     from rich.console import Console
 
-    console = Console(soft_wrap=True)
+    console = Console(soft_wrap=True, markup=False, emoji=False)
     return (lambda text: console.print(text, highlight=False)) if env.is_main else (lambda t: None)
 
 
