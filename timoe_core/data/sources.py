@@ -71,6 +71,13 @@ _ISO_RE = re.compile(
 )
 
 
+# A bare number is a year (1-9999), a compact ISO date (20190401) or a Unix timestamp
+# in seconds or milliseconds from this value on (1973-03-03): below it a number is
+# ambiguous (12345 s is 1970, surely not what was meant) and is refused, never read as
+# 1970.
+_MIN_TIMESTAMP = 1e8
+
+
 def _year_from_timestamp(ts: float) -> int:
     if not math.isfinite(ts):
         raise DateError("not a finite number")
@@ -80,6 +87,29 @@ def _year_from_timestamp(ts: float) -> int:
         return datetime.fromtimestamp(ts, tz=timezone.utc).year
     except (OverflowError, OSError, ValueError):
         raise DateError("timestamp out of range") from None
+
+
+def _year_from_number(value: int | float) -> int:
+    """A year from a bare number: see _MIN_TIMESTAMP for the rule."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DateError("not a finite number")
+    if abs(value) >= 1 << 53:  # float() of a huge JSON integer overflows
+        raise DateError("timestamp out of range")
+    if value < 0:
+        raise DateError("a negative number is neither a year nor a timestamp after 1973")
+    if value < 10000:
+        return int(value)  # a year; 2016.5 (a fractional year) is in 2016
+    if float(value).is_integer() and 10000101 <= value <= 99991231:  # compact ISO YYYYMMDD
+        digits = str(int(value))
+        try:
+            return date(int(digits[:4]), int(digits[4:6]), int(digits[6:])).year
+        except ValueError:
+            raise DateError(f"{digits} is not a YYYYMMDD date (no such day)") from None
+    if value < _MIN_TIMESTAMP:
+        raise DateError(
+            f"{value!r} is neither a year, a YYYYMMDD date nor a Unix timestamp after 1973"
+        )
+    return _year_from_timestamp(float(value))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -92,7 +122,8 @@ def _year_from_string(text: str) -> int:
     if _YEAR_RE.fullmatch(s):
         return int(s)
     if _NUMBER_RE.fullmatch(s):
-        return _year_from_timestamp(float(s))
+        number = float(s) if "." in s else int(s)
+        return _year_from_number(number)
     if m := _ISO_RE.fullmatch(s):
         year = int(m.group(1))
         month = int(m.group(2) or 1)
@@ -102,7 +133,7 @@ def _year_from_string(text: str) -> int:
         except ValueError:
             raise DateError("no such day") from None
         return year
-    try:  # whatever else ISO 8601 allows
+    try:  # whatever else ISO 8601 allows (20190401T10:00:00 included)
         return datetime.fromisoformat(s).year
     except ValueError:
         pass
@@ -117,15 +148,8 @@ def parse_year(value: Any) -> int:
     """The year a date value names; DateError when it names none."""
     if isinstance(value, bool) or value is None:
         raise DateError("no date")
-    if isinstance(value, int):
-        if abs(value) >= 1 << 53:  # float() of a huge JSON integer overflows
-            raise DateError("timestamp out of range")
-        year = value if abs(value) < 10000 else _year_from_timestamp(float(value))
-    elif isinstance(value, float):
-        if value.is_integer() and abs(value) < 10000:
-            year = int(value)
-        else:
-            year = _year_from_timestamp(value)
+    if isinstance(value, (int, float)):
+        year = _year_from_number(value)
     elif isinstance(value, (datetime, date)):
         year = value.year
     elif isinstance(value, str):
@@ -137,13 +161,15 @@ def parse_year(value: Any) -> int:
     return year
 
 
-def describe_date_error(where: str, value: Any, field_name: str) -> str:
+def describe_date_error(where: str, value: Any, field_name: str, why: str = "") -> str:
     shown = repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
+    why = f" ({why})" if why else ""
     return (
-        f"{where}: cannot read a year from {field_name!r} = {shown}: use a year (2019), an ISO "
-        "date or timestamp (2019-04-01, 2019-04-01T10:00:00Z) or a unix timestamp"
+        f"{where}: cannot read a year from {field_name!r} = {shown}{why}: use a year (2019), "
+        "an ISO date or timestamp (2019-04-01, 20190401, 2019-04-01T10:00:00Z) or a unix "
+        "timestamp"
     )
 
 
@@ -210,8 +236,8 @@ class _BatchBuilder:
     def add(self, text: Any, date_value: Any, where_fn: Callable[[], str]) -> None:
         try:
             year = parse_year(date_value)
-        except DateError:
-            self.bad(describe_date_error(where_fn(), date_value, self.opts.date_field))
+        except DateError as exc:
+            self.bad(describe_date_error(where_fn(), date_value, self.opts.date_field, str(exc)))
             return
         self.batch.texts.append(text)
         self.batch.years.append(year)

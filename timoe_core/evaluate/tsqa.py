@@ -96,8 +96,8 @@ def _check_parts(question: Any, choices: Any, answer: Any, labels: Any, year: An
         raise _fail(source, index, fields.labels,
                     f"exactly the answer (choice {answer}) must be labelled 'correct', "
                     f"got {list(labels)}")
-    if isinstance(year, bool) or not isinstance(year, int):
-        raise _fail(source, index, fields.year, f"must be a year, got {year!r}")
+    if isinstance(year, bool) or not isinstance(year, int) or not 1 <= year <= 9999:
+        raise _fail(source, index, fields.year, f"must be a year from 1 to 9999, got {year!r}")
 
 
 def _year_of(value: Any) -> int | None:
@@ -108,7 +108,7 @@ def _year_of(value: Any) -> int | None:
     if isinstance(value, date):
         return value.year
     if isinstance(value, str):
-        m = re.match(r"\s*(\d{4})(?:\D|$)", value)
+        m = re.match(r"\s*(\d{4})(?:\d{4}\s*$|\D|$)", value)  # 2019, 2019-04-01, 20190401
         if m:
             return int(m.group(1))
     return None
