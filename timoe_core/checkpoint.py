@@ -17,8 +17,6 @@ Every file is written atomically (timoe_core.io).
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +28,12 @@ from safetensors.torch import load_file, save_file
 from timoe_core import __version__
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError, describe_validation_error
-from timoe_core.io import atomic_path, atomic_write_json, read_small_file
+from timoe_core.io import (
+    atomic_path,
+    atomic_write_json,
+    read_small_file,
+    write_failure_as_os_error,
+)
 from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.timeslices import TimeSlice
 
@@ -99,10 +102,10 @@ def save_model_weights(run_dir: Path, model: torch.nn.Module) -> Path:
         try:
             save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
         except SafetensorError as exc:  # its I/O errors (disk full...) as the OSError they are
-            code = re.search(r"os error (\d+)", str(exc))
-            if code is None:
+            os_error = write_failure_as_os_error(exc, path)
+            if os_error is None:
                 raise
-            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+            raise os_error from None
     return path
 
 

@@ -292,7 +292,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
         elif path.suffix.lower() in (".yaml", ".yml", ".json"):
-            data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+            data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader
         else:
             raise TimoeError(f"config file {path} must end in .yaml, .yml, .toml or .json")
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:

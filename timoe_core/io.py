@@ -104,3 +104,33 @@ def read_small_file(path: str | os.PathLike, max_bytes: int = MAX_METADATA_BYTES
             f"(at most {max_bytes}): it is not one of ours; restore or rebuild it"
         )
     return path.read_bytes()
+
+
+def write_failure_as_os_error(exc: BaseException, path: str | os.PathLike) -> OSError | None:
+    """The OSError a failed write really was, from the exceptions libraries wrap it in:
+    torch.save raises RuntimeError ("PytorchStreamWriter failed writing file"), safetensors
+    a SafetensorError ("... os error 28"). None when `exc` is not a write failure."""
+    import errno
+    import re
+    import shutil
+
+    if isinstance(exc, OSError):
+        return exc if exc.filename else OSError(exc.errno, exc.strerror or str(exc), str(path))
+    text = str(exc)
+    if m := re.search(r"os error (\d+)", text):
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code), str(path))
+    if not isinstance(exc, RuntimeError):
+        return None
+    try:  # torch does not say why ("unexpected pos", "failed writing"): look at the disk
+        where = Path(path)
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        full = shutil.disk_usage(where).free < 16 << 20
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if re.search(r"PytorchStreamWriter|inline_container|fail\w* (writing|to write)", text):
+        return OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+    return None

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
-from timoe_cli.commands.evaluate import print_table, progress_bars
 from rich.text import Text
 
+from timoe_cli.commands.evaluate import print_table, progress_bars
 from timoe_cli.common import ConfigOption, console, handles_errors, load_config
 from timoe_core.config import DemoConfig
 from timoe_core.demo import (

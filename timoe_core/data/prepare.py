@@ -131,7 +131,10 @@ class _TokenFile:
         return FileEntry(bytes=self.bytes, sha256=self._sha.hexdigest())
 
     def abort(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()  # flushes its buffer: on a full disk that fails again
+        except OSError:
+            pass  # the staging folder holding it is removed next
 
 
 class _Outputs:
@@ -234,6 +237,13 @@ class _Staging:
                 p.rmdir()
             except OSError:
                 break
+
+
+def raise_naming_the_path(exc: BaseException, out: Path) -> None:
+    """A write error of a file object (a full disk on flush) carries no file name: name
+    the output it was writing, so the one-line message says where."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from None
 
 
 # Who writes a staging folder (host and pid), so a rerun can tell a folder left by a
@@ -404,10 +414,11 @@ def prepare_data(
         manifest.years = {str(y): s for y, s in outputs.stats.items()}
         manifest.skipped = counts.skipped
         return _finish(staging, outputs, cfg, manifest)
-    except BaseException:
+    except BaseException as exc:
         pool.shutdown(wait=True, cancel_futures=True)
         outputs.abort()
         staging.discard()
+        raise_naming_the_path(exc, out)
         raise
 
 
@@ -595,7 +606,8 @@ def merge_data_dirs(
                         )
         manifest.years = {str(y): s for y, s in outputs.stats.items()}
         return _finish(staging, outputs, cfg, manifest)
-    except BaseException:
+    except BaseException as exc:
         outputs.abort()
         staging.discard()
+        raise_naming_the_path(exc, out)
         raise

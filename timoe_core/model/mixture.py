@@ -82,7 +82,7 @@ from timoe_core.checkpoint import (
 from timoe_core.config import MixtureOptions
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError, describe_validation_error
-from timoe_core.io import atomic_path, atomic_write_json, read_small_file
+from timoe_core.io import atomic_path, atomic_write_json, read_small_file, write_failure_as_os_error
 from timoe_core.model.gpt import GPT, GPTConfig, KVCache
 from timoe_core.model.router import Router, RouterAux, RouterConfig, RouterOutput, RouterState
 from timoe_core.timeslices import (
@@ -917,7 +917,13 @@ def save_router_weights(directory: Path, router: Router) -> str:
     path = Path(directory) / ROUTER_FILENAME
     state = {k: v.detach().contiguous().cpu() for k, v in router.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
+        try:
+            save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
+        except SafetensorError as exc:  # a full disk, as the OSError it is (exit 2)
+            os_error = write_failure_as_os_error(exc, path)
+            if os_error is None:
+                raise
+            raise os_error from None
     return sha256_file(path)
 
 
