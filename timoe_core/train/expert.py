@@ -56,6 +56,7 @@ from timoe_core.train.distributed import (
     check_launch,
     init_workers,
     outer_launch,
+    run_dir_lock,
     train_or_launch,
 )
 from timoe_core.train.loop import LoopResult, ShuffledOrder, TrainTask, run_training
@@ -386,9 +387,10 @@ def train_expert(cfg: TrainExpertConfig) -> Path:
     """
     outer = outer_launch()
     restart = outer is not None and outer.restart_count > 0
-    plan = plan_expert_run(cfg, restart=restart)
-    payload = {"config": config_to_dict(cfg), "prepared": False, "action": plan.action}
-    if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
-                       lambda: prepare_run_dir(plan), _train, _worker):
-        raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
+    with run_dir_lock(cfg, outer):  # planned under the lock: it reads the run dir's state
+        plan = plan_expert_run(cfg, restart=restart)
+        payload = {"config": config_to_dict(cfg), "prepared": False, "action": plan.action}
+        if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
+                           lambda: prepare_run_dir(plan), _train, _worker):
+            raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
     return plan.run_dir

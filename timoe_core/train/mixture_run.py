@@ -68,6 +68,7 @@ from timoe_core.train.distributed import (
     check_launch,
     init_workers,
     outer_launch,
+    run_dir_lock,
     train_or_launch,
 )
 from timoe_core.train.expert import _total_steps as total_steps_for
@@ -553,14 +554,15 @@ def run_mixture_training(
     TrainingInterrupted when stopped by Ctrl-C/SIGTERM after a checkpoint."""
     outer = outer_launch()
     restart = outer is not None and outer.restart_count > 0
-    plan = plan_mixture_run(cfg, strategy, restart=restart)
-    payload = {
-        "config": config_to_dict(cfg),
-        "strategy": strategy,
-        "prepared": False,
-        "action": plan.action,
-    }
-    if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
-                       lambda: prepare_run_dir(plan), train_here, worker):
-        raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
+    with run_dir_lock(cfg, outer):  # planned under the lock: it reads the run dir's state
+        plan = plan_mixture_run(cfg, strategy, restart=restart)
+        payload = {
+            "config": config_to_dict(cfg),
+            "strategy": strategy,
+            "prepared": False,
+            "action": plan.action,
+        }
+        if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
+                           lambda: prepare_run_dir(plan), train_here, worker):
+            raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
     return plan.run_dir
