@@ -128,8 +128,29 @@ def load_weights_into(model: GPT, directory: Path) -> GPT:
         model, state, Path(directory) / MODEL_FILENAME, RUN_INFO_FILENAME,
         "retrain or restore the run dir",
     )  # fmt: skip
+    check_weights_usable(state, Path(directory) / MODEL_FILENAME, "retrain or restore the run dir")
     model.load_state_dict(state, strict=True)
     return model
+
+
+_WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_weights_usable(state: dict[str, torch.Tensor], path: Path, fix: str) -> None:
+    """TimoeError unless every tensor is floating point (fp32/fp16/bf16) and finite: int
+    weights would be silently cast, NaN/inf ones give NaN perplexity with exit 0."""
+    for name, t in state.items():
+        if t.dtype not in _WEIGHT_DTYPES:
+            raise TimoeError(
+                f"{path}: tensor {name} has dtype {str(t.dtype).removeprefix('torch.')}, "
+                f"not float32, float16 or bfloat16: these are not model weights; {fix}"
+            )
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise TimoeError(
+                f"{path}: tensor {name} holds {bad} NaN or infinite values: the weights are "
+                f"damaged (or the run diverged); {fix}"
+            )
 
 
 def check_state_matches(

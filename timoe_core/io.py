@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +134,38 @@ def write_failure_as_os_error(exc: BaseException, path: str | os.PathLike) -> OS
     if re.search(r"PytorchStreamWriter|inline_container|fail\w* (writing|to write)", text):
         return OSError(errno.EIO, os.strerror(errno.EIO), str(path))
     return None
+
+
+def check_output_files(
+    outputs: dict[str, Path | None],
+    inputs: dict[str, Path | None],
+    looks_ours: dict[str, Callable[[Path], bool]],
+) -> None:
+    """TimoeError unless every output file (flag -> path) is distinct, outside every input
+    (flag -> file or folder), and either absent or a file this tool wrote before
+    (`looks_ours[flag]`): an output never overwrites an input, another output or a
+    user's file."""
+    given = {flag: Path(p).expanduser().absolute() for flag, p in outputs.items() if p}
+    seen: dict[Path, str] = {}
+    for flag, path in given.items():
+        if path.resolve() in seen:
+            raise TimoeError(
+                f"{flag} {path} is also the {seen[path.resolve()]} file: give each output "
+                "its own path"
+            )
+        seen[path.resolve()] = flag
+    for flag, path in given.items():
+        for in_flag, src in inputs.items():
+            if src is None:
+                continue
+            src = Path(src).expanduser().resolve()
+            if path.resolve() == src or src in path.resolve().parents:
+                raise TimoeError(
+                    f"{flag} {path} would overwrite the {in_flag} input {src}: write it "
+                    "somewhere else"
+                )
+        if path.is_file() and not looks_ours[flag](path):
+            raise TimoeError(
+                f"{flag} {path} exists and is not a file this command wrote: refusing to "
+                f"overwrite it; remove it or choose another {flag} path"
+            )

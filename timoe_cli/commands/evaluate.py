@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import typer
@@ -21,10 +21,13 @@ from rich.text import Text
 from timoe_cli.common import ConfigOption, console, err_console, handles_errors
 from timoe_core.config import EvaluateConfig, resolve_config, save_config
 from timoe_core.errors import TimoeError
+from timoe_core.evaluate.compare import parse_entry
 from timoe_core.evaluate.models import load_evaluated_model
 from timoe_core.evaluate.perplexity import evaluate_perplexity, perplexity_matrix
 from timoe_core.evaluate.report import (
     evaluation_report,
+    is_json_report,
+    is_png,
     matrix_table,
     perplexity_table,
     plot_report,
@@ -33,7 +36,8 @@ from timoe_core.evaluate.report import (
     write_report,
 )
 from timoe_core.evaluate.tsqa import TSQAFields, load_tsqa, score_tsqa
-from timoe_core.io import check_writable_dir
+from timoe_core.io import check_output_files, check_writable_dir
+from timoe_core.lock import output_lock
 from timoe_core.timeslices import parse_query_date
 
 
@@ -54,6 +58,11 @@ def check_outputs(cfg: EvaluateConfig) -> None:
             raise TimoeError(f"{flag} {path} is a folder: give a file name")
         if path is not None:  # found now, not after the whole evaluation
             check_writable_dir(path.parent if path.exists() else path, flag)
+    inputs = {"--model": cfg.model, "--data": cfg.data}
+    for i, entry in enumerate(cfg.models):
+        inputs[f"--model #{i + 1}"] = parse_entry(entry)[0]
+    check_output_files({"--json": cfg.json_out, "--plot": cfg.plot}, inputs,
+                       {"--json": is_json_report, "--plot": is_png})
 
 
 @contextmanager
@@ -92,15 +101,20 @@ def print_table(title: str, headers: list[str], rows: list[list[str]],
 
 
 def write_outputs(cfg: EvaluateConfig, report: dict, plot: Callable[[Path, dict], None]) -> None:
-    """JSON and PNG, each atomically; the resolved config beside the JSON (else the PNG)."""
-    if cfg.json_out is not None:
-        write_report(cfg.json_out, report, cfg)
-        console.print(f"report: {cfg.json_out} (config: {cfg.json_out.stem}.config.yaml)")
-    if cfg.plot is not None:
-        plot(cfg.plot, report)
-        if cfg.json_out is None:
-            save_config(cfg, cfg.plot.parent, f"{cfg.plot.stem}.config.yaml")
-        console.print(f"plot: {cfg.plot}")
+    """JSON and PNG, each atomically and under its write lock; the resolved config beside
+    the JSON (else the PNG)."""
+    with ExitStack() as locks:
+        for flag, path in (("--json", cfg.json_out), ("--plot", cfg.plot)):
+            if path is not None:
+                locks.enter_context(output_lock(path, flag))
+        if cfg.json_out is not None:
+            write_report(cfg.json_out, report, cfg)
+            console.print(f"report: {cfg.json_out} (config: {cfg.json_out.stem}.config.yaml)")
+        if cfg.plot is not None:
+            plot(cfg.plot, report)
+            if cfg.json_out is None:
+                save_config(cfg, cfg.plot.parent, f"{cfg.plot.stem}.config.yaml")
+            console.print(f"plot: {cfg.plot}")
 
 
 @handles_errors

@@ -72,8 +72,10 @@ from safetensors.torch import load_file, save_file
 from timoe_core import __version__
 from timoe_core.checkpoint import (
     MODEL_FILENAME,
+    RUN_INFO_FILENAME,
     RunInfo,
     check_state_matches,
+    check_weights_usable,
     load_weights_into,
     read_run_info,
     save_model_weights,
@@ -423,6 +425,7 @@ class TiMoE(nn.Module):
             state = _load_router_weights(bundle_dir, spec.router_sha256)
             check_state_matches(router, state, bundle_dir / ROUTER_FILENAME, BUNDLE_FILENAME,
                                 "rebuild the bundle")
+            check_weights_usable(state, bundle_dir / ROUTER_FILENAME, "rebuild the bundle")
             router.load_state_dict(state)
         if spec.strategy != "avg" and router is None:
             raise TimoeError(f"{path} says strategy {spec.strategy} but holds no router")
@@ -600,6 +603,7 @@ class TiMoE(nn.Module):
                 "rebuild the bundle with `timoe train-router`"
             )
         rec.sha256 = digest
+        _check_run_info_agrees(rec, directory)
         model = load_weights_into(GPT(rec.info.model_config_), directory)
         trainable = rec.label in self._trainable
         model.requires_grad_(trainable)
@@ -909,6 +913,30 @@ def _frozen_target_log_probs(
         torch.log_softmax(buf, dim=-1, out=buf)
         torch.gather(buf, 1, picked[p0:p1], out=out[p0:p1].unsqueeze(1))
     return out.masked_fill_(ignored, 0.0)
+
+
+def _check_run_info_agrees(rec: _ExpertRecord, directory: Path) -> None:
+    """The expert's own run.json must say what the bundle (or folder) records of it: a
+    timoe.json with two slice labels swapped would otherwise let the 2017 expert answer
+    as of 2013."""
+    own = read_run_info(directory)
+    diffs = [
+        f"{name} (run.json has {a!r}, the bundle records {b!r})"
+        for name, a, b in (
+            ("slice", own.slice_label, rec.info.slice_label),
+            ("kind", own.kind, rec.info.kind),
+            ("start date", own.start_date, rec.info.start_date),
+            ("end date", own.end_date, rec.info.end_date),
+            ("model config", own.model_config_.model_dump(), rec.info.model_config_.model_dump()),
+        )
+        if a != b
+    ]
+    if diffs:
+        raise TimoeError(
+            f"the expert recorded as {rec.label} in the bundle is {directory}, whose "
+            f"{RUN_INFO_FILENAME} disagrees: {'; '.join(diffs)}: rebuild the bundle with "
+            "`timoe train-router`"
+        )
 
 
 def save_router_weights(directory: Path, router: Router) -> str:
