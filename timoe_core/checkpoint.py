@@ -17,13 +17,14 @@ Every file is written atomically (timoe_core.io).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from timoe_core import __version__
 from timoe_core.data.manifest import sha256_file
@@ -100,13 +101,34 @@ def save_model_weights(run_dir: Path, model: torch.nn.Module) -> Path:
     path = Path(run_dir) / MODEL_FILENAME
     with atomic_path(path) as tmp:
         try:
-            save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
-        except SafetensorError as exc:  # its I/O errors (disk full...) as the OSError they are
+            save_safetensors(state, tmp, metadata={"format": "pt", "timoe_version": __version__})
+        except (SafetensorError, OSError) as exc:  # its I/O errors (disk full...) as the OSError they are
             os_error = write_failure_as_os_error(exc, path)
             if os_error is None:
                 raise
             raise os_error from None
     return path
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str]) -> None:
+    """safetensors.torch.save_file, byte-reproducibly: safetensors writes its metadata
+    mapping in hash order, different on each call, so two identical models got different
+    files and sha256s. The header is rewritten with sorted keys (the tensor data and its
+    offsets, relative to the end of the header, are unchanged)."""
+    blob = save(state, metadata=metadata)
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | dict(
+        sorted(header.items())
+    )
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data to 8 bytes
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(memoryview(blob)[8 + n :])
 
 
 def load_model_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -88,6 +88,14 @@ class Manifest(BaseModel):
     def years_with_tokens(self, split: Split = "train") -> list[int]:
         return sorted(int(y) for y, s in self.years.items() if getattr(s, split).tokens > 0)
 
+    def years_without_held_out_windows(self) -> list[int]:
+        """Years with training text but not one held-out window of seq_len + 1 tokens:
+        their perplexity cannot be measured (evaluate reports null for them)."""
+        return sorted(
+            int(y) for y, s in self.years.items()
+            if s.train.tokens > 0 and max(0, (s.val.tokens - 1) // self.seq_len) == 0
+        )  # fmt: skip
+
 
 def token_file_relpath(split: str, year: int) -> str:
     return f"{split}/{year}.bin"

@@ -347,6 +347,7 @@ def load_hf_dataset(name: str, config: str | None, split: str) -> Any:
     """`datasets.load_dataset(..., streaming=True)`; tests replace this function."""
     import datasets
 
+    quiet_datasets()
     return datasets.load_dataset(name, config, split=split, streaming=True)
 
 
@@ -436,6 +437,15 @@ def _jsonl_batches(path: Path, opts: SourceOptions, cursor: _RecordCursor) -> It
                 break
 
 
+def quiet_datasets() -> None:
+    """`datasets` logs reader errors and progress bars on stderr itself; we report each
+    problem in our own one line."""
+    import datasets
+
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 10)
+    datasets.disable_progress_bars()
+
+
 def _datasets_file_batches(
     path: Path, opts: SourceOptions, cursor: _RecordCursor
 ) -> Iterator[DocBatch]:
@@ -443,6 +453,7 @@ def _datasets_file_batches(
     try:
         import datasets
 
+        quiet_datasets()
         ds = datasets.load_dataset(
             builder_name, data_files=str(path), split="train", streaming=True
         )
@@ -474,8 +485,12 @@ def _iterable_dataset_batches(
         except StopIteration:
             break
         except Exception as exc:  # reader errors (bad CSV, corrupt parquet, network)
+            # the reader's own line number (pandas: "in line 32") beats our row count,
+            # which only advances a whole batch at a time
+            line = re.search(r"\bline (\d+)", _first_line(exc))
+            where = f"{label}:{line.group(1)}" if line else f"{label} after row {row_no}"
             raise TimoeError(
-                f"cannot read {label} after row {row_no} ({type(exc).__name__}: {_first_line(exc)})"
+                f"cannot read {where} ({type(exc).__name__}: {_first_line(exc)})"
             ) from None
         if columns is None:
             _check_columns(label, list(cols), text_field, date_field)

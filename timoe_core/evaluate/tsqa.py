@@ -346,11 +346,17 @@ class TSQAResult:
 
 
 def _encode_item(item: TSQAItem, tok, block_size: int, index: int) -> list[tuple[list[int], int]]:
-    """Per choice: (tokens = EOT + question + choice, number of choice tokens)."""
-    ctx = [tok.eot_token] + tok.encode(item.question)
+    """Per choice: (tokens = EOT + question + choice, number of choice tokens).
+
+    Whitespace ending the question moves onto the choice: GPT-2's BPE writes a space as
+    the start of the next word ("Paris" -> " Paris"), so "Q: " + "Paris" encoded apart
+    gives a lone space token and a space-less word, a tokenisation the model never saw."""
+    question = item.question.rstrip()
+    space = item.question[len(question):]
+    ctx = [tok.eot_token] + tok.encode(question)
     rows = []
     for c in item.choices:
-        cont = tok.encode(c)
+        cont = tok.encode(space + c if space and not c[:1].isspace() else c)
         if not cont:
             raise TimoeError(f"TSQA item {index}: a choice encodes to no tokens")
         if len(cont) > block_size:

@@ -67,7 +67,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from timoe_core import __version__
 from timoe_core.checkpoint import (
@@ -79,6 +79,7 @@ from timoe_core.checkpoint import (
     load_weights_into,
     read_run_info,
     save_model_weights,
+    save_safetensors,
     write_run_info,
 )
 from timoe_core.config import MixtureOptions
@@ -946,8 +947,8 @@ def save_router_weights(directory: Path, router: Router) -> str:
     state = {k: v.detach().contiguous().cpu() for k, v in router.state_dict().items()}
     with atomic_path(path) as tmp:
         try:
-            save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
-        except SafetensorError as exc:  # a full disk, as the OSError it is (exit 2)
+            save_safetensors(state, tmp, metadata={"format": "pt", "timoe_version": __version__})
+        except (SafetensorError, OSError) as exc:  # a full disk, as the OSError it is (exit 2)
             os_error = write_failure_as_os_error(exc, path)
             if os_error is None:
                 raise
