@@ -121,8 +121,8 @@ def _acquire(target: Path, lock: Path, flag: str) -> int:
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
                 raise TimoeError(
-                    f"{flag} {target}: cannot create its lock file {lock} "
-                    f"({exc.strerror}): fix the permissions or choose another path"
+                    f"{flag} {target} is not writable (cannot create its lock file {lock}: "
+                    f"{exc.strerror}): fix the permissions or choose another path"
                 ) from None
             raise
         try:
