@@ -612,7 +612,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
             st = p.lstat()
         except FileNotFoundError:
             continue
-        out[str(p.relative_to(root))] = (st.st_size if p.is_file() else 0, st.st_mtime_ns)
+        # a folder's mtime changes when a probe file is made and removed in it (the
+        # writability checks do): only files count as written
+        is_file = p.is_file()
+        out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns) if is_file else (0, 0)
     return out
 
 

@@ -56,13 +56,14 @@ def check_outputs(cfg: EvaluateConfig) -> None:
     for flag, path in (("--json", cfg.json_out), ("--plot", cfg.plot)):
         if path is not None and path.is_dir():
             raise TimoeError(f"{flag} {path} is a folder: give a file name")
-        if path is not None:  # found now, not after the whole evaluation
-            check_writable_dir(path.parent if path.exists() else path, flag)
     inputs = {"--model": cfg.model, "--data": cfg.data}
     for i, entry in enumerate(cfg.models):
         inputs[f"--model #{i + 1}"] = parse_entry(entry)[0]
     check_output_files({"--json": cfg.json_out, "--plot": cfg.plot}, inputs,
                        {"--json": is_json_report, "--plot": is_png})
+    for flag, path in (("--json", cfg.json_out), ("--plot", cfg.plot)):
+        if path is not None:  # found now, not after the whole evaluation
+            check_writable_dir(path.parent if path.exists() else path, flag)
 
 
 @contextmanager
