@@ -140,8 +140,14 @@ def _acquire(target: Path, lock: Path, flag: str) -> int:
         if not same:
             os.close(fd)
             continue
-        os.ftruncate(fd, 0)
-        os.write(fd, _holder_tag().encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, _holder_tag().encode())
+        except OSError as exc:  # a full disk: leave no empty lock file behind
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            os.close(fd)
+            raise OSError(exc.errno, exc.strerror, str(lock)) from None
         return fd
     raise TimoeError(f"{flag} {target}: could not take its lock {lock}: try again")
 
