@@ -44,7 +44,8 @@ ENV.setdefault("OMP_NUM_THREADS", "1")
 PY = sys.executable
 
 
-def cli(*args: object, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(*args: object, env: dict | None = None, timeout: float = 300
+        ) -> subprocess.CompletedProcess:  # fmt: skip
     return subprocess.run(
         [PY, "-m", "timoe_cli", *map(str, args)], cwd=REPO, env={**ENV, **(env or {})},
         capture_output=True, text=True, timeout=timeout,

@@ -42,7 +42,8 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 def test_resource_bombs_are_refused_before_they_grow(tmp_path):
     bomb = tmp_path / "bomb.yaml"
     lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
-    lines += [f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]" for p, k in zip("abcdefgh", "bcdefghi")]
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
     bomb.write_text("\n".join(lines) + "\n")  # 9**9 strings if expanded
     t = time.perf_counter()
     with pytest.raises(TimoeError, match="anchors .* are not allowed"):

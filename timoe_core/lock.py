@@ -94,7 +94,9 @@ def output_lock(target: str | os.PathLike, flag: str = "--out") -> Iterator[Path
         made.append(parent)
         parent = parent.parent
     if not parent.is_dir():
-        raise TimoeError(f"{flag} {target}: {parent} is a file, not a folder: choose another {flag}")
+        raise TimoeError(
+            f"{flag} {target}: {parent} is a file, not a folder: choose another {flag}"
+        )
     fd = _acquire(target, lock, flag)
     _held[lock] = 1
     try:
