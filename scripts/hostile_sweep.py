@@ -498,8 +498,10 @@ def cases() -> list[Case]:
             f"doc {i},2015\n" for i in range(30)) + "bad,2015,extra\n")), words=["r.csv:32"]),
         Case("msg-ctrl-c-during-imports", lambda c: _eval(c), code=130,
              run=_sigint_after(0.4), words=["interrupted"]),
-        Case("msg-ctrl-c-evaluate-no-resume-promise", lambda c: _eval(c), code=130,
-             run=_sigint_after(2.5), words=["interrupted"],
+        Case("msg-ctrl-c-evaluate-no-resume-promise",  # a long evaluation, stopped in it
+             lambda c: ["evaluate", "--model", c.fx.experts, "--strategy", "avg", "--tsqa",
+                        "builtin", "--data", c.fx.data, "--device", "cpu"], code=130,
+             run=_sigint_after(3.0), words=["interrupted"],
              check=lambda c, p: "promises a resume" if "resume" in p.stderr else None),
         # --- two writers, one output
         Case("lock-two-train-expert-runs", lambda c: _steps(_train(c, out=c.tmp / "out"), 40),
