@@ -134,6 +134,14 @@ def test_torch_saves_runtime_error_on_a_full_disk_is_the_oserror_it_is(tmp_path,
     other = write_failure_as_os_error(RuntimeError("shape mismatch"), tmp_path)
     monkeypatch.undo()
     assert other is None or other.errno == 28  # a non-write RuntimeError stays a bug
+    # a plain write (numpy's tofile, write_bytes) on a full disk names no file: the
+    # atomic writer names its output, and leaves no temp file
+    from timoe_core.io import atomic_path
+
+    with pytest.raises(OSError, match=r"No space left on device: '.*chunk-000000.f16'"):
+        with atomic_path(tmp_path / "chunk-000000.f16"):
+            raise OSError(28, os.strerror(28))
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".chunk*"))
 
 
 def _mount_tmpfs(where: Path, size: str) -> bool:

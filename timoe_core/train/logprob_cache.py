@@ -289,4 +289,4 @@ class LogProbCache:
                 lp = mix.experts_target_log_probs(rows[:, :-1], rows[:, 1:], years.tolist())
             values[b0 - start : b0 - start + len(idx)] = lp.half().cpu().numpy()
         with atomic_path(self.chunk_path(chunk)) as tmp:
-            values.tofile(tmp)
+            values.tofile(tmp)  # a full disk: atomic_path names the chunk in the OSError
