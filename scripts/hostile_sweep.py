@@ -503,6 +503,13 @@ def cases() -> list[Case]:
                         "builtin", "--data", c.fx.data, "--device", "cpu"], code=130,
              run=_sigint_after(3.0), words=["interrupted"],
              check=lambda c, p: "promises a resume" if "resume" in p.stderr else None),
+        # --- found by reading the code
+        Case("repro-two-identical-runs-same-sha256", lambda c: [], run=_two_identical_runs,
+             code=0, unchanged=False),
+        Case("repro-prepare-names-years-without-held-out-window", lambda c: [
+            "prepare-data", "--out", c.tmp / "out", "--builtin-docs-per-year", "20",
+            "--seq-len", "64", "--workers", "1"], code=0, unchanged=False,
+            check=lambda c, p: None if "no held-out window" in p.stdout else "no note"),
         # --- two writers, one output
         Case("lock-two-train-expert-runs", lambda c: _steps(_train(c, out=c.tmp / "out"), 40),
              run=_two_writers, words=["being written by another timoe run", "pid"],
@@ -591,6 +598,23 @@ def _data_with_file(c: Ctx) -> list:
     (d / "notes.txt").write_text("mine")
     return ["prepare-data", "--source", "builtin", "--out", d, "--overwrite",
             "--builtin-docs-per-year", "5", "--seq-len", "32", "--workers", "1"]  # fmt: skip
+
+
+def _two_identical_runs(c: Ctx, argv: list) -> subprocess.CompletedProcess:
+    """The same train-expert twice: the weight files (whose sha256 bundles record) must
+    be byte-identical."""
+    import hashlib
+
+    digests = []
+    for name in ("a", "b"):
+        proc = cli(*_train(c, out=c.tmp / name))
+        if proc.returncode != 0:
+            return proc
+        digests.append(hashlib.sha256((c.tmp / name / "model.safetensors").read_bytes())
+                       .hexdigest())  # fmt: skip
+    ok = digests[0] == digests[1]
+    return subprocess.CompletedProcess(argv, 0 if ok else 99, "",
+                                       "" if ok else f"sha256 differ: {digests}")
 
 
 def _steps(argv: list, n: int) -> list:
