@@ -17,7 +17,7 @@ destructive conveniences, metadata not cross-checked, messages, TSQA whitespace.
     python scripts/hostile_sweep.py -k lock -v   # cases whose id holds "lock", verbose
     python scripts/hostile_sweep.py --json out.json
 
-Exit code 0 when every case held, 1 otherwise. About 5 minutes on 2 busy CPU cores;
+Exit code 0 when every case held, 1 otherwise. About 4 minutes on 2 busy CPU cores;
 it is not part of the pytest suite (tests/test_hostile.py runs a few of its classes).
 """
 
