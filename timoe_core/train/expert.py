@@ -50,8 +50,8 @@ from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
 from timoe_core.train.job import run_job
 from timoe_core.train.loop import LoopResult, ShuffledOrder, TrainTask
-from timoe_core.train.schedule import budget_steps
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
+from timoe_core.train.schedule import budget_steps
 
 # How run.json fields that are not options are named to the user when a resume
 # conflicts; every other field is an option, named by its flag (config.flag_name).
