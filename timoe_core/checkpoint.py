@@ -106,7 +106,8 @@ def save_model_weights(run_dir: Path, model: torch.nn.Module) -> Path:
     with atomic_path(path) as tmp:
         try:
             save_safetensors(state, tmp, metadata={"format": "pt", "timoe_version": __version__})
-        except (SafetensorError, OSError) as exc:  # its I/O errors (disk full...) as the OSError they are
+        except (SafetensorError, OSError) as exc:
+            # its I/O errors (disk full...) as the OSError they are
             os_error = write_failure_as_os_error(exc, path)
             if os_error is None:
                 raise

@@ -5,11 +5,12 @@ A training command is a `TrainingJob` (train-expert: `train.expert.EXPERT_JOB`; 
 mixture strategies: `train.mixture_run.MixtureJob`, one per strategy recipe). `run_job`
 does what every command does: take --out's write lock (held throughout, planning
 included), plan in the calling process (every input checked, nothing written;
-TimoeError for bad input), prepare the run dir once, then train in this process or in workers spawned by PyTorch's elastic agent (`distributed`). Each
-worker runs `train_in_worker`: the same plan again (its world size), the task, the
-shared loop (`loop.run_training`), then the job's `finish` (a mixture writes its
-bundle). Workers find their job again by its `ref` ("module:attribute"), since only
-plain data crosses the process boundary.
+TimoeError for bad input), prepare the run dir once, then train in this process or
+in workers spawned by PyTorch's elastic agent (`distributed`). Each worker runs
+`train_in_worker`: the same plan again (its world size), the task, the shared loop
+(`loop.run_training`), then the job's `finish` (a mixture writes its bundle). Workers
+find their job again by its `ref` ("module:attribute"), since only plain data crosses
+the process boundary.
 """
 
 from __future__ import annotations
