@@ -111,6 +111,17 @@ def test_export_refuses_a_nonempty_out_and_writes_nothing(tmp_path, capsys, expe
     assert not (tmp_path / "new").exists()
 
 
+def test_export_writes_byte_identical_weights_each_time(tmp_path, capsys, experts):
+    # the exported model.safetensors has a sorted header (checkpoint.save_safetensors):
+    # two exports of one expert are the same bytes, so a checksum names the content
+    for name in ("a", "b"):
+        code, _, err = run_cli(capsys, "export", "--model", experts["2015-2016"], "--out",
+                               tmp_path / name)
+        assert code == 0, err
+    a, b = ((tmp_path / n / "model.safetensors").read_bytes() for n in ("a", "b"))
+    assert len(a) > 1000 and a == b
+
+
 # ---------------------------------------------------------------------- import
 
 

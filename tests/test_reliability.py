@@ -178,7 +178,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_latest(
     out = tmp_path / "r"
     assert run_cli(capsys, *_args(data, out, "--stop-at-step", "4"))[0] == 0
     before = load_file(str(out / "model.safetensors"))
-    monkeypatch.setattr(ckpt_io, "save_file", _disk_full_after(100))
+    monkeypatch.setattr(ckpt_io, "save_safetensors", _disk_full_after(100))
     code, _, err = run_cli(capsys, *_args(data, out))
     monkeypatch.undo()
     assert code == 2, err

@@ -16,12 +16,20 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.text import Text
 
 from timoe_core.config import resolve_config
 from timoe_core.errors import TimoeError
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
+# markup and emoji off: every printed string may hold user text (a path with `[/]` or
+# `[bold]`, `hf:a:b:c`), which must be printed as it is; styles go through Text/style=.
+console = Console(markup=False, emoji=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
+
+
+def error_line(message: str) -> Text:
+    """`error: MESSAGE` with the prefix in bold red and the message printed verbatim."""
+    return Text.assemble(("error:", "bold red"), " ", message)
 
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound=BaseModel)
@@ -33,7 +41,7 @@ ConfigOption = typer.Option(
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one line on stderr and exit (2 = bad input)."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err_console.print(error_line(message), highlight=False)
     raise typer.Exit(code)
 
 
@@ -51,10 +59,21 @@ def handles_errors(fn: F) -> F:
                 raise  # anything else is a bug: keep its traceback
             fail(describe_os_error(exc))
         except KeyboardInterrupt:
-            err_console.print("interrupted: rerun the same command to resume", highlight=False)
+            err_console.print(interrupted_line(fn.__name__), highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# Commands that pick up where a killed run stopped; the others start over when rerun.
+_RESUMABLE_COMMANDS = {"train_expert", "train_router", "coadapt", "demo"}
+
+
+def interrupted_line(command: str) -> str:
+    """What Ctrl-C prints: only the commands that can resume promise it."""
+    if command in _RESUMABLE_COMMANDS:
+        return "interrupted: rerun the same command to resume"
+    return "interrupted: nothing was written; rerun the command to start it again"
 
 
 # OS errors that are the machine's state, not a bug: one line and exit 2 wherever they
@@ -97,7 +116,7 @@ def run_training_command(train: Callable[[M], Path], cfg: M) -> Path | None:
         raise typer.Exit(130) from None
     except WorkersFailed as exc:
         if exc.code != 2:  # exit 2: the worker already printed its one line
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err_console.print(error_line(str(exc)), highlight=False)
         raise typer.Exit(exc.code) from None
     outer = outer_launch()
     if outer is not None and outer.rank != 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from timoe_cli.common import err_console
+from timoe_cli.common import err_console, error_line
 from timoe_core.errors import TimoeError
 
 
@@ -15,7 +15,7 @@ def main() -> None:
     try:
         run_lm_eval_cli()
     except TimoeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(error_line(str(exc)), highlight=False)
         sys.exit(2)
 
 

@@ -6,6 +6,8 @@ import sys
 
 import typer
 
+from timoe_cli import restore_interrupt_handling
+
 try:  # typer >= 0.20 vendors its own click
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover
@@ -23,7 +25,7 @@ from timoe_cli.commands import (
     train_expert,
     train_router,
 )
-from timoe_cli.common import err_console
+from timoe_cli.common import err_console, error_line
 
 app = typer.Typer(
     name="timoe",
@@ -51,6 +53,7 @@ app.command("import")(import_model.import_)
 
 def main() -> None:
     """Run the app; usage errors become one line on stderr with exit code 2."""
+    restore_interrupt_handling()
     try:
         code = app(standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError:
@@ -58,11 +61,11 @@ def main() -> None:
     except click_exceptions.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else "timoe"
         err_console.print(
-            f"[bold red]error:[/] {exc.format_message()} (see `{where} --help`)", highlight=False
+            error_line(f"{exc.format_message()} (see `{where} --help`)"), highlight=False
         )
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        err_console.print("interrupted: rerun the same command to resume", highlight=False)
+        err_console.print("interrupted", highlight=False)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -28,12 +27,17 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from timoe_core import __version__
 from timoe_core.data.manifest import sha256_file
-from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_path, atomic_write_json
+from timoe_core.errors import TimoeError, describe_validation_error
+from timoe_core.io import (
+    atomic_path,
+    atomic_write_json,
+    read_small_file,
+    write_failure_as_os_error,
+)
 from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.timeslices import TimeSlice
 
@@ -88,12 +92,15 @@ def read_run_info(run_dir: Path) -> RunInfo:
             "`timoe train-expert` first"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_small_file(path).decode("utf-8"))
         data["model_config_"] = data.pop("model_config")
         return RunInfo.model_validate(data)
-    except (json.JSONDecodeError, KeyError, ValidationError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TimoeError(f"{path} is corrupt ({first}): retrain or restore it") from None
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValidationError,
+            UnicodeDecodeError) as exc:  # fmt: skip
+        why = describe_validation_error(exc)
+        if isinstance(exc, (KeyError, TypeError, AttributeError)):
+            why = "it holds no model_config mapping"
+        raise TimoeError(f"{path} is corrupt ({why}): retrain or restore it") from None
 
 
 def write_run_info(run_dir: Path, info: RunInfo) -> None:
@@ -110,13 +117,35 @@ def save_model_weights(run_dir: Path, model: torch.nn.Module) -> Path:
     path = Path(run_dir) / MODEL_FILENAME
     with atomic_path(path) as tmp:
         try:
-            save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
-        except SafetensorError as exc:  # its I/O errors (disk full...) as the OSError they are
-            code = re.search(r"os error (\d+)", str(exc))
-            if code is None:
+            save_safetensors(state, tmp, metadata={"format": "pt", "timoe_version": __version__})
+        except (SafetensorError, OSError) as exc:
+            # its I/O errors (disk full...) as the OSError they are
+            os_error = write_failure_as_os_error(exc, path)
+            if os_error is None:
                 raise
-            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+            raise os_error from None
     return path
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str]) -> None:
+    """safetensors.torch.save_file, byte-reproducibly: safetensors writes its metadata
+    mapping in hash order, different on each call, so two identical models got different
+    files and sha256s. The header is rewritten with sorted keys (the tensor data and its
+    offsets, relative to the end of the header, are unchanged)."""
+    blob = save(state, metadata=metadata)
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | dict(
+        sorted(header.items())
+    )
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data to 8 bytes
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(memoryview(blob)[8 + n :])
 
 
 def load_model_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -138,8 +167,29 @@ def load_weights_into(model: GPT, directory: Path) -> GPT:
         model, state, Path(directory) / MODEL_FILENAME, RUN_INFO_FILENAME,
         "retrain or restore the run dir",
     )  # fmt: skip
+    check_weights_usable(state, Path(directory) / MODEL_FILENAME, "retrain or restore the run dir")
     model.load_state_dict(state, strict=True)
     return model
+
+
+_WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_weights_usable(state: dict[str, torch.Tensor], path: Path, fix: str) -> None:
+    """TimoeError unless every tensor is floating point (fp32/fp16/bf16) and finite: int
+    weights would be silently cast, NaN/inf ones give NaN perplexity with exit 0."""
+    for name, t in state.items():
+        if t.dtype not in _WEIGHT_DTYPES:
+            raise TimoeError(
+                f"{path}: tensor {name} has dtype {str(t.dtype).removeprefix('torch.')}, "
+                f"not float32, float16 or bfloat16: these are not model weights; {fix}"
+            )
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise TimoeError(
+                f"{path}: tensor {name} holds {bad} NaN or infinite values: the weights are "
+                f"damaged (or the run diverged); {fix}"
+            )
 
 
 def check_state_matches(

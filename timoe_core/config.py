@@ -26,7 +26,16 @@ CONFIG_FILENAME = "config.yaml"
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in a config file must not be silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `--lr inf` or `weight_decay: .nan` is refused here, at the
+    # boundary, before anything is written (json would save it as null).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Seeds feed torch, numpy and per-step/per-rank derivations (seed + step): keep them in
+# a range every one of those accepts.
+MAX_SEED = 2**31 - 1
+# A config file is a few lines; anything this large is a mistake or an attack.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 # ------------------------------------------------------------------- options
@@ -134,7 +143,8 @@ class PrepareDataConfig(StrictModel):
                              json_schema_extra=cli(SCALE))
     max_docs: int | None = Field(None, ge=1, description="Read only the first N documents of "
                                  "the source.", json_schema_extra=cli(SOURCE))
-    seed: int = Field(0, description="Seed of the built-in corpus.", json_schema_extra=cli(SOURCE))
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the built-in corpus.",
+                      json_schema_extra=cli(SOURCE))
     # Size of the built-in corpus: documents generated per year.
     builtin_docs_per_year: int = Field(
         400, ge=1, description="Size of the built-in corpus: documents per year.",
@@ -241,7 +251,8 @@ class TrainingConfig(StrictModel):
         None, description="The fused AdamW kernel (default on for CUDA, off for CPU).",
         json_schema_extra=cli(TRAIN, "--fused-adamw/--no-fused-adamw"),
     )
-    seed: int = Field(0, description="Seed of init and data order.", json_schema_extra=cli(TRAIN))
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of init and data order.",
+                      json_schema_extra=cli(TRAIN))
     eval_every: int = Field(
         0, ge=0, description="Evaluate every N steps (0: at the end only).",
         json_schema_extra=cli(RUN),
@@ -366,10 +377,12 @@ class MixtureOptions(StrictModel):
     )
     # Router shape (learned-avg / coadapt): own token embedding, prefix-mean pooled, MLP.
     router_embed_dim: int = Field(
-        64, ge=1, description="Router token embedding width.", json_schema_extra=cli(MIXTURE)
+        64, ge=1, le=1 << 16, description="Router token embedding width.",
+        json_schema_extra=cli(MIXTURE),
     )
     router_hidden_dim: int = Field(
-        128, ge=1, description="Router hidden width.", json_schema_extra=cli(MIXTURE)
+        128, ge=1, le=1 << 16, description="Router hidden width.",
+        json_schema_extra=cli(MIXTURE),
     )
     router_date_features: bool = Field(
         True, description="Feed the query date's eligibility mask to the router.",
@@ -521,13 +534,15 @@ class GenerateConfig(StrictModel):
     prompt: str | None = Field(None, description="Text to continue (may be empty).")
     strategy: str | None = Field(None, description=_STRATEGY_HELP)
     max_new_tokens: int = Field(64, ge=1, description="At most N tokens.")
-    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0: greedy).")
+    # 0 means greedy; below 1e-3 the scaled log-probs overflow to inf (NaN probabilities).
+    temperature: float = Field(1.0, ge=0.0, le=1000.0,
+                               description="Sampling temperature (0: greedy).")
     top_k: int | None = Field(None, ge=1, description="Sample among the k likeliest tokens.")
     greedy: bool = Field(
         False, description="Always the likeliest token.",
         json_schema_extra=cli(flag="--greedy/--sample"),
     )
-    seed: int = Field(0, description="Sampling seed.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Sampling seed.")
     policy: Literal["point-in-time", "strict", "inclusive"] | None = Field(  # default: the bundle's
         None, description=_POLICY_HELP
     )
@@ -536,6 +551,15 @@ class GenerateConfig(StrictModel):
         json_schema_extra=cli(flag="--cache/--no-cache"),
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda.")
+
+    @model_validator(mode="after")
+    def _check_temperature(self) -> "GenerateConfig":
+        if 0.0 < self.temperature < 1e-3:
+            raise ValueError(
+                f"--temperature {self.temperature:g} is too small to sample with (the scaled "
+                "log-probs overflow): use 0 or --greedy for greedy decoding, or at least 0.001"
+            )
+        return self
 
 
 class DemoConfig(StrictModel):
@@ -548,7 +572,7 @@ class DemoConfig(StrictModel):
         False, description="Start over when --out holds a demo run with other settings.",
         json_schema_extra=cli(flag="--overwrite/--no-overwrite"),
     )
-    seed: int = Field(0, description="Seed of the corpus and every run.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the corpus and every run.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda.")
 
 
@@ -590,11 +614,37 @@ class ImportConfig(StrictModel):
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml's SafeLoader without anchors and aliases: an option file needs neither, and
+    nested aliases (a "billion laughs" file) expand exponentially in memory and time."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in a config file",
+                event.start_mark,
+            )
+        event = self.peek_event()
+        if getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "YAML anchors (&name) are not allowed in a config file",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """A YAML or TOML file holding one mapping of option names to values."""
     path = Path(path)
     if not path.is_file():
         raise TimoeError(f"config file {path} does not exist: check the --config path")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise TimoeError(
+            f"config file {path} is {size} bytes, more than a config file can be "
+            f"({MAX_CONFIG_BYTES} bytes): check the --config path"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -605,7 +655,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
         elif path.suffix.lower() in (".yaml", ".yml", ".json"):
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader
         else:
             raise TimoeError(f"config file {path} must end in .yaml, .yml, .toml or .json")
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
@@ -628,7 +678,9 @@ def format_validation_error(exc: ValidationError) -> str:
         if loc == "config":
             parts.append(msg)
         else:
-            parts.append(f"--{loc.replace('_', '-')}: {msg} (got {err.get('input')!r})")
+            got = repr(err.get("input"))
+            got = got if len(got) <= 60 else got[:57] + "..."
+            parts.append(f"--{loc.replace('_', '-')}: {msg} (got {got})")
     return "invalid config: " + "; ".join(parts)
 
 

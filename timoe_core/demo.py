@@ -23,6 +23,7 @@ checkpoint, since the training functions resume by themselves.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from timoe_core.config import (
+    CONFIG_FILENAME,
     CoadaptConfig,
     DemoConfig,
     PrepareDataConfig,
@@ -42,6 +44,7 @@ from timoe_core.config import (
 )
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_json
+from timoe_core.lock import lock_path, output_lock
 from timoe_core.timeslices import TimeSlicing
 
 STATE_FILENAME = "demo.json"
@@ -233,6 +236,34 @@ def _read_state(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _is_demo_output(p: Path) -> bool:
+    """An entry of --out that the demo writes (all --overwrite may delete)."""
+    fixed = {"data", "experts", "dense", STATE_FILENAME, REPORT_FILENAME, QA_PLOT_FILENAME,
+             PERPLEXITY_PLOT_FILENAME, CONFIG_FILENAME}
+    if p.name in fixed or re.fullmatch(r"timoe-[a-z-]+", p.name):
+        return True
+    # locks, staging and temp files of the commands the demo runs
+    return p.name.startswith(".") and (
+        p.name.endswith((".lock", ".tmp")) or ".partial-" in p.name or ".old-" in p.name
+    )
+
+
+def _remove_demo_outputs(out: Path) -> None:
+    """Delete what an earlier demo wrote in `out`, refusing (before deleting anything)
+    when `out` holds anything else: --overwrite never deletes a user's file."""
+    foreign = [p for p in sorted(out.iterdir()) if not _is_demo_output(p)]
+    if foreign:
+        raise TimoeError(
+            f"--out {out} holds {foreign[0]}, which the demo did not write: refusing to "
+            "start the demo over there even with --overwrite; move it out or give another --out"
+        )
+    for p in sorted(out.iterdir()):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p != lock_path(out):
+            p.unlink()
+
+
 def _check_out(cfg: DemoConfig, settings: DemoSettings) -> dict[str, Any]:
     """The demo state to continue from; refuses to write into a folder that is not a demo
     of the same settings (it never deletes anything but an earlier demo's folder)."""
@@ -249,7 +280,7 @@ def _check_out(cfg: DemoConfig, settings: DemoSettings) -> dict[str, Any]:
                           if (state.get("settings") or {}).get(k) != v)
             raise TimoeError(f"--out {out} holds a demo with other settings ({', '.join(diff)}):"
                              " pass --overwrite to start it over, or give another --out")
-        shutil.rmtree(out)
+        _remove_demo_outputs(out)
         state = None
     if state is None:
         state = {"settings": settings.model_dump(), "finished": {}}
@@ -262,6 +293,13 @@ def run_demo(
     eval_progress: EvalProgress | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every stage; returns the report (also in OUT/report.json)."""
+    with output_lock(cfg.out):
+        return _run_demo(cfg, on_stage, eval_progress)
+
+
+def _run_demo(
+    cfg: DemoConfig, on_stage: StageCallback | None, eval_progress: EvalProgress | None
+) -> dict[str, Any]:
     settings = demo_settings(cfg)
     state = _check_out(cfg, settings)
     layout = DemoLayout(cfg.out)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except OSError as exc:  # a write to a full disk names no file: name the output
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -119,3 +123,85 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# run.json, timoe.json, manifest.json: a few KB each; a larger one is not ours.
+MAX_METADATA_BYTES = 16 << 20
+
+
+def read_small_file(path: str | os.PathLike, max_bytes: int = MAX_METADATA_BYTES) -> bytes:
+    """The bytes of a metadata file, refusing (TimoeError) one larger than `max_bytes`
+    before reading it: a hostile or mistaken multi-GB file must not be loaded whole."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise TimoeError(
+            f"{path} is {size} bytes, far more than a timoe metadata file holds "
+            f"(at most {max_bytes}): it is not one of ours; restore or rebuild it"
+        )
+    return path.read_bytes()
+
+
+def write_failure_as_os_error(exc: BaseException, path: str | os.PathLike) -> OSError | None:
+    """The OSError a failed write really was, from the exceptions libraries wrap it in:
+    torch.save raises RuntimeError ("PytorchStreamWriter failed writing file"), safetensors
+    a SafetensorError ("... os error 28"). None when `exc` is not a write failure."""
+    import errno
+    import re
+    import shutil
+
+    if isinstance(exc, OSError):
+        return exc if exc.filename else OSError(exc.errno, exc.strerror or str(exc), str(path))
+    text = str(exc)
+    if m := re.search(r"os error (\d+)", text):
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code), str(path))
+    if not isinstance(exc, RuntimeError):
+        return None
+    try:  # torch does not say why ("unexpected pos", "failed writing"): look at the disk
+        where = Path(path)
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        full = shutil.disk_usage(where).free < 16 << 20
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if re.search(r"PytorchStreamWriter|inline_container|fail\w* (writing|to write)", text):
+        return OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+    return None
+
+
+def check_output_files(
+    outputs: dict[str, Path | None],
+    inputs: dict[str, Path | None],
+    looks_ours: dict[str, Callable[[Path], bool]],
+) -> None:
+    """TimoeError unless every output file (flag -> path) is distinct, outside every input
+    (flag -> file or folder), and either absent or a file this tool wrote before
+    (`looks_ours[flag]`): an output never overwrites an input, another output or a
+    user's file."""
+    given = {flag: Path(p).expanduser().absolute() for flag, p in outputs.items() if p}
+    seen: dict[Path, str] = {}
+    for flag, path in given.items():
+        if path.resolve() in seen:
+            raise TimoeError(
+                f"{flag} {path} is also the {seen[path.resolve()]} file: give each output "
+                "its own path"
+            )
+        seen[path.resolve()] = flag
+    for flag, path in given.items():
+        for in_flag, src in inputs.items():
+            if src is None:
+                continue
+            src = Path(src).expanduser().resolve()
+            if path.resolve() == src or src in path.resolve().parents:
+                raise TimoeError(
+                    f"{flag} {path} would overwrite the {in_flag} input {src}: write it "
+                    "somewhere else"
+                )
+        if path.is_file() and not looks_ours[flag](path):
+            raise TimoeError(
+                f"{flag} {path} exists and is not a file this command wrote: refusing to "
+                f"overwrite it; remove it or choose another {flag} path"
+            )

@@ -140,6 +140,7 @@ class TimeSlicing:
 
 
 _DATE_RE = re.compile(r"(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?")
+_COMPACT_DATE_RE = re.compile(r"(\d{4})(\d{2})(\d{2})")  # 20190401, compact ISO 8601
 
 
 def parse_query_date(value: str | int | date) -> date:
@@ -151,10 +152,12 @@ def parse_query_date(value: str | int | date) -> date:
     if isinstance(value, date):
         return value
     text = str(value).strip()
-    m = _DATE_RE.fullmatch(text)
+    m = _DATE_RE.fullmatch(text) or _COMPACT_DATE_RE.fullmatch(text)
     if not m:
         raise TimoeError(f"bad query date {text!r}: use YYYY, YYYY-MM or YYYY-MM-DD")
     year = int(m.group(1))
+    if year < 1:  # the calendar has no year 0 (datetime refuses it)
+        raise TimoeError(f"bad query date {text!r}: year {year} is before year 1")
     month = int(m.group(2)) if m.group(2) else 12
     if not 1 <= month <= 12:
         raise TimoeError(f"bad query date {text!r}: month {month} is not 1-12")

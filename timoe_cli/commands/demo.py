@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
 from timoe_cli.commands.evaluate import print_table, progress_bars
 from timoe_cli.common import ConfigOption, console, handles_errors, load_config
 from timoe_cli.options import config_options
@@ -28,10 +30,10 @@ def demo(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     cfg = load_config(DemoConfig, config, **flags)
 
     def on_stage(index: int, total: int, stage: Stage, skipped: bool) -> None:
-        note = "  [dim](done, skipped)[/]" if skipped else ""
+        note = ("  (done, skipped)", "dim") if skipped else ""
         # a plain line wraps on a narrow terminal; a Rule title would be cut short
-        console.print(f"[bold cyan][{index}/{total}][/] {stage.description}{note}",
-                      highlight=False)
+        console.print(Text.assemble((f"[{index}/{total}]", "bold cyan"), " ",
+                                    stage.description, note), highlight=False)
 
     with progress_bars() as task:
         report = run_demo(cfg, on_stage, lambda d, done, tot: task(d)(done, tot))

@@ -29,7 +29,8 @@ from timoe_core.evaluate.run import run_evaluate
 def progress_bars() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
     """`task(description)` gives a `(done, total)` callback driving one rich bar."""
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+        MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
         disable=not err_console.is_terminal,
     ) as bars:

@@ -79,7 +79,7 @@ def prepare_data(
     what = "merging" if cfg.merge else "tokenising"
     with Progress(
         SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         TextColumn("{task.fields[docs]:>12,} docs"),
         TextColumn("{task.fields[tokens]:>14,} tokens"),
@@ -136,6 +136,14 @@ def _print_summary(manifest: Manifest, cfg: PrepareDataConfig, elapsed: float) -
     console.print(table)
     skipped = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in manifest.skipped.items())
     console.print(f"skipped documents: {skipped or 'none'}")
+    no_val = manifest.years_without_held_out_windows()
+    if no_val:
+        shown = ", ".join(map(str, no_val[:8])) + (", ..." if len(no_val) > 8 else "")
+        console.print(
+            f"note: {len(no_val)} of {len(manifest.years)} years have no held-out window of "
+            f"{manifest.seq_len + 1} tokens ({shown}): evaluate reports no perplexity for "
+            f"them; raise --val-fraction (now {manifest.val_fraction:g}) or add text"
+        )
     n_bytes = sum(e.bytes for e in manifest.files.values())
     tokens = totals[1] + totals[3]
     rate = tokens / elapsed / 1e6 if elapsed > 0 else 0.0

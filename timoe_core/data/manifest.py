@@ -14,8 +14,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from timoe_core.errors import TimoeError
-from timoe_core.io import sha256_file
+from timoe_core.errors import TimoeError, describe_validation_error
+from timoe_core.io import read_small_file, sha256_file
 from timoe_core.timeslices import TimeSlicing
 
 MANIFEST_FILENAME = "manifest.json"
@@ -60,12 +60,14 @@ class Manifest(BaseModel):
 
     format_version: int = FORMAT_VERSION
     tokenizer: str = "gpt2"
-    vocab_size: int
-    eot_token: int
+    # uint16 token files: ids below 2**16; bounded so a hand-edited manifest is refused
+    # before anything is sized from it.
+    vocab_size: int = Field(ge=1, le=1 << 16)
+    eot_token: int = Field(ge=0, lt=1 << 16)
     dtype: Literal["uint16"] = "uint16"
     slicing: SlicingSpec
-    seq_len: int
-    val_fraction: float
+    seq_len: int = Field(ge=2, le=1 << 20)
+    val_fraction: float = Field(gt=0.0, le=0.5, allow_inf_nan=False)
     source: str
     shards: list[ShardSpec] = Field(default_factory=lambda: [ShardSpec()])
     # Keys are years as strings (JSON object keys).
@@ -87,6 +89,14 @@ class Manifest(BaseModel):
 
     def years_with_tokens(self, split: Split = "train") -> list[int]:
         return sorted(int(y) for y, s in self.years.items() if getattr(s, split).tokens > 0)
+
+    def years_without_held_out_windows(self) -> list[int]:
+        """Years with training text but not one held-out window of seq_len + 1 tokens:
+        their perplexity cannot be measured (evaluate reports null for them)."""
+        return sorted(
+            int(y) for y, s in self.years.items()
+            if s.train.tokens > 0 and max(0, (s.val.tokens - 1) // self.seq_len) == 0
+        )  # fmt: skip
 
 
 def token_file_relpath(split: str, year: int) -> str:
@@ -128,10 +138,10 @@ def load_manifest(data_dir: Path, verify: Verify | None = None) -> Manifest:
             "(run `timoe prepare-data --out DIR` first)"
         )
     try:
-        manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        manifest = Manifest.model_validate(json.loads(read_small_file(path).decode("utf-8")))
     except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise TimoeError(f"{path} is corrupt ({first}): prepare the data again") from None
+        why = describe_validation_error(exc)
+        raise TimoeError(f"{path} is corrupt ({why}): prepare the data again") from None
     if manifest.format_version != FORMAT_VERSION:
         raise TimoeError(
             f"{path} has format version {manifest.format_version}, this timoe reads "

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -42,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from timoe_core.config import PrepareDataConfig, save_config
+from timoe_core.config import CONFIG_FILENAME, PrepareDataConfig, save_config
 from timoe_core.data.manifest import (
     MANIFEST_FILENAME,
     SPLITS,
@@ -58,6 +59,7 @@ from timoe_core.data.manifest import (
 from timoe_core.data.sources import SourceOptions, open_source
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_json, check_writable_dir, chmod_default
+from timoe_core.lock import output_lock
 from timoe_core.timeslices import TimeSlicing, parse_query_date, year_cutoff
 from timoe_core.tokenizer import Tokenizer, get_tokenizer
 
@@ -132,7 +134,10 @@ class _TokenFile:
         return FileEntry(bytes=self.bytes, sha256=self._sha.hexdigest())
 
     def abort(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()  # flushes its buffer: on a full disk that fails again
+        except OSError:
+            pass  # the staging folder holding it is removed next
 
 
 class _Outputs:
@@ -190,9 +195,32 @@ def check_out_dir(out: Path | None, overwrite: bool) -> Path:
                 f"--out {out} is not empty and is not a prepared data dir (no "
                 f"{MANIFEST_FILENAME}): refusing to replace it even with --overwrite"
             )
+        foreign = _not_written_by_prepare_data(out)
+        if foreign:
+            raise TimoeError(
+                f"--out {out} holds {foreign[0]}, which prepare-data did not write "
+                f"({len(foreign)} such entries): refusing to replace the folder even with "
+                "--overwrite; move them out or choose another --out"
+            )
     # The staging folder goes beside --out: that is where we must be able to write.
     check_writable_dir(out.absolute().parent if out.exists() else out, "--out")
     return out
+
+
+def _not_written_by_prepare_data(out: Path) -> list[Path]:
+    """What --overwrite would delete that is not ours: anything but manifest.json,
+    config.yaml and train|val/YEAR.bin (a run dir someone put inside, notes...)."""
+    ours_top = {MANIFEST_FILENAME, CONFIG_FILENAME}
+    foreign = []
+    for p in sorted(out.iterdir()):
+        if p.name in ours_top and p.is_file():
+            continue
+        if p.name in ("train", "val") and p.is_dir() and not p.is_symlink():
+            foreign += [q for q in sorted(p.iterdir())
+                        if not (q.is_file() and re.fullmatch(r"\d{1,4}\.bin", q.name))]
+            continue
+        foreign.append(p)
+    return foreign
 
 
 class _Staging:
@@ -235,6 +263,13 @@ class _Staging:
                 p.rmdir()
             except OSError:
                 break
+
+
+def raise_naming_the_path(exc: BaseException, out: Path) -> None:
+    """A write error of a file object (a full disk on flush) carries no file name: name
+    the output it was writing, so the one-line message says where."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from None
 
 
 # Who writes a staging folder (host and pid), so a rerun can tell a folder left by a
@@ -359,7 +394,18 @@ def _empty_corpus_message(counts: _Counts, slicing: TimeSlicing, source: str) ->
 def prepare_data(
     cfg: PrepareDataConfig, progress_callback: ProgressCallback | None = None
 ) -> Manifest:
-    """Tokenise `cfg.source` into `cfg.out` (or merge `cfg.merge` into it); the manifest."""
+    """Tokenise `cfg.source` into `cfg.out` (or merge `cfg.merge` into it); the manifest.
+
+    Holds --out's write lock throughout: a second prepare-data on it is exit 2."""
+    if cfg.out is None:
+        check_out_dir(cfg.out, cfg.overwrite)  # the error saying --out is required
+    with output_lock(Path(cfg.out).expanduser()):
+        return _prepare_data(cfg, progress_callback)
+
+
+def _prepare_data(
+    cfg: PrepareDataConfig, progress_callback: ProgressCallback | None
+) -> Manifest:
     if cfg.merge:
         return merge_data_dirs(cfg, progress_callback)
     until = parse_query_date(cfg.until) if cfg.until is not None else None  # bad date: exit 2
@@ -406,10 +452,11 @@ def prepare_data(
         manifest.years = {str(y): s for y, s in outputs.stats.items()}
         manifest.skipped = counts.skipped
         return _finish(staging, outputs, cfg, manifest)
-    except BaseException:
+    except BaseException as exc:
         pool.shutdown(wait=True, cancel_futures=True)
         outputs.abort()
         staging.discard()
+        raise_naming_the_path(exc, out)
         raise
 
 
@@ -604,7 +651,8 @@ def merge_data_dirs(
                         )
         manifest.years = {str(y): s for y, s in outputs.stats.items()}
         return _finish(staging, outputs, cfg, manifest)
-    except BaseException:
+    except BaseException as exc:
         outputs.abort()
         staging.discard()
+        raise_naming_the_path(exc, out)
         raise

@@ -81,6 +81,13 @@ _ISO_RE = re.compile(
 )
 
 
+# A bare number is a year (1-9999), a compact ISO date (20190401) or a Unix timestamp
+# in seconds or milliseconds from this value on (1973-03-03): below it a number is
+# ambiguous (12345 s is 1970, surely not what was meant) and is refused, never read as
+# 1970.
+_MIN_TIMESTAMP = 1e8
+
+
 def _year_from_timestamp(ts: float) -> int:
     if not math.isfinite(ts):
         raise DateError("not a finite number")
@@ -90,6 +97,29 @@ def _year_from_timestamp(ts: float) -> int:
         return datetime.fromtimestamp(ts, tz=timezone.utc).year
     except (OverflowError, OSError, ValueError):
         raise DateError("timestamp out of range") from None
+
+
+def _year_from_number(value: int | float) -> int:
+    """A year from a bare number: see _MIN_TIMESTAMP for the rule."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DateError("not a finite number")
+    if abs(value) >= 1 << 53:  # float() of a huge JSON integer overflows
+        raise DateError("timestamp out of range")
+    if value < 0:
+        raise DateError("a negative number is neither a year nor a timestamp after 1973")
+    if value < 10000:
+        return int(value)  # a year; 2016.5 (a fractional year) is in 2016
+    if float(value).is_integer() and 10000101 <= value <= 99991231:  # compact ISO YYYYMMDD
+        digits = str(int(value))
+        try:
+            return date(int(digits[:4]), int(digits[4:6]), int(digits[6:])).year
+        except ValueError:
+            raise DateError(f"{digits} is not a YYYYMMDD date (no such day)") from None
+    if value < _MIN_TIMESTAMP:
+        raise DateError(
+            f"{value!r} is neither a year, a YYYYMMDD date nor a Unix timestamp after 1973"
+        )
+    return _year_from_timestamp(float(value))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -102,7 +132,8 @@ def _year_from_string(text: str) -> int:
     if _YEAR_RE.fullmatch(s):
         return int(s)
     if _NUMBER_RE.fullmatch(s):
-        return _year_from_timestamp(float(s))
+        number = float(s) if "." in s else int(s)
+        return _year_from_number(number)
     if m := _ISO_RE.fullmatch(s):
         year = int(m.group(1))
         month = int(m.group(2) or 1)
@@ -112,7 +143,7 @@ def _year_from_string(text: str) -> int:
         except ValueError:
             raise DateError("no such day") from None
         return year
-    try:  # whatever else ISO 8601 allows
+    try:  # whatever else ISO 8601 allows (20190401T10:00:00 included)
         return datetime.fromisoformat(s).year
     except ValueError:
         pass
@@ -127,15 +158,8 @@ def parse_year(value: Any) -> int:
     """The year a date value names; DateError when it names none."""
     if isinstance(value, bool) or value is None:
         raise DateError("no date")
-    if isinstance(value, int):
-        if abs(value) >= 1 << 53:  # float() of a huge JSON integer overflows
-            raise DateError("timestamp out of range")
-        year = value if abs(value) < 10000 else _year_from_timestamp(float(value))
-    elif isinstance(value, float):
-        if value.is_integer() and abs(value) < 10000:
-            year = int(value)
-        else:
-            year = _year_from_timestamp(value)
+    if isinstance(value, (int, float)):
+        year = _year_from_number(value)
     elif isinstance(value, (datetime, date)):
         year = value.year
     elif isinstance(value, str):
@@ -147,13 +171,15 @@ def parse_year(value: Any) -> int:
     return year
 
 
-def describe_date_error(where: str, value: Any, field_name: str) -> str:
+def describe_date_error(where: str, value: Any, field_name: str, why: str = "") -> str:
     shown = repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
+    why = f" ({why})" if why else ""
     return (
-        f"{where}: cannot read a year from {field_name!r} = {shown}: use a year (2019), an ISO "
-        "date or timestamp (2019-04-01, 2019-04-01T10:00:00Z) or a unix timestamp"
+        f"{where}: cannot read a year from {field_name!r} = {shown}{why}: use a year (2019), "
+        "an ISO date or timestamp (2019-04-01, 20190401, 2019-04-01T10:00:00Z) or a unix "
+        "timestamp"
     )
 
 
@@ -223,9 +249,9 @@ class _BatchBuilder:
             date_field: str | None = None) -> None:
         try:
             year = parse_year(date_value)
-        except DateError:
+        except DateError as exc:
             field_name = date_field or self.opts.date_field
-            self.bad(describe_date_error(where_fn(), date_value, field_name))
+            self.bad(describe_date_error(where_fn(), date_value, field_name, str(exc)))
             return
         self.batch.texts.append(text)
         self.batch.years.append(year)
@@ -337,6 +363,7 @@ def load_hf_dataset(name: str, config: str | None, split: str) -> Any:
     """`datasets.load_dataset(..., streaming=True)`; tests replace this function."""
     import datasets
 
+    quiet_datasets()
     return datasets.load_dataset(name, config, split=split, streaming=True)
 
 
@@ -430,6 +457,15 @@ def _jsonl_batches(path: Path, opts: SourceOptions, cursor: _RecordCursor) -> It
                 break
 
 
+def quiet_datasets() -> None:
+    """`datasets` logs reader errors and progress bars on stderr itself; we report each
+    problem in our own one line."""
+    import datasets
+
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 10)
+    datasets.disable_progress_bars()
+
+
 def _datasets_file_batches(
     path: Path, opts: SourceOptions, cursor: _RecordCursor
 ) -> Iterator[DocBatch]:
@@ -437,6 +473,7 @@ def _datasets_file_batches(
     try:
         import datasets
 
+        quiet_datasets()
         ds = datasets.load_dataset(
             builder_name, data_files=str(path), split="train", streaming=True
         )
@@ -469,8 +506,12 @@ def _iterable_dataset_batches(
         except StopIteration:
             break
         except Exception as exc:  # reader errors (bad CSV, corrupt parquet, network)
+            # the reader's own line number (pandas: "in line 32") beats our row count,
+            # which only advances a whole batch at a time
+            line = re.search(r"\bline (\d+)", _first_line(exc))
+            where = f"{label}:{line.group(1)}" if line else f"{label} after row {row_no}"
             raise TimoeError(
-                f"cannot read {label} after row {row_no} ({type(exc).__name__}: {_first_line(exc)})"
+                f"cannot read {where} ({type(exc).__name__}: {_first_line(exc)})"
             ) from None
         if columns is None:
             date_field = _date_column(list(cols), date_field, opts.date_fallback_field)

@@ -7,6 +7,7 @@ switch) and every file is written atomically.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -365,3 +366,21 @@ def plot_report(path: Path, report: Mapping[str, Any]) -> None:
         t = report["tsqa"]
         plot_compare(path, {"models": [{"entry": report["name"], "tsqa": t, "perplexity": None}]})
 
+
+
+def is_json_report(path: Path) -> bool:
+    """A JSON report `evaluate --json` / `compare --json` wrote (safe to replace)."""
+    try:
+        data = json.loads(path.read_bytes()[: 64 << 20])
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "query_date" in data
+
+
+def is_png(path: Path) -> bool:
+    """A PNG file (a plot written before; safe to replace)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False

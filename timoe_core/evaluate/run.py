@@ -13,17 +13,20 @@ gives a `(done, total)` callback per stage, for progress bars.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from timoe_core.config import EvaluateConfig, save_config
 from timoe_core.errors import TimoeError
-from timoe_core.evaluate.compare import compare_models
+from timoe_core.evaluate.compare import compare_models, parse_entry
 from timoe_core.evaluate.models import load_evaluated_model
 from timoe_core.evaluate.perplexity import evaluate_perplexity, perplexity_matrix
 from timoe_core.evaluate.report import (
     evaluation_report,
+    is_json_report,
+    is_png,
     plot_compare,
     plot_report,
     write_report,
@@ -35,7 +38,8 @@ from timoe_core.evaluate.tsqa import (
     score_tsqa,
     tsqa_fields_from_config,
 )
-from timoe_core.io import check_writable_dir
+from timoe_core.io import check_output_files, check_writable_dir
+from timoe_core.lock import output_lock
 from timoe_core.timeslices import parse_query_date
 
 Progress = Callable[[str], Callable[[int, int], None]]
@@ -66,6 +70,12 @@ def check_outputs(cfg: EvaluateConfig) -> None:
     for flag, path in (("--json", cfg.json_out), ("--plot", cfg.plot)):
         if path is not None and path.is_dir():
             raise TimoeError(f"{flag} {path} is a folder: give a file name")
+    inputs = {"--model": cfg.model, "--data": cfg.data}
+    for i, entry in enumerate(cfg.models):
+        inputs[f"--model #{i + 1}"] = parse_entry(entry)[0]
+    check_output_files({"--json": cfg.json_out, "--plot": cfg.plot}, inputs,
+                       {"--json": is_json_report, "--plot": is_png})
+    for flag, path in (("--json", cfg.json_out), ("--plot", cfg.plot)):
         if path is not None:  # found now, not after the whole evaluation
             check_writable_dir(path.parent if path.exists() else path, flag)
 
@@ -73,16 +83,21 @@ def check_outputs(cfg: EvaluateConfig) -> None:
 def write_outputs(
     cfg: EvaluateConfig, report: dict[str, Any], plot: Callable[[Path, dict], None]
 ) -> list[tuple[str, Path]]:
-    """JSON and PNG, each atomically; the resolved config beside the JSON (else the PNG)."""
+    """JSON and PNG, each atomically and under its write lock; the resolved config beside
+    the JSON (else the PNG)."""
     written: list[tuple[str, Path]] = []
-    if cfg.json_out is not None:
-        write_report(cfg.json_out, report, cfg)
-        written.append(("report", cfg.json_out))
-    if cfg.plot is not None:
-        plot(cfg.plot, report)
-        if cfg.json_out is None:
-            save_config(cfg, cfg.plot.parent, f"{cfg.plot.stem}.config.yaml")
-        written.append(("plot", cfg.plot))
+    with ExitStack() as locks:
+        for flag, path in (("--json", cfg.json_out), ("--plot", cfg.plot)):
+            if path is not None:
+                locks.enter_context(output_lock(path, flag))
+        if cfg.json_out is not None:
+            write_report(cfg.json_out, report, cfg)
+            written.append(("report", cfg.json_out))
+        if cfg.plot is not None:
+            plot(cfg.plot, report)
+            if cfg.json_out is None:
+                save_config(cfg, cfg.plot.parent, f"{cfg.plot.stem}.config.yaml")
+            written.append(("plot", cfg.plot))
     return written
 
 

@@ -175,8 +175,8 @@ def _check_parts(question: Any, choices: Any, answer: Any, labels: Any, year: An
         raise _fail(source, index, fields.labels,
                     f"exactly the answer (choice {answer}) must be labelled 'correct', "
                     f"got {list(labels)}")
-    if isinstance(year, bool) or not isinstance(year, int):
-        raise _fail(source, index, fields.year, f"must be a year, got {year!r}")
+    if isinstance(year, bool) or not isinstance(year, int) or not 1 <= year <= 9999:
+        raise _fail(source, index, fields.year, f"must be a year from 1 to 9999, got {year!r}")
 
 
 def _year_of(value: Any) -> int | None:
@@ -187,7 +187,7 @@ def _year_of(value: Any) -> int | None:
     if isinstance(value, date):
         return value.year
     if isinstance(value, str):
-        m = re.match(r"\s*(\d{4})(?:\D|$)", value)
+        m = re.match(r"\s*(\d{4})(?:\d{4}\s*$|\D|$)", value)  # 2019, 2019-04-01, 20190401
         if m:
             return int(m.group(1))
     return None
@@ -438,11 +438,17 @@ class TSQAResult:
 
 
 def _encode_item(item: TSQAItem, tok, block_size: int, index: int) -> list[tuple[list[int], int]]:
-    """Per choice: (tokens = EOT + question + choice, number of choice tokens)."""
-    ctx = [tok.eot_token] + tok.encode(item.question)
+    """Per choice: (tokens = EOT + question + choice, number of choice tokens).
+
+    Whitespace ending the question moves onto the choice: GPT-2's BPE writes a space as
+    the start of the next word ("Paris" -> " Paris"), so "Q: " + "Paris" encoded apart
+    gives a lone space token and a space-less word, a tokenisation the model never saw."""
+    question = item.question.rstrip()
+    space = item.question[len(question):]
+    ctx = [tok.eot_token] + tok.encode(question)
     rows = []
     for c in item.choices:
-        cont = tok.encode(c)
+        cont = tok.encode(space + c if space and not c[:1].isspace() else c)
         if not cont:
             raise TimoeError(f"TSQA item {index}: a choice encodes to no tokens")
         if len(cont) > block_size:

@@ -25,10 +25,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from timoe_core import __version__
-from timoe_core.checkpoint import RUN_INFO_FILENAME, RunInfo, load_expert, read_run_info
+from timoe_core.checkpoint import (
+    RUN_INFO_FILENAME,
+    RunInfo,
+    load_expert,
+    read_run_info,
+    save_safetensors,
+)
 from timoe_core.config import ExportConfig, save_config
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
@@ -77,7 +81,7 @@ def export_gpt_hf(model: GPT, info: RunInfo, out: Path) -> str:
     }
     state = to_gpt2_state(model.state_dict(), config, conv1d=True)
     weights = out / HF_WEIGHTS_FILENAME
-    save_file(state, str(weights), metadata={"format": "pt"})
+    save_safetensors(state, weights, metadata={"format": "pt"})  # byte-reproducible
     chmod_default(weights, 0o666)
     atomic_write_json(out / HF_CONFIG_FILENAME, hf_gpt2_config(config, timoe=timoe_meta))
     write_gpt2_tokenizer_files(out, config.block_size)

@@ -38,19 +38,27 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from timoe_core import __version__
 from timoe_core.checkpoint import (
     MODEL_FILENAME,
     RunInfo,
     check_state_matches,
+    check_weights_usable,
     save_model_weights,
+    save_safetensors,
     write_run_info,
 )
 from timoe_core.config import MixtureOptions
-from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_path, atomic_write_json, sha256_file
+from timoe_core.errors import TimoeError, describe_validation_error
+from timoe_core.io import (
+    atomic_path,
+    atomic_write_json,
+    read_small_file,
+    sha256_file,
+    write_failure_as_os_error,
+)
 from timoe_core.model.expert_pool import ExpertRecord
 from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.model.router import Router, RouterConfig, RouterSnapshot
@@ -127,10 +135,10 @@ def read_bundle(bundle_dir: Path | str) -> BundleContents:
             "`timoe train-router --experts RUNS --out DIR`"
         )
     try:
-        spec = BundleSpec.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        spec = BundleSpec.model_validate(json.loads(read_small_file(path).decode("utf-8")))
     except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TimoeError(f"{path} is corrupt ({first}): rebuild the bundle") from None
+        why = describe_validation_error(exc)
+        raise TimoeError(f"{path} is corrupt ({why}): rebuild the bundle") from None
     if spec.format_version != BUNDLE_FORMAT_VERSION:
         raise TimoeError(
             f"{path} has format version {spec.format_version}, this timoe reads "
@@ -162,6 +170,7 @@ def read_bundle(bundle_dir: Path | str) -> BundleContents:
         state = load_router_weights(bundle_dir, spec.router_sha256)
         check_state_matches(router, state, bundle_dir / ROUTER_FILENAME, BUNDLE_FILENAME,
                             "rebuild the bundle")
+        check_weights_usable(state, bundle_dir / ROUTER_FILENAME, "rebuild the bundle")
         router.load_state_dict(state)
     snapshots = []
     for r in spec.router_snapshots:
@@ -278,7 +287,13 @@ def save_router_weights(directory: Path, router: Router) -> str:
     path = Path(directory) / ROUTER_FILENAME
     state = {k: v.detach().contiguous().cpu() for k, v in router.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "timoe_version": __version__})
+        try:
+            save_safetensors(state, tmp, metadata={"format": "pt", "timoe_version": __version__})
+        except (SafetensorError, OSError) as exc:  # a full disk, as the OSError it is (exit 2)
+            os_error = write_failure_as_os_error(exc, path)
+            if os_error is None:
+                raise
+            raise os_error from None
     return sha256_file(path)
 
 

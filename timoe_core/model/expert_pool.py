@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from timoe_core.checkpoint import MODEL_FILENAME, RunInfo, load_weights_into, read_run_info
+from timoe_core.checkpoint import (
+    MODEL_FILENAME,
+    RUN_INFO_FILENAME,
+    RunInfo,
+    load_weights_into,
+    read_run_info,
+)
 from timoe_core.errors import TimoeError
 from timoe_core.io import sha256_file
 from timoe_core.model.gpt import GPT
@@ -79,6 +85,7 @@ def load_expert(rec: ExpertRecord) -> GPT:
             "rebuild the bundle with `timoe train-router`"
         )
     rec.sha256 = digest
+    _check_run_info_agrees(rec, directory)
     return load_weights_into(GPT(rec.info.model_config_), directory)
 
 
@@ -112,6 +119,30 @@ def first_usable_date(records: Iterable[ExpertRecord], policy: str) -> date:
     if canonical_policy(policy) == "inclusive":
         return min(r.time_slice.start for r in recs)
     return min(r.cutoff for r in recs)
+
+
+def _check_run_info_agrees(rec: ExpertRecord, directory: Path) -> None:
+    """The expert's own run.json must say what the bundle (or folder) records of it: a
+    timoe.json with two slice labels swapped would otherwise let the 2017 expert answer
+    as of 2013."""
+    own = read_run_info(directory)
+    diffs = [
+        f"{name} (run.json has {a!r}, the bundle records {b!r})"
+        for name, a, b in (
+            ("slice", own.slice_label, rec.info.slice_label),
+            ("kind", own.kind, rec.info.kind),
+            ("start date", own.start_date, rec.info.start_date),
+            ("end date", own.end_date, rec.info.end_date),
+            ("model config", own.model_config_.model_dump(), rec.info.model_config_.model_dump()),
+        )
+        if a != b
+    ]
+    if diffs:
+        raise TimoeError(
+            f"the expert recorded as {rec.label} in the bundle is {directory}, whose "
+            f"{RUN_INFO_FILENAME} disagrees: {'; '.join(diffs)}: rebuild the bundle with "
+            "`timoe train-router`"
+        )
 
 
 def check_compatible(records: list[ExpertRecord]) -> None:

@@ -24,14 +24,24 @@ def pad_vocab(vocab_size: int, multiple: int = 64) -> int:
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
-class GPTConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# Upper bounds, checked before anything is allocated: a hand-edited run.json or a
+# flag typo (`block_size: 10**12`) must be a clear error, not minutes of allocation.
+MAX_VOCAB_SIZE = 1 << 21
+MAX_BLOCK_SIZE = 1 << 17
+MAX_N_LAYER = 1024
+MAX_N_HEAD = 1024
+MAX_N_EMBD = 1 << 16
+MAX_PARAMETERS = 20_000_000_000  # 80 GB of fp32 weights
 
-    vocab_size: int = Field(pad_vocab(GPT2_VOCAB_SIZE), ge=1)
-    block_size: int = Field(1024, ge=2)
-    n_layer: int = Field(12, ge=1)
-    n_head: int = Field(12, ge=1)
-    n_embd: int = Field(768, ge=1)
+
+class GPTConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    vocab_size: int = Field(pad_vocab(GPT2_VOCAB_SIZE), ge=1, le=MAX_VOCAB_SIZE)
+    block_size: int = Field(1024, ge=2, le=MAX_BLOCK_SIZE)
+    n_layer: int = Field(12, ge=1, le=MAX_N_LAYER)
+    n_head: int = Field(12, ge=1, le=MAX_N_HEAD)
+    n_embd: int = Field(768, ge=1, le=MAX_N_EMBD)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias: bool = True
 
@@ -41,6 +51,13 @@ class GPTConfig(BaseModel):
             raise ValueError(
                 f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}: "
                 "choose n_embd as a multiple of n_head"
+            )
+        n = self.n_layer * 12 * self.n_embd**2 + (self.vocab_size + self.block_size) * self.n_embd
+        if n > MAX_PARAMETERS:
+            raise ValueError(
+                f"a model of n_layer {self.n_layer}, n_embd {self.n_embd}, vocab_size "
+                f"{self.vocab_size}, block_size {self.block_size} has about {n:.3g} "
+                f"parameters, more than the {MAX_PARAMETERS:.0e} this toolkit allocates"
             )
         return self
 

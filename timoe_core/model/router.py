@@ -57,10 +57,11 @@ class RouterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    slice_labels: list[str]  # one slot per expert, in time order
-    vocab_size: int = Field(ge=1)
-    embed_dim: int = Field(64, ge=1)
-    hidden_dim: int = Field(128, ge=1)
+    slice_labels: list[str] = Field(max_length=10_000)  # one slot per expert, in time order
+    # Bounded so that a hand-edited timoe.json is refused before anything is allocated.
+    vocab_size: int = Field(ge=1, le=1 << 21)
+    embed_dim: int = Field(64, ge=1, le=1 << 16)
+    hidden_dim: int = Field(128, ge=1, le=1 << 16)
     date_features: bool = True  # feed the eligibility mask to the MLP
 
     @property

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from timoe_core.config import TrainRouterConfig, save_config
 from timoe_core.errors import TimoeError
+from timoe_core.lock import output_lock
 from timoe_core.model.bundle import BUNDLE_FILENAME
 from timoe_core.model.mixture import TiMoE
 from timoe_core.train import state as ckpt_state
@@ -42,12 +43,13 @@ def write_avg_bundle(cfg: TrainRouterConfig) -> Path:
     if not cfg.experts:
         raise TimoeError("--experts is required: a folder of expert run dirs (or run dirs)")
     out = _check_avg_out(cfg.out, cfg.overwrite)
-    mix = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=mixture_options(cfg))
-    if cfg.overwrite:
-        clear_bundle_artifacts(out)
-        ckpt_state.open_run_dir(out, "overwrite")  # a learned-avg run's checkpoints too
-    mix.save_bundle(out)
-    save_config(cfg, out)
+    with output_lock(out):
+        mix = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=mixture_options(cfg))
+        if cfg.overwrite:
+            clear_bundle_artifacts(out)
+            ckpt_state.open_run_dir(out, "overwrite")  # a learned-avg run's checkpoints too
+        mix.save_bundle(out)
+        save_config(cfg, out)
     return out
 
 

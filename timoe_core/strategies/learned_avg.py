@@ -40,7 +40,7 @@ from timoe_core.model.router import Router
 from timoe_core.timeslices import canonical_policy
 from timoe_core.train.distributed import DistEnv
 from timoe_core.train.job import main_print, run_job
-from timoe_core.train.logprob_cache import LogProbCache, cache_key
+from timoe_core.train.logprob_cache import LogProbCache, cache_key, token_files_fingerprint
 from timoe_core.train.loop import ShuffledOrder, amp_enabled
 from timoe_core.train.mixture_run import MixtureJob, MixturePlan, MixtureTask
 
@@ -108,6 +108,7 @@ def make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> LearnedAvgTask:
             policy=mix.policy,
             experts=plan.expert_sha256,
             compute_dtype="bfloat16" if amp else "float32",
+            token_files=token_files_fingerprint(cfg.data, "train", plan.years),
         )
         reads = plan.total_steps * plan.global_batch
         say = main_print(env)

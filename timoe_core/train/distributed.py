@@ -28,6 +28,7 @@ TORCH_ELASTIC_SHUTDOWN_TIMEOUT overrides) before killing them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import logging
@@ -45,6 +46,7 @@ import torch.distributed as dist
 
 from timoe_core.device import resolve_device
 from timoe_core.errors import TimoeError
+from timoe_core.lock import output_lock
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -401,6 +403,15 @@ def launch(entry: Callable[[Any], int], payload: Any, spec: LaunchSpec) -> int:
         raise WorkersFailed(code, f"worker rank(s) {ranks} failed (exit codes {codes})") from None
     codes = [int(c or 0) for c in results.values()]
     return max(codes) if codes else EXIT_OK
+
+
+def run_dir_lock(cfg: Any, outer: LaunchEnv | None) -> contextlib.AbstractContextManager:
+    """The exclusive write lock of `cfg.out` (timoe_core.lock), held for the whole job by
+    the one process that owns the run dir: this launcher on node 0, or rank 0 under an
+    outer launcher. A second job on the same --out is exit 2 naming the holder."""
+    if cfg.out is None or cfg.node_rank != 0 or (outer is not None and outer.rank != 0):
+        return contextlib.nullcontext()
+    return output_lock(cfg.out)
 
 
 def train_or_launch(

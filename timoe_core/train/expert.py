@@ -410,9 +410,9 @@ class StagedExpertTask(ExpertTask):
     through a decay branch (loop.Branch); see docs/architecture.md."""
 
     def __init__(self, model: GPT, train: TokenWindows, val: TokenWindows | None, seed: int,
-                 eval_windows: int, stages: list[Stage], run_dir: Path) -> None:
+                 eval_windows: int, stages: list[Stage], run_dir: Path, info: RunInfo) -> None:
         super().__init__(model, train, val, seed, eval_windows)
-        self.stages, self.run_dir = stages, run_dir
+        self.stages, self.run_dir, self.info = stages, run_dir, info
         self.order = StagedOrder(stages, seed)
         self.schedule: StagedSchedule | None = None
 
@@ -446,8 +446,11 @@ class StagedExpertTask(ExpertTask):
         return None
 
     def save_snapshot(self, folder: Path, stage: Stage) -> None:
-        """The snapshot's weights, then snapshot.json (last: a folder holding it is whole)."""
+        """The snapshot's weights and run.json (the run's, with the snapshot's cutoff), then
+        snapshot.json (last: a folder holding it is whole)."""
         path = save_model_weights(folder, self.model)
+        write_run_info(folder, self.info.model_copy(
+            update={"data_cutoff": stage.cutoff.isoformat(), "snapshots": []}))
         atomic_write_json(folder / SNAPSHOT_INFO_FILENAME, {
             "data_cutoff": stage.cutoff.isoformat(), "stage_year": stage.year,
             "stage_steps": stage.steps, "decay_steps": stage.decay_steps,
@@ -480,7 +483,7 @@ class ExpertJob:
         eval_windows = cfg.eval_batches * cfg.batch_size
         if plan.stages:
             return StagedExpertTask(model, train, val if len(val) else None, cfg.seed,
-                                    eval_windows, plan.stages, plan.run_dir)
+                                    eval_windows, plan.stages, plan.run_dir, plan.run_info)
         return ExpertTask(model, train, val if len(val) else None, seed=cfg.seed,
                           eval_windows=eval_windows)
 

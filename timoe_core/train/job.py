@@ -3,13 +3,14 @@ task, train, finish.
 
 A training command is a `TrainingJob` (train-expert: `train.expert.EXPERT_JOB`; the
 mixture strategies: `train.mixture_run.MixtureJob`, one per strategy recipe). `run_job`
-does what every command does: plan in the calling process (every input checked,
-nothing written; TimoeError for bad input), prepare the run dir once, then train in
-this process or in workers spawned by PyTorch's elastic agent (`distributed`). Each
-worker runs `train_in_worker`: the same plan again (its world size), the task, the
-shared loop (`loop.run_training`), then the job's `finish` (a mixture writes its
-bundle). Workers find their job again by its `ref` ("module:attribute"), since only
-plain data crosses the process boundary.
+does what every command does: take --out's write lock (held throughout, planning
+included), plan in the calling process (every input checked, nothing written;
+TimoeError for bad input), prepare the run dir once, then train in this process or
+in workers spawned by PyTorch's elastic agent (`distributed`). Each worker runs
+`train_in_worker`: the same plan again (its world size), the task, the shared loop
+(`loop.run_training`), then the job's `finish` (a mixture writes its bundle). Workers
+find their job again by its `ref` ("module:attribute"), since only plain data crosses
+the process boundary.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from timoe_core.train.distributed import (
     TrainingInterrupted,
     init_workers,
     outer_launch,
+    run_dir_lock,
     train_or_launch,
 )
 from timoe_core.train.loop import LoopResult, TrainTask, run_training
@@ -89,7 +91,7 @@ def main_print(env: DistEnv) -> Any:
     """`print` for rank 0's console; a no-op on the other ranks."""
     if not env.is_main:
         return lambda *a, **k: None
-    return Console(soft_wrap=True).print
+    return Console(soft_wrap=True, markup=False, emoji=False).print
 
 
 def run_job(job: TrainingJob, cfg: TrainingConfig) -> Path:
@@ -100,16 +102,17 @@ def run_job(job: TrainingJob, cfg: TrainingConfig) -> Path:
     """
     outer = outer_launch()
     restart = outer is not None and outer.restart_count > 0
-    plan = job.plan(cfg, restart=restart)
-    payload = {
-        "job": job.ref,
-        "config": config_to_dict(cfg),
-        "prepared": False,
-        "action": plan.action,
-    }
-    if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
-                       lambda: job.prepare_run_dir(plan), train_in_worker, worker_main):
-        raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
+    with run_dir_lock(cfg, outer):  # planned under the lock: it reads the run dir's state
+        plan = job.plan(cfg, restart=restart)
+        payload = {
+            "job": job.ref,
+            "config": config_to_dict(cfg),
+            "prepared": False,
+            "action": plan.action,
+        }
+        if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
+                           lambda: job.prepare_run_dir(plan), train_in_worker, worker_main):
+            raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
     return plan.run_dir
 
 

@@ -63,10 +63,13 @@ def cache_key(
     policy: str,
     experts: dict[str, str],
     compute_dtype: str = "float32",
+    token_files: list[list[Any]] | None = None,
 ) -> dict[str, Any]:
     """What the cached numbers depend on; `experts` maps slice label -> weights sha256,
-    `compute_dtype` is the experts' forward precision ("bfloat16" under autocast)."""
+    `compute_dtype` is the experts' forward precision ("bfloat16" under autocast),
+    `token_files` the `token_files_fingerprint` of the windows' token files."""
     return {
+        "token_files": token_files or [],
         "format": CACHE_FORMAT,
         "dtype": "float16",
         "compute_dtype": compute_dtype,
@@ -77,6 +80,37 @@ def cache_key(
         "policy": policy,
         "experts": [[label, experts[label]] for label in sorted(experts)],
     }
+
+
+_SAMPLES = 16
+_SAMPLE_BYTES = 1 << 16
+
+
+def token_files_fingerprint(data_dir: Path, split: str, years: list[int]) -> list[list[Any]]:
+    """Per token file: [name, size, mtime_ns, sha256 of 16 evenly spread 64 KiB blocks].
+
+    The manifest's checksums say what the files held when prepared, not what they hold
+    now: a same-size edit in place keeps the manifest and the sizes, and must still not
+    reuse a cache computed from the old tokens. The modification time catches any write
+    through the file system; the sampled hash catches one that restored the time. Cheap:
+    at most 1 MiB read per file."""
+    out: list[list[Any]] = []
+    for year in sorted(years):
+        path = Path(data_dir) / split / f"{year}.bin"
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            step = max(1, st.st_size // _SAMPLES)
+            for offset in range(0, max(st.st_size, 1), step)[:_SAMPLES]:
+                f.seek(offset)
+                h.update(f.read(_SAMPLE_BYTES))
+            f.seek(max(0, st.st_size - _SAMPLE_BYTES))
+            h.update(f.read())
+        out.append([f"{split}/{year}.bin", st.st_size, st.st_mtime_ns, h.hexdigest()])
+    return out
 
 
 def _digest(key: dict[str, Any]) -> str:
@@ -255,4 +289,4 @@ class LogProbCache:
                 lp = mix.experts_target_log_probs(rows[:, :-1], rows[:, 1:], years.tolist())
             values[b0 - start : b0 - start + len(idx)] = lp.half().cpu().numpy()
         with atomic_path(self.chunk_path(chunk)) as tmp:
-            values.tofile(tmp)
+            values.tofile(tmp)  # a full disk: atomic_path names the chunk in the OSError

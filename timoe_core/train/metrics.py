@@ -119,7 +119,7 @@ class MetricsLogger:
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps
-        self.console = console or Console(soft_wrap=True)  # log lines are never wrapped
+        self.console = console or Console(soft_wrap=True, markup=False, emoji=False)  # log lines are never wrapped
         self._file = None
         self._progress: Progress | None = None
         self._task = None
@@ -132,7 +132,7 @@ class MetricsLogger:
             self._wandb = self._start_wandb(wandb_mode, wandb_project, wandb_config or {}, title)
         if self.console.is_terminal:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(bar_width=16),
                 MofNCompleteColumn(),
                 TextColumn(

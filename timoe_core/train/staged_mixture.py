@@ -55,6 +55,7 @@ from timoe_core.data.manifest import (
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_json, sha256_file
+from timoe_core.lock import output_lock
 from timoe_core.model.bundle import (
     BUNDLE_FILENAME,
     EMBEDDED_EXPERTS_DIR,
@@ -78,7 +79,7 @@ from timoe_core.strategies import get_strategy
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import TrainingInterrupted, init_workers
 from timoe_core.train.job import main_print
-from timoe_core.train.logprob_cache import LogProbCache, cache_key
+from timoe_core.train.logprob_cache import LogProbCache, cache_key, token_files_fingerprint
 from timoe_core.train.loop import amp_enabled, run_training
 from timoe_core.train.metrics import check_wandb_mode
 from timoe_core.train.mixture_run import (
@@ -178,8 +179,14 @@ def _open_out(cfg: MixtureConfig, strategy: str, record: dict[str, Any]) -> None
 
 
 def train_staged(cfg: MixtureConfig, strategy: str) -> Path:
-    """Train `strategy`'s router (and, for coadapt, experts) stage by stage; the bundle."""
+    """Train `strategy`'s router (and, for coadapt, experts) stage by stage; the bundle.
+    Holds --out's write lock throughout (a second run on it is exit 2)."""
     _check(cfg, strategy)
+    with output_lock(Path(cfg.out)):  # type: ignore[arg-type]
+        return _train_staged(cfg, strategy)
+
+
+def _train_staged(cfg: MixtureConfig, strategy: str) -> Path:
     adapts = get_strategy(strategy).adapts_experts
     options = mixture_options(cfg)
     base = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=options)
@@ -316,6 +323,7 @@ def _train_stage(
                 policy="point-in-time",
                 experts={r.key: r.sha256 or "" for r in view.artefacts},
                 compute_dtype="bfloat16" if amp else "float32",
+                token_files=token_files_fingerprint(windows.data_dir, "train", [cutoff.year]),
             )
             cache = LogProbCache.open_or_build(
                 stage_dir, key, windows, view, env, batch_size=cfg.batch_size * cfg.grad_accum,

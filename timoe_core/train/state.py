@@ -62,7 +62,7 @@ from timoe_core.checkpoint import MODEL_FILENAME, RUN_INFO_FILENAME, TRAINER_STA
 from timoe_core.config import CONFIG_FILENAME, TrainingConfig
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
-from timoe_core.io import _fsync_dir, atomic_path, check_writable_dir
+from timoe_core.io import _fsync_dir, atomic_path, check_writable_dir, write_failure_as_os_error
 from timoe_core.train.metrics import METRICS_FILENAME, WANDB_ID_FILENAME
 
 CHECKPOINTS_DIRNAME = "checkpoints"
@@ -151,14 +151,20 @@ def write_checkpoint(
     except OSError as exc:
         raise _write_failed(run_dir, step, exc) from None
     try:
-        save_weights(tmp)
-        weights = _weight_files(tmp)
-        state = dict(trainer_state)
-        state["files"] = {rel: sha256_file(tmp / rel) for rel in weights}
-        state["format"] = STATE_FORMAT
-        state["step"] = step
-        state["timoe_version"] = __version__
-        torch.save(state, tmp / TRAINER_STATE_FILENAME)
+        try:
+            save_weights(tmp)
+            weights = _weight_files(tmp)
+            state = dict(trainer_state)
+            state["files"] = {rel: sha256_file(tmp / rel) for rel in weights}
+            state["format"] = STATE_FORMAT
+            state["step"] = step
+            state["timoe_version"] = __version__
+            torch.save(state, tmp / TRAINER_STATE_FILENAME)
+        except Exception as exc:  # torch/safetensors wrap a full disk in their own errors
+            os_error = write_failure_as_os_error(exc, tmp)
+            if os_error is None:
+                raise
+            raise os_error from None
         for rel in [*weights, TRAINER_STATE_FILENAME]:
             _fsync_file(tmp / rel)
         for d in sorted({(tmp / rel).parent for rel in weights}, reverse=True):
