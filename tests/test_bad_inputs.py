@@ -63,12 +63,14 @@ class Ctx:
 
 def _train(ctx: Ctx, *extra) -> list:
     return ["train-expert", "--year", "2013", "--data", ctx.data, "--out", ctx.tmp / "out",
-            "--seq-len", "32", "--max-steps", "2", "--device", "cpu", *extra]  # fmt: skip
+            "--seq-len", "32", "--max-steps", "2", "--snapshots", "none", "--device", "cpu",
+            *extra]  # fmt: skip
 
 
 def _train_on(data: Path, ctx: Ctx) -> list:
     return ["train-expert", "--year", "2013", "--data", data, "--out", ctx.tmp / "out",
-            "--seq-len", "32", "--max-steps", "2", "--device", "cpu"]  # fmt: skip
+            "--seq-len", "32", "--max-steps", "2", "--snapshots", "none",
+            "--device", "cpu"]  # fmt: skip
 
 
 def _train_out(out: Path, ctx: Ctx) -> list:
