@@ -35,6 +35,7 @@ import torch
 
 from timoe_core.errors import TimoeError
 from timoe_core.evaluate.models import EvaluatedModel, load_evaluated_model
+from timoe_core.evaluate.tsqa import continuation_batch, continuation_log_likelihoods
 from timoe_core.timeslices import parse_query_date
 from timoe_core.tokenizer import get_tokenizer
 
@@ -135,19 +136,10 @@ class TimoeLM(_LMBase):  # type: ignore[misc, valid-type]
                         raise TimoeError(f"a continuation of {len(cont)} tokens is longer than "
                                          f"the model's block_size {block}")
                     seqs.append(((ctx + cont)[-(block + 1):], len(cont)))
-                width = max(len(s) for s, _ in seqs) - 1
-                inp = torch.full((len(seqs), width), eot, dtype=torch.long)
-                tgt = torch.full((len(seqs), width), eot, dtype=torch.long)
-                mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-                for r, (s, n) in enumerate(seqs):
-                    t = torch.tensor(s, dtype=torch.long)
-                    inp[r, :len(s) - 1], tgt[r, :len(s) - 1] = t[:-1], t[1:]
-                    mask[r, len(s) - 1 - n:len(s) - 1] = True
+                inp, tgt, mask = continuation_batch(seqs, eot)
                 dates = [rows[i][2] for i in chunk]
                 qd = None if dates[0] is None else (dates[0] if len(set(dates)) == 1 else dates)
-                dev = m.device
-                lp = m.target_log_probs(inp.to(dev), tgt.to(dev), qd).double().cpu()
-                sums = torch.where(mask, lp, torch.zeros((), dtype=torch.float64)).sum(1)
+                sums = continuation_log_likelihoods(m, inp, tgt, mask, qd)
                 greedy = self._greedy(inp, tgt, mask, qd) if self.greedy else [False] * len(chunk)
                 for j, i in enumerate(chunk):
                     out[i] = (float(sums[j]), bool(greedy[j]))

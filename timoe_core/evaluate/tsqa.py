@@ -459,6 +459,35 @@ def _encode_item(item: TSQAItem, tok, block_size: int, index: int) -> list[tuple
     return rows
 
 
+def continuation_batch(
+    seqs: Sequence[tuple[list[int], int]], pad: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs, targets and the mask of the continuation's targets, (rows, width) each, for
+    rows of (context + continuation tokens, continuation length), right-padded with `pad`."""
+    width = max(len(s) for s, _ in seqs) - 1
+    inp = torch.full((len(seqs), width), pad, dtype=torch.long)
+    tgt = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for r, (s, n_cont) in enumerate(seqs):
+        t = torch.tensor(s, dtype=torch.long)
+        inp[r, : len(s) - 1] = t[:-1]
+        tgt[r, : len(s) - 1] = t[1:]
+        mask[r, len(s) - 1 - n_cont : len(s) - 1] = True
+    return inp, tgt, mask
+
+
+def continuation_log_likelihoods(
+    model: EvaluatedModel, inp: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor,
+    query_dates: Any,
+) -> list[float]:
+    """Each row's summed log-probability of its continuation (fp64 sum), as of the date(s)."""
+    dev = model.device
+    lp = model.target_log_probs(inp.to(dev), tgt.to(dev), query_dates)
+    picked = torch.where(mask.to(dev), lp.double(), torch.zeros((), dtype=torch.float64,
+                                                                device=dev))
+    return picked.sum(dim=1).cpu().tolist()
+
+
 def score_tsqa(
     model: EvaluatedModel,
     items: Sequence[TSQAItem],
@@ -487,27 +516,14 @@ def score_tsqa(
     # Longest first, by date: little padding, and mostly one date per forward pass.
     order = sorted(kept, key=lambda i: (when_of[i], -max(len(s) for s, _ in encoded[i])))
     sums: dict[int, list[float]] = {}
-    dev = model.device
     eot = tok.eot_token
     with torch.inference_mode():
         for start in range(0, len(order), batch_items):
             chunk = order[start : start + batch_items]
-            seqs = [row for i in chunk for row in encoded[i]]
-            width = max(len(s) for s, _ in seqs) - 1
-            inp = torch.full((len(seqs), width), eot, dtype=torch.long)
-            tgt = torch.full((len(seqs), width), eot, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-            for r, (s, n_cont) in enumerate(seqs):
-                t = torch.tensor(s, dtype=torch.long)
-                inp[r, : len(s) - 1] = t[:-1]
-                tgt[r, : len(s) - 1] = t[1:]
-                mask[r, len(s) - 1 - n_cont : len(s) - 1] = True
+            inp, tgt, mask = continuation_batch([row for i in chunk for row in encoded[i]], eot)
             dates = [when_of[i] for i in chunk for _ in range(NUM_CHOICES)]
             qd = dates[0] if len(set(dates)) == 1 else dates
-            lp = model.target_log_probs(inp.to(dev), tgt.to(dev), qd)
-            picked = torch.where(mask.to(dev), lp.double(), torch.zeros((), dtype=torch.float64,
-                                                                        device=dev))
-            per_row = picked.sum(dim=1).cpu().tolist()
+            per_row = continuation_log_likelihoods(model, inp, tgt, mask, qd)
             for j, i in enumerate(chunk):
                 sums[i] = per_row[j * NUM_CHOICES : (j + 1) * NUM_CHOICES]
             if progress is not None:
