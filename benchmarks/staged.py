@@ -47,8 +47,15 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Figures, Measured, Rounds, figure, fmt_runs, interleaved_rounds
-from benchmarks.common import write_json
+from benchmarks.common import (
+    Figures,
+    Measured,
+    Rounds,
+    figure,
+    fmt_runs,
+    interleaved_rounds,
+    write_json,
+)
 
 TARGET_RATIO = 1.10
 YEARS_EXPERT = (2013, 2014)
@@ -74,10 +81,11 @@ def counting(owner: Any, attr: str, tally: Callable[..., int], counts: dict[str,
         setattr(owner, attr, raw)
 
 
-def quiet(fn: Callable[[], Any]) -> Any:
-    """fn() with the training log (progress lines, stage messages) kept off the console."""
+def quiet(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) with the training log (progress lines, stage messages) kept off the
+    console."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return fn()
+        return fn(*args)
 
 
 def timed_runs(root: Path, name: str, train: Callable[[Path], Any]) -> Callable[[], Measured]:
@@ -89,7 +97,7 @@ def timed_runs(root: Path, name: str, train: Callable[[Path], Any]) -> Callable[
         calls[0] += 1
         out = root / f"{name}-{calls[0]}"
         t0 = time.perf_counter()
-        quiet(lambda: train(out))
+        quiet(train, out)
         took = time.perf_counter() - t0
         shutil.rmtree(out, ignore_errors=True)
         return Measured(took)
@@ -191,7 +199,7 @@ def expert_training(root: Path, *, seq_len: int, batch: int, steps_per_stage: in
     for name in configs:  # counted, untimed: the warm-up
         counts: dict[str, int] = {}
         with counting(Trainer, "apply", lambda *a, **k: 1, counts, "steps"):
-            quiet(lambda: train(name)(root / f"count-{name}"))
+            quiet(train(name), root / f"count-{name}")
         steps[name] = counts["steps"]
     sides = {name: timed_runs(root, name, train(name)) for name in configs}
     rounds = interleaved_rounds(sides, repeats, warmup=0)
@@ -234,15 +242,15 @@ def router_training(root: Path, *, seq_len: int, batch: int, steps_per_stage: in
     # per artefact rather than per slice.)
     experts = {"staged": root / "experts-staged", "unstaged": root / "experts-none"}
     for year in YEARS_ROUTER[::2]:
-        budget = dict(data=data, year=year, seq_len=seq_len, batch_size=batch, device="cpu",
-                      **model)
-        quiet(lambda: train_expert(TrainExpertConfig(
-            **budget, steps_per_stage=2, out=experts["staged"] / f"expert-{year}")))
-        quiet(lambda: train_expert(TrainExpertConfig(
-            **budget, snapshots="none", max_steps=5, out=experts["unstaged"] / f"expert-{year}")))
+        budget = {"data": data, "year": year, "seq_len": seq_len, "batch_size": batch,
+                  "device": "cpu", **model}
+        quiet(train_expert, TrainExpertConfig(
+            **budget, steps_per_stage=2, out=experts["staged"] / f"expert-{year}"))
+        quiet(train_expert, TrainExpertConfig(
+            **budget, snapshots="none", max_steps=5, out=experts["unstaged"] / f"expert-{year}"))
     windows = TokenWindows(data, "train", YEARS_ROUTER, seq_len)
     n_stages = len(YEARS_ROUTER)  # one per artefact cutoff: 2013, 2014 (final), 2015, 2016
-    common = dict(strategy="learned-avg", data=data, batch_size=batch, device="cpu")
+    common = {"strategy": "learned-avg", "data": data, "batch_size": batch, "device": "cpu"}
     configs = {
         "staged": TrainRouterConfig(**common, experts=[experts["staged"]],
                                     steps_per_stage=steps_per_stage),
@@ -267,7 +275,7 @@ def router_training(root: Path, *, seq_len: int, batch: int, steps_per_stage: in
                                          lambda self, idx, *a: len(idx), c, "windows_read"))
             stack.enter_context(counting(LogProbCache, "open_or_build", lambda *a, **k: 1, c,
                                          "caches"))
-            quiet(lambda: train(name)(root / f"count-{name}"))
+            quiet(train(name), root / f"count-{name}")
         counts[name] = c
     sides = {name: timed_runs(root, name, train(name)) for name in configs}
     rounds = interleaved_rounds(sides, repeats, warmup=0)
@@ -305,9 +313,9 @@ def run(
     seq_len = seq_len or (64 if quick else 128)
     steps_per_stage = steps_per_stage or (16 if quick else 32)
     repeats = repeats or (3 if quick else 5)
-    model = dict(preset="tiny", n_embd=n_embd, n_layer=n_layer, n_head=n_head)
-    sizes = dict(seq_len=seq_len, batch=batch, steps_per_stage=steps_per_stage,
-                 repeats=repeats, vocab_size=vocab_size, model=model)
+    model = {"preset": "tiny", "n_embd": n_embd, "n_layer": n_layer, "n_head": n_head}
+    sizes = {"seq_len": seq_len, "batch": batch, "steps_per_stage": steps_per_stage,
+             "repeats": repeats, "vocab_size": vocab_size, "model": model}
     print(f"staged: {torch.get_num_threads()} threads, torch {torch.__version__}")
     with tempfile.TemporaryDirectory(prefix="timoe-bench-staged-") as tmp:
         root = Path(tmp)
