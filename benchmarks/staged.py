@@ -15,13 +15,14 @@ ratios; see common.py), on one synthetic data dir of random tokens:
    optimizer steps of each side are counted (`Trainer.apply`), so the share of the
    decay branches (branch steps / main steps) is measured, beside the expected
    (n_stages - 1) x decay_fraction / n_stages.
-2. Router training, learned-avg over two staged experts (2013-2014, 2015-2016, each
-   with its snapshot) on data of 2013-2016: staged (`--policy point-in-time`, the
-   default: one stage per artefact cutoff, 2013 ... 2016, each on its year's windows
-   with `--steps-per-stage N`) against the unstaged router (`--policy inclusive`, one
-   run over the same four years with `--max-steps` = the staged steps in all). With
-   these experts both routers see as many eligible experts per window (one in
-   2013-2014, two in 2015-2016), so the two sides do the same work per step. Each
+2. Router training, learned-avg over two experts (2013-2014, 2015-2016) on data of
+   2013-2016: staged (`--policy point-in-time`, the default: one stage per artefact
+   cutoff, 2013 ... 2016, each on its year's windows with `--steps-per-stage N`, over
+   staged experts with their snapshots) against the unstaged router (`--policy
+   inclusive`, one run over the same four years with `--max-steps` = the staged steps
+   in all, over `--snapshots none` experts of the same shape and budget). Both routers
+   see as many eligible experts per window (one in 2013-2014, two in 2015-2016), so
+   the two sides do the same work per step. Each
    stage reads its windows twice (two epochs), so each builds a log-prob cache; the
    frozen experts' forward passes are counted (`mixture._target_log_probs`, windows x
    experts) against the training windows x their usable experts: 1.0 means every
