@@ -290,3 +290,18 @@ def test_staged_router_forwards_figure_tells_a_missing_cache():
     assert target_met(f["staged_router_expert_forwards_per_window"]) is False
     assert f["staged_router_ratio_to_unstaged"]["value"] == pytest.approx(1.55)  # (2 + 1.1) / 2
     assert f["staged_router_seconds_per_extra_stage"]["value"] == pytest.approx(0.2)
+
+
+def test_report_explains_a_missed_staged_target_only_when_missed(fixture_json):
+    fixture_json["unstaged_expert_seconds"] = figure(1.4, "s")
+    fixture_json["staged_expert_ratio_to_unstaged"] = figure(1.18, "x", "unstaged_expert_seconds",
+                                                             1.10, "<=")
+    fixture_json["_run"]["groups"]["staged"] = {
+        "status": "ran", "reason": None, "seconds": 24.0,
+        "figures": ["unstaged_expert_seconds", "staged_expert_ratio_to_unstaged"]}
+    section = report.render(fixture_json).split("## staged:")[1].split("\n## ")[0]
+    assert "| `staged_expert_ratio_to_unstaged` | 1.18x |" in section and "**missed**" in section
+    assert "a fixed cost per snapshot and per router stage" in section
+    fixture_json["staged_expert_ratio_to_unstaged"]["value"] = 1.05
+    section = report.render(fixture_json).split("## staged:")[1].split("\n## ")[0]
+    assert "| met |" in section and "a fixed cost per snapshot" not in section
