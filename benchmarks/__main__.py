@@ -54,6 +54,12 @@ def _router(quick: bool) -> Figures:
     return mixture.run_router_training(quick)
 
 
+def _staged(quick: bool) -> Figures:
+    from benchmarks import staged
+
+    return staged.run(quick)
+
+
 def _generate(quick: bool) -> Figures:
     from benchmarks import generate
 
@@ -79,6 +85,8 @@ GROUPS: dict[str, tuple[str, Callable[[bool], Figures]]] = {
     "mixture": ("mixture vs its experts alone and vs naive dense; memory; scaling", _mixture),
     "router": ("learned-avg router training vs eligible experts' forward; log-prob cache",
                _router),
+    "staged": (("staged expert and router training vs unstaged, same tokens; log-prob "
+                "cache once across stages"), _staged),
     "generate": ("decode vs the memory-bandwidth roofline, 1, 2 and 6 eligible experts",
                  _generate),
     "evaluate": ("evaluate perplexity vs the bare mixture forward", _evaluate),

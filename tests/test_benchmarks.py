@@ -236,3 +236,72 @@ def test_generate_group_figures_hang_together(tmp_path):
     per_token = f["generate_decode_bytes_per_expert_token"]["value"]
     assert f["generate_2_eligible_roofline_tokens_per_s"]["value"] == pytest.approx(
         best / (2 * per_token), rel=0.01)
+
+
+@pytest.mark.slow
+def test_staged_group_figures_hang_together():
+    """The staged group at tiny sizes, one round: its figures are present, in the schema,
+    and consistent with each other and with the stages the runs really had."""
+    from benchmarks import staged
+
+    f = staged.run(True, seq_len=16, batch=2, steps_per_stage=4, repeats=1, vocab_size=128,
+                   n_embd=32, n_layer=1, n_head=2)
+    for name, fig in f.items():
+        assert set(fig) == KEYS and name.split("_")[0] in ("staged", "unstaged"), name
+        assert fig["ratio_to"] is None or fig["ratio_to"] in f, name
+    v = {name: fig["value"] for name, fig in f.items()}
+    # One round: each ratio is that round's staged / unstaged seconds.
+    assert v["staged_expert_ratio_to_unstaged"] == pytest.approx(
+        v["staged_expert_seconds"] / v["unstaged_expert_seconds"], rel=0.02)
+    assert v["staged_router_ratio_to_unstaged"] == pytest.approx(
+        v["staged_router_seconds"] / v["unstaged_router_seconds"], rel=0.02)
+    for name in ("staged_expert_ratio_to_unstaged", "staged_router_ratio_to_unstaged"):
+        assert (f[name]["target"], f[name]["goal"]) == (1.10, "<=")
+    # Expert: 2 stages of 4 steps and a final decay of 1 (10% of 4, at least 1) in the
+    # main run; one branch of 1 step (stage 2013's decay), counted on the real runs.
+    assert v["staged_expert_stages"] == 2
+    assert (v["staged_expert_main_steps"], v["staged_expert_branch_steps"]) == (9, 1)
+    assert v["staged_expert_branch_step_fraction"] == pytest.approx(1 / 9, abs=1e-4)
+    assert v["staged_expert_branch_fraction_expected"] == pytest.approx(0.05)
+    assert v["staged_expert_overhead_beyond_branches"] == pytest.approx(
+        v["staged_expert_ratio_to_unstaged"] - 1 - v["staged_expert_branch_step_fraction"],
+        abs=1e-3)
+    # Router: one stage per cutoff 2013..2016, 4 steps of 2 windows each on 4 windows a
+    # year (two epochs), so each stage builds a cache and every window x usable expert
+    # (1 in 2013-2014, 2 in 2015-2016) goes through the frozen expert exactly once.
+    assert (v["staged_router_stages"], v["staged_router_steps"]) == (4, 16)
+    assert v["staged_router_windows_read_per_window"] == 2.0
+    assert v["staged_router_caches_built"] == 4
+    assert v["staged_router_expert_windows"] == 4 * (1 + 1 + 2 + 2)
+    assert v["staged_router_expert_forwards"] == v["staged_router_expert_windows"]
+    assert target_met(f["staged_router_expert_forwards_per_window"]) is True
+    assert v["unstaged_router_expert_forwards_per_window"] == 1.0
+
+
+def test_staged_router_forwards_figure_tells_a_missing_cache():
+    from benchmarks.common import Rounds
+    from benchmarks.staged import router_figures
+
+    rounds = Rounds({"staged": [2.0, 2.2], "unstaged": [1.0, 2.0]})
+    once = {"forwards": 24, "expert_windows": 24, "windows_read": 32, "windows": 16,
+            "caches": 0}
+    f = router_figures(rounds, {"staged": {**once, "forwards": 48}, "unstaged": once}, 4, 16)
+    assert f["staged_router_expert_forwards_per_window"]["value"] == 2.0
+    assert target_met(f["staged_router_expert_forwards_per_window"]) is False
+    assert f["staged_router_ratio_to_unstaged"]["value"] == pytest.approx(1.55)  # (2 + 1.1) / 2
+    assert f["staged_router_seconds_per_extra_stage"]["value"] == pytest.approx(0.2)
+
+
+def test_report_explains_a_missed_staged_target_only_when_missed(fixture_json):
+    fixture_json["unstaged_expert_seconds"] = figure(1.4, "s")
+    fixture_json["staged_expert_ratio_to_unstaged"] = figure(1.18, "x", "unstaged_expert_seconds",
+                                                             1.10, "<=")
+    fixture_json["_run"]["groups"]["staged"] = {
+        "status": "ran", "reason": None, "seconds": 24.0,
+        "figures": ["unstaged_expert_seconds", "staged_expert_ratio_to_unstaged"]}
+    section = report.render(fixture_json).split("## staged:")[1].split("\n## ")[0]
+    assert "| `staged_expert_ratio_to_unstaged` | 1.18x |" in section and "**missed**" in section
+    assert "a fixed cost per snapshot and per router stage" in section
+    fixture_json["staged_expert_ratio_to_unstaged"]["value"] = 1.05
+    section = report.render(fixture_json).split("## staged:")[1].split("\n## ")[0]
+    assert "| met |" in section and "a fixed cost per snapshot" not in section
