@@ -15,7 +15,7 @@ no_grad. In one run on the same batch:
     (experts, B, T, V) stack with weight 0, then logsumexp): speed-up and memory ratio
     of (b) against it at query date 2016 (2 of 6 experts eligible);
 and how (a), (b) time and (b) memory grow with the number of eligible experts 1..6
-(query dates 2013, 2015, ..., 2023) and with the sequence length (at 2016); and (a),
+(query dates 2014, 2016, ..., 2024, the slice ends) and with the sequence length (at 2016); and (a),
 (a'), (b) at 2016 with two experts of the `small` preset (6 layers, 384 wide), where
 the per-vocabulary-entry mixing work is a smaller share of the experts' own.
 
@@ -52,7 +52,7 @@ from timoe_core.timeslices import TimeSlicing
 
 TARGET_OVERHEAD = 0.10
 TARGET_MEMORY_RATIO = 1.25
-SCALING_DATES = ["2013", "2015", "2017", "2019", "2021", "2023"]  # 1..6 experts eligible
+SCALING_DATES = ["2014", "2016", "2018", "2020", "2022", "2024"]  # 1..6 experts usable (slice ends)
 
 
 def naive_dense(mix: TiMoE, x: torch.Tensor, query_date: str) -> torch.Tensor:

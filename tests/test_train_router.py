@@ -341,3 +341,25 @@ def test_staged_router_writes_one_snapshot_per_cutoff_and_resumes(inputs, tmp_pa
     before = {p: p.stat().st_mtime_ns for p in trained}
     train_router(cfg)  # every stage is done: none is trained again
     assert {p: p.stat().st_mtime_ns for p in trained} == before
+
+
+def test_an_unstaged_router_over_experts_with_snapshots_has_one_slot_per_slice(
+    inputs, tmp_path
+):
+    """Snapshots are more artefacts of the same slice, not more router slots: a router
+    over slices with snapshots (here the inclusive, unstaged one) still has one slot each."""
+    from timoe_core.config import TrainExpertConfig
+    from timoe_core.train import train_expert
+
+    data, _ = inputs
+    experts = tmp_path / "experts"
+    for year in (2013, 2015):
+        train_expert(TrainExpertConfig(
+            year=year, data=data, out=experts / str(year), n_layer=1, n_head=2, n_embd=32,
+            seq_len=32, steps_per_stage=2, batch_size=8, device="cpu", log_every=5,
+        ))
+    assert len(json.loads((experts / "2013" / "run.json").read_text())["snapshots"]) == 1
+    out = train_router(config((data, experts), tmp_path / "m", max_steps=2))
+    spec = json.loads((out / BUNDLE_FILENAME).read_text())
+    assert spec["router"]["slice_labels"] == ["2013-2014", "2015-2016"]
+    assert TiMoE.from_bundle(out).router.n_experts == 2

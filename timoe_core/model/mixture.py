@@ -229,11 +229,12 @@ class TiMoE(nn.Module):
         records = records_from_run_dirs(expert_dirs)
         router = None
         if get_strategy(strategy).uses_router:
-            ordered = sorted(records, key=lambda r: r.time_slice)
+            # One slot per slice, however many artefacts (snapshots) each slice holds.
+            slices = sorted({r.time_slice for r in records})
             router = Router(
                 RouterConfig(
-                    slice_labels=[r.label for r in ordered],
-                    vocab_size=ordered[0].info.model_config_.vocab_size,
+                    slice_labels=[s.label for s in slices],
+                    vocab_size=records[0].info.model_config_.vocab_size,
                     embed_dim=options.router_embed_dim,
                     hidden_dim=options.router_hidden_dim,
                     date_features=options.router_date_features,
