@@ -302,7 +302,8 @@ def run_router_training(
         data = make_data_dir(root, years=range(2013, 2025), tokens_per_year=per_year * T + 1,
                              seq_len=T, pattern="random", val_tokens_per_year=0)
         cfg = TrainRouterConfig(experts=[root / "experts"], data=data, out=root / "out",
-                                batch_size=B, max_steps=1000, device="cpu")
+                                batch_size=B, max_steps=1000, device="cpu",
+                                policy="inclusive")  # one router over every year: unstaged
         plan = plan_mixture_run(cfg, "learned-avg", world_size=1, check_run_dir=False)
         env = DistEnv()
         mix = build_mixture(plan, env.device)
