@@ -88,6 +88,7 @@ def _expert_argv(nproc: int, steps: int, every: int) -> Callable[[Path, Path], l
             "--dropout", "0.1", "--batch-size", "2", "--max-steps", str(steps),
             "--checkpoint-every", str(every), "--log-every", "1", "--device", "cpu",
             "--nproc-per-node", str(nproc),
+            "--snapshots", "none",  # one run with one --max-steps budget (staged: elsewhere)
         ]  # fmt: skip
 
     return argv
@@ -114,6 +115,7 @@ def _mixture_argv(
             "--out", str(out), "--batch-size", "4", "--max-steps", str(steps),
             "--checkpoint-every", str(every), "--log-every", "1", "--device", "cpu",
             "--nproc-per-node", str(nproc),
+            "--policy", "inclusive",  # one router over every year (staged: elsewhere)
         ]  # fmt: skip
 
     return argv

@@ -23,7 +23,7 @@ NAMES = ["Anna Berg", "Carl Dahl", "Eva Frost", "Gus Holm", "Ida Lind", "Jon Moe
 def _items() -> list[dict]:
     out = []
     for k in range(8):
-        year = 2013 + (k % 6)
+        year = 2014 + (k % 6)  # each year has an expert usable as of it (slice ends)
         answer = k % 4
         labels = [LABELS[(j - answer) % 4] for j in range(4)]
         out.append({"question": f"In {year} the mayor of Lorvik was",

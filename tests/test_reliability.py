@@ -132,7 +132,7 @@ def data(tmp_path_factory):
 def cfg(data, out, **kw) -> TrainExpertConfig:
     base = {"year": 2013, "data": data, "out": out, "seq_len": 32, "batch_size": 4}
     base |= {"n_layer": 1, "n_embd": 32, "n_head": 2, "log_every": 5, "device": "cpu"}
-    base |= {"max_steps": 8, "checkpoint_every": 4}
+    base |= {"max_steps": 8, "checkpoint_every": 4, "snapshots": "none"}  # one budget
     return TrainExpertConfig(**(base | kw))
 
 
@@ -140,7 +140,8 @@ def _args(data, out, *extra) -> list[str]:
     return [
         "train-expert", "--year", "2013", "--data", data, "--out", out, "--seq-len", "32",
         "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--batch-size", "4",
-        "--max-steps", "8", "--checkpoint-every", "4", "--device", "cpu", *extra,
+        "--max-steps", "8", "--checkpoint-every", "4", "--device", "cpu",
+        "--snapshots", "none", *extra,  # one run with one --max-steps budget
     ]  # fmt: skip
 
 

@@ -49,6 +49,8 @@ def cli(data, out, *args) -> list[str]:
         "32",
         "--device",
         "cpu",
+        "--snapshots",  # one run with one --max-steps budget (staged runs: test_train_expert)
+        "none",
         *map(str, args),
     ]
 
