@@ -87,7 +87,8 @@ def build_fixtures(root: Path) -> Fixtures:
     experts = root / "experts"
     for year, label in ((2013, "2013-2014"), (2015, "2015-2016")):
         must(cli("train-expert", "--year", year, "--data", data, "--out", experts / label,
-                 "--max-steps", "2", *TINY), f"train-expert {year}")  # fmt: skip
+                 "--max-steps", "2", "--snapshots", "none", *TINY),
+             f"train-expert {year}")  # fmt: skip
     bundle = root / "bundle"
     must(cli("train-router", "--strategy", "avg", "--experts", experts, "--out", bundle),
          "train-router avg")
@@ -141,7 +142,8 @@ class Case:
 
 def _train(c: Ctx, *extra: object, out: Path | None = None) -> list:
     return ["train-expert", "--year", "2013", "--data", c.fx.data, "--out",
-            out or c.tmp / "out", "--max-steps", "2", *TINY, *extra]  # fmt: skip
+            out or c.tmp / "out", "--max-steps", "2", "--snapshots", "none", *TINY,
+            *extra]  # fmt: skip
 
 
 def _eval(c: Ctx, model: Path | None = None, *extra: object) -> list:
