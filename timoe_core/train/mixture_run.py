@@ -199,6 +199,16 @@ def _check_router_init(cfg: MixtureConfig, mix: TiMoE) -> str | None:
     return sha256_file(Path(path) / ROUTER_FILENAME)
 
 
+def check_required_inputs(cfg: MixtureConfig) -> None:
+    """--experts, --data and --out: what every trained mixture needs (TimoeError)."""
+    if not cfg.experts:
+        raise TimoeError("--experts is required: a folder of expert run dirs (or run dirs)")
+    if cfg.data is None:
+        raise TimoeError("--data DATA_DIR is required: a folder made by `timoe prepare-data`")
+    if cfg.out is None:
+        raise TimoeError("--out is required: the folder to write the run and its bundle to")
+
+
 def plan_mixture_run(
     cfg: MixtureConfig,
     strategy: str,
@@ -207,12 +217,7 @@ def plan_mixture_run(
     restart: bool = False,
 ) -> MixturePlan:
     """Check every input and derive the run; raises TimoeError, writes nothing."""
-    if not cfg.experts:
-        raise TimoeError("--experts is required: a folder of expert run dirs (or run dirs)")
-    if cfg.data is None:
-        raise TimoeError("--data DATA_DIR is required: a folder made by `timoe prepare-data`")
-    if cfg.out is None:
-        raise TimoeError("--out is required: the folder to write the run and its bundle to")
+    check_required_inputs(cfg)
     world_size = check_launch(cfg, world_size)
     check_wandb_mode(cfg.wandb)
 

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from timoe_core.checkpoint import MODEL_FILENAME, load_weights_into, save_model_weights
-from timoe_core.config import CoadaptConfig, TrainRouterConfig, config_to_dict, save_config
+from timoe_core.config import config_to_dict, save_config
 from timoe_core.data.manifest import (
     check_compatible,
     load_manifest,
@@ -84,21 +84,17 @@ from timoe_core.train.loop import amp_enabled, run_training
 from timoe_core.train.metrics import check_wandb_mode
 from timoe_core.train.mixture_run import (
     MIXTURE_RUN_FILENAME,
+    MixtureConfig,
+    check_required_inputs,
     clear_bundle_artifacts,
     mixture_options,
 )
 
 STAGES_DIRNAME = "stages"
-MixtureConfig = TrainRouterConfig | CoadaptConfig
 
 
 def _check(cfg: MixtureConfig, strategy: str) -> None:
-    if not cfg.experts:
-        raise TimoeError("--experts is required: a folder of expert run dirs (or run dirs)")
-    if cfg.data is None:
-        raise TimoeError("--data DATA_DIR is required: a folder made by `timoe prepare-data`")
-    if cfg.out is None:
-        raise TimoeError("--out is required: the folder to write the run and its bundle to")
+    check_required_inputs(cfg)
     if cfg.nproc_per_node != 1 or cfg.nnodes != 1:
         raise TimoeError(
             f"a staged {strategy} router (policy point-in-time) trains its stages in one "
