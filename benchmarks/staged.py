@@ -117,8 +117,8 @@ def expert_figures(rounds: Rounds, staged_steps: int, unstaged_steps: int, stage
     branch = staged_steps - unstaged_steps
     share = branch / unstaged_steps
     return {
-        "staged_expert_seconds": figure(round(rounds.median("staged"), 3), "s"),
-        "unstaged_expert_seconds": figure(round(rounds.median("unstaged"), 3), "s"),
+        "staged_expert_seconds": figure(round(rounds.median("staged"), 6), "s"),
+        "unstaged_expert_seconds": figure(round(rounds.median("unstaged"), 6), "s"),
         "staged_expert_ratio_to_unstaged": figure(round(ratio, 4), "x", "unstaged_expert_seconds",
                                                   TARGET_RATIO, "<="),
         "staged_expert_stages": figure(stages, "stages"),
@@ -148,8 +148,8 @@ def router_figures(rounds: Rounds, counts: dict[str, dict[str, int]], stages: in
     ratio = rounds.median_ratio("staged", "unstaged")
     s, u = counts["staged"], counts["unstaged"]
     return {
-        "staged_router_seconds": figure(round(rounds.median("staged"), 3), "s"),
-        "unstaged_router_seconds": figure(round(rounds.median("unstaged"), 3), "s"),
+        "staged_router_seconds": figure(round(rounds.median("staged"), 6), "s"),
+        "unstaged_router_seconds": figure(round(rounds.median("unstaged"), 6), "s"),
         "staged_router_ratio_to_unstaged": figure(round(ratio, 4), "x", "unstaged_router_seconds",
                                                   TARGET_RATIO, "<="),
         "staged_router_stages": figure(stages, "stages"),
