@@ -19,10 +19,10 @@ so the step is bound by memory bandwidth. The roofline is
 
 with the bandwidth measured in the same rounds as the decoding: the best of a large
 contiguous copy (bytes read + bytes written), a read-only sum, and an fp32
-matrix-vector product through a matrix far larger than the caches (bytes of the
-matrix). The fraction against the matrix-vector product alone is reported too: it
-separates what the decoding loses around its products from what the product kernel
-itself leaves of the memory's bandwidth. Decode tokens/s count the
+matrix-vector product, through the experts' own `Linear`, of a weight far larger than
+the caches (bytes of the weight). The fraction against the matrix-vector product alone
+is reported too: it separates what the decoding loses around its products from what
+the product kernel itself leaves of the memory's bandwidth. Decode tokens/s count the
 tokens after the first (the prompt's forward pass is excluded). Each round runs every
 side once (order rotated, after a warm-up); the fraction is the median of the per-round
 fractions. Target: >= 50% of the roofline.
@@ -54,7 +54,7 @@ from benchmarks.common import (
     write_json,
 )
 from timoe_core.generate import generate_tokens
-from timoe_core.model.gpt import GPT
+from timoe_core.model.gpt import GPT, Linear
 from timoe_core.model.mixture import TiMoE
 from timoe_core.timeslices import TimeSlicing
 
@@ -86,9 +86,9 @@ class Bandwidth:
         self.src = torch.rand(n, device=self.device)
         self.dst = torch.empty(n, device=self.device)
         cols = 4096
-        self.matrix = torch.rand(n // cols, cols, device=self.device)
-        self.vector = torch.rand(cols, device=self.device)
-        self.out = torch.empty(n // cols, device=self.device)
+        self.linear = Linear(cols, n // cols, bias=False, device=self.device)
+        self.linear.requires_grad_(False)
+        self.vector = torch.rand(1, cols, device=self.device)
 
     def _best(self, fn, times: int = 3) -> Measured:
         """The fastest of a few back-to-back calls: the bandwidth the machine can give."""
@@ -114,10 +114,10 @@ class Bandwidth:
         return self.src.numel() * 4
 
     def matvec(self) -> Measured:
-        return self._best(lambda: torch.mv(self.matrix, self.vector, out=self.out))
+        return self._best(lambda: self.linear(self.vector))
 
     def matvec_bytes(self) -> int:
-        return self.matrix.numel() * 4
+        return self.linear.weight.numel() * 4
 
 
 def run(

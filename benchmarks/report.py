@@ -105,7 +105,8 @@ What point-in-time training costs on top of the unstaged runs it replaces, for t
 tokens: both sides are the library's entry points (`train_expert`, `train_router`), each
 into a fresh folder, interleaved in rounds after a counted warm-up run of each. `tiny`
 preset (2 layers, 128 wide) on a synthetic vocabulary of 2048 (random tokens), fp32,
-batch 8. Expert: the slice 2013-2014 in its two stages (`--snapshots stages`, the
+batch 8 x 128 tokens, 32 steps per stage (--quick runs 3 rounds instead of 5, at the
+same sizes: shorter stages would measure mostly a stage's fixed cost). Expert: the slice 2013-2014 in its two stages (`--snapshots stages`, the
 default, `--steps-per-stage N`: a decay branch after stage 2013 saves its snapshot)
 against `--snapshots none` with `--max-steps` = the staged run's main steps (both stages
 and the final decay); target staged / none <= 1.10x. Optimizer steps are counted on
@@ -137,13 +138,25 @@ vocabulary projection) and its KV cache, and reuses nothing between tokens: it i
 by memory bandwidth. The roofline is bandwidth / (eligible experts x (weight bytes + KV
 bytes at the mean context)), the bandwidth measured in the same rounds as the decoding:
 the best of a 256 MiB contiguous copy (bytes read + written), a read-only sum over
-256 MiB and an fp32 matrix-vector product through a 256 MiB matrix. The fraction of
-what that matrix-vector product streams is given beside it: it separates the decoding's
-own overhead from the product kernel's. Decode tokens/s count the tokens after
-the first (the prompt's forward pass excluded); the fraction is the median of the
-per-round fractions (target >= 50%). The full run also decodes the 2-expert case by
-full recomputation of the context every token and checks the tokens equal (the cache's
-speed-up, no target).""",
+256 MiB and an fp32 matrix-vector product, through the experts' own `Linear`, of a
+256 MiB weight. The fraction of what that matrix-vector product streams is given beside
+it: it separates the decoding's own overhead from the product kernel's. Decode tokens/s
+count the tokens after the first (the prompt's forward pass excluded); the fraction is
+the median of the per-round fractions (target >= 50%). The full run also decodes the
+2-expert case by full recomputation of the context every token and checks the tokens
+equal (the cache's speed-up, no target).
+
+What a decoding step does on CPU, and why: MKL runs a one-row product (1, in) x (in, out)
+on one core, at about a third of the memory's bandwidth on this machine (13 GB/s through
+the vocabulary projection, 14 GB/s through the blocks' weights, where a read-only sum
+streams 40-66 GB/s), so `Linear` computes up to 4 rows as one batched product over
+slices of the weight's rows, one slice per thread (31-47 GB/s through the blocks' weights
+in two measurements, against 13-14 GB/s). A step
+of one new position runs `GPT._decode_step`, the blocks' math as one loop over the
+layers' weights, without the module calls and views of the general forward (5% of a
+step). What is left beside the products is attention over the KV cache (about a tenth
+of a step) and the step's few hundred small operations, each slower than on warm caches
+because the step has just streamed every weight through them.""",
     "evaluate": """\
 Random `tiny` experts combined by avg, a synthetic data dir of val tokens for 12 years.
 The bare forward is `target_log_probs` alone on batches already in memory, under
@@ -166,19 +179,14 @@ as in the CPU `generate` section.""",
 # Printed under a group's table only when the named figure misses its target in the
 # file: what the profile showed, not a guess.
 _DECODE_NOTE = (
-    "What holds decoding below half the roofline on this 2-core CPU is mostly the fp32 "
-    "matrix-vector kernel rather than the loop around it: a read-only sum streams about 40 GB/s "
-    "here while torch's matrix-vector products stream 16-28 GB/s "
-    "(`generate_bandwidth_matvec_bytes_per_s`), and a decoding step is almost only such "
-    "products (torch.profiler, one thread, 2 eligible experts: 29% of the step in the "
-    "vocabulary projection, 29% in the layers' products, 8% in attention over the KV "
-    "cache; 2026-12-01). Against what the product kernel itself streams, decoding "
-    "reaches the `*_fraction_of_matvec_bandwidth` figures. Removed already: the KV "
-    "cache's re-concatenation every token (a fifth of a step; now a `StaticKVCache` "
-    "filled in place). Tried without a stable gain: the layers' weights laid out "
-    "transposed for matrix-vector products, as the vocabulary projection is. On a loaded "
-    "machine the rates fall much further than the bandwidth does: each of a step's many "
-    "small operations waits for both threads.")
+    "What holds decoding below half the roofline here, per torch.profiler (one `small` "
+    "expert, 2 threads; 2026-12-02): of a step of about 4 ms, the vocabulary projection "
+    "streams its 77 MB at 40-60 GB/s (1.3-2.1 ms), the blocks' products their 42 MB at "
+    "about 40 GB/s (1.1 ms), attention over the KV cache takes 0.4-0.6 ms, and the rest "
+    "(about 0.8 ms, measured on a 64-wide model where the products cost nothing) is the "
+    "step's few hundred small operations. The machine's bandwidth swings between about "
+    "40 and 66 GB/s from minute to minute; the fraction is lowest when it is highest, "
+    "since the fixed part of a step does not shrink with it.")
 _STAGED_NOTE = (
     "What staging adds beyond the decay branches' steps is a fixed cost per snapshot and "
     "per router stage, not per token: the seconds figures (`staged_expert_fixed_seconds_"

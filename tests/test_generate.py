@@ -10,7 +10,7 @@ from timoe_core.checkpoint import load_expert
 from timoe_core.config import MixtureOptions
 from timoe_core.errors import TimoeError
 from timoe_core.generate import generate_tokens, sample_token
-from timoe_core.model.gpt import StaticKVCache
+from timoe_core.model.gpt import FEW_ROWS, GPT, Linear, StaticKVCache
 from timoe_core.model.mixture import TiMoE
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -92,6 +92,53 @@ def test_static_kv_cache_gives_the_full_forward_and_refuses_overflow(runs):
     assert cache.length == 20
     with pytest.raises(ValueError, match="exceeds the cache's capacity 20"):
         gpt.hidden_states(x[:, :1], kv_cache=cache)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("out_features", [1152, 7])  # 7: no split across 2 threads
+@pytest.mark.parametrize("shape", [(48,), (1, 48), (1, 1, 48), (2, 1, 48), (1, 3, 48),
+                                   (FEW_ROWS, 48), (FEW_ROWS + 1, 48), (3, 4, 48)])
+def test_linear_split_product_equals_f_linear(bias, out_features, shape):
+    torch.manual_seed(0)
+    layer = Linear(48, out_features, bias=bias)
+    x = torch.randn(*shape, requires_grad=True)
+    ref_x = x.detach().clone().requires_grad_(True)
+    y, ref = layer(x), torch.nn.functional.linear(ref_x, layer.weight, layer.bias)
+    assert y.shape == ref.shape
+    assert torch.allclose(y, ref, atol=1e-5, rtol=1e-5)
+    grad_w = torch.autograd.grad(y.square().sum(), (x, layer.weight))
+    ref_grad = torch.autograd.grad(ref.square().sum(), (ref_x, layer.weight))
+    for g, r in zip(grad_w, ref_grad):
+        assert torch.allclose(g, r, atol=1e-4, rtol=1e-4)
+
+
+def test_linear_splits_few_rows_across_threads(monkeypatch):
+    """A decoding step's rows go through one batched product over slices of the weight
+    (one slice per thread); more rows than FEW_ROWS, and other devices, use F.linear."""
+    layer = Linear(16, 24, bias=False)
+    calls = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda w, x: calls.append(tuple(w.shape)) or real_bmm(w, x))
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        layer(torch.randn(1, 16))
+        layer(torch.randn(FEW_ROWS + 1, 16))
+        torch.set_num_threads(3)
+        layer(torch.randn(2, 16))
+    finally:
+        torch.set_num_threads(old)
+    assert calls == [(2, 12, 16), (3, 8, 16)]
+
+
+def test_gpt_without_init_loads_into_the_same_tied_model(runs):
+    gpt, info = load_expert(runs["2017-2018"])
+    bare = GPT(info.model_config_, init_weights=False)
+    assert bare.lm_head.weight is bare.wte.weight
+    assert sum(p.numel() for p in bare.parameters()) == sum(p.numel() for p in gpt.parameters())
+    bare.load_state_dict(gpt.state_dict())
+    x = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(bare.eval().log_probs(x), gpt.log_probs(x))
 
 
 def test_padding_ids_are_never_generated(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -222,7 +223,10 @@ def test_wandb_offline_resume_continues_the_same_run(capsys, data, tmp_path, mon
     assert train(capsys, data, tmp_path / "r", args)[0] == 0
     assert (tmp_path / "r" / "wandb_run_id").read_text().strip() == run_id
     runs = sorted(p.name for p in (tmp_path / "r" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.endswith(run_id) for r in runs)
+    # wandb names a run's folder by its start second and id, with "-1" added when both
+    # runs started within the same second
+    pattern = rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(run_id)}(-\d+)?"
+    assert len(runs) == 2 and all(re.fullmatch(pattern, r) for r in runs), runs
 
 
 # ------------------------------------------------- staged runs (the default)

@@ -220,7 +220,7 @@ def check_state_matches(
 def load_expert(run_dir: Path, device: str | torch.device = "cpu") -> tuple[GPT, RunInfo]:
     """A GPT from a run dir, in eval mode, with its run.json."""
     info = read_run_info(run_dir)
-    model = load_weights_into(GPT(info.model_config_), run_dir)
+    model = load_weights_into(GPT(info.model_config_, init_weights=False), run_dir)
     return model.to(device).eval(), info
 
 

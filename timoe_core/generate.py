@@ -89,18 +89,12 @@ def sample_token(
 Step = Callable[[torch.Tensor, object | None, bool], tuple[torch.Tensor, object]]
 
 
-# Both steps project through `GPT.decode_head`, made once per generation and used with
-# and without the cache alike, so the two modes differ by the cache alone.
-
-
 # With the cache, every expert decodes into a `StaticKVCache` of block_size positions,
 # made at the first step and emptied whenever a window starts (after a cut): a step
 # writes its new keys and values in place instead of re-concatenating them.
 
 
 def _mixture_step(model: TiMoE, query_date: QueryDate, experts: list[str]) -> Step:
-    with torch.no_grad():
-        heads = {label: model.expert(label).decode_head() for label in experts}
     caches: dict[str, StaticKVCache] = {}
 
     def step(ids: torch.Tensor, state: MixtureState | None, use_cache: bool):
@@ -110,15 +104,13 @@ def _mixture_step(model: TiMoE, query_date: QueryDate, experts: list[str]) -> St
                 cache.length = 0
                 caches[label] = cache
             state = MixtureState(eligible=model.eligibility(query_date, 1), caches=dict(caches))
-        lp, new_state = model.next_log_probs(ids, query_date, state, heads=heads)
+        lp, new_state = model.next_log_probs(ids, query_date, state)
         return lp[0], new_state if use_cache else None
 
     return step
 
 
 def _gpt_step(model: GPT) -> Step:
-    with torch.no_grad():
-        head = model.decode_head()
     made: list[StaticKVCache] = []
 
     @torch.no_grad()
@@ -129,7 +121,7 @@ def _gpt_step(model: GPT) -> Step:
             cache = made[0]
             cache.length = 0
         h = model.hidden_states(ids, kv_cache=cache)[:, -1]
-        return torch.log_softmax(head(h).float(), dim=-1)[0], cache
+        return torch.log_softmax(model.lm_head(h).float(), dim=-1)[0], cache
 
     return step
 

@@ -177,7 +177,7 @@ def read_foreign_model(fmt: str, folder: Path) -> GPT:
         state = {("lm_head.weight" if k == "lm_head.weight" else f"transformer.{k}"): v
                  for k, v in state.items()}  # GPT2Model-style names (the original gpt2 files)
     _check_tied(state, weights_path, "transformer.wte.weight")
-    model = GPT(config)
+    model = GPT(config, init_weights=False)
     _check_layout(model, state, fmt, weights_path)
     mapped = from_gpt2_state(state, config, conv1d=(fmt == "hf"))
     model.load_state_dict(mapped, strict=True)

@@ -86,7 +86,7 @@ def load_expert(rec: ExpertRecord) -> GPT:
         )
     rec.sha256 = digest
     _check_run_info_agrees(rec, directory)
-    return load_weights_into(GPT(rec.info.model_config_), directory)
+    return load_weights_into(GPT(rec.info.model_config_, init_weights=False), directory)
 
 
 def select_artefacts(

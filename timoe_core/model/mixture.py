@@ -41,7 +41,7 @@ Cost model:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -711,15 +711,13 @@ class TiMoE(nn.Module):
         input_ids: torch.Tensor,
         query_dates: QueryDates | None = None,
         state: MixtureState | None = None,
-        heads: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, MixtureState]:
         """(B, V) log-probs of the token after `input_ids`, and the state to continue.
 
         Without `state`, `input_ids` is the whole context (query_dates needed); with it,
         `input_ids` holds only the new tokens. Every eligible expert keeps a KV cache
         (top-k may silence an expert now and need it later), and only the last position
-        is projected onto the vocabulary, by `heads[label]` when given (a generation
-        makes them once with `GPT.decode_head`), else by the expert's `lm_head`.
+        is projected onto the vocabulary.
         """
         ids = input_ids.to(self.device)
         B, T = ids.shape
@@ -727,7 +725,7 @@ class TiMoE(nn.Module):
             state = MixtureState(eligible=self.eligibility(query_dates, B))
         lw, router_out = self._log_weights(ids, state.eligible, state.router)
         lw = lw[:, -1]  # (B, K)
-        out = torch.full((B, self.vocab_size), float("-inf"), device=self.device)
+        out = None  # the first expert's term starts the sum (no -inf tensor to fold into)
         for k, s in enumerate(self.slices):
             rows = state.eligible[:, k]
             if not rows.any():
@@ -736,12 +734,15 @@ class TiMoE(nn.Module):
             expert = self.expert(s)
             cache = state.caches.setdefault(s.label, [])
             h = expert.hidden_states(ids if every else ids[rows], kv_cache=cache)[:, -1]
-            head = heads[s.label] if heads is not None else expert.lm_head
-            lp = torch.log_softmax(head(h).float(), dim=-1)
+            lp = torch.log_softmax(expert.lm_head(h).float(), dim=-1)
             if every:
-                add_to_mixture(out, lp, lw[:, k].unsqueeze(1), inplace=True)
+                out = add_to_mixture(out, lp, lw[:, k].unsqueeze(1), inplace=True)
             else:
+                if out is None:
+                    out = torch.full((B, self.vocab_size), float("-inf"), device=self.device)
                 out[rows] = add_to_mixture(out[rows], lp, lw[rows, k].unsqueeze(1), inplace=True)
+        if out is None:  # no row has an eligible expert
+            out = torch.full((B, self.vocab_size), float("-inf"), device=self.device)
         return out, MixtureState(
             eligible=state.eligible,
             caches=state.caches,

@@ -259,7 +259,7 @@ def _train_staged(cfg: MixtureConfig, strategy: str) -> Path:
             if new_rec is not None:
                 assert holder is not None
                 if done:
-                    model = load_weights_into(GPT(holder.info.model_config_),
+                    model = load_weights_into(GPT(holder.info.model_config_, init_weights=False),
                                               new_rec.candidates[0]).to(device).eval()
                 else:
                     model = view.expert(holder.label)
