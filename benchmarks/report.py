@@ -50,13 +50,19 @@ sets torch's threads. Each group is also a module with its own options
 METHOD: dict[str, str] = {
     "prepare_data": """\
 On the same text (the built-in corpus written as JSONL, a few MB): the ceiling is
-tiktoken's `encode_ordinary_batch` on the texts already in memory; end-to-end is
+tiktoken's `encode_ordinary_batch` on the texts already in memory, as the target was set;
+the encoder is tiktoken's `encode_to_numpy`, the call prepare-data makes per document,
+on the same texts and threads: it builds no Python int per token, which the batch
+encoder does and which costs more than the BPE itself, so it is the tokeniser's own
+rate, and the ratio to it (no target) is what end-to-end keeps of it; end-to-end is
 `prepare_data` from the JSONL file to a complete data dir (read, parse, dates, split
 hash, tokenise, write, sha256, manifest) in a child process, its time taken inside the
 child (interpreter start-up excluded), counting the same text tokens (not the EOTs it
 adds). Both with every core ("all") and with one thread / worker. prepare-data overlaps
 parsing on the main thread with tokenisation on `workers` threads (tiktoken's Rust BPE
-runs without the GIL), which is why with one worker it can beat the one-thread ceiling.
+runs without the GIL), so with one worker it uses a second core for the rest, and it
+can beat the batch encoder. With every core, the main thread's share (reading, JSON,
+dates, split hash, writing) competes with the workers for the same 2 cores.
 Peak RSS is the child's high-water mark; its growth over the post-import RSS stays
 bounded whatever the corpus size (streaming). Files are flat uint16: 2 bytes a token.""",
     "train": """\
@@ -105,7 +111,7 @@ What point-in-time training costs on top of the unstaged runs it replaces, for t
 tokens: both sides are the library's entry points (`train_expert`, `train_router`), each
 into a fresh folder, interleaved in rounds after a counted warm-up run of each. `tiny`
 preset (2 layers, 128 wide) on a synthetic vocabulary of 2048 (random tokens), fp32,
-batch 8 x 128 tokens, 32 steps per stage (--quick runs 3 rounds instead of 5, at the
+batch 8 x 128 tokens, 32 steps per stage (--quick runs 5 rounds instead of 7, at the
 same sizes: shorter stages would measure mostly a stage's fixed cost). Expert: the slice 2013-2014 in its two stages (`--snapshots stages`, the
 default, `--steps-per-stage N`: a decay branch after stage 2013 saves its snapshot)
 against `--snapshots none` with `--max-steps` = the staged run's main steps (both stages
@@ -153,8 +159,8 @@ streams 40-66 GB/s), so `Linear` computes up to 4 rows as one batched product ov
 slices of the weight's rows, one slice per thread (31-47 GB/s through the blocks' weights
 in two measurements, against 13-14 GB/s). A step
 of one new position runs `GPT._decode_step`, the blocks' math as one loop over the
-layers' weights, without the module calls and views of the general forward (5% of a
-step). What is left beside the products is attention over the KV cache (about a tenth
+layers' weights, without the module calls and views of the general forward (5-10% of
+a step), and generation runs under `torch.inference_mode` (about 3%). What is left beside the products is attention over the KV cache (about a tenth
 of a step) and the step's few hundred small operations, each slower than on warm caches
 because the step has just streamed every weight through them.""",
     "evaluate": """\

@@ -314,9 +314,11 @@ def run(
     # --quick runs fewer rounds, not shorter stages: a stage has a fixed cost (its run dir,
     # checkpoint, snapshot and cache files: `*_seconds_per_extra_stage`), and stages of a
     # tenth of a second, as 16 steps of 8 x 64 tokens are, would measure mostly that.
+    # Five rounds even then: a staged run and its unstaged peer differ by a few percent,
+    # less than one round's noise on a shared machine.
     seq_len = seq_len or 128
     steps_per_stage = steps_per_stage or 32
-    repeats = repeats or (3 if quick else 5)
+    repeats = repeats or (5 if quick else 7)
     model = {"preset": "tiny", "n_embd": n_embd, "n_layer": n_layer, "n_head": n_head}
     sizes = {"seq_len": seq_len, "batch": batch, "steps_per_stage": steps_per_stage,
              "repeats": repeats, "vocab_size": vocab_size, "model": model}
@@ -330,12 +332,12 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer rounds (3)")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (5)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     ap.add_argument("--seq-len", type=int, default=None, help="default 128")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps-per-stage", type=int, default=None, help="default 32")
-    ap.add_argument("--repeats", type=int, default=None, help="rounds (default 5; quick 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="rounds (default 7; quick 5)")
     ap.add_argument("--vocab-size", type=int, default=2048)
     args = ap.parse_args(argv)
     figures = run(args.quick, seq_len=args.seq_len, batch=args.batch_size,
