@@ -155,14 +155,19 @@ equal (the cache's speed-up, no target).
 What a decoding step does on CPU, and why: MKL runs a one-row product (1, in) x (in, out)
 on one core, at about a third of the memory's bandwidth on this machine (13 GB/s through
 the vocabulary projection, 14 GB/s through the blocks' weights, where a read-only sum
-streams 40-66 GB/s), so `Linear` computes up to 4 rows as one batched product over
-slices of the weight's rows, one slice per thread (31-47 GB/s through the blocks' weights
-in two measurements, against 13-14 GB/s). A step
-of one new position runs `GPT._decode_step`, the blocks' math as one loop over the
-layers' weights, without the module calls and views of the general forward (5-10% of
-a step), and generation runs under `torch.inference_mode` (about 3%). What is left beside the products is attention over the KV cache (about a tenth
-of a step) and the step's few hundred small operations, each slower than on warm caches
-because the step has just streamed every weight through them.""",
+streams 40-75 GB/s), so `Linear` computes up to 4 rows as one batched product over
+slices of the weight's rows, one slice per thread (31-47 GB/s through the blocks'
+weights in two measurements). A step of one new position runs `GPT._decode_step`, the
+blocks' math as one loop over the layers' weights, without the module calls and views
+of the general forward (5-10% of a step), and generation runs under
+`torch.inference_mode` (about 3%). What is left beside the products is attention over
+the KV cache (about a tenth of a step) and the step's few hundred small operations,
+each slower than on warm caches because the step has just streamed every weight
+through them. That part does not shrink when the memory is faster, so the fraction
+depends on the machine's state: on this shared machine the read-only sum streamed
+40-48 GB/s in some runs and 69-75 GB/s in others, and the fractions were 60-72% and
+51-53% respectively (`python -m benchmarks.generate --quick --repeats 3` and the suite,
+2026-12-02).""",
     "evaluate": """\
 Random `tiny` experts combined by avg, a synthetic data dir of val tokens for 12 years.
 The bare forward is `target_log_probs` alone on batches already in memory, under
