@@ -97,7 +97,7 @@ def test_static_kv_cache_gives_the_full_forward_and_refuses_overflow(runs):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("out_features", [1152, 7])  # 7: no split across 2 threads
 @pytest.mark.parametrize("shape", [(48,), (1, 48), (1, 1, 48), (2, 1, 48), (1, 3, 48),
-                                   (FEW_ROWS, 48), (FEW_ROWS + 1, 48), (3, 4, 48)])
+                                   (FEW_ROWS, 48), (FEW_ROWS + 1, 48), (3, 4, 48), (0, 48)])
 def test_linear_split_product_equals_f_linear(bias, out_features, shape):
     torch.manual_seed(0)
     layer = Linear(48, out_features, bias=bias)

@@ -113,7 +113,6 @@ def _mixture_step(model: TiMoE, query_date: QueryDate, experts: list[str]) -> St
 def _gpt_step(model: GPT) -> Step:
     made: list[StaticKVCache] = []
 
-    @torch.no_grad()
     def step(ids: torch.Tensor, state: StaticKVCache | None, use_cache: bool):
         cache = state
         if use_cache and cache is None:

@@ -129,7 +129,7 @@ class _StaticLayer:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the step's keys/values after the filled prefix; views of all so far."""
         start, end = self.cache.length, self.cache.length + k.size(2)
-        keys, values = self.cache.keys[self.index], self.cache.values[self.index]
+        keys, values = self.cache.layers[self.index]
         keys[:, :, start:end] = k
         values[:, :, start:end] = v
         return keys[:, :, :end], values[:, :, :end]
@@ -147,9 +147,9 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = math.gcd(self.out_features, torch.get_num_threads())
-        if parts == 1 or not x.is_cpu or x.numel() > FEW_ROWS * self.in_features:
-            return F.linear(x, self.weight, self.bias)
         rows = x.numel() // self.in_features
+        if parts == 1 or not x.is_cpu or not 1 <= rows <= FEW_ROWS:
+            return F.linear(x, self.weight, self.bias)
         w = self.weight.view(parts, -1, self.in_features)
         xt = x.reshape(rows, -1).t().expand(parts, -1, -1)  # (parts, in, rows)
         if self.bias is None:

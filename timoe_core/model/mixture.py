@@ -725,6 +725,9 @@ class TiMoE(nn.Module):
             state = MixtureState(eligible=self.eligibility(query_dates, B))
         lw, router_out = self._log_weights(ids, state.eligible, state.router)
         lw = lw[:, -1]  # (B, K)
+        def nothing_folded() -> torch.Tensor:
+            return torch.full((B, self.vocab_size), float("-inf"), device=self.device)
+
         out = None  # the first expert's term starts the sum (no -inf tensor to fold into)
         for k, s in enumerate(self.slices):
             rows = state.eligible[:, k]
@@ -739,10 +742,10 @@ class TiMoE(nn.Module):
                 out = add_to_mixture(out, lp, lw[:, k].unsqueeze(1), inplace=True)
             else:
                 if out is None:
-                    out = torch.full((B, self.vocab_size), float("-inf"), device=self.device)
+                    out = nothing_folded()
                 out[rows] = add_to_mixture(out[rows], lp, lw[rows, k].unsqueeze(1), inplace=True)
         if out is None:  # no row has an eligible expert
-            out = torch.full((B, self.vocab_size), float("-inf"), device=self.device)
+            out = nothing_folded()
         return out, MixtureState(
             eligible=state.eligible,
             caches=state.caches,
