@@ -13,9 +13,13 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from timoe_core.errors import TimoeError
+from pydantic import BaseModel, ValidationError
+
+from timoe_core.errors import TimoeError, describe_validation_error
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 @contextlib.contextmanager
@@ -140,6 +144,17 @@ def read_small_file(path: str | os.PathLike, max_bytes: int = MAX_METADATA_BYTES
             f"(at most {max_bytes}): it is not one of ours; restore or rebuild it"
         )
     return path.read_bytes()
+
+
+def read_metadata(path: str | os.PathLike, model: type[ModelT], fix: str) -> ModelT:
+    """A small JSON metadata file (timoe.json, manifest.json) validated as `model`;
+    TimoeError "`path` is corrupt (what is wrong): `fix`" when it is not UTF-8 JSON or
+    does not validate."""
+    try:
+        return model.model_validate(json.loads(read_small_file(path).decode("utf-8")))
+    except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
+        why = describe_validation_error(exc)
+        raise TimoeError(f"{path} is corrupt ({why}): {fix}") from None
 
 
 def write_failure_as_os_error(exc: BaseException, path: str | os.PathLike) -> OSError | None:

@@ -7,15 +7,14 @@ manifest is a complete folder; `load_manifest` checks the files against it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from timoe_core.errors import TimoeError, describe_validation_error
-from timoe_core.io import read_small_file, sha256_file
+from timoe_core.errors import TimoeError
+from timoe_core.io import read_metadata, sha256_file
 from timoe_core.timeslices import TimeSlicing
 
 MANIFEST_FILENAME = "manifest.json"
@@ -137,11 +136,7 @@ def load_manifest(data_dir: Path, verify: Verify | None = None) -> Manifest:
             f"{data_dir} has no {MANIFEST_FILENAME}: it is not a prepared data dir "
             "(run `timoe prepare-data --out DIR` first)"
         )
-    try:
-        manifest = Manifest.model_validate(json.loads(read_small_file(path).decode("utf-8")))
-    except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
-        why = describe_validation_error(exc)
-        raise TimoeError(f"{path} is corrupt ({why}): prepare the data again") from None
+    manifest = read_metadata(path, Manifest, "prepare the data again")
     if manifest.format_version != FORMAT_VERSION:
         raise TimoeError(
             f"{path} has format version {manifest.format_version}, this timoe reads "

@@ -51,11 +51,11 @@ from timoe_core.checkpoint import (
     write_run_info,
 )
 from timoe_core.config import MixtureOptions
-from timoe_core.errors import TimoeError, describe_validation_error
+from timoe_core.errors import TimoeError
 from timoe_core.io import (
     atomic_path,
     atomic_write_json,
-    read_small_file,
+    read_metadata,
     sha256_file,
     write_failure_as_os_error,
 )
@@ -134,11 +134,7 @@ def read_bundle(bundle_dir: Path | str) -> BundleContents:
             f"{bundle_dir} is not a TiMoE bundle (no {BUNDLE_FILENAME}): build one with "
             "`timoe train-router --experts RUNS --out DIR`"
         )
-    try:
-        spec = BundleSpec.model_validate(json.loads(read_small_file(path).decode("utf-8")))
-    except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
-        why = describe_validation_error(exc)
-        raise TimoeError(f"{path} is corrupt ({why}): rebuild the bundle") from None
+    spec = read_metadata(path, BundleSpec, "rebuild the bundle")
     if spec.format_version != BUNDLE_FORMAT_VERSION:
         raise TimoeError(
             f"{path} has format version {spec.format_version}, this timoe reads "
