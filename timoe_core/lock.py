@@ -19,6 +19,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,12 +42,25 @@ def _holder_tag() -> str:
     return f"{socket.gethostname()} {os.getpid()} {stamp}\n"
 
 
-def _read_holder(path: Path) -> tuple[str, int, str] | None:
+def _parse_holder(raw: bytes) -> tuple[str, int, str] | None:
     try:
-        host, pid, *since = path.read_text(encoding="utf-8").split()
+        host, pid, *since = raw.decode("utf-8").split()
         return host, int(pid), " ".join(since)
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):
         return None
+
+
+def _read_holder(path: Path) -> tuple[str, int, str] | None:
+    try:  # never through a symlink planted at the lock's path
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _parse_holder(os.read(fd, 4096)) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -113,12 +127,65 @@ def output_lock(target: str | os.PathLike, flag: str = "--out") -> Iterator[Path
                 break
 
 
+def _open_lock_file(target: Path, lock: Path, flag: str) -> int:
+    """An fd of the lock file: an existing one opened without following a symlink, or a
+    new one made with O_EXCL. Anything at `lock` that is not a plain, singly-linked file
+    holding a lock line is refused naming it: a symlink or hard link planted there would
+    have the holder line written into someone's file, a folder would be a traceback."""
+    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    made = False
+    try:
+        fd = os.open(lock, flags)  # a lock file a dead holder left
+    except FileNotFoundError:
+        fd = os.open(lock, flags | os.O_CREAT | os.O_EXCL, 0o644)  # FileExistsError: retry
+        made = True
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP):
+            raise _not_a_lock_file(target, lock, flag, _kind_of(lock)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        what = None
+        if not stat.S_ISREG(st.st_mode):
+            what = _kind_of(lock)
+        elif st.st_nlink != 1:
+            what = f"a file with {st.st_nlink} hard links (a lock file has one)"
+        elif not made and st.st_size and _parse_holder(os.pread(fd, 4096, 0)) is None:
+            what = "a file that holds no timoe lock line"
+        if what is not None:
+            raise _not_a_lock_file(target, lock, flag, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _kind_of(path: Path) -> str:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "not a regular file"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+def _not_a_lock_file(target: Path, lock: Path, flag: str, what: str) -> TimoeError:
+    return TimoeError(
+        f"{flag} {target}: its lock file {lock} is {what}, not a lock file timoe made: "
+        "refusing to use it; remove it (nothing it points to is touched) or choose another "
+        f"{flag}"
+    )
+
+
 def _acquire(target: Path, lock: Path, flag: str) -> int:
-    for _ in range(20):  # retried only when a holder removed the file under us
+    for _ in range(20):  # retried only when a holder removed or made the file under us
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except FileNotFoundError:
+            fd = _open_lock_file(target, lock, flag)
+        except (FileNotFoundError, FileExistsError):
             continue
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
@@ -136,7 +203,7 @@ def _acquire(target: Path, lock: Path, flag: str) -> int:
             os.close(fd)
             raise _busy(target, lock, flag)
         try:  # the file we locked must still be the one at `lock` (not unlinked meanwhile)
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            same = os.fstat(fd).st_ino == os.lstat(lock).st_ino
         except FileNotFoundError:
             same = False
         if not same:
