@@ -83,3 +83,87 @@ def test_a_stale_lock_we_made_is_still_taken_over(tmp_path):
     with output_lock(out) as lock:
         assert lock.read_text().split()[1] == str(os.getpid())
     assert not lock_path(out).exists()
+
+
+# ------------------------------------------------------------ odd output paths
+
+
+def _odd_out(tmp_path: Path, odd: str) -> Path:
+    """An --out path of the given oddity, built in tmp_path/sandbox."""
+    box = tmp_path / "sandbox"
+    box.mkdir()
+    out = box / "out"
+    if odd == "dangling-symlink":
+        out.symlink_to(box / "nowhere")
+    elif odd == "symlink-loop":
+        out.symlink_to(box / "loop")
+        (box / "loop").symlink_to(out)
+    elif odd == "symlink-to-user-file":
+        (box / "mine.txt").write_text("mine")
+        out.symlink_to(box / "mine.txt")
+    elif odd == "fifo":
+        os.mkfifo(out)
+    elif odd == "under-dangling-symlink":
+        (box / "parent").symlink_to(box / "gone")
+        out = box / "parent" / "out"
+    elif odd == "under-a-file":
+        (box / "parent").write_text("mine")
+        out = box / "parent" / "out"
+    return out
+
+
+ODD_OUTS = ["dangling-symlink", "symlink-loop", "symlink-to-user-file", "fifo",
+            "under-dangling-symlink", "under-a-file"]
+
+
+@pytest.fixture(scope="module")
+def small_inputs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("inputs")
+    data = make_data_dir(root / "data", years=(2013, 2014), vocab_size=128, seq_len=16)
+    experts = make_expert_runs(root / "experts", ["2013-2014", "2015-2016"])
+    return {"data": data, "experts": root / "experts", "e13": experts["2013-2014"]}
+
+
+def _command(name: str, inputs: dict[str, Path], out: Path) -> list:
+    return {
+        "prepare-data": ["prepare-data", "--source", "builtin", "--builtin-docs-per-year", "3",
+                         "--seq-len", "16", "--workers", "1", "--out", out],
+        "prepare-data-merge": ["prepare-data", "--merge", inputs["data"], "--out", out],
+        "train-expert": ["train-expert", "--year", "2013", "--data", inputs["data"], "--out", out,
+                         "--max-steps", "1", "--snapshots", "none", "--device", "cpu"],
+        "train-router-avg": ["train-router", "--strategy", "avg", "--experts",
+                             inputs["experts"], "--out", out],
+        "export": ["export", "--model", inputs["e13"], "--out", out],
+        "evaluate-json": ["evaluate", "--model", inputs["e13"], "--tsqa", "builtin",
+                          "--max-items", "1", "--device", "cpu", "--json", out],
+        "evaluate-plot": ["evaluate", "--model", inputs["e13"], "--tsqa", "builtin",
+                          "--max-items", "1", "--device", "cpu", "--plot",
+                          out.with_name(out.name + ".png") if "under" in str(out) else out],
+    }[name]
+
+
+@pytest.mark.parametrize("odd", ODD_OUTS)
+@pytest.mark.parametrize("command", ["prepare-data", "prepare-data-merge", "train-expert",
+                                     "train-router-avg", "export", "evaluate-json"])
+def test_an_odd_output_path_is_refused_in_one_line_before_any_work(
+    tmp_path, capsys, small_inputs, command, odd
+):
+    out = _odd_out(tmp_path, odd)
+    before = _tree(tmp_path)
+    code, _, err = run_cli(capsys, *_command(command, small_inputs, out))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and str(out) in err
+    assert _tree(tmp_path) == before  # nothing written, no link replaced or written through
+
+
+@pytest.mark.parametrize("command", ["prepare-data", "train-router-avg", "export"])
+def test_a_link_to_an_empty_folder_as_out_writes_into_that_folder(tmp_path, capsys,
+                                                                  small_inputs, command):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    code, _, err = run_cli(capsys, *_command(command, small_inputs, link))
+    assert code == 0, err
+    assert link.is_symlink() and os.readlink(link) == str(real)  # the link is kept
+    assert any(real.iterdir())  # the output is in the folder it points at

@@ -43,7 +43,7 @@ from timoe_core.config import (
     save_config,
 )
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_json
+from timoe_core.io import atomic_write_json, check_output_path
 from timoe_core.lock import lock_path, output_lock
 from timoe_core.timeslices import TimeSlicing
 
@@ -270,6 +270,7 @@ def _check_out(cfg: DemoConfig, settings: DemoSettings) -> dict[str, Any]:
     out = cfg.out
     if out.exists() and not out.is_dir():
         raise TimoeError(f"--out {out} is a file: give a folder for the demo")
+    check_output_path(out, "--out")
     state_path = out / STATE_FILENAME
     state = _read_state(state_path) if state_path.is_file() else None
     if out.is_dir() and any(out.iterdir()) and state is None:

@@ -10,10 +10,11 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TextIO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -79,6 +80,18 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def open_for_append(path: str | os.PathLike) -> TextIO:
+    """A run's log file opened for appending, never through a symlink (OSError ELOOP) and
+    only when it is a regular file: a link planted in a run dir must not get our lines
+    appended to the file it points at."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                 | os.O_NONBLOCK, 0o666)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TimoeError(f"{path} is not a regular file: move it out of the run dir")
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -92,6 +105,78 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+OutputKind = Literal["folder", "file"]
+
+
+def _link_target(link: Path) -> Path | None:
+    """Where a symlink finally leads, or None when it dangles or loops."""
+    try:
+        return link.resolve(strict=True)
+    except (OSError, RuntimeError):  # RuntimeError: a loop, before Python 3.13
+        return None
+
+
+def _entry_kind(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "missing"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "special file (a fifo, socket or device)"
+
+
+def check_output_path(
+    path: str | os.PathLike, flag: str = "--out", kind: OutputKind = "folder"
+) -> Path:
+    """The path a command writes `flag` to, checked before any work: one line naming what
+    is wrong (TimoeError) instead of a traceback at the final rename, after the job ran.
+
+    Refused: a dangling or looping symlink at the path or above it; a folder output that is
+    a file, special file or a symlink to one; a file output that is a folder, a special file
+    or any symlink (a symlink is never written through, nor replaced); a path under a file;
+    a place this process cannot create files in. A folder output given as a symlink to an
+    existing folder is that folder: the resolved path is returned, so a rename lands in it.
+    Every command's output check goes through here (with check_writable_dir's probe)."""
+    path = Path(path).expanduser()
+    hit = path
+    while not os.path.lexists(hit) and hit.parent != hit:
+        hit = hit.parent  # the first entry that exists, or is a link, on the way up
+    if hit.is_symlink() and _link_target(hit) is None:
+        raise TimoeError(
+            f"{flag} {path}: {hit} is a symbolic link to {os.readlink(hit)}, which does not "
+            f"exist or loops: remove the link or choose another {flag}"
+        )
+    what = _entry_kind(hit)
+    if hit != path:  # the output does not exist yet: what holds it must be a folder
+        if what != "folder":
+            raise TimoeError(
+                f"{flag} {path}: {hit} is a {what}, not a folder: choose another {flag}"
+            )
+        check_writable_dir(path, flag)
+        return path
+    if kind == "file":
+        if path.is_symlink():
+            raise TimoeError(
+                f"{flag} {path} is a symbolic link (to {os.readlink(path)}): timoe never "
+                f"writes through or replaces a link; give the real path or another {flag}"
+            )
+        if what != "file":
+            raise TimoeError(f"{flag} {path} is a {what}, not a file: give a file name")
+        check_writable_dir(path.parent, flag)
+        return path
+    if what != "folder":
+        link = f" (a symbolic link to {os.readlink(path)})" if path.is_symlink() else ""
+        raise TimoeError(
+            f"{flag} {path} is a {what}{link}, not a folder: choose another {flag}"
+        )
+    real = path.resolve() if path.is_symlink() else path
+    check_writable_dir(real, flag)
+    return real
+
+
 def check_writable_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     """TimoeError unless `path` is a folder this process can create files in (or could
     be created): checked by creating and removing a probe file in it, or in its nearest
@@ -100,6 +185,12 @@ def check_writable_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     path = Path(path)
     probe_dir = path
     while not probe_dir.exists():
+        if probe_dir.is_symlink():
+            raise TimoeError(
+                f"{flag} {path}: {probe_dir} is a symbolic link to "
+                f"{os.readlink(probe_dir)}, which does not exist or loops: remove the link "
+                f"or choose another {flag}"
+            )
         if probe_dir.parent == probe_dir:
             break
         probe_dir = probe_dir.parent

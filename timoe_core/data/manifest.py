@@ -76,6 +76,9 @@ class Manifest(BaseModel):
     # prepare-data --until: documents dated after this ISO date were left out
     # (counted in skipped["after_until"]); the slicing is unchanged.
     until: str | None = None
+    # How the source was read (text/date fields, --max-docs, seed...): shards of one
+    # source merge only when read alike. None in data dirs written before it was recorded.
+    reading: dict[str, str | int | bool | None] | None = None
     # Relative path -> size and checksum, for every token file.
     files: dict[str, FileEntry] = Field(default_factory=dict)
 

@@ -58,7 +58,12 @@ from timoe_core.data.manifest import (
 )
 from timoe_core.data.sources import SourceOptions, open_source
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_json, check_writable_dir, chmod_default
+from timoe_core.io import (
+    atomic_write_json,
+    check_output_path,
+    check_writable_dir,
+    chmod_default,
+)
 from timoe_core.lock import output_lock
 from timoe_core.timeslices import TimeSlicing, parse_query_date, year_cutoff
 from timoe_core.tokenizer import Tokenizer, get_tokenizer
@@ -181,9 +186,7 @@ def check_out_dir(out: Path | None, overwrite: bool) -> Path:
     """Refuse an output folder we must not write (before any work is done)."""
     if out is None:
         raise TimoeError("--out is required: the folder to write the prepared data into")
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise TimoeError(f"--out {out} is a file, not a folder: choose a folder path")
+    out = check_output_path(out, "--out")  # a link to a folder: that folder
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise TimoeError(
@@ -438,6 +441,7 @@ def _prepare_data(
         source=source.description,
         shards=[ShardSpec(num_shards=cfg.num_shards, shard_index=cfg.shard_index)],
         until=until.isoformat() if until is not None else None,
+        reading=reading_options(cfg),
     )
 
     staging = _Staging(out, cfg.overwrite)
@@ -541,13 +545,29 @@ def _tokenise_into(
 # ------------------------------------------------------------------------ merge
 
 
+# What decides which documents a shard holds and how they were read, besides the shard
+# index: recorded in the manifest (Manifest.reading) so a merge can cross-check them.
+_READING_FIELDS = ("text_field", "date_field", "max_docs", "hf_split", "skip_bad_rows", "seed",
+                   "builtin_docs_per_year")
+
+
+def reading_options(cfg: PrepareDataConfig) -> dict[str, str | int | bool | None]:
+    return {name: getattr(cfg, name) for name in _READING_FIELDS}
+
+
 def _check_compatible(dirs: list[Path], manifests: list[Manifest]) -> None:
+    """Every field that makes shards one corpus must agree: tokenizer, slicing, seq_len,
+    val_fraction, --until, the source and how it was read (manifest.reading)."""
     first_dir, first = dirs[0], manifests[0]
     checks = {
         "tokenizer": lambda m: (m.tokenizer, m.vocab_size, m.eot_token, m.dtype),
         "slicing": lambda m: (m.slicing.start_year, m.slicing.end_year, m.slicing.slice_years),
         "seq_len": lambda m: m.seq_len,
         "val_fraction": lambda m: m.val_fraction,
+        "--until": lambda m: m.until,
+        "source": lambda m: m.source,
+        **{f"--{name.replace('_', '-')}": (lambda m, n=name: (m.reading or {}).get(n))
+           for name in _READING_FIELDS},
     }
     for d, m in zip(dirs[1:], manifests[1:]):
         for what, get in checks.items():
@@ -589,6 +609,13 @@ def merge_data_dirs(
         if d in resolved[:i]:
             raise TimoeError(f"{dirs[i]} is given twice to --merge")
     out = check_out_dir(cfg.out, cfg.overwrite)
+    target = out.resolve()
+    for d, real in zip(dirs, resolved):
+        if target == real or real in target.parents or target in real.parents:
+            raise TimoeError(
+                f"--out {out} would overwrite the --merge input {d}: an output is never one "
+                "of its inputs (nor inside one); write the merge to a new folder"
+            )
     manifests = [load_manifest(d, verify="size") for d in dirs]
     _check_compatible(dirs, manifests)
     first = manifests[0]
@@ -603,6 +630,8 @@ def merge_data_dirs(
         val_fraction=first.val_fraction,
         source=" + ".join(sources),
         shards=[s for m in manifests for s in m.shards],
+        until=first.until,
+        reading=first.reading,
     )
     skipped = dict.fromkeys(SKIP_REASONS, 0)
     for m in manifests:

@@ -38,7 +38,7 @@ from timoe_core.evaluate.tsqa import (
     score_tsqa,
     tsqa_fields_from_config,
 )
-from timoe_core.io import check_output_files, check_writable_dir
+from timoe_core.io import check_output_files, check_output_path, check_writable_dir
 from timoe_core.lock import output_lock
 from timoe_core.timeslices import parse_query_date
 
@@ -68,8 +68,10 @@ def check_outputs(cfg: EvaluateConfig) -> None:
     if cfg.plot is not None and cfg.plot.suffix.lower() != ".png":
         raise TimoeError(f"--plot {cfg.plot} must name a .png file")
     for flag, path in (("--json", cfg.json_out), ("--plot", cfg.plot)):
-        if path is not None and path.is_dir():
+        if path is not None and path.is_dir() and not path.is_symlink():
             raise TimoeError(f"{flag} {path} is a folder: give a file name")
+        if path is not None:  # links, special files, a path under a file: before any work
+            check_output_path(path, flag, "file")
     inputs = {"--model": cfg.model, "--data": cfg.data}
     for i, entry in enumerate(cfg.models):
         inputs[f"--model #{i + 1}"] = parse_entry(entry)[0]

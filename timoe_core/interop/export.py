@@ -38,7 +38,7 @@ from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
 from timoe_core.interop.gpt2 import EOT_TOKEN, hf_gpt2_config, to_gpt2_state
 from timoe_core.interop.hub import resolve_model_path
-from timoe_core.io import atomic_write_json, atomic_write_text, chmod_default
+from timoe_core.io import atomic_write_json, atomic_write_text, check_output_path, chmod_default
 from timoe_core.model.gpt import GPT
 from timoe_core.timeslices import DEFAULT_POLICY, canonical_policy, parse_query_date
 from timoe_core.tokenizer import ENCODER_FILENAME, EOT_TEXT, GPT2_FILES_DIR, MERGES_FILENAME
@@ -169,16 +169,13 @@ def export_model(cfg: ExportConfig) -> list[ExportedModel]:
         raise TimoeError("--model is required: a run dir, a TiMoE bundle or hf:ORG/NAME")
     if cfg.out is None:
         raise TimoeError("--out is required: the folder to write")
-    out = Path(cfg.out)
+    out = check_output_path(cfg.out, "--out")  # a link to a folder: that folder
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TimoeError(f"--out {out} exists and is not an empty folder: choose a new one")
     if cfg.query_date is not None:
         parse_query_date(cfg.query_date)
     path = resolve_model_path(cfg.model)
     models = _models_to_export(path, cfg.query_date, cfg.policy)
-    from timoe_core.io import check_writable_dir
-
-    check_writable_dir(out)
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.absolute().parent))
     chmod_default(staging, 0o777)

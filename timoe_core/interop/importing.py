@@ -37,7 +37,7 @@ from timoe_core.config import ImportConfig, save_config
 from timoe_core.errors import TimoeError
 from timoe_core.interop.gpt2 import LAYER_NORM_EPS, from_gpt2_state, gpt2_name
 from timoe_core.interop.hub import resolve_model_path
-from timoe_core.io import check_writable_dir, chmod_default
+from timoe_core.io import check_output_path, chmod_default
 from timoe_core.model.gpt import GPT, GPT2_VOCAB_SIZE, GPTConfig
 from timoe_core.timeslices import TimeSlice, parse_query_date
 from timoe_core.tokenizer import get_tokenizer
@@ -232,7 +232,7 @@ def import_model(cfg: ImportConfig) -> Path:
         raise TimoeError("--source is required: the folder to import, or hf:ORG/NAME")
     if cfg.out is None:
         raise TimoeError("--out is required: the run dir to write")
-    out = Path(cfg.out)
+    out = check_output_path(cfg.out, "--out")  # a link to a folder: that folder
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TimoeError(f"--out {out} exists and is not an empty folder: choose a new one")
     ts, cutoff = _slice_and_cutoff(cfg)
@@ -240,7 +240,6 @@ def import_model(cfg: ImportConfig) -> Path:
     if not folder.is_dir():
         raise TimoeError(f"--source {cfg.source} is not a folder")
     model = read_foreign_model(cfg.format, folder)
-    check_writable_dir(out)
     tok = get_tokenizer()
     info = RunInfo(
         kind=cfg.kind, slice_label=ts.label, start_date=ts.start.isoformat(),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from timoe_core.config import TrainRouterConfig, save_config
 from timoe_core.errors import TimoeError
+from timoe_core.io import check_output_path
 from timoe_core.lock import output_lock
 from timoe_core.model.bundle import BUNDLE_FILENAME
 from timoe_core.model.mixture import TiMoE
@@ -28,6 +29,7 @@ def _check_avg_out(out: Path | None, overwrite: bool) -> Path:
         raise TimoeError("--out is required: the folder to write the bundle to")
     if out.exists() and not out.is_dir():
         raise TimoeError(f"--out {out} is a file: give a folder for the bundle")
+    check_output_path(out, "--out")
     if (out / "run.json").is_file():
         raise TimoeError(f"--out {out} is a run dir: write the bundle to a folder of its own")
     ours = (out / BUNDLE_FILENAME).is_file() or (out / MIXTURE_RUN_FILENAME).is_file()

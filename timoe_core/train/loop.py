@@ -93,6 +93,7 @@ from torch import nn
 
 from timoe_core.config import TrainingConfig
 from timoe_core.errors import TimoeError
+from timoe_core.io import open_for_append
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, StopRequest, outer_launch
 from timoe_core.train.metrics import MetricsLogger, truncate_metrics
@@ -536,7 +537,7 @@ def run_training(
                 indices, next_position = task.order.take(position, global_batch)
                 mine = indices[env.rank * per_rank : (env.rank + 1) * per_rank]
                 if windows_log is not None:
-                    with open(windows_log, "a", encoding="utf-8") as f:
+                    with open_for_append(windows_log) as f:
                         f.write(json.dumps({"step": step, "windows": mine.tolist()}) + "\n")
                 loss, metrics, grad_norm = trainer.step(
                     step, _micro_batches(task, mine, cfg.grad_accum, device), cfg.grad_accum

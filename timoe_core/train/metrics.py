@@ -39,7 +39,7 @@ from rich.progress import (
 )
 
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_text
+from timoe_core.io import atomic_write_text, open_for_append
 
 METRICS_FILENAME = "metrics.jsonl"
 WANDB_ID_FILENAME = "wandb_run_id"
@@ -127,7 +127,7 @@ class MetricsLogger:
         if not enabled:
             return
         # Held open for the run (closed in close()): one flushed line per record.
-        self._file = open(self.run_dir / METRICS_FILENAME, "a", encoding="utf-8")  # noqa: SIM115
+        self._file = open_for_append(self.run_dir / METRICS_FILENAME)
         if wandb_mode != "disabled":
             self._wandb = self._start_wandb(wandb_mode, wandb_project, wandb_config or {}, title)
         if self.console.is_terminal:

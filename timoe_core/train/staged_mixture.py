@@ -54,7 +54,7 @@ from timoe_core.data.manifest import (
 )
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_json, sha256_file
+from timoe_core.io import atomic_write_json, check_output_path, sha256_file
 from timoe_core.lock import output_lock
 from timoe_core.model.bundle import (
     BUNDLE_FILENAME,
@@ -95,6 +95,7 @@ STAGES_DIRNAME = "stages"
 
 def _check(cfg: MixtureConfig, strategy: str) -> None:
     check_required_inputs(cfg)
+    check_output_path(cfg.out, "--out")  # type: ignore[arg-type]
     if cfg.nproc_per_node != 1 or cfg.nnodes != 1:
         raise TimoeError(
             f"a staged {strategy} router (policy point-in-time) trains its stages in one "

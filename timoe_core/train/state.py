@@ -62,7 +62,12 @@ from timoe_core.checkpoint import MODEL_FILENAME, RUN_INFO_FILENAME, TRAINER_STA
 from timoe_core.config import CONFIG_FILENAME, TrainingConfig
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
-from timoe_core.io import _fsync_dir, atomic_path, check_writable_dir, write_failure_as_os_error
+from timoe_core.io import (
+    _fsync_dir,
+    atomic_path,
+    check_output_path,
+    write_failure_as_os_error,
+)
 from timoe_core.train.metrics import METRICS_FILENAME, WANDB_ID_FILENAME
 
 CHECKPOINTS_DIRNAME = "checkpoints"
@@ -382,10 +387,7 @@ def decide_run_dir(
     `--overwrite` means start over. `restart` (a worker restarted by the elastic agent)
     always resumes.
     """
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TimoeError(f"--out {run_dir} is a file, not a folder: choose another --out")
-    check_writable_dir(run_dir, "--out")  # before any worker starts
+    run_dir = check_output_path(run_dir, "--out")  # before any worker starts
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return "new"
     if not (run_dir / marker).is_file():
