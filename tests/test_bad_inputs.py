@@ -242,11 +242,11 @@ CASES: list[tuple[str, Callable[[Ctx], list], list[str], dict[str, str]]] = [
      ["--experts", "nope does not exist"], {}),
     ("demo-out-is-a-file", lambda c: ["demo", "--out", c.file("f", "x")],
      ["is a file: give a folder"], {}),
-    # an OS error no command checked for up front: the CLI's net (timoe_cli.common)
+    # checked up front by the one output check (io.check_output_path)
     ("router-avg-out-unwritable",
      lambda c: ["train-router", "--strategy", "avg", "--experts", c.run.parent, "--out",
                 _unwritable(c) / "bundle"],
-     ["bundle", "fix the permissions or choose another path"], {}),
+     ["bundle", "is not writable", "choose another --out"], {}),
 ]  # fmt: skip
 
 

@@ -167,3 +167,126 @@ def test_a_link_to_an_empty_folder_as_out_writes_into_that_folder(tmp_path, caps
     assert code == 0, err
     assert link.is_symlink() and os.readlink(link) == str(real)  # the link is kept
     assert any(real.iterdir())  # the output is in the folder it points at
+
+
+# ------------------------------------------------------------ merges
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict[str, Path]:
+    """Shards of the built-in corpus, prepared with the same options but for one."""
+    from timoe_core.config import PrepareDataConfig
+    from timoe_core.data.prepare import prepare_data
+
+    root = tmp_path_factory.mktemp("shards")
+    base = dict(source="builtin", builtin_docs_per_year=4, seq_len=16, workers=1,
+                end_year=2016, num_shards=2)
+    made = {}
+    for name, extra in (("s0", {"shard_index": 0}), ("s1", {"shard_index": 1}),
+                        ("s1-until", {"shard_index": 1, "until": "2015"}),
+                        ("s1-seed", {"shard_index": 1, "seed": 7}),
+                        ("s1-docs", {"shard_index": 1, "builtin_docs_per_year": 5})):
+        prepare_data(PrepareDataConfig(**(base | extra), out=root / name))
+        made[name] = root / name
+    return made
+
+
+@pytest.mark.parametrize("other, flag", [("s1-until", "--until"), ("s1-seed", "--seed"),
+                                         ("s1-docs", "--builtin-docs-per-year")])
+def test_a_merge_of_shards_read_differently_is_refused_naming_the_field(
+    tmp_path, capsys, shards, other, flag
+):
+    code, _, err = run_cli(capsys, "prepare-data", "--merge", shards["s0"], shards[other],
+                           "--out", tmp_path / "m")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"their {flag} differ" in err and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("where", ["first-input", "second-input", "inside-an-input",
+                                   "link-to-an-input"])
+def test_a_merge_never_writes_into_one_of_its_inputs_even_with_overwrite(
+    tmp_path, capsys, shards, where
+):
+    import shutil
+
+    s0 = Path(shutil.copytree(shards["s0"], tmp_path / "s0"))
+    s1 = Path(shutil.copytree(shards["s1"], tmp_path / "s1"))
+    out = {"first-input": s0, "second-input": s1, "inside-an-input": s0 / "train"}.get(where)
+    if out is None:
+        out = tmp_path / "link"
+        out.symlink_to(s1)
+    before = _tree(tmp_path)
+    code, _, err = run_cli(capsys, "prepare-data", "--merge", s0, s1, "--out", out,
+                           "--overwrite")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert _tree(tmp_path) == before
+
+
+# ------------------------------------------------------------ foreign spellings
+
+
+def test_device_cuda_n_is_accepted_everywhere_a_device_is_resolved(monkeypatch):
+    import torch
+
+    from timoe_core.config import EvaluateConfig, GenerateConfig, TrainExpertConfig
+    from timoe_core.device import resolve_device
+
+    for model, required in ((EvaluateConfig, {}), (GenerateConfig, {}),
+                            (TrainExpertConfig, {"year": 2013})):
+        assert model(device="cuda:0", **required).device == "cuda:0"
+        with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
+            model(device="cuda0", **required)
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 1)
+    with pytest.raises(TimoeError, match="this machine has 2 GPU"):
+        resolve_device("cuda:2")
+    with pytest.raises(TimoeError, match="must be auto, cpu, cuda or cuda:N"):
+        resolve_device("cpu:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TimoeError, match="--device cuda:0 was asked for but CUDA is not"):
+        resolve_device("cuda:0")
+
+
+def test_lm_eval_device_cuda_0_reaches_the_model_as_that_gpu(tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    from timoe_core.evaluate import harness
+
+    seen = {}
+
+    def load(model, strategy, policy=None, device="auto"):
+        seen["device"] = device
+        raise TimoeError("stop here")
+
+    monkeypatch.setattr(harness, "load_evaluated_model", load)
+    with pytest.raises(TimoeError, match="stop here"):
+        harness.TimoeLM.create_from_arg_string("model=x", {"device": "cuda:0", "batch_size": 1,
+                                                           "max_batch_size": None})
+    assert seen["device"] == "cuda:0"
+
+
+# ------------------------------------------------------------ flags ignored silently
+
+
+@pytest.mark.parametrize("model_args", ["model=RUN,bogus_key=1", "model=RUN,querydate=2016",
+                                        "model=RUN,max_length=64"])
+def test_timoe_lm_eval_refuses_an_unknown_model_args_key_up_front(tmp_path, model_args):
+    pytest.importorskip("lm_eval")
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "timoe_cli.lm_eval", "--model", "timoe", "--model_args",
+         model_args.replace("RUN", str(tmp_path / "nothing")), "--tasks", "arc_easy"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1",
+             "HF_DATASETS_OFFLINE": "1"},
+    )
+    key = model_args.split(",")[1].split("=")[0]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --model_args {key}=... is not an option of the timoe model: use model, "
+        "query_date, date_field, strategy, policy, device, batch_size, greedy"]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import tomllib
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_text
@@ -34,6 +35,17 @@ class StrictModel(BaseModel):
 # Seeds feed torch, numpy and per-step/per-rank derivations (seed + step): keep them in
 # a range every one of those accepts.
 MAX_SEED = 2**31 - 1
+
+
+def _device_name(value: str) -> str:
+    """auto, cpu, cuda, or cuda:N (torch's and lm-eval's spelling of one GPU)."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", value):
+        return value
+    raise ValueError(f"must be auto, cpu, cuda or cuda:N (one GPU), got {value!r}")
+
+
+DeviceName = Annotated[str, AfterValidator(_device_name)]
+DEVICE_HELP = "auto | cpu | cuda | cuda:N."
 # A config file is a few lines; anything this large is a mistake or an attack.
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -234,8 +246,8 @@ class TrainingConfig(StrictModel):
         None, description="bf16 autocast (default on for CUDA, off for CPU).",
         json_schema_extra=cli(TRAIN, "--amp/--no-amp"),
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto | cpu | cuda.", json_schema_extra=cli(TRAIN)
+    device: DeviceName = Field(
+        "auto", description=DEVICE_HELP, json_schema_extra=cli(TRAIN)
     )
     # The GPU settings below resolve per device when training starts; the choices made
     # are the run's first metrics.jsonl record ({"type": "runtime", ...}).
@@ -505,7 +517,7 @@ class EvaluateConfig(StrictModel):
     amp: bool | None = Field(  # None: bf16 autocast on CUDA, fp32 on CPU
         None, description="bf16 autocast (CUDA).", json_schema_extra=cli(flag="--amp/--no-amp")
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda.")
+    device: DeviceName = Field("auto", description=DEVICE_HELP)
 
 
     @field_validator("tsqa_field", "tsqa_label", mode="before")
@@ -550,7 +562,7 @@ class GenerateConfig(StrictModel):
         True, description="KV cache; --no-cache recomputes every token.",
         json_schema_extra=cli(flag="--cache/--no-cache"),
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda.")
+    device: DeviceName = Field("auto", description=DEVICE_HELP)
 
     @model_validator(mode="after")
     def _check_temperature(self) -> "GenerateConfig":
@@ -573,7 +585,7 @@ class DemoConfig(StrictModel):
         json_schema_extra=cli(flag="--overwrite/--no-overwrite"),
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the corpus and every run.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda.")
+    device: DeviceName = Field("auto", description=DEVICE_HELP)
 
 
 # ------------------------------------------------------------------ interop

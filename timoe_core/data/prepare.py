@@ -565,9 +565,9 @@ def _check_compatible(dirs: list[Path], manifests: list[Manifest]) -> None:
         "seq_len": lambda m: m.seq_len,
         "val_fraction": lambda m: m.val_fraction,
         "--until": lambda m: m.until,
-        "source": lambda m: m.source,
         **{f"--{name.replace('_', '-')}": (lambda m, n=name: (m.reading or {}).get(n))
            for name in _READING_FIELDS},
+        "source": lambda m: m.source,  # after the options its description may show
     }
     for d, m in zip(dirs[1:], manifests[1:]):
         for what, get in checks.items():

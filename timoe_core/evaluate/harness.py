@@ -63,7 +63,9 @@ class TimoeLM(_LMBase):  # type: ignore[misc, valid-type]
                  date_field: str | None = None, strategy: str | None = None,
                  policy: str | None = None, device: str | None = None,
                  batch_size: int | str | None = None, greedy: Any = True,
-                 **_ignored: Any) -> None:
+                 max_batch_size: int | str | None = None) -> None:
+        # max_batch_size: lm-eval passes it with batch_size and device; a fixed batch
+        # (batch_size) is what timoe runs, so it has nothing to cap.
         if _LMBase is not object:
             super().__init__()
         if model is None:
@@ -86,6 +88,23 @@ class TimoeLM(_LMBase):  # type: ignore[misc, valid-type]
                                                                           .split(":")[0]))
         self.greedy = _bool(greedy)
         self.tok = get_tokenizer(str(self.model.tokenizer.get("name", "gpt2")))
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str,
+                               additional_config: dict[str, Any] | None = None) -> TimoeLM:
+        from lm_eval.utils import simple_parse_args_string
+
+        args = simple_parse_args_string(arg_string)
+        check_model_args(args)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**(args | extra))
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any],
+                            additional_config: dict[str, Any] | None = None) -> TimoeLM:
+        check_model_args(arg_dict)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**(dict(arg_dict) | extra))
 
     # ------------------------------------------------------------ dates and tokens
 
@@ -211,6 +230,34 @@ class TimoeLM(_LMBase):  # type: ignore[misc, valid-type]
 if _register is not None:
     _register(MODEL_NAME)(TimoeLM)
 
+# What --model_args may set: a key outside these would be ignored, so it is refused.
+MODEL_ARGS = ("model", "query_date", "date_field", "strategy", "policy", "device", "batch_size",
+              "greedy")
+
+
+def check_model_args(args: dict[str, Any] | Sequence[str]) -> None:
+    """TimoeError naming the first model_args key the timoe model does not take."""
+    unknown = [k for k in args if k not in MODEL_ARGS]
+    if unknown:
+        raise TimoeError(
+            f"--model_args {unknown[0]}=... is not an option of the timoe model: use "
+            f"{', '.join(MODEL_ARGS)}"
+        )
+
+
+def _model_args_in(argv: Sequence[str]) -> str | None:
+    """The --model_args string of an lm-eval command line that runs `--model timoe`."""
+    values: dict[str, str] = {}
+    for i, arg in enumerate(argv):
+        for flag in ("--model", "--model_args"):
+            if arg == flag and i + 1 < len(argv):
+                values[flag] = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                values[flag] = arg[len(flag) + 1:]
+    if values.get("--model") != MODEL_NAME:
+        return None
+    return values.get("--model_args")
+
 
 # ------------------------------------------------------- `timoe evaluate` folding
 
@@ -254,7 +301,7 @@ def run_lm_eval_tasks(model: EvaluatedModel, cfg: Any) -> dict[str, Any]:
         raise TimoeError(
             f"lm-eval tasks {','.join(tasks)} could not run ({type(exc).__name__}: {first}); "
             "offline, a hub dataset must be in the local cache: fetch it where there is "
-            "network (huggingface-cli download --repo-type dataset NAME) and set "
+            "network (hf download NAME --repo-type dataset) and set "
             "HF_DATASETS_OFFLINE=1, or write a local task YAML over a JSONL file and pass "
             "--lm-eval-include-path"
         ) from None
@@ -281,8 +328,14 @@ def run_lm_eval_cli() -> None:
     """lm-eval's own command line, with the `timoe` model registered (`timoe-lm-eval`)."""
     if _register is None:
         raise TimoeError(f"timoe-lm-eval needs lm-evaluation-harness: {INSTALL_HINT}")
-    from lm_eval.__main__ import cli_evaluate
+    import sys
 
+    from lm_eval.__main__ import cli_evaluate
+    from lm_eval.utils import simple_parse_args_string
+
+    arg_string = _model_args_in(sys.argv[1:])
+    if arg_string is not None and not arg_string.lstrip().startswith("{"):
+        check_model_args(simple_parse_args_string(arg_string))  # before lm-eval's own work
     cli_evaluate()
 
 
