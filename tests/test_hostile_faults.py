@@ -290,3 +290,50 @@ def test_timoe_lm_eval_refuses_an_unknown_model_args_key_up_front(tmp_path, mode
     assert proc.stderr.strip().splitlines() == [
         f"error: --model_args {key}=... is not an option of the timoe model: use model, "
         "query_date, date_field, strategy, policy, device, batch_size, greedy"]
+
+
+# ------------------------------------------------------------ unsafe advice
+
+
+@pytest.mark.parametrize("content", ["namespace", "code", "not-a-pickle"])
+def test_importing_a_pickle_the_safe_loader_refuses_says_ours_in_one_line(tmp_path, capsys,
+                                                                         content):
+    import argparse
+
+    import torch
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({
+        "n_layer": 1, "n_head": 2, "n_embd": 32, "vocab_size": 50304, "sequence_length": 32,
+        "bias": False, "dropout": 0.0, "mlp_dim_exp_factor": 1.0}))
+    pt = src / "pytorch_model.bin"
+    if content == "namespace":
+        torch.save({"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(a=1)}, pt)
+    elif content == "code":
+        torch.save({"model": {"w": torch.zeros(2)}, "f": os.system}, pt)
+    else:
+        pt.write_bytes(b"\x80\x04garbage")
+    code, _, err = run_cli(capsys, "import", "--format", "gptbase", "--source", src, "--slice",
+                           "2015-2016", "--out", tmp_path / "out")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{pt} is a pickle timoe will not unpickle" in err and "safetensors" in err
+    assert "Re-running" not in err and "will likely succeed" not in err  # torch's advice
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_refused_trainer_state_never_repeats_torchs_advice():
+    import pickle
+
+    from timoe_core.io import safe_loader_refusal
+
+    exc = pickle.UnpicklingError(
+        "Weights only load failed. This file can still be loaded, to do so you have two "
+        "options. \n\t(1) In PyTorch 2.6, we changed the default value of the `weights_only` "
+        "argument in `torch.load` from `False` to `True`. Re-running `torch.load` with "
+        "`weights_only` set to `False` will likely succeed, but it can result in arbitrary "
+        "code execution.\n\t(2) Alternatively ...\n\tWeightsUnpickler error: Unsupported "
+        "global: GLOBAL posix.system was not an allowed global by default. Please use "
+        "`torch.serialization.add_safe_globals([system])`.\n\nCheck the documentation")
+    assert safe_loader_refusal(exc) == ("Unsupported global: GLOBAL posix.system was not an "
+                                        "allowed global by default")

@@ -248,6 +248,20 @@ def read_metadata(path: str | os.PathLike, model: type[ModelT], fix: str) -> Mod
         raise TimoeError(f"{path} is corrupt ({why}): {fix}") from None
 
 
+def safe_loader_refusal(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a pickle, in a few words: only its
+    specific reason ("Unsupported global: GLOBAL argparse.Namespace"), never torch's
+    advice around it to retry with weights_only=False, which would run whatever code
+    the file holds."""
+    import re
+
+    text = str(exc)
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n|$)", text)
+    if m is None:
+        m = re.search(r"((?:Unsupported|Trying to load unsupported)[^.\n]*)", text)
+    return m.group(1).strip()[:160] if m else "it holds objects other than tensors"
+
+
 def write_failure_as_os_error(exc: BaseException, path: str | os.PathLike) -> OSError | None:
     """The OSError a failed write really was, from the exceptions libraries wrap it in:
     torch.save raises RuntimeError ("PytorchStreamWriter failed writing file"), safetensors

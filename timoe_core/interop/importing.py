@@ -23,8 +23,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from timoe_core.config import ImportConfig, save_config
 from timoe_core.errors import TimoeError
 from timoe_core.interop.gpt2 import LAYER_NORM_EPS, from_gpt2_state, gpt2_name
 from timoe_core.interop.hub import resolve_model_path
-from timoe_core.io import check_output_path, chmod_default
+from timoe_core.io import check_output_path, chmod_default, safe_loader_refusal
 from timoe_core.model.gpt import GPT, GPT2_VOCAB_SIZE, GPTConfig
 from timoe_core.timeslices import TimeSlice, parse_query_date
 from timoe_core.tokenizer import get_tokenizer
@@ -70,10 +72,20 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
             raise TimoeError(f"{st} is not a readable safetensors file ({exc})") from None
     if pt.is_file():
         try:  # weights only: an untrusted pickle must never execute code
-            state = torch.load(pt, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's own advice goes to stderr otherwise
+                state = torch.load(pt, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle errors come in many types
-            raise TimoeError(f"{pt} cannot be read as weights only ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            why = (safe_loader_refusal(exc) if isinstance(exc, pickle.UnpicklingError)
+                   else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160])
+            raise TimoeError(
+                f"{pt} is a pickle timoe will not unpickle ({why}): timoe reads weights only; "
+                "convert it to model.safetensors on a machine where you trust the file, e.g. "
+                f"`python -c \"import torch; from safetensors.torch import save_file; "
+                f"sd = torch.load('{pt}', map_location='cpu', weights_only=False); "
+                "sd = sd.get('model', sd); save_file({k: v.contiguous() for k, v in "
+                f"sd.items()}}, '{folder}/model.safetensors')\"`, then import the folder again"
+            ) from None
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
             state = state["model"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)

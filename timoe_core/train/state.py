@@ -66,6 +66,7 @@ from timoe_core.io import (
     _fsync_dir,
     atomic_path,
     check_output_path,
+    safe_loader_refusal,
     write_failure_as_os_error,
 )
 from timoe_core.train.metrics import METRICS_FILENAME, WANDB_ID_FILENAME
@@ -267,14 +268,9 @@ def load_trainer_state(ckpt: Checkpoint, verify_files: bool = True) -> dict[str,
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's message suggests retrying with weights_only=False: exactly what must
-        # never be done with a file that may run code. Keep only its specific line.
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        boilerplate = ("Weights only load failed", "Please file an issue", "Check the doc")
-        detail = next((ln for ln in lines if not ln.startswith(boilerplate)), "unpickling failed")
         raise _corrupt(
             path,
-            f"refused by the safe loader: {detail[:160]}; never load it with "
+            f"refused by the safe loader: {safe_loader_refusal(exc)}; never load it with "
             "weights_only=False, it may run code",
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
