@@ -337,3 +337,48 @@ def test_a_refused_trainer_state_never_repeats_torchs_advice():
         "`torch.serialization.add_safe_globals([system])`.\n\nCheck the documentation")
     assert safe_loader_refusal(exc) == ("Unsupported global: GLOBAL posix.system was not an "
                                         "allowed global by default")
+
+
+# ------------------------------------------------------------ numbers the parser cannot hold
+
+
+@pytest.mark.parametrize("name, text", [
+    ("c.yaml", "seed: " + "9" * 5000 + "\n"),
+    ("c.json", '{"lr": ' + "1" * 5000 + "}"),
+    ("c.toml", "max_steps = " + "7" * 5000 + "\n"),
+], ids=["yaml", "json", "toml"])
+def test_a_config_with_a_5000_digit_integer_is_one_clean_line(tmp_path, capsys, name, text):
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    code, _, err = run_cli(capsys, "train-expert", "--config", cfg, "--year", "2013",
+                           "--data", tmp_path / "d", "--out", tmp_path / "out")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"config file {cfg} is not valid" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("edit", [
+    {"n_layer": 10**9}, {"n_embd": 10**12, "n_head": 1}, {"sequence_length": 10**15},
+    {"dropout": "1e999999"}, {"n_layer": "RAW" + "9" * 5000},
+], ids=["n-layer", "n-embd", "sequence-length", "dropout-overflow", "n-layer-5000-digits"])
+def test_an_imported_config_json_with_huge_values_is_one_clean_line(tmp_path, capsys, edit):
+    src = tmp_path / "src"
+    src.mkdir()
+    config = {"n_layer": 1, "n_head": 2, "n_embd": 32, "vocab_size": 50304,
+              "sequence_length": 32, "bias": False, "dropout": 0.0, "mlp_dim_exp_factor": 1.0}
+    text = json.dumps(config | edit)
+    text = text.replace('"RAW', "").replace('9"', "9")  # a bare 5000-digit number
+    (src / "config.json").write_text(text)
+    code, _, err = run_cli(capsys, "import", "--format", "gptbase", "--source", src, "--slice",
+                           "2015-2016", "--out", tmp_path / "out")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_json_with_a_5000_digit_integer_is_corrupt_not_a_traceback(tmp_path, capsys):
+    run = make_expert_runs(tmp_path / "runs", ["2013-2014"])["2013-2014"]
+    text = (run / "run.json").read_text()
+    (run / "run.json").write_text(text.replace('"n_layer": 1', '"n_layer": ' + "1" * 5000))
+    code, _, err = run_cli(capsys, "generate", "--model", run, "--prompt", "a", "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "run.json is corrupt" in err

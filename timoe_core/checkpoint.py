@@ -95,8 +95,8 @@ def read_run_info(run_dir: Path) -> RunInfo:
         data = json.loads(read_small_file(path).decode("utf-8"))
         data["model_config_"] = data.pop("model_config")
         return RunInfo.model_validate(data)
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValidationError,
-            UnicodeDecodeError) as exc:  # fmt: skip
+    except (ValueError, KeyError, TypeError, AttributeError,
+            ValidationError) as exc:  # ValueError: JSON, UTF-8, a 5000-digit number
         why = describe_validation_error(exc)
         if isinstance(exc, (KeyError, TypeError, AttributeError)):
             why = "it holds no model_config mapping"

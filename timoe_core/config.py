@@ -670,7 +670,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
             data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader
         else:
             raise TimoeError(f"config file {path} must end in .yaml, .yml, .toml or .json")
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, ValueError) as exc:
+        # ValueError: a number Python will not convert (an integer of over 4300 digits)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TimoeError(f"config file {path} is not valid: {first}") from None
     if data is None:

@@ -33,13 +33,19 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from pydantic import ValidationError
 
 from timoe_core.checkpoint import RunInfo, save_model_weights, write_run_info
 from timoe_core.config import ImportConfig, save_config
-from timoe_core.errors import TimoeError
+from timoe_core.errors import TimoeError, describe_validation_error
 from timoe_core.interop.gpt2 import LAYER_NORM_EPS, from_gpt2_state, gpt2_name
 from timoe_core.interop.hub import resolve_model_path
-from timoe_core.io import check_output_path, chmod_default, safe_loader_refusal
+from timoe_core.io import (
+    check_output_path,
+    chmod_default,
+    read_small_file,
+    safe_loader_refusal,
+)
 from timoe_core.model.gpt import GPT, GPT2_VOCAB_SIZE, GPTConfig
 from timoe_core.timeslices import TimeSlice, parse_query_date
 from timoe_core.tokenizer import get_tokenizer
@@ -55,9 +61,10 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TimoeError(f"{folder} has no config.json: give the folder the model was saved to")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TimoeError(f"{path} is not readable JSON ({exc})") from None
+        data = json.loads(read_small_file(path).decode("utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: JSON, UTF-8, a 5000-digit number
+        raise TimoeError(f"{path} is not readable JSON ({describe_validation_error(exc)})"
+                         ) from None
     if not isinstance(data, dict):
         raise TimoeError(f"{path} must hold a JSON object of settings")
     return data
@@ -182,7 +189,13 @@ def _check_tied(state: dict[str, torch.Tensor], path: Path, wte_key: str) -> Non
 def read_foreign_model(fmt: str, folder: Path) -> GPT:
     """A timoe GPT holding the model in `folder` (format gptbase or hf), in eval mode."""
     raw = _read_config(folder)
-    config = (gptbase_config if fmt == "gptbase" else hf_config)(raw, folder / "config.json")
+    path = folder / "config.json"
+    try:
+        config = (gptbase_config if fmt == "gptbase" else hf_config)(raw, path)
+    except (ValidationError, ValueError, TypeError, OverflowError) as exc:
+        # sizes beyond any real model (GPTConfig's bounds), numbers float() cannot hold
+        raise TimoeError(f"{path} cannot be imported ({describe_validation_error(exc)}): "
+                         "check its values") from None
     state, weights_path = _read_weights(folder)
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
     if fmt == "hf" and not any(k.startswith("transformer.") for k in state):
