@@ -382,3 +382,167 @@ def test_a_run_json_with_a_5000_digit_integer_is_corrupt_not_a_traceback(tmp_pat
     code, _, err = run_cli(capsys, "generate", "--model", run, "--prompt", "a", "--device", "cpu")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "run.json is corrupt" in err
+
+
+# ------------------------------------------------------------ resume over a changed past
+
+STAGED = ["--seq-len", "16", "--batch-size", "2", "--log-every", "5", "--device", "cpu",
+          "--steps-per-stage", "2", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
+          "--eval-batches", "1"]
+
+
+@pytest.fixture(scope="module")
+def staged_run(tmp_path_factory) -> dict[str, Path]:
+    """A finished staged run of 2013-2014 (a snapshot as of 2013-12-31), made once."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("staged")
+    data = make_data_dir(root / "data", years=(2013, 2014), vocab_size=128, seq_len=16)
+    run = root / "run"
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "timoe_cli", "train-expert", "--year", "2013",
+                           "--data", data, "--out", run, *STAGED], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return {"data": data, "run": run}
+
+
+def _copy_run(staged_run: dict[str, Path], tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(staged_run["run"], tmp_path / "run"))
+
+
+def _rerun(capsys, staged_run, run: Path, *flags: str) -> tuple[int, str, str]:
+    argv = ["train-expert", "--year", "2013", "--data", staged_run["data"], "--out", run,
+            *STAGED, *flags]
+    return run_cli(capsys, *argv)
+
+
+@pytest.mark.parametrize("flag, value", [("--steps-per-stage", "3"), ("--lr", "0.002"),
+                                         ("--batch-size", "1"), ("--decay-fraction", "0.5"),
+                                         ("--seed", "1")])
+def test_a_rerun_with_a_flag_that_changes_a_finished_stage_is_a_conflict(
+    tmp_path, capsys, staged_run, flag, value
+):
+    run = _copy_run(staged_run, tmp_path)
+    before = _tree(run)
+    code, _, err = _rerun(capsys, staged_run, run, flag, value)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "cannot resume" in err and f"{flag} (run has" in err
+    assert _tree(run) == before
+    # --overwrite starts over, as the message says
+    code, _, err = _rerun(capsys, staged_run, run, flag, value, "--no-resume", "--overwrite")
+    assert code == 0, err
+
+
+def _damage(run: Path, how: str) -> None:
+    snap = run / "snapshots" / "2013-12-31"
+    if how == "weights-changed":
+        w = snap / "model.safetensors"
+        data = bytearray(w.read_bytes())
+        data[-1] ^= 0xFF
+        w.unlink()
+        w.write_bytes(bytes(data))
+    elif how == "weights-deleted":
+        (snap / "model.safetensors").unlink()
+    elif how == "snapshot-deleted":
+        import shutil
+
+        shutil.rmtree(snap)
+    elif how == "snapshot-json-list":
+        (snap / "snapshot.json").write_text("[1, 2, 3]")
+    elif how == "snapshot-json-sha-number":
+        meta = json.loads((snap / "snapshot.json").read_text())
+        meta["sha256"] = 12345
+        (snap / "snapshot.json").write_text(json.dumps(meta))
+    elif how == "snapshot-json-other-stage":
+        meta = json.loads((snap / "snapshot.json").read_text())
+        meta["stage_steps"] = 99
+        (snap / "snapshot.json").write_text(json.dumps(meta))
+
+
+DAMAGE = ["weights-changed", "weights-deleted", "snapshot-deleted", "snapshot-json-list",
+          "snapshot-json-sha-number", "snapshot-json-other-stage"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_rerun_refuses_a_snapshot_deleted_or_damaged_between_runs(tmp_path, capsys,
+                                                                    staged_run, how):
+    run = _copy_run(staged_run, tmp_path)
+    _damage(run, how)
+    before = _tree(run)
+    code, _, err = _rerun(capsys, staged_run, run)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "snapshot" in err and "Traceback" not in err
+    assert _tree(run) == before  # refused: nothing rewritten
+
+
+@pytest.mark.parametrize("how", [d for d in DAMAGE if d != "snapshot-json-other-stage"])
+def test_evaluating_a_damaged_snapshot_is_refused(tmp_path, capsys, staged_run, how):
+    run = _copy_run(staged_run, tmp_path / "experts")  # a folder of experts: snapshots used
+    _damage(run, how)
+    code, _, err = run_cli(capsys, "evaluate", "--model", run.parent, "--data",
+                           staged_run["data"],
+                           "--device", "cpu", "--query-date", "2014-01-01",
+                           "--policy", "point-in-time")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "2013-12-31" in err and "Traceback" not in err
+
+
+def test_a_successful_rerun_removes_the_temp_files_a_killed_write_left(tmp_path, capsys,
+                                                                       staged_run):
+    run = _copy_run(staged_run, tmp_path)
+    debris = [run / ".model.safetensors.a1b2c3d4.tmp", run / ".run.json.zz_9yy8x.tmp",
+              run / "snapshots" / "2013-12-31" / ".model.safetensors.q1w2e3r4.tmp",
+              run / "snapshots" / "2013-12-31" / ".snapshot.json.abcdefgh.tmp"]
+    for p in debris:
+        p.write_bytes(b"half")
+    mine = run / ".my-notes.txt.tmp"  # not ours: kept
+    mine.write_text("mine")
+    code, _, err = _rerun(capsys, staged_run, run)
+    assert code == 0, err
+    assert [p for p in debris if p.exists()] == [] and mine.read_text() == "mine"
+
+
+# ------------------------------------------------------------ metadata of the wrong shape
+
+
+@pytest.mark.parametrize("entry", [
+    [{"data_cutoff": "2013-12-31", "path": "../../elsewhere"}],
+    [{"data_cutoff": "2013-12-31", "path": "/etc"}],
+    [{"data_cutoff": "not a date", "path": "snapshots/not a date"}],
+    [{"data_cutoff": "2013-12-31"}],
+], ids=["dotdot", "absolute", "bad-date", "no-path"])
+def test_run_json_snapshot_entries_are_validated(tmp_path, capsys, staged_run, entry):
+    run = _copy_run(staged_run, tmp_path)
+    info = json.loads((run / "run.json").read_text())
+    info["snapshots"] = entry
+    (run / "run.json").write_text(json.dumps(info))
+    code, _, err = run_cli(capsys, "evaluate", "--model", run, "--data", staged_run["data"],
+                           "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "run.json is corrupt (snapshots" in err
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"x"', "{}", '{"strategy": "avg"'])
+def test_a_mixture_run_record_of_the_wrong_shape_is_corrupt(tmp_path, text):
+    from timoe_core.io import read_json_object
+
+    path = tmp_path / "mixture_run.json"
+    path.write_text(text)
+    if text == "{}":
+        assert read_json_object(path, "fix") == {}
+        return
+    with pytest.raises(TimoeError, match=r"mixture_run.json is corrupt \(.*\): fix"):
+        read_json_object(path, "fix")
+
+
+def test_a_run_config_yaml_of_the_wrong_shape_is_refused_on_resume(tmp_path, capsys,
+                                                                   staged_run):
+    run = _copy_run(staged_run, tmp_path)
+    (run / "config.yaml").write_text("- just\n- a list\n")
+    code, _, err = _rerun(capsys, staged_run, run)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "config.yaml is corrupt" in err

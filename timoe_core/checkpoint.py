@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
@@ -35,6 +35,7 @@ from timoe_core.errors import TimoeError, describe_validation_error
 from timoe_core.io import (
     atomic_path,
     atomic_write_json,
+    read_metadata,
     read_small_file,
     write_failure_as_os_error,
 )
@@ -68,6 +69,21 @@ class RunInfo(BaseModel):
     timoe_version: str = __version__
     imported_from: str | None = None  # `timoe import`: the source format and folder
 
+    @field_validator("snapshots")
+    @classmethod
+    def _snapshot_entries(cls, entries: list[dict[str, str]]) -> list[dict[str, str]]:
+        """Each entry {"data_cutoff": ISO date, "path": "snapshots/<that date>"}: a path
+        anywhere else (an absolute one, `..`) would read weights from outside the run."""
+        for i, entry in enumerate(entries):
+            if set(entry) != {"data_cutoff", "path"}:
+                raise ValueError(f"entry {i} must hold data_cutoff and path, holds "
+                                 f"{sorted(entry)}")
+            _iso_date(entry["data_cutoff"])
+            if entry["path"] != f"{SNAPSHOTS_DIRNAME}/{entry['data_cutoff']}":
+                raise ValueError(f"entry {i}: path {entry['path']!r} is not "
+                                 f"{SNAPSHOTS_DIRNAME}/<its data_cutoff>")
+        return entries
+
     @property
     def time_slice(self) -> TimeSlice:
         return TimeSlice.from_label(self.slice_label)
@@ -76,6 +92,46 @@ class RunInfo(BaseModel):
     def cutoff(self) -> date:
         """data_cutoff as a date (the slice's end for runs that did not record it)."""
         return date.fromisoformat(self.data_cutoff or self.end_date)
+
+
+SNAPSHOTS_DIRNAME = "snapshots"
+SNAPSHOT_INFO_FILENAME = "snapshot.json"
+
+
+def _iso_date(value: str) -> str:
+    date.fromisoformat(value)  # ValueError names what is wrong
+    return value
+
+
+class SnapshotInfo(BaseModel):
+    """snapshot.json, written last into a snapshot folder: the folder is whole when it is
+    there, and its sha256 is what the weights must hash to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_cutoff: str
+    stage_year: int = Field(ge=1, le=9999)
+    stage_steps: int = Field(ge=0)
+    decay_steps: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("data_cutoff")
+    @classmethod
+    def _cutoff(cls, value: str) -> str:
+        return _iso_date(value)
+
+
+def read_snapshot_info(folder: Path) -> SnapshotInfo:
+    """A snapshot folder's snapshot.json, validated; TimoeError naming it when it is
+    missing (the snapshot was never finished) or of the wrong shape."""
+    path = Path(folder) / SNAPSHOT_INFO_FILENAME
+    if not path.is_file():
+        raise TimoeError(
+            f"{path} is missing: the snapshot {folder} was never finished or was removed; "
+            f"rerun the same train-expert command on {Path(folder).parent.parent} to rebuild "
+            "it, or restore it"
+        )
+    return read_metadata(path, SnapshotInfo, "restore the snapshot, or retrain the run")
 
 
 def _info_to_json(info: RunInfo) -> dict:

@@ -230,10 +230,17 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:
+    """demo.json, or None when it is not a demo state ({"settings": {...}, "finished":
+    {stage: {"seconds": N}}}): a folder holding another file of that name is no demo."""
     try:
-        return json.loads(path.read_text())
+        state = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    ok = (isinstance(state, dict) and isinstance(state.get("settings"), dict)
+          and isinstance(state.get("finished"), dict)
+          and all(isinstance(v, dict) and isinstance(v.get("seconds"), (int, float))
+                  for v in state["finished"].values()))
+    return state if ok else None
 
 
 def _is_demo_output(p: Path) -> bool:

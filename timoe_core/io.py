@@ -262,6 +262,18 @@ def safe_loader_refusal(exc: BaseException) -> str:
     return m.group(1).strip()[:160] if m else "it holds objects other than tensors"
 
 
+def read_json_object(path: str | os.PathLike, fix: str) -> dict[str, Any]:
+    """A small JSON metadata file that must hold an object (a record compared key by key
+    with what a rerun would write); TimoeError "`path` is corrupt (...): `fix`" otherwise."""
+    try:
+        data = json.loads(read_small_file(path).decode("utf-8"))
+    except ValueError as exc:  # JSON, UTF-8, a 5000-digit number
+        raise TimoeError(f"{path} is corrupt ({describe_validation_error(exc)}): {fix}") from None
+    if not isinstance(data, dict):
+        raise TimoeError(f"{path} is corrupt (a JSON {type(data).__name__}, not an object): {fix}")
+    return data
+
+
 def write_failure_as_os_error(exc: BaseException, path: str | os.PathLike) -> OSError | None:
     """The OSError a failed write really was, from the exceptions libraries wrap it in:
     torch.save raises RuntimeError ("PytorchStreamWriter failed writing file"), safetensors

@@ -38,7 +38,13 @@ from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
 from timoe_core.interop.gpt2 import EOT_TOKEN, hf_gpt2_config, to_gpt2_state
 from timoe_core.interop.hub import resolve_model_path
-from timoe_core.io import atomic_write_json, atomic_write_text, check_output_path, chmod_default
+from timoe_core.io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_output_path,
+    chmod_default,
+    read_metadata,
+)
 from timoe_core.model.gpt import GPT
 from timoe_core.timeslices import DEFAULT_POLICY, canonical_policy, parse_query_date
 from timoe_core.tokenizer import ENCODER_FILENAME, EOT_TEXT, GPT2_FILES_DIR, MERGES_FILENAME
@@ -189,14 +195,12 @@ def export_model(cfg: ExportConfig) -> list[ExportedModel]:
             exported.append(ExportedModel(label, Path(folder or "."), info, sha))
         if len(models) > 1 or models[0][0]:
             policy = cfg.policy or "inclusive"
-            try:
-                from timoe_core.model.bundle import BUNDLE_FILENAME
+            from timoe_core.model.bundle import BUNDLE_FILENAME, BundleSpec
 
-                spec = json.loads((path / BUNDLE_FILENAME).read_text(encoding="utf-8"))
-                strategy, policy = spec.get("strategy", "avg"), cfg.policy or spec.get(
-                    "policy", policy)
-            except (OSError, ValueError):
-                strategy = "avg"
+            strategy = "avg"  # a folder of run dirs: no bundle to say otherwise
+            if (path / BUNDLE_FILENAME).is_file():  # validated as every reader of it does
+                spec = read_metadata(path / BUNDLE_FILENAME, BundleSpec, "rebuild the bundle")
+                strategy, policy = spec.strategy, cfg.policy or spec.policy
             atomic_write_text(staging / README_FILENAME,
                               _readme(str(cfg.model), cfg.query_date, policy, exported, strategy))
         save_config(cfg, staging, "timoe-export.yaml")

@@ -9,7 +9,6 @@ sha256, so an ineligible expert's files are never opened. `find_run_dirs` turns
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -18,9 +17,11 @@ from pathlib import Path
 from timoe_core.checkpoint import (
     MODEL_FILENAME,
     RUN_INFO_FILENAME,
+    SNAPSHOT_INFO_FILENAME,
     RunInfo,
     load_weights_into,
     read_run_info,
+    read_snapshot_info,
 )
 from timoe_core.errors import TimoeError
 from timoe_core.io import sha256_file
@@ -40,6 +41,9 @@ class ExpertRecord:
     # Latest date of any text that shaped these weights; None: the run's data_cutoff.
     data_cutoff: date | None = None
     generation: int = 0  # derived artefacts come after their base of the same cutoff
+    # A snapshot read from a run dir: its folder (whose snapshot.json gave sha256); a
+    # snapshot never finished has none, and is refused when it is to be loaded.
+    snapshot_folder: Path | None = None
 
     @property
     def time_slice(self) -> TimeSlice:
@@ -75,6 +79,8 @@ class ExpertRecord:
 
 def load_expert(rec: ExpertRecord) -> GPT:
     """The expert's GPT on CPU, its weights checked against `rec.sha256` (then recorded)."""
+    if rec.snapshot_folder is not None and rec.sha256 is None:
+        read_snapshot_info(rec.snapshot_folder)  # missing: TimoeError naming it
     directory = rec.weights_dir()
     path = directory / MODEL_FILENAME
     digest = sha256_file(path)
@@ -230,13 +236,17 @@ def run_dir_artefacts(run_dir: Path, info: RunInfo) -> list[ExpertRecord]:
     for snap in info.snapshots:
         folder = run_dir / snap["path"]
         sha = None
-        meta = folder / "snapshot.json"
-        if meta.is_file():
-            try:
-                sha = json.loads(meta.read_text(encoding="utf-8")).get("sha256")
-            except (OSError, ValueError):
-                sha = None
+        if (folder / SNAPSHOT_INFO_FILENAME).is_file():  # else unfinished: refused on load
+            meta = read_snapshot_info(folder)  # of the wrong shape: TimoeError naming it
+            if meta.data_cutoff != snap["data_cutoff"]:
+                raise TimoeError(
+                    f"{folder / SNAPSHOT_INFO_FILENAME} is corrupt (data_cutoff "
+                    f"{meta.data_cutoff}, run.json lists {snap['data_cutoff']}): restore the "
+                    "snapshot, or retrain the run"
+                )
+            sha = meta.sha256
         out.append(ExpertRecord(info=info, candidates=[folder], sha256=sha,
-                                data_cutoff=date.fromisoformat(snap["data_cutoff"])))
+                                data_cutoff=date.fromisoformat(snap["data_cutoff"]),
+                                snapshot_folder=folder))
     out.append(ExpertRecord(info=info, candidates=[run_dir], sha256=None))
     return out

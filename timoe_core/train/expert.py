@@ -28,8 +28,13 @@ import torch
 from pydantic import ValidationError
 
 from timoe_core.checkpoint import (
+    MODEL_FILENAME,
+    SNAPSHOT_INFO_FILENAME,
+    SNAPSHOTS_DIRNAME,
     RunInfo,
+    SnapshotInfo,
     load_weights_into,
+    read_snapshot_info,
     read_run_info,
     save_model_weights,
     write_run_info,
@@ -40,7 +45,7 @@ from timoe_core.config import (
     TrainingConfig,
     flag_name,
     format_validation_error,
-    read_config_file,
+    resolve_config,
     save_config,
 )
 from timoe_core.data.manifest import Manifest, load_manifest, manifest_checksum
@@ -69,8 +74,6 @@ _RECORD_NAMES = {
     "data_cutoff": "data (the last year with training windows)",
     "snapshots": "--snapshots (or the data's years)",
 }
-SNAPSHOTS_DIRNAME = "snapshots"
-SNAPSHOT_INFO_FILENAME = "snapshot.json"
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,16 @@ def _select_slice(cfg: TrainExpertConfig, manifest: Manifest) -> tuple[str, Time
     return "expert", slicing.slice_for_year(cfg.year)
 
 
-def _conflicts(saved: RunInfo, new: RunInfo, saved_seed: int | None, seed: int) -> list[str]:
+# Config fields that define what each stage (and the run) trained on: a rerun with any
+# other value would go on with another schedule, batch or order than the finished stages
+# and snapshots were made with. The budget of a run of --snapshots none may grow.
+_TRAJECTORY_FIELDS = ("steps_per_stage", "batch_size", "grad_accum", "lr", "min_lr_ratio",
+                      "warmup_fraction", "decay_fraction", "decay_shape", "weight_decay",
+                      "beta1", "beta2", "grad_clip", "seed")
+
+
+def _conflicts(saved: RunInfo, new: RunInfo, saved_cfg: TrainExpertConfig | None,
+               cfg: TrainExpertConfig) -> list[str]:
     diffs = []
     a = saved.model_dump(exclude={"model_config_", "timoe_version", "start_date", "end_date"})
     b = new.model_dump(exclude={"model_config_", "timoe_version", "start_date", "end_date"})
@@ -164,20 +176,26 @@ def _conflicts(saved: RunInfo, new: RunInfo, saved_seed: int | None, seed: int) 
                 f"{_RECORD_NAMES.get(key) or flag_name(TrainExpertConfig, key)} "
                 f"(run has {a[key]}, flags give {b.get(key)})"
             )
-    if saved_seed is not None and saved_seed != seed:
-        diffs.append(f"--seed (run has {saved_seed}, flags give {seed})")
+    if saved_cfg is not None:
+        for key in _TRAJECTORY_FIELDS:
+            was, now = getattr(saved_cfg, key), getattr(cfg, key)
+            if was != now:
+                diffs.append(f"{flag_name(TrainExpertConfig, key)} (run has {was}, flags give {now})")
     return diffs
 
 
-def _saved_seed(run_dir: Path) -> int | None:
+def _saved_config(run_dir: Path) -> TrainExpertConfig | None:
+    """RUN_DIR/config.yaml validated as the config it was written from; None when absent
+    (a run killed before writing it)."""
     path = run_dir / CONFIG_FILENAME
     if not path.is_file():
         return None
     try:
-        seed = read_config_file(path).get("seed")
-    except TimoeError:
-        return None
-    return seed if isinstance(seed, int) else None
+        return resolve_config(TrainExpertConfig, path, {})
+    except TimoeError as exc:
+        raise TimoeError(
+            f"{path} is corrupt ({exc}): restore it, or start over with --no-resume --overwrite"
+        ) from None
 
 
 def _check_run_dir(plan: ExpertPlan, restart: bool) -> None:
@@ -185,11 +203,50 @@ def _check_run_dir(plan: ExpertPlan, restart: bool) -> None:
     cfg, run_dir = plan.cfg, plan.run_dir
 
     def conflicts() -> list[str]:
-        return _conflicts(read_run_info(run_dir), plan.run_info, _saved_seed(run_dir), cfg.seed)
+        return _conflicts(read_run_info(run_dir), plan.run_info, _saved_config(run_dir), cfg)
 
     plan.action = ckpt_state.decide_run_dir(
         run_dir, resume=cfg.resume, overwrite=cfg.overwrite, restart=restart, conflicts=conflicts
     )
+    if plan.action == "resume":
+        verify_snapshots(plan)
+
+
+def verify_snapshots(plan: ExpertPlan) -> None:
+    """What a rerun keeps must be what it says: every snapshot the run is already past is
+    there, records this plan's stage in its snapshot.json, and its weights hash to the
+    sha256 recorded there. Refuses (TimoeError naming the file) otherwise: a missing or
+    damaged snapshot cannot be rebuilt without retraining from its stage."""
+    ckpt = ckpt_state.latest_checkpoint(plan.run_dir)
+    at_step = ckpt.step if ckpt is not None else 0
+    fix = "restore it, or start over with --no-resume --overwrite"
+    end = 0
+    for stage in plan.stages[:-1]:
+        end += stage.steps
+        folder = plan.run_dir / snapshot_relpath(stage.cutoff)
+        if not (folder / SNAPSHOT_INFO_FILENAME).is_file():
+            if at_step > end:  # its decay branch ran at step `end`, before this checkpoint
+                raise TimoeError(
+                    f"snapshot {folder} (stage {stage.year}, listed in run.json) is missing or "
+                    f"unfinished, but the run is past its step {end}: {fix}"
+                )
+            continue
+        meta = read_snapshot_info(folder)
+        expected = SnapshotInfo(data_cutoff=stage.cutoff.isoformat(), stage_year=stage.year,
+                                stage_steps=stage.steps, decay_steps=stage.decay_steps,
+                                sha256=meta.sha256)
+        if meta != expected:
+            diff = ", ".join(f"{k} {getattr(meta, k)} (this run: {getattr(expected, k)})"
+                             for k in type(meta).model_fields
+                             if getattr(meta, k) != getattr(expected, k))
+            raise TimoeError(f"{folder / SNAPSHOT_INFO_FILENAME} records another stage ({diff}): "
+                             f"{fix}")
+        weights = folder / MODEL_FILENAME
+        if not weights.is_file() or sha256_file(weights) != meta.sha256:
+            raise TimoeError(
+                f"{weights} is missing or fails its sha256 check against "
+                f"{folder / SNAPSHOT_INFO_FILENAME}: the snapshot was changed or damaged; {fix}"
+            )
 
 
 def plan_expert_run(

@@ -201,7 +201,7 @@ class LogProbCache:
             meta = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
-        return meta.get("key") == key and meta.get("complete") is True
+        return isinstance(meta, dict) and meta.get("key") == key and meta.get("complete") is True
 
     @classmethod
     def open_or_build(
@@ -237,7 +237,8 @@ class LogProbCache:
                 previous = json.loads(meta_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 previous = None
-            if previous is not None and previous.get("key") != key:
+            if previous is not None and (not isinstance(previous, dict)
+                                         or previous.get("key") != key):
                 shutil.rmtree(cache.directory)  # a digest collision: start it over
             cache.directory.mkdir(parents=True, exist_ok=True)
             atomic_write_json(meta_path, cache._meta(complete=False))

@@ -52,9 +52,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill
+            record = json.loads(line)
+        except ValueError:  # a line cut by a kill
             continue
+        if isinstance(record, dict):  # a line of another shape is not one of ours
+            out.append(record)
     return out
 
 

@@ -57,7 +57,7 @@ from timoe_core.data.manifest import (
 )
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_json, sha256_file
+from timoe_core.io import atomic_write_json, read_json_object, sha256_file
 from timoe_core.model.bundle import BUNDLE_FILENAME, EMBEDDED_EXPERTS_DIR, ROUTER_FILENAME
 from timoe_core.model.mixture import TiMoE
 from timoe_core.strategies import get_strategy
@@ -338,8 +338,8 @@ def _conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def _read_record(run_dir: Path) -> dict[str, Any]:
     path = run_dir / MIXTURE_RUN_FILENAME
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        return read_json_object(path, "start over with --overwrite")
+    except OSError as exc:
         raise TimoeError(f"{path} is unreadable ({exc}): start over with --overwrite") from None
 
 

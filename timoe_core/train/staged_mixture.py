@@ -54,7 +54,7 @@ from timoe_core.data.manifest import (
 )
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_json, check_output_path, sha256_file
+from timoe_core.io import atomic_write_json, check_output_path, read_json_object, sha256_file
 from timoe_core.lock import output_lock
 from timoe_core.model.bundle import (
     BUNDLE_FILENAME,
@@ -155,7 +155,7 @@ def _open_out(cfg: MixtureConfig, strategy: str, record: dict[str, Any]) -> None
             shutil.rmtree(out / name, ignore_errors=True)
         ckpt_state.open_run_dir(out, "overwrite")
     elif marker.is_file():
-        saved = json.loads(marker.read_text(encoding="utf-8"))
+        saved = read_json_object(marker, "start over with --overwrite")
         diffs = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
         if diffs:
             raise TimoeError(

@@ -121,13 +121,26 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
     return found[-1] if found else None
 
 
+# What io.atomic_path leaves when a write is killed: `.NAME.XXXXXXXX.tmp` (mkstemp).
+_TEMP_DEBRIS = re.compile(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp")
+
+
 def remove_stale(run_dir: Path) -> None:
-    """Remove checkpoint folders a killed run left half-written."""
+    """Remove what a killed run left half-written: checkpoint folders, and the temp files
+    of atomic writes (of run artefacts only) in the run dir and its snapshot folders.
+    Called under the run dir's write lock, so no live writer owns them."""
     root = checkpoints_dir(run_dir)
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith("."):
                 shutil.rmtree(p, ignore_errors=True)
+    folders = [run_dir, *sorted(p for p in (run_dir / "snapshots").glob("*")
+                                if p.is_dir() and not p.is_symlink())]
+    for folder in folders:
+        for p in folder.glob(".*.tmp"):
+            m = _TEMP_DEBRIS.fullmatch(p.name)
+            if m and m.group(1) in _RUN_FILES and (p.is_file() or p.is_symlink()):
+                p.unlink(missing_ok=True)
 
 
 def _fsync_file(path: Path) -> None:
@@ -363,6 +376,12 @@ RUN_ARTIFACTS = (
     "debug",
     "wandb",
 )
+
+
+# Files of a run dir (or a snapshot folder) written atomically: their temp files are debris.
+_RUN_FILES = {RUN_INFO_FILENAME, CONFIG_FILENAME, MODEL_FILENAME, METRICS_FILENAME,
+              WANDB_ID_FILENAME, "snapshot.json", "timoe.json", "mixture_run.json",
+              "router.safetensors"}
 
 
 def decide_run_dir(
