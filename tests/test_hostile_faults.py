@@ -546,3 +546,74 @@ def test_a_run_config_yaml_of_the_wrong_shape_is_refused_on_resume(tmp_path, cap
     code, _, err = _rerun(capsys, staged_run, run)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "config.yaml is corrupt" in err
+
+
+@pytest.mark.parametrize("model", ["folder", "bundle"])
+def test_strategy_dense_series_on_experts_is_refused_not_run_as_avg(tmp_path, capsys,
+                                                                    small_inputs, model):
+    target = small_inputs["experts"]
+    if model == "bundle":
+        target = tmp_path / "bundle"
+        code, _, err = run_cli(capsys, "train-router", "--strategy", "avg", "--experts",
+                               small_inputs["experts"], "--out", target)
+        assert code == 0, err
+    code, out, err = run_cli(capsys, "evaluate", "--model", target, "--strategy",
+                             "dense-series", "--data", small_inputs["data"], "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "dense-series" in err and "avg" not in out
+
+
+def test_strategy_dense_series_on_a_folder_with_one_dense_run_evaluates_that_run(
+    tmp_path, capsys, small_inputs
+):
+    from helpers import make_run
+
+    from timoe_core.checkpoint import read_run_info
+
+    folder = tmp_path / "models"
+    cfg = read_run_info(small_inputs["e13"]).model_config_
+    make_run(folder / "dense", "dense", "2013-2024", cfg,
+             tokenizer={"name": "gpt2", "vocab_size": 128, "eot_token": 127})
+    code, out, err = run_cli(capsys, "evaluate", "--model", folder, "--strategy", "dense-series",
+                             "--data", small_inputs["data"], "--device", "cpu", "--json",
+                             tmp_path / "r.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["strategy"] == "dense-series"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["generate", "--greedy", "--top-k", "5"], "--top-k"),
+    (["generate", "--greedy", "--temperature", "0.5"], "--temperature"),
+    (["evaluate", "--tsqa", "builtin", "--max-docs", "3"], "--max-docs"),
+    (["evaluate", "--tsqa", "builtin", "--matrix"], "--matrix"),
+    (["evaluate", "--data", "DATA", "--max-items", "3"], "--max-items"),
+    (["evaluate", "--data", "DATA", "--tsqa-field", "question=q"], "--tsqa-field"),
+    (["evaluate", "--tsqa", "builtin", "--lm-eval-limit", "3"], "--lm-eval-limit"),
+    (["evaluate", "--tsqa", "builtin", "--lm-eval-date-field", "year"],
+     "--lm-eval-date-field"),
+    (["train-expert", "--year", "2013", "--snapshots", "none", "--steps-per-stage", "3",
+      "--max-steps", "2"], "--steps-per-stage"),
+    (["prepare-data", "--source", "SRC", "--builtin-docs-per-year", "5"],
+     "--builtin-docs-per-year"),
+    (["prepare-data", "--source", "SRC", "--seed", "3"], "--seed"),
+    (["prepare-data", "--source", "SRC", "--hf-split", "validation"], "--hf-split"),
+    (["prepare-data", "--merge", "DATA", "--seq-len", "64"], "--seq-len"),
+    (["prepare-data", "--merge", "DATA", "--until", "2015"], "--until"),
+], ids=lambda v: "-".join(map(str, v)) if isinstance(v, list) else None)
+def test_an_option_that_would_be_ignored_is_refused_naming_it(tmp_path, capsys, small_inputs,
+                                                               argv, flag):
+    src = tmp_path / "a.jsonl"
+    src.write_text('{"text": "x", "date": 2015}\n')
+    subs = {"DATA": small_inputs["data"], "SRC": src}
+    argv = [subs.get(a, a) for a in argv]
+    extra = {"generate": ["--model", small_inputs["e13"], "--prompt", "a", "--device", "cpu"],
+             "evaluate": ["--model", small_inputs["e13"], "--device", "cpu"],
+             "train-expert": ["--data", small_inputs["data"], "--device", "cpu"],
+             "prepare-data": []}[argv[0]]
+    if argv[0] != "generate":
+        extra += ["--out" if argv[0] in ("train-expert", "prepare-data") else "--json",
+                  tmp_path / "out"]
+    code, _, err = run_cli(capsys, *argv, *extra)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{flag} has no effect here" in err
+    assert not (tmp_path / "out").exists()

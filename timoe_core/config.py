@@ -103,6 +103,19 @@ def flag_name(model: type[BaseModel], name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def refuse_ignored(model: BaseModel, rules: dict[str, tuple[bool, str]]) -> None:
+    """ValueError naming the first option set (to other than its default) that would have
+    no effect: rules[field] = (it takes effect, when it would). Every option either takes
+    effect or is refused; none is ignored silently."""
+    for name, (effective, when) in rules.items():
+        default = type(model).model_fields[name].get_default(call_default_factory=True)
+        if not effective and getattr(model, name) != default:
+            raise ValueError(
+                f"{flag_name(type(model), name)} has no effect here: it applies {when}; "
+                "leave it out"
+            )
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -182,6 +195,19 @@ class PrepareDataConfig(StrictModel):
             raise ValueError(
                 f"shard_index {self.shard_index} must be below num_shards {self.num_shards}"
             )
+        builtin = self.source == "builtin"
+        hub = self.source.startswith(("hf:", "fineweb-edu"))
+        merging = bool(self.merge)
+        reads = "when a source is read, not with --merge (the inputs were read already)"
+        refuse_ignored(self, {
+            "builtin_docs_per_year": (builtin and not merging, "to --source builtin"),
+            "seed": (builtin and not merging, "to --source builtin (its generator)"),
+            "hf_split": (hub and not merging, "to --source hf:NAME or fineweb-edu"),
+            **{name: (not merging, reads) for name in (
+                "source", "text_field", "date_field", "seq_len", "val_fraction", "start_year",
+                "end_year", "slice_years", "skip_bad_rows", "num_shards", "shard_index",
+                "max_docs", "until")},
+        })
         return self
 
 
@@ -361,6 +387,9 @@ class TrainExpertConfig(TrainingConfig):
     def _check_target(self) -> "TrainExpertConfig":
         if (self.year is None) == (not self.all_years):
             raise ValueError("give exactly one of --year YEAR or --all-years")
+        refuse_ignored(self, {"steps_per_stage": (
+            self.snapshots == "stages", "to a staged run (--snapshots stages); with "
+            "--snapshots none give --max-steps or --max-tokens")})
         return self
 
 
@@ -536,6 +565,25 @@ class EvaluateConfig(StrictModel):
             return [t.strip() for v in value for t in str(v).split(",") if t.strip()] or None
         return value
 
+    @model_validator(mode="after")
+    def _check_ignored(self) -> "EvaluateConfig":
+        data = self.data is not None or bool(self.models)  # compare: checked per entry
+        tsqa = self.tsqa is not None or bool(self.models)
+        tasks = bool(self.lm_eval_tasks)
+        refuse_ignored(self, {
+            "matrix": (data, "with --data (a perplexity matrix)"),
+            "matrix_query_dates": (data and self.matrix, "with --data --matrix"),
+            "max_docs": (data, "with --data"),
+            "max_items": (tsqa, "with --tsqa"),
+            "tsqa_schema": (tsqa, "with --tsqa"),
+            "tsqa_field": (tsqa, "with --tsqa"),
+            "tsqa_label": (tsqa, "with --tsqa"),
+            "lm_eval_include_path": (tasks, "with --lm-eval-tasks"),
+            "lm_eval_limit": (tasks, "with --lm-eval-tasks"),
+            "lm_eval_date_field": (tasks, "with --lm-eval-tasks"),
+        })
+        return self
+
 
 class GenerateConfig(StrictModel):
     model: Path | None = Field(None, description=_MODEL_HELP)
@@ -566,6 +614,9 @@ class GenerateConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_temperature(self) -> "GenerateConfig":
+        sampling = "when sampling, not with --greedy (which takes the likeliest token)"
+        refuse_ignored(self, {"top_k": (not self.greedy, sampling),
+                              "temperature": (not self.greedy, sampling)})
         if 0.0 < self.temperature < 1e-3:
             raise ValueError(
                 f"--temperature {self.temperature:g} is too small to sample with (the scaled "

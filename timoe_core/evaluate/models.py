@@ -249,13 +249,7 @@ def _load(path: Path, strategy: str | None, policy: str | None, dev: torch.devic
     if _is_run_dir(path):
         info = read_run_info(path)
         if info.kind == "dense" and kind == "dense-series":
-            # The dense run and its snapshots, one per year: as of d, the latest snapshot
-            # trained on text up to d (the leak-free baseline).
-            options = MixtureOptions(policy=policy) if policy else None
-            mix = TiMoE(run_dir_artefacts(path, info), "avg", options, device=dev)
-            model = MixtureModel(mix, name=f"dense series ({path.name})")
-            model.strategy = "dense-series"
-            return model
+            return _dense_series(path, info, policy, dev)
         if info.kind == "dense":
             if kind not in (None, "dense"):
                 raise TimoeError(
@@ -297,6 +291,14 @@ def _load(path: Path, strategy: str | None, policy: str | None, dev: torch.devic
                 f"{path} holds {len(dense)} dense run dirs: point --model at the one to evaluate"
             )
         return _single(dense[0], dev, "dense", f"dense ({dense[0].name})")
+    if kind == "dense-series":  # the folder's one dense run, as its strategy says
+        dense = [d for d in run_dirs if read_run_info(d).kind == "dense"]
+        if len(dense) != 1:
+            raise TimoeError(
+                f"{path} holds {len(dense)} dense run dirs: strategy dense-series needs one (a "
+                "staged `timoe train-expert --all-years` run); point --model at it"
+            )
+        return _dense_series(dense[0], read_run_info(dense[0]), policy, dev)
     if kind in ("learned-avg", "coadapt"):
         raise TimoeError(
             f"{path} is a folder of expert run dirs without a router: strategy {kind} needs a "
@@ -310,12 +312,24 @@ def _load(path: Path, strategy: str | None, policy: str | None, dev: torch.devic
     return MixtureModel(mix, name=f"avg ({path.name})")
 
 
+def _dense_series(path: Path, info: RunInfo, policy: str | None, dev: torch.device
+                  ) -> MixtureModel:
+    """The dense run and its snapshots, one per year: as of d, the latest snapshot trained
+    on text up to d (the leak-free baseline)."""
+    options = MixtureOptions(policy=policy) if policy else None
+    mix = TiMoE(run_dir_artefacts(path, info), "avg", options, device=dev)
+    model = MixtureModel(mix, name=f"dense series ({path.name})")
+    model.strategy = "dense-series"
+    return model
+
+
 def _load_from_bundle(
     bundle: Path, kind: str | None, year: int | None, policy: str | None, dev: torch.device
 ) -> EvaluatedModel:
-    if kind == "dense":
+    if kind in ("dense", "dense-series"):
         raise TimoeError(
-            f"{bundle} is a TiMoE bundle, not a dense run dir: point --model at the dense run"
+            f"{bundle} is a TiMoE bundle, not a dense run dir: strategy {kind} needs the dense "
+            "run; point --model at it"
         )
     mix = TiMoE.from_bundle(bundle, device=dev)  # timoe.json and the router; no expert yet
     if kind in ("learned-avg", "coadapt") and kind != mix.strategy:

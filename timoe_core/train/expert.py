@@ -155,12 +155,13 @@ def _select_slice(cfg: TrainExpertConfig, manifest: Manifest) -> tuple[str, Time
     return "expert", slicing.slice_for_year(cfg.year)
 
 
-# Config fields that define what each stage (and the run) trained on: a rerun with any
-# other value would go on with another schedule, batch or order than the finished stages
-# and snapshots were made with. The budget of a run of --snapshots none may grow.
-_TRAJECTORY_FIELDS = ("steps_per_stage", "batch_size", "grad_accum", "lr", "min_lr_ratio",
-                      "warmup_fraction", "decay_fraction", "decay_shape", "weight_decay",
-                      "beta1", "beta2", "grad_clip", "seed")
+# Config fields that define what each stage of a staged run trained on: a rerun with any
+# other value would go on with another schedule, batch or data order than its finished
+# stages and snapshots were made with, and mix the two. A run of --snapshots none is one
+# continued run: its budget and lr may change on a rerun (only its seed may not).
+_STAGE_FIELDS = ("steps_per_stage", "batch_size", "grad_accum", "lr", "min_lr_ratio",
+                 "warmup_fraction", "decay_fraction", "decay_shape", "weight_decay", "beta1",
+                 "beta2", "grad_clip", "seed")
 
 
 def _conflicts(saved: RunInfo, new: RunInfo, saved_cfg: TrainExpertConfig | None,
@@ -177,7 +178,7 @@ def _conflicts(saved: RunInfo, new: RunInfo, saved_cfg: TrainExpertConfig | None
                 f"(run has {a[key]}, flags give {b.get(key)})"
             )
     if saved_cfg is not None:
-        for key in _TRAJECTORY_FIELDS:
+        for key in _STAGE_FIELDS if cfg.snapshots == "stages" else ("seed",):
             was, now = getattr(saved_cfg, key), getattr(cfg, key)
             if was != now:
                 diffs.append(f"{flag_name(TrainExpertConfig, key)} (run has {was}, flags give {now})")
