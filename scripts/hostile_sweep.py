@@ -69,6 +69,7 @@ class Fixtures:
     data: Path
     experts: Path
     bundle: Path
+    staged: Path  # a finished staged run of 2013-2014: one snapshot, as of 2013-12-31
 
     @property
     def e13(self) -> Path:
@@ -92,7 +93,14 @@ def build_fixtures(root: Path) -> Fixtures:
     bundle = root / "bundle"
     must(cli("train-router", "--strategy", "avg", "--experts", experts, "--out", bundle),
          "train-router avg")
-    return Fixtures(root, data, experts, bundle)
+    staged = root / "staged" / "run"
+    must(cli(*_staged_argv(data, staged)), "train-expert staged")
+    return Fixtures(root, data, experts, bundle, staged)
+
+
+def _staged_argv(data: Path, out: Path, *extra: object) -> list:
+    return ["train-expert", "--year", "2013", "--data", data, "--out", out,
+            "--steps-per-stage", "2", *TINY, *extra]  # fmt: skip
 
 
 # ------------------------------------------------------------------ the cases
@@ -343,6 +351,355 @@ def _full_disk_ckpt_check(c: Ctx, proc: subprocess.CompletedProcess) -> str | No
     if any(not n.startswith("step-") for n in ckpts):
         return f"a temp checkpoint was left: {ckpts}"
     return None
+
+
+# ------------------------------------------------------------ round three helpers
+
+
+def _odd(c: Ctx, kind: str, name: str = "out") -> Path:
+    """A path of the given oddity in the sandbox: what a careless or hostile --out is."""
+    p = c.tmp / name
+    if kind == "dangling":
+        p.symlink_to(c.tmp / "nowhere")
+    elif kind == "loop":
+        p.symlink_to(c.tmp / f"{name}-loop")
+        (c.tmp / f"{name}-loop").symlink_to(p)
+    elif kind == "to-user-file":
+        c.file("mine.txt", "mine")
+        p.symlink_to(c.tmp / "mine.txt")
+    elif kind == "to-empty-dir":
+        (c.tmp / "real").mkdir()
+        p.symlink_to(c.tmp / "real")
+    elif kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "under-dangling":
+        (c.tmp / "parent").symlink_to(c.tmp / "gone")
+        p = c.tmp / "parent" / name
+    elif kind == "under-file":
+        c.file("parent", "mine")
+        p = c.tmp / "parent" / name
+    return p
+
+
+def _odd_lock(c: Ctx, target: Path, kind: str) -> Path:
+    """`target`'s lock path made into something that is not a lock file timoe made."""
+    from timoe_core.lock import lock_path
+
+    lock = lock_path(target)
+    mine = c.file("precious.txt", "my thesis\n")
+    if kind == "symlink":
+        lock.symlink_to(mine)
+    elif kind == "dangling":
+        lock.symlink_to(c.tmp / "nowhere")
+    elif kind == "dir":
+        lock.mkdir()
+    elif kind == "hardlink":
+        os.link(mine, lock)
+    elif kind == "fifo":
+        os.mkfifo(lock)
+    elif kind == "user-text":
+        lock.write_text("these are my notes, not a lock\n")
+    return target
+
+
+def _in_real(c: Ctx, proc: subprocess.CompletedProcess) -> str | None:
+    real = c.tmp / "real"
+    if not (c.tmp / "out").is_symlink():
+        return "the link was replaced"
+    return None if any(real.iterdir()) else "nothing written into the linked folder"
+
+
+def _staged_copy(c: Ctx, where: str = "run") -> Path:
+    return Path(shutil.copytree(c.fx.staged, c.tmp / where))
+
+
+def _rerun_staged(c: Ctx, run: Path, *extra: object) -> list:
+    return _staged_argv(c.fx.data, run, *extra)
+
+
+def _snap(run: Path) -> Path:
+    return run / "snapshots" / "2013-12-31"
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.unlink()  # a hard link to the checkpoint's file: replace, not edit in place
+    path.write_bytes(bytes(data))
+
+
+def _damaged_staged(c: Ctx, damage: Callable[[Path], None], where: str = "run") -> Path:
+    run = _staged_copy(c, where)
+    damage(run)
+    return run
+
+
+def _debris(c: Ctx) -> list:
+    run = _staged_copy(c)
+    for p in (run / ".model.safetensors.a1b2c3d4.tmp", run / ".run.json.zz_9yy8x.tmp",
+              _snap(run) / ".snapshot.json.abcdefgh.tmp"):
+        p.write_bytes(b"half")
+    return _rerun_staged(c, run)
+
+
+def _no_debris(c: Ctx, proc: subprocess.CompletedProcess) -> str | None:
+    left = [p.name for p in (c.tmp / "run").rglob(".*.tmp")]
+    return f"debris left: {left}" if left else None
+
+
+def _shard(c: Ctx, name: str, *extra: object) -> Path:
+    out = c.tmp / name
+    must(cli("prepare-data", "--source", "builtin", "--builtin-docs-per-year", "4",
+             "--seq-len", "16", "--workers", "1", "--end-year", "2016", "--num-shards", "2",
+             "--out", out, *extra), f"shard {name}")  # fmt: skip
+    return out
+
+
+def _merge(c: Ctx, second: tuple, out: Callable[[Ctx, Path, Path], Path] | None = None,
+           *extra: object) -> list:
+    a = _shard(c, "s0", "--shard-index", "0")
+    b = _shard(c, "s1", "--shard-index", "1", *second)
+    target = out(c, a, b) if out else c.tmp / "m"
+    return ["prepare-data", "--merge", a, b, "--out", target, *extra]
+
+
+def _pickled_source(c: Ctx, content: str) -> Path:
+    import argparse
+
+    import torch
+
+    src = c.tmp / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({
+        "n_layer": 1, "n_head": 2, "n_embd": 32, "vocab_size": 50304, "sequence_length": 32,
+        "bias": False, "dropout": 0.0, "mlp_dim_exp_factor": 1.0}))
+    pt = src / "pytorch_model.bin"
+    if content == "namespace":
+        torch.save({"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(a=1)}, pt)
+    elif content == "code":
+        torch.save({"model": {"w": torch.zeros(2)}, "f": os.system}, pt)
+    else:
+        pt.write_bytes(b"\x80\x04garbage")
+    return src
+
+
+def _import(c: Ctx, src: Path, out: Path | None = None) -> list:
+    return ["import", "--format", "gptbase", "--source", src, "--slice", "2015-2016",
+            "--out", out or c.tmp / "out"]  # fmt: skip
+
+
+def _huge_import_config(c: Ctx, text: str) -> Path:
+    src = c.tmp / "src"
+    src.mkdir()
+    (src / "config.json").write_text(text)
+    return src
+
+
+def _no_torch_advice(c: Ctx, proc: subprocess.CompletedProcess) -> str | None:
+    bad = [w for w in ("Re-running", "will likely succeed", "huggingface-cli")
+           if w in proc.stderr]
+    return f"stderr gives {bad}" if bad else None
+
+
+def _lm_eval(c: Ctx, argv: list) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "timoe_cli.lm_eval", *map(str, argv)], cwd=c.tmp,
+                          env={**ENV, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def _avg_bundle(c: Ctx) -> Path:
+    b = c.tmp / "bundle"
+    must(cli("train-router", "--strategy", "avg", "--experts", c.fx.experts, "--out", b), "b")
+    return b
+
+
+def _mine_kept(c: Ctx, proc: subprocess.CompletedProcess) -> str | None:
+    mine = c.tmp / "precious.txt"
+    return None if mine.read_text() == "my thesis\n" else "the user's file was written"
+
+
+def round_three() -> list[Case]:
+    """Odd outputs, lock files, resumes over a changed past, metadata shapes, merges,
+    numbers, ignored flags, foreign spellings, advice (docs/bad-inputs.md)."""
+    big = "9" * 5000
+    return [
+        # --- lock files that are not plain files
+        Case("lock3-symlink-to-user-file-train-expert", lambda c: _train(
+            c, out=_odd_lock(c, c.tmp / "out", "symlink")), words=["symbolic link",
+                                                                    "not a lock file"]),
+        Case("lock3-dir-prepare-data", lambda c: ["prepare-data", "--builtin-docs-per-year",
+             "3", "--out", _odd_lock(c, c.tmp / "data", "dir")], words=["a folder"]),
+        Case("lock3-fifo-evaluate-json", lambda c: _eval(c, None, "--json", _odd_lock(
+            c, c.tmp / "r.json", "fifo")), words=["--json", "not a lock file"]),
+        Case("lock3-hardlink-router-avg", lambda c: ["train-router", "--strategy", "avg",
+             "--experts", c.fx.experts, "--out", _odd_lock(c, c.tmp / "b", "hardlink")],
+             words=["hard links"], check=_mine_kept),
+        Case("lock3-dangling-export", lambda c: ["export", "--model", c.fx.e13, "--out",
+             _odd_lock(c, c.tmp / "x", "dangling")], words=["symbolic link"]),
+        Case("lock3-user-text-coadapt", lambda c: ["coadapt", "--experts", c.fx.experts,
+             "--data", c.fx.data, "--out", _odd_lock(c, c.tmp / "co", "user-text"),
+             *TINY[6:]], words=["holds no timoe lock line"]),
+        Case("lock3-symlink-demo", lambda c: ["demo", "--quick", "--out", _odd_lock(
+            c, c.tmp / "demo", "symlink")], words=["symbolic link"], check=_mine_kept),
+        # --- odd output paths, every command
+        Case("out3-prepare-dangling", lambda c: ["prepare-data", "--builtin-docs-per-year",
+             "3", "--out", _odd(c, "dangling")], words=["does not exist or loops"]),
+        Case("out3-prepare-link-to-empty-dir", lambda c: ["prepare-data",
+             "--builtin-docs-per-year", "3", "--seq-len", "16", "--workers", "1", "--out",
+             _odd(c, "to-empty-dir")], code=0, unchanged=False, check=_in_real),
+        Case("out3-train-expert-loop", lambda c: _train(c, out=_odd(c, "loop")),
+             words=["does not exist or loops"]),
+        Case("out3-train-expert-to-user-file", lambda c: _train(c, out=_odd(c, "to-user-file")),
+             words=["not a folder"]),
+        Case("out3-train-expert-under-dangling", lambda c: _train(c, out=_odd(
+            c, "under-dangling")), words=["does not exist or loops"]),
+        Case("out3-router-avg-fifo", lambda c: ["train-router", "--strategy", "avg",
+             "--experts", c.fx.experts, "--out", _odd(c, "fifo")], words=["special file"]),
+        Case("out3-coadapt-dangling", lambda c: ["coadapt", "--experts", c.fx.experts,
+             "--data", c.fx.data, "--out", _odd(c, "dangling"), *TINY[6:]],
+             words=["does not exist or loops"]),
+        Case("out3-export-dangling", lambda c: ["export", "--model", c.fx.e13, "--out",
+             _odd(c, "dangling")], words=["does not exist or loops"]),
+        Case("out3-export-link-to-empty-dir", lambda c: ["export", "--model", c.fx.e13,
+             "--out", _odd(c, "to-empty-dir")], code=0, unchanged=False, check=_in_real),
+        Case("out3-import-under-file", lambda c: _import(c, _pickled_source(c, "garbage"),
+             _odd(c, "under-file")), words=["is a file, not a folder"]),
+        Case("out3-evaluate-json-to-user-file", lambda c: _eval(c, None, "--json", _odd(
+            c, "to-user-file", "r.json")), words=["symbolic link", "never writes through"]),
+        Case("out3-evaluate-plot-dangling", lambda c: _eval(c, None, "--plot", _odd(
+            c, "dangling", "p.png")), words=["does not exist or loops"]),
+        Case("out3-compare-json-loop", lambda c: ["compare", "--model", c.fx.e13, "--model",
+             c.fx.e15, "--tsqa", "builtin", "--json", _odd(c, "loop", "r.json")],
+             words=["does not exist or loops"]),
+        Case("out3-demo-dangling", lambda c: ["demo", "--quick", "--out", _odd(c, "dangling")],
+             words=["does not exist or loops"]),
+        # --- resume over a changed or broken past
+        Case("resume3-steps-per-stage", lambda c: _rerun_staged(c, _staged_copy(c),
+             "--steps-per-stage", "3"), words=["cannot resume", "--steps-per-stage (run has 2"]),
+        Case("resume3-lr", lambda c: _rerun_staged(c, _staged_copy(c), "--lr", "0.01"),
+             words=["--lr (run has"]),
+        Case("resume3-decay-shape", lambda c: _rerun_staged(c, _staged_copy(c),
+             "--decay-shape", "cosine"), words=["--decay-shape"]),
+        Case("resume3-grad-accum", lambda c: _rerun_staged(c, _staged_copy(c),
+             "--grad-accum", "2"), words=["--grad-accum"]),
+        Case("resume3-snapshot-weights-changed", lambda c: _rerun_staged(c, _damaged_staged(
+            c, lambda r: _flip_last_byte(_snap(r) / "model.safetensors"))),
+            words=["fails its sha256 check"]),
+        Case("resume3-snapshot-deleted", lambda c: _rerun_staged(c, _damaged_staged(
+            c, lambda r: shutil.rmtree(_snap(r)))), words=["is missing or unfinished"]),
+        Case("resume3-snapshot-json-other-stage", lambda c: _rerun_staged(c, _damaged_staged(
+            c, lambda r: _edit_json(_snap(r) / "snapshot.json",
+                                    lambda d: d.update(stage_steps=7)))),
+            words=["records another stage", "stage_steps 7"]),
+        Case("resume3-debris-removed", _debris, code=0, unchanged=False, check=_no_debris),
+        Case("resume3-config-yaml-list", lambda c: _rerun_staged(c, _damaged_staged(
+            c, lambda r: (r / "config.yaml").write_text("- a\n- b\n"))),
+            words=["config.yaml is corrupt"]),
+        # --- metadata of the wrong shape
+        Case("meta3-snapshot-json-list", lambda c: _eval(c, _damaged_staged(
+            c, lambda r: (_snap(r) / "snapshot.json").write_text("[1, 2]"), "m/run").parent,
+            "--query-date", "2014-01-01", "--policy", "point-in-time"),
+            words=["snapshot.json is corrupt"]),
+        Case("meta3-snapshot-sha-number-and-bad-weights", lambda c: _eval(c, _damaged_staged(
+            c, lambda r: (_edit_json(_snap(r) / "snapshot.json", lambda d: d.update(sha256=1)),
+                          _flip_last_byte(_snap(r) / "model.safetensors")), "m/run").parent,
+            "--query-date", "2014-01-01", "--policy", "point-in-time"),
+            words=["snapshot.json is corrupt", "sha256"]),
+        Case("meta3-run-json-snapshot-path-dotdot", lambda c: _eval(c, _damaged_staged(
+            c, lambda r: _edit_json(r / "run.json", lambda d: d.update(snapshots=[
+                {"data_cutoff": "2013-12-31", "path": "../../x"}])))),
+            words=["run.json is corrupt (snapshots"]),
+        Case("meta3-run-json-snapshots-a-string", lambda c: _gen(c, _damaged_staged(
+            c, lambda r: _edit_json(r / "run.json", lambda d: d.update(snapshots="all")))),
+            words=["run.json is corrupt"]),
+        Case("meta3-demo-json-list", lambda c: ["demo", "--quick", "--out", (
+            c.file("d/demo.json", "[1, 2, 3]").parent)], words=["holds no demo"]),
+        Case("meta3-manifest-reading-wrong-type", lambda c: _train(c, "--data", _edit_manifest(
+            c, lambda m: m.update(reading=[1]))), words=["manifest.json is corrupt",
+                                                         "reading"]),
+        # --- merges that must not happen
+        Case("merge3-until-differs", lambda c: _merge(c, ("--until", "2015")),
+             words=["their --until differ"]),
+        Case("merge3-seed-differs", lambda c: _merge(c, ("--seed", "4")),
+             words=["their --seed differ"]),
+        Case("merge3-max-docs-differs", lambda c: _merge(c, ("--max-docs", "7")),
+             words=["their --max-docs differ"]),
+        Case("merge3-out-is-first-input-overwrite", lambda c: _merge(
+            c, (), lambda c, a, b: a, "--overwrite"), words=["would overwrite the --merge input"]),
+        Case("merge3-out-is-second-input-overwrite", lambda c: _merge(
+            c, (), lambda c, a, b: b, "--overwrite"), words=["would overwrite the --merge input"]),
+        Case("merge3-out-link-to-input", lambda c: _merge(
+            c, (), lambda c, a, b: (c.tmp / "ln").symlink_to(b) or c.tmp / "ln", "--overwrite"),
+            words=["would overwrite the --merge input"]),
+        # --- numbers the parser cannot hold
+        Case("big3-config-yaml-5000-digits", lambda c: _train(c, "--config", c.file(
+            "c.yaml", f"seed: {big}\n")), words=["is not valid"]),
+        Case("big3-config-toml-5000-digits", lambda c: _train(c, "--config", c.file(
+            "c.toml", f"max_steps = {big}\n")), words=["is not valid"]),
+        Case("big3-config-json-5000-digits", lambda c: ["prepare-data", "--config", c.file(
+            "c.json", f'{{"seq_len": {big}}}'), "--out", c.tmp / "o"], words=["is not valid"]),
+        Case("big3-run-json-5000-digits", lambda c: _gen(c, _big_run_json(c, big)),
+             words=["run.json is corrupt"]),
+        Case("big3-import-config-n-layer", lambda c: _import(c, _huge_import_config(
+            c, json.dumps({"n_layer": 10**9, "n_head": 2, "n_embd": 32, "vocab_size": 50304,
+                           "sequence_length": 32, "bias": False, "dropout": 0.0,
+                           "mlp_dim_exp_factor": 1.0}))), words=["config.json", "n_layer"]),
+        Case("big3-import-config-5000-digits", lambda c: _import(c, _huge_import_config(
+            c, '{"n_layer": ' + big + "}")), words=["config.json"]),
+        # --- flags that would be ignored
+        Case("flag3-dense-series-folder-of-experts", lambda c: _eval(
+            c, c.fx.experts, "--strategy", "dense-series"), words=["dense-series"]),
+        Case("flag3-dense-series-bundle", lambda c: _eval(
+            c, _avg_bundle(c), "--strategy", "dense-series", "--query-date", "2016"),
+            words=["dense-series"]),
+        Case("flag3-lm-eval-bogus-key", lambda c: ["--model", "timoe", "--model_args",
+             f"model={c.fx.e13},bogus_key=1", "--tasks", "arc_easy"], run=_lm_eval,
+             words=["bogus_key", "is not an option of the timoe model"]),
+        Case("flag3-lm-eval-typo-key", lambda c: ["--model=timoe",
+             f"--model_args=model={c.fx.e13},querydate=2016", "--tasks", "arc_easy"],
+             run=_lm_eval, words=["querydate"]),
+        Case("flag3-generate-greedy-top-k", lambda c: _gen(c, None, "--greedy", "--top-k", 3),
+             words=["--top-k has no effect"]),
+        Case("flag3-evaluate-max-items-without-tsqa", lambda c: ["evaluate", "--model",
+             c.fx.e13, "--data", c.fx.data, "--max-items", 3, "--device", "cpu"],
+             words=["--max-items has no effect"]),
+        Case("flag3-evaluate-lm-eval-limit-without-tasks", lambda c: _eval(
+            c, None, "--lm-eval-limit", 3), words=["--lm-eval-limit has no effect"]),
+        Case("flag3-steps-per-stage-with-snapshots-none", lambda c: _train(
+            c, "--steps-per-stage", 3), words=["--steps-per-stage has no effect"]),
+        Case("flag3-builtin-docs-with-a-file-source", lambda c: _prep(c, _corpus(
+            c, "a.jsonl", _dated_rows([2015])), "--builtin-docs-per-year", 9),
+            words=["--builtin-docs-per-year has no effect"]),
+        Case("flag3-merge-with-seq-len", lambda c: ["prepare-data", "--merge", c.fx.data,
+             "--out", c.tmp / "m", "--seq-len", 64], words=["--seq-len has no effect"]),
+        # --- foreign spellings
+        Case("spell3-device-cuda-0-no-cuda", lambda c: _eval(c, None, "--device", "cuda:0"),
+             words=["--device cuda:0 was asked for but CUDA is not available"]),
+        Case("spell3-device-cuda-1-config", lambda c: _gen(c, None, "--config", c.file(
+            "c.yaml", "device: cuda:1\n")), words=["--device cuda:1"]),
+        Case("spell3-device-typo", lambda c: _gen(c, None, "--device", "gpu0"),
+             words=["auto, cpu, cuda or cuda:N"]),
+        # --- messages that give unsafe or wrong advice
+        Case("advice3-import-pickle-namespace", lambda c: _import(c, _pickled_source(
+            c, "namespace")), words=["will not unpickle", "argparse.Namespace", "safetensors"],
+            check=_no_torch_advice),
+        Case("advice3-import-pickle-code", lambda c: _import(c, _pickled_source(c, "code")),
+             words=["will not unpickle", "posix.system"], check=_no_torch_advice),
+        Case("advice3-import-pickle-garbage", lambda c: _import(c, _pickled_source(
+            c, "garbage")), words=["will not unpickle"], check=_no_torch_advice),
+        Case("advice3-hf-offline-names-hf-download", lambda c: ["evaluate", "--model",
+             "hf:someone/absent", "--tsqa", "builtin", "--device", "cpu"],
+             env={"HF_HUB_OFFLINE": "1"}, words=["hf download someone/absent"],
+             check=_no_torch_advice),
+    ]  # fmt: skip
+
+
+def _big_run_json(c: Ctx, big: str) -> Path:
+    run = c.copy(c.fx.e13, "run")
+    text = (run / "run.json").read_text()
+    (run / "run.json").write_text(text.replace('"n_layer": 1', f'"n_layer": {big}', 1))
+    return run
+
 
 
 def cases() -> list[Case]:
@@ -699,7 +1056,7 @@ def main() -> int:
     ap.add_argument("-v", action="store_true", help="print every case, not only breaks")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
-    selected = [c for c in cases() if args.k in c.id]
+    selected = [c for c in cases() + round_three() if args.k in c.id]
     with tempfile.TemporaryDirectory(prefix="timoe-hostile-") as d:
         root = Path(d)
         t0 = time.time()

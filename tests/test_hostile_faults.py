@@ -617,3 +617,12 @@ def test_an_option_that_would_be_ignored_is_refused_naming_it(tmp_path, capsys, 
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{flag} has no effect here" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_tsqa_on_a_model_of_a_smaller_vocabulary_is_refused_not_an_index_error(
+    capsys, small_inputs
+):
+    code, _, err = run_cli(capsys, "evaluate", "--model", small_inputs["e13"], "--tsqa",
+                           "builtin", "--max-items", "2", "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "vocabulary of 128" in err

@@ -500,6 +500,12 @@ def score_tsqa(
     if query_date is not None:
         model.eligible_experts(query_date)  # none eligible at all: bad input
     tok = get_tokenizer(str(model.tokenizer.get("name", "gpt2")))
+    if tok.vocab_size > model.vocab_size:  # its ids would index past the embedding
+        raise TimoeError(
+            f"TSQA text is tokenised with {tok.name} ({tok.vocab_size} tokens), but the model "
+            f"has a vocabulary of {model.vocab_size} (its run.json tokenizer: "
+            f"{model.tokenizer}): TSQA needs a model trained on {tok.name}-tokenised data"
+        )
     when_of: dict[int, date] = {}
     kept: list[int] = []
     reasons: set[str] = set()
