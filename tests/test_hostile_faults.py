@@ -626,3 +626,16 @@ def test_tsqa_on_a_model_of_a_smaller_vocabulary_is_refused_not_an_index_error(
                            "builtin", "--max-items", "2", "--device", "cpu")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "vocabulary of 128" in err
+
+
+@pytest.mark.parametrize("flag, name", [("--json", "r.json"), ("--plot", "p.png")])
+def test_the_config_written_beside_a_report_never_replaces_a_users_file(tmp_path, capsys,
+                                                                        small_inputs, flag,
+                                                                        name):
+    mine = tmp_path / (Path(name).stem + ".config.yaml")
+    mine.write_text("my: own notes\n")
+    code, _, err = run_cli(capsys, "evaluate", "--model", small_inputs["e13"], "--data",
+                           small_inputs["data"], "--device", "cpu", flag, tmp_path / name)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "is not a file this command wrote" in err and mine.read_text() == "my: own notes\n"
+    assert not (tmp_path / name).exists()

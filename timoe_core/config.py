@@ -733,6 +733,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def is_saved_config(path: Path, model: type[BaseModel]) -> bool:
+    """A config file `save_config` wrote for `model` (safe to replace): a YAML mapping of
+    its options, nothing else."""
+    try:
+        data = read_config_file(path)
+    except TimoeError:
+        return False
+    return set(data) <= set(model.model_fields)
+
+
 def format_validation_error(exc: ValidationError) -> str:
     """One line naming the field(s) at fault, in the flag spelling users typed."""
     parts = []

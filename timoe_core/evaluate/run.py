@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from timoe_core.config import EvaluateConfig, save_config
+from timoe_core.config import EvaluateConfig, is_saved_config, save_config
 from timoe_core.errors import TimoeError
 from timoe_core.evaluate.compare import compare_models, parse_entry
 from timoe_core.evaluate.models import load_evaluated_model
@@ -75,11 +75,21 @@ def check_outputs(cfg: EvaluateConfig) -> None:
     inputs = {"--model": cfg.model, "--data": cfg.data}
     for i, entry in enumerate(cfg.models):
         inputs[f"--model #{i + 1}"] = parse_entry(entry)[0]
-    check_output_files({"--json": cfg.json_out, "--plot": cfg.plot}, inputs,
-                       {"--json": is_json_report, "--plot": is_png})
+    sidecar = config_sidecar(cfg)
+    if sidecar is not None:  # the resolved config beside the report: an output too
+        check_output_path(sidecar, "the config file", "file")
+    check_output_files({"--json": cfg.json_out, "--plot": cfg.plot, "the config file": sidecar},
+                       inputs, {"--json": is_json_report, "--plot": is_png,
+                                "the config file": lambda p: is_saved_config(p, EvaluateConfig)})
     for flag, path in (("--json", cfg.json_out), ("--plot", cfg.plot)):
         if path is not None:  # found now, not after the whole evaluation
             check_writable_dir(path.parent if path.exists() else path, flag)
+
+
+def config_sidecar(cfg: EvaluateConfig) -> Path | None:
+    """Where the resolved config goes: `<stem>.config.yaml` beside the JSON (else the PNG)."""
+    main = cfg.json_out if cfg.json_out is not None else cfg.plot
+    return None if main is None else main.parent / f"{main.stem}.config.yaml"
 
 
 def write_outputs(
