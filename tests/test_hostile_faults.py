@@ -639,3 +639,20 @@ def test_the_config_written_beside_a_report_never_replaces_a_users_file(tmp_path
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "is not a file this command wrote" in err and mine.read_text() == "my: own notes\n"
     assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (["--strategy", "avg", "--lr", "0.5"], "--lr"),
+    (["--strategy", "avg", "--data", "DATA"], "--data"),
+    (["--strategy", "avg", "--max-steps", "9"], "--max-steps"),
+    (["--strategy", "avg", "--router-hidden-dim", "8"], "--router-hidden-dim"),
+    (["--strategy", "learned-avg", "--data", "DATA", "--policy", "inclusive",
+      "--steps-per-stage", "3"], "--steps-per-stage"),
+], ids=["avg-lr", "avg-data", "avg-max-steps", "avg-router-dim", "inclusive-steps-per-stage"])
+def test_train_router_refuses_options_its_strategy_ignores(tmp_path, capsys, small_inputs,
+                                                           flags, flag):
+    flags = [small_inputs["data"] if f == "DATA" else f for f in flags]
+    code, _, err = run_cli(capsys, "train-router", "--experts", small_inputs["experts"],
+                           "--out", tmp_path / "b", *flags)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{flag} has no effect here" in err and not (tmp_path / "b").exists()

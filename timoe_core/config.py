@@ -452,6 +452,15 @@ class TrainRouterConfig(TrainingConfig, MixtureOptions):
         description="Window length (default: the experts' context or the data's, the shorter).",
     )
 
+    @model_validator(mode="after")
+    def _check_ignored(self) -> "TrainRouterConfig":
+        if self.strategy == "avg":  # writes a bundle: nothing is trained, no data read
+            refuse_ignored(self, {name: (False, "to a trained router, not to --strategy avg "
+                                               "(an equal-weight bundle, no training)")
+                                  for name in _TRAINING_ONLY})
+        refuse_stage_budget_without_stages(self)
+        return self
+
 
 class CoadaptConfig(TrainingConfig, MixtureOptions):
     experts: list[Path] = TrainRouterConfig.model_fields["experts"]  # the same option
@@ -462,6 +471,31 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
         "learned-avg`); default: a fresh router, equal to avg at the start.",
     )
     seq_len: int | None = TrainRouterConfig.model_fields["seq_len"]  # the same option
+
+    @model_validator(mode="after")
+    def _check_ignored(self) -> "CoadaptConfig":
+        refuse_stage_budget_without_stages(self)
+        return self
+
+
+# What only a trained router reads (train-router --strategy avg trains nothing).
+_TRAINING_ONLY = ("data", "max_steps", "max_tokens", "steps_per_stage", "batch_size",
+                  "grad_accum", "lr", "min_lr_ratio", "warmup_fraction", "decay_fraction",
+                  "decay_shape", "weight_decay", "beta1", "beta2", "grad_clip", "seed",
+                  "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
+                  "nproc_per_node", "nnodes", "wandb", "entropy_coef", "balance_coef",
+                  "z_loss_coef", "router_embed_dim", "router_hidden_dim", "router_date_features",
+                  "cache_log_probs", "seq_len")
+
+
+def refuse_stage_budget_without_stages(cfg: TrainingConfig) -> None:
+    """--steps-per-stage is the budget of a staged router (policy point-in-time); under
+    --policy inclusive there is one run, budgeted by --max-steps/--max-tokens."""
+    policy = getattr(cfg, "policy", "point-in-time")
+    staged = policy in ("point-in-time", "strict")
+    refuse_ignored(cfg, {"steps_per_stage": (staged, "to a staged router (--policy "
+                                                      "point-in-time); with --policy inclusive "
+                                                      "give --max-steps")})
 
 
 # ----------------------------------------------------------------- evaluation
