@@ -45,6 +45,7 @@ from timoe_core.io import (
     chmod_default,
     read_metadata,
 )
+from timoe_core.lock import output_lock
 from timoe_core.model.gpt import GPT
 from timoe_core.timeslices import DEFAULT_POLICY, canonical_policy, parse_query_date
 from timoe_core.tokenizer import ENCODER_FILENAME, EOT_TEXT, GPT2_FILES_DIR, MERGES_FILENAME
@@ -171,6 +172,13 @@ def _readme(source: str, query_date: str | None, policy: str, exported: list[Exp
 def export_model(cfg: ExportConfig) -> list[ExportedModel]:
     """Export as `cfg` says; everything is written into a staging folder beside `--out`
     and renamed onto it at the end, so a failure leaves nothing behind."""
+    if cfg.out is None:
+        return _export_model(cfg)  # the error naming what is missing
+    with output_lock(check_output_path(cfg.out, "--out")):  # one writer per output
+        return _export_model(cfg)
+
+
+def _export_model(cfg: ExportConfig) -> list[ExportedModel]:
     if cfg.model is None:
         raise TimoeError("--model is required: a run dir, a TiMoE bundle or hf:ORG/NAME")
     if cfg.out is None:

@@ -46,6 +46,7 @@ from timoe_core.io import (
     read_small_file,
     safe_loader_refusal,
 )
+from timoe_core.lock import output_lock
 from timoe_core.model.gpt import GPT, GPT2_VOCAB_SIZE, GPTConfig
 from timoe_core.timeslices import TimeSlice, parse_query_date
 from timoe_core.tokenizer import get_tokenizer
@@ -251,6 +252,13 @@ def _slice_and_cutoff(cfg: ImportConfig) -> tuple[TimeSlice, str]:
 
 def import_model(cfg: ImportConfig) -> Path:
     """Read `cfg.source` as `cfg.format` and write a timoe run dir at `cfg.out`."""
+    if cfg.out is None:
+        return _import_model(cfg)  # the error naming what is missing
+    with output_lock(check_output_path(cfg.out, "--out")):  # one writer per output
+        return _import_model(cfg)
+
+
+def _import_model(cfg: ImportConfig) -> Path:
     if cfg.format is None:
         raise TimoeError("--format is required: gptbase (the paper's experts) or hf")
     if cfg.source is None:
