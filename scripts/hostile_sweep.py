@@ -554,7 +554,7 @@ def round_three() -> list[Case]:
         Case("out3-train-expert-under-dangling", lambda c: _train(c, out=_odd(
             c, "under-dangling")), words=["does not exist or loops"]),
         Case("out3-router-avg-fifo", lambda c: ["train-router", "--strategy", "avg",
-             "--experts", c.fx.experts, "--out", _odd(c, "fifo")], words=["special file"]),
+             "--experts", c.fx.experts, "--out", _odd(c, "fifo")], words=["is a file"]),
         Case("out3-coadapt-dangling", lambda c: ["coadapt", "--experts", c.fx.experts,
              "--data", c.fx.data, "--out", _odd(c, "dangling"), *TINY[6:]],
              words=["does not exist or loops"]),

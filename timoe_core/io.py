@@ -128,6 +128,20 @@ def _entry_kind(path: Path) -> str:
     return "special file (a fifo, socket or device)"
 
 
+def first_entry_up(path: Path, flag: str = "--out") -> Path:
+    """The first entry that exists (or is a link) on the way up from `path`; TimoeError
+    when that is a link that dangles or loops (creating folders there would fail late)."""
+    hit = path
+    while not os.path.lexists(hit) and hit.parent != hit:
+        hit = hit.parent
+    if hit.is_symlink() and _link_target(hit) is None:
+        raise TimoeError(
+            f"{flag} {path}: {hit} is a symbolic link to {os.readlink(hit)}, which does not "
+            f"exist or loops: remove the link or choose another {flag}"
+        )
+    return hit
+
+
 def check_output_path(
     path: str | os.PathLike, flag: str = "--out", kind: OutputKind = "folder"
 ) -> Path:
@@ -141,14 +155,7 @@ def check_output_path(
     existing folder is that folder: the resolved path is returned, so a rename lands in it.
     Every command's output check goes through here (with check_writable_dir's probe)."""
     path = Path(path).expanduser()
-    hit = path
-    while not os.path.lexists(hit) and hit.parent != hit:
-        hit = hit.parent  # the first entry that exists, or is a link, on the way up
-    if hit.is_symlink() and _link_target(hit) is None:
-        raise TimoeError(
-            f"{flag} {path}: {hit} is a symbolic link to {os.readlink(hit)}, which does not "
-            f"exist or loops: remove the link or choose another {flag}"
-        )
+    hit = first_entry_up(path, flag)
     what = _entry_kind(hit)
     if hit != path:  # the output does not exist yet: what holds it must be a folder
         if what != "folder":

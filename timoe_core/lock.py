@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from timoe_core.errors import TimoeError
+from timoe_core.io import first_entry_up
 
 LOCK_SUFFIX = ".lock"
 
@@ -102,6 +103,7 @@ def output_lock(target: str | os.PathLike, flag: str = "--out") -> Iterator[Path
         finally:
             _held[lock] -= 1
         return
+    first_entry_up(target, flag)  # a dangling link on the way: one line, not retries
     made: list[Path] = []
     parent = lock.parent
     while not parent.exists() and parent != parent.parent:
