@@ -274,7 +274,7 @@ def _two_writers(c: Ctx, argv: list) -> subprocess.CompletedProcess:
     other is exit 2 naming the holder; reported as the second's result if the first
     succeeded."""
     cmd = [PY, "-m", "timoe_cli", *map(str, argv)]
-    kw = dict(cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kw = {"cwd": REPO, "env": ENV, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     first = subprocess.Popen(cmd, **kw)
     time.sleep(0.3)
     second = subprocess.Popen(cmd, **kw)

@@ -58,9 +58,8 @@ def test_a_lock_file_that_is_not_a_plain_file_we_made_is_refused_naming_it(tmp_p
         os.mkfifo(lock)
     before = _tree(tmp_path)
     with pytest.raises(TimoeError, match=rf"its lock file {lock} is .*not a lock file timoe "
-                                         r"made"):
-        with output_lock(out):
-            pass
+                                         r"made"), output_lock(out):
+        pass
     assert _tree(tmp_path) == before  # the user's file, the link, all untouched
     assert mine.read_text() == "my thesis\n"
 
@@ -179,8 +178,8 @@ def shards(tmp_path_factory) -> dict[str, Path]:
     from timoe_core.data.prepare import prepare_data
 
     root = tmp_path_factory.mktemp("shards")
-    base = dict(source="builtin", builtin_docs_per_year=4, seq_len=16, workers=1,
-                end_year=2016, num_shards=2)
+    base = {"source": "builtin", "builtin_docs_per_year": 4, "seq_len": 16, "workers": 1,
+                "end_year": 2016, "num_shards": 2}
     made = {}
     for name, extra in (("s0", {"shard_index": 0}), ("s1", {"shard_index": 1}),
                         ("s1-until", {"shard_index": 1, "until": "2015"}),
@@ -288,8 +287,8 @@ def test_timoe_lm_eval_refuses_an_unknown_model_args_key_up_front(tmp_path, mode
     key = model_args.split(",")[1].split("=")[0]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
-        f"error: --model_args {key}=... is not an option of the timoe model: use model, "
-        "query_date, date_field, strategy, policy, device, batch_size, greedy"]
+        (f"error: --model_args {key}=... is not an option of the timoe model: use model, "
+        "query_date, date_field, strategy, policy, device, batch_size, greedy")]
 
 
 # ------------------------------------------------------------ unsafe advice
@@ -574,7 +573,7 @@ def test_strategy_dense_series_on_a_folder_with_one_dense_run_evaluates_that_run
     cfg = read_run_info(small_inputs["e13"]).model_config_
     make_run(folder / "dense", "dense", "2013-2024", cfg,
              tokenizer={"name": "gpt2", "vocab_size": 128, "eot_token": 127})
-    code, out, err = run_cli(capsys, "evaluate", "--model", folder, "--strategy", "dense-series",
+    code, _out, err = run_cli(capsys, "evaluate", "--model", folder, "--strategy", "dense-series",
                              "--data", small_inputs["data"], "--device", "cpu", "--json",
                              tmp_path / "r.json")
     assert code == 0, err
@@ -656,3 +655,21 @@ def test_train_router_refuses_options_its_strategy_ignores(tmp_path, capsys, sma
                            "--out", tmp_path / "b", *flags)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{flag} has no effect here" in err and not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------ --overwrite and links
+
+
+@pytest.mark.parametrize("name", ["snapshots", "checkpoints", "wandb", "model.safetensors"])
+def test_overwrite_removes_a_link_in_the_run_dir_never_what_it_points_at(tmp_path, name):
+    from timoe_core.train import state as ckpt_state
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("my thesis")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (run / name).symlink_to(mine)
+    ckpt_state.open_run_dir(run, "overwrite")
+    assert not os.path.lexists(run / name) and (mine / "thesis.txt").read_text() == "my thesis"

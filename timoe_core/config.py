@@ -16,7 +16,15 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import tomllib
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_text
@@ -388,8 +396,8 @@ class TrainExpertConfig(TrainingConfig):
         if (self.year is None) == (not self.all_years):
             raise ValueError("give exactly one of --year YEAR or --all-years")
         refuse_ignored(self, {"steps_per_stage": (
-            self.snapshots == "stages", "to a staged run (--snapshots stages); with "
-            "--snapshots none give --max-steps or --max-tokens")})
+            self.snapshots == "stages", ("to a staged run (--snapshots stages); with "
+                                         "--snapshots none give --max-steps or --max-tokens"))})
         return self
 
 
@@ -453,11 +461,10 @@ class TrainRouterConfig(TrainingConfig, MixtureOptions):
     )
 
     @model_validator(mode="after")
-    def _check_ignored(self) -> "TrainRouterConfig":
+    def _check_ignored(self) -> TrainRouterConfig:
         if self.strategy == "avg":  # writes a bundle: nothing is trained, no data read
-            refuse_ignored(self, {name: (False, "to a trained router, not to --strategy avg "
-                                               "(an equal-weight bundle, no training)")
-                                  for name in _TRAINING_ONLY})
+            why = "to a trained router, not to --strategy avg (an equal-weight bundle, no training)"
+            refuse_ignored(self, {name: (False, why) for name in _TRAINING_ONLY})
         refuse_stage_budget_without_stages(self)
         return self
 
@@ -473,7 +480,7 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
     seq_len: int | None = TrainRouterConfig.model_fields["seq_len"]  # the same option
 
     @model_validator(mode="after")
-    def _check_ignored(self) -> "CoadaptConfig":
+    def _check_ignored(self) -> CoadaptConfig:
         refuse_stage_budget_without_stages(self)
         return self
 
@@ -493,9 +500,8 @@ def refuse_stage_budget_without_stages(cfg: TrainingConfig) -> None:
     --policy inclusive there is one run, budgeted by --max-steps/--max-tokens."""
     policy = getattr(cfg, "policy", "point-in-time")
     staged = policy in ("point-in-time", "strict")
-    refuse_ignored(cfg, {"steps_per_stage": (staged, "to a staged router (--policy "
-                                                      "point-in-time); with --policy inclusive "
-                                                      "give --max-steps")})
+    why = "to a staged router (--policy point-in-time); with --policy inclusive give --max-steps"
+    refuse_ignored(cfg, {"steps_per_stage": (staged, why)})
 
 
 # ----------------------------------------------------------------- evaluation
@@ -600,7 +606,7 @@ class EvaluateConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _check_ignored(self) -> "EvaluateConfig":
+    def _check_ignored(self) -> EvaluateConfig:
         data = self.data is not None or bool(self.models)  # compare: checked per entry
         tsqa = self.tsqa is not None or bool(self.models)
         tasks = bool(self.lm_eval_tasks)

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -216,6 +217,19 @@ def check_writable_dir(path: str | os.PathLike, flag: str = "--out") -> None:
         ) from None
     os.close(fd)
     os.unlink(probe)
+
+
+def remove_output(path: str | os.PathLike) -> None:
+    """Remove an output this tool wrote (under --overwrite): a file, or a folder with its
+    contents; a symlink in its place is unlinked, and what it points at is never touched
+    (rmtree refuses a link, and following it would delete a user's folder)."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()  # a fifo or socket where our file was
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

@@ -18,7 +18,6 @@ named by its slice, and a README.md listing them and how timoe combines them.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile

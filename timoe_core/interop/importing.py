@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from pydantic import ValidationError
 
 from timoe_core.checkpoint import RunInfo, save_model_weights, write_run_info
 from timoe_core.config import ImportConfig, save_config

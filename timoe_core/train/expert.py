@@ -34,8 +34,8 @@ from timoe_core.checkpoint import (
     RunInfo,
     SnapshotInfo,
     load_weights_into,
-    read_snapshot_info,
     read_run_info,
+    read_snapshot_info,
     save_model_weights,
     write_run_info,
 )

@@ -30,8 +30,6 @@ mixture over part of the years (or a strict policy) trainable on a full data dir
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +55,7 @@ from timoe_core.data.manifest import (
 )
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_json, read_json_object, sha256_file
+from timoe_core.io import atomic_write_json, read_json_object, remove_output, sha256_file
 from timoe_core.model.bundle import BUNDLE_FILENAME, EMBEDDED_EXPERTS_DIR, ROUTER_FILENAME
 from timoe_core.model.mixture import TiMoE
 from timoe_core.strategies import get_strategy
@@ -366,11 +364,7 @@ def _decide_run_dir(plan: MixturePlan, restart: bool) -> str:
 def clear_bundle_artifacts(run_dir: Path) -> None:
     """Remove what a bundle / mixture run wrote into `run_dir` (never anything else)."""
     for name in BUNDLE_ARTIFACTS:
-        p = Path(run_dir) / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+        remove_output(Path(run_dir) / name)  # a link: only the link goes
 
 
 def prepare_run_dir(plan: MixturePlan) -> None:

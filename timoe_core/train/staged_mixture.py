@@ -36,8 +36,6 @@ rerun); several workers are refused.
 
 from __future__ import annotations
 
-import json
-import shutil
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -54,7 +52,13 @@ from timoe_core.data.manifest import (
 )
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_json, check_output_path, read_json_object, sha256_file
+from timoe_core.io import (
+    atomic_write_json,
+    check_output_path,
+    read_json_object,
+    remove_output,
+    sha256_file,
+)
 from timoe_core.lock import output_lock
 from timoe_core.model.bundle import (
     BUNDLE_FILENAME,
@@ -152,7 +156,7 @@ def _open_out(cfg: MixtureConfig, strategy: str, record: dict[str, Any]) -> None
     if cfg.overwrite:
         clear_bundle_artifacts(out)
         for name in (STAGES_DIRNAME, ROUTER_SNAPSHOTS_DIR):
-            shutil.rmtree(out / name, ignore_errors=True)
+            remove_output(out / name)  # a link: only the link goes, never its target
         ckpt_state.open_run_dir(out, "overwrite")
     elif marker.is_file():
         saved = read_json_object(marker, "start over with --overwrite")

@@ -66,6 +66,7 @@ from timoe_core.io import (
     _fsync_dir,
     atomic_path,
     check_output_path,
+    remove_output,
     safe_loader_refusal,
     write_failure_as_os_error,
 )
@@ -448,11 +449,7 @@ def open_run_dir(run_dir: Path, action: str) -> None:
     run_dir = Path(run_dir)
     if action == "overwrite":
         for name in RUN_ARTIFACTS:
-            p = run_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+            remove_output(run_dir / name)  # a link: only the link goes
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale(run_dir)
     latest = latest_checkpoint(run_dir)
