@@ -11,7 +11,11 @@ Each case runs `python -m timoe_cli ...` in a subprocess and HOLDS when:
 Classes covered (docs/bad-inputs.md, "Hostile input and real faults"): resource bombs,
 two writers one output, a full disk (a real tmpfs when run as root), text that the
 printer would interpret, dates misread, non-finite and out-of-range numbers,
-destructive conveniences, metadata not cross-checked, messages, TSQA whitespace.
+destructive conveniences, metadata not cross-checked, messages, TSQA whitespace; and,
+in round_three(): lock files that are not plain files, odd output paths, resumes over a
+changed or broken past, metadata of the wrong shape, merges that must not happen,
+numbers the parser cannot hold, flags that would be ignored, foreign spellings of our
+options, and messages that give unsafe advice.
 
     python scripts/hostile_sweep.py              # every case, prints "N of M hold"
     python scripts/hostile_sweep.py -k lock -v   # cases whose id holds "lock", verbose
@@ -675,8 +679,9 @@ def round_three() -> list[Case]:
         # --- foreign spellings
         Case("spell3-device-cuda-0-no-cuda", lambda c: _eval(c, None, "--device", "cuda:0"),
              words=["--device cuda:0 was asked for but CUDA is not available"]),
-        Case("spell3-device-cuda-1-config", lambda c: _gen(c, None, "--config", c.file(
-            "c.yaml", "device: cuda:1\n")), words=["--device cuda:1"]),
+        Case("spell3-device-cuda-1-config", lambda c: ["generate", "--model", c.fx.e13,
+             "--prompt", "The", "--max-new-tokens", 2, "--config", c.file(
+                 "c.yaml", "device: cuda:1\n")], words=["--device cuda:1"]),
         Case("spell3-device-typo", lambda c: _gen(c, None, "--device", "gpu0"),
              words=["auto, cpu, cuda or cuda:N"]),
         # --- messages that give unsafe or wrong advice

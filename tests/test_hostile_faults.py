@@ -317,6 +317,8 @@ def test_importing_a_pickle_the_safe_loader_refuses_says_ours_in_one_line(tmp_pa
                            "2015-2016", "--out", tmp_path / "out")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{pt} is a pickle timoe will not unpickle" in err and "safetensors" in err
+    why = {"namespace": "GLOBAL argparse.Namespace", "code": "GLOBAL posix.system"}
+    assert why.get(content, "") in err  # the loader's own reason, whole
     assert "Re-running" not in err and "will likely succeed" not in err  # torch's advice
     assert not (tmp_path / "out").exists()
 

@@ -279,7 +279,7 @@ def safe_loader_refusal(exc: BaseException) -> str:
     text = str(exc)
     m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n|$)", text)
     if m is None:
-        m = re.search(r"((?:Unsupported|Trying to load unsupported)[^.\n]*)", text)
+        m = re.search(r"((?:Unsupported|Trying to load unsupported).*?)(?:\.\s|\n|$)", text)
     return m.group(1).strip()[:160] if m else "it holds objects other than tensors"
 
 
