@@ -427,7 +427,9 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
 
 
 _MODEL_HELP = "TiMoE bundle, expert/dense run dir, or folder of expert run dirs."
-_STRATEGY_HELP = "avg | learned-avg | coadapt | expert:YEAR | dense (default: the bundle's own)."
+_STRATEGY_HELP = ("avg | learned-avg | coadapt | expert:YEAR | dense (a dense run's final, "
+                  "all-years weights) | dense-series (its yearly snapshots, leak-free) "
+                  "(default: the bundle's own).")
 _POLICY_HELP = "Eligibility: point-in-time | strict (its alias) | inclusive (default: the bundle's)."
 
 
