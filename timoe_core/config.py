@@ -410,6 +410,11 @@ class TrainRouterConfig(TrainingConfig, MixtureOptions):
         None, ge=2, json_schema_extra=cli(MIXTURE),
         description="Window length (default: the experts' context or the data's, the shorter).",
     )
+    keep_stage_checkpoints: bool = Field(  # a finished stage is never resumed: its router
+        False, json_schema_extra=cli(TRAIN),  # snapshot (and adapted expert) is what counts
+        description="Staged routers: keep each finished stage's trainer checkpoints "
+        "(optimizer state; by default removed once the stage's snapshot is saved).",
+    )
 
 
 class CoadaptConfig(TrainingConfig, MixtureOptions):
@@ -421,6 +426,7 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
         "learned-avg`); default: a fresh router, equal to avg at the start.",
     )
     seq_len: int | None = TrainRouterConfig.model_fields["seq_len"]  # the same option
+    keep_stage_checkpoints: bool = TrainRouterConfig.model_fields["keep_stage_checkpoints"]
 
 
 # ----------------------------------------------------------------- evaluation

@@ -21,7 +21,8 @@ from timoe_core.config import TrainRouterConfig
 from timoe_core.model.mixture import TiMoE
 from timoe_core.timeslices import first_eligible_date
 
-_OWN = ["strategy", "experts", *MIXTURE_FIELDS[:3], "cache_log_probs", *MIXTURE_FIELDS[3:]]
+_OWN = ["strategy", "experts", *MIXTURE_FIELDS[:3], "cache_log_probs", *MIXTURE_FIELDS[3:],
+        "keep_stage_checkpoints"]
 
 
 @handles_errors

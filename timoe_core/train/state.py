@@ -124,6 +124,23 @@ def remove_stale(run_dir: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def remove_training_state(run_dir: Path, keep: tuple[str, ...] = ()) -> None:
+    """Delete what only resuming `run_dir` needs, once it is finished and will never be
+    resumed: its checkpoints (trainer state, optimizer moments and their weight files)
+    and every other entry but the names in `keep`. A file hard-linked elsewhere (the
+    published weights) stays wherever else it is linked."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    for p in sorted(run_dir.iterdir()):
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
