@@ -582,6 +582,10 @@ class DemoConfig(StrictModel):
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the corpus and every run.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda.")
+    keep_checkpoints: bool = Field(  # a finished demo stage is never resumed
+        False, description="Keep each finished stage's trainer checkpoints (optimizer "
+        "state, several times the weights; by default removed once the stage is done).",
+    )
 
 
 # ------------------------------------------------------------------ interop

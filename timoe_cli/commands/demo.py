@@ -16,13 +16,14 @@ from timoe_core.demo import (
     QA_PLOT_FILENAME,
     REPORT_FILENAME,
     Stage,
+    disk_plan,
     run_demo,
 )
 from timoe_core.evaluate import compare_table
 
 
 @handles_errors
-@config_options(DemoConfig, ["out", "quick", "seed", "device", "overwrite"])
+@config_options(DemoConfig, ["out", "quick", "seed", "device", "overwrite", "keep_checkpoints"])
 def demo(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     """Run the whole pipeline on the built-in corpus: data, experts, dense baseline,
     routers, coadapt, evaluation, report. A rerun resumes where the last one stopped."""
@@ -34,6 +35,9 @@ def demo(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
         console.print(Text.assemble((f"[{index}/{total}]", "bold cyan"), " ",
                                     stage.description, note), highlight=False)
 
+    console.print(disk_plan(cfg).line(cfg.out) + (
+        "" if cfg.keep_checkpoints else " (finished stages' trainer checkpoints are removed; "
+        "--keep-checkpoints keeps them)"), highlight=False, soft_wrap=True)
     with progress_bars() as task:
         report = run_demo(cfg, on_stage, lambda d, done, tot: task(d)(done, tot))
     result = report["comparison"]

@@ -17,7 +17,7 @@ import torch
 
 from timoe_core.errors import TimoeError
 from timoe_core.evaluate.intervals import mean_perplexity_interval
-from timoe_core.evaluate.models import load_evaluated_model, parse_strategy
+from timoe_core.evaluate.models import load_evaluated_model, model_warnings, parse_strategy
 from timoe_core.evaluate.perplexity import evaluate_perplexity
 from timoe_core.evaluate.report import (
     Table,
@@ -108,7 +108,8 @@ def compare_models(
         qa_results.append(qa)
         report = evaluation_report(model, model_path=path, query_date=query_date, perplexity=ppl,
                                    tsqa=qa, data_dir=data_dir, tsqa_source=tsqa_source)
-        reports.append({"entry": entry, "label": label, **report})
+        reports.append({"entry": entry, "label": label, **report,
+                        "warnings": model_warnings(model, query_date)})
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -35,6 +35,7 @@ from timoe_core.model.mixture import TiMoE
 from timoe_core.strategies import STRATEGIES
 from timoe_core.model.expert_pool import run_dir_artefacts
 from timoe_core.timeslices import POLICIES, parse_query_date
+from timoe_core.train.metrics import METRICS_FILENAME, run_progress, unfinished_run_line
 
 STRATEGY_HELP = "avg, learned-avg, coadapt, expert:YEAR, dense or dense-series"
 
@@ -102,6 +103,32 @@ class EvaluatedModel:
     def loaded_experts(self) -> list[str]:
         raise NotImplementedError
 
+    def newest_cutoff(self) -> date:
+        """The latest data cutoff of any artefact behind its answers."""
+        raise NotImplementedError
+
+    def run_dirs(self) -> list[Path]:
+        """The training run dirs its weights come from (none for a bundle's own copies)."""
+        raise NotImplementedError
+
+
+def model_warnings(model: EvaluatedModel, query_date: QueryDate | None) -> list[str]:
+    """What a user should know before reading the model's figures, one line each: a run
+    that has not finished training, a query date after all of the model's data."""
+    out = []
+    for d in model.run_dirs():
+        progress = run_progress(d)
+        if progress is not None and not progress.finished:
+            out.append(unfinished_run_line(d, progress) + "; its figures are those of step "
+                       f"{progress.step}")
+    if query_date is not None and model.dated:
+        when, newest = parse_query_date(query_date), model.newest_cutoff()
+        if when > newest:
+            out.append(f"query date {when.isoformat()} is after the newest data of this model "
+                       f"({newest.isoformat()}): it answers as of {newest.isoformat()}, with "
+                       "every expert")
+    return out
+
 
 class SingleModel(EvaluatedModel):
     """One GPT: a dense model or a single slice's expert. Query dates are ignored."""
@@ -109,10 +136,12 @@ class SingleModel(EvaluatedModel):
     dated = False
 
     def __init__(
-        self, gpt: GPT, info: RunInfo, *, strategy: str, name: str, policy: str = "inclusive"
+        self, gpt: GPT, info: RunInfo, *, strategy: str, name: str, policy: str = "inclusive",
+        run_dir: Path | None = None,
     ) -> None:
         self.gpt = gpt.eval()
         self.info = info
+        self.run_dir = run_dir
         self.strategy = strategy
         self.name = name
         self.policy = policy
@@ -140,6 +169,12 @@ class SingleModel(EvaluatedModel):
 
     def artefacts_used(self, query_date=None):
         return [{"name": self.label, "data_cutoff": self.info.cutoff.isoformat()}]
+
+    def newest_cutoff(self):
+        return self.info.cutoff
+
+    def run_dirs(self):
+        return [self.run_dir] if self.run_dir is not None else []
 
 
 class MixtureModel(EvaluatedModel):
@@ -183,6 +218,15 @@ class MixtureModel(EvaluatedModel):
     def loaded_experts(self):
         return list(self.mix.loaded_experts())
 
+    def newest_cutoff(self):
+        return max(r.cutoff for r in self.mix.artefacts)
+
+    def run_dirs(self):
+        # a run dir's final weights (snapshots are folders inside it); a bundle's copies
+        # of adapted experts have no run of their own
+        return sorted({c for r in self.mix.artefacts for c in r.candidates
+                       if (c / RUN_INFO_FILENAME).is_file() and (c / METRICS_FILENAME).is_file()})
+
 
 # ------------------------------------------------------------------- loading
 
@@ -201,7 +245,7 @@ def _run_dirs_under(path: Path) -> list[Path]:
 
 def _single(run_dir: Path, device: torch.device, strategy: str, name: str) -> SingleModel:
     gpt, info = load_expert(run_dir, device=device)
-    return SingleModel(gpt, info, strategy=strategy, name=name)
+    return SingleModel(gpt, info, strategy=strategy, name=name, run_dir=run_dir)
 
 
 def _expert_dir_for_year(run_dirs: list[Path], year: int, where: Path) -> Path:

@@ -25,6 +25,7 @@ import math
 import netrc
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -56,6 +57,37 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:  # a line cut by a kill
             continue
     return out
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """How far a training run got: its last logged step of the steps it plans."""
+
+    step: int
+    total_steps: int
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+
+def run_progress(run_dir: Path) -> RunProgress | None:
+    """From RUN_DIR/metrics.jsonl: the last train step against the total of the last
+    invocation's runtime record; None when no record says (no metrics, an older run)."""
+    records = read_metrics(run_dir)
+    totals = [r["total_steps"] for r in records
+              if r.get("type") == "runtime" and isinstance(r.get("total_steps"), int)]
+    if not totals:
+        return None
+    steps = [int(r.get("step", 0)) for r in records if r.get("type") == "train"]
+    return RunProgress(max(steps, default=0), totals[-1])
+
+
+def unfinished_run_line(run_dir: Path, progress: RunProgress) -> str:
+    """What to tell a user about an unfinished run: where it stopped, how to finish it."""
+    return (f"{run_dir} is an unfinished run (step {progress.step} of "
+            f"{progress.total_steps}): finish it by rerunning the command that trained it, "
+            f"e.g. `timoe train-expert --config {Path(run_dir) / 'config.yaml'}`")
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
@@ -211,11 +243,14 @@ class MetricsLogger:
         else:
             self.console.print(text, highlight=False)
 
-    def runtime(self, step: int, choices: dict[str, Any]) -> None:
-        """How this invocation trains (device, amp, compile, ...): a record and one line."""
+    def runtime(self, step: int, choices: dict[str, Any], total_steps: int | None = None
+                ) -> None:
+        """How this invocation trains (device, amp, compile, ...) and the step the run
+        ends at (`run_progress` reads it): a record and one line."""
         if not self.enabled:
             return
-        self._write({"type": "runtime", "step": step} | choices)
+        total = {} if total_steps is None else {"total_steps": total_steps}
+        self._write({"type": "runtime", "step": step} | total | choices)
         self.message("runtime: " + ", ".join(f"{k} {v}" for k, v in choices.items()))
 
     def message(self, text: str) -> None:

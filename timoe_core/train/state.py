@@ -63,7 +63,12 @@ from timoe_core.config import CONFIG_FILENAME, TrainingConfig
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
 from timoe_core.io import _fsync_dir, atomic_path, check_writable_dir, write_failure_as_os_error
-from timoe_core.train.metrics import METRICS_FILENAME, WANDB_ID_FILENAME
+from timoe_core.train.metrics import (
+    METRICS_FILENAME,
+    WANDB_ID_FILENAME,
+    run_progress,
+    unfinished_run_line,
+)
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 STATE_FORMAT = 1
@@ -122,6 +127,21 @@ def remove_stale(run_dir: Path) -> None:
         for p in root.iterdir():
             if p.name.startswith("."):
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def check_finished_runs(paths: list[Path]) -> None:
+    """Refuse (TimoeError, before any work) a run dir among `paths` (run dirs or folders
+    of them) whose training has not reached its last step: its weights and snapshots are
+    not the ones its run.json promises yet."""
+    for p in map(Path, paths):
+        dirs = [p] if (p / RUN_INFO_FILENAME).is_file() else (
+            sorted(d for d in p.iterdir() if (d / RUN_INFO_FILENAME).is_file())
+            if p.is_dir() else [])
+        for d in dirs:
+            progress = run_progress(d)
+            if progress is not None and not progress.finished:
+                raise TimoeError(unfinished_run_line(d, progress) + "; or leave it out of "
+                                 "--experts")
 
 
 def remove_training_state(run_dir: Path, keep: tuple[str, ...] = ()) -> None:
