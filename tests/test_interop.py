@@ -278,5 +278,5 @@ def test_hf_model_references_resolve_from_the_local_hub_cache_offline(tmp_path, 
     missing = _cli(["evaluate", "--model", "hf:someone/absent", "--tsqa", qa], env)
     assert missing.returncode == 2
     assert "not in the local hub cache" in missing.stderr
-    assert "huggingface-cli download someone/absent" in missing.stderr
+    assert "hf download someone/absent" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1

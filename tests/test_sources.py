@@ -333,5 +333,5 @@ def test_fineweb_edu_offline_names_the_download_command(monkeypatch):
     with pytest.raises(TimoeError) as err:
         _read_default_date_field("fineweb-edu")
     msg = str(err.value)
-    assert "huggingface-cli download HuggingFaceFW/fineweb-edu --repo-type dataset" in msg
+    assert "hf download HuggingFaceFW/fineweb-edu --repo-type dataset" in msg
     assert "pass the folder instead" in msg and "\n" not in msg

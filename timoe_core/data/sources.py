@@ -50,7 +50,7 @@ FINEWEB_EDU = "HuggingFaceFW/fineweb-edu"
 FINEWEB_DATE_FIELD = "dump"
 # Offline (or behind a firewall): fetch a part of the corpus once, then read the folder.
 FINEWEB_OFFLINE_HINT = (
-    "; offline, download a part of it where there is network, e.g. `huggingface-cli download "
+    "; offline, download a part of it where there is network, e.g. `hf download "
     f"{FINEWEB_EDU} --repo-type dataset --include 'sample/10BT/000_*.parquet' "
     "--local-dir fineweb-edu`, and pass the folder instead: --source fineweb-edu/sample/10BT"
 )

@@ -254,7 +254,7 @@ def run_lm_eval_tasks(model: EvaluatedModel, cfg: Any) -> dict[str, Any]:
         raise TimoeError(
             f"lm-eval tasks {','.join(tasks)} could not run ({type(exc).__name__}: {first}); "
             "offline, a hub dataset must be in the local cache: fetch it where there is "
-            "network (huggingface-cli download --repo-type dataset NAME) and set "
+            "network (hf download --repo-type dataset NAME) and set "
             "HF_DATASETS_OFFLINE=1, or write a local task YAML over a JSONL file and pass "
             "--lm-eval-include-path"
         ) from None

@@ -54,7 +54,7 @@ def resolve_model_path(spec: str | os.PathLike) -> Path:
         raise TimoeError(
             f"model {spec}: hf: references need huggingface_hub: pip install 'timoe[hf]'"
         ) from None
-    fetch = f"`huggingface-cli download {repo}" + (f" --revision {revision}`" if revision else "`")
+    fetch = f"`hf download {repo}" + (f" --revision {revision}`" if revision else "`")
     try:
         return Path(snapshot_download(repo, revision=revision, local_files_only=_offline()))
     except LocalEntryNotFoundError:
@@ -66,7 +66,7 @@ def resolve_model_path(spec: str | os.PathLike) -> Path:
     except (RepositoryNotFoundError, GatedRepoError):
         raise TimoeError(
             f"model {spec}: no such repository on the hub, or it needs a login "
-            "(huggingface-cli login): check the name"
+            "(hf auth login): check the name"
         ) from None
     except RevisionNotFoundError:
         raise TimoeError(f"model {spec}: the hub repository has no revision {revision!r}") from None
