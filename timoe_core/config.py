@@ -446,7 +446,8 @@ class EvaluateConfig(StrictModel):
     models: list[str] = Field(  # compare: PATH or PATH:STRATEGY each
         default_factory=list, json_schema_extra=cli(flag="--model"),
         description="PATH or PATH:STRATEGY, repeated: a bundle (runs/timoe, "
-        "runs/timoe:learned-avg, runs/timoe:expert:2016), a dense run dir, a folder of runs.",
+        "runs/timoe:learned-avg, runs/timoe:expert:2016), a dense run dir (runs/dense, or "
+        "runs/dense:dense-series for its yearly snapshots, leak-free), a folder of runs.",
     )
     strategy: str | None = Field(None, description=_STRATEGY_HELP)
     query_date: str | None = Field(
