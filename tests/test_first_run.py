@@ -43,7 +43,7 @@ def test_help_at_80_columns_shows_every_option_whole(command, monkeypatch):
              if o.startswith("--")]
     assert names
     for name in names:  # whole, ending at a space, a comma or the line's end
-        assert re.search(re.escape(name) + r"(?=[\s,]|$)", text, re.M), (command, name)
+        assert re.search(re.escape(name) + r"(?=[\s,]|$)", text, re.MULTILINE), (command, name)
 
 
 def test_help_prints_brackets_as_written_and_names_dense_series(monkeypatch):
@@ -148,7 +148,7 @@ def test_an_unfinished_run_is_named_with_how_to_finish_it(capsys, runs, tmp_path
     # the command it names finishes it; then nothing is said
     code, out, err = run_cli(capsys, "train-expert", "--config", run / "config.yaml")
     assert code == 0, err
-    code, out, err = run_cli(capsys, "evaluate", "--model", run, "--data", runs.data,
+    code, _, err = run_cli(capsys, "evaluate", "--model", run, "--data", runs.data,
                              "--max-docs", "1")
     assert code == 0 and "warning" not in err, err
 
@@ -160,7 +160,7 @@ def test_a_query_date_past_the_data_is_said_and_still_answered(capsys, runs, tmp
     line = " ".join(err.split())
     assert ("query date 2100-12-31 is after the newest data of this model (2016-12-31): it "
             "answers as of 2016-12-31") in line
-    code, out, err = run_cli(capsys, "evaluate", "--model", runs.experts, "--query-date",
+    code, _, err = run_cli(capsys, "evaluate", "--model", runs.experts, "--query-date",
                              "2016", "--data", runs.data, "--max-docs", "1")
     assert code == 0 and "warning" not in err, err
 
@@ -169,12 +169,12 @@ def test_a_query_date_past_the_data_is_said_and_still_answered(capsys, runs, tmp
 
 
 def test_the_demo_refuses_to_start_on_a_disk_clearly_too_small(capsys, tmp_path, monkeypatch):
-    import timoe_core.demo as demo
+    from timoe_core import demo
 
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(demo.shutil, "disk_usage", lambda p: Usage(10**12, 10**12, 10**8))
     monkeypatch.setattr(demo, "_stages", lambda *a, **k: [])  # nothing would run anyway
-    code, out, err = run_cli(capsys, "demo", "--quick", "--out", tmp_path / "d")
+    code, _, err = run_cli(capsys, "demo", "--quick", "--out", tmp_path / "d")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     line = " ".join(err.split())
     assert re.search(r"the demo needs about [\d.]+ GB under .*; 0\.1 GB free: [\d.]+ GB short",

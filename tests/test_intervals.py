@@ -91,6 +91,7 @@ def test_the_claim_is_printed_only_when_the_intervals_support_it():
 
 def test_the_leaky_dense_perplexity_sits_in_its_own_labelled_row():
     headers, rows = compare_table(_result(48, 2, 5), per_year=False)
+    assert headers == ["", "TiMoE avg", "TiMoE learned-avg", "dense (all years)"]
     by_label = {r[0]: r[1:] for r in rows}
     pit = by_label["ppl, mean of 1 years [95% CI], point-in-time"]
     leaky = by_label["ppl, mean of 1 years [95% CI], NOT point-in-time (read later years)"]

@@ -574,7 +574,8 @@ class GenerateConfig(StrictModel):
 class DemoConfig(StrictModel):
     out: Path = Field(Path("timoe-demo"), description="Folder of every stage's output.")
     quick: bool = Field(
-        False, description="A smaller run (about 2 minutes on a 2-core CPU).",
+        False, description="A pipeline check, too small to compare models (a few minutes "
+        "on a 2-core CPU).",
         json_schema_extra=cli(flag="--quick/--full"),
     )
     overwrite: bool = Field(  # start over when --out holds a demo of other settings

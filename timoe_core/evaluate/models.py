@@ -24,7 +24,15 @@ from typing import Any
 
 import torch
 
-from timoe_core.checkpoint import RUN_INFO_FILENAME, RunInfo, load_expert, read_run_info
+from timoe_core.checkpoint import (
+    METRICS_FILENAME,
+    RUN_INFO_FILENAME,
+    RunInfo,
+    load_expert,
+    read_run_info,
+    run_progress,
+    unfinished_run_line,
+)
 from timoe_core.config import MixtureOptions
 from timoe_core.device import resolve_device
 from timoe_core.errors import TimoeError
@@ -35,7 +43,6 @@ from timoe_core.model.mixture import TiMoE
 from timoe_core.strategies import STRATEGIES
 from timoe_core.model.expert_pool import run_dir_artefacts
 from timoe_core.timeslices import POLICIES, parse_query_date
-from timoe_core.train.metrics import METRICS_FILENAME, run_progress, unfinished_run_line
 
 STRATEGY_HELP = "avg, learned-avg, coadapt, expert:YEAR, dense or dense-series"
 

@@ -25,7 +25,6 @@ import math
 import netrc
 import os
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -39,55 +38,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from timoe_core.checkpoint import (  # metrics.jsonl is read there, below train
+    METRICS_FILENAME,
+    read_metrics,
+)
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_text
 
-METRICS_FILENAME = "metrics.jsonl"
 WANDB_ID_FILENAME = "wandb_run_id"
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILENAME
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-    return out
-
-
-@dataclass(frozen=True)
-class RunProgress:
-    """How far a training run got: its last logged step of the steps it plans."""
-
-    step: int
-    total_steps: int
-
-    @property
-    def finished(self) -> bool:
-        return self.step >= self.total_steps
-
-
-def run_progress(run_dir: Path) -> RunProgress | None:
-    """From RUN_DIR/metrics.jsonl: the last train step against the total of the last
-    invocation's runtime record; None when no record says (no metrics, an older run)."""
-    records = read_metrics(run_dir)
-    totals = [r["total_steps"] for r in records
-              if r.get("type") == "runtime" and isinstance(r.get("total_steps"), int)]
-    if not totals:
-        return None
-    steps = [int(r.get("step", 0)) for r in records if r.get("type") == "train"]
-    return RunProgress(max(steps, default=0), totals[-1])
-
-
-def unfinished_run_line(run_dir: Path, progress: RunProgress) -> str:
-    """What to tell a user about an unfinished run: where it stopped, how to finish it."""
-    return (f"{run_dir} is an unfinished run (step {progress.step} of "
-            f"{progress.total_steps}): finish it by rerunning the command that trained it, "
-            f"e.g. `timoe train-expert --config {Path(run_dir) / 'config.yaml'}`")
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
