@@ -136,8 +136,8 @@ def test_an_unfinished_run_is_named_with_how_to_finish_it(capsys, runs, tmp_path
     assert "missing" not in line and not (tmp_path / "avg").exists()
 
     # evaluating it works, and says so first
-    code, out, err = run_cli(capsys, "evaluate", "--model", run, "--data", runs.data,
-                             "--max-docs", "1", "--json", tmp_path / "ev.json")
+    code, _, err = run_cli(capsys, "evaluate", "--model", run, "--data", runs.data,
+                           "--max-docs", "1", "--json", tmp_path / "ev.json")
     assert code == 0, err
     warning = [ln for ln in err.splitlines() if ln.startswith("warning:")]
     assert len(warning) == 1 and "is an unfinished run (step 1 of 5)" in warning[0]
@@ -146,22 +146,22 @@ def test_an_unfinished_run_is_named_with_how_to_finish_it(capsys, runs, tmp_path
     assert report["warnings"] == [warning[0].removeprefix("warning: ")]
 
     # the command it names finishes it; then nothing is said
-    code, out, err = run_cli(capsys, "train-expert", "--config", run / "config.yaml")
+    code, _, err = run_cli(capsys, "train-expert", "--config", run / "config.yaml")
     assert code == 0, err
     code, _, err = run_cli(capsys, "evaluate", "--model", run, "--data", runs.data,
-                             "--max-docs", "1")
+                           "--max-docs", "1")
     assert code == 0 and "warning" not in err, err
 
 
 def test_a_query_date_past_the_data_is_said_and_still_answered(capsys, runs, tmp_path):
-    code, out, err = run_cli(capsys, "evaluate", "--model", runs.experts, "--query-date",
-                             "2100", "--data", runs.data, "--max-docs", "1")
+    code, _, err = run_cli(capsys, "evaluate", "--model", runs.experts, "--query-date",
+                           "2100", "--data", runs.data, "--max-docs", "1")
     assert code == 0, err
     line = " ".join(err.split())
     assert ("query date 2100-12-31 is after the newest data of this model (2016-12-31): it "
             "answers as of 2016-12-31") in line
     code, _, err = run_cli(capsys, "evaluate", "--model", runs.experts, "--query-date",
-                             "2016", "--data", runs.data, "--max-docs", "1")
+                           "2016", "--data", runs.data, "--max-docs", "1")
     assert code == 0 and "warning" not in err, err
 
 
