@@ -125,10 +125,11 @@ def test_a_staged_router_summary_counts_its_stages_and_steps(capsys, runs, tmp_p
 def test_an_unfinished_run_is_named_with_how_to_finish_it(capsys, runs, tmp_path):
     experts = tmp_path / "experts"
     shutil.copytree(runs.experts / "2015-2016", experts / "2015-2016")
-    _expert(runs.data, experts / "2013-2014", 2013, stop_at_step=1)  # 1 of 5 steps (2 a year + a decay branch)
+    # stopped at step 1 of 5 (2 a year and a decay branch to the 2013 snapshot)
+    _expert(runs.data, experts / "2013-2014", 2013, stop_at_step=1)
     run = experts / "2013-2014"
-    code, out, err = run_cli(capsys, "train-router", "--strategy", "avg", "--experts",
-                             experts, "--out", tmp_path / "avg")
+    code, _, err = run_cli(capsys, "train-router", "--strategy", "avg", "--experts",
+                           experts, "--out", tmp_path / "avg")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     line = " ".join(err.split())
     assert f"{run} is an unfinished run (step 1 of 5)" in line
