@@ -25,7 +25,9 @@ Layout of OUT (the bundle once every stage is done):
 
     mixture_run.json           what the run is; a rerun must match it (or --overwrite)
     stages/<date>/             each stage's training run dir (checkpoints, metrics,
-                               log-prob cache), resumed when interrupted
+                               log-prob cache), resumed when interrupted; once its
+                               router snapshot is saved only metrics.jsonl stays
+                               (--keep-stage-checkpoints keeps the rest)
     routers/<date>/router.safetensors     the router snapshot of each stage
     experts/<slice>@<date>+adapted/       coadapt: the adapted expert of each stage
     timoe.json, router.safetensors        written last (the latest router)
