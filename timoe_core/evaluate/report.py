@@ -293,9 +293,17 @@ def _stacked_bars(ax, labels: list[str], shares: list[list[float]], *, min_label
 def _draw_qa_overall(ax, models: list[Mapping[str, Any]], names: list[str]) -> None:
     _stacked_bars(ax, names, [_qa_shares(m.get("tsqa")) for m in models], min_label=0.03,
                   fontsize=8)
-    ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize="small")
+    # accuracy's 95% Wilson interval on top of the correct segment
+    for x, m in enumerate(models):
+        ci = ((m.get("tsqa") or {}).get("intervals") or {}).get("accuracy")
+        acc = (m.get("tsqa") or {}).get("accuracy")
+        if ci and acc is not None:
+            ax.errorbar([x], [acc], yerr=[[acc - ci[0]], [ci[1] - acc]], fmt="none",
+                        ecolor="black", elinewidth=1, capsize=4)
+    labels = [f"{n}\n(n={(m.get('tsqa') or {}).get('n', 0)})" for n, m in zip(names, models)]
+    ax.set_xticks(range(len(names)), labels, rotation=25, ha="right", fontsize="small")
     ax.set_ylabel("% of questions")
-    ax.set_title("temporal QA: the answer picked (values in %)")
+    ax.set_title("temporal QA: the answer picked (values in %;\nbar: accuracy's 95% interval)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
 
 
@@ -329,8 +337,15 @@ def _draw_perplexity(ax, models: list[Mapping[str, Any]], names: list[str]) -> N
     years = sorted({y for m in models for y in (m.get("perplexity") or {})}, key=int)
     for m, name in zip(models, names):
         vals = [(m.get("perplexity") or {}).get(y) for y in years]
-        ax.plot([int(y) for y in years], [math.nan if v is None else v for v in vals],
-                marker="o", label=name)
+        details = (m.get("perplexity_details") or {}).get("years") or {}
+        cis = [(details.get(y) or {}).get("interval") for y in years]
+        ys = [math.nan if v is None else v for v in vals]
+        # each year's 95% interval over its held-out windows, where it has one
+        err = [[v - ci[0] if ci and v is not None else 0.0 for v, ci in zip(vals, cis)],
+               [ci[1] - v if ci and v is not None else 0.0 for v, ci in zip(vals, cis)]]
+        ax.errorbar([int(y) for y in years], ys, yerr=err, marker="o", capsize=2,
+                    label=name + ("" if m.get("point_in_time", True) else
+                                  " (not point-in-time)"))
     ax.set_xticks([int(y) for y in years])
     ax.set_xlabel("data year")
     finite = [v for m in models for v in (m.get("perplexity") or {}).values() if v]
