@@ -184,3 +184,21 @@ def test_the_demo_refuses_to_start_on_a_disk_clearly_too_small(capsys, tmp_path,
     need = demo.disk_needed(demo.demo_settings(demo.DemoConfig(quick=True)), False)
     kept = demo.disk_needed(demo.demo_settings(demo.DemoConfig(quick=True)), True)
     assert 1e9 < need < kept  # keeping every checkpoint needs more
+
+
+def test_a_finished_run_without_its_checkpoints_says_so_when_rerun(capsys, runs, tmp_path):
+    from timoe_core.train.state import checkpoints_dir
+
+    run = tmp_path / "2013-2014"
+    shutil.copytree(runs.experts / "2013-2014", run)
+    shutil.rmtree(checkpoints_dir(run))  # what the demo does to a finished stage
+    weights = (run / "model.safetensors").read_bytes()
+    code, _, err = run_cli(capsys, "train-expert", "--config", run / "config.yaml")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    line = " ".join(err.split())
+    assert f"{run} is a finished run (step 5 of 5) whose trainer checkpoints were removed" in line
+    assert "--no-resume --overwrite" in line
+    assert (run / "model.safetensors").read_bytes() == weights
+    code, _, err = run_cli(capsys, "evaluate", "--model", run, "--data", runs.data,
+                           "--max-docs", "1")
+    assert code == 0 and "warning" not in err, err

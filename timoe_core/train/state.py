@@ -440,6 +440,13 @@ def decide_run_dir(
         return "overwrite"
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
+        progress = run_progress(run_dir)
+        if any(run_dir.glob("*.safetensors")) and progress is not None and progress.finished:
+            raise TimoeError(
+                f"{run_dir} is a finished run (step {progress.step} of {progress.total_steps})"
+                " whose trainer checkpoints were removed (`timoe demo` removes them): "
+                "nothing to train; use it as it is, or start over with --no-resume --overwrite"
+            )
         if any(run_dir.glob("*.safetensors")):
             raise TimoeError(
                 f"{run_dir} has trained weights but no checkpoint to resume from: "
