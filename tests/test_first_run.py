@@ -193,7 +193,7 @@ def test_a_finished_run_without_its_checkpoints_says_so_when_rerun(capsys, runs,
     shutil.copytree(runs.experts / "2013-2014", run)
     shutil.rmtree(checkpoints_dir(run))  # what the demo does to a finished stage
     weights = (run / "model.safetensors").read_bytes()
-    code, _, err = run_cli(capsys, "train-expert", "--config", run / "config.yaml")
+    code, _, err = run_cli(capsys, "train-expert", "--config", run / "config.yaml", "--out", run)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     line = " ".join(err.split())
     assert f"{run} is a finished run (step 5 of 5) whose trainer checkpoints were removed" in line
