@@ -33,6 +33,7 @@ from timoe_core.evaluate import (
     write_report,
 )
 from timoe_core.evaluate.models import MixtureModel
+from timoe_core.evaluate.report import fmt_ppl
 from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.model.mixture import TiMoE
 from timoe_core.timeslices import parse_query_date
@@ -425,8 +426,16 @@ def test_compare_models_side_by_side(world, tmp_path):
     headers, rows = compare_table(res)
     assert headers == ["", "dense", "experts:expert:2016", "bundle", "bundle:expert:2024"]
     names = [r[0] for r in rows]
-    assert names[:3] == ["strategy", "ppl mean", "ppl 2013"] and "future err" in names
-    assert rows[names.index("ppl 2013")][3] == "—" and rows[names.index("QA items")][1] == "3"
+    n_common = len(res["common_years"])
+    # under the inclusive policy no model is point-in-time: every perplexity row says so
+    leaky = f"ppl, mean of {n_common} years [95% CI], NOT point-in-time (read later years)"
+    assert names[:3] == ["strategy", leaky, "ppl 2013, not point-in-time"]
+    assert "future err" in names and not any(n.endswith(", point-in-time") for n in names)
+    assert rows[names.index("ppl 2013, not point-in-time")][3] == "—"
+    assert rows[names.index("QA items")][1] == "3"
+    # one window a year (max_docs=1): no interval to show, and none is made up
+    assert res["models"][0]["perplexity_mean_interval"] is None
+    assert rows[names.index(leaky)][1] == fmt_ppl(res["models"][0]["perplexity_mean"])
     plot_compare(tmp_path / "c.png", res)
     w, h = _png_size(tmp_path / "c.png")
     assert w > 600 and h > 300

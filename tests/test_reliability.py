@@ -104,6 +104,49 @@ def test_sigkill_then_rerun_resumes_to_the_uninterrupted_weights(reference, tmp_
 
 
 @pytest.mark.slow
+def test_a_staged_router_killed_in_a_later_stage_resumes_after_the_finished_stages_were_pruned(
+    tmp_path,
+):
+    """A finished stage keeps only its metrics (its checkpoints are removed once its
+    router snapshot is saved): a kill -9 inside the next stage still resumes from that
+    stage's own checkpoint and ends bitwise equal to an uninterrupted run."""
+    from kill_harness import _mixture_inputs, timoe
+
+    inputs = _mixture_inputs(tmp_path / "inputs")
+
+    def argv(out: Path) -> list[str]:  # point-in-time: 3 stages (2014, 2016, 2018)
+        return ["train-router", "--strategy", "learned-avg",
+                "--experts", str(inputs / "experts"), "--data", str(inputs / "data"),
+                "--out", str(out), "--batch-size", "4", "--steps-per-stage", "8",
+                "--checkpoint-every", "2", "--log-every", "1", "--device", "cpu"]
+
+    ref = tmp_path / "ref"
+    assert run(argv(ref)).returncode == 0
+    out = tmp_path / "run"
+    second = out / "stages" / "2016-12-31"
+
+    def in_second_stage() -> bool:
+        return second.is_dir() and any(r.get("step", 0) >= 5 for r in read_metrics(second)
+                                       if r.get("type") == "train")
+
+    assert kill_when(timoe(argv(out)), in_second_stage) == -signal.SIGKILL
+    first = out / "stages" / "2014-12-31"
+    assert sorted(p.name for p in first.iterdir()) == ["metrics.jsonl"]  # pruned
+    latest = ckpt_state.latest_checkpoint(second)
+    assert latest is not None and 4 <= latest.step < 8
+    again = run(argv(out))
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from {latest.path} (step {latest.step}/" in again.stdout, again.stdout
+    assert all(sorted(p.name for p in d.iterdir()) == ["metrics.jsonl"]
+               for d in (out / "stages").iterdir())
+    routers = {p.relative_to(out): load_file(p) for p in sorted(out.rglob("router.safetensors"))}
+    expected = {p.relative_to(ref): load_file(p) for p in sorted(ref.rglob("router.safetensors"))}
+    assert routers.keys() == expected.keys() and len(routers) == 4  # 3 snapshots + latest
+    for k, tensors in routers.items():
+        assert all(torch.equal(v, expected[k][n]) for n, v in tensors.items()), k
+
+
+@pytest.mark.slow
 def test_a_worker_killed_under_max_restarts_is_restarted_and_the_run_continues(reference, tmp_path):
     cmd = COMMANDS["train-expert-2w"]
     inputs, ref = reference(cmd.name)

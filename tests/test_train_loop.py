@@ -365,7 +365,8 @@ def test_runtime_choices_resolve_per_device_and_are_recorded(data, tmp_path):
     assert (off.amp, off.compile, off.tf32, off.fused_adamw) == (False,) * 4
     run = train_expert(cfg(data, tmp_path / "r", max_steps=2))
     first = read_metrics(run)[0]
-    assert first == {"type": "runtime", "step": 0, "device": "cpu", "amp": False,
-                     "compile": False, "tf32": False, "fused_adamw": False, "pin_memory": False}
+    assert first == {"type": "runtime", "step": 0, "total_steps": 2, "device": "cpu",
+                     "amp": False, "compile": False, "tf32": False, "fused_adamw": False,
+                     "pin_memory": False}
     saved = (run / "config.yaml").read_text()
     assert "compile: null" in saved and "tf32: true" in saved and "fused_adamw: null" in saved

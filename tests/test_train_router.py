@@ -336,11 +336,21 @@ def test_staged_router_writes_one_snapshot_per_cutoff_and_resumes(inputs, tmp_pa
     mix = TiMoE.from_bundle(out)
     assert mix.artefacts_used("2017-06")[-1] == {"name": "router@2016-12-31",
                                                  "data_cutoff": "2016-12-31"}
-    trained = sorted((out / "stages").rglob("trainer_state.pt"))
-    assert len(trained) == 3
-    before = {p: p.stat().st_mtime_ns for p in trained}
-    train_router(cfg)  # every stage is done: none is trained again
-    assert {p: p.stat().st_mtime_ns for p in trained} == before
+    # a finished stage keeps only its metrics: its trainer state is never needed again
+    stages = sorted((out / "stages").iterdir())
+    assert [sorted(p.name for p in s.iterdir()) for s in stages] == [["metrics.jsonl"]] * 3
+    assert all(read_metrics(s)[-1]["step"] == 2 for s in stages)
+    metrics = sorted((out / "stages").rglob("metrics.jsonl"))
+    before = {p: p.read_bytes() for p in metrics}
+    train_router(cfg)  # every stage is done: none is trained again (no metrics appended)
+    assert {p: p.read_bytes() for p in metrics} == before
+    assert not list((out / "stages").rglob("trainer_state.pt"))
+    # asked to keep them, each stage's last checkpoint stays
+    kept = train_router(cfg.model_copy(update={"out": tmp_path / "k",
+                                               "keep_stage_checkpoints": True}))
+    assert len(sorted((kept / "stages").rglob("trainer_state.pt"))) == 3
+    assert (kept / "routers").is_dir() and (kept / "timoe.json").read_text() == (
+        out / "timoe.json").read_text().replace(str(out), str(kept))
 
 
 def test_an_unstaged_router_over_experts_with_snapshots_has_one_slot_per_slice(

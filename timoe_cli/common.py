@@ -39,6 +39,11 @@ ConfigOption = typer.Option(
 )
 
 
+def print_warning(message: str) -> None:
+    """`warning: MESSAGE` on stderr, one line, the message verbatim."""
+    err_console.print(Text.assemble(("warning:", "bold yellow"), " ", message), highlight=False)
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one line on stderr and exit (2 = bad input)."""
     err_console.print(error_line(message), highlight=False)
@@ -125,13 +130,23 @@ def run_training_command(train: Callable[[M], Path], cfg: M) -> Path | None:
 
 
 def training_summary(run_dir: Path) -> str:
-    """'step N, loss X, eval loss Y' from a run dir's metrics.jsonl."""
+    """'step N, loss X, eval loss Y' from a run dir's metrics.jsonl; for a staged router
+    (OUT/stages/<date>/metrics.jsonl) 'K stages, N steps in all, last stage: ...'."""
     from timoe_core.train.metrics import read_metrics
 
+    stages = sorted(p.parent for p in Path(run_dir).glob("stages/*/metrics.jsonl"))
+    if stages and not (Path(run_dir) / "metrics.jsonl").is_file():
+        runs = [[r for r in read_metrics(d) if r.get("type") == "train"] for d in stages]
+        trained = [(d, t) for d, t in zip(stages, runs) if t]
+        if not trained:
+            return "no stage had windows to train on"
+        steps = sum(t[-1]["step"] for _, t in trained)
+        return (f"{len(trained)} stages, {steps} steps in all; last stage "
+                f"{trained[-1][0].name}: {training_summary(trained[-1][0])}")
     records = read_metrics(run_dir)
     train = [r for r in records if r.get("type") == "train"]
     evals = [r for r in records if r.get("type") == "eval"]
-    summary = f"step {train[-1]['step']}, loss {train[-1]['loss']:.4f}" if train else "no new steps"
+    summary = f"step {train[-1]['step']}, loss {train[-1]['loss']:.4f}" if train else "no steps"
     if evals:
         summary += f", eval loss {evals[-1]['eval_loss']:.4f}"
     return summary

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from timoe_cli import restore_interrupt_handling
+from timoe_core import __version__
 
 try:  # typer >= 0.20 vendors its own click
     from typer._click import exceptions as click_exceptions
@@ -25,7 +26,7 @@ from timoe_cli.commands import (
     train_expert,
     train_router,
 )
-from timoe_cli.common import err_console, error_line
+from timoe_cli.common import console, err_console, error_line
 
 app = typer.Typer(
     name="timoe",
@@ -33,10 +34,27 @@ app = typer.Typer(
     "combined without leaking the future.",
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="rich",
+    # Click's plain help: it wraps every option name in full at any width (Rich's table
+    # cut `--router-hidden-dim` to `--router-hidden-d…` at 80 columns) and prints help
+    # text as written (Rich markup took `timoe[eval]` for a tag and dropped it).
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"timoe {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Options of `timoe` itself (the app's help text is Typer's `help=` above)."""
+
 
 app.command("prepare-data")(prepare_data.prepare_data)
 app.command("train-expert")(train_expert.train_expert)
@@ -56,7 +74,8 @@ def main() -> None:
     restore_interrupt_handling()
     try:
         code = app(standalone_mode=False)
-    except click_exceptions.NoArgsIsHelpError:
+    except click_exceptions.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
         sys.exit(0)
     except click_exceptions.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else "timoe"

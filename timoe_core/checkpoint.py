@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -30,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from timoe_core import __version__
+from timoe_core.config import CONFIG_FILENAME
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError, describe_validation_error
 from timoe_core.io import (
@@ -45,6 +47,7 @@ from timoe_core.timeslices import TimeSlice
 MODEL_FILENAME = "model.safetensors"
 RUN_INFO_FILENAME = "run.json"
 TRAINER_STATE_FILENAME = "trainer_state.pt"
+METRICS_FILENAME = "metrics.jsonl"  # written by train/metrics.py; read here, below train
 
 
 class RunInfo(BaseModel):
@@ -282,3 +285,52 @@ def load_expert(run_dir: Path, device: str | torch.device = "cpu") -> tuple[GPT,
 
 def weights_sha256(run_dir: Path) -> str:
     return sha256_file(Path(run_dir) / MODEL_FILENAME)
+
+
+# ----------------------------------------------------------- metrics.jsonl
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILENAME
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut by a kill
+            continue
+        if isinstance(record, dict):  # a line of another shape is not one of ours
+            out.append(record)
+    return out
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """How far a training run got: its last logged step of the steps it plans."""
+
+    step: int
+    total_steps: int
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+
+def run_progress(run_dir: Path) -> RunProgress | None:
+    """From RUN_DIR/metrics.jsonl: the last train step against the total of the last
+    invocation's runtime record; None when no record says (no metrics, an older run)."""
+    records = read_metrics(run_dir)
+    totals = [r["total_steps"] for r in records
+              if r.get("type") == "runtime" and isinstance(r.get("total_steps"), int)]
+    if not totals:
+        return None
+    steps = [int(r.get("step", 0)) for r in records if r.get("type") == "train"]
+    return RunProgress(max(steps, default=0), totals[-1])
+
+
+def unfinished_run_line(run_dir: Path, progress: RunProgress) -> str:
+    """What to tell a user about an unfinished run: where it stopped, how to finish it."""
+    return (f"{run_dir} is an unfinished run (step {progress.step} of "
+            f"{progress.total_steps}): finish it by rerunning the command that trained it, "
+            f"e.g. `timoe train-expert --config {Path(run_dir) / CONFIG_FILENAME}`")

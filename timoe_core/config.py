@@ -459,6 +459,11 @@ class TrainRouterConfig(TrainingConfig, MixtureOptions):
         None, ge=2, json_schema_extra=cli(MIXTURE),
         description="Window length (default: the experts' context or the data's, the shorter).",
     )
+    keep_stage_checkpoints: bool = Field(  # a finished stage is never resumed: its router
+        False, json_schema_extra=cli(TRAIN),  # snapshot (and adapted expert) is what counts
+        description="Staged routers: keep each finished stage's trainer checkpoints "
+        "(optimizer state; by default removed once the stage's snapshot is saved).",
+    )
 
     @model_validator(mode="after")
     def _check_ignored(self) -> TrainRouterConfig:
@@ -478,6 +483,7 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
         "learned-avg`); default: a fresh router, equal to avg at the start.",
     )
     seq_len: int | None = TrainRouterConfig.model_fields["seq_len"]  # the same option
+    keep_stage_checkpoints: bool = TrainRouterConfig.model_fields["keep_stage_checkpoints"]
 
     @model_validator(mode="after")
     def _check_ignored(self) -> CoadaptConfig:
@@ -508,7 +514,9 @@ def refuse_stage_budget_without_stages(cfg: TrainingConfig) -> None:
 
 
 _MODEL_HELP = "TiMoE bundle, expert/dense run dir, or folder of expert run dirs."
-_STRATEGY_HELP = "avg | learned-avg | coadapt | expert:YEAR | dense (default: the bundle's own)."
+_STRATEGY_HELP = ("avg | learned-avg | coadapt | expert:YEAR | dense (a dense run's final, "
+                  "all-years weights) | dense-series (its yearly snapshots, leak-free) "
+                  "(default: the bundle's own).")
 _POLICY_HELP = "Eligibility: point-in-time | strict (its alias) | inclusive (default: the bundle's)."
 
 
@@ -519,7 +527,8 @@ class EvaluateConfig(StrictModel):
     models: list[str] = Field(  # compare: PATH or PATH:STRATEGY each
         default_factory=list, json_schema_extra=cli(flag="--model"),
         description="PATH or PATH:STRATEGY, repeated: a bundle (runs/timoe, "
-        "runs/timoe:learned-avg, runs/timoe:expert:2016), a dense run dir, a folder of runs.",
+        "runs/timoe:learned-avg, runs/timoe:expert:2016), a dense run dir (runs/dense, or "
+        "runs/dense:dense-series for its yearly snapshots, leak-free), a folder of runs.",
     )
     strategy: str | None = Field(None, description=_STRATEGY_HELP)
     query_date: str | None = Field(
@@ -668,7 +677,8 @@ class GenerateConfig(StrictModel):
 class DemoConfig(StrictModel):
     out: Path = Field(Path("timoe-demo"), description="Folder of every stage's output.")
     quick: bool = Field(
-        False, description="A smaller run (about 2 minutes on a 2-core CPU).",
+        False, description="A pipeline check, too small to compare models (a few minutes "
+        "on a 2-core CPU).",
         json_schema_extra=cli(flag="--quick/--full"),
     )
     overwrite: bool = Field(  # start over when --out holds a demo of other settings
@@ -677,6 +687,10 @@ class DemoConfig(StrictModel):
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the corpus and every run.")
     device: DeviceName = Field("auto", description=DEVICE_HELP)
+    keep_checkpoints: bool = Field(  # a finished demo stage is never resumed
+        False, description="Keep each finished stage's trainer checkpoints (optimizer "
+        "state, several times the weights; by default removed once the stage is done).",
+    )
 
 
 # ------------------------------------------------------------------ interop

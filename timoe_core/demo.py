@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -43,6 +43,7 @@ from timoe_core.config import (
     save_config,
 )
 from timoe_core.errors import TimoeError
+from timoe_core.evaluate.intervals import newcombe_difference
 from timoe_core.io import atomic_write_json, check_output_path
 from timoe_core.lock import lock_path, output_lock
 from timoe_core.timeslices import TimeSlicing
@@ -51,6 +52,7 @@ STATE_FILENAME = "demo.json"
 REPORT_FILENAME = "report.json"
 QA_PLOT_FILENAME = "tsqa.png"
 PERPLEXITY_PLOT_FILENAME = "perplexity.png"
+QUICK_DOCS_PER_YEAR = 40  # --quick's corpus size (what tells a quick run's settings apart)
 
 
 class DemoSettings(BaseModel):
@@ -83,7 +85,7 @@ def demo_settings(cfg: DemoConfig) -> DemoSettings:
                   batch_size=8, expert_lr=3e-3, router_lr=3e-3, coadapt_lr=3e-4,
                   seed=cfg.seed, device=cfg.device)
     if cfg.quick:
-        return DemoSettings(**common, docs_per_year=40, expert_steps=8, router_steps=1,
+        return DemoSettings(**common, docs_per_year=QUICK_DOCS_PER_YEAR, expert_steps=8, router_steps=1,
                             coadapt_steps=1, eval_windows_per_year=4, eval_items=48)
     return DemoSettings(**common, docs_per_year=200, expert_steps=40, router_steps=5,
                         coadapt_steps=3, eval_windows_per_year=8, eval_items=None)
@@ -135,7 +137,8 @@ def _training(s: DemoSettings, steps: int, lr: float) -> dict[str, Any]:
 
 
 def _stages(
-    s: DemoSettings, layout: DemoLayout, slicing: TimeSlicing, eval_progress: EvalProgress | None
+    s: DemoSettings, layout: DemoLayout, slicing: TimeSlicing, eval_progress: EvalProgress | None,
+    keep_checkpoints: bool = False,
 ) -> list[Stage]:
     from timoe_core.data.prepare import prepare_data
     from timoe_core.train import coadapt, train_expert, train_router
@@ -167,11 +170,13 @@ def _stages(
                         lambda: train_router(TrainRouterConfig(
                             strategy="learned-avg", experts=[layout.experts], data=layout.data,
                             out=layout.bundle("learned-avg"),
+                            keep_stage_checkpoints=keep_checkpoints,
                             **_training(s, s.router_steps, s.router_lr)))))
     stages.append(Stage("coadapt", "coadapt: router and each batch's own expert",
                         lambda: coadapt(CoadaptConfig(
                             experts=[layout.experts], data=layout.data,
                             out=layout.bundle("coadapt"), router=layout.bundle("learned-avg"),
+                            keep_stage_checkpoints=keep_checkpoints,
                             **_training(s, s.coadapt_steps, s.coadapt_lr)))))
     stages.append(Stage("evaluate", "evaluate: every strategy and baseline, side by side",
                         lambda: _evaluate(s, layout, slicing, eval_progress)))
@@ -202,31 +207,203 @@ def _evaluate(
     )
     for (label, _), model in zip(entries, result["models"]):
         model["label"] = label
-    report = {"settings": s.model_dump(), "comparison": result, "headline": headline(result)}
+    report = {"settings": s.model_dump(), "comparison": result, "headline": headline(result),
+              "note": QUICK_NOTE if s.docs_per_year <= QUICK_DOCS_PER_YEAR else None}
     atomic_write_json(layout.report, report)
     plot_compare(layout.root / QA_PLOT_FILENAME, result, panels=("qa",))
     plot_compare(layout.root / PERPLEXITY_PLOT_FILENAME, result, panels=("perplexity",))
     return report
 
 
+LeakVerdict = Literal["fewer", "within-noise", "more"]
+
+QUICK_NOTE = ("--quick checks that the pipeline runs end to end; its models and question "
+              "set are too small to compare models: read its figures as noise")
+
+
+def _future_counts(model: dict[str, Any]) -> tuple[int, int] | None:
+    """(future-error count, items) of a compared model's TSQA result, None without one."""
+    qa = model.get("tsqa") or {}
+    counts = qa.get("counts") or {}
+    if not qa.get("n") or "future" not in counts:
+        return None
+    return counts["future"], qa["n"]
+
+
+def leak_verdict(dense: tuple[int, int], timoe: dict[str, tuple[int, int]]
+                 ) -> tuple[LeakVerdict, dict[str, dict[str, Any]]]:
+    """Does every TiMoE strategy leak fewer future answers than the dense model?
+
+    `dense` and each `timoe` value are (future-error count, items). Per strategy the 95%
+    Newcombe interval of dense rate - TiMoE rate: "fewer" when every interval lies above
+    0, "more" when some interval lies below 0, otherwise "within-noise"."""
+    diffs = {}
+    for label, (k, n) in timoe.items():
+        lo, hi = newcombe_difference(dense[0], dense[1], k, n)  # type: ignore[misc]
+        diffs[label] = {"difference": dense[0] / dense[1] - k / n, "interval": [lo, hi]}
+    if diffs and all(d["interval"][0] > 0 for d in diffs.values()):
+        return "fewer", diffs
+    if any(d["interval"][1] < 0 for d in diffs.values()):
+        return "more", diffs
+    return "within-noise", diffs
+
+
+def verdict_line(verdict: LeakVerdict, n: int) -> str:
+    """The claim the demo prints: only what the intervals support."""
+    if verdict == "fewer":
+        return ("every TiMoE strategy leaks fewer future answers than the dense model "
+                f"(95% interval of each difference above 0, {n} questions)")
+    if verdict == "more":
+        return ("some TiMoE strategy leaks more future answers than the dense model "
+                f"(95% interval of the difference below 0, {n} questions)")
+    return (f"the future-error rates of TiMoE and the dense model differ within noise at "
+            f"{n} questions (a 95% interval of a difference includes 0): no claim either way")
+
+
 def headline(result: dict[str, Any]) -> dict[str, Any]:
-    """The demo's claim in numbers: each model's QA accuracy and future-error rate, and
-    whether every TiMoE strategy leaks fewer future answers than the dense model."""
+    """The demo's claim in numbers: each model's QA accuracy and future-error rate with
+    their counts and 95% intervals, and whether every (point-in-time) TiMoE strategy
+    leaks fewer future answers than the dense model, tested on the intervals."""
     rows = {}
     for m in result["models"]:
         qa = m.get("tsqa") or {}
         rows[m["label"]] = {
             "accuracy": qa.get("accuracy"),
             "future_error": (qa.get("error_rates") or {}).get("future"),
+            "n": qa.get("n"),
+            "counts": qa.get("counts"),
+            "intervals": qa.get("intervals"),
             "perplexity_mean": m.get("perplexity_mean"),
+            "perplexity_mean_interval": m.get("perplexity_mean_interval"),
+            "point_in_time": m.get("point_in_time"),
         }
-    dense = next((v for k, v in rows.items() if k.startswith("dense (all")), None)
-    timoe = {k: v for k, v in rows.items() if k.startswith("TiMoE") and "inclusive" not in k}
-    fewer = None
-    if dense is not None and dense["future_error"] is not None and timoe:
-        fewer = all(v["future_error"] is not None and v["future_error"] < dense["future_error"]
-                    for v in timoe.values())
-    return {"models": rows, "timoe_leaks_less_than_dense": fewer}
+    models = {m["label"]: m for m in result["models"]}
+    dense = next((_future_counts(m) for k, m in models.items() if k.startswith("dense (all")),
+                 None)
+    timoe = {k: _future_counts(m) for k, m in models.items()
+             if k.startswith("TiMoE") and "inclusive" not in k}
+    verdict: LeakVerdict | None = None
+    diffs: dict[str, dict[str, Any]] = {}
+    if dense is not None and timoe and all(v is not None for v in timoe.values()):
+        verdict, diffs = leak_verdict(dense, timoe)  # type: ignore[arg-type]
+    return {"models": rows, "leak_verdict": verdict, "future_error_differences": diffs,
+            "claim": verdict_line(verdict, dense[1]) if verdict and dense else None,
+            "timoe_leaks_less_than_dense": None if verdict is None else verdict == "fewer"}
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    """What the demo will hold on disk, against what is free where it writes."""
+
+    need: int  # bytes the whole demo holds at its peak (estimate)
+    written: int  # bytes already under --out (a resumed demo)
+    free: int  # bytes free on --out's file system
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.need - self.written - self.free)
+
+    def line(self, out: Path) -> str:
+        gb = 1e9
+        done = f", {self.written / gb:.1f} GB of it already written" if self.written else ""
+        return (f"disk: the demo needs about {self.need / gb:.1f} GB under {out}{done}; "
+                f"{self.free / gb:.1f} GB free")
+
+
+def _weight_bytes(s: DemoSettings) -> tuple[int, int]:
+    """(bytes of one expert's weights, of one router's) at the demo's sizes, counted on
+    the meta device (nothing allocated)."""
+    import torch
+
+    from timoe_core.model.gpt import GPT, pad_vocab, preset_config
+    from timoe_core.model.router import Router, RouterConfig
+    from timoe_core.tokenizer import get_tokenizer
+
+    vocab = get_tokenizer().vocab_size
+    labels = [sl.label for sl in TimeSlicing().slices]
+    with torch.device("meta"):
+        gpt = GPT(preset_config(TrainExpertConfig.model_fields["preset"].default,
+                                vocab_size=pad_vocab(vocab), n_layer=s.n_layer,
+                                n_head=s.n_head, n_embd=s.n_embd, block_size=s.seq_len))
+        router = Router(RouterConfig(slice_labels=labels, vocab_size=vocab))
+
+    def size(m: torch.nn.Module) -> int:
+        return sum(p.numel() * p.element_size() for p in m.parameters())
+    return size(gpt), size(router)
+
+
+def disk_needed(s: DemoSettings, keep_checkpoints: bool) -> int:
+    """Bytes the demo holds at its peak: every artefact it keeps, plus the trainer
+    checkpoints of the run in progress (two kept, each the weights and AdamW's two
+    moments), or of every run with `keep_checkpoints`. Measured against `du` in
+    tests/test_demo.py."""
+    w, r = _weight_bytes(s)
+    slicing = TimeSlicing()
+    n_slices = len(slicing.slices)
+    n_years = slicing.end_year - slicing.start_year + 1
+    stages = n_years  # one router stage per data year (every artefact cutoff)
+    kept = (2 * n_slices * w  # each expert: final weights + a snapshot after its first year
+            + n_years * w  # the dense run: final weights + a snapshot per earlier year
+            + (stages + 1) * r  # learned-avg: a router per stage + the latest
+            + (stages + 1) * r + stages * w  # coadapt: the same + an adapted expert a stage
+            + (64 << 20))  # the data, reports, plots, metrics (a few MB)
+    checkpoint = 2 * 3  # two checkpoints of weights + two AdamW moments
+    if not keep_checkpoints:
+        return kept + checkpoint * (w + r)  # the largest run in progress: a coadapt stage
+    # the demo's router stages are a few steps each: one checkpoint at their end
+    return (kept + checkpoint * (n_slices + 1) * w  # every expert and the dense run
+            + stages * 3 * r  # learned-avg stages
+            + stages * 3 * (w + r))  # coadapt stages
+
+
+def _bytes_under(path: Path) -> int:
+    """Bytes of the files under `path`, a file hard-linked twice counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for p in path.rglob("*") if path.is_dir() else []:
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        if p.is_file() and not p.is_symlink() and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+def disk_plan(cfg: DemoConfig) -> DiskPlan:
+    """The demo's disk estimate against the free space of --out's file system."""
+    where = cfg.out.resolve()
+    while not where.exists():  # the nearest folder that exists: --out's file system
+        where = where.parent
+    return DiskPlan(need=disk_needed(demo_settings(cfg), cfg.keep_checkpoints),
+                    written=_bytes_under(cfg.out), free=shutil.disk_usage(where).free)
+
+
+def _check_disk(cfg: DemoConfig) -> None:
+    """Refuse to start when the free space is clearly not enough (nothing written)."""
+    plan = disk_plan(cfg)
+    if plan.missing:
+        raise TimoeError(
+            f"{plan.line(cfg.out)}: {plan.missing / 1e9:.1f} GB short; free disk space or give "
+            "another --out"
+        )
+
+
+def _prune_finished(stage: Stage, layout: DemoLayout) -> None:
+    """A finished training stage is never resumed: drop its runs' trainer checkpoints
+    (optimizer moments and all; weights, snapshots and metrics stay). Staged routers
+    drop theirs themselves (`keep_stage_checkpoints`)."""
+    from timoe_core.train.state import checkpoints_dir
+
+    if stage.name.startswith("expert "):
+        runs = [layout.experts / stage.name.removeprefix("expert ")]
+    elif stage.name == "dense":
+        runs = [layout.dense]
+    else:
+        return
+    for run in runs:
+        shutil.rmtree(checkpoints_dir(run), ignore_errors=True)
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:
@@ -310,27 +487,29 @@ def _run_demo(
 ) -> dict[str, Any]:
     settings = demo_settings(cfg)
     state = _check_out(cfg, settings)
+    _check_disk(cfg)
     layout = DemoLayout(cfg.out)
     cfg.out.mkdir(parents=True, exist_ok=True)
     state_path = cfg.out / STATE_FILENAME
     atomic_write_json(state_path, state)
     save_config(cfg, cfg.out)
-    stages = _stages(settings, layout, TimeSlicing(), eval_progress)
+    stages = _stages(settings, layout, TimeSlicing(), eval_progress, cfg.keep_checkpoints)
     report: dict[str, Any] | None = None
     ran_any = False
     for i, stage in enumerate(stages, 1):
         done = stage.name in state["finished"]
         if on_stage:
             on_stage(i, len(stages), stage, done)
-        if done:
-            continue
-        t0 = time.perf_counter()
-        ran_any = True
-        value = stage.run()
-        if stage.name == "evaluate":
-            report = value
-        state["finished"][stage.name] = {"seconds": round(time.perf_counter() - t0, 2)}
-        atomic_write_json(state_path, state)
+        if not done:
+            t0 = time.perf_counter()
+            ran_any = True
+            value = stage.run()
+            if stage.name == "evaluate":
+                report = value
+            state["finished"][stage.name] = {"seconds": round(time.perf_counter() - t0, 2)}
+            atomic_write_json(state_path, state)
+        if not cfg.keep_checkpoints:  # also a stage finished before a kill let it prune
+            _prune_finished(stage, layout)
     if report is None:
         report = json.loads(layout.report.read_text())
     report["stage_seconds"] = {k: v["seconds"] for k, v in state["finished"].items()}

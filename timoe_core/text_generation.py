@@ -17,7 +17,7 @@ import torch
 
 from timoe_core.config import GenerateConfig
 from timoe_core.errors import TimoeError
-from timoe_core.evaluate.models import load_evaluated_model
+from timoe_core.evaluate.models import load_evaluated_model, model_warnings
 from timoe_core.generate import GenerationResult, generate_tokens
 from timoe_core.timeslices import parse_query_date
 from timoe_core.tokenizer import get_tokenizer
@@ -39,7 +39,7 @@ def run_generate(cfg: GenerateConfig) -> GeneratedText:
     if cfg.query_date is not None:
         parse_query_date(cfg.query_date)
     m = load_evaluated_model(cfg.model, cfg.strategy, policy=cfg.policy, device=cfg.device)
-    notes = []
+    notes = [f"warning: {w}" for w in model_warnings(m, cfg.query_date)]
     if m.dated:
         if cfg.query_date is None:
             raise TimoeError(

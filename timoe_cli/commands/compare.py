@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from timoe_cli.commands.evaluate import print_table, print_written, progress_bars
-from timoe_cli.common import ConfigOption, handles_errors
+from timoe_cli.common import ConfigOption, handles_errors, print_warning
 from timoe_cli.options import config_options
 from timoe_core.config import EvaluateConfig, resolve_config
 from timoe_core.evaluate.compare import compare_table
@@ -27,4 +27,6 @@ def compare(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> Non
         result = run_compare(cfg, task)
     when = f"as of {cfg.query_date}" if cfg.query_date else "each item as of its own year"
     print_table(f"comparison ({when})", *compare_table(result.report))
+    for line in result.warnings:
+        print_warning(line)
     print_written(result.written)

@@ -16,14 +16,14 @@ from timoe_core.demo import (
     QA_PLOT_FILENAME,
     REPORT_FILENAME,
     Stage,
+    disk_plan,
     run_demo,
 )
 from timoe_core.evaluate import compare_table
-from timoe_core.evaluate.report import pct
 
 
 @handles_errors
-@config_options(DemoConfig, ["out", "quick", "seed", "device", "overwrite"])
+@config_options(DemoConfig, ["out", "quick", "seed", "device", "overwrite", "keep_checkpoints"])
 def demo(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     """Run the whole pipeline on the built-in corpus: data, experts, dense baseline,
     routers, coadapt, evaluation, report. A rerun resumes where the last one stopped."""
@@ -35,22 +35,27 @@ def demo(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
         console.print(Text.assemble((f"[{index}/{total}]", "bold cyan"), " ",
                                     stage.description, note), highlight=False)
 
+    console.print(disk_plan(cfg).line(cfg.out) + (
+        "" if cfg.keep_checkpoints else " (finished stages' trainer checkpoints are removed; "
+        "--keep-checkpoints keeps them)"), highlight=False, soft_wrap=True)
     with progress_bars() as task:
         report = run_demo(cfg, on_stage, lambda d, done, tot: task(d)(done, tot))
     result = report["comparison"]
+    note = report.get("note")
+    if note:
+        console.print(Text(f"note: {note}", style="bold yellow"))
     print_table("TiMoE vs baselines (held-out perplexity; temporal QA, each question as of "
-                "its own year)", *compare_table(result))
+                "its own year; 95% intervals)", *compare_table(result, per_year=False))
     head = report["headline"]
-    dense = next((v for k, v in head["models"].items() if k.startswith("dense (all")), None)
-    for label, row in head["models"].items():
-        if dense is not None and not label.startswith("dense (all"):
-            console.print(f"{label}: future-error rate {pct(row['future_error'])} "
-                          f"vs dense (all years) {pct(dense['future_error'])}", highlight=False)
-    verdict = head["timoe_leaks_less_than_dense"]
-    if verdict is not None:
-        console.print("every TiMoE strategy leaks fewer future answers than the dense model"
-                      if verdict else "not every TiMoE strategy leaks fewer future answers "
-                      "than the dense model in this run", highlight=False)
+    for label, d in head.get("future_error_differences", {}).items():
+        lo, hi = d["interval"]
+        console.print(f"future-error rate, dense (all years) minus {label}: "
+                      f"{100 * d['difference']:+.1f} points [95% CI {100 * lo:+.1f}, "
+                      f"{100 * hi:+.1f}]", highlight=False)
+    if head.get("claim"):
+        console.print(head["claim"], highlight=False)
+    if note:
+        console.print(Text(f"note: {note}", style="bold yellow"))
     console.print(f"report: {cfg.out / REPORT_FILENAME}; plots: {cfg.out / QA_PLOT_FILENAME}, "
                   f"{cfg.out / PERPLEXITY_PLOT_FILENAME} ({report['total_seconds']:.0f} s of "
                   "stages)", highlight=False, soft_wrap=True)

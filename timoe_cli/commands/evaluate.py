@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from timoe_cli.common import ConfigOption, console, err_console, handles_errors
+from timoe_cli.common import ConfigOption, console, err_console, handles_errors, print_warning
 from timoe_cli.options import config_options
 from timoe_core.config import EvaluateConfig, resolve_config
 from timoe_core.evaluate.report import matrix_table, perplexity_table, summary_rows, tsqa_table
@@ -84,7 +84,7 @@ def evaluate(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> No
     """Perplexity per data year and temporal QA, as of a query date."""
     cfg = resolve_config(EvaluateConfig, config, flags)
     with progress_bars() as task:
-        result = run_evaluate(cfg, task)
+        result = run_evaluate(cfg, task, warn=print_warning)
     report, qa = result.report, result.tsqa
     print_table("evaluation", ["", ""], summary_rows(report), numeric=False)
     if result.perplexity is not None:

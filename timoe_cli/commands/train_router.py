@@ -19,9 +19,9 @@ from timoe_cli.common import (
 from timoe_cli.options import MIXTURE_FIELDS, training_options
 from timoe_core.config import TrainRouterConfig
 from timoe_core.model.mixture import TiMoE
-from timoe_core.timeslices import first_eligible_date
 
-_OWN = ["strategy", "experts", *MIXTURE_FIELDS[:3], "cache_log_probs", *MIXTURE_FIELDS[3:]]
+_OWN = ["strategy", "experts", *MIXTURE_FIELDS[:3], "cache_log_probs", *MIXTURE_FIELDS[3:],
+        "keep_stage_checkpoints"]
 
 
 @handles_errors
@@ -54,5 +54,5 @@ def print_bundle(mix: TiMoE, out: Path) -> None:
     gaps = mix.uncovered_years()
     if gaps:
         console.print(f"no expert for {', '.join(gaps)}: those years are never covered")
-    first = first_eligible_date(mix.slices, mix.policy)  # type: ignore[arg-type]
-    console.print(f"first usable query date: {first.isoformat()}")
+    # by the artefacts' cutoffs (a slice's snapshot answers before its final expert)
+    console.print(f"first usable query date: {mix.first_usable_date().isoformat()}")

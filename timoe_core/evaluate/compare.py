@@ -16,9 +16,17 @@ from typing import Any
 import torch
 
 from timoe_core.errors import TimoeError
-from timoe_core.evaluate.models import load_evaluated_model, parse_strategy
+from timoe_core.evaluate.intervals import mean_perplexity_interval
+from timoe_core.evaluate.models import load_evaluated_model, model_warnings, parse_strategy
 from timoe_core.evaluate.perplexity import evaluate_perplexity
-from timoe_core.evaluate.report import Table, evaluation_report, fmt_ppl, pct
+from timoe_core.evaluate.report import (
+    Table,
+    evaluation_report,
+    fmt_ppl,
+    pct,
+    ppl_cell,
+    tsqa_rate_cell,
+)
 from timoe_core.evaluate.tsqa import TSQAFields, load_tsqa, score_tsqa
 
 # progress(description, done, total)
@@ -100,7 +108,8 @@ def compare_models(
         qa_results.append(qa)
         report = evaluation_report(model, model_path=path, query_date=query_date, perplexity=ppl,
                                    tsqa=qa, data_dir=data_dir, tsqa_source=tsqa_source)
-        reports.append({"entry": entry, "label": label, **report})
+        reports.append({"entry": entry, "label": label, **report,
+                        "warnings": model_warnings(model, query_date)})
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -112,6 +121,13 @@ def compare_models(
     for r in reports:
         vals = [r["perplexity"][y] for y in common]
         r["perplexity_mean"] = sum(vals) / len(vals) if vals else None
+        # a mean over len(common) years, each on its own held-out windows; its interval
+        # says how much another draw of those windows could move it
+        details = [r["perplexity_details"]["years"][y] for y in common]
+        ci = mean_perplexity_interval(vals, [d["nll_se"] for d in details])
+        r["perplexity_mean_years"] = len(common)
+        r["perplexity_mean_windows"] = sum(d["windows"] for d in details)
+        r["perplexity_mean_interval"] = list(ci) if ci else None
     # TSQA likewise over the items every model scored (a mixture skips the items dated
     # before its first expert); each model's own full result stays under "tsqa_own".
     common_items: set[int] = set()
@@ -133,22 +149,42 @@ def compare_models(
     }
 
 
-def compare_table(result: dict[str, Any]) -> Table:
-    """Side by side, one column per model: perplexity (mean over the common years, then
-    each year), TSQA items, accuracy (raw, normalised) and error rates by label."""
+def compare_table(result: dict[str, Any], *, per_year: bool = True) -> Table:
+    """Side by side, one column per model: perplexity (mean over the common years with
+    its 95% interval, then each year unless not `per_year`), TSQA items, accuracy (raw,
+    normalised) and error rates by label, each rate with its count and 95% Wilson
+    interval.
+
+    Perplexities of the models that are not point-in-time (a dense model that read every
+    year, the inclusive rule) sit in rows of their own, labelled so: they have read text
+    after the year they are scored on and are not comparable with the others."""
     models = result["models"]
     headers = ["", *[m["label"] for m in models]]
     rows = [["strategy", *[m["strategy"] for m in models]]]
     if result["data"] is not None:
-        rows.append(["ppl mean", *[fmt_ppl(m["perplexity_mean"]) for m in models]])
         years = sorted({y for m in models for y in m["perplexity"]}, key=int)
-        rows += [[f"ppl {y}", *[fmt_ppl(m["perplexity"].get(y)) for m in models]] for y in years]
+        n_years = len(result["common_years"])
+        for pit in (True, False):
+            if not any(bool(m.get("point_in_time")) == pit for m in models):
+                continue
+            kind = "point-in-time" if pit else "NOT point-in-time (read later years)"
+
+            def cells(value, models=models, pit=pit):
+                return [value(m) if bool(m.get("point_in_time")) == pit else "" for m in models]
+
+            rows.append([f"ppl, mean of {n_years} years [95% CI], {kind}",
+                         *cells(lambda m: ppl_cell(m["perplexity_mean"],
+                                                   m.get("perplexity_mean_interval")))])
+            if per_year:
+                rows += [[f"ppl {y}" + ("" if pit else ", not point-in-time"),
+                          *cells(lambda m, y=y: fmt_ppl(m["perplexity"].get(y)))]
+                         for y in years]
     if result["tsqa_source"] is not None:
         qa = [m["tsqa"] for m in models]
         rows.append(["QA items", *[str(t["n"]) for t in qa]])
-        rows.append(["QA accuracy", *[pct(t["accuracy"]) for t in qa]])
+        rows.append(["QA accuracy (k/n) [95% CI]", *[tsqa_rate_cell(t, "accuracy") for t in qa]])
         rows.append(["QA acc (norm)", *[pct(t["accuracy_norm"]) for t in qa]])
-        rows += [[f"{lab} err", *[pct(t["error_rates"][lab]) for t in qa]]
+        rows += [[f"{lab} err", *[tsqa_rate_cell(t, lab) for t in qa]]
                  for lab in ("past", "future", "irrelevant")]
     return headers, rows
 

@@ -24,7 +24,15 @@ from typing import Any
 
 import torch
 
-from timoe_core.checkpoint import RUN_INFO_FILENAME, RunInfo, load_expert, read_run_info
+from timoe_core.checkpoint import (
+    METRICS_FILENAME,
+    RUN_INFO_FILENAME,
+    RunInfo,
+    load_expert,
+    read_run_info,
+    run_progress,
+    unfinished_run_line,
+)
 from timoe_core.config import MixtureOptions
 from timoe_core.device import resolve_device
 from timoe_core.errors import TimoeError
@@ -102,6 +110,32 @@ class EvaluatedModel:
     def loaded_experts(self) -> list[str]:
         raise NotImplementedError
 
+    def newest_cutoff(self) -> date:
+        """The latest data cutoff of any artefact behind its answers."""
+        raise NotImplementedError
+
+    def run_dirs(self) -> list[Path]:
+        """The training run dirs its weights come from (none for a bundle's own copies)."""
+        raise NotImplementedError
+
+
+def model_warnings(model: EvaluatedModel, query_date: QueryDate | None) -> list[str]:
+    """What a user should know before reading the model's figures, one line each: a run
+    that has not finished training, a query date after all of the model's data."""
+    out = []
+    for d in model.run_dirs():
+        progress = run_progress(d)
+        if progress is not None and not progress.finished:
+            out.append(unfinished_run_line(d, progress) + "; its figures are those of step "
+                       f"{progress.step}")
+    if query_date is not None and model.dated:
+        when, newest = parse_query_date(query_date), model.newest_cutoff()
+        if when > newest:
+            out.append(f"query date {when.isoformat()} is after the newest data of this model "
+                       f"({newest.isoformat()}): it answers as of {newest.isoformat()}, with "
+                       "every expert")
+    return out
+
 
 class SingleModel(EvaluatedModel):
     """One GPT: a dense model or a single slice's expert. Query dates are ignored."""
@@ -109,10 +143,12 @@ class SingleModel(EvaluatedModel):
     dated = False
 
     def __init__(
-        self, gpt: GPT, info: RunInfo, *, strategy: str, name: str, policy: str = "inclusive"
+        self, gpt: GPT, info: RunInfo, *, strategy: str, name: str, policy: str = "inclusive",
+        run_dir: Path | None = None,
     ) -> None:
         self.gpt = gpt.eval()
         self.info = info
+        self.run_dir = run_dir
         self.strategy = strategy
         self.name = name
         self.policy = policy
@@ -140,6 +176,12 @@ class SingleModel(EvaluatedModel):
 
     def artefacts_used(self, query_date=None):
         return [{"name": self.label, "data_cutoff": self.info.cutoff.isoformat()}]
+
+    def newest_cutoff(self):
+        return self.info.cutoff
+
+    def run_dirs(self):
+        return [self.run_dir] if self.run_dir is not None else []
 
 
 class MixtureModel(EvaluatedModel):
@@ -183,6 +225,15 @@ class MixtureModel(EvaluatedModel):
     def loaded_experts(self):
         return list(self.mix.loaded_experts())
 
+    def newest_cutoff(self):
+        return max(r.cutoff for r in self.mix.artefacts)
+
+    def run_dirs(self):
+        # a run dir's final weights (snapshots are folders inside it); a bundle's copies
+        # of adapted experts have no run of their own
+        return sorted({c for r in self.mix.artefacts for c in r.candidates
+                       if (c / RUN_INFO_FILENAME).is_file() and (c / METRICS_FILENAME).is_file()})
+
 
 # ------------------------------------------------------------------- loading
 
@@ -201,7 +252,7 @@ def _run_dirs_under(path: Path) -> list[Path]:
 
 def _single(run_dir: Path, device: torch.device, strategy: str, name: str) -> SingleModel:
     gpt, info = load_expert(run_dir, device=device)
-    return SingleModel(gpt, info, strategy=strategy, name=name)
+    return SingleModel(gpt, info, strategy=strategy, name=name, run_dir=run_dir)
 
 
 def _expert_dir_for_year(run_dirs: list[Path], year: int, where: Path) -> Path:

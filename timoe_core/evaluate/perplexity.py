@@ -31,6 +31,7 @@ from timoe_core.data.manifest import (  # noqa: F401  (check_compatible re-expor
     resolve_seq_len,
 )
 from timoe_core.data.windows import TokenWindows
+from timoe_core.evaluate.intervals import mean_log_interval
 from timoe_core.evaluate.models import EvaluatedModel
 from timoe_core.timeslices import parse_query_date
 
@@ -47,11 +48,16 @@ class YearPerplexity:
     windows: int = 0
     nll: float | None = None  # mean NLL in nats per token
     reason: str | None = None  # why perplexity is None
+    # the standard error of `nll` over the windows (each window's mean NLL a sample), and
+    # the perplexity's 95% interval from it: how much another draw of windows could move it
+    nll_se: float | None = None
+    interval: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "perplexity": self.perplexity, "nll": self.nll, "tokens": self.tokens,
-            "windows": self.windows, "reason": self.reason,
+            "windows": self.windows, "reason": self.reason, "nll_se": self.nll_se,
+            "interval": list(self.interval) if self.interval else None,
         }
 
 
@@ -177,7 +183,7 @@ class _Cells:
         # Batches never mix groups (one date and data year each): a cell's result depends
         # on its own windows only, not on which other years or dates are scored with it.
         order = sorted(groups, key=lambda k: (groups[k], k[1]))
-        sums = {k: 0.0 for k in groups}
+        window_nll: dict[tuple[tuple[str, ...], int], list[float]] = {k: [] for k in groups}
         total = sum(len(self.selected[k[1]]) for k in order)
         done = 0
         dev = self.model.device
@@ -189,7 +195,7 @@ class _Cells:
                     rows, _ = self.windows.batch(chunk)
                     rows = rows.to(dev, non_blocking=True)
                     lp = self.model.target_log_probs(rows[:, :-1], rows[:, 1:], groups[k])
-                    sums[k] += float(-lp.double().sum())
+                    window_nll[k] += (-lp.double().mean(dim=1)).tolist()
                     done += len(chunk)
                     if progress is not None:
                         progress(done, total)
@@ -197,9 +203,12 @@ class _Cells:
         for cell, key in cell_group.items():
             n_win = len(self.selected[key[1]])
             tokens = n_win * self.seq_len
-            mean = sums[key] / tokens
+            nlls = window_nll[key]
+            mean = math.fsum(nlls) / n_win  # every window has seq_len tokens
+            se = (math.sqrt(math.fsum((v - mean) ** 2 for v in nlls) / (n_win - 1) / n_win)
+                  if n_win > 1 else None)
             out[cell] = YearPerplexity(key[1], math.exp(mean), tokens=tokens, windows=n_win,
-                                       nll=mean)
+                                       nll=mean, nll_se=se, interval=mean_log_interval(nlls))
         return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,12 @@ from pydantic import BaseModel
 
 from timoe_core import __version__
 from timoe_core.config import save_config
+from timoe_core.evaluate.intervals import fmt_interval, wilson_interval
 from timoe_core.evaluate.models import EvaluatedModel
 from timoe_core.evaluate.perplexity import PerplexityMatrix, PerplexityResult
 from timoe_core.evaluate.tsqa import ERROR_LABELS, TSQAResult
 from timoe_core.io import atomic_path, atomic_write_json
-from timoe_core.timeslices import parse_query_date
+from timoe_core.timeslices import canonical_policy, parse_query_date
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -42,6 +43,9 @@ def evaluation_report(
         "strategy": model.strategy,
         "query_date": query_date,
         "policy": model.policy,
+        # every answer as of d depends on no text after d (a dated model under the
+        # point-in-time policy); a dense model or the inclusive rule has read later text
+        "point_in_time": model.dated and canonical_policy(model.policy) == "point-in-time",
         "eligible_experts": model.eligible_experts(query_date),
         "perplexity": perplexity.by_year() if perplexity else None,
         "tsqa": tsqa.to_dict() if tsqa else None,
@@ -99,6 +103,26 @@ def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
+def rate_cell(k: int | None, n: int | None) -> str:
+    """A rate with its count and 95% Wilson interval: `41.3% (302/732) [37.7, 44.9]`."""
+    if k is None or not n:
+        return "—"
+    return f"{pct(k / n)} ({k}/{n}) {fmt_interval(wilson_interval(k, n), percent=True)}"
+
+
+def tsqa_rate_cell(t: Mapping[str, Any], label: str) -> str:
+    """`rate_cell` of "accuracy" or an error label from a TSQA dict (`TSQAResult.to_dict`)."""
+    counts = t.get("counts") or {}
+    k = counts.get("correct" if label == "accuracy" else label)
+    return rate_cell(k, t.get("n"))
+
+
+def ppl_cell(x: float | None, interval: Sequence[float] | None) -> str:
+    """A perplexity and its 95% interval, when it has one."""
+    ci = fmt_interval(tuple(interval)) if interval else ""  # type: ignore[arg-type]
+    return fmt_ppl(x) + (f" {ci}" if ci and x is not None else "")
+
+
 def summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
     qd = report["query_date"]
     rows = [
@@ -118,13 +142,14 @@ def summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
 def perplexity_table(report: Mapping[str, Any]) -> Table:
     details = report["perplexity_details"]["years"]
     by_year = report.get("eligible_by_year")
-    headers = ["data year", "perplexity", "tokens", "windows"]
+    headers = ["data year", "perplexity [95% CI]", "tokens", "windows"]
     if by_year:
         headers.append("experts (own date)")
     headers.append("note")
     rows = []
     for y, d in details.items():
-        row = [y, fmt_ppl(d["perplexity"]), f"{d['tokens']:,}", str(d["windows"])]
+        row = [y, ppl_cell(d["perplexity"], d.get("interval")), f"{d['tokens']:,}",
+               str(d["windows"])]
         if by_year:
             row.append(", ".join(by_year.get(y) or []) or "—")
         row.append(d["reason"] or "")
@@ -134,12 +159,12 @@ def perplexity_table(report: Mapping[str, Any]) -> Table:
 
 def tsqa_table(report: Mapping[str, Any]) -> Table:
     t = report["tsqa"]
-    headers = ["", "n", "accuracy", "acc (norm)", *[f"{lab} err" for lab in ERROR_LABELS]]
-    rows = [["all", str(t["n"]), pct(t["accuracy"]), pct(t["accuracy_norm"]),
-             *[pct(t["error_rates"][lab]) for lab in ERROR_LABELS]]]
-    for y, d in t["by_year"].items():
-        rows.append([y, str(d["n"]), pct(d["accuracy"]), pct(d["accuracy_norm"]),
-                     *[pct(d["error_rates"][lab]) for lab in ERROR_LABELS]])
+    headers = ["", "n", "accuracy (k/n) [95% CI]", "acc (norm)",
+               *[f"{lab} err" for lab in ERROR_LABELS]]
+    rows = []
+    for y, d in [("all", t), *t["by_year"].items()]:
+        rows.append([y, str(d["n"]), tsqa_rate_cell(d, "accuracy"), pct(d["accuracy_norm"]),
+                     *[tsqa_rate_cell(d, lab) for lab in ERROR_LABELS]])
     return headers, rows
 
 
@@ -268,9 +293,17 @@ def _stacked_bars(ax, labels: list[str], shares: list[list[float]], *, min_label
 def _draw_qa_overall(ax, models: list[Mapping[str, Any]], names: list[str]) -> None:
     _stacked_bars(ax, names, [_qa_shares(m.get("tsqa")) for m in models], min_label=0.03,
                   fontsize=8)
-    ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize="small")
+    # accuracy's 95% Wilson interval on top of the correct segment
+    for x, m in enumerate(models):
+        ci = ((m.get("tsqa") or {}).get("intervals") or {}).get("accuracy")
+        acc = (m.get("tsqa") or {}).get("accuracy")
+        if ci and acc is not None:
+            ax.errorbar([x], [acc], yerr=[[acc - ci[0]], [ci[1] - acc]], fmt="none",
+                        ecolor="black", elinewidth=1, capsize=4)
+    labels = [f"{n}\n(n={(m.get('tsqa') or {}).get('n', 0)})" for n, m in zip(names, models)]
+    ax.set_xticks(range(len(names)), labels, rotation=25, ha="right", fontsize="small")
     ax.set_ylabel("% of questions")
-    ax.set_title("temporal QA: the answer picked (values in %)")
+    ax.set_title("temporal QA: the answer picked (values in %;\nbar: accuracy's 95% interval)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
 
 
@@ -304,8 +337,15 @@ def _draw_perplexity(ax, models: list[Mapping[str, Any]], names: list[str]) -> N
     years = sorted({y for m in models for y in (m.get("perplexity") or {})}, key=int)
     for m, name in zip(models, names):
         vals = [(m.get("perplexity") or {}).get(y) for y in years]
-        ax.plot([int(y) for y in years], [math.nan if v is None else v for v in vals],
-                marker="o", label=name)
+        details = (m.get("perplexity_details") or {}).get("years") or {}
+        cis = [(details.get(y) or {}).get("interval") for y in years]
+        ys = [math.nan if v is None else v for v in vals]
+        # each year's 95% interval over its held-out windows, where it has one
+        err = [[v - ci[0] if ci and v is not None else 0.0 for v, ci in zip(vals, cis)],
+               [ci[1] - v if ci and v is not None else 0.0 for v, ci in zip(vals, cis)]]
+        ax.errorbar([int(y) for y in years], ys, yerr=err, marker="o", capsize=2,
+                    label=name + ("" if m.get("point_in_time", True) else
+                                  " (not point-in-time)"))
     ax.set_xticks([int(y) for y in years])
     ax.set_xlabel("data year")
     finite = [v for m in models for v in (m.get("perplexity") or {}).values() if v]

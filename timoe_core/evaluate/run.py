@@ -21,7 +21,7 @@ from typing import Any
 from timoe_core.config import EvaluateConfig, is_saved_config, save_config
 from timoe_core.errors import TimoeError
 from timoe_core.evaluate.compare import compare_models, parse_entry
-from timoe_core.evaluate.models import load_evaluated_model
+from timoe_core.evaluate.models import load_evaluated_model, model_warnings
 from timoe_core.evaluate.perplexity import evaluate_perplexity, perplexity_matrix
 from timoe_core.evaluate.report import (
     evaluation_report,
@@ -56,6 +56,7 @@ class EvaluationResult:
     perplexity: Any = None  # PerplexityResult (evaluate --data)
     matrix: Any = None  # PerplexityMatrix (evaluate --matrix)
     written: list[tuple[str, Path]] = field(default_factory=list)  # ("report"|"plot", path)
+    warnings: list[str] = field(default_factory=list)  # `models.model_warnings`, one line each
 
 
 def tsqa_fields(cfg: EvaluateConfig) -> TSQAFields:
@@ -113,8 +114,11 @@ def write_outputs(
     return written
 
 
-def run_evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> EvaluationResult:
-    """Perplexity per data year and/or temporal QA of `cfg.model`, as `cfg` says."""
+def run_evaluate(
+    cfg: EvaluateConfig, progress: Progress | None = None, warn: Callable[[str], None] | None = None
+) -> EvaluationResult:
+    """Perplexity per data year and/or temporal QA of `cfg.model`, as `cfg` says; `warn`
+    hears each of `models.model_warnings` as soon as the model is loaded."""
     task = progress or _no_progress
     if cfg.model is None:
         raise TimoeError("--model is required: a TiMoE bundle, a run dir or a folder of runs")
@@ -132,6 +136,9 @@ def run_evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> Evalu
                              amp=cfg.amp)
     if cfg.query_date is not None:
         m.eligible_experts(cfg.query_date)  # no expert that early: exit 2, naming the first date
+    warnings = model_warnings(m, cfg.query_date)
+    for line in warnings if warn is not None else []:
+        warn(line)
     items = (load_tsqa(cfg.tsqa, fields=tsqa_fields(cfg), max_items=cfg.max_items)
              if cfg.tsqa else None)
 
@@ -150,11 +157,13 @@ def run_evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> Evalu
 
     report = evaluation_report(m, model_path=cfg.model, query_date=cfg.query_date, perplexity=ppl,
                                tsqa=qa, matrix=mat, data_dir=cfg.data, tsqa_source=cfg.tsqa)
+    report["warnings"] = warnings
     if cfg.lm_eval_tasks:
         from timoe_core.evaluate.harness import run_lm_eval_tasks  # needs timoe[eval]
 
         report["lm_eval"] = run_lm_eval_tasks(m, cfg)
-    return EvaluationResult(report, qa, ppl, mat, write_outputs(cfg, report, plot_report))
+    return EvaluationResult(report, qa, ppl, mat, write_outputs(cfg, report, plot_report),
+                            warnings)
 
 
 def run_compare(cfg: EvaluateConfig, progress: Progress | None = None) -> EvaluationResult:
@@ -171,4 +180,6 @@ def run_compare(cfg: EvaluateConfig, progress: Progress | None = None) -> Evalua
         tsqa_batch_items=cfg.tsqa_batch_size, seq_len=cfg.seq_len, fields=tsqa_fields(cfg),
         device=cfg.device, amp=cfg.amp, progress=lambda d, done, tot: task(d)(done, tot),
     )
-    return EvaluationResult(result, written=write_outputs(cfg, result, plot_compare))
+    warnings = [f"{m['label']}: {w}" for m in result["models"] for w in m["warnings"]]
+    return EvaluationResult(result, written=write_outputs(cfg, result, plot_compare),
+                            warnings=warnings)

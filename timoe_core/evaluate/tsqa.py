@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from timoe_core.errors import TimoeError
+from timoe_core.evaluate.intervals import wilson_interval
 from timoe_core.evaluate.models import EvaluatedModel
 from timoe_core.timeslices import parse_query_date
 from timoe_core.tokenizer import get_tokenizer
@@ -382,6 +383,21 @@ def _rates(items: Sequence[TSQAItem], chosen: Sequence[int]) -> tuple[float | No
     return (picked.count("correct") / n, {lab: picked.count(lab) / n for lab in ERROR_LABELS})
 
 
+def _counts(items: Sequence[TSQAItem], chosen: Sequence[int]) -> dict[str, int]:
+    """How many items picked the correct answer and each kind of wrong one."""
+    picked = [it.labels[c] for it, c in zip(items, chosen)]
+    return {lab: picked.count(lab) for lab in ("correct", *ERROR_LABELS)}
+
+
+def _intervals(counts: dict[str, int], n: int) -> dict[str, list[float] | None]:
+    """The 95% Wilson interval of accuracy and of each error rate (keys as error_rates)."""
+    out = {}
+    for lab, k in counts.items():
+        ci = wilson_interval(k, n)
+        out["accuracy" if lab == "correct" else lab] = list(ci) if ci else None
+    return out
+
+
 @dataclass
 class TSQAResult:
     """Per-item scores of the items scored, and the metrics over them."""
@@ -400,6 +416,7 @@ class TSQAResult:
     accuracy_norm: float | None = field(init=False)
     error_rates: dict[str, float | None] = field(init=False)
     error_rates_norm: dict[str, float | None] = field(init=False)
+    counts: dict[str, int] = field(init=False)  # correct, past, future, irrelevant
     by_year: dict[int, dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -409,14 +426,17 @@ class TSQAResult:
         self.n = len(self.items)
         self.accuracy, self.error_rates = _rates(self.items, self.chosen)
         self.accuracy_norm, self.error_rates_norm = _rates(self.items, self.chosen_norm)
+        self.counts = _counts(self.items, self.chosen)
         self.by_year = {}
         for y in sorted({it.year for it in self.items}):
             sel = [k for k, it in enumerate(self.items) if it.year == y]
             y_items = [self.items[k] for k in sel]
             y_acc, y_rates = _rates(y_items, [self.chosen[k] for k in sel])
             y_norm, _ = _rates(y_items, [self.chosen_norm[k] for k in sel])
+            y_counts = _counts(y_items, [self.chosen[k] for k in sel])
             self.by_year[y] = {"n": len(sel), "accuracy": y_acc, "accuracy_norm": y_norm,
-                               "error_rates": y_rates}
+                               "error_rates": y_rates, "counts": y_counts,
+                               "intervals": _intervals(y_counts, len(sel))}
 
     def restricted(self, indices: set[int], reason: str) -> TSQAResult:
         """The same scores over only the items at `indices` (e.g. those every model scored)."""
@@ -432,6 +452,8 @@ class TSQAResult:
         return {
             "n": self.n, "accuracy": self.accuracy, "accuracy_norm": self.accuracy_norm,
             "error_rates": self.error_rates, "error_rates_norm": self.error_rates_norm,
+            # the counts behind accuracy and error_rates, and their 95% Wilson intervals
+            "counts": self.counts, "intervals": _intervals(self.counts, self.n),
             "by_year": {str(y): v for y, v in sorted(self.by_year.items())},
             "skipped": self.skipped, "skipped_reason": self.skipped_reason,
         }

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from timoe_core.config import CoadaptConfig
 from timoe_core.strategies import get_strategy
+from timoe_core.train.state import check_finished_runs
 
 
 def coadapt(cfg: CoadaptConfig) -> Path:
@@ -15,4 +16,5 @@ def coadapt(cfg: CoadaptConfig) -> Path:
     Raises TimoeError for bad input (nothing written), TrainingInterrupted when stopped
     by Ctrl-C/SIGTERM after writing a checkpoint (rerun to resume).
     """
+    check_finished_runs(cfg.experts)
     return get_strategy("coadapt").recipe_module().train(cfg)  # type: ignore[no-any-return]

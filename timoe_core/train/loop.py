@@ -493,7 +493,7 @@ def run_training(
     )
     if ckpt is not None:
         logger.message(f"resuming from {ckpt.path} (step {step}/{total_steps})")
-    logger.runtime(step, trainer.runtime.to_dict())
+    logger.runtime(step, trainer.runtime.to_dict(), total_steps)
     if step >= end_step:
         logger.message(f"nothing to train: the run is at step {step} (this run ends at {end_step})")
     windows_log = run_dir / "debug" / f"windows-rank{env.rank}.jsonl" if cfg.log_windows else None

@@ -38,26 +38,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from timoe_core.checkpoint import (  # metrics.jsonl is read there, below train
+    METRICS_FILENAME,
+    read_metrics,
+)
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_text, open_for_append
 
-METRICS_FILENAME = "metrics.jsonl"
 WANDB_ID_FILENAME = "wandb_run_id"
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILENAME
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line cut by a kill
-            continue
-        if isinstance(record, dict):  # a line of another shape is not one of ours
-            out.append(record)
-    return out
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
@@ -213,11 +201,14 @@ class MetricsLogger:
         else:
             self.console.print(text, highlight=False)
 
-    def runtime(self, step: int, choices: dict[str, Any]) -> None:
-        """How this invocation trains (device, amp, compile, ...): a record and one line."""
+    def runtime(self, step: int, choices: dict[str, Any], total_steps: int | None = None
+                ) -> None:
+        """How this invocation trains (device, amp, compile, ...) and the step the run
+        ends at (`run_progress` reads it): a record and one line."""
         if not self.enabled:
             return
-        self._write({"type": "runtime", "step": step} | choices)
+        total = {} if total_steps is None else {"total_steps": total_steps}
+        self._write({"type": "runtime", "step": step} | total | choices)
         self.message("runtime: " + ", ".join(f"{k} {v}" for k, v in choices.items()))
 
     def message(self, text: str) -> None:

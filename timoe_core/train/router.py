@@ -11,6 +11,7 @@ from pathlib import Path
 
 from timoe_core.config import TrainRouterConfig
 from timoe_core.strategies import get_strategy
+from timoe_core.train.state import check_finished_runs
 
 
 def train_router(cfg: TrainRouterConfig) -> Path:
@@ -20,4 +21,5 @@ def train_router(cfg: TrainRouterConfig) -> Path:
     Raises TimoeError for bad input (nothing written), TrainingInterrupted when stopped
     by Ctrl-C/SIGTERM after writing a checkpoint (rerun to resume).
     """
+    check_finished_runs(cfg.experts)
     return get_strategy(cfg.strategy).recipe_module().train(cfg)  # type: ignore[no-any-return]

@@ -25,7 +25,9 @@ Layout of OUT (the bundle once every stage is done):
 
     mixture_run.json           what the run is; a rerun must match it (or --overwrite)
     stages/<date>/             each stage's training run dir (checkpoints, metrics,
-                               log-prob cache), resumed when interrupted
+                               log-prob cache), resumed when interrupted; once its
+                               router snapshot is saved only metrics.jsonl stays
+                               (--keep-stage-checkpoints keeps the rest)
     routers/<date>/router.safetensors     the router snapshot of each stage
     experts/<slice>@<date>+adapted/       coadapt: the adapted expert of each stage
     timoe.json, router.safetensors        written last (the latest router)
@@ -85,7 +87,7 @@ from timoe_core.train.distributed import TrainingInterrupted, init_workers
 from timoe_core.train.job import main_print
 from timoe_core.train.logprob_cache import LogProbCache, cache_key, token_files_fingerprint
 from timoe_core.train.loop import amp_enabled, run_training
-from timoe_core.train.metrics import check_wandb_mode
+from timoe_core.train.metrics import METRICS_FILENAME, check_wandb_mode
 from timoe_core.train.mixture_run import (
     MIXTURE_RUN_FILENAME,
     MixtureConfig,
@@ -276,6 +278,11 @@ def _train_staged(cfg: MixtureConfig, strategy: str) -> Path:
                 adapted.append(new_rec)
             if not done:
                 save_router_weights(router_dir, router)
+                if steps and not cfg.keep_stage_checkpoints:
+                    # Stage done: its snapshot is saved and a rerun skips it, so only its
+                    # metrics stay (trainer state, published weights, log-prob cache go).
+                    ckpt_state.remove_training_state(out / STAGES_DIRNAME / cutoff.isoformat(),
+                                                     keep=(METRICS_FILENAME,))
             frozen = Router(router.config)
             frozen.load_state_dict(router.state_dict())
             snapshots.append(RouterSnapshot(cutoff, frozen.eval()))

@@ -58,7 +58,13 @@ import numpy as np
 import torch
 
 from timoe_core import __version__
-from timoe_core.checkpoint import MODEL_FILENAME, RUN_INFO_FILENAME, TRAINER_STATE_FILENAME
+from timoe_core.checkpoint import (
+    MODEL_FILENAME,
+    RUN_INFO_FILENAME,
+    TRAINER_STATE_FILENAME,
+    run_progress,
+    unfinished_run_line,
+)
 from timoe_core.config import CONFIG_FILENAME, TrainingConfig
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
@@ -142,6 +148,38 @@ def remove_stale(run_dir: Path) -> None:
             m = _TEMP_DEBRIS.fullmatch(p.name)
             if m and m.group(1) in _RUN_FILES and (p.is_file() or p.is_symlink()):
                 p.unlink(missing_ok=True)
+
+
+def check_finished_runs(paths: list[Path]) -> None:
+    """Refuse (TimoeError, before any work) a run dir among `paths` (run dirs or folders
+    of them) whose training has not reached its last step: its weights and snapshots are
+    not the ones its run.json promises yet."""
+    for p in map(Path, paths):
+        dirs = [p] if (p / RUN_INFO_FILENAME).is_file() else (
+            sorted(d for d in p.iterdir() if (d / RUN_INFO_FILENAME).is_file())
+            if p.is_dir() else [])
+        for d in dirs:
+            progress = run_progress(d)
+            if progress is not None and not progress.finished:
+                raise TimoeError(unfinished_run_line(d, progress) + "; or leave it out of "
+                                 "--experts")
+
+
+def remove_training_state(run_dir: Path, keep: tuple[str, ...] = ()) -> None:
+    """Delete what only resuming `run_dir` needs, once it is finished and will never be
+    resumed: its checkpoints (trainer state, optimizer moments and their weight files)
+    and every other entry but the names in `keep`. A file hard-linked elsewhere (the
+    published weights) stays wherever else it is linked."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    for p in sorted(run_dir.iterdir()):
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def _fsync_file(path: Path) -> None:
@@ -420,6 +458,13 @@ def decide_run_dir(
         return "overwrite"
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
+        progress = run_progress(run_dir)
+        if any(run_dir.glob("*.safetensors")) and progress is not None and progress.finished:
+            raise TimoeError(
+                f"{run_dir} is a finished run (step {progress.step} of {progress.total_steps})"
+                " whose trainer checkpoints were removed (`timoe demo` removes them): "
+                "nothing to train; use it as it is, or start over with --no-resume --overwrite"
+            )
         if any(run_dir.glob("*.safetensors")):
             raise TimoeError(
                 f"{run_dir} has trained weights but no checkpoint to resume from: "
