@@ -435,7 +435,8 @@ def test_compare_models_side_by_side(world, tmp_path):
     assert rows[names.index("QA items")][1] == "3"
     # one window a year (max_docs=1): no interval to show, and none is made up
     assert res["models"][0]["perplexity_mean_interval"] is None
-    assert rows[names.index(leaky)][1] == fmt_ppl(res["models"][0]["perplexity_mean"])
+    assert rows[names.index(leaky)][1] == (fmt_ppl(res["models"][0]["perplexity_mean"])
+                                           + " [no CI: a year has 1 window]")
     plot_compare(tmp_path / "c.png", res)
     w, h = _png_size(tmp_path / "c.png")
     assert w > 600 and h > 300

@@ -54,8 +54,8 @@ def print_table(title: str, headers: list[str], rows: list[list[str]],
     numeric: every column but the first is right-aligned."""
     table = Table(title=Text(title), title_justify="left", header_style="bold",
                   show_header=any(headers))
-    for i, h in enumerate(headers):
-        table.add_column(Text(h), justify="right" if numeric and i else "left")
+    for i, h in enumerate(headers):  # fold, never "…": a cut label or figure misleads
+        table.add_column(Text(h), justify="right" if numeric and i else "left", overflow="fold")
     for row in rows:
         table.add_row(*(Text(c) for c in row))
     console.print(table)

@@ -174,7 +174,10 @@ def compare_table(result: dict[str, Any], *, per_year: bool = True) -> Table:
 
             rows.append([f"ppl, mean of {n_years} years [95% CI], {kind}",
                          *cells(lambda m: ppl_cell(m["perplexity_mean"],
-                                                   m.get("perplexity_mean_interval")))])
+                                                   m.get("perplexity_mean_interval"))
+                                + (" [no CI: a year has 1 window]"
+                                   if m["perplexity_mean"] is not None
+                                   and not m.get("perplexity_mean_interval") else ""))])
             if per_year:
                 rows += [[f"ppl {y}" + ("" if pit else ", not point-in-time"),
                           *cells(lambda m, y=y: fmt_ppl(m["perplexity"].get(y)))]
