@@ -76,7 +76,10 @@ class Manifest(BaseModel):
     # prepare-data --until: documents dated after this ISO date were left out
     # (counted in skipped["after_until"]); the slicing is unchanged.
     until: str | None = None
-    # Relative path -> size and checksum, for every token file.
+    # prepare-data --max-docs: at most this many documents per year, each year's first in
+    # (date, text hash) order (counted in skipped["over_max_docs"]).
+    max_docs: int | None = Field(None, ge=1)
+    # Relative path -> size and checksum, for every token file and index file.
     files: dict[str, FileEntry] = Field(default_factory=dict)
 
     def time_slicing(self) -> TimeSlicing:
@@ -100,6 +103,11 @@ class Manifest(BaseModel):
 
 def token_file_relpath(split: str, year: int) -> str:
     return f"{split}/{year}.bin"
+
+
+def index_file_relpath(split: str, year: int) -> str:
+    """The per-document index of a token file (prepare.INDEX_DTYPE records, in order)."""
+    return f"{split}/{year}.idx"
 
 
 def manifest_checksum(data_dir: Path) -> str:
