@@ -135,3 +135,116 @@ def test_a_timestamp_is_dated_by_its_utc_date(tmp_path):
     cut = load_manifest(prep(src, tmp_path / "cut", val_fraction=0.01, until="2015-12-31"))
     assert cut.skipped["after_until"] == 1
     assert cut.years["2015"].train.documents == 4
+
+
+# ------------------------------- 3. a point-in-time query uses no later artefact
+
+
+@pytest.fixture(scope="module")
+def mixture_inputs(tmp_path_factory):
+    from helpers import make_mixture_inputs
+
+    return make_mixture_inputs(tmp_path_factory.mktemp("leaks_mix"), steps=4)
+
+
+@pytest.mark.parametrize("strategy", ["learned-avg", "coadapt"])
+def test_point_in_time_refuses_a_router_trained_on_every_year(mixture_inputs, tmp_path,
+                                                              capsys, strategy):
+    from helpers import run_cli
+
+    from timoe_core.config import CoadaptConfig, EvaluateConfig, TrainRouterConfig
+    from timoe_core.evaluate.run import run_evaluate
+    from timoe_core.model.bundle import read_bundle
+    from timoe_core.train import coadapt, train_router
+
+    data, experts = mixture_inputs  # data 2013-2018, experts of 2013-14, 2015-16, 2017-18
+    common = {"experts": [experts], "data": data, "out": tmp_path / strategy, "max_steps": 2,
+              "batch_size": 4, "device": "cpu", "log_every": 100, "policy": "inclusive"}
+    if strategy == "coadapt":
+        bundle = coadapt(CoadaptConfig(**common))
+    else:
+        bundle = train_router(TrainRouterConfig(strategy=strategy, **common))
+    b = read_bundle(bundle)
+    assert b.router_data_cutoff.isoformat() == "2018-12-31"  # it read every year
+    if strategy == "coadapt":  # and so did every expert adapted through it
+        assert {r.cutoff.isoformat() for r in b.records} == {"2018-12-31"}
+    for when in ("2016-12-31", "2018-06-30"):
+        code, out, err = run_cli(capsys, "evaluate", "--model", bundle, "--policy",
+                                 "point-in-time", "--query-date", when, "--data", data)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "2018-12-31" in err and "--policy inclusive" in err
+    # each year as of its own date: only 2018 comes as late as the router's cutoff
+    own = run_evaluate(EvaluateConfig(model=bundle, data=data, policy="point-in-time",
+                                      device="cpu")).report
+    assert [y for y, v in own["perplexity"].items() if v is not None] == ["2018"]
+    code, out, err = run_cli(capsys, "generate", "--model", bundle, "--policy",
+                             "point-in-time", "--query-date", "2016", "--prompt", "a")
+    assert code == 2 and "2018-12-31" in err
+    # as the bundle was trained, inclusive, it still answers; and as of its cutoff too
+    for extra in ([], ["--policy", "point-in-time", "--query-date", "2018-12-31"]):
+        code, out, err = run_cli(capsys, "evaluate", "--model", bundle, "--query-date", "2016",
+                                 "--data", data, *extra)
+        assert code == 0, err
+
+
+@pytest.fixture(scope="module")
+def staged_expert(tmp_path_factory):
+    """A 2013-2014 expert with its 2013 snapshot."""
+    from helpers import make_data_dir
+
+    from timoe_core.config import TrainExpertConfig
+    from timoe_core.train import train_expert
+
+    root = tmp_path_factory.mktemp("staged_expert")
+    data = make_data_dir(root, years=(2013, 2014), tokens_per_year=1024, vocab_size=128)
+    run = train_expert(TrainExpertConfig(year=2013, data=data, out=root / "e", n_layer=1,
+                                         n_head=2, n_embd=16, seq_len=32, steps_per_stage=2,
+                                         batch_size=2, device="cpu", log_every=100))
+    return data, run
+
+
+def test_a_single_expert_as_of_d_uses_its_snapshot_not_its_final_weights(staged_expert,
+                                                                       tmp_path):
+    from timoe_core.config import EvaluateConfig
+    from timoe_core.errors import TimoeError
+    from timoe_core.evaluate.run import run_evaluate
+
+    data, run = staged_expert
+
+    def ev(policy, when, **kw):
+        return run_evaluate(EvaluateConfig(model=run, data=data, policy=policy, query_date=when,
+                                           device="cpu", **kw)).report
+
+    as_of = ev("point-in-time", "2014-06-01")
+    assert as_of["policy"] == "point-in-time"
+    assert as_of["artefacts_used"] == [{"name": "2013-2014@2013-12-31",
+                                        "data_cutoff": "2013-12-31"}]
+    final = ev("inclusive", "2014-06-01")
+    assert final["artefacts_used"][0]["data_cutoff"] == "2014-12-31"
+    assert as_of["perplexity"]["2013"] != final["perplexity"]["2013"]
+    with pytest.raises(TimoeError, match="2013-12-31"):
+        ev("point-in-time", "2013-06-30")
+
+
+def test_a_single_expert_generates_and_exports_only_what_it_knew(staged_expert, tmp_path):
+    from timoe_core.config import ExportConfig
+    from timoe_core.errors import TimoeError
+    from timoe_core.evaluate.models import load_evaluated_model
+    from timoe_core.generate import generate_tokens
+    from timoe_core.interop.export import export_model
+    from timoe_core.model.expert_pool import load_expert
+    from timoe_core.checkpoint import read_run_info
+    from timoe_core.model.expert_pool import run_dir_artefacts
+
+    _, run = staged_expert
+    m = load_evaluated_model(run, policy="point-in-time", device="cpu")
+    assert m.dated  # `generate` and the lm-eval adapter take the same model
+    got = generate_tokens(m.mix, [1, 2], query_date="2014-06", max_new_tokens=6, seed=1)
+    snapshot = load_expert(run_dir_artefacts(run, read_run_info(run))[0])
+    alone = generate_tokens(snapshot, [1, 2], max_new_tokens=6, seed=1)
+    assert got.tokens == alone.tokens
+    with pytest.raises(TimoeError, match="2013-12-31"):
+        m.eligible_experts("2013-06")
+    with pytest.raises(TimoeError, match="not usable as of"):
+        export_model(ExportConfig(model=run, format="hf", out=tmp_path / "x",
+                                  query_date="2014-06-01"))

@@ -34,6 +34,7 @@ import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ from timoe_core.io import atomic_write_json, sha256_file
 from timoe_core.model.bundle import BUNDLE_FILENAME, EMBEDDED_EXPERTS_DIR, ROUTER_FILENAME
 from timoe_core.model.mixture import TiMoE
 from timoe_core.strategies import get_strategy
+from timoe_core.timeslices import year_cutoff
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
 from timoe_core.train.job import main_print
@@ -468,6 +470,12 @@ class MixtureTask(TrainTask):
         return -self.mixture(model)(x, y, years).target_log_probs.mean()
 
 
+def training_cutoff(plan: MixturePlan, mix: TiMoE) -> date:
+    """The latest text a router trained over every year (and the experts adapted with it)
+    has read: its windows' last year, and every expert its loss went through."""
+    return max([year_cutoff(max(plan.years))] + [r.cutoff for r in mix.artefacts])
+
+
 class MixtureJob:
     """A strategy's training run as a `TrainingJob` (job.py). The strategy's recipe
     module (timoe_core/strategies/) defines `CONFIG` (its command's config model),
@@ -512,6 +520,7 @@ class MixtureJob:
         assert isinstance(task, MixtureTask)
         if not result.interrupted and env.is_main:
             task.mix.eval()
+            task.mix.record_training_cutoff(training_cutoff(plan, task.mix))
             task.mix.save_bundle(plan.run_dir)
             main_print(env)(
                 f"bundle written to {plan.run_dir} ({plan.strategy}, step {result.step})",
