@@ -248,3 +248,62 @@ def test_a_single_expert_generates_and_exports_only_what_it_knew(staged_expert, 
     with pytest.raises(TimoeError, match="not usable as of"):
         export_model(ExportConfig(model=run, format="hf", out=tmp_path / "x",
                                   query_date="2014-06-01"))
+
+
+# ------------------------------------------------------ 4. batches mix dates
+
+
+@pytest.fixture(scope="module")
+def random_experts(tmp_path_factory):
+    from helpers import make_expert_runs
+
+    root = tmp_path_factory.mktemp("leaks_batches")
+    make_expert_runs(root / "experts", ["2013-2014", "2015-2016"], vocab_size=50304,
+                     n_embd=16, n_layer=1, scale=0.2)
+    return root / "experts"
+
+
+def _items_of(years, n: int):
+    from timoe_core.evaluate.tsqa import load_tsqa
+
+    return [it for it in load_tsqa("builtin") if it.year in years][:n]
+
+
+@pytest.mark.parametrize("policy", ["inclusive", "point-in-time"])
+def test_tsqa_items_of_one_date_score_the_same_alone_or_with_other_dates(random_experts,
+                                                                          policy):
+    from timoe_core.evaluate.models import load_evaluated_model
+    from timoe_core.evaluate.tsqa import score_tsqa
+
+    m = load_evaluated_model(random_experts, policy=policy, device="cpu")
+    early, late = _items_of({2015}, 40), _items_of({2016}, 40)
+    alone = score_tsqa(m, early, batch_items=16)  # each item as of its own date
+    together = score_tsqa(m, late + early, batch_items=16)
+    assert alone.n == 40 and together.n == 80
+    by_question = {(it.question, tuple(it.choices)): s
+                   for it, s in zip(together.items, together.scores)}
+    assert [by_question[(it.question, tuple(it.choices))] for it in alone.items] == alone.scores
+
+
+def test_lm_eval_requests_of_one_date_score_the_same_alone_or_with_other_dates(
+        random_experts):
+    pytest.importorskip("lm_eval")
+    from timoe_core.evaluate.harness import TimoeLM
+    from timoe_core.evaluate.models import load_evaluated_model
+
+    class Request:
+        def __init__(self, context, continuation, doc):
+            self.args, self.doc = (context, continuation), doc
+            self.task_name, self.doc_id = "t", 0
+
+    m = load_evaluated_model(random_experts, policy="inclusive", device="cpu")
+    lm = TimoeLM(m, date_field="year", greedy=False, batch_size=32)
+
+    def requests(items):
+        return [Request(it.question, " " + c, {"year": it.year}) for it in items
+                for c in it.choices]
+
+    early, late = _items_of({2015}, 20), _items_of({2016}, 20)
+    alone = lm.loglikelihood(requests(early))
+    together = lm.loglikelihood(requests(late + early))
+    assert together[len(alone):] == alone
