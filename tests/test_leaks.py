@@ -307,3 +307,35 @@ def test_lm_eval_requests_of_one_date_score_the_same_alone_or_with_other_dates(
     alone = lm.loglikelihood(requests(early))
     together = lm.loglikelihood(requests(late + early))
     assert together[len(alone):] == alone
+
+
+# ------------------------------------------------ 6. metadata fingerprints the future
+
+
+def test_an_artefacts_metadata_names_only_the_data_it_read(tmp_path):
+    from helpers import make_data_dir
+
+    from timoe_core.config import TrainExpertConfig
+    from timoe_core.train import train_expert
+
+    small = {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 32, "steps_per_stage": 2,
+             "batch_size": 2, "device": "cpu", "log_every": 100}
+    runs = {}
+    for name, years in (("cut", (2013, 2014)), ("more", (2013, 2014, 2015, 2016))):
+        data = make_data_dir(tmp_path, years=years, tokens_per_year=1024, vocab_size=128,
+                             name=name)
+        runs[name] = {
+            "expert": train_expert(TrainExpertConfig(year=2013, data=data,
+                                                     out=tmp_path / name / "e", **small)),
+            "dense": train_expert(TrainExpertConfig(all_years=True, data=data,
+                                                    out=tmp_path / name / "d", **small)),
+        }
+    for rel in ("expert/run.json", "expert/snapshots/2013-12-31/run.json",
+                "expert/snapshots/2013-12-31/snapshot.json",
+                "dense/snapshots/2013-12-31/run.json"):
+        kind, _, inner = rel.partition("/")
+        cut = (runs["cut"][kind] / inner).read_bytes()
+        assert cut == (runs["more"][kind] / inner).read_bytes(), rel
+    meta = json.loads((runs["more"]["dense"] / "snapshots/2014-12-31/run.json").read_text())
+    assert sorted(meta["data_files_sha256"]) == [
+        "train/2013.bin", "train/2014.bin", "val/2013.bin", "val/2014.bin"]

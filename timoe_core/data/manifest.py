@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -108,6 +109,19 @@ def token_file_relpath(split: str, year: int) -> str:
 def index_file_relpath(split: str, year: int) -> str:
     """The per-document index of a token file (prepare.INDEX_DTYPE records, in order)."""
     return f"{split}/{year}.idx"
+
+
+def token_files_read(manifest: Manifest, years: Iterable[int]) -> dict[str, str]:
+    """{relative path: sha256} of the token files (both splits) of `years`: what an
+    artefact that read those years records of its data, and nothing of the other years."""
+    wanted = set(years)
+    return {rel: entry.sha256 for rel, entry in sorted(manifest.files.items())
+            if rel.endswith(".bin") and int(Path(rel).stem) in wanted}
+
+
+def token_files_up_to(files: dict[str, str], year: int) -> dict[str, str]:
+    """The entries of `token_files_read` of the years up to `year`."""
+    return {rel: sha for rel, sha in files.items() if int(Path(rel).stem) <= year}
 
 
 def manifest_checksum(data_dir: Path) -> str:

@@ -334,8 +334,7 @@ class TiMoE(nn.Module):
     def run_infos(self) -> dict[str, RunInfo]:
         """label -> RunInfo of every expert (from run.json or timoe.json, no weights read),
         with the data cutoff of the artefact this mixture holds for the slice."""
-        return {label: rec.info if rec.data_cutoff is None else rec.info.model_copy(
-                    update={"data_cutoff": rec.cutoff.isoformat(), "snapshots": []})
+        return {label: rec.info if rec.data_cutoff is None else rec.info.at_cutoff(rec.cutoff)
                 for label, rec in self._records.items()}
 
     @property

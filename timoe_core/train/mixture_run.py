@@ -53,7 +53,7 @@ from timoe_core.data.manifest import (
     Manifest,
     check_compatible,
     load_manifest,
-    manifest_checksum,
+    token_files_read,
     resolve_seq_len,
 )
 from timoe_core.data.windows import TokenWindows
@@ -87,7 +87,7 @@ MixtureConfig = TrainRouterConfig | CoadaptConfig
 # conflicts; every other field is an option, named by its flag (config.flag_name).
 _RECORD_NAMES = {
     "experts": "--experts (expert weights sha256)",
-    "data_manifest_sha256": "data (--data manifest checksum)",
+    "data_files_sha256": "data (the token files of --data it reads)",
     "years": "data years",
     "router_init": "--router",
 }
@@ -277,7 +277,7 @@ def plan_mixture_run(
     record = {
         "strategy": strategy,
         "experts": expert_sha,
-        "data_manifest_sha256": manifest_checksum(cfg.data),
+        "data_files_sha256": token_files_read(manifest, years),
         "years": years,
         "seq_len": seq_len,
         "policy": cfg.policy,
