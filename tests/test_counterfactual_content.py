@@ -121,16 +121,18 @@ def answers(paths: dict[str, Path], name: str, policy: str | None = None) -> dic
     """Everything read as of D, and as of each item's own date (items up to D)."""
     path, strategy = ((paths["dense"], "dense-series") if name == "dense-series"
                       else (paths[name], None))
-    report = run_evaluate(EvaluateConfig(model=path, strategy=strategy, data=paths["data"],
+    result = run_evaluate(EvaluateConfig(model=path, strategy=strategy, data=paths["data"],
                                          tsqa="builtin", max_items=24, query_date=D,
-                                         policy=policy, device="cpu", batch_size=4)).report
+                                         policy=policy, device="cpu", batch_size=4))
+    report = result.report
     m = load_evaluated_model(path, strategy, policy=policy, device="cpu")
     items = items_up_to_2018()
     own = score_tsqa(m, items, batch_items=8)  # every year's items in one call
     own_scores = [s for it, s in zip(own.items, own.scores) if it.year <= 2015]
     gen = generate_tokens(m.mix, [464, 1266], query_date=D, max_new_tokens=6, seed=3)
     out = {"perplexity": {y: v for y, v in report["perplexity"].items() if int(y) <= 2015},
-           "tsqa": report["tsqa"], "artefacts": report["artefacts_used"],
+           "tsqa": report["tsqa"], "tsqa_choice_scores": result.tsqa.scores,
+           "artefacts": report["artefacts_used"],
            "own_date_scores": own_scores, "generated": gen.tokens}
     if HAVE_LM_EVAL:
         from timoe_core.evaluate.harness import TimoeLM
@@ -145,7 +147,41 @@ def answers(paths: dict[str, Path], name: str, policy: str | None = None) -> dic
         late = [Request(it, c) for it in items for c in it.choices if it.year > 2015]
         scores = lm.loglikelihood(late + early)  # later dates in the same call
         out["lm_eval_date_field"] = scores[len(late):]
+        if name == "learned-avg":  # once through lm-eval itself: a local task, date_field
+            out["lm_eval_local_task"] = run_evaluate(EvaluateConfig(
+                model=path, lm_eval_tasks=["timoe_cf_qa"], policy=policy, device="cpu",
+                lm_eval_include_path=local_task(paths["data"].parent, items),
+                lm_eval_date_field="year")).report["lm_eval"]["tasks"]
     return out
+
+
+TASK_YAML = """\
+task: timoe_cf_qa
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: choices
+doc_to_target: answer
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+
+def local_task(root: Path, items) -> Path:
+    """An lm-eval task over the TSQA items dated up to D, each with its own year."""
+    qa = root / "cf_qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": it.question, "choices": [c.lstrip() for c in it.choices],
+                                      "answer": it.answer, "year": it.year}) + "\n"
+                          for it in items if it.year <= 2015), encoding="utf-8")
+    tasks = root / "cf_tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / "cf_qa.yaml").write_text(TASK_YAML.format(path=qa), encoding="utf-8")
+    return tasks
 
 
 @pytest.mark.parametrize("name", [*MIXTURES, "dense-series"])
@@ -153,6 +189,9 @@ def test_an_answer_as_of_d_does_not_depend_on_what_was_written_after_it(builds, 
     a, b = answers(builds["a"], name), answers(builds["b"], name)
     assert len([v for v in a["perplexity"].values() if v is not None]) >= 2
     assert a["tsqa"]["n"] == 24 and len(a["own_date_scores"]) == 18
+    assert len(a["tsqa_choice_scores"]) == 24
+    if HAVE_LM_EVAL and name == "learned-avg":
+        assert a["lm_eval_local_task"]["timoe_cf_qa"]["acc"] is not None
     for key in a:
         assert a[key] == b[key], key
     assert a["artefacts"] and all(x["data_cutoff"] <= D for x in a["artefacts"])
@@ -167,8 +206,11 @@ def _artefacts_up_to_d(paths: dict[str, Path]) -> dict[str, str]:
             for ext in ("bin", "idx"):
                 f = paths["data"] / split / f"{y}.{ext}"
                 out[f"data/{split}/{y}.{ext}"] = sha(f) if f.exists() else ""
-    out["experts/2013-2014"] = sha(paths["experts"] / "2013-2014" / "model.safetensors")
-    for name, root in (("experts/2015-2016", paths["experts"] / "2015-2016"),
+    # (not metrics.jsonl: wall-clock timings; not config.yaml: the paths given)
+    for f in ("model.safetensors", "run.json"):
+        out[f"experts/2013-2014/{f}"] = sha(paths["experts"] / "2013-2014" / f)
+    for name, root in (("experts/2013-2014", paths["experts"] / "2013-2014"),
+                       ("experts/2015-2016", paths["experts"] / "2015-2016"),
                        ("dense", paths["dense"])):
         for snap in sorted((root / "snapshots").iterdir()):
             if snap.name <= D:
@@ -181,7 +223,8 @@ def _artefacts_up_to_d(paths: dict[str, Path]) -> dict[str, str]:
     for adapted in sorted((paths["coadapt"] / "experts").iterdir()):
         cutoff = adapted.name.split("@")[1].split("+")[0]
         if cutoff <= D:
-            out[f"coadapt/{adapted.name}"] = sha(adapted / "model.safetensors")
+            for f in ("model.safetensors", "run.json"):
+                out[f"coadapt/{adapted.name}/{f}"] = sha(adapted / f)
     return out
 
 
