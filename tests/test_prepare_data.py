@@ -17,7 +17,8 @@ from kill_harness import kill_when
 
 from timoe_core.config import PrepareDataConfig
 from timoe_core.data.manifest import load_manifest, sha256_file
-from timoe_core.data.prepare import is_val, prepare_data
+from timoe_core.data.prepare import INDEX_DTYPE, is_val, prepare_data
+from timoe_core.data.sources import text_hash
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
 from timoe_core.tokenizer import get_tokenizer
@@ -127,6 +128,8 @@ def test_tokens_decode_back_to_the_documents_joined_by_eot(tmp_path, corpus):
             for d in docs
             if d["date"].startswith(str(year)) and is_val(d["text"], 0.2) == (split == "val")
         ]
+        # in (date, text hash) order, not the source's
+        expected.sort(key=lambda t: text_hash(t))
         assert texts == expected, (split, year)
         n_tokens = sum(len(tok.encode(t)) + 1 for t in expected)
         assert getattr(m.years[str(year)], split).tokens == n_tokens
@@ -134,8 +137,14 @@ def test_tokens_decode_back_to_the_documents_joined_by_eot(tmp_path, corpus):
     for rel, entry in m.files.items():  # checksums and sizes match the files
         split, name = rel.split("/")
         assert entry.sha256 == sha256_file(out / rel)
-        tokens = getattr(m.years[name.removesuffix(".bin")], split).tokens
-        assert entry.bytes == (out / rel).stat().st_size == 2 * tokens
+        year, kind = name.split(".")
+        stats = getattr(m.years[year], split)
+        if kind == "bin":
+            assert entry.bytes == (out / rel).stat().st_size == 2 * stats.tokens
+        else:  # one index record per document: its date, text hash and token count
+            index = np.fromfile(out / rel, dtype=INDEX_DTYPE)
+            assert len(index) == stats.documents and index["tokens"].sum() == stats.tokens
+            assert (np.diff(index["time_us"]) >= 0).all()
 
 
 def test_special_token_text_is_plain_text_and_surrogates_survive(tmp_path):
@@ -307,17 +316,21 @@ def test_every_date_form_in_one_file(tmp_path):
 
 
 def test_max_docs_and_progress(tmp_path, corpus):
-    src, _ = corpus
+    src, _ = corpus  # 50 documents a year
     seen = []
     m = prepare_data(
-        PrepareDataConfig(source=str(src), out=tmp_path / "d", max_docs=100, workers=2),
+        PrepareDataConfig(source=str(src), out=tmp_path / "d", max_docs=20, workers=2),
         progress_callback=seen.append,
     )
-    assert sum(s.train.documents + s.val.documents for s in m.years.values()) == 100
-    assert seen and seen[-1].documents == 100
+    # --max-docs is a cap per year: 20 of each year's 50
+    assert {y: s.train.documents + s.val.documents for y, s in m.years.items()} == {
+        str(y): 20 for y in range(2013, 2025)}
+    assert m.max_docs == 20 and m.skipped["over_max_docs"] == 12 * 30
+    assert seen and seen[-1].documents == 240  # the last report: what was written
     assert seen[-1].tokens == sum(s.train.tokens + s.val.tokens for s in m.years.values())
     assert seen[-1].bytes_read == seen[-1].total_bytes == src.stat().st_size
-    assert all(a.tokens <= b.tokens for a, b in zip(seen, seen[1:]))
+    reading = seen[:-1]
+    assert all(a.tokens <= b.tokens for a, b in zip(reading, reading[1:]))
 
 
 def test_overwrite_replaces_a_data_dir_only_when_done(tmp_path, corpus, capsys):

@@ -11,7 +11,7 @@ import pytest
 from helpers import write_jsonl
 
 from timoe_core.data import sources
-from timoe_core.data.sources import DateError, SourceOptions, open_source, parse_year
+from timoe_core.data.sources import DateError, SourceOptions, open_source, parse_year, shard_of
 from timoe_core.errors import TimoeError
 
 
@@ -42,7 +42,8 @@ def read_all(source: str, **opts) -> tuple[list, list, int]:
         ("2019-04-01T10:00:00.123456Z", 2019),
         ("2019-04-01 10:00:00", 2019),
         ("2019-04-01T10:00:00+02:00", 2019),
-        ("2019-12-31T23:30:00-05:00", 2019),  # the year written, not the UTC one (2020)
+        ("2019-12-31T23:30:00-05:00", 2020),  # the UTC year: 2020-01-01 04:30 UTC
+        ("2020-01-01T00:30:00+01:00", 2019),  # 2019-12-31 23:30 UTC
         ("20190401T100000Z", 2019),  # basic ISO 8601, via fromisoformat
         (1554112800, 2019),  # unix seconds
         ("1554112800", 2019),
@@ -146,7 +147,7 @@ def test_null_text_is_passed_on_as_empty(tmp_path):
     assert read_all(str(p))[0] == [None]
 
 
-def test_folder_shards_and_max_docs_number_records_across_files(tmp_path):
+def test_folder_shards_split_by_text_not_by_position(tmp_path):
     d = tmp_path / "corpus"
     d.mkdir()
     write_jsonl(d / "a.jsonl", [{"text": f"a{i}", "date": 2014} for i in range(5)])
@@ -155,12 +156,16 @@ def test_folder_shards_and_max_docs_number_records_across_files(tmp_path):
     (d / "notes.txt").write_text("ignored\n")
     everything = read_all(str(d))[0]
     assert everything == [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)]
-    shard0 = read_all(str(d), num_shards=3, shard_index=0)[0]
-    shard1 = read_all(str(d), num_shards=3, shard_index=1)[0]
-    shard2 = read_all(str(d), num_shards=3, shard_index=2)[0]
-    assert shard0 == everything[0::3] and shard1 == everything[1::3] and shard2 == everything[2::3]
-    assert read_all(str(d), max_docs=7)[0] == everything[:7]
-    assert read_all(str(d), max_docs=7, num_shards=2, shard_index=1)[0] == everything[:7][1::2]
+    shards = [read_all(str(d), num_shards=3, shard_index=k)[0] for k in range(3)]
+    assert sorted(t for s in shards for t in s) == sorted(everything)  # a partition
+    assert all(shard_of(t, 3) == k for k, s in enumerate(shards) for t in s)
+    # Another record order, and records added around them, move no document to another
+    # shard: which shard holds a document is a function of its text alone.
+    write_jsonl(d / "a.jsonl", [{"text": f"new{i}", "date": 2016} for i in range(7)]
+                + [{"text": f"a{i}", "date": 2014} for i in reversed(range(5))])
+    again = [read_all(str(d), num_shards=3, shard_index=k)[0] for k in range(3)]
+    assert [sorted(t for t in s if not t.startswith("new")) for s in again] == [
+        sorted(s) for s in shards]
 
 
 def test_bad_line_in_second_file_is_named_there(tmp_path):

@@ -11,7 +11,7 @@ import yaml
 from helpers import make_data_dir, one_thread, run_cli  # noqa: F401 (fixture)
 
 from timoe_core.checkpoint import load_expert, read_run_info
-from timoe_core.data.manifest import manifest_checksum
+from timoe_core.data.manifest import load_manifest
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.metrics import read_metrics
 
@@ -44,7 +44,9 @@ def test_year_trains_its_slice_and_records_the_run(capsys, data, tmp_path):
     assert (info.start_date, info.end_date) == ("2013-01-01", "2014-12-31")
     mc = info.model_config_
     assert (mc.n_layer, mc.n_embd, mc.n_head, mc.block_size, mc.vocab_size) == (1, 64, 2, 32, 512)
-    assert info.data_manifest_sha256 == manifest_checksum(data)
+    files = {rel: e.sha256 for rel, e in load_manifest(data).files.items()
+             if rel.split("/")[1] in ("2013.bin", "2014.bin")}
+    assert info.data_files_sha256 == files and info.data_manifest_sha256 is None
     assert info.tokenizer == {"name": "gpt2", "vocab_size": VOCAB, "eot_token": VOCAB - 1}
     saved = yaml.safe_load((tmp_path / "e" / "config.yaml").read_text())
     assert saved["year"] == 2014 and saved["max_steps"] == 3 and saved["resume"] is True

@@ -194,12 +194,12 @@ def test_cache_key_changes_with_the_experts():
     """A cache is never read for other experts, data or seq_len: they are in its key."""
     from timoe_core.train.logprob_cache import _digest, cache_key
 
-    key = {"data_manifest_sha256": "d", "split": "train", "years": [2013], "seq_len": 32,
+    key = {"data_files_sha256": {"train/2013.bin": "d"}, "split": "train", "years": [2013], "seq_len": 32,
            "policy": "inclusive", "experts": {"2013-2014": "a"}}
     assert _digest(cache_key(**key)) != _digest(cache_key(**(key | {"experts": {
         "2013-2014": "b"}})))
     assert _digest(cache_key(**key)) != _digest(cache_key(**(key | {"seq_len": 16})))
-    assert _digest(cache_key(**key)) != _digest(cache_key(**(key | {"data_manifest_sha256": "e"})))
+    assert _digest(cache_key(**key)) != _digest(cache_key(**(key | {"data_files_sha256": {"train/2013.bin": "e"}})))
     assert _digest(cache_key(**key)) != _digest(cache_key(**key, compute_dtype="bfloat16"))
 
 

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save
 
 from timoe_core import __version__
 from timoe_core.config import CONFIG_FILENAME
-from timoe_core.data.manifest import sha256_file
+from timoe_core.data.manifest import sha256_file, token_files_up_to
 from timoe_core.errors import TimoeError, describe_validation_error
 from timoe_core.io import (
     atomic_path,
@@ -61,7 +61,11 @@ class RunInfo(BaseModel):
     end_date: str  # ISO date of the slice's last day
     model_config_: GPTConfig
     tokenizer: dict[str, object]
+    # Written by timoe before 0.x: the whole manifest's sha256 (later years included).
+    # Read, never written: an artefact records only what it read (data_files_sha256).
     data_manifest_sha256: str | None = None
+    # {"train/2015.bin": sha256, ...}: the token files of the years this artefact read.
+    data_files_sha256: dict[str, str] = {}
     # ISO date of the latest text that shaped the final weights (train-expert records it;
     # imported models state it); None in runs written before cutoffs: the slice's end.
     data_cutoff: str | None = None
@@ -95,6 +99,14 @@ class RunInfo(BaseModel):
     def cutoff(self) -> date:
         """data_cutoff as a date (the slice's end for runs that did not record it)."""
         return date.fromisoformat(self.data_cutoff or self.end_date)
+
+    def at_cutoff(self, cutoff: date) -> RunInfo:
+        """The run.json of an artefact of this run with an earlier (or the same) cutoff (a
+        snapshot, an expert stored in a bundle): what it read, and nothing later."""
+        return self.model_copy(update={
+            "data_cutoff": cutoff.isoformat(), "snapshots": [], "data_manifest_sha256": None,
+            "data_files_sha256": token_files_up_to(self.data_files_sha256, cutoff.year),
+        })
 
 
 SNAPSHOTS_DIRNAME = "snapshots"

@@ -170,12 +170,16 @@ class PrepareDataConfig(StrictModel):
     )
     num_shards: int = Field(
         1, ge=1, json_schema_extra=cli(SCALE),
-        description="Split the corpus across N machines: document i goes to shard i % N.",
+        description="Split the corpus across N machines by a hash of each document's text "
+        "(never by its position); --merge joins the shards into what one run writes.",
     )
     shard_index: int = Field(0, ge=0, description="Which shard this machine prepares, 0..N-1.",
                              json_schema_extra=cli(SCALE))
-    max_docs: int | None = Field(None, ge=1, description="Read only the first N documents of "
-                                 "the source.", json_schema_extra=cli(SOURCE))
+    max_docs: int | None = Field(
+        None, ge=1, json_schema_extra=cli(SOURCE),
+        description="Keep at most N documents per year: each year's first N in (date, text "
+        "hash) order, whatever the record order or later records (the whole source is read).",
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the built-in corpus.",
                       json_schema_extra=cli(SOURCE))
     # Size of the built-in corpus: documents generated per year.

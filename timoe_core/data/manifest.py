@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -79,7 +80,10 @@ class Manifest(BaseModel):
     # How the source was read (text/date fields, --max-docs, seed...): shards of one
     # source merge only when read alike. None in data dirs written before it was recorded.
     reading: dict[str, str | int | bool | None] | None = None
-    # Relative path -> size and checksum, for every token file.
+    # prepare-data --max-docs: at most this many documents per year, each year's first in
+    # (date, text hash) order (counted in skipped["over_max_docs"]).
+    max_docs: int | None = Field(None, ge=1)
+    # Relative path -> size and checksum, for every token file and index file.
     files: dict[str, FileEntry] = Field(default_factory=dict)
 
     def time_slicing(self) -> TimeSlicing:
@@ -103,6 +107,24 @@ class Manifest(BaseModel):
 
 def token_file_relpath(split: str, year: int) -> str:
     return f"{split}/{year}.bin"
+
+
+def index_file_relpath(split: str, year: int) -> str:
+    """The per-document index of a token file (prepare.INDEX_DTYPE records, in order)."""
+    return f"{split}/{year}.idx"
+
+
+def token_files_read(manifest: Manifest, years: Iterable[int]) -> dict[str, str]:
+    """{relative path: sha256} of the token files (both splits) of `years`: what an
+    artefact that read those years records of its data, and nothing of the other years."""
+    wanted = set(years)
+    return {rel: entry.sha256 for rel, entry in sorted(manifest.files.items())
+            if rel.endswith(".bin") and int(Path(rel).stem) in wanted}
+
+
+def token_files_up_to(files: dict[str, str], year: int) -> dict[str, str]:
+    """The entries of `token_files_read` of the years up to `year`."""
+    return {rel: sha for rel, sha in files.items() if int(Path(rel).stem) <= year}
 
 
 def manifest_checksum(data_dir: Path) -> str:

@@ -4,8 +4,18 @@
 that are empty or outside the slicing years (counted in the manifest's `skipped`),
 puts each document in `val` when a hash of its text falls below `val_fraction`
 (blake2b, so the split is the same on every run and machine), tokenises with GPT-2
-BPE, and appends the tokens, each document followed by EOT, to `train/YEAR.bin` or
-`val/YEAR.bin`.
+BPE, and writes the tokens, each document followed by EOT, to `train/YEAR.bin` or
+`val/YEAR.bin`, with one record per document in `train/YEAR.idx` / `val/YEAR.idx`.
+
+The record order is not data. Within a year's file the documents are ordered by (date,
+text hash), never by where they sat in the source, so what is written for the dates up
+to d is a function of the documents dated up to d and the config alone: whatever the
+record order, the sharding (by text hash, sources.py), the workers, or the records
+after d. `--max-docs N` keeps each year's first N documents in that order (so its
+documents up to d are too). Tokenised documents are spilled to a staging file per year
+in source order and written out in order once the source is read (`_write_year`);
+`--merge` merges the shards' ordered files the same way, so a merged run is byte for
+byte the unsharded one.
 
 Speed and memory: the source is read a batch (a few MB of text) at a time; while one
 batch is tokenised by `workers` threads (tiktoken's Rust BPE runs without the GIL and
@@ -20,8 +30,9 @@ one is complete. A killed run leaves at most a staging folder, never a manifest 
 describes incomplete files; a rerun starts over and removes the staging folders of
 killed runs for the same `--out` (on this host: each records its writer's pid).
 
-`merge_data_dirs` concatenates the outputs of `--num-shards/--shard-index` runs (or any
-data dirs with the same tokenizer, slicing, seq_len and val_fraction) into one.
+`merge_data_dirs` merges the outputs of `--num-shards/--shard-index` runs (or any data
+dirs with the same tokenizer, slicing, seq_len, val_fraction and --max-docs) into one,
+in (date, text hash) order.
 """
 
 from __future__ import annotations
@@ -53,16 +64,18 @@ from timoe_core.data.manifest import (
     SlicingSpec,
     SplitStats,
     YearStats,
+    index_file_relpath,
     load_manifest,
     token_file_relpath,
 )
-from timoe_core.data.sources import SourceOptions, open_source
+from timoe_core.data.sources import SourceOptions, open_source, text_hash
 from timoe_core.errors import TimoeError
 from timoe_core.io import (
     atomic_write_json,
     check_output_path,
     check_writable_dir,
     chmod_default,
+    sha256_file,
 )
 from timoe_core.lock import output_lock
 from timoe_core.timeslices import TimeSlicing, parse_query_date, year_cutoff
@@ -70,6 +83,14 @@ from timoe_core.tokenizer import Tokenizer, get_tokenizer
 
 SKIP_REASONS: tuple[str, ...] = ("out_of_range", "empty", "bad_rows")
 TOKEN_DTYPE = np.dtype("<u2")
+# One record per document of a token file, in the file's order (train/YEAR.idx): its
+# date (microseconds since the Unix epoch, UTC), text hash and token count (EOT included).
+INDEX_DTYPE = np.dtype([("time_us", "<i8"), ("hash", "<u8"), ("tokens", "<i8")])
+# The staging record of a tokenised document: the index record and its split.
+_SPILL_DTYPE = np.dtype([("time_us", "<i8"), ("hash", "<u8"), ("tokens", "<i8"), ("val", "u1")])
+SPILL_DIRNAME = ".spill"
+# Tokens gathered into memory at once when a year is written in order.
+GATHER_TOKENS = 1 << 22
 WRITE_BUFFER_BYTES = 1 << 20
 COPY_CHUNK_BYTES = 8 << 20
 # Jobs per worker thread and batch: enough to even out documents of unequal length.
@@ -100,12 +121,6 @@ ProgressCallback = Callable[[PrepareProgress], None]
 
 def val_threshold(val_fraction: float) -> int:
     return int(val_fraction * 2**64)
-
-
-def text_hash(text: str) -> int:
-    """A stable 64-bit hash of a document's text (blake2b of its UTF-8 bytes)."""
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
 
 
 def is_val(text: str, val_fraction: float) -> bool:
@@ -153,11 +168,18 @@ class _Outputs:
         self.files: dict[str, _TokenFile] = {}
         self.stats: dict[int, YearStats] = {y: YearStats() for y in years}
 
-    def write(self, split: str, year: int, data: Any, documents: int) -> None:
-        rel = token_file_relpath(split, year)
+    def _file(self, rel: str) -> _TokenFile:
         f = self.files.get(rel)
         if f is None:
             f = self.files[rel] = _TokenFile(self.root / rel)
+        return f
+
+    def write_index(self, split: str, year: int, records: np.ndarray) -> None:
+        self._file(index_file_relpath(split, year)).write(records.astype(INDEX_DTYPE))
+
+    def write(self, split: str, year: int, data: Any, documents: int) -> None:
+        rel = token_file_relpath(split, year)
+        f = self._file(rel)
         f.write(data)
         s: SplitStats = getattr(self.stats[year], split)
         s.tokens += len(data) if isinstance(data, np.ndarray) else memoryview(data).nbytes // 2
@@ -220,7 +242,7 @@ def _not_written_by_prepare_data(out: Path) -> list[Path]:
             continue
         if p.name in ("train", "val") and p.is_dir() and not p.is_symlink():
             foreign += [q for q in sorted(p.iterdir())
-                        if not (q.is_file() and re.fullmatch(r"\d{1,4}\.bin", q.name))]
+                        if not (q.is_file() and re.fullmatch(r"\d{1,4}\.(bin|idx)", q.name))]
             continue
         foreign.append(p)
     return foreign
@@ -340,19 +362,24 @@ def _make_encoder(tokenizer: Tokenizer) -> Callable[[str], np.ndarray]:
 
 
 def _encode_job(
-    encode: Callable[[str], np.ndarray], texts: list[str], keys: list[int], eot: np.ndarray
-) -> list[tuple[int, np.ndarray, int]]:
-    """Tokenise documents; per key (in first-seen order): tokens joined by EOT, doc count."""
-    groups: dict[int, list[np.ndarray]] = {}
-    for text, key in zip(texts, keys):
-        parts = groups.get(key)
-        if parts is None:
-            parts = groups[key] = []
-        parts.append(encode(text))
-        parts.append(eot)
+    encode: Callable[[str], np.ndarray], texts: list[str], years: list[int], first: int,
+    eot: np.ndarray,
+) -> list[tuple[int, np.ndarray, np.ndarray, list[int]]]:
+    """Tokenise documents; per year (in first-seen order): tokens joined by EOT, each
+    document's token count, and its position in the batch (`first` + its index here)."""
+    groups: dict[int, tuple[list[np.ndarray], list[int]]] = {}
+    for i, (text, year) in enumerate(zip(texts, years)):
+        group = groups.get(year)
+        if group is None:
+            group = groups[year] = ([], [])
+        tokens = encode(text)
+        group[0].append(tokens)
+        group[0].append(eot)
+        group[1].append(first + i)
     return [
-        (key, np.concatenate(parts, dtype=TOKEN_DTYPE, casting="unsafe"), len(parts) // 2)
-        for key, parts in groups.items()
+        (year, np.concatenate(parts, dtype=TOKEN_DTYPE, casting="unsafe"),
+         np.asarray([len(t) + 1 for t in parts[0::2]], dtype=np.int64), positions)
+        for year, (parts, positions) in groups.items()
     ]
 
 
@@ -421,7 +448,6 @@ def _prepare_data(
         skip_bad_rows=cfg.skip_bad_rows,
         num_shards=cfg.num_shards,
         shard_index=cfg.shard_index,
-        max_docs=cfg.max_docs,
         hf_split=cfg.hf_split,
     )
     source = open_source(
@@ -442,26 +468,130 @@ def _prepare_data(
         shards=[ShardSpec(num_shards=cfg.num_shards, shard_index=cfg.shard_index)],
         until=until.isoformat() if until is not None else None,
         reading=reading_options(cfg),
+        max_docs=cfg.max_docs,
     )
 
     staging = _Staging(out, cfg.overwrite)
+    spill = _Spill(staging.path / SPILL_DIRNAME, slicing.years)
     outputs = _Outputs(staging.path, slicing.years)
     pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="timoe-tokenise")
     try:
-        counts = _tokenise_into(cfg, source, tokenizer, slicing, outputs, pool, progress_callback,
+        t0 = time.perf_counter()
+        counts = _tokenise_into(cfg, source, tokenizer, slicing, spill, pool, progress_callback,
                                 until)
         pool.shutdown(wait=True)
+        for year in slicing.years:
+            _write_year(outputs, year, spill.sources(year), cfg.max_docs, counts.skipped)
+        spill.remove()
         if outputs.documents == 0:
             raise TimoeError(_empty_corpus_message(counts, slicing, source.description))
+        if progress_callback is not None:  # what was written, after --max-docs
+            progress_callback(PrepareProgress(
+                documents=outputs.documents, tokens=outputs.tokens,
+                elapsed_s=time.perf_counter() - t0, skipped=dict(counts.skipped),
+                bytes_read=source.total_bytes, total_bytes=source.total_bytes))
         manifest.years = {str(y): s for y, s in outputs.stats.items()}
         manifest.skipped = counts.skipped
         return _finish(staging, outputs, cfg, manifest)
     except BaseException as exc:
         pool.shutdown(wait=True, cancel_futures=True)
+        spill.abort()
         outputs.abort()
         staging.discard()
         raise_naming_the_path(exc, out)
         raise
+
+
+class _Spill:
+    """Tokenised documents of each year in source order, with their staging records,
+    until the whole source is read and each year can be written in order."""
+
+    def __init__(self, root: Path, years: Sequence[int]) -> None:
+        self.root = root
+        self.tokens: dict[int, _TokenFile] = {}
+        self.records: dict[int, _TokenFile] = {}
+        self.documents = 0
+        self.n_tokens = 0
+
+    def write(self, year: int, tokens: np.ndarray, records: np.ndarray) -> None:
+        if year not in self.tokens:
+            self.tokens[year] = _TokenFile(self.root / f"{year}.bin")
+            self.records[year] = _TokenFile(self.root / f"{year}.rec")
+        self.tokens[year].write(tokens)
+        self.records[year].write(records)
+        self.documents += len(records)
+        self.n_tokens += len(tokens)
+
+    def sources(self, year: int) -> list[_OrderedSource]:
+        if year not in self.tokens:
+            return []
+        self.tokens.pop(year).close()
+        self.records.pop(year).close()
+        records = np.fromfile(self.root / f"{year}.rec", dtype=_SPILL_DTYPE)
+        return [_OrderedSource(self.root / f"{year}.bin", records)]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def abort(self) -> None:
+        for f in [*self.tokens.values(), *self.records.values()]:
+            f.abort()
+
+
+@dataclass
+class _OrderedSource:
+    """Documents in one token file: `records` (_SPILL_DTYPE) in the file's order."""
+
+    path: Path
+    records: np.ndarray
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.records["tokens"])[:-1]]).astype(np.int64)
+
+
+def _write_year(
+    outputs: _Outputs, year: int, sources: list[_OrderedSource], max_docs: int | None,
+    skipped: dict[str, int],
+) -> None:
+    """Write one year's documents of every source, ordered by (date, text hash), the first
+    `max_docs` of them (both splits together), into train/ and val/ with their index.
+
+    Equal keys are equal texts (a 64-bit hash), hence equal tokens: the bytes written do
+    not depend on the order the documents came in."""
+    if not sources:
+        return
+    records = np.concatenate([s.records for s in sources])
+    which = np.concatenate([np.full(len(s.records), k, dtype=np.int64)
+                            for k, s in enumerate(sources)])
+    offsets = np.concatenate([s.offsets for s in sources])
+    order = np.lexsort((records["hash"], records["time_us"]))
+    if max_docs is not None and len(order) > max_docs:
+        skipped["over_max_docs"] = skipped.get("over_max_docs", 0) + len(order) - max_docs
+        order = order[:max_docs]
+    arrays = [np.memmap(s.path, dtype=TOKEN_DTYPE, mode="r") if s.records["tokens"].sum() else
+              np.zeros(0, dtype=TOKEN_DTYPE) for s in sources]
+    for split in SPLITS:
+        chosen = order[records["val"][order] == (split == "val")]
+        if not len(chosen):
+            continue
+        outputs.write_index(split, year, records[chosen][["time_us", "hash", "tokens"]])
+        lengths = records["tokens"][chosen]
+        start = 0
+        while start < len(chosen):  # runs of documents from one source, a chunk at a time
+            src = which[chosen[start]]
+            end = start + 1
+            budget = lengths[start]
+            while end < len(chosen) and which[chosen[end]] == src and budget < GATHER_TOKENS:
+                budget += lengths[end]
+                end += 1
+            part = chosen[start:end]
+            n = lengths[start:end]
+            starts = offsets[part]
+            index = np.repeat(starts - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+            outputs.write(split, year, np.ascontiguousarray(arrays[src][index]), len(part))
+            start = end
+    del arrays
 
 
 def _tokenise_into(
@@ -469,7 +599,7 @@ def _tokenise_into(
     source: Any,
     tokenizer: Tokenizer,
     slicing: TimeSlicing,
-    outputs: _Outputs,
+    spill: _Spill,
     pool: ThreadPoolExecutor,
     progress_callback: ProgressCallback | None,
     until: date | None = None,
@@ -484,20 +614,24 @@ def _tokenise_into(
     if until is not None:
         skipped["after_until"] = 0
     t0 = time.perf_counter()
-    in_flight: list[Future] = []
+    in_flight: list[tuple[Future, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def drain() -> None:
-        for fut in in_flight:
-            for key, tokens, n_docs in fut.result():
-                outputs.write(SPLITS[key & 1], start + (key >> 1), tokens, n_docs)
+        for fut, times, hashes, held_out in in_flight:
+            for year, tokens, lengths, positions in fut.result():
+                at = np.asarray(positions, dtype=np.int64)
+                records = np.empty(len(at), dtype=_SPILL_DTYPE)
+                records["time_us"], records["hash"] = times[at], hashes[at]
+                records["tokens"], records["val"] = lengths, held_out[at]
+                spill.write(year, tokens, records)
         in_flight.clear()
 
     def report_progress(bytes_read: int) -> None:
         if progress_callback is not None:
             progress_callback(
                 PrepareProgress(
-                    documents=outputs.documents,
-                    tokens=outputs.tokens,
+                    documents=spill.documents,
+                    tokens=spill.n_tokens,
                     elapsed_s=time.perf_counter() - t0,
                     skipped=dict(skipped),
                     bytes_read=bytes_read,
@@ -511,8 +645,10 @@ def _tokenise_into(
             if counts.first_bad_row is None:
                 counts.first_bad_row = batch.first_bad_row
         texts: list[str] = []
-        keys: list[int] = []
-        for text, year in zip(batch.texts, batch.years):
+        years: list[int] = []
+        times: list[int] = []
+        hashes: list[int] = []
+        for text, year, when in zip(batch.texts, batch.years, batch.times):
             if not text or text.isspace():
                 skipped["empty"] += 1
                 continue
@@ -523,17 +659,22 @@ def _tokenise_into(
                 # Dated by year only: the document may be from the year's last day.
                 skipped["after_until"] += 1
                 continue
-            keys.append(((year - start) << 1) | (text_hash(text) < threshold))
             texts.append(text)
+            years.append(year)
+            times.append(when)
+            hashes.append(text_hash(text))
         # Tokenise this batch in the pool while the previous one is written and the
         # next one is read.
-        new_jobs: list[Future] = []
+        new_jobs: list[tuple[Future, np.ndarray, np.ndarray, np.ndarray]] = []
         if texts:
+            hash_array = np.asarray(hashes, dtype=np.uint64)
+            meta = (np.asarray(times, dtype=np.int64), hash_array,
+                    hash_array < np.uint64(threshold))  # is_val, for the whole batch
             step = -(-len(texts) // n_jobs)
             for i in range(0, len(texts), step):
-                new_jobs.append(
-                    pool.submit(_encode_job, encode, texts[i : i + step], keys[i : i + step], eot)
-                )
+                job = pool.submit(_encode_job, encode, texts[i : i + step], years[i : i + step],
+                                  i, eot)
+                new_jobs.append((job, *meta))
         drain()
         in_flight.extend(new_jobs)
         report_progress(batch.bytes_read)
@@ -595,11 +736,13 @@ def _check_compatible(dirs: list[Path], manifests: list[Manifest]) -> None:
 def merge_data_dirs(
     cfg: PrepareDataConfig, progress_callback: ProgressCallback | None = None
 ) -> Manifest:
-    """Concatenate the data dirs `cfg.merge` into `cfg.out`, file by file.
+    """Merge the data dirs `cfg.merge` into `cfg.out`, year by year.
 
-    Every (split, year) file of the result is the inputs' files in the order given.
-    Inputs are checked against their manifests' sha256 while they are copied, and
-    the result's checksums are computed from what is written.
+    Every (split, year) file of the result holds the inputs' documents in (date, text
+    hash) order, as one prepare-data run over all of them writes it (--max-docs applied
+    again to the union), so shards merged are the unsharded run byte for byte. Inputs
+    are checked against their manifests' sha256 before they are read, and the result's
+    checksums are computed from what is written.
     """
     dirs = [Path(d).expanduser() for d in cfg.merge or []]
     if not dirs:
@@ -632,12 +775,12 @@ def merge_data_dirs(
         shards=[s for m in manifests for s in m.shards],
         until=first.until,
         reading=first.reading,
+        max_docs=first.max_docs,
     )
     skipped = dict.fromkeys(SKIP_REASONS, 0)
     for m in manifests:
         for reason, n in m.skipped.items():
             skipped[reason] = skipped.get(reason, 0) + n
-    manifest.skipped = skipped
     years = sorted({int(y) for m in manifests for y in m.years} | set(slicing.years))
 
     staging = _Staging(out, cfg.overwrite)
@@ -646,42 +789,57 @@ def merge_data_dirs(
     done_bytes = 0
     t0 = time.perf_counter()
     try:
-        for split in SPLITS:
-            for year in years:
-                rel = token_file_relpath(split, year)
-                for d, m in zip(dirs, manifests):
-                    entry = m.files.get(rel)
-                    stats = m.years.get(str(year))
-                    if entry is None or stats is None:
-                        continue
-                    n_docs = getattr(stats, split).documents
-                    sha = hashlib.sha256()
-                    with open(d / rel, "rb") as f:
-                        while chunk := f.read(COPY_CHUNK_BYTES):
-                            sha.update(chunk)
-                            outputs.write(split, year, chunk, n_docs)
-                            n_docs = 0  # counted once per input file
-                            done_bytes += len(chunk)
-                    if sha.hexdigest() != entry.sha256:
-                        raise TimoeError(
-                            f"token file {d / rel} fails its sha256 check: prepare that "
-                            "data dir again"
-                        )
-                    if progress_callback is not None:
-                        progress_callback(
-                            PrepareProgress(
-                                documents=outputs.documents,
-                                tokens=outputs.tokens,
-                                elapsed_s=time.perf_counter() - t0,
-                                skipped=dict(skipped),
-                                bytes_read=done_bytes,
-                                total_bytes=total_bytes,
-                            )
-                        )
+        for year in years:
+            inputs: list[_OrderedSource] = []
+            for d, m in zip(dirs, manifests):
+                for split in SPLITS:
+                    source = _merge_input(d, m, split, year)
+                    if source is not None:
+                        inputs.append(source)
+                        done_bytes += source.path.stat().st_size
+            _write_year(outputs, year, inputs, first.max_docs, skipped)
+            if progress_callback is not None:
+                progress_callback(
+                    PrepareProgress(
+                        documents=outputs.documents,
+                        tokens=outputs.tokens,
+                        elapsed_s=time.perf_counter() - t0,
+                        skipped=dict(skipped),
+                        bytes_read=done_bytes,
+                        total_bytes=total_bytes,
+                    )
+                )
         manifest.years = {str(y): s for y, s in outputs.stats.items()}
+        manifest.skipped = skipped
         return _finish(staging, outputs, cfg, manifest)
     except BaseException as exc:
         outputs.abort()
         staging.discard()
         raise_naming_the_path(exc, out)
         raise
+
+
+def _merge_input(d: Path, m: Manifest, split: str, year: int) -> _OrderedSource | None:
+    """One input token file and its index, both checked against the manifest's sha256."""
+    rel, index_rel = token_file_relpath(split, year), index_file_relpath(split, year)
+    entry, index_entry = m.files.get(rel), m.files.get(index_rel)
+    if entry is None:
+        return None
+    if index_entry is None:
+        raise TimoeError(
+            f"{d} has no {index_rel} (prepared by an older timoe, in source order): "
+            "prepare it again to merge it"
+        )
+    for r, e in ((rel, entry), (index_rel, index_entry)):
+        if sha256_file(d / r) != e.sha256:
+            raise TimoeError(f"token file {d / r} fails its sha256 check: prepare that "
+                             "data dir again")
+    index = np.fromfile(d / index_rel, dtype=INDEX_DTYPE)
+    if int(index["tokens"].sum()) * TOKEN_DTYPE.itemsize != entry.bytes:
+        raise TimoeError(f"{d / index_rel} does not describe {d / rel}: prepare that data "
+                         "dir again")
+    records = np.empty(len(index), dtype=_SPILL_DTYPE)
+    for name in ("time_us", "hash", "tokens"):
+        records[name] = index[name]
+    records["val"] = split == "val"
+    return _OrderedSource(d / rel, records)

@@ -16,31 +16,35 @@ FineWeb(-Edu) as it is: when `--date-field` is not given and a record has no `da
 but has `dump`, the year comes from `dump`, for every source (a local copy of
 FineWeb-Edu's parquet files reads without flags).
 
-Sharding: the records of a source are numbered 0, 1, 2, ... in the order the source
-yields them (for JSONL: its non-blank lines, across files in sorted order), and shard
-k of n takes the records whose number % n == k. `max_docs` keeps the first max_docs
-records, before sharding, so the shards of a `--max-docs` run together hold exactly
-the documents of the unsharded run. Each shard still reads the whole stream; it only
-parses and tokenises its own records (JSONL lines of other shards are not even parsed).
+Sharding: shard k of n takes the documents whose text hash (`shard_of`) is k modulo n,
+so which shard a document lands in depends on its text alone, never on its position in
+the source or on the records around it. Rows that cannot be read (bad rows, empty
+texts) are counted by shard 0 only, so the shards' counts add up to the unsharded run's.
+Each shard reads and parses the whole stream and tokenises only its own documents.
 
-Dates (`parse_year`): a year (`2019`, `"2019"`), an ISO date or timestamp
+Dates (`parse_date`): a year (`2019`, `"2019"`), an ISO date or timestamp
 (`2019-04-01`, `2019-04`, `2019/04/01`, `2019-04-01T10:00:00Z`, with or without an
-offset; the year is the one written, not converted to UTC), a unix timestamp in
-seconds (or milliseconds when above 1e11), an RFC 2822 date, a Common Crawl dump name
-(`CC-MAIN-2017-13`), or a `datetime`/`date` object.
+offset), a unix timestamp in seconds (or milliseconds when above 1e11), an RFC 2822
+date, a Common Crawl dump name (`CC-MAIN-2017-13`), or a `datetime`/`date` object.
+One rule for time zones: a timestamp's date is its UTC date (an offset is converted to
+UTC; a timestamp without one is taken as UTC). A value that names a period rather than
+an instant (a year, a month, a day) stands for the last moment of that period, as
+`--until` has always read a year (text dated 2015 may be from 2015-12-31).
 """
 
 from __future__ import annotations
 
+import calendar
 import email.utils
 import functools
 import gzip
+import hashlib
 import json
 import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +78,9 @@ class DateError(ValueError):
 _CC_DUMP_RE = re.compile(r"CC-MAIN-(\d{4})-\d{2}")
 _YEAR_RE = re.compile(r"[+]?\d{4}")
 _NUMBER_RE = re.compile(r"[+-]?\d+(?:\.\d*)?")
-_ISO_RE = re.compile(
+_ISO_RE = re.compile(  # a date alone (a time of day is _ISO_FULL_RE's)
     r"(\d{4})(?:[-/](\d{1,2})(?:[-/](\d{1,2}))?)?"  # date
-    r"(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?"  # time
-    r"(?:\s*(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?))?"  # offset
+    r"(?:\s*(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?))?"  # offset (a date's date is itself)
 )
 
 
@@ -88,19 +91,37 @@ _ISO_RE = re.compile(
 _MIN_TIMESTAMP = 1e8
 
 
-def _year_from_timestamp(ts: float) -> int:
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_US = timedelta(microseconds=1)
+
+
+def _utc_us(moment: datetime) -> int:
+    """Microseconds since the Unix epoch of a datetime; naive means UTC (the one rule)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH) // _ONE_US
+
+
+def _end_of_period(year: int, month: int | None = None, day: int | None = None) -> int:
+    """The last microsecond (UTC) of a year, a month or a day; ValueError for no such day."""
+    month_ = 12 if month is None else month
+    day_ = calendar.monthrange(year, month_)[1] if day is None else day
+    return _utc_us(datetime(year, month_, day_)) + 86_400_000_000 - 1
+
+
+def _time_from_timestamp(ts: float) -> int:
     if not math.isfinite(ts):
         raise DateError("not a finite number")
     if abs(ts) > 1e11:  # milliseconds: 1e11 s would be the year 5138
         ts /= 1000.0
     try:
-        return datetime.fromtimestamp(ts, tz=timezone.utc).year
+        return _utc_us(datetime.fromtimestamp(ts, tz=timezone.utc))
     except (OverflowError, OSError, ValueError):
         raise DateError("timestamp out of range") from None
 
 
-def _year_from_number(value: int | float) -> int:
-    """A year from a bare number: see _MIN_TIMESTAMP for the rule."""
+def _time_from_number(value: int | float) -> int:
+    """A time from a bare number: see _MIN_TIMESTAMP for the rule."""
     if isinstance(value, float) and not math.isfinite(value):
         raise DateError("not a finite number")
     if abs(value) >= 1 << 53:  # float() of a huge JSON integer overflows
@@ -108,67 +129,116 @@ def _year_from_number(value: int | float) -> int:
     if value < 0:
         raise DateError("a negative number is neither a year nor a timestamp after 1973")
     if value < 10000:
-        return int(value)  # a year; 2016.5 (a fractional year) is in 2016
+        return _year_end(int(value))  # a year; 2016.5 (a fractional year) is in 2016
     if float(value).is_integer() and 10000101 <= value <= 99991231:  # compact ISO YYYYMMDD
         digits = str(int(value))
         try:
-            return date(int(digits[:4]), int(digits[4:6]), int(digits[6:])).year
+            return _end_of_period(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
         except ValueError:
             raise DateError(f"{digits} is not a YYYYMMDD date (no such day)") from None
     if value < _MIN_TIMESTAMP:
         raise DateError(
             f"{value!r} is neither a year, a YYYYMMDD date nor a Unix timestamp after 1973"
         )
-    return _year_from_timestamp(float(value))
+    return _time_from_timestamp(float(value))
+
+
+def _year_end(year: int) -> int:
+    if not 1 <= year <= 9999:
+        raise DateError("year out of range")
+    return _end_of_period(year)
+
+
+_ISO_FULL_RE = re.compile(
+    r"(\d{4})[-/](\d{1,2})[-/](\d{1,2})[T ](\d{1,2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
+    r"\s*(Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)?"
+)
+
+
+def _time_from_iso(m: re.Match[str]) -> int:
+    """An ISO date and time with an optional offset, converted to UTC."""
+    year, month, day, hour, minute = (int(m.group(i)) for i in range(1, 6))
+    second = int(m.group(6) or 0)
+    micro = int((m.group(7) or "0")[:6].ljust(6, "0"))
+    offset = m.group(8)
+    tz = timezone.utc
+    if offset and offset not in ("Z", "UTC", "GMT"):
+        digits = offset[1:].replace(":", "")
+        minutes = int(digits[:2]) * 60 + int(digits[2:4] or 0)
+        tz = timezone(timedelta(minutes=minutes if offset[0] == "+" else -minutes))
+    try:
+        return _utc_us(datetime(year, month, day, hour, minute, second, micro, tzinfo=tz))
+    except (ValueError, OverflowError):
+        raise DateError("no such day or time") from None
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _year_from_string(text: str) -> int:
+def _time_from_string(text: str) -> int:
     s = text.strip()
     if not s:
         raise DateError("empty")
     if m := _CC_DUMP_RE.fullmatch(s):
-        return int(m.group(1))
+        return _year_end(int(m.group(1)))
     if _YEAR_RE.fullmatch(s):
-        return int(s)
+        return _year_end(int(s))
     if _NUMBER_RE.fullmatch(s):
         number = float(s) if "." in s else int(s)
-        return _year_from_number(number)
-    if m := _ISO_RE.fullmatch(s):
-        year = int(m.group(1))
-        month = int(m.group(2) or 1)
-        day = int(m.group(3) or 1)
+        return _time_from_number(number)
+    if m := _ISO_FULL_RE.fullmatch(s):
+        return _time_from_iso(m)
+    if m := _ISO_RE.fullmatch(s):  # a date without a time: the period it names
+        month, day = m.group(2), m.group(3)
         try:
-            date(year, month, day)
-        except ValueError:
+            return _end_of_period(int(m.group(1)), int(month) if month else None,
+                                  int(day) if day else None)
+        except (ValueError, OverflowError):
             raise DateError("no such day") from None
-        return year
     try:  # whatever else ISO 8601 allows (20190401T10:00:00 included)
-        return datetime.fromisoformat(s).year
-    except ValueError:
+        return _utc_us(datetime.fromisoformat(s))
+    except (ValueError, OverflowError):
         pass
     try:  # RFC 2822: "Mon, 01 Apr 2019 10:00:00 GMT"
-        return email.utils.parsedate_to_datetime(s).year
-    except (TypeError, ValueError, IndexError):
+        return _utc_us(email.utils.parsedate_to_datetime(s))
+    except (TypeError, ValueError, IndexError, OverflowError):
         pass
     raise DateError("unrecognised format")
 
 
-def parse_year(value: Any) -> int:
-    """The year a date value names; DateError when it names none."""
+def parse_date(value: Any) -> int:
+    """When a date value says a document was written: microseconds since the Unix epoch,
+    UTC (a period stands for its last microsecond); DateError when it names no date."""
     if isinstance(value, bool) or value is None:
         raise DateError("no date")
     if isinstance(value, (int, float)):
-        year = _year_from_number(value)
-    elif isinstance(value, (datetime, date)):
-        year = value.year
+        us = _time_from_number(value)
+    elif isinstance(value, datetime):
+        try:
+            us = _utc_us(value)
+        except OverflowError:
+            raise DateError("out of range") from None
+    elif isinstance(value, date):
+        us = _end_of_period(value.year, value.month, value.day)
     elif isinstance(value, str):
-        year = _year_from_string(value)
+        us = _time_from_string(value)
     else:
         raise DateError(f"a {type(value).__name__}, not a date")
-    if not 1 <= year <= 9999:
+    if not _MIN_US <= us <= _MAX_US:
         raise DateError("year out of range")
-    return year
+    return us
+
+
+_MIN_US = _utc_us(datetime(1, 1, 1))
+_MAX_US = _end_of_period(9999)
+
+
+def utc_date(us: int) -> date:
+    """The UTC date of a time from `parse_date`."""
+    return (_EPOCH + timedelta(microseconds=us)).date()
+
+
+def parse_year(value: Any) -> int:
+    """The year a date value names (its UTC year); DateError when it names none."""
+    return utc_date(parse_date(value)).year
 
 
 def describe_date_error(where: str, value: Any, field_name: str, why: str = "") -> str:
@@ -191,7 +261,8 @@ class DocBatch:
     """Documents of one batch, in source order, with what the source could not read."""
 
     texts: list[Any] = field(default_factory=list)  # usually str; None or "" are "empty"
-    years: list[int] = field(default_factory=list)
+    years: list[int] = field(default_factory=list)  # the UTC year of each date
+    times: list[int] = field(default_factory=list)  # parse_date: microseconds, UTC
     bad_rows: int = 0
     first_bad_row: str | None = None  # the message of the first bad row skipped
     bytes_read: int | None = None  # cumulative, where the source knows it
@@ -204,30 +275,38 @@ class SourceOptions:
     skip_bad_rows: bool = False
     num_shards: int = 1
     shard_index: int = 0
-    max_docs: int | None = None
     hf_split: str = "train"
     # Read when a record lacks `date_field` (FineWeb's `dump`); None: no fallback.
     date_fallback_field: str | None = None
 
 
-class _RecordCursor:
-    """Numbers records across files; says which this shard takes and when to stop."""
+def text_hash(text: str) -> int:
+    """A stable 64-bit hash of a document's text (blake2b of its UTF-8 bytes)."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def shard_of(text: Any, num_shards: int) -> int:
+    """The shard a document belongs to: a function of its text alone (never of where it
+    sits in the source). A row without readable text belongs to shard 0, which counts it."""
+    if num_shards == 1 or not isinstance(text, str) or not text or text.isspace():
+        return 0
+    return text_hash(text) % num_shards
+
+
+class _Shard:
+    """Which documents and unreadable rows this shard of `--num-shards` takes."""
 
     def __init__(self, opts: SourceOptions) -> None:
-        self.next_index = 0
         self.n = opts.num_shards
         self.k = opts.shard_index
-        self.limit = opts.max_docs
 
-    @property
-    def exhausted(self) -> bool:
-        return self.limit is not None and self.next_index >= self.limit
+    def owns(self, text: Any) -> bool:
+        return self.n == 1 or shard_of(text, self.n) == self.k
 
-    def take(self) -> bool:
-        """Count one record; True when it belongs to this shard."""
-        i = self.next_index
-        self.next_index = i + 1
-        return i % self.n == self.k
+    def owns_unreadable(self) -> bool:
+        """A row that cannot be read is reported (or counted) by shard 0 alone."""
+        return self.k == 0
 
 
 class _BatchBuilder:
@@ -237,7 +316,9 @@ class _BatchBuilder:
         self.opts = opts
         self.batch = DocBatch()
 
-    def bad(self, message: str) -> None:
+    def bad(self, message: str, shard: _Shard | None = None) -> None:
+        if shard is not None and not shard.owns_unreadable():
+            return
         if not self.opts.skip_bad_rows:
             raise TimoeError(message + " (pass --skip-bad-rows to count and skip such rows)")
         b = self.batch
@@ -245,16 +326,21 @@ class _BatchBuilder:
         if b.first_bad_row is None:
             b.first_bad_row = message
 
-    def add(self, text: Any, date_value: Any, where_fn: Callable[[], str],
+    def add(self, text: Any, date_value: Any, where_fn: Callable[[], str], shard: _Shard,
             date_field: str | None = None) -> None:
+        """One row: kept when this shard owns its text; a bad date is this shard's to
+        report only then (shard 0 reports rows without text)."""
+        if not shard.owns(text):
+            return
         try:
-            year = parse_year(date_value)
+            when = parse_date(date_value)
         except DateError as exc:
             field_name = date_field or self.opts.date_field
             self.bad(describe_date_error(where_fn(), date_value, field_name, str(exc)))
             return
         self.batch.texts.append(text)
-        self.batch.years.append(year)
+        self.batch.years.append(utc_date(when).year)
+        self.batch.times.append(when)
 
     def take(self) -> DocBatch:
         out, self.batch = self.batch, DocBatch()
@@ -294,15 +380,14 @@ class BuiltinSource(DocumentSource):
     def batches(self) -> Iterator[DocBatch]:
         from timoe_core.data.builtin import builtin_documents
 
-        cursor = _RecordCursor(self.opts)
+        shard = _Shard(self.opts)
         batch = DocBatch()
         for doc in builtin_documents(docs_per_year=self.docs_per_year, seed=self.seed):
-            if cursor.exhausted:
-                break
-            if not cursor.take():
+            if not shard.owns(doc.text):
                 continue
             batch.texts.append(doc.text)
             batch.years.append(int(doc.year))
+            batch.times.append(parse_date(int(doc.year)))  # dated by year: its last moment
             if len(batch.texts) >= BUILTIN_BATCH_DOCS:
                 yield batch
                 batch = DocBatch()
@@ -320,15 +405,13 @@ class FilesSource(DocumentSource):
         self.total_bytes = sum(f.stat().st_size for f in files)
 
     def batches(self) -> Iterator[DocBatch]:
-        cursor = _RecordCursor(self.opts)
+        shard = _Shard(self.opts)
         done_bytes = 0
         for path in self.files:
-            if cursor.exhausted:
-                return
             if _suffix(path) in (".jsonl", ".jsonl.gz"):
-                reader = _jsonl_batches(path, self.opts, cursor)
+                reader = _jsonl_batches(path, self.opts, shard)
             else:
-                reader = _datasets_file_batches(path, self.opts, cursor)
+                reader = _datasets_file_batches(path, self.opts, shard)
             for batch in reader:
                 if batch.bytes_read is not None:
                     batch.bytes_read += done_bytes
@@ -355,7 +438,7 @@ class HubSource(DocumentSource):
                 f"{hint}"
             ) from None
         yield from _iterable_dataset_batches(
-            ds, self.opts, _RecordCursor(self.opts), self.description
+            ds, self.opts, _Shard(self.opts), self.description
         )
 
 
@@ -380,8 +463,8 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _jsonl_batches(path: Path, opts: SourceOptions, cursor: _RecordCursor) -> Iterator[DocBatch]:
-    """Our JSONL reader: big binary reads, one json.loads per line this shard owns."""
+def _jsonl_batches(path: Path, opts: SourceOptions, shard: _Shard) -> Iterator[DocBatch]:
+    """Our JSONL reader: big binary reads, one json.loads per line."""
     text_field, date_field = opts.text_field, opts.date_field
     fallback = opts.date_fallback_field
     builder = _BatchBuilder(opts)
@@ -420,18 +503,15 @@ def _jsonl_batches(path: Path, opts: SourceOptions, cursor: _RecordCursor) -> It
                 line_no += 1
                 if not line or line.isspace():
                     continue
-                if cursor.exhausted:
-                    break
-                if not cursor.take():
-                    continue
                 try:
                     row = loads(line)
                 except (ValueError, UnicodeDecodeError) as exc:
-                    builder.bad(f"{path}:{line_no}: malformed JSON ({_first_line(exc)})")
+                    builder.bad(f"{path}:{line_no}: malformed JSON ({_first_line(exc)})", shard)
                     continue
                 if not isinstance(row, dict):
                     builder.bad(
-                        f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}"
+                        f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}",
+                        shard,
                     )
                     continue
                 text = row.get(text_field, _MISSING)
@@ -440,20 +520,22 @@ def _jsonl_batches(path: Path, opts: SourceOptions, cursor: _RecordCursor) -> It
                     date_value, row_date_field = row[fallback], fallback
                 if text is _MISSING or date_value is _MISSING:
                     which, name = ("text", text_field) if text is _MISSING else ("date", date_field)
-                    builder.bad(_missing_field_message(f"{path}:{line_no}", which, name, row))
+                    if shard.owns(None if text is _MISSING else text):
+                        builder.bad(_missing_field_message(f"{path}:{line_no}", which, name,
+                                                           row))
                     continue
                 if text is not None and not isinstance(text, str):
                     builder.bad(
                         f"{path}:{line_no}: field {text_field!r} is a "
-                        f"{type(text).__name__}, not a string"
+                        f"{type(text).__name__}, not a string", shard,
                     )
                     continue
                 builder.add(text, date_value, lambda: f"{path}:{line_no}",  # noqa: B023
-                            row_date_field)
+                            shard, row_date_field)
             batch = builder.take()
             batch.bytes_read = raw.tell()  # compressed bytes for .gz: the progress total
             yield batch
-            if cursor.exhausted or not block:
+            if not block:
                 break
 
 
@@ -467,7 +549,7 @@ def quiet_datasets() -> None:
 
 
 def _datasets_file_batches(
-    path: Path, opts: SourceOptions, cursor: _RecordCursor
+    path: Path, opts: SourceOptions, shard: _Shard
 ) -> Iterator[DocBatch]:
     builder_name = {".json": "json", ".csv": "csv", ".parquet": "parquet"}[_suffix(path)]
     try:
@@ -480,13 +562,13 @@ def _datasets_file_batches(
     except Exception as exc:  # datasets wraps reader errors in many types
         raise TimoeError(f"cannot read {path} ({type(exc).__name__}: {_first_line(exc)})") from None
     size = path.stat().st_size
-    yield from _iterable_dataset_batches(ds, opts, cursor, str(path))
+    yield from _iterable_dataset_batches(ds, opts, shard, str(path))
     # a file's bytes count once it is done: datasets does not say how far it is
     yield DocBatch(bytes_read=size)
 
 
 def _iterable_dataset_batches(
-    ds: Any, opts: SourceOptions, cursor: _RecordCursor, label: str
+    ds: Any, opts: SourceOptions, shard: _Shard, label: str
 ) -> Iterator[DocBatch]:
     """Rows of a `datasets.IterableDataset`, a column batch at a time."""
     text_field, date_field = opts.text_field, opts.date_field
@@ -500,7 +582,7 @@ def _iterable_dataset_batches(
     builder = _BatchBuilder(opts)
     row_no = 0
     iterator = iter(ds.iter(batch_size=DATASETS_BATCH_ROWS))
-    while not cursor.exhausted:
+    while True:
         try:
             cols = next(iterator)
         except StopIteration:
@@ -520,18 +602,14 @@ def _iterable_dataset_batches(
         texts, dates = cols[text_field], cols[date_field]
         for text, date_value in zip(texts, dates):
             row_no += 1
-            if cursor.exhausted:
-                break
-            if not cursor.take():
-                continue
             if text is not None and not isinstance(text, str):
                 builder.bad(
                     f"{label} row {row_no}: field {text_field!r} is a "
-                    f"{type(text).__name__}, not a string"
+                    f"{type(text).__name__}, not a string", shard,
                 )
                 continue
             builder.add(text, date_value, lambda: f"{label} row {row_no}",  # noqa: B023
-                        date_field)
+                        shard, date_field)
         yield builder.take()
 
 

@@ -35,7 +35,11 @@ import torch
 
 from timoe_core.errors import TimoeError
 from timoe_core.evaluate.models import EvaluatedModel, load_evaluated_model
-from timoe_core.evaluate.tsqa import continuation_batch, continuation_log_likelihoods
+from timoe_core.evaluate.tsqa import (
+    batches_by_date,
+    continuation_batch,
+    continuation_log_likelihoods,
+)
 from timoe_core.timeslices import parse_query_date
 from timoe_core.tokenizer import get_tokenizer
 
@@ -145,9 +149,9 @@ class TimoeLM(_LMBase):  # type: ignore[misc, valid-type]
         order = sorted(range(len(rows)), key=lambda i: (str(rows[i][2]),
                                                         -len(rows[i][0]) - len(rows[i][1])))
         eot = self.tok.eot_token
+        date_of = {i: rows[i][2] for i in order}
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_rows):
-                chunk = order[start:start + self.batch_rows]
+            for chunk in batches_by_date(order, date_of, self.batch_rows):  # one date each
                 seqs = []
                 for i in chunk:
                     ctx, cont, _ = rows[i]
@@ -156,8 +160,7 @@ class TimoeLM(_LMBase):  # type: ignore[misc, valid-type]
                                          f"the model's block_size {block}")
                     seqs.append(((ctx + cont)[-(block + 1):], len(cont)))
                 inp, tgt, mask = continuation_batch(seqs, eot)
-                dates = [rows[i][2] for i in chunk]
-                qd = None if dates[0] is None else (dates[0] if len(set(dates)) == 1 else dates)
+                qd = rows[chunk[0]][2]
                 sums = continuation_log_likelihoods(m, inp, tgt, mask, qd)
                 greedy = self._greedy(inp, tgt, mask, qd) if self.greedy else [False] * len(chunk)
                 for j, i in enumerate(chunk):

@@ -41,8 +41,8 @@ from timoe_core.interop.hub import resolve_model_path
 from timoe_core.model.gpt import GPT
 from timoe_core.model.mixture import TiMoE
 from timoe_core.strategies import STRATEGIES
-from timoe_core.model.expert_pool import run_dir_artefacts
-from timoe_core.timeslices import POLICIES, parse_query_date
+from timoe_core.model.expert_pool import ExpertRecord, run_dir_artefacts
+from timoe_core.timeslices import POLICIES, canonical_policy, parse_query_date
 
 STRATEGY_HELP = "avg, learned-avg, coadapt, expert:YEAR, dense or dense-series"
 
@@ -250,9 +250,29 @@ def _run_dirs_under(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and _is_run_dir(p))
 
 
-def _single(run_dir: Path, device: torch.device, strategy: str, name: str) -> SingleModel:
+def _single(run_dir: Path, device: torch.device, strategy: str, name: str,
+            policy: str | None = None) -> EvaluatedModel:
+    """One run dir's model. Asked for point-in-time, it answers as of a date with the
+    latest of its artefacts (snapshots, final weights) whose data cutoff is on or before
+    it, and refuses a date before its first cutoff: never with weights that read later text."""
+    if _point_in_time(policy):
+        info = read_run_info(run_dir)
+        return _artefacts_as_of(run_dir_artefacts(run_dir, info), policy, device, name, strategy)
     gpt, info = load_expert(run_dir, device=device)
     return SingleModel(gpt, info, strategy=strategy, name=name, run_dir=run_dir)
+
+
+def _point_in_time(policy: str | None) -> bool:
+    return policy is not None and canonical_policy(policy) == "point-in-time"
+
+
+def _artefacts_as_of(records: list[ExpertRecord], policy: str | None, device: torch.device,
+                     name: str, strategy: str) -> MixtureModel:
+    """The artefacts of one slice (or one dense run) read as of each query date."""
+    mix = TiMoE(records, "avg", MixtureOptions(policy=policy), device=device)
+    model = MixtureModel(mix, name=name)
+    model.strategy = strategy
+    return model
 
 
 def _expert_dir_for_year(run_dirs: list[Path], year: int, where: Path) -> Path:
@@ -307,9 +327,10 @@ def _load(path: Path, strategy: str | None, policy: str | None, dev: torch.devic
                     f"{path} is a dense run dir: strategy {strategy!r} needs a TiMoE bundle; "
                     "use --strategy dense (or leave it out)"
                 )
-            return _single(path, dev, "dense", f"dense ({path.name})")
+            return _single(path, dev, "dense", f"dense ({path.name})", policy)
         if kind is None or (kind == "expert" and info.time_slice.contains_year(year)):
-            return _single(path, dev, f"expert:{info.slice_label}", f"expert {info.slice_label}")
+            return _single(path, dev, f"expert:{info.slice_label}", f"expert {info.slice_label}",
+                           policy)
         if kind == "expert":
             raise TimoeError(
                 f"{path} is the expert of {info.slice_label}, which does not cover {year}"
@@ -334,14 +355,15 @@ def _load(path: Path, strategy: str | None, policy: str | None, dev: torch.devic
     if kind == "expert":
         d = _expert_dir_for_year(run_dirs, year, path)
         info = read_run_info(d)
-        return _single(d, dev, f"expert:{info.slice_label}", f"expert {info.slice_label}")
+        return _single(d, dev, f"expert:{info.slice_label}", f"expert {info.slice_label}",
+                       policy)
     if kind == "dense":
         dense = [d for d in run_dirs if read_run_info(d).kind == "dense"]
         if len(dense) != 1:
             raise TimoeError(
                 f"{path} holds {len(dense)} dense run dirs: point --model at the one to evaluate"
             )
-        return _single(dense[0], dev, "dense", f"dense ({dense[0].name})")
+        return _single(dense[0], dev, "dense", f"dense ({dense[0].name})", policy)
     if kind == "dense-series":  # the folder's one dense run, as its strategy says
         dense = [d for d in run_dirs if read_run_info(d).kind == "dense"]
         if len(dense) != 1:
@@ -397,6 +419,9 @@ def _load_from_bundle(
             raise TimoeError(f"no expert in bundle {bundle} covers {year}: its experts are "
                              f"{', '.join(mix.labels)}")
         s = slices[0]
+        if _point_in_time(policy):
+            return _artefacts_as_of([r for r in mix.artefacts if r.label == s.label], policy,
+                                    dev, f"expert {s.label}", f"expert:{s.label}")
         return SingleModel(mix.expert(s), mix.run_infos[s.label], strategy=f"expert:{s.label}",
                            name=f"expert {s.label}", policy=mix.policy)
     if kind == "avg" and mix.strategy != "avg":

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -510,6 +510,21 @@ def continuation_log_likelihoods(
     return picked.sum(dim=1).cpu().tolist()
 
 
+def batches_by_date(order: Sequence[int], date_of: Mapping[int, Any], size: int
+                    ) -> Iterator[list[int]]:
+    """`order` cut into batches of at most `size` that never hold two dates: what is
+    computed for one date never shares a forward pass (its padding, its batch size) with
+    items of another, so each item's score is the one it gets alone with its date's items."""
+    start = 0
+    while start < len(order):
+        when = date_of[order[start]]
+        end = start + 1
+        while end < len(order) and end - start < size and date_of[order[end]] == when:
+            end += 1
+        yield list(order[start:end])
+        start = end
+
+
 def score_tsqa(
     model: EvaluatedModel,
     items: Sequence[TSQAItem],
@@ -541,21 +556,20 @@ def score_tsqa(
             reasons.add(why)
 
     encoded = {i: _encode_item(items[i], tok, model.block_size, i) for i in kept}
-    # Longest first, by date: little padding, and mostly one date per forward pass.
+    # Longest first within a date: little padding.
     order = sorted(kept, key=lambda i: (when_of[i], -max(len(s) for s, _ in encoded[i])))
     sums: dict[int, list[float]] = {}
     eot = tok.eot_token
+    done = 0
     with torch.inference_mode():
-        for start in range(0, len(order), batch_items):
-            chunk = order[start : start + batch_items]
+        for chunk in batches_by_date(order, when_of, batch_items):
             inp, tgt, mask = continuation_batch([row for i in chunk for row in encoded[i]], eot)
-            dates = [when_of[i] for i in chunk for _ in range(NUM_CHOICES)]
-            qd = dates[0] if len(set(dates)) == 1 else dates
-            per_row = continuation_log_likelihoods(model, inp, tgt, mask, qd)
+            per_row = continuation_log_likelihoods(model, inp, tgt, mask, when_of[chunk[0]])
             for j, i in enumerate(chunk):
                 sums[i] = per_row[j * NUM_CHOICES : (j + 1) * NUM_CHOICES]
+            done += len(chunk)
             if progress is not None:
-                progress(min(start + batch_items, len(order)), len(order))
+                progress(done, len(order))
 
     return TSQAResult(
         items=[items[i] for i in kept], indices=kept, scores=[sums[i] for i in kept],

@@ -222,8 +222,7 @@ def write_bundle(
                 if src.resolve() != (target / MODEL_FILENAME).resolve():
                     with atomic_path(target / MODEL_FILENAME) as tmp:
                         shutil.copyfile(src, tmp)
-            write_run_info(target, rec.info.model_copy(
-                update={"data_cutoff": rec.cutoff.isoformat(), "snapshots": []}))
+            write_run_info(target, rec.info.at_cutoff(rec.cutoff))
             weights = target
         else:
             weights = sources[rec.key]

@@ -249,9 +249,15 @@ class TiMoE(nn.Module):
     def from_bundle(cls, bundle_dir: Path | str, device: str | torch.device = "cpu") -> TiMoE:
         """Open a bundle: timoe.json and the router only; experts load when first eligible."""
         b = bundle.read_bundle(bundle_dir)
+        router_cutoff = b.router_data_cutoff
+        if (b.router is not None and not b.router_snapshots and router_cutoff is None
+                and canonical_policy(b.options.policy) == "inclusive"):
+            # trained over every year before routers recorded a cutoff: it read at least
+            # its experts' text
+            router_cutoff = max(r.cutoff for r in b.records)
         return cls(b.records, strategy=b.strategy, options=b.options, router=b.router,
                    device=device, router_snapshots=b.router_snapshots,
-                   router_data_cutoff=b.router_data_cutoff)
+                   router_data_cutoff=router_cutoff)
 
     def save_bundle(self, out_dir: Path | str) -> None:
         """Write the bundle (`bundle.py`); timoe.json is written last. Under an
@@ -328,8 +334,7 @@ class TiMoE(nn.Module):
     def run_infos(self) -> dict[str, RunInfo]:
         """label -> RunInfo of every expert (from run.json or timoe.json, no weights read),
         with the data cutoff of the artefact this mixture holds for the slice."""
-        return {label: rec.info if rec.data_cutoff is None else rec.info.model_copy(
-                    update={"data_cutoff": rec.cutoff.isoformat(), "snapshots": []})
+        return {label: rec.info if rec.data_cutoff is None else rec.info.at_cutoff(rec.cutoff)
                 for label, rec in self._records.items()}
 
     @property
@@ -421,6 +426,7 @@ class TiMoE(nn.Module):
         """The artefacts an answer as of `query_date` uses, one per slice at most
         (`expert_pool.select_artefacts`); TimoeError naming the first usable date."""
         when = parse_query_date(query_date)
+        self._check_single_router(when)
         chosen = select_artefacts(self._pool, when, self.policy)
         if not chosen:
             first = first_usable_date(self._pool, self.policy)
@@ -431,7 +437,39 @@ class TiMoE(nn.Module):
         return chosen
 
     def first_usable_date(self) -> date:
-        return first_usable_date(self._pool, self.policy)
+        first = first_usable_date(self._pool, self.policy)
+        cutoff = self._single_router_cutoff()
+        return first if cutoff is None else max(first, cutoff)
+
+    def _single_router_cutoff(self) -> date | None:
+        """The data cutoff of a single router (trained over every year, not staged) that
+        the point-in-time rule must respect; None when there is none to respect."""
+        if (self.staged or self.router is None or not self._uses_router()
+                or canonical_policy(self.policy) == "inclusive"):
+            return None
+        return self.router_data_cutoff
+
+    def _check_single_router(self, when: date) -> None:
+        """Point-in-time never uses an artefact with a later cutoff, a router included: one
+        router fitted on every year (--policy inclusive) answers no date before its cutoff."""
+        cutoff = self._single_router_cutoff()
+        if cutoff is not None and when < cutoff:
+            raise TimoeError(
+                f"this {self.strategy} mixture's router was trained on text up to "
+                f"{cutoff.isoformat()} (one router over every year, --policy inclusive), so "
+                f"under policy {self.policy} it cannot answer as of {when.isoformat()}: use "
+                f"--policy inclusive or --strategy avg, or train a staged router (the default "
+                f"--policy point-in-time of `timoe train-router` and `timoe coadapt`)"
+            )
+
+    def record_training_cutoff(self, cutoff: date) -> None:
+        """After training one router over every year (not staged): the router, and every
+        expert adapted with it, have read text up to `cutoff` (the data's last year and
+        every expert the loss went through)."""
+        if self.router is not None:
+            self.router_data_cutoff = cutoff
+        for label in self._adapted:
+            self._records[label].data_cutoff = cutoff
 
     def router_for(self, query_date: QueryDate) -> RouterSnapshot | None:
         """The router snapshot an answer as of `query_date` uses (staged routers):

@@ -48,7 +48,7 @@ from timoe_core.config import (
     resolve_config,
     save_config,
 )
-from timoe_core.data.manifest import Manifest, load_manifest, manifest_checksum
+from timoe_core.data.manifest import Manifest, load_manifest, token_files_read
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_json, sha256_file
@@ -67,6 +67,7 @@ _RECORD_NAMES = {
     "kind": "--year/--all-years",
     "slice_label": "slice (--year/--all-years)",
     "data_manifest_sha256": "data (--data manifest checksum)",
+    "data_files_sha256": "data (the token files of --data it reads)",
     "tokenizer": "tokenizer (--data)",
     "block_size": "--seq-len",
     "vocab_size": "vocab size (--data)",
@@ -309,7 +310,8 @@ def plan_expert_run(
             "vocab_size": manifest.vocab_size,
             "eot_token": manifest.eot_token,
         },
-        data_manifest_sha256=manifest_checksum(cfg.data),
+        data_files_sha256=token_files_read(
+            manifest, [y for y in time_slice.years if y <= data_cutoff.year]),
         data_cutoff=data_cutoff.isoformat(),
         snapshots=[
             {"data_cutoff": s.cutoff.isoformat(), "path": snapshot_relpath(s.cutoff)}
@@ -507,8 +509,7 @@ class StagedExpertTask(ExpertTask):
         """The snapshot's weights and run.json (the run's, with the snapshot's cutoff), then
         snapshot.json (last: a folder holding it is whole)."""
         path = save_model_weights(folder, self.model)
-        write_run_info(folder, self.info.model_copy(
-            update={"data_cutoff": stage.cutoff.isoformat(), "snapshots": []}))
+        write_run_info(folder, self.info.at_cutoff(stage.cutoff))
         atomic_write_json(folder / SNAPSHOT_INFO_FILENAME, {
             "data_cutoff": stage.cutoff.isoformat(), "stage_year": stage.year,
             "stage_steps": stage.steps, "decay_steps": stage.decay_steps,

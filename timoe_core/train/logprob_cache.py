@@ -13,8 +13,8 @@ Layout, in the run dir:
         chunk-000000.f16 ... windows [i*C, (i+1)*C) as raw fp16 (rows, T, K); -inf where
                              expert k is not eligible for the window's date
 
-Key: the cache format, the data manifest checksum (which holds every token file's
-sha256), split, years, seq_len, eligibility policy, the experts' forward precision, and
+Key: the cache format, the sha256 of the token files it reads (and of no other year's),
+split, years, seq_len, eligibility policy, the experts' forward precision, and
 every expert's label and weights sha256. Other data, experts, seq_len, policy or
 precision give another folder, and meta.json must repeat the key exactly, so a cache of
 something else is never read.
@@ -56,7 +56,7 @@ CHUNK_BYTES = 64 << 20
 
 def cache_key(
     *,
-    data_manifest_sha256: str,
+    data_files_sha256: dict[str, str],
     split: str,
     years: list[int],
     seq_len: int,
@@ -73,7 +73,7 @@ def cache_key(
         "format": CACHE_FORMAT,
         "dtype": "float16",
         "compute_dtype": compute_dtype,
-        "data_manifest_sha256": data_manifest_sha256,
+        "data_files_sha256": dict(sorted(data_files_sha256.items())),
         "split": split,
         "years": sorted(years),
         "seq_len": seq_len,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ from timoe_core.data.manifest import (
     Manifest,
     check_compatible,
     load_manifest,
-    manifest_checksum,
+    token_files_read,
     resolve_seq_len,
 )
 from timoe_core.data.windows import TokenWindows
@@ -59,6 +60,7 @@ from timoe_core.io import atomic_write_json, read_json_object, remove_output, sh
 from timoe_core.model.bundle import BUNDLE_FILENAME, EMBEDDED_EXPERTS_DIR, ROUTER_FILENAME
 from timoe_core.model.mixture import TiMoE
 from timoe_core.strategies import get_strategy
+from timoe_core.timeslices import year_cutoff
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
 from timoe_core.train.job import main_print
@@ -83,7 +85,7 @@ MixtureConfig = TrainRouterConfig | CoadaptConfig
 # conflicts; every other field is an option, named by its flag (config.flag_name).
 _RECORD_NAMES = {
     "experts": "--experts (expert weights sha256)",
-    "data_manifest_sha256": "data (--data manifest checksum)",
+    "data_files_sha256": "data (the token files of --data it reads)",
     "years": "data years",
     "router_init": "--router",
 }
@@ -273,7 +275,7 @@ def plan_mixture_run(
     record = {
         "strategy": strategy,
         "experts": expert_sha,
-        "data_manifest_sha256": manifest_checksum(cfg.data),
+        "data_files_sha256": token_files_read(manifest, years),
         "years": years,
         "seq_len": seq_len,
         "policy": cfg.policy,
@@ -462,6 +464,12 @@ class MixtureTask(TrainTask):
         return -self.mixture(model)(x, y, years).target_log_probs.mean()
 
 
+def training_cutoff(plan: MixturePlan, mix: TiMoE) -> date:
+    """The latest text a router trained over every year (and the experts adapted with it)
+    has read: its windows' last year, and every expert its loss went through."""
+    return max([year_cutoff(max(plan.years))] + [r.cutoff for r in mix.artefacts])
+
+
 class MixtureJob:
     """A strategy's training run as a `TrainingJob` (job.py). The strategy's recipe
     module (timoe_core/strategies/) defines `CONFIG` (its command's config model),
@@ -506,6 +514,7 @@ class MixtureJob:
         assert isinstance(task, MixtureTask)
         if not result.interrupted and env.is_main:
             task.mix.eval()
+            task.mix.record_training_cutoff(training_cutoff(plan, task.mix))
             task.mix.save_bundle(plan.run_dir)
             main_print(env)(
                 f"bundle written to {plan.run_dir} ({plan.strategy}, step {result.step})",

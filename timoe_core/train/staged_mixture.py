@@ -47,10 +47,11 @@ import torch
 from timoe_core.checkpoint import MODEL_FILENAME, load_weights_into, save_model_weights
 from timoe_core.config import config_to_dict, save_config
 from timoe_core.data.manifest import (
+    Manifest,
     check_compatible,
     load_manifest,
-    manifest_checksum,
     resolve_seq_len,
+    token_files_read,
 )
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
@@ -135,7 +136,8 @@ def _fresh_router(cfg: MixtureConfig, labels: list[str], vocab_size: int, first:
     return router
 
 
-def _record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int) -> dict[str, Any]:
+def _record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int, manifest: Manifest
+            ) -> dict[str, Any]:
     experts = {}
     for rec in mix.artefacts:
         path = rec.weights_dir() / MODEL_FILENAME
@@ -145,7 +147,8 @@ def _record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int) -> dict
             "balance_coef", "z_loss_coef")
     return {
         "strategy": strategy, "staged": True, "experts": experts,
-        "data_manifest_sha256": manifest_checksum(cfg.data), "seq_len": seq_len,
+        "data_files_sha256": token_files_read(manifest, {r.cutoff.year for r in mix.artefacts}),
+        "seq_len": seq_len,
         "router_init": str(getattr(cfg, "router", None) or "") or None,
     } | {k: getattr(cfg, k) for k in keys}
 
@@ -199,7 +202,7 @@ def _train_staged(cfg: MixtureConfig, strategy: str) -> Path:
     init_src = None
     if getattr(cfg, "router", None) is not None:
         init_src = TiMoE.from_bundle(cfg.router)  # type: ignore[arg-type]
-    record = _record(cfg, strategy, base, seq_len)
+    record = _record(cfg, strategy, base, seq_len, manifest)
     out = Path(cfg.out)  # type: ignore[arg-type]
     _open_out(cfg, strategy, record)
 
@@ -326,7 +329,7 @@ def _train_stage(
         cache = None
         if cfg.cache_log_probs and steps * cfg.batch_size * cfg.grad_accum > len(windows):
             key = cache_key(
-                data_manifest_sha256=sha256_file(windows.data_dir / "manifest.json"),
+                data_files_sha256=token_files_read(windows.manifest, [cutoff.year]),
                 split="train", years=[cutoff.year], seq_len=windows.seq_len,
                 policy="point-in-time",
                 experts={r.key: r.sha256 or "" for r in view.artefacts},
