@@ -51,10 +51,9 @@ def build(root: Path, until: str | None) -> dict[str, Path]:
             train_expert(TrainExpertConfig(year=s.start_year, data=data,
                                            out=experts / s.label, **MODEL, **TRAIN))
     out = {"data": data, "experts": experts}
-    out["avg"] = train_router(TrainRouterConfig(  # no training: no data, no budget
-        strategy="avg", experts=[experts], out=root / "avg", device="cpu"))
-    out["learned-avg"] = train_router(TrainRouterConfig(
-        strategy="learned-avg", experts=[experts], data=data, out=root / "learned-avg", **TRAIN))
+    for strategy in ("avg", "learned-avg"):
+        out[strategy] = train_router(TrainRouterConfig(
+            strategy=strategy, experts=[experts], data=data, out=root / strategy, **TRAIN))
     out["coadapt"] = coadapt(CoadaptConfig(experts=[experts], data=data, out=root / "coadapt",
                                            **TRAIN))
     return out

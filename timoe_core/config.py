@@ -471,11 +471,19 @@ class TrainRouterConfig(TrainingConfig, MixtureOptions):
 
     @model_validator(mode="after")
     def _check_ignored(self) -> TrainRouterConfig:
-        if self.strategy == "avg":  # writes a bundle: nothing is trained, no data read
-            why = "to a trained router, not to --strategy avg (an equal-weight bundle, no training)"
-            refuse_ignored(self, {name: (False, why) for name in _TRAINING_ONLY})
         refuse_stage_budget_without_stages(self)
         return self
+
+    def refuse_training_options_for_avg(self) -> None:
+        """`train-router --strategy avg` writes a bundle: nothing is trained, no data read,
+        so a training option typed with it is refused. Checked on the command line only: a
+        library caller may build every strategy from one shared set of training options."""
+        if self.strategy == "avg":
+            why = "to a trained router, not to --strategy avg (an equal-weight bundle, no training)"
+            try:
+                refuse_ignored(self, {name: (False, why) for name in _TRAINING_ONLY})
+            except ValueError as exc:  # outside validation: the CLI's one line
+                raise TimoeError(str(exc)) from None
 
 
 class CoadaptConfig(TrainingConfig, MixtureOptions):

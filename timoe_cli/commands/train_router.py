@@ -31,6 +31,7 @@ def train_router(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -
     from timoe_core.train.router import train_router as run
 
     cfg = load_config(TrainRouterConfig, config, **flags)
+    cfg.refuse_training_options_for_avg()
     out = run_training_command(run, cfg)
     if out is None:
         return
