@@ -263,3 +263,22 @@ def make_mixture_inputs(
             snapshots="none",
         ))
     return data, experts
+
+
+# An lm-eval multiple-choice task over a local JSONL file of TSQA-style items (lm-eval's
+# `json` loader reads it offline); fill in name= and path=.
+LOCAL_QA_TASK_YAML = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: choices
+doc_to_target: answer
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""

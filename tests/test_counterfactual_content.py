@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers import one_thread  # noqa: F401 (fixture)
+from helpers import LOCAL_QA_TASK_YAML, one_thread  # noqa: F401 (fixture)
 
 from timoe_core.config import (
     CoadaptConfig,
@@ -155,21 +155,6 @@ def answers(paths: dict[str, Path], name: str, policy: str | None = None) -> dic
     return out
 
 
-TASK_YAML = """\
-task: timoe_cf_qa
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: choices
-doc_to_target: answer
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
 
 
 def local_task(root: Path, items) -> Path:
@@ -180,7 +165,8 @@ def local_task(root: Path, items) -> Path:
                           for it in items if it.year <= 2015), encoding="utf-8")
     tasks = root / "cf_tasks"
     tasks.mkdir(exist_ok=True)
-    (tasks / "cf_qa.yaml").write_text(TASK_YAML.format(path=qa), encoding="utf-8")
+    (tasks / "cf_qa.yaml").write_text(LOCAL_QA_TASK_YAML.format(name="timoe_cf_qa", path=qa),
+                                      encoding="utf-8")
     return tasks
 
 

@@ -11,10 +11,11 @@ import pytest
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from helpers import make_expert_runs, run_cli  # noqa: E402
-from timoe_core.evaluate.harness import TimoeLM  # noqa: E402
-from timoe_core.evaluate.models import load_evaluated_model  # noqa: E402
-from timoe_core.evaluate.tsqa import load_tsqa, score_tsqa  # noqa: E402
+from helpers import LOCAL_QA_TASK_YAML, make_expert_runs, run_cli
+
+from timoe_core.evaluate.harness import TimoeLM
+from timoe_core.evaluate.models import load_evaluated_model
+from timoe_core.evaluate.tsqa import load_tsqa, score_tsqa
 
 LABELS = ["correct", "past", "future", "irrelevant"]
 NAMES = ["Anna Berg", "Carl Dahl", "Eva Frost", "Gus Holm", "Ida Lind", "Jon Moe"]
@@ -32,21 +33,6 @@ def _items() -> list[dict]:
     return out
 
 
-TASK_YAML = """\
-task: timoe_local_qa
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: choices
-doc_to_target: answer
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +44,7 @@ def setup(tmp_path_factory):
     qa.write_text("".join(json.dumps(r) + "\n" for r in _items()))
     tasks = root / "tasks"
     tasks.mkdir()
-    (tasks / "local_qa.yaml").write_text(TASK_YAML.format(path=qa))
+    (tasks / "local_qa.yaml").write_text(LOCAL_QA_TASK_YAML.format(name="timoe_local_qa", path=qa))
     return root, qa, tasks
 
 
@@ -120,8 +106,9 @@ def test_a_task_needing_a_hub_download_offline_says_how_to_run_it(setup, capsys,
     root, _, _ = setup
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / "hub.yaml").write_text(TASK_YAML.replace("timoe_local_qa", "timoe_hub_qa").replace(
-        "dataset_path: json", "dataset_path: nobody/not-downloaded").format(path="x.jsonl"))
+    (tasks / "hub.yaml").write_text(LOCAL_QA_TASK_YAML.replace(
+        "dataset_path: json", "dataset_path: nobody/not-downloaded").format(
+        name="timoe_hub_qa", path="x.jsonl"))
     code, _, err = run_cli(capsys, "evaluate", "--model", root / "experts", "--query-date",
                            "2016", "--lm-eval-tasks", "timoe_hub_qa", "--lm-eval-include-path",
                            tasks, "--device", "cpu")

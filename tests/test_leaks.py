@@ -9,7 +9,6 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 from helpers import write_jsonl
 
@@ -17,7 +16,7 @@ from timoe_core.config import PrepareDataConfig
 from timoe_core.data.manifest import load_manifest
 from timoe_core.data.prepare import prepare_data
 
-WORDS = "the river council market election school price energy team city report year".split()
+WORDS = ["the", "river", "council", "market", "election", "school", "price", "energy", "team", "city", "report", "year"]
 
 
 def dated_docs(years, per_year: int, seed: int, tag: str = "") -> list[dict]:
@@ -227,14 +226,13 @@ def test_a_single_expert_as_of_d_uses_its_snapshot_not_its_final_weights(staged_
 
 
 def test_a_single_expert_generates_and_exports_only_what_it_knew(staged_expert, tmp_path):
+    from timoe_core.checkpoint import read_run_info
     from timoe_core.config import ExportConfig
     from timoe_core.errors import TimoeError
     from timoe_core.evaluate.models import load_evaluated_model
     from timoe_core.generate import generate_tokens
     from timoe_core.interop.export import export_model
-    from timoe_core.model.expert_pool import load_expert
-    from timoe_core.checkpoint import read_run_info
-    from timoe_core.model.expert_pool import run_dir_artefacts
+    from timoe_core.model.expert_pool import load_expert, run_dir_artefacts
 
     _, run = staged_expert
     m = load_evaluated_model(run, policy="point-in-time", device="cpu")

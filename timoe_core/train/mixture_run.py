@@ -51,8 +51,8 @@ from timoe_core.data.manifest import (
     Manifest,
     check_compatible,
     load_manifest,
-    token_files_read,
     resolve_seq_len,
+    token_files_read,
 )
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
