@@ -226,10 +226,10 @@ def router_training(root: Path, *, seq_len: int, batch: int, steps_per_stage: in
     from timoe_core.data.windows import TokenWindows
     from timoe_core.model import mixture as mixture_module
     from timoe_core.model.mixture import TiMoE
-    from timoe_core.strategies.learned_avg import LearnedAvgTask
+    from timoe_core.recipes import train_router
+    from timoe_core.recipes.learned_avg import LearnedAvgTask
     from timoe_core.train.expert import train_expert
     from timoe_core.train.logprob_cache import LogProbCache
-    from timoe_core.train.router import train_router
 
     # Two epochs of each year's windows per stage: each stage builds and reads a cache.
     per_year = batch * steps_per_stage // 2

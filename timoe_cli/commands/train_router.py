@@ -19,7 +19,7 @@ from timoe_cli.common import (
 from timoe_cli.options import MIXTURE_FIELDS, training_options
 from timoe_core.config import TrainRouterConfig
 from timoe_core.model.mixture import TiMoE
-from timoe_core.timeslices import first_eligible_date
+from timoe_core.model.point_in_time import first_eligible_date
 
 _OWN = ["strategy", "experts", *MIXTURE_FIELDS[:3], "cache_log_probs", *MIXTURE_FIELDS[3:]]
 
@@ -28,7 +28,7 @@ _OWN = ["strategy", "experts", *MIXTURE_FIELDS[:3], "cache_log_probs", *MIXTURE_
 @training_options(TrainRouterConfig, _OWN)
 def train_router(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     """Build a TiMoE bundle from expert run dirs; learned-avg trains its router."""
-    from timoe_core.train.router import train_router as run
+    from timoe_core.recipes import train_router as run
 
     cfg = load_config(TrainRouterConfig, config, **flags)
     out = run_training_command(run, cfg)
@@ -54,5 +54,5 @@ def print_bundle(mix: TiMoE, out: Path) -> None:
     gaps = mix.uncovered_years()
     if gaps:
         console.print(f"no expert for {', '.join(gaps)}: those years are never covered")
-    first = first_eligible_date(mix.slices, mix.policy)  # type: ignore[arg-type]
+    first = first_eligible_date(mix.slices, mix.policy)
     console.print(f"first usable query date: {first.isoformat()}")

@@ -32,13 +32,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from timoe_core.checkpoint import RunInfo, save_model_weights, write_run_info
 from timoe_core.config import ImportConfig, save_config
 from timoe_core.errors import TimoeError
 from timoe_core.interop.gpt2 import LAYER_NORM_EPS, from_gpt2_state, gpt2_name
 from timoe_core.interop.hub import resolve_model_path
 from timoe_core.io import check_writable_dir, chmod_default
 from timoe_core.model.gpt import GPT, GPT2_VOCAB_SIZE, GPTConfig
+from timoe_core.model.run_info import RunInfo, write_run_info
+from timoe_core.model.weights import save_model_weights
 from timoe_core.timeslices import TimeSlice, parse_query_date
 from timoe_core.tokenizer import get_tokenizer
 

@@ -9,7 +9,7 @@ The formula is `add_to_mixture` below: one expert's term folded into the running
 logsumexp. Every path calls it, expert by expert: the full distribution
 (`mixture_log_probs`), the target-only one for training and evaluation (`forward`) and
 decoding (`next_log_probs`). The weights come from the strategy's weighting
-(`timoe_core.strategies`: uniform over E(d), or the causal router); the experts are
+(`timoe_core.model.weighting`: uniform over E(d), or the causal router); the experts are
 records loaded lazily with their checksums verified (`expert_pool.py`); the bundle
 files are `bundle.py`.
 
@@ -18,7 +18,7 @@ Invariants kept here, each tested in tests/test_mixture.py:
   row; an ineligible expert's weights or files are never read for that query;
 - proper distribution: ineligible experts are excluded (log-weight -inf), never zeroed;
 - causal in the sequence: experts are causal decoders, the router pools a prefix mean;
-- eligibility by date and data cutoff: `expert_pool.select_artefacts` (point-in-time,
+- eligibility by date and data cutoff: `point_in_time.select_artefacts` (point-in-time,
   inclusive), never by index; a staged mixture answers a date through `as_of`.
 
 Cost model:
@@ -52,19 +52,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timoe_core.checkpoint import RunInfo
 from timoe_core.config import MixtureOptions
 from timoe_core.errors import TimoeError
-from timoe_core.model import bundle
+from timoe_core.model import bundle, point_in_time
 from timoe_core.model.expert_pool import (
     ExpertRecord,
     check_compatible,
-    first_usable_date,
     load_expert,
     records_from_run_dirs,
-    select_artefacts,
 )
 from timoe_core.model.gpt import GPT, KVCache
+from timoe_core.model.point_in_time import POLICIES
 from timoe_core.model.router import (
     Router,
     RouterAux,
@@ -73,13 +71,9 @@ from timoe_core.model.router import (
     RouterSnapshot,
     RouterState,
 )
-from timoe_core.strategies import get_strategy
-from timoe_core.timeslices import (
-    POLICIES,
-    TimeSlice,
-    canonical_policy,
-    parse_query_date,
-)
+from timoe_core.model.run_info import RunInfo
+from timoe_core.model.weighting import get_strategy
+from timoe_core.timeslices import TimeSlice, parse_query_date
 
 # One chunk of vocab-sized log-probs (positions x vocab x 4 bytes) is about this big.
 CHUNK_BYTES = 32 << 20
@@ -419,19 +413,15 @@ class TiMoE(nn.Module):
 
     def usable_artefacts(self, query_date: QueryDate) -> list[ExpertRecord]:
         """The artefacts an answer as of `query_date` uses, one per slice at most
-        (`expert_pool.select_artefacts`); TimoeError naming the first usable date."""
+        (`point_in_time.select_artefacts`); TimoeError naming the first usable date."""
         when = parse_query_date(query_date)
-        chosen = select_artefacts(self._pool, when, self.policy)
+        chosen = point_in_time.select_artefacts(self._pool, when, self.policy)
         if not chosen:
-            first = first_usable_date(self._pool, self.policy)
-            raise TimoeError(
-                f"no expert is eligible as of {when.isoformat()} (policy {self.policy}): "
-                f"the first query date with an eligible expert is {first.isoformat()}"
-            )
+            raise point_in_time.none_usable(when, self.policy, self.first_usable_date())
         return chosen
 
     def first_usable_date(self) -> date:
-        return first_usable_date(self._pool, self.policy)
+        return point_in_time.first_usable_date(self._pool, self.policy)
 
     def router_for(self, query_date: QueryDate) -> RouterSnapshot | None:
         """The router snapshot an answer as of `query_date` uses (staged routers):
@@ -440,18 +430,17 @@ class TiMoE(nn.Module):
         if not self._router_snapshots or not self._uses_router():
             return None
         when = parse_query_date(query_date)
-        if canonical_policy(self.policy) == "inclusive":
-            labels = [r.label for r in self.usable_artefacts(when)]
-            fits = [r for r in self._router_snapshots if r.router.config.slice_labels == labels]
-        else:
-            fits = [r for r in self._router_snapshots if r.data_cutoff <= when]
-        if not fits:
+        labels = ([r.label for r in self.usable_artefacts(when)]
+                  if point_in_time.canonical_policy(self.policy) == "inclusive" else [])
+        snapshot = point_in_time.router_snapshot_for(self._router_snapshots, when, self.policy,
+                                                     labels)
+        if snapshot is None:
             raise TimoeError(
                 f"no router snapshot of this bundle answers as of {when.isoformat()} "
                 f"(policy {self.policy}): its routers start at "
                 f"{self._router_snapshots[0].data_cutoff.isoformat()}"
             )
-        return fits[-1]
+        return snapshot
 
     def selection_key(self, query_date: QueryDate) -> tuple[str, ...]:
         """Names of the artefacts used as of the date: equal keys, bitwise equal answers."""

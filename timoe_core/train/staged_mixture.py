@@ -6,7 +6,7 @@ the experts' artefacts (their final weights and snapshots: one per data year):
 
 - stage c trains on the windows of the year ending at c (the data dated after the
   previous stage's cutoff, up to c), each read as of c, through the artefacts usable as
-  of c (`expert_pool.select_artefacts`, point-in-time), and saves a router snapshot
+  of c (`point_in_time.select_artefacts`), and saves a router snapshot
   with cutoff c;
 - its router starts from stage c-1's, grown by one slot per slice that became usable
   (`router.grow_router`: a new slot's init depends on the seed and its label only), so
@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from timoe_core.checkpoint import MODEL_FILENAME, load_weights_into, save_model_weights
 from timoe_core.config import config_to_dict, save_config
 from timoe_core.data.manifest import (
     check_compatible,
@@ -65,9 +66,10 @@ from timoe_core.model.bundle import (
     save_router_weights,
     write_bundle,
 )
-from timoe_core.model.expert_pool import ExpertRecord, select_artefacts
+from timoe_core.model.expert_pool import ExpertRecord
 from timoe_core.model.gpt import GPT
 from timoe_core.model.mixture import TiMoE
+from timoe_core.model.point_in_time import select_artefacts
 from timoe_core.model.router import (
     Router,
     RouterConfig,
@@ -75,22 +77,45 @@ from timoe_core.model.router import (
     grow_router,
     slot_generator,
 )
-from timoe_core.strategies import get_strategy
+from timoe_core.model.run_info import MODEL_FILENAME
+from timoe_core.model.weighting import Strategy
+from timoe_core.model.weights import load_weights_into, save_model_weights
 from timoe_core.train import state as ckpt_state
-from timoe_core.train.distributed import TrainingInterrupted, init_workers
+from timoe_core.train.distributed import DistEnv, TrainingInterrupted, init_workers
 from timoe_core.train.job import main_print
-from timoe_core.train.logprob_cache import LogProbCache, cache_key, token_files_fingerprint
 from timoe_core.train.loop import amp_enabled, run_training
 from timoe_core.train.metrics import check_wandb_mode
 from timoe_core.train.mixture_run import (
     MIXTURE_RUN_FILENAME,
     MixtureConfig,
+    MixtureTask,
     check_required_inputs,
     clear_bundle_artifacts,
     mixture_options,
 )
 
 STAGES_DIRNAME = "stages"
+
+
+@dataclass
+class Stage:
+    """One stage's training, as a recipe's `stage_task` receives it."""
+
+    cfg: MixtureConfig
+    cutoff: date  # the stage's data cutoff: its windows are of cutoff.year
+    view: TiMoE  # the artefacts usable as of cutoff, with the stage's router
+    windows: TokenWindows
+    val_windows: TokenWindows | None
+    holder: ExpertRecord | None  # the artefact of the slice holding cutoff.year
+    steps: int
+    run_dir: Path  # OUT/stages/<date>
+    env: DistEnv
+    amp: bool
+    eval_windows: int
+
+
+# A recipe's task for one stage (learned-avg: the router; coadapt: router + own expert).
+StageTaskFactory = Callable[[Stage], MixtureTask]
 
 
 def _check(cfg: MixtureConfig, strategy: str) -> None:
@@ -174,16 +199,18 @@ def _open_out(cfg: MixtureConfig, strategy: str, record: dict[str, Any]) -> None
     save_config(ckpt_state.config_to_save(cfg), out)
 
 
-def train_staged(cfg: MixtureConfig, strategy: str) -> Path:
-    """Train `strategy`'s router (and, for coadapt, experts) stage by stage; the bundle.
-    Holds --out's write lock throughout (a second run on it is exit 2)."""
-    _check(cfg, strategy)
+def train_staged(cfg: MixtureConfig, strategy: Strategy, stage_task: StageTaskFactory) -> Path:
+    """Train `strategy`'s router (and, when it adapts experts, experts) stage by stage,
+    each stage's task made by its recipe's `stage_task`; the bundle. Holds --out's write
+    lock throughout (a second run on it is exit 2)."""
+    _check(cfg, strategy.name)
     with output_lock(Path(cfg.out)):  # type: ignore[arg-type]
-        return _train_staged(cfg, strategy)
+        return _train_staged(cfg, strategy, stage_task)
 
 
-def _train_staged(cfg: MixtureConfig, strategy: str) -> Path:
-    adapts = get_strategy(strategy).adapts_experts
+def _train_staged(cfg: MixtureConfig, strategy_: Strategy, stage_task: StageTaskFactory) -> Path:
+    strategy = strategy_.name
+    adapts = strategy_.adapts_experts
     options = mixture_options(cfg)
     base = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=options)
     manifest = load_manifest(cfg.data)
@@ -254,8 +281,8 @@ def _train_staged(cfg: MixtureConfig, strategy: str) -> Path:
             elif steps:
                 say(f"stage {cutoff.isoformat()}: {steps} steps on {n_windows} windows of "
                     f"{year}, experts {', '.join(r.key for r in chosen)}", highlight=False)
-                _train_stage(cfg, strategy, view, router, holder, windows, steps, cutoff, out,
-                             env, amp)
+                _train_stage(cfg, strategy_, stage_task, view, router, holder, windows, steps,
+                             cutoff, out, env, amp)
             if new_rec is not None:
                 assert holder is not None
                 if done:
@@ -286,50 +313,30 @@ def _train_staged(cfg: MixtureConfig, strategy: str) -> Path:
 
 
 def _train_stage(
-    cfg: MixtureConfig, strategy: str, view: TiMoE, router: Router, holder: ExpertRecord | None,
-    windows: TokenWindows, steps: int, cutoff: date, out: Path, env: Any, amp: bool,
+    cfg: MixtureConfig, strategy: Strategy, stage_task: StageTaskFactory, view: TiMoE,
+    router: Router, holder: ExpertRecord | None, windows: TokenWindows, steps: int,
+    cutoff: date, out: Path, env: DistEnv, amp: bool,
 ) -> None:
     """One stage: the shared training loop in OUT/stages/<date> (resumable)."""
     stage_dir = out / STAGES_DIRNAME / cutoff.isoformat()
     stage_cfg = cfg.model_copy(update={"max_steps": steps, "out": stage_dir})
     ckpt_state.open_run_dir(stage_dir, "resume")
     view.router = router
-    view.strategy = strategy
+    view.strategy = strategy.name
     val = TokenWindows(cfg.data, "val", [cutoff.year], windows.seq_len, windows.manifest)
-    val_windows = val if len(val) else None
-    eval_windows = cfg.eval_batches * cfg.batch_size
-    if get_strategy(strategy).adapts_experts:
-        from timoe_core.strategies.coadapt import CoadaptTask
-
+    if strategy.adapts_experts:
         assert holder is not None
         # The adapted expert is a copy: the artefact it starts from stays as it is.
         view._shared = {k: m for k, m in view._shared.items() if k != holder.key}
         if holder.label in view._experts:
             del view._experts[holder.label]
-        task: Any = CoadaptTask(view, windows, val_windows, cfg.seed, eval_windows,
-                                {cutoff.year: holder.label})
-    else:
-        from timoe_core.strategies.learned_avg import LearnedAvgTask
-
-        cache = None
-        if cfg.cache_log_probs and steps * cfg.batch_size * cfg.grad_accum > len(windows):
-            key = cache_key(
-                data_manifest_sha256=sha256_file(windows.data_dir / "manifest.json"),
-                split="train", years=[cutoff.year], seq_len=windows.seq_len,
-                policy="point-in-time",
-                experts={r.key: r.sha256 or "" for r in view.artefacts},
-                compute_dtype="bfloat16" if amp else "float32",
-                token_files=token_files_fingerprint(windows.data_dir, "train", [cutoff.year]),
-            )
-            cache = LogProbCache.open_or_build(
-                stage_dir, key, windows, view, env, batch_size=cfg.batch_size * cfg.grad_accum,
-                autocast=lambda: torch.autocast(env.device.type, dtype=torch.bfloat16,
-                                                enabled=amp),
-            )
-        task = LearnedAvgTask(view, windows, val_windows, seed=cfg.seed,
-                              eval_windows=eval_windows, cache=cache)
+    task = stage_task(Stage(
+        cfg=cfg, cutoff=cutoff, view=view, windows=windows,
+        val_windows=val if len(val) else None, holder=holder, steps=steps, run_dir=stage_dir,
+        env=env, amp=amp, eval_windows=cfg.eval_batches * cfg.batch_size,
+    ))
     result = run_training(task, stage_cfg, stage_dir, env, steps,
-                          title=f"{strategy} stage {cutoff.isoformat()}",
+                          title=f"{strategy.name} stage {cutoff.isoformat()}",
                           wandb_config=config_to_dict(stage_cfg))
     if result.interrupted:
         raise TrainingInterrupted(ckpt_state.interrupted_message(stage_dir))

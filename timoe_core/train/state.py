@@ -58,11 +58,11 @@ import numpy as np
 import torch
 
 from timoe_core import __version__
-from timoe_core.checkpoint import MODEL_FILENAME, RUN_INFO_FILENAME, TRAINER_STATE_FILENAME
 from timoe_core.config import CONFIG_FILENAME, TrainingConfig
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
 from timoe_core.io import _fsync_dir, atomic_path, check_writable_dir, write_failure_as_os_error
+from timoe_core.model.run_info import MODEL_FILENAME, RUN_INFO_FILENAME, TRAINER_STATE_FILENAME
 from timoe_core.train.metrics import METRICS_FILENAME, WANDB_ID_FILENAME
 
 CHECKPOINTS_DIRNAME = "checkpoints"
