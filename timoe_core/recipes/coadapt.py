@@ -25,7 +25,7 @@ OUT/experts/<label>/ (model.safetensors + run.json, checksummed in timoe.json); 
 that no window trained stay referenced from their run dirs.
 
 Staged (policy point-in-time, the default): the recipe's `train` (train/recipe.py)
-hands the run to train/staged_mixture.py: one stage per data cutoff, each adapting the
+hands the run to train/staging.py: one stage per data cutoff, each adapting the
 expert of the slice holding that year (a copy of its artefact usable then, stored as a
 derived artefact with the stage's cutoff) through this task (`stage_task`);
 `--policy inclusive` trains over every year at once (`make_task`).
@@ -53,7 +53,7 @@ from timoe_core.train.distributed import DistEnv
 from timoe_core.train.loop import GroupedOrder
 from timoe_core.train.mixture_run import MixturePlan, MixtureTask
 from timoe_core.train.recipe import MixtureRecipe
-from timoe_core.train.staged_mixture import Stage
+from timoe_core.train.staging import Stage
 
 
 class CoadaptTask(MixtureTask):

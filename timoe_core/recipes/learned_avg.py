@@ -18,7 +18,7 @@ Run dir, resume, workers, Ctrl-C and logging are the shared job driver's
 (train/job.py, train/mixture_run.py); OUT is the bundle once training ends.
 
 Staged (policy point-in-time, the default): the recipe's `train` (train/recipe.py)
-hands the run to train/staged_mixture.py, which trains one router stage per data cutoff
+hands the run to train/staging.py, which trains one router stage per data cutoff
 of the experts' artefacts, each through this task (`stage_task`) on the stage's
 windows, and writes a router snapshot per stage; `--policy inclusive` trains the single
 router over every year (`make_task`).
@@ -46,7 +46,7 @@ from timoe_core.train.logprob_cache import LogProbCache, cache_key, token_files_
 from timoe_core.train.loop import ShuffledOrder, amp_enabled
 from timoe_core.train.mixture_run import MixturePlan, MixtureTask
 from timoe_core.train.recipe import MixtureRecipe
-from timoe_core.train.staged_mixture import Stage
+from timoe_core.train.staging import Stage
 
 
 class LearnedAvgTask(MixtureTask):

@@ -10,7 +10,7 @@ job           the one training-job driver: plan, resume check, task, finish (`ru
 expert        `train_expert(cfg)`: `timoe train-expert` (EXPERT_JOB)
 mixture_run   the job of every mixture strategy (MixtureJob): inputs, run dir, bundle
 logprob_cache frozen experts' target log-probs on disk, reused across router epochs
-staged_mixture point-in-time routers: one stage per data cutoff
+staging       StagedJob: point-in-time mixtures, one stage per data cutoff
 recipe        the recipe protocol (MixtureRecipe, BundleRecipe) the strategies implement
 
 The strategies' recipes, and `train_router` / `coadapt`, are in timoe_core/recipes/,

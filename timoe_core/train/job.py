@@ -41,7 +41,6 @@ from timoe_core.train.distributed import (
 )
 from timoe_core.train.loop import LoopResult, TrainTask, run_training
 
-
 RunDirAction = Literal["new", "resume", "overwrite"]
 
 

@@ -2,9 +2,9 @@
 driver, and the two kinds of recipe.
 
 `MixtureRecipe`: a strategy that trains part of a mixture. It gives its config model,
-its task over a planned run (`make_task`, policy inclusive: one run over every year)
-and its task for one stage (`stage_task`, policy point-in-time: one stage per data
-cutoff, train/staged_mixture.py). `BundleRecipe`: a strategy with nothing to train
+its task over a planned run (`make_task`, policy inclusive: one stage over every year,
+train/mixture_run.py) and its task for one stage (`stage_task`, policy point-in-time:
+one stage per data cutoff, train/staging.py); either job runs through `job.run_job`. `BundleRecipe`: a strategy with nothing to train
 (avg), whose `write` makes the bundle at once.
 """
 
@@ -21,7 +21,7 @@ from timoe_core.model.point_in_time import canonical_policy
 from timoe_core.model.weighting import Strategy
 from timoe_core.train.job import run_job
 from timoe_core.train.mixture_run import MixtureConfig, MixtureJob, TaskFactory
-from timoe_core.train.staged_mixture import StageTaskFactory, train_staged
+from timoe_core.train.staging import StagedJob, StageTaskFactory
 
 
 class Recipe(Protocol):
@@ -59,12 +59,20 @@ class MixtureRecipe:
 
     @cached_property
     def job(self) -> MixtureJob:
+        """Policy inclusive: one stage over every year (several workers allowed)."""
         return MixtureJob(self.strategy.name, self.config_model, self.make_task,
                           ref=f"{self.module}:RECIPE.job")
 
+    @cached_property
+    def staged_job(self) -> StagedJob:
+        """Policy point-in-time: one stage per data cutoff, a router snapshot each."""
+        return StagedJob(self.strategy, self.config_model, self.stage_task,
+                         ref=f"{self.module}:RECIPE.staged_job")
+
+    def job_for(self, cfg: MixtureConfig) -> MixtureJob | StagedJob:
+        staged = canonical_policy(cfg.policy) == "point-in-time"
+        return self.staged_job if staged else self.job
+
     def train(self, cfg: MixtureConfig) -> Path:
-        """Train the bundle `cfg` describes: point-in-time, a stage per data cutoff (a
-        router snapshot each); inclusive, one run over every year."""
-        if canonical_policy(cfg.policy) == "point-in-time":
-            return train_staged(cfg, self.strategy, self.stage_task)
-        return run_job(self.job, cfg)
+        """Train the bundle `cfg` describes through the one job driver (`run_job`)."""
+        return run_job(self.job_for(cfg), cfg)

@@ -30,8 +30,11 @@ Layout of OUT (the bundle once every stage is done):
     experts/<slice>@<date>+adapted/       coadapt: the adapted expert of each stage
     timoe.json, router.safetensors        written last (the latest router)
 
-Stages run in this process, one after the other (a completed stage is skipped on a
-rerun); several workers are refused.
+`StagedJob` is a `TrainingJob` that `job.run_job` runs like every other: its `plan`
+checks the inputs and the run dir, `prepare_run_dir` records the run, and `stages`
+yields each stage's task (made by the strategy's recipe, `stage_task`) to the shared
+loop, one after the other, in this process (a completed stage is skipped on a rerun;
+several workers are refused), then writes the bundle.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -56,7 +59,6 @@ from timoe_core.data.manifest import (
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_json, sha256_file
-from timoe_core.lock import output_lock
 from timoe_core.model.bundle import (
     BUNDLE_FILENAME,
     EMBEDDED_EXPERTS_DIR,
@@ -81,9 +83,9 @@ from timoe_core.model.run_info import MODEL_FILENAME
 from timoe_core.model.weighting import Strategy
 from timoe_core.model.weights import load_weights_into, save_model_weights
 from timoe_core.train import state as ckpt_state
-from timoe_core.train.distributed import DistEnv, TrainingInterrupted, init_workers
-from timoe_core.train.job import main_print
-from timoe_core.train.loop import amp_enabled, run_training
+from timoe_core.train.distributed import DistEnv, TrainingInterrupted
+from timoe_core.train.job import RunDirAction, StageRun, Stages, main_print
+from timoe_core.train.loop import amp_enabled
 from timoe_core.train.metrics import check_wandb_mode
 from timoe_core.train.mixture_run import (
     MIXTURE_RUN_FILENAME,
@@ -168,17 +170,15 @@ def _record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int) -> dict
     } | {k: getattr(cfg, k) for k in keys}
 
 
-def _open_out(cfg: MixtureConfig, strategy: str, record: dict[str, Any]) -> None:
+def _decide_run_dir(cfg: MixtureConfig, strategy: str, record: dict[str, Any]) -> RunDirAction:
+    """new / resume / overwrite for --out, or a one-line refusal (nothing written)."""
     out = Path(cfg.out)  # type: ignore[arg-type]
     marker = out / MIXTURE_RUN_FILENAME
     if out.exists() and not out.is_dir():
         raise TimoeError(f"--out {out} is a file: give a folder for the bundle")
     if cfg.overwrite:
-        clear_bundle_artifacts(out)
-        for name in (STAGES_DIRNAME, ROUTER_SNAPSHOTS_DIR):
-            shutil.rmtree(out / name, ignore_errors=True)
-        ckpt_state.open_run_dir(out, "overwrite")
-    elif marker.is_file():
+        return "overwrite"
+    if marker.is_file():
         saved = json.loads(marker.read_text(encoding="utf-8"))
         diffs = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
         if diffs:
@@ -190,40 +190,92 @@ def _open_out(cfg: MixtureConfig, strategy: str, record: dict[str, Any]) -> None
         if not cfg.resume:
             raise TimoeError(f"--out {out} holds a run and --no-resume was given: pass "
                              "--overwrite to start over")
-    elif out.is_dir() and any(out.iterdir()):
+        return "resume"
+    if out.is_dir() and any(out.iterdir()):
         raise TimoeError(f"--out {out} is not empty and holds no {strategy} run: choose a new "
                          "folder or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / BUNDLE_FILENAME).unlink(missing_ok=True)  # until every stage is done
-    atomic_write_json(marker, record)
-    save_config(ckpt_state.config_to_save(cfg), out)
+    return "new"
 
 
-def train_staged(cfg: MixtureConfig, strategy: Strategy, stage_task: StageTaskFactory) -> Path:
-    """Train `strategy`'s router (and, when it adapts experts, experts) stage by stage,
-    each stage's task made by its recipe's `stage_task`; the bundle. Holds --out's write
-    lock throughout (a second run on it is exit 2)."""
-    _check(cfg, strategy.name)
-    with output_lock(Path(cfg.out)):  # type: ignore[arg-type]
-        return _train_staged(cfg, strategy, stage_task)
+@dataclass
+class StagedPlan:
+    """A staged run, checked and derived before anything is written (`JobPlan`)."""
+
+    cfg: MixtureConfig
+    strategy: Strategy
+    run_dir: Path
+    record: dict[str, Any]  # mixture_run.json
+    action: RunDirAction = "new"
+    world_size: int = 1
+    total_steps: int = 0  # each stage has its own budget
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return f"{self.strategy.name} (staged)"
 
 
-def _train_staged(cfg: MixtureConfig, strategy_: Strategy, stage_task: StageTaskFactory) -> Path:
+class StagedJob:
+    """A strategy's staged (point-in-time) training as a `TrainingJob` (job.py): one stage
+    per data cutoff, each stage's task made by the recipe's `stage_task`."""
+
+    def __init__(
+        self, strategy: Strategy, config_model: type[MixtureConfig], stage_task: StageTaskFactory,
+        ref: str,
+    ) -> None:
+        self.strategy = strategy
+        self.config_model = config_model
+        self.stage_task = stage_task
+        self.ref = ref
+
+    def plan(
+        self, cfg: MixtureConfig, world_size: int | None = None, check_run_dir: bool = True,
+        restart: bool = False,
+    ) -> StagedPlan:
+        _check(cfg, self.strategy.name)
+        base = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=mixture_options(cfg))
+        manifest = load_manifest(cfg.data)
+        check_compatible(base, manifest, cfg.data)
+        seq_len = resolve_seq_len(base, manifest, cfg.seq_len)
+        record = _record(cfg, self.strategy.name, base, seq_len)
+        plan = StagedPlan(cfg, self.strategy, Path(cfg.out), record)  # type: ignore[arg-type]
+        if check_run_dir:
+            plan.action = _decide_run_dir(cfg, self.strategy.name, record)
+        return plan
+
+    def prepare_run_dir(self, plan: StagedPlan) -> None:
+        """Create or reset --out and record the run; the bundle file goes until every
+        stage is done."""
+        out = plan.run_dir
+        if plan.action == "overwrite":
+            clear_bundle_artifacts(out)
+            for name in (STAGES_DIRNAME, ROUTER_SNAPSHOTS_DIR):
+                shutil.rmtree(out / name, ignore_errors=True)
+            ckpt_state.open_run_dir(out, "overwrite")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / BUNDLE_FILENAME).unlink(missing_ok=True)  # until every stage is done
+        atomic_write_json(out / MIXTURE_RUN_FILENAME, plan.record)
+        save_config(ckpt_state.config_to_save(plan.cfg), out)
+
+    def stages(self, plan: StagedPlan, env: DistEnv) -> Stages:
+        return _stages(plan.cfg, self.strategy, self.stage_task, env)
+
+
+def _stages(
+    cfg: MixtureConfig, strategy_: Strategy, stage_task: StageTaskFactory, env: DistEnv
+) -> Stages:
+    """Each stage in time order (skipping completed ones), then the bundle."""
     strategy = strategy_.name
     adapts = strategy_.adapts_experts
     options = mixture_options(cfg)
     base = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=options)
     manifest = load_manifest(cfg.data)
-    check_compatible(base, manifest, cfg.data)
     seq_len = resolve_seq_len(base, manifest, cfg.seq_len)
     init_src = None
     if getattr(cfg, "router", None) is not None:
         init_src = TiMoE.from_bundle(cfg.router)  # type: ignore[arg-type]
-    record = _record(cfg, strategy, base, seq_len)
     out = Path(cfg.out)  # type: ignore[arg-type]
-    _open_out(cfg, strategy, record)
 
-    env = init_workers(cfg.device)
     say = main_print(env)
     device = env.device
     global_batch = cfg.batch_size * cfg.grad_accum
@@ -235,89 +287,86 @@ def _train_staged(cfg: MixtureConfig, strategy_: Strategy, stage_task: StageTask
     snapshots: list[RouterSnapshot] = []
     router: Router | None = None
     amp = amp_enabled(cfg, device)
-    try:
-        for cutoff in cutoffs:
-            year = cutoff.year
-            pool = base.artefacts + adapted
-            chosen = select_artefacts(pool, cutoff, "point-in-time")
-            labels = [r.label for r in chosen]
-            view = TiMoE(chosen, "avg", options, None, device, shared=shared)
-            if router is None:
-                first = init_src.router_for(cutoff) if init_src is not None else None
-                if first is not None and first.router.config.slice_labels == labels:
-                    router = Router(first.router.config)
-                    router.load_state_dict(first.router.state_dict())
-                elif init_src is not None:
-                    raise TimoeError(
-                        f"--router {cfg.router} has no router snapshot over "  # type: ignore
-                        f"{', '.join(labels)} as of {cutoff.isoformat()}: give a bundle "
-                        "trained by `timoe train-router --strategy learned-avg` on these experts"
-                    )
-                else:
-                    router = _fresh_router(cfg, labels, base.vocab_size, view.expert(labels[0]))
-            else:
-                router = grow_router(router, labels, cfg.seed)
-            router.to(device)
-            holder = next((r for r in chosen if r.time_slice.contains_year(year)), None)
-            windows = (TokenWindows(cfg.data, "train", [year], seq_len, manifest)
-                       if year in with_tokens else None)
-            n_windows = len(windows) if windows is not None else 0
-            steps = 0
-            if n_windows >= global_batch and (holder is not None or not adapts):
-                steps = cfg.steps_per_stage or n_windows // global_batch
-            router_dir = out / ROUTER_SNAPSHOTS_DIR / cutoff.isoformat()
-            new_rec = None
-            if adapts and steps:
-                assert holder is not None
-                new_rec = ExpertRecord(
-                    info=holder.info, candidates=[], sha256=None, embedded=True,
-                    data_cutoff=cutoff, generation=holder.generation + 1,
+    for cutoff in cutoffs:
+        year = cutoff.year
+        pool = base.artefacts + adapted
+        chosen = select_artefacts(pool, cutoff, "point-in-time")
+        labels = [r.label for r in chosen]
+        view = TiMoE(chosen, "avg", options, None, device, shared=shared)
+        if router is None:
+            first = init_src.router_for(cutoff) if init_src is not None else None
+            if first is not None and first.router.config.slice_labels == labels:
+                router = Router(first.router.config)
+                router.load_state_dict(first.router.state_dict())
+            elif init_src is not None:
+                raise TimoeError(
+                    f"--router {cfg.router} has no router snapshot over "  # type: ignore
+                    f"{', '.join(labels)} as of {cutoff.isoformat()}: give a bundle "
+                    "trained by `timoe train-router --strategy learned-avg` on these experts"
                 )
-                new_rec.candidates = [out / EMBEDDED_EXPERTS_DIR / embedded_dirname(new_rec)]
-            done = (router_dir / "router.safetensors").is_file() and (
-                new_rec is None or (new_rec.candidates[0] / MODEL_FILENAME).is_file())
+            else:
+                router = _fresh_router(cfg, labels, base.vocab_size, view.expert(labels[0]))
+        else:
+            router = grow_router(router, labels, cfg.seed)
+        router.to(device)
+        holder = next((r for r in chosen if r.time_slice.contains_year(year)), None)
+        windows = (TokenWindows(cfg.data, "train", [year], seq_len, manifest)
+                   if year in with_tokens else None)
+        n_windows = len(windows) if windows is not None else 0
+        steps = 0
+        if n_windows >= global_batch and (holder is not None or not adapts):
+            steps = cfg.steps_per_stage or n_windows // global_batch
+        router_dir = out / ROUTER_SNAPSHOTS_DIR / cutoff.isoformat()
+        new_rec = None
+        if adapts and steps:
+            assert holder is not None
+            new_rec = ExpertRecord(
+                info=holder.info, candidates=[], sha256=None, embedded=True,
+                data_cutoff=cutoff, generation=holder.generation + 1,
+            )
+            new_rec.candidates = [out / EMBEDDED_EXPERTS_DIR / embedded_dirname(new_rec)]
+        done = (router_dir / "router.safetensors").is_file() and (
+            new_rec is None or (new_rec.candidates[0] / MODEL_FILENAME).is_file())
+        if done:
+            router.load_state_dict(load_router_weights(router_dir))
+        elif steps:
+            say(f"stage {cutoff.isoformat()}: {steps} steps on {n_windows} windows of "
+                f"{year}, experts {', '.join(r.key for r in chosen)}", highlight=False)
+            assert windows is not None
+            yield from _train_stage(cfg, strategy_, stage_task, view, router, holder, windows,
+                                    steps, cutoff, out, env, amp)
+        if new_rec is not None:
+            assert holder is not None
             if done:
-                router.load_state_dict(load_router_weights(router_dir))
-            elif steps:
-                say(f"stage {cutoff.isoformat()}: {steps} steps on {n_windows} windows of "
-                    f"{year}, experts {', '.join(r.key for r in chosen)}", highlight=False)
-                _train_stage(cfg, strategy_, stage_task, view, router, holder, windows, steps,
-                             cutoff, out, env, amp)
-            if new_rec is not None:
-                assert holder is not None
-                if done:
-                    model = load_weights_into(GPT(holder.info.model_config_, init_weights=False),
-                                              new_rec.candidates[0]).to(device).eval()
-                else:
-                    model = view.expert(holder.label)
-                    save_model_weights(new_rec.candidates[0], model)
-                model.requires_grad_(False)
-                model.eval()
-                shared[new_rec.key] = model
-                adapted_models[new_rec.key] = model
-                adapted.append(new_rec)
-            if not done:
-                save_router_weights(router_dir, router)
-            frozen = Router(router.config)
-            frozen.load_state_dict(router.state_dict())
-            snapshots.append(RouterSnapshot(cutoff, frozen.eval()))
-        if env.is_main:
-            write_bundle(out, base.artefacts + adapted, adapted_models,
-                         {r.key for r in adapted}, strategy, options, router, snapshots,
-                         cutoffs[-1])
-            say(f"bundle written to {out} ({strategy}, {len(snapshots)} router stages)",
-                highlight=False)
-    finally:
-        env.close()
-    return out
+                model = load_weights_into(GPT(holder.info.model_config_, init_weights=False),
+                                          new_rec.candidates[0]).to(device).eval()
+            else:
+                model = view.expert(holder.label)
+                save_model_weights(new_rec.candidates[0], model)
+            model.requires_grad_(False)
+            model.eval()
+            shared[new_rec.key] = model
+            adapted_models[new_rec.key] = model
+            adapted.append(new_rec)
+        if not done:
+            save_router_weights(router_dir, router)
+        frozen = Router(router.config)
+        frozen.load_state_dict(router.state_dict())
+        snapshots.append(RouterSnapshot(cutoff, frozen.eval()))
+    if env.is_main:
+        write_bundle(out, base.artefacts + adapted, adapted_models,
+                     {r.key for r in adapted}, strategy, options, router, snapshots,
+                     cutoffs[-1])
+        say(f"bundle written to {out} ({strategy}, {len(snapshots)} router stages)",
+            highlight=False)
 
 
 def _train_stage(
     cfg: MixtureConfig, strategy: Strategy, stage_task: StageTaskFactory, view: TiMoE,
     router: Router, holder: ExpertRecord | None, windows: TokenWindows, steps: int,
     cutoff: date, out: Path, env: DistEnv, amp: bool,
-) -> None:
-    """One stage: the shared training loop in OUT/stages/<date> (resumable)."""
+) -> Stages:
+    """One stage for the shared loop, in OUT/stages/<date> (resumable)."""
     stage_dir = out / STAGES_DIRNAME / cutoff.isoformat()
     stage_cfg = cfg.model_copy(update={"max_steps": steps, "out": stage_dir})
     ckpt_state.open_run_dir(stage_dir, "resume")
@@ -335,8 +384,8 @@ def _train_stage(
         val_windows=val if len(val) else None, holder=holder, steps=steps, run_dir=stage_dir,
         env=env, amp=amp, eval_windows=cfg.eval_batches * cfg.batch_size,
     ))
-    result = run_training(task, stage_cfg, stage_dir, env, steps,
-                          title=f"{strategy.name} stage {cutoff.isoformat()}",
-                          wandb_config=config_to_dict(stage_cfg))
+    result = yield StageRun(task, stage_cfg, stage_dir, steps,
+                            f"{strategy.name} stage {cutoff.isoformat()}",
+                            config_to_dict(stage_cfg))
     if result.interrupted:
         raise TrainingInterrupted(ckpt_state.interrupted_message(stage_dir))
