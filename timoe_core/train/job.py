@@ -47,12 +47,14 @@ RunDirAction = Literal["new", "resume", "overwrite"]
 class JobPlan(Protocol):
     """What the driver reads of a job's plan (the job's own plan class holds more)."""
 
-    cfg: TrainingConfig
     run_dir: Path
     world_size: int
     total_steps: int
     action: RunDirAction
     notes: list[str]  # printed once by rank 0 before training
+
+    @property
+    def cfg(self) -> TrainingConfig: ...  # read-only: a job's plan may hold a narrower config
 
     @property
     def title(self) -> str: ...
@@ -78,7 +80,9 @@ class TrainingJob(Protocol):
     """One kind of training run."""
 
     ref: str  # "module:attribute" naming this job object, for spawned workers
-    config_model: type[TrainingConfig]
+
+    @property
+    def config_model(self) -> type[TrainingConfig]: ...  # read-only: narrower in a job
 
     def plan(
         self, cfg: Any, world_size: int | None = None, check_run_dir: bool = True,
@@ -127,7 +131,7 @@ def find_job(ref: str) -> TrainingJob:
     found: Any = importlib.import_module(module)
     for name in attr.split("."):
         found = getattr(found, name)
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def main_print(env: DistEnv) -> Any:

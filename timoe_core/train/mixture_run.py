@@ -63,7 +63,7 @@ from timoe_core.model.run_info import MODEL_FILENAME
 from timoe_core.model.weighting import get_strategy
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
-from timoe_core.train.job import Stages, main_print, single_stage
+from timoe_core.train.job import RunDirAction, Stages, main_print, single_stage
 from timoe_core.train.logprob_cache import CACHE_DIRNAME
 from timoe_core.train.loop import LoopResult, TrainTask
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
@@ -118,7 +118,7 @@ class MixturePlan:
     world_size: int
     total_steps: int
     record: dict[str, Any]  # mixture_run.json
-    action: str = "new"  # run dir: "new", "resume" or "overwrite"
+    action: RunDirAction = "new"
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -343,7 +343,7 @@ def _read_record(run_dir: Path) -> dict[str, Any]:
         raise TimoeError(f"{path} is unreadable ({exc}): start over with --overwrite") from None
 
 
-def _decide_run_dir(plan: MixturePlan, restart: bool) -> str:
+def _decide_run_dir(plan: MixturePlan, restart: bool) -> RunDirAction:
     """new / resume / overwrite for --out, or a one-line refusal (nothing written)."""
     cfg, run_dir = plan.cfg, plan.run_dir
     if (run_dir / BUNDLE_FILENAME).is_file() and not (run_dir / MIXTURE_RUN_FILENAME).is_file():
