@@ -199,14 +199,16 @@ def _check_router_init(cfg: MixtureConfig, mix: TiMoE) -> str | None:
     return sha256_file(Path(path) / ROUTER_FILENAME)
 
 
-def check_required_inputs(cfg: MixtureConfig) -> None:
-    """--experts, --data and --out: what every trained mixture needs (TimoeError)."""
+def check_required_inputs(cfg: MixtureConfig) -> tuple[Path, Path]:
+    """--experts, --data and --out: what every trained mixture needs (TimoeError);
+    returns (data dir, out dir), now known to be given."""
     if not cfg.experts:
         raise TimoeError("--experts is required: a folder of expert run dirs (or run dirs)")
     if cfg.data is None:
         raise TimoeError("--data DATA_DIR is required: a folder made by `timoe prepare-data`")
     if cfg.out is None:
         raise TimoeError("--out is required: the folder to write the run and its bundle to")
+    return cfg.data, cfg.out
 
 
 def plan_mixture_run(

@@ -120,8 +120,9 @@ class Stage:
 StageTaskFactory = Callable[[Stage], MixtureTask]
 
 
-def _check(cfg: MixtureConfig, strategy: str) -> None:
-    check_required_inputs(cfg)
+def _check(cfg: MixtureConfig, strategy: str) -> tuple[Path, Path]:
+    """The staged run's inputs checked; returns (data dir, out dir)."""
+    data_out = check_required_inputs(cfg)
     if cfg.nproc_per_node != 1 or cfg.nnodes != 1:
         raise TimoeError(
             f"a staged {strategy} router (policy point-in-time) trains its stages in one "
@@ -135,6 +136,7 @@ def _check(cfg: MixtureConfig, strategy: str) -> None:
             "--steps-per-stage N, or --policy inclusive for one run over every year"
         )
     check_wandb_mode(cfg.wandb)
+    return data_out
 
 
 def _fresh_router(cfg: MixtureConfig, labels: list[str], vocab_size: int, first: GPT) -> Router:
@@ -165,14 +167,14 @@ def _record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int) -> dict
             "balance_coef", "z_loss_coef")
     return {
         "strategy": strategy, "staged": True, "experts": experts,
-        "data_manifest_sha256": manifest_checksum(cfg.data), "seq_len": seq_len,
+        "data_manifest_sha256": manifest_checksum(check_required_inputs(cfg)[0]), "seq_len": seq_len,
         "router_init": str(getattr(cfg, "router", None) or "") or None,
     } | {k: getattr(cfg, k) for k in keys}
 
 
 def _decide_run_dir(cfg: MixtureConfig, strategy: str, record: dict[str, Any]) -> RunDirAction:
     """new / resume / overwrite for --out, or a one-line refusal (nothing written)."""
-    out = Path(cfg.out)  # type: ignore[arg-type]
+    out = check_required_inputs(cfg)[1]
     marker = out / MIXTURE_RUN_FILENAME
     if out.exists() and not out.is_dir():
         raise TimoeError(f"--out {out} is a file: give a folder for the bundle")
@@ -232,13 +234,13 @@ class StagedJob:
         self, cfg: MixtureConfig, world_size: int | None = None, check_run_dir: bool = True,
         restart: bool = False,
     ) -> StagedPlan:
-        _check(cfg, self.strategy.name)
+        data, out = _check(cfg, self.strategy.name)
         base = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=mixture_options(cfg))
-        manifest = load_manifest(cfg.data)
-        check_compatible(base, manifest, cfg.data)
+        manifest = load_manifest(data)
+        check_compatible(base, manifest, data)
         seq_len = resolve_seq_len(base, manifest, cfg.seq_len)
         record = _record(cfg, self.strategy.name, base, seq_len)
-        plan = StagedPlan(cfg, self.strategy, Path(cfg.out), record)  # type: ignore[arg-type]
+        plan = StagedPlan(cfg, self.strategy, out, record)
         if check_run_dir:
             plan.action = _decide_run_dir(cfg, self.strategy.name, record)
         return plan
@@ -269,12 +271,11 @@ def _stages(
     adapts = strategy_.adapts_experts
     options = mixture_options(cfg)
     base = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=options)
-    manifest = load_manifest(cfg.data)
+    data, out = check_required_inputs(cfg)
+    manifest = load_manifest(data)
     seq_len = resolve_seq_len(base, manifest, cfg.seq_len)
-    init_src = None
-    if getattr(cfg, "router", None) is not None:
-        init_src = TiMoE.from_bundle(cfg.router)  # type: ignore[arg-type]
-    out = Path(cfg.out)  # type: ignore[arg-type]
+    router_init: Path | None = getattr(cfg, "router", None)  # a coadapt config has no --router
+    init_src = TiMoE.from_bundle(router_init) if router_init is not None else None
 
     say = main_print(env)
     device = env.device
@@ -300,7 +301,7 @@ def _stages(
                 router.load_state_dict(first.router.state_dict())
             elif init_src is not None:
                 raise TimoeError(
-                    f"--router {cfg.router} has no router snapshot over "  # type: ignore
+                    f"--router {router_init} has no router snapshot over "
                     f"{', '.join(labels)} as of {cutoff.isoformat()}: give a bundle "
                     "trained by `timoe train-router --strategy learned-avg` on these experts"
                 )
@@ -310,7 +311,7 @@ def _stages(
             router = grow_router(router, labels, cfg.seed)
         router.to(device)
         holder = next((r for r in chosen if r.time_slice.contains_year(year)), None)
-        windows = (TokenWindows(cfg.data, "train", [year], seq_len, manifest)
+        windows = (TokenWindows(data, "train", [year], seq_len, manifest)
                    if year in with_tokens else None)
         n_windows = len(windows) if windows is not None else 0
         steps = 0
@@ -372,7 +373,7 @@ def _train_stage(
     ckpt_state.open_run_dir(stage_dir, "resume")
     view.router = router
     view.strategy = strategy.name
-    val = TokenWindows(cfg.data, "val", [cutoff.year], windows.seq_len, windows.manifest)
+    val = TokenWindows(windows.data_dir, "val", [cutoff.year], windows.seq_len, windows.manifest)
     if strategy.adapts_experts:
         assert holder is not None
         # The adapted expert is a copy: the artefact it starts from stays as it is.
