@@ -62,10 +62,14 @@ def make_batches(
     model: EvaluatedModel, data: Path, query_date: str | None, batch_size: int,
     device: torch.device,
 ) -> tuple[list, int]:
-    """The batches `evaluate_perplexity` builds (years in order, windows in order)."""
+    """The batches `evaluate_perplexity` builds (years in order, windows in order), over
+    the years it scores: those with an expert usable as of their query date (read as of
+    its own year, a year before the first expert's cutoff has none and is skipped)."""
     seq_len = model.block_size  # = the data's seq_len here, as evaluate resolves it
     w = TokenWindows(data, "val", YEARS, seq_len)
-    work = [(int(i), y) for y in YEARS for i in np.flatnonzero(w.window_years == y)]
+    scored = [y for y in YEARS
+              if model.ineligibility(parse_query_date(query_date if query_date else y)) is None]
+    work = [(int(i), y) for y in scored for i in np.flatnonzero(w.window_years == y)]
     batches = []
     for s in range(0, len(work), batch_size):
         chunk = work[s : s + batch_size]

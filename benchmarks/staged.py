@@ -24,7 +24,7 @@ ratios; see common.py), on one synthetic data dir of random tokens:
    see as many eligible experts per window (one in 2013-2014, two in 2015-2016), so
    the two sides do the same work per step. Each
    stage reads its windows twice (two epochs), so each builds a log-prob cache; the
-   frozen experts' forward passes are counted (`mixture._target_log_probs`, windows x
+   frozen experts' forward passes are counted (`mixture_compute._target_log_probs`, windows x
    experts) against the training windows x their usable experts: 1.0 means every
    window went through each frozen expert once across all stages (target == 1; 2.0
    would mean no cache).
@@ -224,12 +224,12 @@ def router_training(root: Path, *, seq_len: int, batch: int, steps_per_stage: in
     from tests.helpers import make_data_dir
     from timoe_core.config import MixtureOptions, TrainExpertConfig, TrainRouterConfig
     from timoe_core.data.windows import TokenWindows
-    from timoe_core.model import mixture as mixture_module
+    from timoe_core.model import mixture_compute as mixture_module
     from timoe_core.model.mixture import TiMoE
-    from timoe_core.strategies.learned_avg import LearnedAvgTask
+    from timoe_core.recipes import train_router
+    from timoe_core.recipes.learned_avg import LearnedAvgTask
     from timoe_core.train.expert import train_expert
     from timoe_core.train.logprob_cache import LogProbCache
-    from timoe_core.train.router import train_router
 
     # Two epochs of each year's windows per stage: each stage builds and reads a cache.
     per_year = batch * steps_per_stage // 2

@@ -144,8 +144,9 @@ def make_run(
 ) -> Path:
     """A run dir (run.json + model.safetensors) of `kind` ("expert" or "dense") for the
     slice `label`, holding GPT(cfg) as initialised (by `init(model)` when given)."""
-    from timoe_core.checkpoint import RunInfo, save_model_weights, write_run_info
     from timoe_core.model.gpt import GPT
+    from timoe_core.model.run_info import RunInfo, write_run_info
+    from timoe_core.model.weights import save_model_weights
     from timoe_core.timeslices import TimeSlice
 
     s = TimeSlice.from_label(label)

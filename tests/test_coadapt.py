@@ -19,14 +19,15 @@ from helpers import (  # noqa: F401 (fixture)
 from safetensors.torch import load_file
 from test_train_distributed import subprocess_env
 
-from timoe_core.checkpoint import MODEL_FILENAME
 from timoe_core.config import CoadaptConfig, TrainRouterConfig
 from timoe_core.data.manifest import sha256_file
 from timoe_core.data.windows import TokenWindows
 from timoe_core.model.bundle import BUNDLE_FILENAME, ROUTER_FILENAME
 from timoe_core.model.mixture import TiMoE
+from timoe_core.model.run_info import MODEL_FILENAME
+from timoe_core.recipes.registry import coadapt, train_router
 from timoe_core.timeslices import TimeSlice
-from timoe_core.train import coadapt, mixture_run, train_router
+from timoe_core.train import mixture_run
 from timoe_core.train.mixture_run import MIXTURE_RUN_FILENAME
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -125,7 +125,7 @@ def test_perplexity_is_exp_mean_nll_computed_independently(world):
 
 def test_mixture_perplexity_is_exp_mean_nll_of_the_expert_average(world):
     """As of 2016 the avg mixture is log(mean of the 2013-2014 and 2015-2016 experts' P)."""
-    from timoe_core.checkpoint import load_expert
+    from timoe_core.model.weights import load_expert
 
     model = mixture(world)
     res = evaluate_perplexity(model, world["data"], years=[2016, 2021], batch_size=4)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from timoe_core.checkpoint import save_model_weights
 from timoe_core.config import EvaluateConfig, save_config
 from timoe_core.io import atomic_write_json, current_umask
 from timoe_core.model.gpt import GPT, GPTConfig
+from timoe_core.model.weights import save_model_weights
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ import pytest
 import torch
 from helpers import GPT2_EOT, invoke_cli, make_expert_runs
 
-from timoe_core.checkpoint import load_expert
 from timoe_core.config import MixtureOptions
 from timoe_core.errors import TimoeError
 from timoe_core.generate import generate_tokens, sample_token
 from timoe_core.model.gpt import FEW_ROWS, GPT, Linear, StaticKVCache
 from timoe_core.model.mixture import TiMoE
+from timoe_core.model.weights import load_expert
 
 pytestmark = pytest.mark.filterwarnings("error")
 

@@ -23,7 +23,6 @@ import torch
 from helpers import make_data_dir, make_expert_runs, run_cli
 from pydantic import ValidationError
 
-from timoe_core.checkpoint import check_weights_usable, read_run_info, save_safetensors
 from timoe_core.config import EvaluateConfig, GenerateConfig, TrainExpertConfig, resolve_config
 from timoe_core.data.manifest import load_manifest
 from timoe_core.data.sources import DateError, SourceOptions, open_source, parse_year
@@ -31,6 +30,8 @@ from timoe_core.errors import TimoeError
 from timoe_core.io import check_output_files, write_failure_as_os_error
 from timoe_core.lock import lock_path, output_lock
 from timoe_core.model.gpt import GPTConfig
+from timoe_core.model.run_info import read_run_info
+from timoe_core.model.weights import check_weights_usable, save_safetensors
 from timoe_core.timeslices import parse_query_date
 
 REPO = Path(__file__).resolve().parents[1]

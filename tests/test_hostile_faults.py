@@ -569,7 +569,7 @@ def test_strategy_dense_series_on_a_folder_with_one_dense_run_evaluates_that_run
 ):
     from helpers import make_run
 
-    from timoe_core.checkpoint import read_run_info
+    from timoe_core.model.run_info import read_run_info
 
     folder = tmp_path / "models"
     cfg = read_run_info(small_inputs["e13"]).model_config_

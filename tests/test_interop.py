@@ -15,8 +15,9 @@ import torch
 from helpers import make_expert_runs, run_cli
 from safetensors.torch import load_file, save_file
 
-from timoe_core.checkpoint import load_expert, read_run_info
 from timoe_core.model.gpt import GPT, GPTConfig
+from timoe_core.model.run_info import read_run_info
+from timoe_core.model.weights import load_expert
 from timoe_core.tokenizer import get_tokenizer
 
 VOCAB = 50304
@@ -45,7 +46,8 @@ def test_export_hf_loads_in_transformers_with_the_same_log_probs(tmp_path, capsy
         run = make_expert_runs(tmp_path / "runs", ["2015-2016"], vocab_size=VOCAB, n_layer=2,
                                scale=0.05)["2015-2016"]
     else:  # a model without biases exports with zero biases: the same function
-        from timoe_core.checkpoint import RunInfo, save_model_weights, write_run_info
+        from timoe_core.model.run_info import RunInfo, write_run_info
+        from timoe_core.model.weights import save_model_weights
 
         run = tmp_path / "runs" / "nobias"
         run.mkdir(parents=True)

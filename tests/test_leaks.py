@@ -226,13 +226,13 @@ def test_a_single_expert_as_of_d_uses_its_snapshot_not_its_final_weights(staged_
 
 
 def test_a_single_expert_generates_and_exports_only_what_it_knew(staged_expert, tmp_path):
-    from timoe_core.checkpoint import read_run_info
     from timoe_core.config import ExportConfig
     from timoe_core.errors import TimoeError
     from timoe_core.evaluate.models import load_evaluated_model
     from timoe_core.generate import generate_tokens
     from timoe_core.interop.export import export_model
     from timoe_core.model.expert_pool import load_expert, run_dir_artefacts
+    from timoe_core.model.run_info import read_run_info
 
     _, run = staged_expert
     m = load_evaluated_model(run, policy="point-in-time", device="cpu")

@@ -12,12 +12,13 @@ import pytest
 import torch
 from helpers import make_expert_runs
 
-from timoe_core.checkpoint import MODEL_FILENAME, RunInfo, read_run_info, write_run_info
 from timoe_core.config import MixtureOptions
 from timoe_core.errors import TimoeError
 from timoe_core.model.bundle import BUNDLE_FILENAME, ROUTER_FILENAME
 from timoe_core.model.mixture import TiMoE
-from timoe_core.timeslices import TimeSlice, TimeSlicing, eligible_slices
+from timoe_core.model.point_in_time import eligible_slices
+from timoe_core.model.run_info import MODEL_FILENAME, RunInfo, read_run_info, write_run_info
+from timoe_core.timeslices import TimeSlice, TimeSlicing
 
 pytestmark = pytest.mark.filterwarnings("error")
 

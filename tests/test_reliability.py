@@ -34,11 +34,11 @@ from kill_harness import (
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from timoe_core import checkpoint as ckpt_io
 from timoe_core.config import PrepareDataConfig, TrainExpertConfig
 from timoe_core.data.manifest import load_manifest
 from timoe_core.data.prepare import prepare_data
 from timoe_core.errors import TimoeError
+from timoe_core.model import weights as ckpt_io
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.expert import train_expert
 from timoe_core.train.metrics import read_metrics

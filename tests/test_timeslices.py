@@ -3,11 +3,10 @@ from datetime import date
 import pytest
 
 from timoe_core.errors import TimoeError
+from timoe_core.model.point_in_time import eligible_slices, first_eligible_date
 from timoe_core.timeslices import (
     TimeSlice,
     TimeSlicing,
-    eligible_slices,
-    first_eligible_date,
     parse_query_date,
 )
 
@@ -64,11 +63,11 @@ def test_bad_query_dates(text):
 
 def test_inclusive_policy_admits_a_slice_that_has_started():
     slices = TimeSlicing().slices
-    labels = [s.label for s in eligible_slices(slices, "2016")]
+    labels = [s.label for s in eligible_slices(slices, "2016", "inclusive")]
     assert labels == ["2013-2014", "2015-2016"]
     # 2017-01-01 is the first day of 2017-2018: inclusive admits it.
-    assert [s.label for s in eligible_slices(slices, "2017-01-01")][-1] == "2017-2018"
-    assert [s.label for s in eligible_slices(slices, "2015")] == ["2013-2014", "2015-2016"]
+    assert [s.label for s in eligible_slices(slices, "2017-01-01", "inclusive")][-1] == "2017-2018"
+    assert [s.label for s in eligible_slices(slices, "2015", "inclusive")] == ["2013-2014", "2015-2016"]
 
 
 def test_strict_policy_admits_only_finished_slices():
@@ -83,7 +82,7 @@ def test_strict_policy_admits_only_finished_slices():
 def test_no_eligible_expert_names_the_first_usable_date():
     slices = TimeSlicing().slices
     with pytest.raises(TimoeError, match="2013-01-01"):
-        eligible_slices(slices, "2012")
+        eligible_slices(slices, "2012", "inclusive")
     with pytest.raises(TimoeError, match="2014-12-31"):
         eligible_slices(slices, "2014-06", "strict")
     assert first_eligible_date(slices[2:], "inclusive") == date(2017, 1, 1)
@@ -91,7 +90,7 @@ def test_no_eligible_expert_names_the_first_usable_date():
 
 def test_missing_slices_are_never_eligible():
     present = [TimeSlice(2013, 2014), TimeSlice(2017, 2018)]
-    assert [s.label for s in eligible_slices(present, "2018")] == ["2013-2014", "2017-2018"]
+    assert [s.label for s in eligible_slices(present, "2018", "inclusive")] == ["2013-2014", "2017-2018"]
 
 
 def test_slice_labels_round_trip():
@@ -100,9 +99,10 @@ def test_slice_labels_round_trip():
 
 
 def test_point_in_time_takes_per_slice_the_latest_artefact_with_cutoff_on_or_before():
-    from timoe_core.checkpoint import RunInfo
-    from timoe_core.model.expert_pool import ExpertRecord, select_artefacts
+    from timoe_core.model.expert_pool import ExpertRecord
     from timoe_core.model.gpt import GPTConfig
+    from timoe_core.model.point_in_time import select_artefacts
+    from timoe_core.model.run_info import RunInfo
 
     cfg = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8)
 

@@ -10,8 +10,9 @@ import torch
 import yaml
 from helpers import make_data_dir, one_thread, run_cli  # noqa: F401 (fixture)
 
-from timoe_core.checkpoint import load_expert, read_run_info
 from timoe_core.data.manifest import load_manifest
+from timoe_core.model.run_info import read_run_info
+from timoe_core.model.weights import load_expert
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.metrics import read_metrics
 
@@ -264,7 +265,7 @@ def test_staged_run_refuses_a_global_budget(capsys, data, tmp_path):
 def test_staged_run_stopped_after_a_branch_resumes_to_the_same_weights(capsys, data, tmp_path):
     import torch
 
-    from timoe_core.checkpoint import load_model_weights
+    from timoe_core.model.weights import load_model_weights
 
     def same(a, b):  # tensors, not file bytes (a safetensors header's order may vary)
         wa, wb = load_model_weights(a), load_model_weights(b)

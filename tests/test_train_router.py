@@ -18,15 +18,17 @@ from helpers import (  # noqa: F401 (fixture)
 )
 from safetensors.torch import load_file
 
-from timoe_core.checkpoint import MODEL_FILENAME, load_model_weights
 from timoe_core.config import TrainRouterConfig
 from timoe_core.data.manifest import sha256_file
 from timoe_core.data.windows import TokenWindows
 from timoe_core.model.bundle import BUNDLE_FILENAME, ROUTER_FILENAME
 from timoe_core.model.gpt import GPT
 from timoe_core.model.mixture import TiMoE
-from timoe_core.strategies.learned_avg import LearnedAvgTask
-from timoe_core.train import mixture_run, train_router
+from timoe_core.model.run_info import MODEL_FILENAME
+from timoe_core.model.weights import load_model_weights
+from timoe_core.recipes import train_router
+from timoe_core.recipes.learned_avg import LearnedAvgTask
+from timoe_core.train import mixture_run
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.logprob_cache import CACHE_DIRNAME
 from timoe_core.train.metrics import read_metrics

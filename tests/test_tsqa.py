@@ -8,11 +8,11 @@ from datetime import date
 import pytest
 import torch
 
-from timoe_core.checkpoint import RunInfo
 from timoe_core.errors import TimoeError
 from timoe_core.evaluate.models import EvaluatedModel, SingleModel
 from timoe_core.evaluate.tsqa import TSQAFields, load_tsqa, score_tsqa
 from timoe_core.model.gpt import GPT, GPTConfig
+from timoe_core.model.run_info import RunInfo
 from timoe_core.timeslices import parse_query_date
 from timoe_core.tokenizer import get_tokenizer
 

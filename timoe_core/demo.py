@@ -141,7 +141,8 @@ def _stages(
     keep_checkpoints: bool = False,
 ) -> list[Stage]:
     from timoe_core.data.prepare import prepare_data
-    from timoe_core.train import coadapt, train_expert, train_router
+    from timoe_core.recipes.registry import coadapt, train_router
+    from timoe_core.train import train_expert
 
     model = dict(n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, seq_len=s.seq_len)
     expert_training = _training(s, s.expert_steps, s.expert_lr)

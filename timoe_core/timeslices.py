@@ -1,8 +1,9 @@
-"""Time slices, query dates and expert eligibility.
+"""Time slices and query dates: slicing years, reading dates.
 
 Slice boundaries are dates, never indices: the paper's code compared 1-based slice
-numbers with 0-based expert indices and admitted the next slice's expert. Here a
-slice is eligible for a query date by comparing dates only.
+numbers with 0-based expert indices and admitted the next slice's expert. Which
+artefact an answer as of a date may use is the point-in-time rule, in one place:
+timoe_core/model/point_in_time.py.
 """
 
 from __future__ import annotations
@@ -11,23 +12,8 @@ import calendar
 import re
 from dataclasses import dataclass
 from datetime import date
-from typing import Literal
 
 from timoe_core.errors import TimoeError
-
-EligibilityPolicy = Literal["point-in-time", "strict", "inclusive"]
-# point-in-time (the default): an artefact is usable as of d only if every text that
-# shaped it is dated <= d (its data_cutoff); `strict` is its older name. inclusive: the
-# paper code's rule, a slice is usable once it has started (it leaks up to one slice).
-POLICIES: tuple[str, ...] = ("point-in-time", "strict", "inclusive")
-DEFAULT_POLICY: EligibilityPolicy = "point-in-time"
-
-
-def canonical_policy(policy: str) -> str:
-    """`strict` is an alias of `point-in-time`; TimoeError for an unknown policy."""
-    if policy not in POLICIES:
-        raise TimoeError(f"unknown eligibility policy {policy!r}: use one of {', '.join(POLICIES)}")
-    return "point-in-time" if policy == "strict" else policy
 
 
 def year_cutoff(year: int) -> date:
@@ -62,13 +48,6 @@ class TimeSlice:
 
     def contains_year(self, year: int) -> bool:
         return self.start_year <= year <= self.end_year
-
-    def is_eligible(self, query_date: date, policy: EligibilityPolicy = "inclusive") -> bool:
-        """inclusive: the slice started on or before the date; point-in-time (strict) for
-        a slice whose artefact read the whole slice: it ended by then."""
-        if canonical_policy(policy) == "inclusive":
-            return self.start <= query_date
-        return self.end <= query_date
 
     @classmethod
     def from_label(cls, label: str) -> "TimeSlice":
@@ -166,33 +145,3 @@ def parse_query_date(value: str | int | date) -> date:
     if not 1 <= day <= last_day:
         raise TimoeError(f"bad query date {text!r}: day {day} does not exist in {year}-{month:02d}")
     return date(year, month, day)
-
-
-def first_eligible_date(slices: list[TimeSlice], policy: EligibilityPolicy = "inclusive") -> date:
-    """The earliest query date for which at least one of `slices` is eligible."""
-    if not slices:
-        raise TimoeError("no time slices: train at least one expert first")
-    if canonical_policy(policy) == "point-in-time":
-        return min(s.end for s in slices)
-    return min(s.start for s in slices)
-
-
-def eligible_slices(
-    slices: list[TimeSlice],
-    query_date: str | int | date,
-    policy: EligibilityPolicy = "inclusive",
-) -> list[TimeSlice]:
-    """The slices whose expert may be used as of `query_date`, in time order.
-
-    Raises TimoeError naming the first usable date when none is eligible.
-    """
-    canonical_policy(policy)
-    when = parse_query_date(query_date)
-    out = sorted(s for s in slices if s.is_eligible(when, policy))
-    if not out:
-        first = first_eligible_date(slices, policy)
-        raise TimoeError(
-            f"no expert is eligible as of {when.isoformat()} (policy {policy}): "
-            f"the first query date with an eligible expert is {first.isoformat()}"
-        )
-    return out

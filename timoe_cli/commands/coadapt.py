@@ -24,7 +24,7 @@ from timoe_core.model.mixture import TiMoE
 def coadapt(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     """Train the router together with each batch's own slice expert (lr default 1e-4);
     the adapted experts are stored in the bundle."""
-    from timoe_core.train.coadapt import coadapt as run
+    from timoe_core.recipes.registry import coadapt as run
 
     cfg = load_config(CoadaptConfig, config, **flags)
     out = run_training_command(run, cfg)

@@ -28,7 +28,7 @@ _OWN = ["strategy", "experts", *MIXTURE_FIELDS[:3], "cache_log_probs", *MIXTURE_
 @training_options(TrainRouterConfig, _OWN)
 def train_router(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     """Build a TiMoE bundle from expert run dirs; learned-avg trains its router."""
-    from timoe_core.train.router import train_router as run
+    from timoe_core.recipes import train_router as run
 
     cfg = load_config(TrainRouterConfig, config, **flags)
     cfg.refuse_training_options_for_avg()

@@ -95,8 +95,9 @@ def mean_perplexity_interval(
     """95% interval of a mean of yearly perplexities, each with the standard error of
     its mean NLL over its windows (delta method: se(ppl) = ppl * se(nll); years
     independent). None when a year has no standard error (a single window)."""
-    if not perplexities or any(se is None for se in nll_ses):
+    known = [se for se in nll_ses if se is not None]
+    if not perplexities or len(known) != len(nll_ses):
         return None
     mean = sum(perplexities) / len(perplexities)
-    se = math.sqrt(sum((p * s) ** 2 for p, s in zip(perplexities, nll_ses))) / len(perplexities)
+    se = math.sqrt(sum((p * s) ** 2 for p, s in zip(perplexities, known))) / len(perplexities)
     return (mean - Z * se, mean + Z * se)

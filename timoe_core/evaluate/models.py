@@ -24,25 +24,26 @@ from typing import Any
 
 import torch
 
-from timoe_core.checkpoint import (
+from timoe_core.config import MixtureOptions
+from timoe_core.device import resolve_device
+from timoe_core.errors import TimoeError
+from timoe_core.interop.hub import resolve_model_path
+from timoe_core.model.bundle import BUNDLE_FILENAME
+from timoe_core.model.expert_pool import ExpertRecord, run_dir_artefacts
+from timoe_core.model.gpt import GPT
+from timoe_core.model.mixture import TiMoE
+from timoe_core.model.point_in_time import POLICIES, canonical_policy
+from timoe_core.model.run_info import (
     METRICS_FILENAME,
     RUN_INFO_FILENAME,
     RunInfo,
-    load_expert,
     read_run_info,
     run_progress,
     unfinished_run_line,
 )
-from timoe_core.config import MixtureOptions
-from timoe_core.device import resolve_device
-from timoe_core.errors import TimoeError
-from timoe_core.model.bundle import BUNDLE_FILENAME
-from timoe_core.interop.hub import resolve_model_path
-from timoe_core.model.gpt import GPT
-from timoe_core.model.mixture import TiMoE
-from timoe_core.strategies import STRATEGIES
-from timoe_core.model.expert_pool import ExpertRecord, run_dir_artefacts
-from timoe_core.timeslices import POLICIES, canonical_policy, parse_query_date
+from timoe_core.model.weighting import REGISTRY as STRATEGY_REGISTRY
+from timoe_core.model.weights import load_expert
+from timoe_core.timeslices import parse_query_date
 
 STRATEGY_HELP = "avg, learned-avg, coadapt, expert:YEAR, dense or dense-series"
 
@@ -55,7 +56,7 @@ def parse_strategy(strategy: str | None) -> tuple[str | None, int | None]:
     if strategy is None:
         return None, None
     text = strategy.strip()
-    if text in STRATEGIES or text in ("dense", "dense-series"):
+    if text in STRATEGY_REGISTRY or text in ("dense", "dense-series"):
         return text, None
     m = re.fullmatch(r"expert:(\d{4})", text)
     if m:

@@ -22,7 +22,8 @@ from timoe_core.evaluate.models import EvaluatedModel
 from timoe_core.evaluate.perplexity import PerplexityMatrix, PerplexityResult
 from timoe_core.evaluate.tsqa import ERROR_LABELS, TSQAResult
 from timoe_core.io import atomic_path, atomic_write_json
-from timoe_core.timeslices import canonical_policy, parse_query_date
+from timoe_core.model.point_in_time import canonical_policy
+from timoe_core.timeslices import parse_query_date
 
 Table = tuple[list[str], list[list[str]]]
 

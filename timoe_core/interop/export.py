@@ -25,13 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from timoe_core import __version__
-from timoe_core.checkpoint import (
-    RUN_INFO_FILENAME,
-    RunInfo,
-    load_expert,
-    read_run_info,
-    save_safetensors,
-)
 from timoe_core.config import ExportConfig, save_config
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
@@ -46,7 +39,10 @@ from timoe_core.io import (
 )
 from timoe_core.lock import output_lock
 from timoe_core.model.gpt import GPT
-from timoe_core.timeslices import DEFAULT_POLICY, canonical_policy, parse_query_date
+from timoe_core.model.point_in_time import DEFAULT_POLICY, canonical_policy, is_usable
+from timoe_core.model.run_info import RUN_INFO_FILENAME, RunInfo, read_run_info
+from timoe_core.model.weights import load_expert, save_safetensors
+from timoe_core.timeslices import parse_query_date
 from timoe_core.tokenizer import ENCODER_FILENAME, EOT_TEXT, GPT2_FILES_DIR, MERGES_FILENAME
 
 HF_WEIGHTS_FILENAME = "model.safetensors"
@@ -104,9 +100,7 @@ def _models_to_export(path: Path, query_date: str | None, policy: str | None
         if query_date is not None:
             info = read_run_info(path)
             when, rule = parse_query_date(query_date), canonical_policy(policy or DEFAULT_POLICY)
-            usable = (info.time_slice.is_eligible(when, rule) if rule == "inclusive"
-                      else info.cutoff <= when)
-            if not usable:
+            if not is_usable(info, when, rule):
                 raise TimoeError(
                     f"--model {path} is the model of {info.slice_label}, not usable as of "
                     f"--query-date {query_date} (policy {rule}; its data cutoff is "
@@ -201,7 +195,7 @@ def _export_model(cfg: ExportConfig) -> list[ExportedModel]:
             label = info.slice_label if info.kind == "expert" else f"dense {info.slice_label}"
             exported.append(ExportedModel(label, Path(folder or "."), info, sha))
         if len(models) > 1 or models[0][0]:
-            policy = cfg.policy or "inclusive"
+            policy: str = cfg.policy or "inclusive"
             from timoe_core.model.bundle import BUNDLE_FILENAME, BundleSpec
 
             strategy = "avg"  # a folder of run dirs: no bundle to say otherwise

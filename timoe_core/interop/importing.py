@@ -35,7 +35,6 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from timoe_core.checkpoint import RunInfo, save_model_weights, write_run_info
 from timoe_core.config import ImportConfig, save_config
 from timoe_core.errors import TimoeError, describe_validation_error
 from timoe_core.interop.gpt2 import LAYER_NORM_EPS, from_gpt2_state, gpt2_name
@@ -48,6 +47,8 @@ from timoe_core.io import (
 )
 from timoe_core.lock import output_lock
 from timoe_core.model.gpt import GPT, GPT2_VOCAB_SIZE, GPTConfig
+from timoe_core.model.run_info import RunInfo, write_run_info
+from timoe_core.model.weights import save_model_weights
 from timoe_core.timeslices import TimeSlice, parse_query_date
 from timoe_core.tokenizer import get_tokenizer
 

@@ -41,15 +41,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from timoe_core import __version__
-from timoe_core.checkpoint import (
-    MODEL_FILENAME,
-    RunInfo,
-    check_state_matches,
-    check_weights_usable,
-    save_model_weights,
-    save_safetensors,
-    write_run_info,
-)
 from timoe_core.config import MixtureOptions
 from timoe_core.errors import TimoeError
 from timoe_core.io import (
@@ -62,6 +53,13 @@ from timoe_core.io import (
 from timoe_core.model.expert_pool import ExpertRecord
 from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.model.router import Router, RouterConfig, RouterSnapshot
+from timoe_core.model.run_info import MODEL_FILENAME, RunInfo, write_run_info
+from timoe_core.model.weights import (
+    check_state_matches,
+    check_weights_usable,
+    save_model_weights,
+    save_safetensors,
+)
 
 BUNDLE_FILENAME = "timoe.json"
 ROUTER_FILENAME = "router.safetensors"

@@ -14,19 +14,19 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from timoe_core.checkpoint import (
+from timoe_core.errors import TimoeError
+from timoe_core.io import sha256_file
+from timoe_core.model.gpt import GPT
+from timoe_core.model.run_info import (
     MODEL_FILENAME,
     RUN_INFO_FILENAME,
     SNAPSHOT_INFO_FILENAME,
     RunInfo,
-    load_weights_into,
     read_run_info,
     read_snapshot_info,
 )
-from timoe_core.errors import TimoeError
-from timoe_core.io import sha256_file
-from timoe_core.model.gpt import GPT
-from timoe_core.timeslices import TimeSlice, canonical_policy
+from timoe_core.model.weights import load_weights_into
+from timoe_core.timeslices import TimeSlice
 
 
 @dataclass
@@ -93,38 +93,6 @@ def load_expert(rec: ExpertRecord) -> GPT:
     rec.sha256 = digest
     _check_run_info_agrees(rec, directory)
     return load_weights_into(GPT(rec.info.model_config_, init_weights=False), directory)
-
-
-def select_artefacts(
-    records: Iterable[ExpertRecord], when: date, policy: str
-) -> list[ExpertRecord]:
-    """The artefacts usable as of `when`, at most one per slice, in time order.
-
-    point-in-time (strict): per slice, the latest artefact (by cutoff, then generation)
-    whose data cutoff is on or before `when`. inclusive (the paper code's rule, which
-    leaks up to one slice): per slice that has started by `when`, its final artefact.
-    """
-    policy = canonical_policy(policy)
-    by_label: dict[str, list[ExpertRecord]] = {}
-    for rec in records:
-        by_label.setdefault(rec.label, []).append(rec)
-    out = []
-    for recs in by_label.values():
-        if policy == "inclusive":
-            usable = recs if recs[0].time_slice.start <= when else []
-        else:
-            usable = [r for r in recs if r.cutoff <= when]
-        if usable:
-            out.append(max(usable, key=lambda r: r.order))
-    return sorted(out, key=lambda r: r.time_slice)
-
-
-def first_usable_date(records: Iterable[ExpertRecord], policy: str) -> date:
-    """The earliest date as of which some artefact is usable under `policy`."""
-    recs = list(records)
-    if canonical_policy(policy) == "inclusive":
-        return min(r.time_slice.start for r in recs)
-    return min(r.cutoff for r in recs)
 
 
 def _check_run_info_agrees(rec: ExpertRecord, directory: Path) -> None:

@@ -51,6 +51,10 @@ class RouterSnapshot:
     def name(self) -> str:
         return f"router@{self.data_cutoff.isoformat()}"
 
+    @property
+    def slice_labels(self) -> list[str]:
+        return self.router.config.slice_labels
+
 
 class RouterConfig(BaseModel):
     """Shape of a router; saved in the bundle's timoe.json next to its weights."""

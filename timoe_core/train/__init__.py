@@ -10,13 +10,16 @@ job           the one training-job driver: plan, resume check, task, finish (`ru
 expert        `train_expert(cfg)`: `timoe train-expert` (EXPERT_JOB)
 mixture_run   the job of every mixture strategy (MixtureJob): inputs, run dir, bundle
 logprob_cache frozen experts' target log-probs on disk, reused across router epochs
-router        `train_router(cfg)`: `timoe train-router` (avg, learned-avg recipes)
-coadapt       `coadapt(cfg)`: `timoe coadapt` (the coadapt recipe)
+staging       StagedJob: point-in-time mixtures, one stage per data cutoff
+recipe        the recipe protocol (MixtureRecipe, BundleRecipe) the strategies implement
 
-The strategies' training recipes (their tasks) are in timoe_core/strategies/.
+The strategies' recipes, and `train_router` / `coadapt`, are in timoe_core/recipes/,
+the layer above this one.
 """
 
-from timoe_core.train.coadapt import coadapt
+from pathlib import Path
+
+from timoe_core.config import CoadaptConfig, TrainRouterConfig
 from timoe_core.train.distributed import TrainingInterrupted, WorkersFailed
 from timoe_core.train.expert import train_expert
 from timoe_core.train.loop import (
@@ -28,8 +31,25 @@ from timoe_core.train.loop import (
     TrainTask,
     run_training,
 )
-from timoe_core.train.router import train_router
 from timoe_core.train.schedule import WSDSchedule
+
+
+# `train_router` and `coadapt` live in timoe_core/recipes/, the layer above this one; they
+# stay importable from here, where they were, as the one upward import the layers
+# contract allows (pyproject.toml, ignore_imports), made only when called.
+def train_router(cfg: TrainRouterConfig) -> Path:
+    """`timoe_core.recipes.train_router` (timoe train-router)."""
+    from timoe_core.recipes.registry import train_router as run
+
+    return run(cfg)
+
+
+def coadapt(cfg: CoadaptConfig) -> Path:
+    """`timoe_core.recipes.coadapt` (timoe coadapt)."""
+    from timoe_core.recipes.registry import coadapt as run
+
+    return run(cfg)
+
 
 __all__ = [
     "DataPosition",

@@ -27,18 +27,6 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from timoe_core.checkpoint import (
-    MODEL_FILENAME,
-    SNAPSHOT_INFO_FILENAME,
-    SNAPSHOTS_DIRNAME,
-    RunInfo,
-    SnapshotInfo,
-    load_weights_into,
-    read_run_info,
-    read_snapshot_info,
-    save_model_weights,
-    write_run_info,
-)
 from timoe_core.config import (
     CONFIG_FILENAME,
     TrainExpertConfig,
@@ -53,10 +41,21 @@ from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_json, sha256_file
 from timoe_core.model.gpt import GPT, GPTConfig, pad_vocab, preset_config
+from timoe_core.model.run_info import (
+    MODEL_FILENAME,
+    SNAPSHOT_INFO_FILENAME,
+    SNAPSHOTS_DIRNAME,
+    RunInfo,
+    SnapshotInfo,
+    read_run_info,
+    read_snapshot_info,
+    write_run_info,
+)
+from timoe_core.model.weights import load_weights_into, save_model_weights
 from timoe_core.timeslices import TimeSlice, year_cutoff
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
-from timoe_core.train.job import run_job
+from timoe_core.train.job import Stages, run_job, single_stage
 from timoe_core.train.loop import Branch, DataPosition, LoopResult, ShuffledOrder, TrainTask
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
 from timoe_core.train.schedule import StagedSchedule, budget_steps, stage_decay_steps
@@ -557,6 +556,9 @@ class ExpertJob:
 
     def finish(self, plan: ExpertPlan, task: TrainTask, result: LoopResult, env: DistEnv) -> None:
         pass
+
+    def stages(self, plan: ExpertPlan, env: DistEnv) -> Stages:
+        return single_stage(self, plan, env)
 
 
 EXPERT_JOB = ExpertJob()

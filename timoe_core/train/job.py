@@ -1,24 +1,29 @@
-"""One driver for every training job: plan, check the run dir, prepare it, build the
-task, train, finish.
+"""One driver for every training job: plan, check the run dir, prepare it, then train
+the job's stages one after the other, each through the shared loop.
 
-A training command is a `TrainingJob` (train-expert: `train.expert.EXPERT_JOB`; the
-mixture strategies: `train.mixture_run.MixtureJob`, one per strategy recipe). `run_job`
-does what every command does: take --out's write lock (held throughout, planning
-included), plan in the calling process (every input checked, nothing written;
-TimoeError for bad input), prepare the run dir once, then train in this process or
-in workers spawned by PyTorch's elastic agent (`distributed`). Each worker runs
-`train_in_worker`: the same plan again (its world size), the task, the shared loop
-(`loop.run_training`), then the job's `finish` (a mixture writes its bundle). Workers
-find their job again by its `ref` ("module:attribute"), since only plain data crosses
-the process boundary.
+A training command is a `TrainingJob` (train-expert: `train.expert.EXPERT_JOB`; a
+mixture strategy: its recipe's job, `train.mixture_run.MixtureJob` for one run over
+every year (policy inclusive) or `train.staging.StagedJob`, one stage per data cutoff
+(point-in-time)). `run_job` does what every command does: take --out's write lock (held
+throughout, planning included), plan in the calling process (every input checked,
+nothing written; TimoeError for bad input), prepare the run dir once, then train in
+this process or in workers spawned by PyTorch's elastic agent (`distributed`). Each
+worker runs `train_in_worker`: the same plan again (its world size), then the job's
+`stages`: a generator that yields one `StageRun` (a task and where and how long to
+train it) per stage, receives the loop's result (`loop.run_training`), and finishes
+(a mixture writes its bundle) after the last. A single-run job is one stage
+(`single_stage`). Workers find their job again by its `ref` ("module:attribute"),
+since only plain data crosses the process boundary.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from rich.console import Console
 
@@ -36,26 +41,48 @@ from timoe_core.train.distributed import (
 )
 from timoe_core.train.loop import LoopResult, TrainTask, run_training
 
+RunDirAction = Literal["new", "resume", "overwrite"]
+
 
 class JobPlan(Protocol):
     """What the driver reads of a job's plan (the job's own plan class holds more)."""
 
-    cfg: Any
     run_dir: Path
     world_size: int
     total_steps: int
-    action: str  # run dir: "new", "resume" or "overwrite"
+    action: RunDirAction
     notes: list[str]  # printed once by rank 0 before training
 
     @property
+    def cfg(self) -> TrainingConfig: ...  # read-only: a job's plan may hold a narrower config
+
+    @property
     def title(self) -> str: ...
+
+
+@dataclass
+class StageRun:
+    """One stage of a job for the shared loop: its task, config, run dir and budget."""
+
+    task: TrainTask
+    cfg: TrainingConfig
+    run_dir: Path
+    total_steps: int
+    title: str
+    wandb_config: dict[str, object]
+
+
+# A job's stages: yields each StageRun, is sent the loop's result, finishes after the last.
+Stages = Generator[StageRun, LoopResult, None]
 
 
 class TrainingJob(Protocol):
     """One kind of training run."""
 
     ref: str  # "module:attribute" naming this job object, for spawned workers
-    config_model: type[TrainingConfig]
+
+    @property
+    def config_model(self) -> type[TrainingConfig]: ...  # read-only: narrower in a job
 
     def plan(
         self, cfg: Any, world_size: int | None = None, check_run_dir: bool = True,
@@ -68,6 +95,14 @@ class TrainingJob(Protocol):
     def prepare_run_dir(self, plan: Any) -> None:
         """Create or reset the run dir and record what the run is."""
         ...
+
+    def stages(self, plan: Any, env: DistEnv) -> Stages:
+        """This worker's stages, in order (a single-run job: `single_stage(self, ...)`)."""
+        ...
+
+
+class SingleRunJob(TrainingJob, Protocol):
+    """A job trained in one run: its task, what it logs, what it does after."""
 
     def build_task(self, plan: Any, env: DistEnv) -> TrainTask:
         """The model(s) and data of this worker, ready for the loop."""
@@ -82,9 +117,21 @@ class TrainingJob(Protocol):
         ...
 
 
+def single_stage(job: SingleRunJob, plan: JobPlan, env: DistEnv) -> Stages:
+    """The one stage of a single-run job: its task over the whole planned run."""
+    task = job.build_task(plan, env)
+    result = yield StageRun(task, plan.cfg, plan.run_dir, plan.total_steps, plan.title,
+                            config_to_dict(plan.cfg) | job.wandb_config(plan, env))
+    job.finish(plan, task, result, env)
+
+
 def find_job(ref: str) -> TrainingJob:
+    """The job `ref` names: "module:attribute", the attribute maybe dotted ("RECIPE.job")."""
     module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    found: Any = importlib.import_module(module)
+    for name in attr.split("."):
+        found = getattr(found, name)
+    return found
 
 
 def main_print(env: DistEnv) -> Any:
@@ -111,14 +158,16 @@ def run_job(job: TrainingJob, cfg: TrainingConfig) -> Path:
             "action": plan.action,
         }
         if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
-                           lambda: job.prepare_run_dir(plan), train_in_worker, worker_main):
+                           lambda: job.prepare_run_dir(plan),
+                           lambda p: train_in_worker(p, job), worker_main):
             raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
     return plan.run_dir
 
 
-def train_in_worker(payload: dict[str, Any]) -> LoopResult:
-    """One worker's whole job (every rank runs it)."""
-    job = find_job(payload["job"])
+def train_in_worker(payload: dict[str, Any], job: TrainingJob | None = None) -> LoopResult:
+    """One worker's whole job (every rank runs it); a spawned worker finds `job` by its
+    ref, the calling process passes it."""
+    job = job or find_job(payload["job"])
     cfg = job.config_model.model_validate(payload["config"])
     env = init_workers(cfg.device)
     try:
@@ -130,20 +179,24 @@ def train_in_worker(payload: dict[str, Any]) -> LoopResult:
         say = main_print(env)
         for note in plan.notes:
             say(note, highlight=False)
-        task = job.build_task(plan, env)
-        result = run_training(
-            task,
-            cfg,
-            plan.run_dir,
-            env,
-            plan.total_steps,
-            title=plan.title,
-            wandb_config=config_to_dict(cfg) | job.wandb_config(plan, env),
-        )
-        job.finish(plan, task, result, env)
-        return result
+        return run_stages(job.stages(plan, env), env)
     finally:
         env.close()
+
+
+def run_stages(stages: Stages, env: DistEnv) -> LoopResult:
+    """Train each stage `stages` yields through the shared loop, sending back its result;
+    the last stage's result (a stopped stage ends the job: rerun to resume)."""
+    result = LoopResult(step=0, total_steps=0, tokens=0, interrupted=False, checkpoint=None,
+                        eval_loss=None)
+    try:
+        run = next(stages)
+        while True:
+            result = run_training(run.task, run.cfg, run.run_dir, env, run.total_steps,
+                                  title=run.title, wandb_config=run.wandb_config)
+            run = stages.send(result)
+    except StopIteration:
+        return result
 
 
 def worker_main(payload: dict[str, Any]) -> int:

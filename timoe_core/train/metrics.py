@@ -38,12 +38,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from timoe_core.checkpoint import (  # metrics.jsonl is read there, below train
+from timoe_core.errors import TimoeError
+from timoe_core.io import atomic_write_text, open_for_append
+from timoe_core.model.run_info import (  # metrics.jsonl is read there, below train
     METRICS_FILENAME,
     read_metrics,
 )
-from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_text, open_for_append
 
 WANDB_ID_FILENAME = "wandb_run_id"
 

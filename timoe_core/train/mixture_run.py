@@ -1,8 +1,8 @@
 """The training job of every mixture strategy (learned-avg, coadapt): inputs, run dir, bundle.
 
-`MixtureJob(strategy)` is the `TrainingJob` (job.py) of a strategy whose recipe
-(timoe_core/strategies/) trains part of a mixture; the recipe supplies only its task
-(`make_task`). Both train part of a TiMoE mixture on a prepared data dir and write a bundle. The
+`MixtureJob` is the `TrainingJob` (job.py) of a strategy whose recipe
+(timoe_core/recipes/, a `train.recipe.MixtureRecipe`) trains part of a mixture; the
+recipe supplies only its task (`make_task`). Both train part of a TiMoE mixture on a prepared data dir and write a bundle. The
 output dir (--out) is at once the training run dir and the bundle:
 
     OUT/
@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from timoe_core.checkpoint import MODEL_FILENAME
 from timoe_core.config import (
     CoadaptConfig,
     MixtureOptions,
@@ -59,11 +58,12 @@ from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_json, read_json_object, remove_output, sha256_file
 from timoe_core.model.bundle import BUNDLE_FILENAME, EMBEDDED_EXPERTS_DIR, ROUTER_FILENAME
 from timoe_core.model.mixture import TiMoE
-from timoe_core.strategies import get_strategy
+from timoe_core.model.run_info import MODEL_FILENAME
+from timoe_core.model.weighting import get_strategy
 from timoe_core.timeslices import year_cutoff
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
-from timoe_core.train.job import main_print
+from timoe_core.train.job import RunDirAction, Stages, main_print, single_stage
 from timoe_core.train.logprob_cache import CACHE_DIRNAME
 from timoe_core.train.loop import LoopResult, TrainTask
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
@@ -118,7 +118,7 @@ class MixturePlan:
     world_size: int
     total_steps: int
     record: dict[str, Any]  # mixture_run.json
-    action: str = "new"  # run dir: "new", "resume" or "overwrite"
+    action: RunDirAction = "new"
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -199,14 +199,16 @@ def _check_router_init(cfg: MixtureConfig, mix: TiMoE) -> str | None:
     return sha256_file(Path(path) / ROUTER_FILENAME)
 
 
-def check_required_inputs(cfg: MixtureConfig) -> None:
-    """--experts, --data and --out: what every trained mixture needs (TimoeError)."""
+def check_required_inputs(cfg: MixtureConfig) -> tuple[Path, Path]:
+    """--experts, --data and --out: what every trained mixture needs (TimoeError);
+    returns (data dir, out dir), now known to be given."""
     if not cfg.experts:
         raise TimoeError("--experts is required: a folder of expert run dirs (or run dirs)")
     if cfg.data is None:
         raise TimoeError("--data DATA_DIR is required: a folder made by `timoe prepare-data`")
     if cfg.out is None:
         raise TimoeError("--out is required: the folder to write the run and its bundle to")
+    return cfg.data, cfg.out
 
 
 def plan_mixture_run(
@@ -343,7 +345,7 @@ def _read_record(run_dir: Path) -> dict[str, Any]:
         raise TimoeError(f"{path} is unreadable ({exc}): start over with --overwrite") from None
 
 
-def _decide_run_dir(plan: MixturePlan, restart: bool) -> str:
+def _decide_run_dir(plan: MixturePlan, restart: bool) -> RunDirAction:
     """new / resume / overwrite for --out, or a one-line refusal (nothing written)."""
     cfg, run_dir = plan.cfg, plan.run_dir
     if (run_dir / BUNDLE_FILENAME).is_file() and not (run_dir / MIXTURE_RUN_FILENAME).is_file():
@@ -470,21 +472,23 @@ def training_cutoff(plan: MixturePlan, mix: TiMoE) -> date:
     return max([year_cutoff(max(plan.years))] + [r.cutoff for r in mix.artefacts])
 
 
+# A recipe's task over the planned run's windows (the mixture built, on this worker).
+TaskFactory = Callable[[MixturePlan, TiMoE, DistEnv], "MixtureTask"]
+
+
 class MixtureJob:
-    """A strategy's training run as a `TrainingJob` (job.py). The strategy's recipe
-    module (timoe_core/strategies/) defines `CONFIG` (its command's config model),
-    `make_task(plan, mix, env)` and `JOB = MixtureJob(name)`."""
+    """A strategy's training run as a `TrainingJob` (job.py), made by its recipe
+    (`train.recipe.MixtureRecipe.job`): `ref` names the recipe's job for spawned
+    workers ("module:RECIPE.job")."""
 
-    def __init__(self, strategy: str) -> None:
+    def __init__(
+        self, strategy: str, config_model: type[MixtureConfig], make_task: TaskFactory,
+        ref: str,
+    ) -> None:
         self.strategy = strategy
-
-    @property
-    def ref(self) -> str:
-        return f"{get_strategy(self.strategy).recipe}:JOB"
-
-    @property
-    def config_model(self) -> type[MixtureConfig]:  # type: ignore[valid-type]
-        return get_strategy(self.strategy).recipe_module().CONFIG  # type: ignore[no-any-return]
+        self.config_model = config_model
+        self.make_task = make_task
+        self.ref = ref
 
     def plan(
         self, cfg: MixtureConfig, world_size: int | None = None, check_run_dir: bool = True,
@@ -495,10 +499,12 @@ class MixtureJob:
     def prepare_run_dir(self, plan: MixturePlan) -> None:
         prepare_run_dir(plan)
 
+    def stages(self, plan: MixturePlan, env: DistEnv) -> Stages:
+        """One stage over every year."""
+        return single_stage(self, plan, env)
+
     def build_task(self, plan: MixturePlan, env: DistEnv) -> MixtureTask:
-        mix = build_mixture(plan, env.device)
-        make_task = get_strategy(self.strategy).recipe_module().make_task
-        return make_task(plan, mix, env)  # type: ignore[no-any-return]
+        return self.make_task(plan, build_mixture(plan, env.device), env)
 
     def wandb_config(self, plan: MixturePlan, env: DistEnv) -> dict[str, Any]:
         return {

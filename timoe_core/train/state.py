@@ -58,13 +58,6 @@ import numpy as np
 import torch
 
 from timoe_core import __version__
-from timoe_core.checkpoint import (
-    MODEL_FILENAME,
-    RUN_INFO_FILENAME,
-    TRAINER_STATE_FILENAME,
-    run_progress,
-    unfinished_run_line,
-)
 from timoe_core.config import CONFIG_FILENAME, TrainingConfig
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
@@ -75,6 +68,13 @@ from timoe_core.io import (
     remove_output,
     safe_loader_refusal,
     write_failure_as_os_error,
+)
+from timoe_core.model.run_info import (
+    MODEL_FILENAME,
+    RUN_INFO_FILENAME,
+    TRAINER_STATE_FILENAME,
+    run_progress,
+    unfinished_run_line,
 )
 from timoe_core.train.metrics import METRICS_FILENAME, WANDB_ID_FILENAME
 

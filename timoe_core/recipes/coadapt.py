@@ -24,11 +24,11 @@ Output: OUT is a coadapt bundle; every adapted expert is stored inside it, in
 OUT/experts/<label>/ (model.safetensors + run.json, checksummed in timoe.json); experts
 that no window trained stay referenced from their run dirs.
 
-Staged (policy point-in-time, the default): `train` hands the run to
-train/staged_mixture.py: one stage per data cutoff, each adapting the expert of the
-slice holding that year (a copy of its artefact usable then, stored as a derived
-artefact with the stage's cutoff) through this task; `--policy inclusive` trains over
-every year at once as below.
+Staged (policy point-in-time, the default): the recipe's `train` (train/recipe.py)
+hands the run to train/staging.py: one stage per data cutoff, each adapting the
+expert of the slice holding that year (a copy of its artefact usable then, stored as a
+derived artefact with the stage's cutoff) through this task (`stage_task`);
+`--policy inclusive` trains over every year at once (`make_task`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from timoe_core.checkpoint import load_weights_into, save_model_weights
 from timoe_core.config import CoadaptConfig
 from timoe_core.model.bundle import (
     EMBEDDED_EXPERTS_DIR,
@@ -48,13 +47,13 @@ from timoe_core.model.bundle import (
     save_router_weights,
 )
 from timoe_core.model.mixture import TiMoE
-from timoe_core.timeslices import canonical_policy
+from timoe_core.model.weighting import COADAPT
+from timoe_core.model.weights import load_weights_into, save_model_weights
 from timoe_core.train.distributed import DistEnv
-from timoe_core.train.job import run_job
 from timoe_core.train.loop import GroupedOrder
-from timoe_core.train.mixture_run import MixtureJob, MixturePlan, MixtureTask
-
-CONFIG = CoadaptConfig
+from timoe_core.train.mixture_run import MixturePlan, MixtureTask
+from timoe_core.train.recipe import MixtureRecipe
+from timoe_core.train.staging import Stage
 
 
 class CoadaptTask(MixtureTask):
@@ -127,13 +126,12 @@ def make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> CoadaptTask:
     )
 
 
-JOB = MixtureJob("coadapt")
+def stage_task(stage: Stage) -> CoadaptTask:
+    """One stage: the router and the expert of the slice holding the stage's year (a copy
+    of its artefact usable then, which the driver took out of the shared pool)."""
+    assert stage.holder is not None
+    return CoadaptTask(stage.view, stage.windows, stage.val_windows, stage.cfg.seed,
+                       stage.eval_windows, {stage.cutoff.year: stage.holder.label})
 
 
-def train(cfg: CoadaptConfig) -> Path:
-    """Co-adapt the router and the experts `cfg` names; returns the bundle dir."""
-    if canonical_policy(cfg.policy) == "point-in-time":  # a router snapshot per cutoff
-        from timoe_core.train.staged_mixture import train_staged
-
-        return train_staged(cfg, "coadapt")
-    return run_job(JOB, cfg)
+RECIPE = MixtureRecipe(COADAPT, CoadaptConfig, make_task, stage_task, __name__)

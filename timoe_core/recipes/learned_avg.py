@@ -17,10 +17,11 @@ always runs the experts.
 Run dir, resume, workers, Ctrl-C and logging are the shared job driver's
 (train/job.py, train/mixture_run.py); OUT is the bundle once training ends.
 
-Staged (policy point-in-time, the default): `train` hands the run to
-train/staged_mixture.py, which trains one router stage per data cutoff of the experts'
-artefacts, each through this task on the stage's windows, and writes a router snapshot
-per stage; `--policy inclusive` trains the single router over every year below.
+Staged (policy point-in-time, the default): the recipe's `train` (train/recipe.py)
+hands the run to train/staging.py, which trains one router stage per data cutoff
+of the experts' artefacts, each through this task (`stage_task`) on the stage's
+windows, and writes a router snapshot per stage; `--policy inclusive` trains the single
+router over every year (`make_task`).
 """
 
 from __future__ import annotations
@@ -34,17 +35,18 @@ import numpy as np
 import torch
 
 from timoe_core.config import TrainRouterConfig
+from timoe_core.data.manifest import token_files_read
 from timoe_core.model.bundle import load_router_weights, save_router_weights
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.router import Router
-from timoe_core.timeslices import canonical_policy
+from timoe_core.model.weighting import LEARNED_AVG
 from timoe_core.train.distributed import DistEnv
-from timoe_core.train.job import main_print, run_job
+from timoe_core.train.job import main_print
 from timoe_core.train.logprob_cache import LogProbCache, cache_key, token_files_fingerprint
 from timoe_core.train.loop import ShuffledOrder, amp_enabled
-from timoe_core.train.mixture_run import MixtureJob, MixturePlan, MixtureTask
-
-CONFIG = TrainRouterConfig
+from timoe_core.train.mixture_run import MixturePlan, MixtureTask
+from timoe_core.train.recipe import MixtureRecipe
+from timoe_core.train.staging import Stage
 
 
 class LearnedAvgTask(MixtureTask):
@@ -142,13 +144,28 @@ def make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> LearnedAvgTask:
     )
 
 
-JOB = MixtureJob("learned-avg")
+def stage_task(stage: Stage) -> LearnedAvgTask:
+    """One stage's router training: the stage's windows, its experts' log-probs cached
+    when the stage reads more windows than it holds."""
+    cfg, windows, env = stage.cfg, stage.windows, stage.env
+    cache = None
+    if cfg.cache_log_probs and stage.steps * cfg.batch_size * cfg.grad_accum > len(windows):
+        key = cache_key(
+            data_files_sha256=token_files_read(windows.manifest, [stage.cutoff.year]),
+            split="train", years=[stage.cutoff.year], seq_len=windows.seq_len,
+            policy="point-in-time",
+            experts={r.key: r.sha256 or "" for r in stage.view.artefacts},
+            compute_dtype="bfloat16" if stage.amp else "float32",
+            token_files=token_files_fingerprint(windows.data_dir, "train", [stage.cutoff.year]),
+        )
+        cache = LogProbCache.open_or_build(
+            stage.run_dir, key, windows, stage.view, env,
+            batch_size=cfg.batch_size * cfg.grad_accum,
+            autocast=lambda: torch.autocast(env.device.type, dtype=torch.bfloat16,
+                                            enabled=stage.amp),
+        )
+    return LearnedAvgTask(stage.view, windows, stage.val_windows, seed=cfg.seed,
+                          eval_windows=stage.eval_windows, cache=cache)
 
 
-def train(cfg: TrainRouterConfig) -> Path:
-    """Train the router of the bundle `cfg` describes; returns the bundle dir."""
-    if canonical_policy(cfg.policy) == "point-in-time":  # a router snapshot per cutoff
-        from timoe_core.train.staged_mixture import train_staged
-
-        return train_staged(cfg, "learned-avg")
-    return run_job(JOB, cfg)
+RECIPE = MixtureRecipe(LEARNED_AVG, TrainRouterConfig, make_task, stage_task, __name__)

@@ -13,14 +13,14 @@ from timoe_core.io import check_output_path
 from timoe_core.lock import output_lock
 from timoe_core.model.bundle import BUNDLE_FILENAME
 from timoe_core.model.mixture import TiMoE
+from timoe_core.model.weighting import AVG
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.mixture_run import (
     MIXTURE_RUN_FILENAME,
     clear_bundle_artifacts,
     mixture_options,
 )
-
-CONFIG = TrainRouterConfig
+from timoe_core.train.recipe import BundleRecipe
 
 
 def _check_avg_out(out: Path | None, overwrite: bool) -> Path:
@@ -55,6 +55,4 @@ def write_avg_bundle(cfg: TrainRouterConfig) -> Path:
     return out
 
 
-def train(cfg: TrainRouterConfig) -> Path:
-    """The avg bundle `cfg` describes (no training); returns the bundle dir."""
-    return write_avg_bundle(cfg)
+RECIPE = BundleRecipe(AVG, write_avg_bundle)

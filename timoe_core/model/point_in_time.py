@@ -1,0 +1,145 @@
+"""The point-in-time rule, once: which trained artefacts (expert weights, router
+snapshots) an answer as of a date may use.
+
+point-in-time (the default; `strict` is its older name): an artefact is usable as of d
+only if every text that shaped it is dated on or before d, i.e. its data cutoff is <= d.
+inclusive (the paper code's rule, kept as an option): a slice's artefact is usable once
+the slice has started, which leaks up to one slice of future text.
+
+Every caller asks here: the mixture (`TiMoE.usable_artefacts`, `router_for`), the staged
+training driver (the artefacts of each stage), export (a single run dir as of
+--query-date), and, through the mixture, evaluation, the harness and generation.
+`timeslices` only slices years and reads dates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date
+from typing import Literal, Protocol, TypeVar
+
+from timoe_core.errors import TimoeError
+from timoe_core.timeslices import TimeSlice, parse_query_date
+
+Policy = Literal["point-in-time", "strict", "inclusive"]
+POLICIES: tuple[Policy, ...] = ("point-in-time", "strict", "inclusive")
+DEFAULT_POLICY: Policy = "point-in-time"
+
+
+def canonical_policy(policy: str) -> Literal["point-in-time", "inclusive"]:
+    """`strict` is an alias of `point-in-time`; TimoeError for an unknown policy."""
+    if policy == "inclusive":
+        return "inclusive"
+    if policy in ("point-in-time", "strict"):
+        return "point-in-time"
+    raise TimoeError(f"unknown eligibility policy {policy!r}: use one of {', '.join(POLICIES)}")
+
+
+class Dated(Protocol):
+    """An artefact as the rule sees it: its slice and the date of its latest text."""
+
+    @property
+    def time_slice(self) -> TimeSlice: ...
+
+    @property
+    def cutoff(self) -> date: ...
+
+
+class Ordered(Dated, Protocol):
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def order(self) -> tuple[date, int]: ...
+
+
+class Snapshot(Protocol):
+    """A router snapshot as the rule sees it."""
+
+    @property
+    def data_cutoff(self) -> date: ...
+
+    @property
+    def slice_labels(self) -> list[str]: ...
+
+
+A = TypeVar("A", bound=Ordered)
+S = TypeVar("S", bound=Snapshot)
+
+
+def is_usable(artefact: Dated, when: date, policy: str) -> bool:
+    """May an answer as of `when` use `artefact` under `policy`?"""
+    if canonical_policy(policy) == "inclusive":
+        return artefact.time_slice.start <= when
+    return artefact.cutoff <= when
+
+
+def select_artefacts(records: Iterable[A], when: date, policy: str) -> list[A]:
+    """The artefacts usable as of `when`, at most one per slice, in time order: per
+    slice, the latest usable one (by cutoff, then generation). Under inclusive every
+    artefact of a started slice is usable, so that is the slice's final one."""
+    by_label: dict[str, list[A]] = {}
+    for rec in records:
+        if is_usable(rec, when, policy):
+            by_label.setdefault(rec.label, []).append(rec)
+    chosen = [max(recs, key=lambda r: r.order) for recs in by_label.values()]
+    return sorted(chosen, key=lambda r: r.time_slice)
+
+
+def first_usable_date(records: Iterable[Dated], policy: str) -> date:
+    """The earliest date as of which some artefact is usable under `policy`."""
+    recs = list(records)
+    if not recs:
+        raise TimoeError("no trained artefact: train at least one expert first")
+    if canonical_policy(policy) == "inclusive":
+        return min(r.time_slice.start for r in recs)
+    return min(r.cutoff for r in recs)
+
+
+def none_usable(when: date, policy: str, first: date) -> TimoeError:
+    """The error of a query no artefact may answer, naming the first usable date."""
+    return TimoeError(
+        f"no expert is eligible as of {when.isoformat()} (policy {policy}): "
+        f"the first query date with an eligible expert is {first.isoformat()}"
+    )
+
+
+class _FinalArtefact:
+    """A slice's artefact trained on the whole slice (its cutoff is the slice's end)."""
+
+    def __init__(self, time_slice: TimeSlice) -> None:
+        self.time_slice = time_slice
+        self.cutoff = time_slice.end
+        self.label = time_slice.label
+        self.order = (self.cutoff, 0)
+
+
+def eligible_slices(
+    slices: Sequence[TimeSlice], query_date: str | int | date, policy: str
+) -> list[TimeSlice]:
+    """The slices whose final artefact is usable as of `query_date`, in time order
+    (TimoeError naming the first usable date when there is none)."""
+    when = parse_query_date(query_date)
+    finals = [_FinalArtefact(s) for s in slices]
+    chosen = select_artefacts(finals, when, policy)
+    if not chosen:
+        raise none_usable(when, policy, first_usable_date(finals, policy))
+    return [a.time_slice for a in chosen]
+
+
+def first_eligible_date(slices: Sequence[TimeSlice], policy: str) -> date:
+    """The earliest date as of which some slice's final artefact is usable."""
+    return first_usable_date([_FinalArtefact(s) for s in slices], policy)
+
+
+def router_snapshot_for(
+    snapshots: Sequence[S], when: date, policy: str, usable_labels: list[str]
+) -> S | None:
+    """The router snapshot an answer as of `when` uses: point-in-time, the one with the
+    largest cutoff on or before the date; inclusive, the latest one over exactly the
+    slices that answer (`usable_labels`). None when no snapshot fits."""
+    if canonical_policy(policy) == "inclusive":
+        fits = [r for r in snapshots if r.slice_labels == usable_labels]
+    else:
+        fits = [r for r in snapshots if r.data_cutoff <= when]
+    return fits[-1] if fits else None

@@ -1,0 +1,407 @@
+"""Staged (causal) routers: learned-avg and coadapt under the point-in-time policy.
+
+An answer as of d may depend on no text dated after d, and that holds for the router
+too. So the router trains in chronological stages, one per distinct data cutoff c of
+the experts' artefacts (their final weights and snapshots: one per data year):
+
+- stage c trains on the windows of the year ending at c (the data dated after the
+  previous stage's cutoff, up to c), each read as of c, through the artefacts usable as
+  of c (`point_in_time.select_artefacts`), and saves a router snapshot
+  with cutoff c;
+- its router starts from stage c-1's, grown by one slot per slice that became usable
+  (`router.grow_router`: a new slot's init depends on the seed and its label only), so
+  neither its shape nor its initialisation knows how many slices exist later;
+- its budget is `--steps-per-stage N`, default one pass over the stage's windows (none:
+  0 steps, the snapshot is the previous router grown), with its own AdamW and
+  warmup-stable-decay schedule: nothing depends on later stages;
+- coadapt: the expert of the slice holding year c (its artefact usable as of c) is
+  trained too, and saved as a derived artefact (generation + 1) with cutoff c; every
+  other artefact is frozen.
+
+A query as of d then uses the router snapshot with the largest cutoff <= d, whose slots
+are exactly the slices usable as of d (`TiMoE.as_of`).
+
+Layout of OUT (the bundle once every stage is done):
+
+    mixture_run.json           what the run is; a rerun must match it (or --overwrite)
+    stages/<date>/             each stage's training run dir (checkpoints, metrics,
+                               log-prob cache), resumed when interrupted; once its
+                               router snapshot is saved only metrics.jsonl stays
+                               (--keep-stage-checkpoints keeps the rest)
+    routers/<date>/router.safetensors     the router snapshot of each stage
+    experts/<slice>@<date>+adapted/       coadapt: the adapted expert of each stage
+    timoe.json, router.safetensors        written last (the latest router)
+
+`StagedJob` is a `TrainingJob` that `job.run_job` runs like every other: its `plan`
+checks the inputs and the run dir, `prepare_run_dir` records the run, and `stages`
+yields each stage's task (made by the strategy's recipe, `stage_task`) to the shared
+loop, one after the other, in this process (a completed stage is skipped on a rerun;
+several workers are refused), then writes the bundle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from timoe_core.config import config_to_dict, save_config
+from timoe_core.data.manifest import (
+    Manifest,
+    check_compatible,
+    load_manifest,
+    resolve_seq_len,
+    token_files_read,
+)
+from timoe_core.data.windows import TokenWindows
+from timoe_core.errors import TimoeError
+from timoe_core.io import (
+    atomic_write_json,
+    check_output_path,
+    read_json_object,
+    remove_output,
+    sha256_file,
+)
+from timoe_core.model.bundle import (
+    BUNDLE_FILENAME,
+    EMBEDDED_EXPERTS_DIR,
+    ROUTER_SNAPSHOTS_DIR,
+    embedded_dirname,
+    load_router_weights,
+    save_router_weights,
+    write_bundle,
+)
+from timoe_core.model.expert_pool import ExpertRecord
+from timoe_core.model.gpt import GPT
+from timoe_core.model.mixture import TiMoE
+from timoe_core.model.point_in_time import select_artefacts
+from timoe_core.model.router import (
+    Router,
+    RouterConfig,
+    RouterSnapshot,
+    grow_router,
+    slot_generator,
+)
+from timoe_core.model.run_info import MODEL_FILENAME
+from timoe_core.model.weighting import Strategy
+from timoe_core.model.weights import load_weights_into, save_model_weights
+from timoe_core.train import state as ckpt_state
+from timoe_core.train.distributed import DistEnv, TrainingInterrupted
+from timoe_core.train.job import RunDirAction, StageRun, Stages, main_print
+from timoe_core.train.loop import amp_enabled
+from timoe_core.train.metrics import METRICS_FILENAME, check_wandb_mode
+from timoe_core.train.mixture_run import (
+    MIXTURE_RUN_FILENAME,
+    MixtureConfig,
+    MixtureTask,
+    check_required_inputs,
+    clear_bundle_artifacts,
+    mixture_options,
+)
+
+STAGES_DIRNAME = "stages"
+
+
+@dataclass
+class Stage:
+    """One stage's training, as a recipe's `stage_task` receives it."""
+
+    cfg: MixtureConfig
+    cutoff: date  # the stage's data cutoff: its windows are of cutoff.year
+    view: TiMoE  # the artefacts usable as of cutoff, with the stage's router
+    windows: TokenWindows
+    val_windows: TokenWindows | None
+    holder: ExpertRecord | None  # the artefact of the slice holding cutoff.year
+    steps: int
+    run_dir: Path  # OUT/stages/<date>
+    env: DistEnv
+    amp: bool
+    eval_windows: int
+
+
+# A recipe's task for one stage (learned-avg: the router; coadapt: router + own expert).
+StageTaskFactory = Callable[[Stage], MixtureTask]
+
+
+def _check(cfg: MixtureConfig, strategy: str) -> tuple[Path, Path]:
+    """The staged run's inputs checked; returns (data dir, out dir)."""
+    data_out = check_required_inputs(cfg)
+    check_output_path(data_out[1], "--out")
+    if cfg.nproc_per_node != 1 or cfg.nnodes != 1:
+        raise TimoeError(
+            f"a staged {strategy} router (policy point-in-time) trains its stages in one "
+            "process: leave out --nproc-per-node/--nnodes, or use --policy inclusive"
+        )
+    if cfg.max_steps is not None or cfg.max_tokens is not None:
+        flag = "--max-steps" if cfg.max_steps is not None else "--max-tokens"
+        raise TimoeError(
+            f"{flag} sets one budget for the whole run, but a staged {strategy} router "
+            "(policy point-in-time, the default) has a budget per stage: give "
+            "--steps-per-stage N, or --policy inclusive for one run over every year"
+        )
+    check_wandb_mode(cfg.wandb)
+    return data_out
+
+
+def _fresh_router(cfg: MixtureConfig, labels: list[str], vocab_size: int, first: GPT) -> Router:
+    """Stage 1's router: seeded by cfg.seed, token table from the earliest artefact usable
+    then, every slot's date-feature column from (seed, label)."""
+    ckpt_state.seed_all(cfg.seed)
+    router = Router(RouterConfig(
+        slice_labels=labels, vocab_size=vocab_size, embed_dim=cfg.router_embed_dim,
+        hidden_dim=cfg.router_hidden_dim, date_features=cfg.router_date_features,
+    ))
+    router.init_embedding_from(first.wte.weight)
+    with torch.no_grad():
+        if router.date_proj is not None:
+            for k, label in enumerate(labels):
+                column = torch.randn(router.config.hidden_dim, generator=slot_generator(cfg.seed,
+                                                                                        label))
+                router.date_proj.weight[:, k] = column * 0.5
+    return router
+
+
+def _record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int, manifest: Manifest
+            ) -> dict[str, Any]:
+    experts = {}
+    for rec in mix.artefacts:
+        path = rec.weights_dir() / MODEL_FILENAME
+        experts[rec.key] = rec.sha256 or sha256_file(path)
+    keys = ("policy", "top_k", "router_embed_dim", "router_hidden_dim", "router_date_features",
+            "steps_per_stage", "seed", "batch_size", "grad_accum", "lr", "entropy_coef",
+            "balance_coef", "z_loss_coef")
+    return {
+        "strategy": strategy, "staged": True, "experts": experts,
+        "data_files_sha256": token_files_read(manifest, {r.cutoff.year for r in mix.artefacts}),
+        "seq_len": seq_len,
+        "router_init": str(getattr(cfg, "router", None) or "") or None,
+    } | {k: getattr(cfg, k) for k in keys}
+
+
+def _decide_run_dir(cfg: MixtureConfig, strategy: str, record: dict[str, Any]) -> RunDirAction:
+    """new / resume / overwrite for --out, or a one-line refusal (nothing written)."""
+    out = check_required_inputs(cfg)[1]
+    marker = out / MIXTURE_RUN_FILENAME
+    if out.exists() and not out.is_dir():
+        raise TimoeError(f"--out {out} is a file: give a folder for the bundle")
+    if cfg.overwrite:
+        return "overwrite"
+    if marker.is_file():
+        saved = read_json_object(marker, "start over with --overwrite")
+        diffs = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
+        if diffs:
+            raise TimoeError(
+                f"--out {out} holds a {saved.get('strategy')} run with other settings "
+                f"({', '.join(diffs)}): rerun with the same flags to resume, or pass "
+                "--overwrite to start over"
+            )
+        if not cfg.resume:
+            raise TimoeError(f"--out {out} holds a run and --no-resume was given: pass "
+                             "--overwrite to start over")
+        return "resume"
+    if out.is_dir() and any(out.iterdir()):
+        raise TimoeError(f"--out {out} is not empty and holds no {strategy} run: choose a new "
+                         "folder or pass --overwrite")
+    return "new"
+
+
+@dataclass
+class StagedPlan:
+    """A staged run, checked and derived before anything is written (`JobPlan`)."""
+
+    cfg: MixtureConfig
+    strategy: Strategy
+    run_dir: Path
+    record: dict[str, Any]  # mixture_run.json
+    action: RunDirAction = "new"
+    world_size: int = 1
+    total_steps: int = 0  # each stage has its own budget
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return f"{self.strategy.name} (staged)"
+
+
+class StagedJob:
+    """A strategy's staged (point-in-time) training as a `TrainingJob` (job.py): one stage
+    per data cutoff, each stage's task made by the recipe's `stage_task`."""
+
+    def __init__(
+        self, strategy: Strategy, config_model: type[MixtureConfig], stage_task: StageTaskFactory,
+        ref: str,
+    ) -> None:
+        self.strategy = strategy
+        self.config_model = config_model
+        self.stage_task = stage_task
+        self.ref = ref
+
+    def plan(
+        self, cfg: MixtureConfig, world_size: int | None = None, check_run_dir: bool = True,
+        restart: bool = False,
+    ) -> StagedPlan:
+        data, out = _check(cfg, self.strategy.name)
+        base = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=mixture_options(cfg))
+        manifest = load_manifest(data)
+        check_compatible(base, manifest, data)
+        seq_len = resolve_seq_len(base, manifest, cfg.seq_len)
+        record = _record(cfg, self.strategy.name, base, seq_len, manifest)
+        plan = StagedPlan(cfg, self.strategy, out, record)
+        if check_run_dir:
+            plan.action = _decide_run_dir(cfg, self.strategy.name, record)
+        return plan
+
+    def prepare_run_dir(self, plan: StagedPlan) -> None:
+        """Create or reset --out and record the run; the bundle file goes until every
+        stage is done."""
+        out = plan.run_dir
+        if plan.action == "overwrite":
+            clear_bundle_artifacts(out)
+            for name in (STAGES_DIRNAME, ROUTER_SNAPSHOTS_DIR):
+                remove_output(out / name)  # a link: only the link goes, never its target
+            ckpt_state.open_run_dir(out, "overwrite")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / BUNDLE_FILENAME).unlink(missing_ok=True)  # until every stage is done
+        atomic_write_json(out / MIXTURE_RUN_FILENAME, plan.record)
+        save_config(ckpt_state.config_to_save(plan.cfg), out)
+
+    def stages(self, plan: StagedPlan, env: DistEnv) -> Stages:
+        return _stages(plan.cfg, self.strategy, self.stage_task, env)
+
+
+def _stages(
+    cfg: MixtureConfig, strategy_: Strategy, stage_task: StageTaskFactory, env: DistEnv
+) -> Stages:
+    """Each stage in time order (skipping completed ones), then the bundle."""
+    strategy = strategy_.name
+    adapts = strategy_.adapts_experts
+    options = mixture_options(cfg)
+    base = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=options)
+    data, out = check_required_inputs(cfg)
+    manifest = load_manifest(data)
+    seq_len = resolve_seq_len(base, manifest, cfg.seq_len)
+    router_init: Path | None = getattr(cfg, "router", None)  # a coadapt config has no --router
+    init_src = TiMoE.from_bundle(router_init) if router_init is not None else None
+
+    say = main_print(env)
+    device = env.device
+    global_batch = cfg.batch_size * cfg.grad_accum
+    with_tokens = set(manifest.years_with_tokens("train"))
+    cutoffs = sorted({r.cutoff for r in base.artefacts})
+    shared: dict[str, GPT] = {}
+    adapted: list[ExpertRecord] = []
+    adapted_models: dict[str, GPT] = {}
+    snapshots: list[RouterSnapshot] = []
+    router: Router | None = None
+    amp = amp_enabled(cfg, device)
+    for cutoff in cutoffs:
+        year = cutoff.year
+        pool = base.artefacts + adapted
+        chosen = select_artefacts(pool, cutoff, "point-in-time")
+        labels = [r.label for r in chosen]
+        view = TiMoE(chosen, "avg", options, None, device, shared=shared)
+        if router is None:
+            first = init_src.router_for(cutoff) if init_src is not None else None
+            if first is not None and first.router.config.slice_labels == labels:
+                router = Router(first.router.config)
+                router.load_state_dict(first.router.state_dict())
+            elif init_src is not None:
+                raise TimoeError(
+                    f"--router {router_init} has no router snapshot over "
+                    f"{', '.join(labels)} as of {cutoff.isoformat()}: give a bundle "
+                    "trained by `timoe train-router --strategy learned-avg` on these experts"
+                )
+            else:
+                router = _fresh_router(cfg, labels, base.vocab_size, view.expert(labels[0]))
+        else:
+            router = grow_router(router, labels, cfg.seed)
+        router.to(device)
+        holder = next((r for r in chosen if r.time_slice.contains_year(year)), None)
+        windows = (TokenWindows(data, "train", [year], seq_len, manifest)
+                   if year in with_tokens else None)
+        n_windows = len(windows) if windows is not None else 0
+        steps = 0
+        if n_windows >= global_batch and (holder is not None or not adapts):
+            steps = cfg.steps_per_stage or n_windows // global_batch
+        router_dir = out / ROUTER_SNAPSHOTS_DIR / cutoff.isoformat()
+        new_rec = None
+        if adapts and steps:
+            assert holder is not None
+            new_rec = ExpertRecord(
+                info=holder.info, candidates=[], sha256=None, embedded=True,
+                data_cutoff=cutoff, generation=holder.generation + 1,
+            )
+            new_rec.candidates = [out / EMBEDDED_EXPERTS_DIR / embedded_dirname(new_rec)]
+        done = (router_dir / "router.safetensors").is_file() and (
+            new_rec is None or (new_rec.candidates[0] / MODEL_FILENAME).is_file())
+        if done:
+            router.load_state_dict(load_router_weights(router_dir))
+        elif steps:
+            say(f"stage {cutoff.isoformat()}: {steps} steps on {n_windows} windows of "
+                f"{year}, experts {', '.join(r.key for r in chosen)}", highlight=False)
+            assert windows is not None
+            yield from _train_stage(cfg, strategy_, stage_task, view, router, holder, windows,
+                                    steps, cutoff, out, env, amp)
+        if new_rec is not None:
+            assert holder is not None
+            if done:
+                model = load_weights_into(GPT(holder.info.model_config_, init_weights=False),
+                                          new_rec.candidates[0]).to(device).eval()
+            else:
+                model = view.expert(holder.label)
+                save_model_weights(new_rec.candidates[0], model)
+            model.requires_grad_(False)
+            model.eval()
+            shared[new_rec.key] = model
+            adapted_models[new_rec.key] = model
+            adapted.append(new_rec)
+        if not done:
+            save_router_weights(router_dir, router)
+            if steps and not cfg.keep_stage_checkpoints:
+                # Stage done: its snapshot is saved and a rerun skips it, so only its
+                # metrics stay (trainer state, published weights, log-prob cache go).
+                ckpt_state.remove_training_state(out / STAGES_DIRNAME / cutoff.isoformat(),
+                                                 keep=(METRICS_FILENAME,))
+        frozen = Router(router.config)
+        frozen.load_state_dict(router.state_dict())
+        snapshots.append(RouterSnapshot(cutoff, frozen.eval()))
+    if env.is_main:
+        write_bundle(out, base.artefacts + adapted, adapted_models,
+                     {r.key for r in adapted}, strategy, options, router, snapshots,
+                     cutoffs[-1])
+        say(f"bundle written to {out} ({strategy}, {len(snapshots)} router stages)",
+            highlight=False)
+
+
+def _train_stage(
+    cfg: MixtureConfig, strategy: Strategy, stage_task: StageTaskFactory, view: TiMoE,
+    router: Router, holder: ExpertRecord | None, windows: TokenWindows, steps: int,
+    cutoff: date, out: Path, env: DistEnv, amp: bool,
+) -> Stages:
+    """One stage for the shared loop, in OUT/stages/<date> (resumable)."""
+    stage_dir = out / STAGES_DIRNAME / cutoff.isoformat()
+    stage_cfg = cfg.model_copy(update={"max_steps": steps, "out": stage_dir})
+    ckpt_state.open_run_dir(stage_dir, "resume")
+    view.router = router
+    view.strategy = strategy.name
+    val = TokenWindows(windows.data_dir, "val", [cutoff.year], windows.seq_len, windows.manifest)
+    if strategy.adapts_experts:
+        assert holder is not None
+        # The adapted expert is a copy: the artefact it starts from stays as it is.
+        view._shared = {k: m for k, m in view._shared.items() if k != holder.key}
+        if holder.label in view._experts:
+            del view._experts[holder.label]
+    task = stage_task(Stage(
+        cfg=cfg, cutoff=cutoff, view=view, windows=windows,
+        val_windows=val if len(val) else None, holder=holder, steps=steps, run_dir=stage_dir,
+        env=env, amp=amp, eval_windows=cfg.eval_batches * cfg.batch_size,
+    ))
+    result = yield StageRun(task, stage_cfg, stage_dir, steps,
+                            f"{strategy.name} stage {cutoff.isoformat()}",
+                            config_to_dict(stage_cfg))
+    if result.interrupted:
+        raise TrainingInterrupted(ckpt_state.interrupted_message(stage_dir))
