@@ -96,9 +96,11 @@ def build(root: Path, source: Path) -> dict[str, Path]:
     out["avg"] = train_router(TrainRouterConfig(strategy="avg", out=root / "avg", **mix))
     out["learned-avg"] = train_router(TrainRouterConfig(strategy="learned-avg",
                                                         out=root / "la", **mix))
-    # A budget of several passes: the staged log-prob cache is built and read.
+    # A budget of several passes: the staged log-prob cache is built and read (kept past its
+    # stage, which by default removes it once the stage's router snapshot is saved).
     out["learned-avg-cached"] = train_router(TrainRouterConfig(
-        strategy="learned-avg", out=root / "la_cached", steps_per_stage=12, **mix))
+        strategy="learned-avg", out=root / "la_cached", steps_per_stage=12,
+        keep_stage_checkpoints=True, **mix))
     assert list((root / "la_cached").glob("stages/*/logprob-cache/*/meta.json"))
     out["coadapt"] = coadapt(CoadaptConfig(out=root / "coadapt", **mix))
     return out
