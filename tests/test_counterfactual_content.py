@@ -96,8 +96,8 @@ def build(root: Path, source: Path) -> dict[str, Path]:
     out["avg"] = train_router(TrainRouterConfig(strategy="avg", out=root / "avg", **mix))
     out["learned-avg"] = train_router(TrainRouterConfig(strategy="learned-avg",
                                                         out=root / "la", **mix))
-    # A budget of several passes: the staged log-prob cache is built and read (kept, with
-    # each stage's run dir, by keep_stage_checkpoints, so that it can be seen here).
+    # A budget of several passes: the staged log-prob cache is built and read (kept past its
+    # stage, which by default removes it once the stage's router snapshot is saved).
     out["learned-avg-cached"] = train_router(TrainRouterConfig(
         strategy="learned-avg", out=root / "la_cached", steps_per_stage=12,
         keep_stage_checkpoints=True, **mix))

@@ -37,8 +37,9 @@ TIMEOUT = float(os.environ["TIMOE_TEST_DEMO_TIMEOUT"]) if os.environ.get(
 
 
 def timoe(*args: str) -> subprocess.CompletedProcess:
-    # wide enough that no stage line wraps, so each "(done, skipped)" is on one line
-    env = {**os.environ, "COLUMNS": "200"}
+    # wide enough that no stage line or table label wraps (narrower terminals fold them,
+    # never cut), so each "(done, skipped)" and each row label is on one line
+    env = {**os.environ, "COLUMNS": "320"}
     return subprocess.run([sys.executable, "-m", "timoe_cli", *args], capture_output=True,
                           text=True, timeout=TIMEOUT, env=env)
 

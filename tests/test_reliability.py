@@ -312,7 +312,7 @@ def test_resuming_on_data_with_another_tokenizer_names_the_fields(data, tmp_path
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     for words in ("cannot resume", "tokenizer (--data)", "'vocab_size': 1000",
                   "vocab size (--data) (run has 512, flags give 1024)",  # padded to 64s
-                  "data (--data manifest checksum)"):  # fmt: skip
+                  "data (the token files of --data it reads)"):  # fmt: skip
         assert words in err, (words, err)
     assert sorted(str(p) for p in out.rglob("*")) == before
 
