@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 from collections import Counter
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -581,3 +582,42 @@ def test_until_drops_later_documents_and_keeps_earlier_years_byte_identical(tmp_
     res = invoke_cli("prepare-data", "--out", tmp_path / "bad", "--until", "2015-13")
     assert res.exit_code == 2 and "bad query date" in res.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_window_dates_are_the_date_of_each_windows_last_token(tmp_path):
+    """A window's date is the date of the document holding its last token, read from
+    the .idx: windows dated <= d are the first ones, and are the same whatever is after d."""
+    rng = random.Random(3)
+    rows = []
+    for i, day in enumerate(["2016-03-02", "2016-01-20", "2016-07-15", "2016-07-16",
+                             "2016-11-30", "2017-02-01", "2016-05-05"] * 3):
+        body = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60)))
+        rows.append({"text": f"Doc {i}. {body}.", "date": f"{day}T08:00:00Z"})
+    src = write_jsonl(tmp_path / "a.jsonl", rows)
+    out = tmp_path / "data"
+    prep(src, out, seq_len=16, val_fraction=0.01)
+    w = TokenWindows(out, "train", [2016, 2017], seq_len=16)
+    dates = w.window_dates
+    assert dates.dtype == np.dtype("datetime64[D]") and len(dates) == len(w)
+    # expected from the decoded documents: the day of the document holding token (j+1)*16
+    index = np.fromfile(out / "train" / "2016.idx", dtype=INDEX_DTYPE)
+    ends = np.cumsum(index["tokens"])
+    n2016 = int((w.window_years == 2016).sum())
+    for j in range(n2016):
+        doc = int(np.searchsorted(ends, (j + 1) * 16, side="right"))
+        day = np.datetime64(int(index["time_us"][doc]), "us").astype("datetime64[D]")
+        assert dates[j] == day
+    assert (np.diff(dates.astype(np.int64)) >= 0).all()  # date order: a prefix per cutoff
+    assert str(dates[0]) >= "2016-01-20" and str(dates[n2016 - 1]) == "2016-11-30"
+    assert {str(d) for d in dates[n2016:]} == {"2017-02-01"}
+    assert w.windows_up_to(date(2016, 7, 15)) == int((dates <= np.datetime64("2016-07-15")).sum())
+    assert 0 < w.windows_up_to(date(2016, 7, 15)) < w.windows_up_to(date(2016, 7, 16)) < n2016
+    assert w.windows_up_to(date(2015, 12, 31)) == 0 and w.windows_up_to(date(2017, 3, 1)) == len(w)
+    # the same data cut at 2016-07-15 has the same first windows and window dates
+    cut = prep(src, tmp_path / "cut", seq_len=16, val_fraction=0.01, until="2016-07-15")
+    assert cut.until
+    wc = TokenWindows(tmp_path / "cut", "train", [2016, 2017], seq_len=16)
+    k = w.windows_up_to(date(2016, 7, 15))
+    assert wc.windows_up_to(date(2016, 7, 15)) == k
+    assert (wc.window_dates[:k] == dates[:k]).all()
+    assert all((wc[i] == w[i]).all() for i in range(k))

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from timoe_core.errors import TimoeError
@@ -22,6 +23,9 @@ MANIFEST_FILENAME = "manifest.json"
 FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val")
 Split = Literal["train", "val"]
+# One record per document of a token file, in the file's order (train/YEAR.idx): its
+# date (microseconds since the Unix epoch, UTC), text hash and token count (EOT included).
+INDEX_DTYPE = np.dtype([("time_us", "<i8"), ("hash", "<u8"), ("tokens", "<i8")])
 
 
 class SplitStats(BaseModel):
@@ -110,7 +114,7 @@ def token_file_relpath(split: str, year: int) -> str:
 
 
 def index_file_relpath(split: str, year: int) -> str:
-    """The per-document index of a token file (prepare.INDEX_DTYPE records, in order)."""
+    """The per-document index of a token file (INDEX_DTYPE records, in order)."""
     return f"{split}/{year}.idx"
 
 

@@ -2,18 +2,30 @@
 
 A window is seq_len + 1 consecutive tokens (inputs are the first seq_len, targets the
 last seq_len). Windows never cross a year's file, so every window has one year, which
-is its document date for routing and eligibility.
+is its document date for routing and eligibility. A window's DATE (`window_dates`) is
+the date of the document holding its last token: the latest text it reads. Documents are
+in date order within a year's file, so the windows dated on or before any day are a
+prefix of every year, and of the whole (year-ordered) window set.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import date
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from timoe_core.data.manifest import Manifest, Split, load_manifest, token_file_relpath
+from timoe_core.data.manifest import (
+    INDEX_DTYPE,
+    Manifest,
+    Split,
+    index_file_relpath,
+    load_manifest,
+    token_file_relpath,
+)
 from timoe_core.errors import TimoeError
 
 
@@ -54,6 +66,37 @@ class TokenWindows:
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
+
+    @cached_property
+    def window_dates(self) -> np.ndarray:
+        """The date (numpy datetime64[D], UTC day) of every window: the date of the
+        document holding its last token, read from the years' .idx files. Non-decreasing,
+        so `windows_up_to(d)` windows are the ones dated on or before d."""
+        parts = []
+        for year, n_windows in zip(self.years, np.diff(self._offsets)):
+            rel = index_file_relpath(self.split, year)
+            path = self.data_dir / rel
+            if rel not in self.manifest.files or not path.is_file():
+                raise TimoeError(
+                    f"{self.data_dir} has no {rel} (document dates): prepare the data again "
+                    "with this timoe"
+                )
+            index = np.fromfile(path, dtype=INDEX_DTYPE)
+            ends = np.cumsum(index["tokens"])  # token after each document's last
+            if len(ends) == 0 or int(ends[-1]) != self.manifest.tokens(year, self.split):
+                raise TimoeError(f"{path} does not describe {token_file_relpath(self.split, year)}"
+                                 ": prepare the data again")
+            last_tokens = (np.arange(n_windows, dtype=np.int64) + 1) * self.seq_len
+            docs = np.searchsorted(ends, last_tokens, side="right")
+            days = index["time_us"][docs].astype("datetime64[us]").astype("datetime64[D]")
+            parts.append(days)
+        if not parts:
+            return np.empty(0, dtype="datetime64[D]")
+        return np.concatenate(parts)
+
+    def windows_up_to(self, cutoff: date) -> int:
+        """How many windows are dated on or before `cutoff` (they are the first ones)."""
+        return int(np.searchsorted(self.window_dates, np.datetime64(cutoff, "D"), side="right"))
 
     def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < len(self):
