@@ -568,17 +568,36 @@ def test_until_drops_later_documents_and_keeps_earlier_years_byte_identical(tmp_
     common = {"seq_len": 16, "val_fraction": 0.2, "builtin_docs_per_year": 6, "workers": 1}
     full = prepare_data(PrepareDataConfig(out=tmp_path / "full", **common))
     cut = prepare_data(PrepareDataConfig(out=tmp_path / "cut", until="2015-06", **common))
-    # Dated by year only, a 2015 document may be from after June: it is left out too.
+    # The built-in documents are dated to the day: 2015's up to June 30 are kept, and
+    # they are the first documents of the full build's 2015 files (date order).
     assert cut.until == "2015-06-30"
-    assert cut.years_with_tokens("train") == [2013, 2014]
+    assert cut.years_with_tokens("train") == [2013, 2014, 2015]
+    kept = 0
+    for split in ("train", "val"):
+        if not (tmp_path / "full" / split / "2015.idx").exists():
+            continue  # no held-out 2015 document in so small a corpus
+        full_index = np.fromfile(tmp_path / "full" / split / "2015.idx", dtype=INDEX_DTYPE)
+        cut_index = np.fromfile(tmp_path / "cut" / split / "2015.idx", dtype=INDEX_DTYPE)
+        upto = full_index["time_us"] < np.datetime64("2015-07-01", "us").astype(np.int64)
+        assert 0 < upto.sum() < len(full_index) or split == "val"
+        assert (cut_index == full_index[: int(upto.sum())]).all()
+        n = int(cut_index["tokens"].sum()) * 2
+        a = (tmp_path / "full" / split / "2015.bin").read_bytes()
+        assert (tmp_path / "cut" / split / "2015.bin").read_bytes() == a[:n]
+        kept += len(cut_index)
     assert cut.skipped["after_until"] == sum(
         full.years[str(y)].train.documents + full.years[str(y)].val.documents
-        for y in range(2015, 2025))
+        for y in range(2015, 2025)) - kept
     assert cut.slicing == full.slicing
     for split in ("train", "val"):
         for year in (2013, 2014):
             a = (tmp_path / "full" / split / f"{year}.bin").read_bytes()
             assert a == (tmp_path / "cut" / split / f"{year}.bin").read_bytes()
+    # A document dated by its year alone counts as of Y-12-31: left out by a cut in June.
+    src = write_jsonl(tmp_path / "y.jsonl", [{"text": "by year", "date": 2015},
+                                             {"text": "by day", "date": "2015-06-30"}])
+    by_year = prep(src, tmp_path / "by_year", until="2015-06-30", val_fraction=0.01)
+    assert by_year.skipped["after_until"] == 1 and by_year.years["2015"].train.documents == 1
     res = invoke_cli("prepare-data", "--out", tmp_path / "bad", "--until", "2015-13")
     assert res.exit_code == 2 and "bad query date" in res.stderr
     assert not (tmp_path / "bad").exists()

@@ -20,7 +20,9 @@ from timoe_core.io import read_metadata, sha256_file
 from timoe_core.timeslices import TimeSlicing
 
 MANIFEST_FILENAME = "manifest.json"
-FORMAT_VERSION = 1
+# 2: every token file has its per-document index (.idx: date to the day), which
+# cutoffs by month or quarter read. Data of format 1 is refused with how to re-prepare it.
+FORMAT_VERSION = 2
 SPLITS: tuple[str, ...] = ("train", "val")
 Split = Literal["train", "val"]
 # One record per document of a token file, in the file's order (train/YEAR.idx): its
@@ -166,10 +168,17 @@ def load_manifest(data_dir: Path, verify: Verify | None = None) -> Manifest:
             "(run `timoe prepare-data --out DIR` first)"
         )
     manifest = read_metadata(path, Manifest, "prepare the data again")
+    if manifest.format_version < FORMAT_VERSION:
+        raise TimoeError(
+            f"{data_dir} holds data format {manifest.format_version}, without the per-document "
+            f"dates that cutoffs by month need (this timoe reads format {FORMAT_VERSION}): "
+            f"prepare it again, `timoe prepare-data --source SRC --out {data_dir} --overwrite` "
+            f"(its source: {manifest.source})"
+        )
     if manifest.format_version != FORMAT_VERSION:
         raise TimoeError(
             f"{path} has format version {manifest.format_version}, this timoe reads "
-            f"{FORMAT_VERSION}: prepare the data again"
+            f"{FORMAT_VERSION}: use the timoe that wrote it, or prepare the data again"
         )
     if verify != "none":
         for rel, entry in manifest.files.items():
