@@ -28,6 +28,7 @@ from pydantic import (
 
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_text
+from timoe_core.timeslices import CutoffEvery
 
 CONFIG_FILENAME = "config.yaml"
 
@@ -244,8 +245,14 @@ class TrainingConfig(StrictModel):
     )
     steps_per_stage: int | None = Field(
         None, ge=1, json_schema_extra=cli(TRAIN),
-        description="Optimizer steps of each chronological stage (one year of data; default: "
-        "one pass over that year's windows). The budget of a staged run.",
+        description="Optimizer steps of each chronological stage (one period of data, see "
+        "--cutoff-every; default: one pass over that period's windows). The budget of a "
+        "staged run.",
+    )
+    cutoff_every: CutoffEvery = Field(
+        "month", json_schema_extra=cli(TRAIN),
+        description="month | quarter | year: a staged run's period. Each period end with "
+        "data is a cutoff: a stage, a snapshot (expert) or a router stage, usable as of it.",
     )
     batch_size: int = Field(
         8, ge=1, description="Windows per micro-batch per worker.", json_schema_extra=cli(TRAIN)
@@ -399,9 +406,10 @@ class TrainExpertConfig(TrainingConfig):
     def _check_target(self) -> "TrainExpertConfig":
         if (self.year is None) == (not self.all_years):
             raise ValueError("give exactly one of --year YEAR or --all-years")
-        refuse_ignored(self, {"steps_per_stage": (
-            self.snapshots == "stages", ("to a staged run (--snapshots stages); with "
-                                         "--snapshots none give --max-steps or --max-tokens"))})
+        staged = ("to a staged run (--snapshots stages); with --snapshots none give "
+                  "--max-steps or --max-tokens")
+        refuse_ignored(self, {"steps_per_stage": (self.snapshots == "stages", staged),
+                              "cutoff_every": (self.snapshots == "stages", staged)})
         return self
 
 
@@ -504,7 +512,8 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
 
 
 # What only a trained router reads (train-router --strategy avg trains nothing).
-_TRAINING_ONLY = ("data", "max_steps", "max_tokens", "steps_per_stage", "batch_size",
+_TRAINING_ONLY = ("data", "max_steps", "max_tokens", "steps_per_stage", "cutoff_every",
+                  "batch_size",
                   "grad_accum", "lr", "min_lr_ratio", "warmup_fraction", "decay_fraction",
                   "decay_shape", "weight_decay", "beta1", "beta2", "grad_clip", "seed",
                   "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
@@ -519,7 +528,7 @@ def refuse_stage_budget_without_stages(cfg: TrainingConfig) -> None:
     policy = getattr(cfg, "policy", "point-in-time")
     staged = policy in ("point-in-time", "strict")
     why = "to a staged router (--policy point-in-time); with --policy inclusive give --max-steps"
-    refuse_ignored(cfg, {"steps_per_stage": (staged, why)})
+    refuse_ignored(cfg, {"steps_per_stage": (staged, why), "cutoff_every": (staged, why)})
 
 
 # ----------------------------------------------------------------- evaluation
