@@ -423,8 +423,11 @@ def _train_stage(
         val_windows=val if len(val) else None, holder=holder, steps=steps, run_dir=stage_dir,
         env=env, amp=amp, eval_windows=cfg.eval_batches * cfg.batch_size,
     ))
+    # The stage's last checkpoint would be removed as soon as its snapshot is saved:
+    # not written unless kept (its write and removal were most of a stage's fixed cost).
     result = yield StageRun(task, stage_cfg, stage_dir, steps,
                             f"{strategy.name} stage {cutoff.isoformat()}",
-                            config_to_dict(stage_cfg))
+                            config_to_dict(stage_cfg),
+                            checkpoint_at_end=cfg.keep_stage_checkpoints)
     if result.interrupted:
         raise TrainingInterrupted(ckpt_state.interrupted_message(stage_dir))
