@@ -28,7 +28,7 @@ from pydantic import (
 
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_text
-from timoe_core.timeslices import CutoffEvery
+from timoe_core.timeslices import AnswerCutoffs, CutoffEvery
 
 CONFIG_FILENAME = "config.yaml"
 
@@ -558,6 +558,11 @@ class EvaluateConfig(StrictModel):
     )
     policy: Literal["point-in-time", "strict", "inclusive"] | None = Field(
         None, description=_POLICY_HELP
+    )
+    answer_cutoffs: AnswerCutoffs = Field(
+        "any", description="any | month | quarter | year: answer only from artefacts (expert "
+        "snapshots, router snapshots) whose data cutoff is such a period end, so a monthly "
+        "build answers as a yearly one would (default any: the latest usable).",
     )
     data: Path | None = Field(None, description="Prepared data dir: val perplexity.")
     tsqa: str | None = Field(

@@ -20,6 +20,9 @@ from timoe_core.errors import TimoeError
 # period, its cutoff the period's last day.
 CutoffEvery = Literal["month", "quarter", "year"]
 CUTOFF_EVERY: tuple[CutoffEvery, ...] = ("month", "quarter", "year")
+# Which artefacts may answer a query, by their cutoff (the rule: model/point_in_time.py).
+AnswerCutoffs = Literal["any", "month", "quarter", "year"]
+ANSWER_CUTOFFS: tuple[AnswerCutoffs, ...] = ("any", "month", "quarter", "year")
 _MONTHS_PER_PERIOD: dict[str, int] = {"month": 1, "quarter": 3, "year": 12}
 
 
