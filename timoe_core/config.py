@@ -397,9 +397,10 @@ class TrainExpertConfig(TrainingConfig):
     )
     snapshots: Literal["stages", "none"] = Field(
         "stages", json_schema_extra=cli(TRAIN),
-        description="stages: train the years in chronological stages and save a snapshot "
-        "after each (a decay branch), so the expert is usable as of every year | none: one "
-        "shuffled run over the slice, usable once the slice has ended.",
+        description="stages: train in chronological stages, one per period (--cutoff-every), "
+        "and save a snapshot after each (a decay branch), so the expert is usable as of "
+        "every period end | none: one shuffled run over the slice, usable once the slice "
+        "has ended.",
     )
 
     @model_validator(mode="after")
@@ -536,7 +537,7 @@ def refuse_stage_budget_without_stages(cfg: TrainingConfig) -> None:
 
 _MODEL_HELP = "TiMoE bundle, expert/dense run dir, or folder of expert run dirs."
 _STRATEGY_HELP = ("avg | learned-avg | coadapt | expert:YEAR | dense (a dense run's final, "
-                  "all-years weights) | dense-series (its yearly snapshots, leak-free) "
+                  "all-years weights) | dense-series (its snapshots, leak-free) "
                   "(default: the bundle's own).")
 _POLICY_HELP = "Eligibility: point-in-time | strict (its alias) | inclusive (default: the bundle's)."
 
@@ -549,7 +550,7 @@ class EvaluateConfig(StrictModel):
         default_factory=list, json_schema_extra=cli(flag="--model"),
         description="PATH or PATH:STRATEGY, repeated: a bundle (runs/timoe, "
         "runs/timoe:learned-avg, runs/timoe:expert:2016), a dense run dir (runs/dense, or "
-        "runs/dense:dense-series for its yearly snapshots, leak-free), a folder of runs.",
+        "runs/dense:dense-series for its snapshots, leak-free), a folder of runs.",
     )
     strategy: str | None = Field(None, description=_STRATEGY_HELP)
     query_date: str | None = Field(
