@@ -387,7 +387,8 @@ class BuiltinSource(DocumentSource):
                 continue
             batch.texts.append(doc.text)
             batch.years.append(int(doc.year))
-            batch.times.append(parse_date(int(doc.year)))  # dated by year: its last moment
+            # dated to its day (its last moment): it states the facts as of that day
+            batch.times.append(parse_date(doc.date))
             if len(batch.texts) >= BUILTIN_BATCH_DOCS:
                 yield batch
                 batch = DocBatch()
