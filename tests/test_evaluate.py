@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import struct
 import subprocess
@@ -32,6 +33,7 @@ from timoe_core.evaluate import (
     plot_report,
     write_report,
 )
+from timoe_core.evaluate.intervals import wilson_interval
 from timoe_core.evaluate.models import MixtureModel
 from timoe_core.evaluate.report import fmt_ppl
 from timoe_core.model.gpt import GPT, GPTConfig
@@ -309,6 +311,8 @@ def _tsqa_file(path: Path) -> Path:
                       "choices": [" Anna Berg", " Carl Dahl", " Eva Frost", " Gus Holm"],
                       "answer": y % 4, "labels": ["past", "future", "irrelevant", "past"]})
         items[-1]["labels"][y % 4] = "correct"
+    # one asked in the months after its answer changed that year
+    items[1].update(date=f"{items[1]['year']}-08-31", since=f"{items[1]['year']}-07-13")
     path.write_text(json.dumps(items))
     return path
 
@@ -322,6 +326,7 @@ def test_cli_json_validates_against_the_schema_and_png_is_real(world, tmp_path):
          "--data", str(world["data"]), "--tsqa", str(qa), "--json", str(out / "eval.json"),
          "--plot", str(out / "eval.png"), "--max-docs", "2", "--device", "cpu"],
         capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COLUMNS": "250"},  # wide enough that no row label folds
     )
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "eval.json").read_text())
@@ -331,6 +336,10 @@ def test_cli_json_validates_against_the_schema_and_png_is_real(world, tmp_path):
     assert t.n == 4
     assert t.accuracy + t.error_rates.past + t.error_rates.future + t.error_rates.irrelevant \
         == pytest.approx(1.0)
+    after = report["tsqa"]["after_change"]  # the stale-answer measure: 1 item qualifies
+    assert after["n"] == 1 and after["stale"] in (0, 1)
+    assert after["stale_interval"] == pytest.approx(list(wilson_interval(after["stale"], 1)))
+    assert "after a change that year" in r.stdout
     assert (out / "eval.config.yaml").is_file()  # the resolved config beside the JSON
     w, h = _png_size(out / "eval.png")
     assert w >= 400 and h >= 300 and (out / "eval.png").stat().st_size > 10_000

@@ -13,7 +13,7 @@ Each stage calls the library function behind the matching CLI command:
     learned-avg   train_router --strategy learned-avg, staged        OUT/timoe-learned-avg
     coadapt       coadapt, staged, from the learned-avg router       OUT/timoe-coadapt
     evaluate      compare_models: held-out perplexity per data year and the built-in
-                  temporal QA, each item read as of its own year     OUT/report.json, *.png
+                  temporal QA, each item read as of its own date     OUT/report.json, *.png
 
 Resume: OUT/demo.json records the settings and each finished stage. A rerun skips the
 finished stages; a training stage that was interrupted resumes from its last
