@@ -387,8 +387,7 @@ class BuiltinSource(DocumentSource):
                 continue
             batch.texts.append(doc.text)
             batch.years.append(int(doc.year))
-            # dated to its day (its last moment): it states the facts as of that day
-            batch.times.append(parse_date(doc.date))
+            batch.times.append(parse_date(doc.date))  # its day: the day's last moment
             if len(batch.texts) >= BUILTIN_BATCH_DOCS:
                 yield batch
                 batch = DocBatch()
