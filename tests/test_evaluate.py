@@ -35,7 +35,8 @@ from timoe_core.evaluate import (
 )
 from timoe_core.evaluate.intervals import wilson_interval
 from timoe_core.evaluate.models import MixtureModel
-from timoe_core.evaluate.report import fmt_ppl
+from timoe_core.evaluate.report import fmt_ppl, rate_cell
+from timoe_core.evaluate.tsqa import load_tsqa
 from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.model.mixture import TiMoE
 from timoe_core.timeslices import parse_query_date
@@ -505,3 +506,58 @@ def test_plots_show_the_whole_qa_breakdown_and_a_log_scaled_readable_heatmap(tmp
     assert isinstance(ax.images[0].norm, LogNorm)
     colors = {t.get_text(): t.get_color() for t in ax.texts}
     assert colors["936"] == "black" and colors["24,061"] == "white" and colors["—"] == "black"
+
+
+# ---------------------------------------------------- stale answers by cutoffs (demo)
+
+
+def test_stale_answers_from_yearly_artefacts_are_the_same_both_ways(world, tmp_path):
+    """Experts whose only cutoffs are year ends answer an item from the same artefacts as
+    of its own date and as of the Dec 31 before it: the two columns agree exactly, and no
+    claim is made."""
+    from timoe_core.config import DemoConfig
+    from timoe_core.data.builtin import builtin_tsqa
+    from timoe_core.demo import demo_settings, stale_by_cutoffs, stale_table
+    from timoe_core.evaluate.tsqa import asked_after_change
+
+    s = demo_settings(DemoConfig(out=tmp_path / "demo", device="cpu")).model_copy(
+        update={"eval_items": 200})
+    entries = [("TiMoE avg", f"{world['experts']}:avg"),
+               ("dense series (leak-free)", f"{world['dense']}:dense")]
+    stale = stale_by_cutoffs(s, entries)
+    subsample = load_tsqa("builtin", max_items=200)
+    after = [it for it in subsample if asked_after_change(it)]
+    assert stale["asked_after_change"] == len(after) > 20
+    # the first cutoff is 2014-12-31: items of 2013-2014 have no year end to answer from
+    # as of the Dec 31 before them, and are left out of both columns
+    assert stale["items"] == sum(it.year >= 2015 for it in after)
+    assert len(builtin_tsqa()) > 200  # (a true subsample)
+    for label, m in stale["models"].items():
+        assert m["yearly"]["n"] == m["monthly"]["n"] == stale["items"]
+        assert m["yearly"]["counts"] == m["monthly"]["counts"], label
+        assert m["difference"] == 0.0
+        lo, hi = m["interval"]
+        assert lo < 0 < hi
+    assert stale["verdict"] == "within-noise" and "no claim" in stale["claim"]
+    _, rows = stale_table(stale)
+    assert [r[0] for r in rows] == ["TiMoE avg", "dense series (leak-free)"]
+    m = stale["models"]["TiMoE avg"]
+    assert rows[0][1] == rows[0][2] == rate_cell(m["yearly"]["stale"], stale["items"])
+    assert rows[0][3].startswith("+0.0 pts [")
+
+
+def test_the_stale_claim_is_only_what_the_intervals_support():
+    from timoe_core.demo import stale_line, stale_verdict
+    from timoe_core.evaluate.intervals import newcombe_difference
+
+    def model(k_yearly, k_monthly, n=100):
+        return {"interval": list(newcombe_difference(k_yearly, n, k_monthly, n))}
+
+    clear, close, worse = model(60, 20), model(30, 28), model(10, 40)
+    assert clear["interval"][0] > 0 and close["interval"][0] < 0 < close["interval"][1]
+    assert stale_verdict({"avg": clear, "dense series": clear}) == "fewer"
+    assert stale_verdict({"avg": clear, "dense series": close}) == "within-noise"
+    assert stale_verdict({"avg": clear, "dense series": worse}) == "more"
+    assert "fewer stale answers" in stale_line("fewer", 100)
+    assert "no claim either way" in stale_line("within-noise", 100)
+    assert "more stale answers" in stale_line("more", 100)

@@ -15,9 +15,11 @@ from timoe_core.demo import (
     PERPLEXITY_PLOT_FILENAME,
     QA_PLOT_FILENAME,
     REPORT_FILENAME,
+    YEARLY_STAND_IN_NOTE,
     Stage,
     disk_plan,
     run_demo,
+    stale_table,
 )
 from timoe_core.evaluate import compare_table
 
@@ -54,6 +56,15 @@ def demo(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
                       f"{100 * hi:+.1f}]", highlight=False)
     if head.get("claim"):
         console.print(head["claim"], highlight=False)
+    stale = report.get("stale_by_cutoffs")
+    if stale and stale["models"]:
+        print_table("stale answers: questions asked in the months after their answer changed "
+                    f"that year ({stale['items']}), answered from yearly and from monthly "
+                    "cutoffs (95% intervals)", *stale_table(stale))
+        if stale.get("yearly_is_stand_in"):
+            console.print(f"yearly: {YEARLY_STAND_IN_NOTE}", highlight=False)
+        if stale.get("claim"):
+            console.print(stale["claim"], highlight=False)
     if note:
         console.print(Text(f"note: {note}", style="bold yellow"))
     console.print(f"report: {cfg.out / REPORT_FILENAME}; plots: {cfg.out / QA_PLOT_FILENAME}, "
