@@ -60,6 +60,12 @@ def _staged(quick: bool) -> Figures:
     return staged.run(quick)
 
 
+def _cutoffs(quick: bool) -> Figures:
+    from benchmarks import cutoffs
+
+    return cutoffs.run(quick)
+
+
 def _generate(quick: bool) -> Figures:
     from benchmarks import generate
 
@@ -87,6 +93,8 @@ GROUPS: dict[str, tuple[str, Callable[[bool], Figures]]] = {
                _router),
     "staged": (("staged expert and router training vs unstaged, same tokens; log-prob "
                 "cache once across stages"), _staged),
+    "cutoffs": (("mean staleness of answers, yearly vs quarterly vs monthly cutoffs; a "
+                 "router stage's fixed cost"), _cutoffs),
     "generate": ("decode vs the memory-bandwidth roofline, 1, 2 and 6 eligible experts",
                  _generate),
     "evaluate": ("evaluate perplexity vs the bare mixture forward", _evaluate),

@@ -134,6 +134,19 @@ frozen experts' forward passes are counted (windows x experts through
 `_target_log_probs`) against the training windows x their usable experts: 1.0 means
 every window went through each frozen expert once across all stages (2.0 would mean
 no cache). Each stage trains on its own year only, so no window is computed twice.""",
+    "cutoffs": """\
+Staleness is computed from the cutoffs, no model: for every day d from 2014-01-01 to
+2024-12-31 (4018 query days), an answer as of d uses artefacts with cutoff <= d, the
+latest being the last period end on or before d with cutoffs every year, quarter or
+month from 2013 on; its staleness is d minus that cutoff (`point_in_time.staleness_days`).
+The figures are the mean and the largest over those days (the smallest is 0, on a period
+end). A router stage's fixed cost: `train_router` (learned-avg over two random `tiny`
+experts, documents dated across each of 2013-2016, batch 8 x 32 tokens, each stage one
+pass over its new windows) with `--cutoff-every year` against `--cutoff-every month`,
+interleaved in rounds after a counted warm-up of each: both read the same windows in
+about the same steps, so (month seconds - year seconds) / (month stages - year stages)
+is what one more stage costs; times 144 (12 years of months) is the fixed cost of a
+monthly router over 2013-2024. Exactly what each side runs: benchmarks/cutoffs.py.""",
     "generate": """\
 Six random `small` experts (6 layers, 384 wide, vocab 50304) with a 512-token context,
 fp32, greedy decoding with the KV cache (a `StaticKVCache` per expert, filled in place)
@@ -346,6 +359,8 @@ def render(data: Mapping[str, Any]) -> str:
                         "decode against a GPU's bandwidth. Run `python -m benchmarks "
                         "--only gpu` on a CUDA machine."), ""]
             continue
+        if entry.get("command"):  # a group measured on its own, merged into this file
+            out += [f"Measured on its own: `{entry['command']}`, {entry.get('date')}.", ""]
         names = [n for n in entry["figures"] if n in figures]
         cpu = entry.get("cpu_seconds")
         out += [f"{len(names)} figures, {entry.get('seconds')} s"

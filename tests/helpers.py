@@ -10,20 +10,23 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
 import torch
 
 from timoe_core.data.manifest import (
+    INDEX_DTYPE,
     MANIFEST_FILENAME,
     FileEntry,
     Manifest,
     SlicingSpec,
     SplitStats,
     YearStats,
+    index_file_relpath,
     sha256_file,
     token_file_relpath,
 )
@@ -84,9 +87,13 @@ def make_data_dir(
     seed: int = 0,
     vocab_size: int = GPT2_VOCAB,
     name: str = "data",
+    doc_dates: Literal["year", "spread"] = "year",
 ) -> Path:
     """A prepared data dir under `tmp_path/name` with train/val token files for `years`
-    (val_tokens_per_year: one count, or {year: count}).
+    (val_tokens_per_year: one count, or {year: count}), each cut into documents of 256
+    tokens with their .idx. doc_dates "year": every document dated by its year alone
+    (Y-12-31, so every window of a year is dated Y-12-31); "spread": the documents'
+    days spread evenly over the year, earliest first.
 
     The slicing (default 2013-2024 by 2) is independent of which years have tokens, so
     a slice without data is easy to make. Returns the data dir.
@@ -119,7 +126,22 @@ def make_data_dir(
             path = data_dir / rel
             tokens.tofile(path)
             files[rel] = FileEntry(bytes=path.stat().st_size, sha256=sha256_file(path))
-            counts[split] = SplitStats(tokens=n, documents=max(1, n // 256))
+            n_docs = max(1, n // 256)
+            index = np.zeros(n_docs, dtype=INDEX_DTYPE)
+            index["tokens"] = n // n_docs
+            index["tokens"][-1] += n - int(index["tokens"].sum())
+            first, days = date(year, 1, 1), (date(year, 12, 31) - date(year, 1, 1)).days
+            for i in range(n_docs):
+                day = date(year, 12, 31) if doc_dates == "year" else (
+                    first + timedelta(days=(i * days) // max(1, n_docs - 1)))
+                index["time_us"][i] = (datetime(day.year, day.month, day.day, 12)
+                                       - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+            index["hash"] = np.arange(n_docs, dtype=np.uint64)
+            idx_rel = index_file_relpath(split, year)
+            index.tofile(data_dir / idx_rel)
+            files[idx_rel] = FileEntry(bytes=(data_dir / idx_rel).stat().st_size,
+                                       sha256=sha256_file(data_dir / idx_rel))
+            counts[split] = SplitStats(tokens=n, documents=n_docs)
         stats[str(year)] = YearStats(train=counts["train"], val=counts["val"])
     manifest = Manifest(
         tokenizer="gpt2",

@@ -130,6 +130,15 @@ def _manifest_corrupt(ctx: Ctx) -> list:
     return _train_on(data, ctx)
 
 
+def _data_format_1(ctx: Ctx) -> list:
+    """A data dir prepared before the per-document dates (format 1)."""
+    data = ctx.copy_data()
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (data / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return _train_on(data, ctx)
+
+
 def _token_file_missing(ctx: Ctx) -> list:
     data = ctx.copy_data()
     (data / "val" / "2014.bin").unlink()
@@ -185,6 +194,9 @@ CASES: list[tuple[str, Callable[[Ctx], list], list[str], dict[str, str]]] = [
     ("max-steps-zero", lambda c: _train(c, "--max-steps", "0"),
      ["--max-steps: Input should be greater than or equal to 1"], {}),
     ("manifest-corrupt", _manifest_corrupt, ["manifest.json is corrupt", "prepare the data again"],
+     {}),
+    ("data-format-1", _data_format_1,
+     ["holds data format 1", "prepare it again", "timoe prepare-data --source SRC", "--overwrite"],
      {}),
     ("token-file-missing", _token_file_missing,
      ["val/2014.bin named in the manifest is missing"], {}),

@@ -317,6 +317,7 @@ SMALLEST = {
     "router": {"batch": 2, "seq": 16, "repeats": 1},
     "staged": {"seq_len": 16, "batch": 2, "steps_per_stage": 2, "repeats": 1,
                "vocab_size": 256, "n_embd": 16, "n_layer": 1, "n_head": 2},
+    "cutoffs": {"years": 4, "tokens_per_year": 8 * 33 * 12, "repeats": 1},
     "generate": {"preset": "tiny", "eligible": [1, 2], "prompt_tokens": 8, "new_tokens": 2,
                  "repeats": 1, "full": False},
     "evaluate": {"experts": 3, "windows": 1, "batch_size": 8, "repeats": 1},
@@ -325,11 +326,12 @@ SMALLEST = {
 
 
 def _group_runner(name: str):
-    from benchmarks import evaluate, generate, prepare_data, staged, train_throughput
+    from benchmarks import cutoffs, evaluate, generate, prepare_data, staged, train_throughput
 
     return {"prepare_data": prepare_data.run, "train": train_throughput.run,
             "mixture": mixture.run, "router": mixture.run_router_training,
-            "staged": staged.run, "generate": generate.run, "evaluate": evaluate.run,
+            "staged": staged.run, "cutoffs": cutoffs.run, "generate": generate.run,
+            "evaluate": evaluate.run,
             "gpu": gpu.run}[name]
 
 
@@ -349,3 +351,33 @@ def test_every_benchmark_group_runs_at_its_smallest_size(name):
     for key, fig in figures.items():
         assert set(fig) <= KEYS, key
         assert isinstance(fig["value"], (int, float)) and fig["value"] == fig["value"], key
+
+
+def test_staleness_figures_are_the_days_since_the_last_period_end():
+    """Yearly cutoffs: an answer as of d is d's day of the year stale (0 on Dec 31);
+    monthly: d's day of the month (0 on a month's last day), over 2014-2024."""
+    from datetime import date, timedelta
+
+    from benchmarks.cutoffs import staleness
+
+    days = [date(2014, 1, 1) + timedelta(days=i) for i in range(4018)]
+    assert days[-1] == date(2024, 12, 31)
+
+    def expected(d: date, every: str) -> int:
+        if every == "year":
+            return (d - date(d.year - 1, 12, 31)).days % (366 if d.year % 4 == 0 else 365)
+        if every == "month":
+            first = d.replace(day=1)
+            last = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+            return 0 if d == last else d.day
+        start = date(d.year, 3 * ((d.month - 1) // 3) + 1, 1)
+        end = (date(d.year, start.month + 2, 28) + timedelta(days=4)).replace(day=1) - timedelta(
+            days=1)
+        return 0 if d == end else (d - start).days + 1
+
+    for every in ("year", "quarter", "month"):
+        values = [expected(d, every) for d in days]
+        mean, worst, n = staleness(every)
+        assert n == 4018 and worst == max(values)
+        assert mean == pytest.approx(sum(values) / len(values))
+    assert staleness("year")[0] > 150 and staleness("month")[0] < 16

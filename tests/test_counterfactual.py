@@ -1,13 +1,19 @@
 """The proof of point-in-time validity: an answer as of D depends on no text after D.
 
-The whole pipeline is built twice from the built-in corpus at tiny sizes: once on every
-year, once from `prepare-data --until D` (documents after D left out, slicing
-unchanged): experts with snapshots, then avg, learned-avg and coadapt bundles. Read as
-of D, the two builds must agree bitwise: per-year perplexity (years <= D), every TSQA
-choice score and a seeded generation. D = 2016-12-31 is a slice boundary; D =
-2015-12-31 is inside the 2015-2016 slice, so it holds only if the full build's 2015
-snapshot is exactly what a run that never saw 2016 ends with. Under the paper code's
-inclusive rule the same comparison must differ: the test can tell a leak.
+The whole pipeline is built from the built-in corpus (documents dated to the day) at
+tiny sizes, with cutoffs every month: once on every year, once per cut D from
+`prepare-data --until D` (documents after D left out, slicing unchanged): experts with
+a snapshot at every month end, a dense series (`train-expert --all-years`, its monthly
+snapshots), then avg, learned-avg and coadapt bundles (monthly router stages). Read as
+of D, the builds must agree bitwise: per-year perplexity (years <= D), every TSQA
+choice score, a seeded generation and the artefacts used; and every expert artefact
+with cutoff <= D is the same file in both (weights, run.json with the data it read,
+snapshot.json). D = 2016-12-31 is a slice boundary; 2015-12-31 a year end inside the
+2015-2016 slice; 2015-08-31 a month end inside it; 2016-07-15 mid-month, answered by
+the artefacts of 2016-06-30 although the cut build has read the first half of July:
+each holds only if an artefact with cutoff c is exactly what a run that never saw data
+after c ends with. Under the paper code's inclusive rule the same comparison must
+differ: the test can tell a leak.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from timoe_core.config import (
     CoadaptConfig,
@@ -25,16 +32,17 @@ from timoe_core.config import (
 )
 from timoe_core.data.manifest import load_manifest
 from timoe_core.data.prepare import prepare_data
+from timoe_core.evaluate.models import load_evaluated_model
 from timoe_core.evaluate.run import run_evaluate
 from timoe_core.generate import generate_tokens
 from timoe_core.model.mixture import TiMoE
 from timoe_core.train import coadapt, train_expert, train_router
 
-CUTS = ["2016-12-31", "2015-12-31"]
-STRATEGIES = ["avg", "learned-avg", "coadapt"]
+CUTS = ["2016-12-31", "2015-12-31", "2016-07-15", "2015-08-31"]
+STRATEGIES = ["avg", "learned-avg", "coadapt", "dense-series"]
 TSQA_ITEMS = 160
 TRAIN = {"batch_size": 2, "steps_per_stage": 2, "device": "cpu", "log_every": 100,
-         "eval_batches": 1}
+         "eval_batches": 1, "cutoff_every": "month"}
 MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 32}
 
 
@@ -50,7 +58,9 @@ def build(root: Path, until: str | None) -> dict[str, Path]:
         if with_tokens & set(s.years):
             train_expert(TrainExpertConfig(year=s.start_year, data=data,
                                            out=experts / s.label, **MODEL, **TRAIN))
-    out = {"data": data, "experts": experts}
+    dense = train_expert(TrainExpertConfig(all_years=True, data=data, out=root / "dense",
+                                           **MODEL, **TRAIN))
+    out = {"data": data, "experts": experts, "dense-series": dense}
     for strategy in ("avg", "learned-avg"):
         out[strategy] = train_router(TrainRouterConfig(
             strategy=strategy, experts=[experts], data=data, out=root / strategy, **TRAIN))
@@ -80,12 +90,18 @@ def answers(paths: dict[str, Path], strategy: str, when: str, policy: str | None
 def _answers(paths: dict[str, Path], strategy: str, when: str, policy: str | None):
     # TSQA_ITEMS of the built-in questions, all read as of `when` (time is spent on the
     # vocabulary projection; every item is scored the same way).
+    series = strategy == "dense-series"  # a dense run's snapshots, read as of each date
     result = run_evaluate(EvaluateConfig(model=paths[strategy], data=paths["data"],
                                          tsqa="builtin", query_date=when, policy=policy,
-                                         device="cpu", batch_size=4, max_items=TSQA_ITEMS))
+                                         device="cpu", batch_size=4, max_items=TSQA_ITEMS,
+                                         strategy="dense-series" if series else None))
     year = int(when[:4])
     ppl = {y: v for y, v in result.report["perplexity"].items() if int(y) <= year}
-    mix = TiMoE.from_bundle(paths[strategy])
+    if series:
+        mix = load_evaluated_model(paths[strategy], "dense-series", policy=policy,
+                                   device="cpu").mix  # type: ignore[attr-defined]
+    else:
+        mix = TiMoE.from_bundle(paths[strategy])
     if policy is not None:
         mix.policy = policy
     gen = generate_tokens(mix, [464, 1266], query_date=when, max_new_tokens=6, seed=3)
@@ -103,6 +119,51 @@ def test_an_answer_as_of_d_is_bitwise_the_one_built_without_later_text(builds, s
         assert full[key] == cut[key], key
     # The audit trail: nothing used is later than the query date.
     assert full["artefacts"] and all(a["data_cutoff"] <= when for a in full["artefacts"])
+    # Month cutoffs answer: as of a day inside a year, an artefact of that year (a month
+    # end before it), not only the previous year's end.
+    latest = max(a["data_cutoff"] for a in full["artefacts"])
+    assert latest > f"{int(when[:4]) - 1}-12-31", full["artefacts"]
+
+
+_SAME_FILES = ("run.json", "snapshot.json")
+
+
+@pytest.mark.parametrize("when", CUTS)
+def test_every_expert_artefact_up_to_d_is_the_same_in_both_builds(builds, when):
+    """Weights, run.json (the data it read: data_files_sha256, a partial year by the
+    sha256 of its documents up to the cutoff) and snapshot.json of every expert and
+    dense-series artefact with cutoff <= D: the same whether the data went on after D."""
+    import json
+
+    from timoe_core.model.weights import load_model_weights
+
+    full, cut = builds[None], builds[when]
+    compared = 0
+    for root in ("experts", "dense-series"):
+        runs = [full[root]] if root == "dense-series" else sorted(full[root].iterdir())
+        for run in runs:
+            other = cut[root] / run.name if root == "experts" else cut[root]
+            info = json.loads((run / "run.json").read_text())
+            folders = [run / s["path"] for s in info["snapshots"] if s["data_cutoff"] <= when]
+            if info["data_cutoff"] <= when:
+                folders.append(run)
+            for folder in folders:
+                twin = other / folder.relative_to(run)
+                for name in _SAME_FILES:
+                    if (folder / name).is_file() or name == "run.json":
+                        assert (folder / name).read_text() == (twin / name).read_text(), (
+                            folder / name)
+                files = json.loads((folder / "run.json").read_text())["data_files_sha256"]
+                assert files and all(
+                    "@" not in k or k.split("@")[1] <= when for k in files)
+                a, b = load_model_weights(folder), load_model_weights(twin)
+                assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+                compared += 1
+    # month ends inside a year were cut from partial years: at least one such artefact
+    assert compared >= 6
+    partial = [p for p in full["dense-series"].glob("snapshots/*/run.json")
+               if any("@" in k for k in json.loads(p.read_text())["data_files_sha256"])]
+    assert partial
 
 
 def test_the_inclusive_rule_leaks_and_the_comparison_shows_it(builds):

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 from collections import Counter
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -567,12 +568,26 @@ def test_until_drops_later_documents_and_keeps_earlier_years_byte_identical(tmp_
     common = {"seq_len": 16, "val_fraction": 0.2, "builtin_docs_per_year": 6, "workers": 1}
     full = prepare_data(PrepareDataConfig(out=tmp_path / "full", **common))
     cut = prepare_data(PrepareDataConfig(out=tmp_path / "cut", until="2015-06", **common))
-    # Dated by year only, a 2015 document may be from after June: it is left out too.
+    # The built-in documents are dated to the day: 2015's up to June 30 are kept, and
+    # they are the first documents of the full build's 2015 files (date order).
     assert cut.until == "2015-06-30"
-    assert cut.years_with_tokens("train") == [2013, 2014]
+    assert cut.years_with_tokens("train") == [2013, 2014, 2015]
+    kept = 0
+    for split in ("train", "val"):
+        if not (tmp_path / "full" / split / "2015.idx").exists():
+            continue  # no held-out 2015 document in so small a corpus
+        full_index = np.fromfile(tmp_path / "full" / split / "2015.idx", dtype=INDEX_DTYPE)
+        cut_index = np.fromfile(tmp_path / "cut" / split / "2015.idx", dtype=INDEX_DTYPE)
+        upto = full_index["time_us"] < np.datetime64("2015-07-01", "us").astype(np.int64)
+        assert 0 < upto.sum() < len(full_index) or split == "val"
+        assert (cut_index == full_index[: int(upto.sum())]).all()
+        n = int(cut_index["tokens"].sum()) * 2
+        a = (tmp_path / "full" / split / "2015.bin").read_bytes()
+        assert (tmp_path / "cut" / split / "2015.bin").read_bytes() == a[:n]
+        kept += len(cut_index)
     assert cut.skipped["after_until"] == sum(
         full.years[str(y)].train.documents + full.years[str(y)].val.documents
-        for y in range(2015, 2025))
+        for y in range(2015, 2025)) - kept
     assert cut.slicing == full.slicing
     for split in ("train", "val"):
         for year in (2013, 2014):
@@ -582,6 +597,50 @@ def test_until_drops_later_documents_and_keeps_earlier_years_byte_identical(tmp_
                 a = (tmp_path / "full" / name).read_bytes()
                 assert a == (tmp_path / "cut" / name).read_bytes()
     assert (tmp_path / "cut" / "train" / "2013.bin").exists()
+    # A document dated by its year alone counts as of Y-12-31: left out by a cut in June.
+    src = write_jsonl(tmp_path / "y.jsonl", [{"text": "by year", "date": 2015},
+                                             {"text": "by day", "date": "2015-06-30"}])
+    by_year = prep(src, tmp_path / "by_year", until="2015-06-30", val_fraction=0.01)
+    assert by_year.skipped["after_until"] == 1 and by_year.years["2015"].train.documents == 1
     res = invoke_cli("prepare-data", "--out", tmp_path / "bad", "--until", "2015-13")
     assert res.exit_code == 2 and "bad query date" in res.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_window_dates_are_the_date_of_each_windows_last_token(tmp_path):
+    """A window's date is the date of the document holding its last token, read from
+    the .idx: windows dated <= d are the first ones, and are the same whatever is after d."""
+    rng = random.Random(3)
+    rows = []
+    for i, day in enumerate(["2016-03-02", "2016-01-20", "2016-07-15", "2016-07-16",
+                             "2016-11-30", "2017-02-01", "2016-05-05"] * 3):
+        body = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60)))
+        rows.append({"text": f"Doc {i}. {body}.", "date": f"{day}T08:00:00Z"})
+    src = write_jsonl(tmp_path / "a.jsonl", rows)
+    out = tmp_path / "data"
+    prep(src, out, seq_len=16, val_fraction=0.01)
+    w = TokenWindows(out, "train", [2016, 2017], seq_len=16)
+    dates = w.window_dates
+    assert dates.dtype == np.dtype("datetime64[D]") and len(dates) == len(w)
+    # expected from the decoded documents: the day of the document holding token (j+1)*16
+    index = np.fromfile(out / "train" / "2016.idx", dtype=INDEX_DTYPE)
+    ends = np.cumsum(index["tokens"])
+    n2016 = int((w.window_years == 2016).sum())
+    for j in range(n2016):
+        doc = int(np.searchsorted(ends, (j + 1) * 16, side="right"))
+        day = np.datetime64(int(index["time_us"][doc]), "us").astype("datetime64[D]")
+        assert dates[j] == day
+    assert (np.diff(dates.astype(np.int64)) >= 0).all()  # date order: a prefix per cutoff
+    assert str(dates[0]) >= "2016-01-20" and str(dates[n2016 - 1]) == "2016-11-30"
+    assert {str(d) for d in dates[n2016:]} == {"2017-02-01"}
+    assert w.windows_up_to(date(2016, 7, 15)) == int((dates <= np.datetime64("2016-07-15")).sum())
+    assert 0 < w.windows_up_to(date(2016, 7, 15)) < w.windows_up_to(date(2016, 7, 16)) < n2016
+    assert w.windows_up_to(date(2015, 12, 31)) == 0 and w.windows_up_to(date(2017, 3, 1)) == len(w)
+    # the same data cut at 2016-07-15 has the same first windows and window dates
+    cut = prep(src, tmp_path / "cut", seq_len=16, val_fraction=0.01, until="2016-07-15")
+    assert cut.until
+    wc = TokenWindows(tmp_path / "cut", "train", [2016, 2017], seq_len=16)
+    k = w.windows_up_to(date(2016, 7, 15))
+    assert wc.windows_up_to(date(2016, 7, 15)) == k
+    assert (wc.window_dates[:k] == dates[:k]).all()
+    assert all((wc[i] == w[i]).all() for i in range(k))

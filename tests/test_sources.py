@@ -11,7 +11,15 @@ import pytest
 from helpers import write_jsonl
 
 from timoe_core.data import sources
-from timoe_core.data.sources import DateError, SourceOptions, open_source, parse_year, shard_of
+from timoe_core.data.sources import (
+    DateError,
+    SourceOptions,
+    open_source,
+    parse_date,
+    parse_year,
+    shard_of,
+    utc_date,
+)
 from timoe_core.errors import TimoeError
 
 
@@ -57,6 +65,29 @@ def read_all(source: str, **opts) -> tuple[list, list, int]:
 )
 def test_parse_year_reads_every_documented_form(value, year):
     assert parse_year(value) == year
+
+
+@pytest.mark.parametrize(
+    "value, day",
+    [
+        ("CC-MAIN-2017-13", date(2017, 4, 2)),  # ISO week 13 of 2017: Mon 03-27 .. Sun 04-02
+        ("CC-MAIN-2013-20", date(2013, 5, 19)),
+        ("CC-MAIN-2020-53", date(2021, 1, 3)),  # the week's Sunday may be in the next year
+        ("CC-MAIN-2019-01", date(2019, 1, 6)),
+        (2016, date(2016, 12, 31)),  # a year alone counts as of its last day
+        ("2016", date(2016, 12, 31)),
+        ("2016-07", date(2016, 7, 31)),
+        ("2016-07-15", date(2016, 7, 15)),
+    ],
+)
+def test_dates_of_periods_are_their_last_day(value, day):
+    assert utc_date(parse_date(value)) == day
+
+
+@pytest.mark.parametrize("value", ["CC-MAIN-2019-53", "CC-MAIN-2019-00", "CC-MAIN-2019-60"])
+def test_a_dump_of_no_iso_week_is_refused(value):
+    with pytest.raises(DateError, match="ISO week"):
+        parse_date(value)
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,12 @@ import pytest
 from timoe_core.errors import TimoeError
 from timoe_core.model.point_in_time import eligible_slices, first_eligible_date
 from timoe_core.timeslices import (
+    CUTOFF_EVERY,
     TimeSlice,
     TimeSlicing,
     parse_query_date,
+    period_end,
+    period_ends,
 )
 
 
@@ -129,3 +132,39 @@ def test_point_in_time_takes_per_slice_the_latest_artefact_with_cutoff_on_or_bef
                                                 "2015-2016@2016-12-31"]
     with pytest.raises(TimoeError, match="unknown eligibility policy"):
         select_artefacts(pool, date(2016, 1, 1), "lenient")
+
+
+@pytest.mark.parametrize(
+    "day, every, end",
+    [
+        (date(2016, 2, 3), "month", date(2016, 2, 29)),  # leap year
+        (date(2015, 2, 28), "month", date(2015, 2, 28)),  # a period end is its own end
+        (date(2016, 7, 15), "month", date(2016, 7, 31)),
+        (date(2016, 7, 15), "quarter", date(2016, 9, 30)),
+        (date(2016, 1, 1), "quarter", date(2016, 3, 31)),
+        (date(2016, 12, 31), "quarter", date(2016, 12, 31)),
+        (date(2016, 7, 15), "year", date(2016, 12, 31)),
+        (date(2016, 1, 1), "year", date(2016, 12, 31)),
+    ],
+)
+def test_period_end_is_the_last_day_of_the_period(day, every, end):
+    assert period_end(day, every) == end
+
+
+def test_period_ends_cover_the_range_one_per_period():
+    months = period_ends(date(2015, 1, 1), date(2016, 12, 31), "month")
+    assert len(months) == 24 and months[0] == date(2015, 1, 31)
+    assert months[13] == date(2016, 2, 29) and months[-1] == date(2016, 12, 31)
+    assert all(a < b for a, b in zip(months, months[1:]))
+    assert period_ends(date(2015, 1, 1), date(2016, 12, 31), "quarter") == [
+        date(y, m, d) for y in (2015, 2016) for m, d in ((3, 31), (6, 30), (9, 30), (12, 31))
+    ]
+    assert period_ends(date(2013, 1, 1), date(2024, 12, 31), "year") == [
+        date(y, 12, 31) for y in range(2013, 2025)
+    ]
+    # a range cut mid-period still ends with that period's end (its cutoff)
+    assert period_ends(date(2016, 6, 10), date(2016, 7, 15), "month") == [
+        date(2016, 6, 30), date(2016, 7, 31)
+    ]
+    assert period_ends(date(2016, 7, 16), date(2016, 7, 15), "month") == []
+    assert set(CUTOFF_EVERY) == {"month", "quarter", "year"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 
 import pytest
 import torch
@@ -248,7 +249,7 @@ def test_staged_run_snapshots_each_year_but_the_last(capsys, data, tmp_path):
     assert info["data_cutoff"] == "2014-12-31"
     assert info["snapshots"] == [{"data_cutoff": "2013-12-31", "path": "snapshots/2013-12-31"}]
     snap = json.loads((tmp_path / "s" / "snapshots/2013-12-31/snapshot.json").read_text())
-    assert (snap["stage_year"], snap["stage_steps"], snap["decay_steps"]) == (2013, 3, 1)
+    assert (snap["stage_end"], snap["stage_steps"], snap["decay_steps"]) == ("2013-12-31", 3, 1)
     # 3 + 3 main steps and the last stage's decay; the 2013 branch is off the main line.
     steps = [r["step"] for r in read_metrics(tmp_path / "s") if r["type"] == "train"]
     assert steps[-1] == 7
@@ -280,3 +281,87 @@ def test_staged_run_stopped_after_a_branch_resumes_to_the_same_weights(capsys, d
         assert same(tmp_path / "a", b)
         snap = "snapshots/2013-12-31"
         assert same(tmp_path / "a" / snap, b / snap)
+
+
+# ------------------------------------------------- cutoffs by period (--cutoff-every)
+
+
+@pytest.fixture(scope="module")
+def dated_data(tmp_path_factory):
+    # 2013-2014, documents of 256 tokens dated across each year: 16 per year, 127 windows
+    return make_data_dir(tmp_path_factory.mktemp("dated"), years=(2013, 2014), vocab_size=VOCAB,
+                         doc_dates="spread")
+
+
+def test_monthly_stages_snapshot_every_month_end_with_new_windows(capsys, dated_data, tmp_path):
+    """Stage k = period k: it reads the windows dated <= its end; a period with no new
+    windows, or fewer up to its end than one step, gets no stage; a snapshot at every
+    period end but the last; snapshot.json and run.json record the period end."""
+    import numpy as np
+
+    from timoe_core.data.manifest import INDEX_DTYPE
+    from timoe_core.data.windows import TokenWindows
+    from timoe_core.io import sha256_file
+
+    code, _, err = run_cli(capsys, "train-expert", "--data", dated_data, "--out", tmp_path / "m",
+                           "--year", "2013", "--seq-len", "32", "--batch-size", "4",
+                           "--log-every", "50", "--device", "cpu", "--n-layer", "1",
+                           "--n-embd", "16", "--n-head", "2")  # month is the default
+    assert code == 0, err
+    windows = TokenWindows(dated_data, "train", [2013, 2014], 32)
+    ends, counts = [], []
+    from timoe_core.timeslices import period_ends
+    for end in period_ends(date(2013, 1, 1), date(2014, 12, 31), "month"):
+        upto = windows.windows_up_to(end)
+        if upto >= 4 and upto > (counts[-1] if counts else 0):
+            ends.append(end.isoformat())
+            counts.append(upto)
+    assert 20 <= len(ends) <= 24  # 16 documents a year: a month or two has none
+    info = json.loads((tmp_path / "m" / "run.json").read_text())
+    assert info["data_cutoff"] == ends[-1] == "2014-12-31"
+    assert [s["data_cutoff"] for s in info["snapshots"]] == ends[:-1]
+    prev = 0
+    for end, upto in zip(ends[:-1], counts):
+        folder = tmp_path / "m" / "snapshots" / end
+        snap = json.loads((folder / "snapshot.json").read_text())
+        assert snap["stage_end"] == snap["data_cutoff"] == end
+        assert snap["stage_steps"] == max(1, (upto - prev) // 4)  # its new windows, one pass
+        prev = upto
+        # what it read: whole years before its end, and of its own year the documents
+        # dated up to its end, hashed (so a build with later documents records the same)
+        files = json.loads((folder / "run.json").read_text())["data_files_sha256"]
+        year = int(end[:4])
+        whole = {f"{s}/2013.bin" for s in ("train", "val")} if end >= "2013-12-31" else set()
+        parts = {k for k in files if "@" in k}
+        assert set(files) == whole | parts
+        if end.endswith("12-31"):
+            assert not parts and year == 2013 and set(files) == {"train/2013.bin", "val/2013.bin"}
+            continue
+        part = f"train/{year}.bin@{end}"
+        assert part in parts and parts <= {part, f"val/{year}.bin@{end}"}
+        index = np.fromfile(dated_data / "train" / f"{year}.idx", dtype=INDEX_DTYPE)
+        day_after = np.datetime64(end) + np.timedelta64(1, "D")
+        n = int(index["tokens"][index["time_us"] < day_after.astype("datetime64[us]").astype(
+            np.int64)].sum())
+        blob = (dated_data / "train" / f"{year}.bin").read_bytes()[: 2 * n]
+        import hashlib
+        assert files[part] == hashlib.sha256(blob).hexdigest()
+        assert sha256_file(folder / "model.safetensors") == snap["sha256"]
+
+
+def test_cutoff_every_quarter_and_year_make_fewer_stages(capsys, dated_data, tmp_path):
+    common = ["train-expert", "--data", dated_data, "--year", "2013", "--seq-len", "32",
+              "--batch-size", "4", "--log-every", "50", "--device", "cpu", "--n-layer", "1",
+              "--n-embd", "16", "--n-head", "2", "--steps-per-stage", "1"]
+    for every, expected in (("quarter", [f"{y}-{md}" for y in (2013, 2014) for md in
+                                          ("03-31", "06-30", "09-30", "12-31")]),
+                            ("year", ["2013-12-31", "2014-12-31"])):
+        code, _, err = run_cli(capsys, *common, "--cutoff-every", every, "--out", tmp_path / every)
+        assert code == 0, err
+        info = json.loads((tmp_path / every / "run.json").read_text())
+        assert [s["data_cutoff"] for s in info["snapshots"]] + [info["data_cutoff"]] == expected
+    code, _, err = run_cli(capsys, *common, "--cutoff-every", "week", "--out", tmp_path / "w")
+    assert code == 2 and "--cutoff-every" in err and not (tmp_path / "w").exists()
+    code, _, err = run_cli(capsys, *common[:-2], "--snapshots", "none", "--max-steps", "1",
+                           "--cutoff-every", "year", "--out", tmp_path / "n")
+    assert code == 2 and "--cutoff-every has no effect" in err

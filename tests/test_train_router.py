@@ -330,17 +330,22 @@ def test_staged_router_writes_one_snapshot_per_cutoff_and_resumes(inputs, tmp_pa
                             steps_per_stage=2, device="cpu", log_every=5)
     out = train_router(cfg)
     spec = json.loads((out / "timoe.json").read_text())
-    # experts of 2013-2014, 2015-2016, 2017-2018 (one artefact each): cutoffs 2014, 2016,
-    # 2018 -> one router stage each, over the slices usable then.
+    # experts of 2013-2014, 2015-2016, 2017-2018 (one artefact each, cutoffs 2014, 2016,
+    # 2018), documents dated by year (Y-12-31): a monthly router (the default) has a
+    # stage at every month end from the first cutoff with new windows or a new slice:
+    # every year end from 2014 (2015's and 2017's windows, read through the slices
+    # usable then), over the slices usable then. The other month ends have nothing new.
     cutoffs = [r["data_cutoff"] for r in spec["router_snapshots"]]
-    assert cutoffs == ["2014-12-31", "2016-12-31", "2018-12-31"]
-    assert [len(r["config"]["slice_labels"]) for r in spec["router_snapshots"]] == [1, 2, 3]
+    assert cutoffs == ["2014-12-31", "2015-12-31", "2016-12-31", "2017-12-31", "2018-12-31"]
+    assert [len(r["config"]["slice_labels"]) for r in spec["router_snapshots"]] == [1, 1, 2, 2, 3]
     mix = TiMoE.from_bundle(out)
     assert mix.artefacts_used("2017-06")[-1] == {"name": "router@2016-12-31",
                                                  "data_cutoff": "2016-12-31"}
+    assert mix.artefacts_used("2017-12-31")[-1] == {"name": "router@2017-12-31",
+                                                    "data_cutoff": "2017-12-31"}
     # a finished stage keeps only its metrics: its trainer state is never needed again
     stages = sorted((out / "stages").iterdir())
-    assert [sorted(p.name for p in s.iterdir()) for s in stages] == [["metrics.jsonl"]] * 3
+    assert [sorted(p.name for p in s.iterdir()) for s in stages] == [["metrics.jsonl"]] * 5
     assert all(read_metrics(s)[-1]["step"] == 2 for s in stages)
     metrics = sorted((out / "stages").rglob("metrics.jsonl"))
     before = {p: p.read_bytes() for p in metrics}
@@ -350,7 +355,7 @@ def test_staged_router_writes_one_snapshot_per_cutoff_and_resumes(inputs, tmp_pa
     # asked to keep them, each stage's last checkpoint stays
     kept = train_router(cfg.model_copy(update={"out": tmp_path / "k",
                                                "keep_stage_checkpoints": True}))
-    assert len(sorted((kept / "stages").rglob("trainer_state.pt"))) == 3
+    assert len(sorted((kept / "stages").rglob("trainer_state.pt"))) == 5
     assert (kept / "routers").is_dir() and (kept / "timoe.json").read_text() == (
         out / "timoe.json").read_text().replace(str(out), str(kept))
 
@@ -375,3 +380,51 @@ def test_an_unstaged_router_over_experts_with_snapshots_has_one_slot_per_slice(
     spec = json.loads((out / BUNDLE_FILENAME).read_text())
     assert spec["router"]["slice_labels"] == ["2013-2014", "2015-2016"]
     assert TiMoE.from_bundle(out).router.n_experts == 2
+
+
+def test_router_stages_by_quarter_read_each_quarters_windows_as_of_its_end(tmp_path, capsys):
+    """A staged router with --cutoff-every quarter: a stage at every quarter end with new
+    windows (documents dated across each year), each reading exactly the windows dated in
+    (previous cutoff, its end], through the artefacts usable then."""
+    from datetime import date
+
+    from helpers import make_data_dir, make_expert_runs
+
+    from timoe_core.data.windows import TokenWindows
+    from timoe_core.model.mixture import TiMoE
+    from timoe_core.train.staging import router_cutoffs
+
+    data = make_data_dir(tmp_path, years=range(2013, 2017), tokens_per_year=2048, vocab_size=128,
+                         doc_dates="spread")
+    make_expert_runs(tmp_path / "experts", ["2013-2014", "2015-2016"],
+                     tokenizer={"name": "gpt2", "vocab_size": 128, "eot_token": 127})
+    cfg = TrainRouterConfig(experts=[tmp_path / "experts"], data=data, out=tmp_path / "q",
+                            batch_size=4, steps_per_stage=1, device="cpu", log_every=5,
+                            cutoff_every="quarter")
+    out = train_router(cfg)
+    printed = capsys.readouterr().out
+    quarters = [date(y, m, d) for y in (2015, 2016) for m, d in ((3, 31), (6, 30), (9, 30),
+                                                                  (12, 31))]
+    expected = [date(2014, 12, 31)] + quarters
+    spec = json.loads((out / "timoe.json").read_text())
+    assert [r["data_cutoff"] for r in spec["router_snapshots"]] == [d.isoformat() for d in expected]
+    # 2015-2016's one artefact (its final weights) is usable from 2016-12-31
+    assert [len(r["config"]["slice_labels"]) for r in spec["router_snapshots"]] == [1] * 8 + [2]
+    windows = TokenWindows(data, "train", range(2013, 2017), 32)
+    previous = date(2014, 12, 31)
+    for end in quarters:
+        n = windows.windows_up_to(end) - windows.windows_up_to(previous)
+        assert n >= 4
+        assert (f"stage {end}: 1 steps on {n} windows dated "
+                f"{date.fromordinal(previous.toordinal() + 1)}..{end}") in printed
+        stage = windows.dated(previous, end)
+        assert len(stage) == n and str(stage.window_dates.min()) > previous.isoformat()
+        assert (stage[0] == windows[windows.windows_up_to(previous)]).all()
+        previous = end
+    mix = TiMoE.from_bundle(out)
+    assert mix.artefacts_used("2016-08-15")[-1] == {"name": "router@2016-06-30",
+                                                    "data_cutoff": "2016-06-30"}
+    # the cutoffs of a router: its period ends from the first artefact's cutoff to the
+    # last's, and every cutoff at which a slice becomes usable
+    assert router_cutoffs(mix.artefacts, "year") == [date(2014, 12, 31), date(2015, 12, 31),
+                                                     date(2016, 12, 31)]

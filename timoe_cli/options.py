@@ -37,7 +37,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # The fields of TrainingConfig, in --help order: every training command takes them.
 TRAINING_FIELDS: tuple[str, ...] = (
-    "data", "out", "max_steps", "max_tokens", "steps_per_stage", "stop_at_step", "batch_size", "grad_accum", "lr",
+    "data", "out", "max_steps", "max_tokens", "steps_per_stage", "cutoff_every", "stop_at_step",
+    "batch_size", "grad_accum", "lr",
     "min_lr_ratio", "warmup_fraction", "decay_fraction", "decay_shape", "weight_decay", "beta1",
     "beta2", "grad_clip", "amp", "device", "compile", "tf32", "fused_adamw", "seed",
     "nproc_per_node", "nnodes",

@@ -28,6 +28,7 @@ from pydantic import (
 
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_text
+from timoe_core.timeslices import AnswerCutoffs, CutoffEvery
 
 CONFIG_FILENAME = "config.yaml"
 
@@ -244,8 +245,14 @@ class TrainingConfig(StrictModel):
     )
     steps_per_stage: int | None = Field(
         None, ge=1, json_schema_extra=cli(TRAIN),
-        description="Optimizer steps of each chronological stage (one year of data; default: "
-        "one pass over that year's windows). The budget of a staged run.",
+        description="Optimizer steps of each chronological stage (one period of data, see "
+        "--cutoff-every; default: one pass over that period's windows). The budget of a "
+        "staged run.",
+    )
+    cutoff_every: CutoffEvery = Field(
+        "month", json_schema_extra=cli(TRAIN),
+        description="month | quarter | year: a staged run's period. Each period end with "
+        "data is a cutoff: a stage, a snapshot (expert) or a router stage, usable as of it.",
     )
     batch_size: int = Field(
         8, ge=1, description="Windows per micro-batch per worker.", json_schema_extra=cli(TRAIN)
@@ -390,18 +397,20 @@ class TrainExpertConfig(TrainingConfig):
     )
     snapshots: Literal["stages", "none"] = Field(
         "stages", json_schema_extra=cli(TRAIN),
-        description="stages: train the years in chronological stages and save a snapshot "
-        "after each (a decay branch), so the expert is usable as of every year | none: one "
-        "shuffled run over the slice, usable once the slice has ended.",
+        description="stages: train in chronological stages, one per period (--cutoff-every), "
+        "and save a snapshot after each (a decay branch), so the expert is usable as of "
+        "every period end | none: one shuffled run over the slice, usable once the slice "
+        "has ended.",
     )
 
     @model_validator(mode="after")
     def _check_target(self) -> "TrainExpertConfig":
         if (self.year is None) == (not self.all_years):
             raise ValueError("give exactly one of --year YEAR or --all-years")
-        refuse_ignored(self, {"steps_per_stage": (
-            self.snapshots == "stages", ("to a staged run (--snapshots stages); with "
-                                         "--snapshots none give --max-steps or --max-tokens"))})
+        staged = ("to a staged run (--snapshots stages); with --snapshots none give "
+                  "--max-steps or --max-tokens")
+        refuse_ignored(self, {"steps_per_stage": (self.snapshots == "stages", staged),
+                              "cutoff_every": (self.snapshots == "stages", staged)})
         return self
 
 
@@ -504,7 +513,8 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
 
 
 # What only a trained router reads (train-router --strategy avg trains nothing).
-_TRAINING_ONLY = ("data", "max_steps", "max_tokens", "steps_per_stage", "batch_size",
+_TRAINING_ONLY = ("data", "max_steps", "max_tokens", "steps_per_stage", "cutoff_every",
+                  "batch_size",
                   "grad_accum", "lr", "min_lr_ratio", "warmup_fraction", "decay_fraction",
                   "decay_shape", "weight_decay", "beta1", "beta2", "grad_clip", "seed",
                   "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
@@ -519,7 +529,7 @@ def refuse_stage_budget_without_stages(cfg: TrainingConfig) -> None:
     policy = getattr(cfg, "policy", "point-in-time")
     staged = policy in ("point-in-time", "strict")
     why = "to a staged router (--policy point-in-time); with --policy inclusive give --max-steps"
-    refuse_ignored(cfg, {"steps_per_stage": (staged, why)})
+    refuse_ignored(cfg, {"steps_per_stage": (staged, why), "cutoff_every": (staged, why)})
 
 
 # ----------------------------------------------------------------- evaluation
@@ -527,7 +537,7 @@ def refuse_stage_budget_without_stages(cfg: TrainingConfig) -> None:
 
 _MODEL_HELP = "TiMoE bundle, expert/dense run dir, or folder of expert run dirs."
 _STRATEGY_HELP = ("avg | learned-avg | coadapt | expert:YEAR | dense (a dense run's final, "
-                  "all-years weights) | dense-series (its yearly snapshots, leak-free) "
+                  "all-years weights) | dense-series (its snapshots, leak-free) "
                   "(default: the bundle's own).")
 _POLICY_HELP = "Eligibility: point-in-time | strict (its alias) | inclusive (default: the bundle's)."
 
@@ -540,7 +550,7 @@ class EvaluateConfig(StrictModel):
         default_factory=list, json_schema_extra=cli(flag="--model"),
         description="PATH or PATH:STRATEGY, repeated: a bundle (runs/timoe, "
         "runs/timoe:learned-avg, runs/timoe:expert:2016), a dense run dir (runs/dense, or "
-        "runs/dense:dense-series for its yearly snapshots, leak-free), a folder of runs.",
+        "runs/dense:dense-series for its snapshots, leak-free), a folder of runs.",
     )
     strategy: str | None = Field(None, description=_STRATEGY_HELP)
     query_date: str | None = Field(
@@ -549,6 +559,11 @@ class EvaluateConfig(StrictModel):
     )
     policy: Literal["point-in-time", "strict", "inclusive"] | None = Field(
         None, description=_POLICY_HELP
+    )
+    answer_cutoffs: AnswerCutoffs = Field(
+        "any", description="any | month | quarter | year: answer only from artefacts (expert "
+        "snapshots, router snapshots) whose data cutoff is such a period end, so a monthly "
+        "build answers as a yearly one would (default any: the latest usable).",
     )
     data: Path | None = Field(None, description="Prepared data dir: val perplexity.")
     tsqa: str | None = Field(

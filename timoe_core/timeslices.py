@@ -11,14 +11,43 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
+from typing import Literal
 
 from timoe_core.errors import TimoeError
+
+# How often a staged run cuts its data: a stage (and a snapshot, a router stage) per
+# period, its cutoff the period's last day.
+CutoffEvery = Literal["month", "quarter", "year"]
+CUTOFF_EVERY: tuple[CutoffEvery, ...] = ("month", "quarter", "year")
+# Which artefacts may answer a query, by their cutoff (the rule: model/point_in_time.py).
+AnswerCutoffs = Literal["any", "month", "quarter", "year"]
+ANSWER_CUTOFFS: tuple[AnswerCutoffs, ...] = ("any", "month", "quarter", "year")
+_MONTHS_PER_PERIOD: dict[str, int] = {"month": 1, "quarter": 3, "year": 12}
 
 
 def year_cutoff(year: int) -> date:
     """The data cutoff of text dated by year only: its last day (Y-12-31)."""
     return date(year, 12, 31)
+
+
+def period_end(d: date, every: CutoffEvery) -> date:
+    """The last day of the period (calendar month, quarter or year) holding `d`."""
+    months = _MONTHS_PER_PERIOD[every]
+    last_month = ((d.month - 1) // months + 1) * months
+    return date(d.year, last_month, calendar.monthrange(d.year, last_month)[1])
+
+
+def period_ends(first: date, last: date, every: CutoffEvery) -> list[date]:
+    """The ends of every period that overlaps [first, last], earliest first (the last one
+    may fall after `last`: a period's cutoff is its end, whatever day its data stops)."""
+    out: list[date] = []
+    end = period_end(first, every)
+    while first <= last:
+        out.append(end)
+        first = end + timedelta(days=1)
+        end = period_end(first, every)
+    return out
 
 
 @dataclass(frozen=True, order=True)

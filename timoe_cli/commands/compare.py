@@ -13,7 +13,8 @@ from timoe_core.evaluate.compare import compare_table
 from timoe_core.evaluate.run import run_compare
 
 _FIELDS = [
-    "models", "data", "tsqa", "query_date", "policy", "json_out", "plot", "max_docs",
+    "models", "data", "tsqa", "query_date", "policy", "answer_cutoffs", "json_out", "plot",
+    "max_docs",
     "max_items", "batch_size", "tsqa_batch_size", "seq_len", "amp", "device",
 ]
 

@@ -70,7 +70,8 @@ def print_written(written: list[tuple[str, Path]]) -> None:
 
 
 _FIELDS = [
-    "model", "strategy", "query_date", "policy", "data", "tsqa", "json_out", "plot", "matrix",
+    "model", "strategy", "query_date", "policy", "answer_cutoffs", "data", "tsqa", "json_out",
+    "plot", "matrix",
     "max_docs", "max_items", "batch_size", "tsqa_batch_size", "seq_len", "amp", "device",
     "tsqa_question_field", "tsqa_choices_field", "tsqa_answer_field", "tsqa_labels_field",
     "tsqa_year_field", "tsqa_schema", "tsqa_field", "tsqa_label", "lm_eval_tasks",

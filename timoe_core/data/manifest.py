@@ -7,11 +7,14 @@ manifest is a complete folder; `load_manifest` checks the files against it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from timoe_core.errors import TimoeError
@@ -19,9 +22,14 @@ from timoe_core.io import read_metadata, sha256_file
 from timoe_core.timeslices import TimeSlicing
 
 MANIFEST_FILENAME = "manifest.json"
-FORMAT_VERSION = 1
+# 2: every token file has its per-document index (.idx: date to the day), which
+# cutoffs by month or quarter read. Data of format 1 is refused with how to re-prepare it.
+FORMAT_VERSION = 2
 SPLITS: tuple[str, ...] = ("train", "val")
 Split = Literal["train", "val"]
+# One record per document of a token file, in the file's order (train/YEAR.idx): its
+# date (microseconds since the Unix epoch, UTC), text hash and token count (EOT included).
+INDEX_DTYPE = np.dtype([("time_us", "<i8"), ("hash", "<u8"), ("tokens", "<i8")])
 
 
 class SplitStats(BaseModel):
@@ -110,7 +118,7 @@ def token_file_relpath(split: str, year: int) -> str:
 
 
 def index_file_relpath(split: str, year: int) -> str:
-    """The per-document index of a token file (prepare.INDEX_DTYPE records, in order)."""
+    """The per-document index of a token file (INDEX_DTYPE records, in order)."""
     return f"{split}/{year}.idx"
 
 
@@ -122,9 +130,72 @@ def token_files_read(manifest: Manifest, years: Iterable[int]) -> dict[str, str]
             if rel.endswith(".bin") and int(Path(rel).stem) in wanted}
 
 
-def token_files_up_to(files: dict[str, str], year: int) -> dict[str, str]:
-    """The entries of `token_files_read` of the years up to `year`."""
-    return {rel: sha for rel, sha in files.items() if int(Path(rel).stem) <= year}
+# A partial year's entry in data_files_sha256: "train/2016.bin@2016-07-31", the sha256 of
+# the part of the file holding the documents dated on or before that day.
+PART_SEPARATOR = "@"
+
+
+def documents_up_to(data_dir: Path, split: str, year: int, cutoff: date) -> int:
+    """Tokens (EOTs included) of a year's file in its documents dated on or before
+    `cutoff`: the file's first ones (documents are in date order)."""
+    path = Path(data_dir) / index_file_relpath(split, year)
+    if not path.is_file():
+        raise TimoeError(f"{data_dir} has no {index_file_relpath(split, year)} (document dates): "
+                         "prepare the data again with this timoe")
+    index = np.fromfile(path, dtype=INDEX_DTYPE)
+    next_day_us = (date.fromordinal(cutoff.toordinal() + 1) - _EPOCH_DAY).days * 86_400_000_000
+    return int(index["tokens"][index["time_us"] < next_day_us].sum())
+
+
+_EPOCH_DAY = date(1970, 1, 1)
+
+
+def data_read_up_to(data_dir: Path, manifest: Manifest, years: Iterable[int],
+                    cutoff: date) -> dict[str, str]:
+    """What an artefact with data cutoff `cutoff` records of `years` of its data
+    (run.json data_files_sha256): the sha256 of each whole token file (both splits) of a
+    year ending on or before the cutoff, and for the year the cutoff falls inside, the
+    sha256 of the documents dated up to the cutoff (the first bytes of its files), named
+    `train/2016.bin@2016-07-31`. Nothing in it depends on a document dated after the
+    cutoff, so a build cut at any later day records the same."""
+    out = token_files_read(manifest, [y for y in years if date(y, 12, 31) <= cutoff])
+    if cutoff.year in set(years) and cutoff < date(cutoff.year, 12, 31):
+        for split in SPLITS:
+            rel = token_file_relpath(split, cutoff.year)
+            if rel not in manifest.files:
+                continue
+            n_bytes = documents_up_to(data_dir, split, cutoff.year, cutoff) * 2
+            if n_bytes:
+                out[f"{rel}{PART_SEPARATOR}{cutoff.isoformat()}"] = sha256_prefix(
+                    Path(data_dir) / rel, n_bytes)
+    return dict(sorted(out.items()))
+
+
+def sha256_prefix(path: Path, n_bytes: int) -> str:
+    """sha256 of the first n_bytes of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = n_bytes
+        while left > 0:
+            chunk = f.read(min(left, 8 << 20))
+            if not chunk:
+                raise TimoeError(f"{path} is shorter than its index says: prepare the data again")
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def data_read_as_of(files: dict[str, str], cutoff: date) -> dict[str, str]:
+    """The entries of a data_files_sha256 record that an artefact with an earlier (or the
+    same) cutoff read too: whole years up to the cutoff's year end, parts up to the
+    cutoff. (A whole year cannot be cut here: `data_read_up_to` records a partial year.)"""
+    out = {}
+    for rel, sha in files.items():
+        name, _, part = rel.partition(PART_SEPARATOR)
+        as_of = date.fromisoformat(part) if part else date(int(Path(name).stem), 12, 31)
+        if as_of <= cutoff:
+            out[rel] = sha
+    return out
 
 
 def manifest_checksum(data_dir: Path) -> str:
@@ -162,10 +233,17 @@ def load_manifest(data_dir: Path, verify: Verify | None = None) -> Manifest:
             "(run `timoe prepare-data --out DIR` first)"
         )
     manifest = read_metadata(path, Manifest, "prepare the data again")
+    if manifest.format_version < FORMAT_VERSION:
+        raise TimoeError(
+            f"{data_dir} holds data format {manifest.format_version}, without the per-document "
+            f"dates that cutoffs by month need (this timoe reads format {FORMAT_VERSION}): "
+            f"prepare it again, `timoe prepare-data --source SRC --out {data_dir} --overwrite` "
+            f"(its source: {manifest.source})"
+        )
     if manifest.format_version != FORMAT_VERSION:
         raise TimoeError(
             f"{path} has format version {manifest.format_version}, this timoe reads "
-            f"{FORMAT_VERSION}: prepare the data again"
+            f"{FORMAT_VERSION}: use the timoe that wrote it, or prepare the data again"
         )
     if verify != "none":
         for rel, entry in manifest.files.items():

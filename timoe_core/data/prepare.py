@@ -56,6 +56,7 @@ import numpy as np
 
 from timoe_core.config import CONFIG_FILENAME, PrepareDataConfig, save_config
 from timoe_core.data.manifest import (
+    INDEX_DTYPE,
     MANIFEST_FILENAME,
     SPLITS,
     FileEntry,
@@ -68,7 +69,7 @@ from timoe_core.data.manifest import (
     load_manifest,
     token_file_relpath,
 )
-from timoe_core.data.sources import SourceOptions, open_source, text_hash
+from timoe_core.data.sources import SourceOptions, open_source, text_hash, utc_date
 from timoe_core.errors import TimoeError
 from timoe_core.io import (
     atomic_write_json,
@@ -78,14 +79,11 @@ from timoe_core.io import (
     sha256_file,
 )
 from timoe_core.lock import output_lock
-from timoe_core.timeslices import TimeSlicing, parse_query_date, year_cutoff
+from timoe_core.timeslices import TimeSlicing, parse_query_date
 from timoe_core.tokenizer import Tokenizer, get_tokenizer
 
 SKIP_REASONS: tuple[str, ...] = ("out_of_range", "empty", "bad_rows")
 TOKEN_DTYPE = np.dtype("<u2")
-# One record per document of a token file, in the file's order (train/YEAR.idx): its
-# date (microseconds since the Unix epoch, UTC), text hash and token count (EOT included).
-INDEX_DTYPE = np.dtype([("time_us", "<i8"), ("hash", "<u8"), ("tokens", "<i8")])
 # The staging record of a tokenised document: the index record and its split.
 _SPILL_DTYPE = np.dtype([("time_us", "<i8"), ("hash", "<u8"), ("tokens", "<i8"), ("val", "u1")])
 SPILL_DIRNAME = ".spill"
@@ -655,8 +653,8 @@ def _tokenise_into(
             if not start <= year <= end:
                 counts.out_of_range(year)
                 continue
-            if until is not None and year_cutoff(year) > until:
-                # Dated by year only: the document may be from the year's last day.
+            if until is not None and utc_date(when) > until:
+                # By the document's day; a date by year only is its last day (sources.py).
                 skipped["after_until"] += 1
                 continue
             texts.append(text)

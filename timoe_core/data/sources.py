@@ -9,11 +9,12 @@ few thousand documents at a time, never the whole corpus. Sources:
 - a `.json`, `.csv` or `.parquet` file: streamed through the `datasets` library.
 - a folder: every such file under it, in sorted path order.
 - `hf:NAME[:CONFIG]`: `datasets.load_dataset(NAME, CONFIG, streaming=True)`.
-- `fineweb-edu[:CONFIG]`: HuggingFaceFW/fineweb-edu, the year taken from its `dump`
-  field (`CC-MAIN-2017-13` -> 2017) unless `--date-field` says otherwise.
+- `fineweb-edu[:CONFIG]`: HuggingFaceFW/fineweb-edu, dated by its `dump` field (the
+  crawl's ISO week: `CC-MAIN-2017-13` -> 2017-04-02, that week's Sunday) unless
+  `--date-field` says otherwise.
 
 FineWeb(-Edu) as it is: when `--date-field` is not given and a record has no `date`
-but has `dump`, the year comes from `dump`, for every source (a local copy of
+but has `dump`, the date comes from `dump`, for every source (a local copy of
 FineWeb-Edu's parquet files reads without flags).
 
 Sharding: shard k of n takes the documents whose text hash (`shard_of`) is k modulo n,
@@ -25,7 +26,8 @@ Each shard reads and parses the whole stream and tokenises only its own document
 Dates (`parse_date`): a year (`2019`, `"2019"`), an ISO date or timestamp
 (`2019-04-01`, `2019-04`, `2019/04/01`, `2019-04-01T10:00:00Z`, with or without an
 offset), a unix timestamp in seconds (or milliseconds when above 1e11), an RFC 2822
-date, a Common Crawl dump name (`CC-MAIN-2017-13`), or a `datetime`/`date` object.
+date, a Common Crawl dump name (`CC-MAIN-2017-13`: the last day, Sunday, of ISO week 13
+of 2017, the latest day the crawl can hold), or a `datetime`/`date` object.
 One rule for time zones: a timestamp's date is its UTC date (an offset is converted to
 UTC; a timestamp without one is taken as UTC). A value that names a period rather than
 an instant (a year, a month, a day) stands for the last moment of that period, as
@@ -75,7 +77,7 @@ class DateError(ValueError):
     """A date value that names no year."""
 
 
-_CC_DUMP_RE = re.compile(r"CC-MAIN-(\d{4})-\d{2}")
+_CC_DUMP_RE = re.compile(r"CC-MAIN-(\d{4})-(\d{2})")
 _YEAR_RE = re.compile(r"[+]?\d{4}")
 _NUMBER_RE = re.compile(r"[+-]?\d+(?:\.\d*)?")
 _ISO_RE = re.compile(  # a date alone (a time of day is _ISO_FULL_RE's)
@@ -177,8 +179,12 @@ def _time_from_string(text: str) -> int:
     s = text.strip()
     if not s:
         raise DateError("empty")
-    if m := _CC_DUMP_RE.fullmatch(s):
-        return _year_end(int(m.group(1)))
+    if m := _CC_DUMP_RE.fullmatch(s):  # a crawl of ISO week W: as of that week's Sunday
+        try:
+            sunday = date.fromisocalendar(int(m.group(1)), int(m.group(2)), 7)
+        except ValueError:
+            raise DateError(f"{s} names no ISO week (weeks are 01-52, or 53)") from None
+        return _end_of_period(sunday.year, sunday.month, sunday.day)
     if _YEAR_RE.fullmatch(s):
         return _year_end(int(s))
     if _NUMBER_RE.fullmatch(s):

@@ -2,18 +2,31 @@
 
 A window is seq_len + 1 consecutive tokens (inputs are the first seq_len, targets the
 last seq_len). Windows never cross a year's file, so every window has one year, which
-is its document date for routing and eligibility.
+is its document date for routing and eligibility. A window's DATE (`window_dates`) is
+the date of the document holding its last token: the latest text it reads. Documents are
+in date order within a year's file, so the windows dated on or before any day are a
+prefix of every year, and of the whole (year-ordered) window set.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
+from datetime import date
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from timoe_core.data.manifest import Manifest, Split, load_manifest, token_file_relpath
+from timoe_core.data.manifest import (
+    INDEX_DTYPE,
+    Manifest,
+    Split,
+    index_file_relpath,
+    load_manifest,
+    token_file_relpath,
+)
 from timoe_core.errors import TimoeError
 
 
@@ -49,11 +62,65 @@ class TokenWindows:
             self.years.append(year)
             counts.append(n_windows)
         self._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self._first = [0] * len(self.years)  # a year's first window (`dated` cuts it)
         # Year of every window, for batching by date without touching the tokens.
         self.window_years = np.repeat(np.asarray(self.years, dtype=np.int64), counts)
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
+
+    @cached_property
+    def window_dates(self) -> np.ndarray:
+        """The date (numpy datetime64[D], UTC day) of every window: the date of the
+        document holding its last token, read from the years' .idx files. Non-decreasing,
+        so `windows_up_to(d)` windows are the ones dated on or before d."""
+        parts = []
+        for year, n_windows in zip(self.years, np.diff(self._offsets)):
+            rel = index_file_relpath(self.split, year)
+            path = self.data_dir / rel
+            if rel not in self.manifest.files or not path.is_file():
+                raise TimoeError(
+                    f"{self.data_dir} has no {rel} (document dates): prepare the data again "
+                    "with this timoe"
+                )
+            index = np.fromfile(path, dtype=INDEX_DTYPE)
+            ends = np.cumsum(index["tokens"])  # token after each document's last
+            if len(ends) == 0 or int(ends[-1]) != self.manifest.tokens(year, self.split):
+                raise TimoeError(f"{path} does not describe {token_file_relpath(self.split, year)}"
+                                 ": prepare the data again")
+            first = self._first[self.years.index(year)]
+            last_tokens = (first + np.arange(n_windows, dtype=np.int64) + 1) * self.seq_len
+            docs = np.searchsorted(ends, last_tokens, side="right")
+            days = index["time_us"][docs].astype("datetime64[us]").astype("datetime64[D]")
+            parts.append(days)
+        if not parts:
+            return np.empty(0, dtype="datetime64[D]")
+        return np.concatenate(parts)
+
+    def windows_up_to(self, cutoff: date) -> int:
+        """How many windows are dated on or before `cutoff` (they are the first ones)."""
+        return int(np.searchsorted(self.window_dates, np.datetime64(cutoff, "D"), side="right"))
+
+    def dated(self, after: date | None, upto: date) -> TokenWindows:
+        """The windows dated in (after, upto] (after None: from the first), as windows of
+        their own: what a router stage with cutoff `upto` reads after the previous one."""
+        dates = self.window_dates
+        lo = 0 if after is None else self.windows_up_to(after)
+        hi = max(lo, self.windows_up_to(upto))
+        out = copy.copy(self)
+        years, arrays, firsts, counts = [], [], [], []
+        for k, year in enumerate(self.years):
+            a, b = max(lo, int(self._offsets[k])), min(hi, int(self._offsets[k + 1]))
+            if b > a:
+                years.append(year)
+                arrays.append(self._arrays[k])
+                firsts.append(self._first[k] + a - int(self._offsets[k]))
+                counts.append(b - a)
+        out.years, out._arrays, out._first = years, arrays, firsts
+        out._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        out.window_years = np.repeat(np.asarray(years, dtype=np.int64), counts)
+        out.__dict__["window_dates"] = dates[lo:hi]
+        return out
 
     def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < len(self):
@@ -63,7 +130,7 @@ class TokenWindows:
 
     def __getitem__(self, index: int) -> np.ndarray:
         k, j = self._locate(index)
-        start = j * self.seq_len
+        start = (self._first[k] + j) * self.seq_len
         return np.asarray(self._arrays[k][start : start + self.seq_len + 1], dtype=np.int64)
 
     def year_of(self, index: int) -> int:

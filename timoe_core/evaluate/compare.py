@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from timoe_core.errors import TimoeError
+from timoe_core.timeslices import AnswerCutoffs
 from timoe_core.evaluate.intervals import mean_perplexity_interval
 from timoe_core.evaluate.models import load_evaluated_model, model_warnings, parse_strategy
 from timoe_core.evaluate.perplexity import evaluate_perplexity
@@ -67,6 +68,7 @@ def compare_models(
     *,
     query_date: str | None = None,
     policy: str | None = None,
+    answer_cutoffs: AnswerCutoffs = "any",
     max_docs: int | None = None,
     max_items: int | None = None,
     batch_size: int = 8,
@@ -96,7 +98,8 @@ def compare_models(
     reports: list[dict[str, Any]] = []
     qa_results = []
     for entry, label, (path, strategy) in zip(entries, short_labels(entries), parsed):
-        model = load_evaluated_model(path, strategy, policy=policy, device=device, amp=amp)
+        model = load_evaluated_model(path, strategy, policy=policy, device=device, amp=amp,
+                                     answer_cutoffs=answer_cutoffs)
         ppl = qa = None
         if data_dir is not None:
             cb = (lambda d, t, e=entry: progress(f"{e}: perplexity", d, t)) if progress else None

@@ -43,7 +43,7 @@ from timoe_core.model.run_info import (
 )
 from timoe_core.model.weighting import REGISTRY as STRATEGY_REGISTRY
 from timoe_core.model.weights import load_expert
-from timoe_core.timeslices import parse_query_date
+from timoe_core.timeslices import AnswerCutoffs, parse_query_date
 
 STRATEGY_HELP = "avg, learned-avg, coadapt, expert:YEAR, dense or dense-series"
 
@@ -99,6 +99,11 @@ class EvaluatedModel:
     def artefacts_used(self, query_date: QueryDate | None) -> list[dict[str, str]]:
         """[{name, data_cutoff}] of the trained artefacts an answer as of the date uses."""
         raise NotImplementedError
+
+    @property
+    def answer_cutoffs(self) -> AnswerCutoffs:
+        """Which artefacts may answer, by cutoff (point_in_time.py); one set of weights: any."""
+        return "any"
 
     def ineligibility(self, query_date: QueryDate) -> str | None:
         """None when some expert answers as of `query_date`, else the reason why none does."""
@@ -216,6 +221,10 @@ class MixtureModel(EvaluatedModel):
     def artefacts_used(self, query_date=None):
         return self.mix.artefacts_used(parse_query_date(query_date))
 
+    @property
+    def answer_cutoffs(self) -> AnswerCutoffs:
+        return self.mix.answer_cutoffs
+
     def ineligibility(self, query_date):
         # Some artefact is usable exactly from the first usable date on (every policy).
         first = self.mix.first_usable_date()
@@ -293,13 +302,23 @@ def load_evaluated_model(
     policy: str | None = None,
     device: str | torch.device = "auto",
     amp: bool | None = None,
+    answer_cutoffs: AnswerCutoffs = "any",
 ) -> EvaluatedModel:
     """Open what `path` holds as the model `strategy` asks for (default: its own).
 
-    amp: bf16 autocast; None turns it on for CUDA devices only.
+    amp: bf16 autocast; None turns it on for CUDA devices only. answer_cutoffs: answer
+    only from artefacts whose cutoff is such a period end (point_in_time.py).
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     model = _load(resolve_model_path(path), strategy, policy, dev)  # hf:ORG/NAME too
+    if answer_cutoffs != "any":
+        if not isinstance(model, MixtureModel):
+            raise TimoeError(
+                f"--answer-cutoffs {answer_cutoffs} picks among a model's artefacts by cutoff, "
+                f"but {path} as {model.strategy} is one set of weights: give a bundle, a "
+                "dense run as dense-series, or --policy point-in-time"
+            )
+        model.mix.answer_cutoffs = answer_cutoffs
     model.amp = (model.device.type == "cuda") if amp is None else bool(amp)
     return model
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from timoe_core.evaluate.models import EvaluatedModel
 from timoe_core.evaluate.perplexity import PerplexityMatrix, PerplexityResult
 from timoe_core.evaluate.tsqa import ERROR_LABELS, TSQAResult
 from timoe_core.io import atomic_path, atomic_write_json
-from timoe_core.model.point_in_time import canonical_policy
+from timoe_core.model.point_in_time import canonical_policy, staleness_days
 from timoe_core.timeslices import parse_query_date
 
 Table = tuple[list[str], list[list[str]]]
@@ -44,6 +45,7 @@ def evaluation_report(
         "strategy": model.strategy,
         "query_date": query_date,
         "policy": model.policy,
+        "answer_cutoffs": model.answer_cutoffs,
         # every answer as of d depends on no text after d (a dated model under the
         # point-in-time policy); a dense model or the inclusive rule has read later text
         "point_in_time": model.dated and canonical_policy(model.policy) == "point-in-time",
@@ -62,6 +64,9 @@ def evaluation_report(
     }
     if query_date is not None or not model.dated:
         report["artefacts_used"] = model.artefacts_used(query_date)
+    if query_date is not None:
+        # the query date minus the latest cutoff of what answers: how stale the answer is
+        report["staleness_days"] = _staleness(query_date, report["artefacts_used"])
     if query_date is None and model.dated:
         years = set()
         if perplexity:
@@ -77,9 +82,18 @@ def evaluation_report(
             str(y): (None if model.ineligibility(y) else model.artefacts_used(y))
             for y in sorted(years)
         }
+        report["staleness_days"] = {
+            y: None if used is None else _staleness(y, used)
+            for y, used in report["artefacts_used"].items()
+        }
     if matrix is not None:
         report["matrix"] = matrix.to_dict()
     return report
+
+
+def _staleness(query_date: str | int, used: list[dict[str, str]]) -> int:
+    return staleness_days(parse_query_date(query_date),
+                          [date.fromisoformat(a["data_cutoff"]) for a in used])
 
 
 def write_report(path: Path, report: Mapping[str, Any], config: BaseModel | None = None) -> None:
@@ -135,6 +149,12 @@ def summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
         ["eligible experts", ", ".join(report["eligible_experts"]) or "—"],
         ["loaded experts", ", ".join(report["loaded_experts"]) or "—"],
     ]
+    if report.get("answer_cutoffs", "any") != "any":
+        rows.append(["answer cutoffs", f"{report['answer_cutoffs']} ends only"])
+    if isinstance(report.get("staleness_days"), int):
+        used = report["artefacts_used"]
+        latest = max(a["data_cutoff"] for a in used)
+        rows.append(["staleness", f"{report['staleness_days']} days (latest cutoff used {latest})"])
     if report.get("perplexity_overall") is not None:
         rows.append(["perplexity (all years)", fmt_ppl(report["perplexity_overall"])])
     return rows

@@ -133,7 +133,7 @@ def run_evaluate(
         parse_query_date(cfg.query_date)
 
     m = load_evaluated_model(cfg.model, cfg.strategy, policy=cfg.policy, device=cfg.device,
-                             amp=cfg.amp)
+                             amp=cfg.amp, answer_cutoffs=cfg.answer_cutoffs)
     if cfg.query_date is not None:
         m.eligible_experts(cfg.query_date)  # no expert that early: exit 2, naming the first date
     warnings = model_warnings(m, cfg.query_date)
@@ -176,7 +176,7 @@ def run_compare(cfg: EvaluateConfig, progress: Progress | None = None) -> Evalua
         parse_query_date(cfg.query_date)
     result = compare_models(
         cfg.models, cfg.data, cfg.tsqa, query_date=cfg.query_date, policy=cfg.policy,
-        max_docs=cfg.max_docs, max_items=cfg.max_items, batch_size=cfg.batch_size,
+        answer_cutoffs=cfg.answer_cutoffs, max_docs=cfg.max_docs, max_items=cfg.max_items, batch_size=cfg.batch_size,
         tsqa_batch_items=cfg.tsqa_batch_size, seq_len=cfg.seq_len, fields=tsqa_fields(cfg),
         device=cfg.device, amp=cfg.amp, progress=lambda d, done, tot: task(d)(done, tot),
     )

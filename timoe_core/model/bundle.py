@@ -247,7 +247,7 @@ def write_bundle(
     snapshot_specs = []
     for snap in router_snapshots:
         folder = out_dir / ROUTER_SNAPSHOTS_DIR / snap.data_cutoff.isoformat()
-        sha = save_router_weights(folder, snap.router)
+        sha = _same_router_weights(folder, snap.router) or save_router_weights(folder, snap.router)
         snapshot_specs.append({
             "data_cutoff": snap.data_cutoff.isoformat(),
             "path": os.path.relpath(folder, out_dir),
@@ -272,6 +272,24 @@ def write_bundle(
         rec.sha256 = spec.weights_sha256
         if spec.embedded:
             rec.embedded, rec.candidates = True, [out_dir / spec.path]
+
+
+def _same_router_weights(directory: Path, router: Router) -> str | None:
+    """The sha256 of `directory`/router.safetensors when it holds exactly `router`'s
+    weights (a staged run saved each stage's there already), else None: reading it back
+    costs less than writing and syncing it again."""
+    path = Path(directory) / ROUTER_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        saved = load_file(str(path))
+    except (SafetensorError, OSError):
+        return None
+    state = router.state_dict()
+    if saved.keys() != state.keys() or not all(
+            torch.equal(saved[k], state[k].detach().cpu()) for k in state):
+        return None
+    return sha256_file(path)
 
 
 def save_router_weights(directory: Path, router: Router) -> str:

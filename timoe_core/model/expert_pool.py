@@ -213,7 +213,11 @@ def run_dir_artefacts(run_dir: Path, info: RunInfo) -> list[ExpertRecord]:
                     "snapshot, or retrain the run"
                 )
             sha = meta.sha256
-        out.append(ExpertRecord(info=info, candidates=[folder], sha256=sha,
+            # its own run.json (written before snapshot.json) records what it read, a
+            # partial year included, which the run's record cannot say
+            snap_info = read_run_info(folder) if (folder / RUN_INFO_FILENAME).is_file() else info
+        out.append(ExpertRecord(info=info if sha is None else snap_info, candidates=[folder],
+                                sha256=sha,
                                 data_cutoff=date.fromisoformat(snap["data_cutoff"]),
                                 snapshot_folder=folder))
     out.append(ExpertRecord(info=info, candidates=[run_dir], sha256=None))

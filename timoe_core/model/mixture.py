@@ -70,7 +70,7 @@ from timoe_core.model.router import (
 )
 from timoe_core.model.run_info import RunInfo
 from timoe_core.model.weighting import get_strategy
-from timoe_core.timeslices import TimeSlice
+from timoe_core.timeslices import AnswerCutoffs, TimeSlice
 
 QueryDate = str | int | date
 QueryDates = QueryDate | Sequence[QueryDate] | torch.Tensor | np.ndarray
@@ -120,6 +120,8 @@ class TiMoE(MixtureViews, MixtureComputation, nn.Module):
         self._trainable: set[str] = set()
         self._adapted: set[str] = set()  # experts changed in memory (coadapt): saved in the bundle
         self.chunk_tokens: int | None = None  # None: about CHUNK_BYTES of logits per chunk
+        # Only artefacts whose cutoff is such a period end answer (point_in_time.py).
+        self.answer_cutoffs: AnswerCutoffs = "any"  # see point_in_time.py
         if router is not None:
             if router.config.slice_labels != [s.label for s in self.slices]:
                 raise TimoeError(

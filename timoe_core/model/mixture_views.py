@@ -50,13 +50,14 @@ class MixtureViews:
         (`point_in_time.select_artefacts`); TimoeError naming the first usable date."""
         when = parse_query_date(query_date)
         self._check_single_router(when)
-        chosen = point_in_time.select_artefacts(self._pool, when, self.policy)
+        chosen = point_in_time.select_artefacts(self._pool, when, self.policy,
+                                                self.answer_cutoffs)
         if not chosen:
             raise point_in_time.none_usable(when, self.policy, self.first_usable_date())
         return chosen
 
     def first_usable_date(self) -> date:
-        first = point_in_time.first_usable_date(self._pool, self.policy)
+        first = point_in_time.first_usable_date(self._pool, self.policy, self.answer_cutoffs)
         cutoff = self._single_router_cutoff()
         return first if cutoff is None else max(first, cutoff)
 
@@ -91,7 +92,15 @@ class MixtureViews:
         labels = ([r.label for r in self.usable_artefacts(when)]
                   if point_in_time.canonical_policy(self.policy) == "inclusive" else [])
         snapshot = point_in_time.router_snapshot_for(self._router_snapshots, when, self.policy,
-                                                     labels)
+                                                     labels, self.answer_cutoffs)
+        if snapshot is not None and self.answer_cutoffs != "any" and (
+                snapshot.slice_labels != [r.label for r in self.usable_artefacts(when)]):
+            raise TimoeError(
+                f"as of {when.isoformat()} with --answer-cutoffs {self.answer_cutoffs}, the "
+                f"router snapshot {snapshot.name} is over {', '.join(snapshot.slice_labels)} "
+                f"but the experts usable then are other slices: this bundle has no "
+                f"{self.answer_cutoffs}-end router for them; use --answer-cutoffs any"
+            )
         if snapshot is None:
             raise TimoeError(
                 f"no router snapshot of this bundle answers as of {when.isoformat()} "
@@ -134,6 +143,7 @@ class MixtureViews:
             strategy = self.strategy if router is not None or not self._uses_router() else "avg"
             view = type(self)(self.usable_artefacts(query_date), strategy, self.options, router,
                          self.device, shared=self._shared)
+            view.answer_cutoffs = self.answer_cutoffs
             view.chunk_tokens = self.chunk_tokens
             view.eval()
             self._views[key] = view

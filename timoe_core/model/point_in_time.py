@@ -19,11 +19,33 @@ from datetime import date
 from typing import Literal, Protocol, TypeVar
 
 from timoe_core.errors import TimoeError
-from timoe_core.timeslices import TimeSlice, parse_query_date
+from timoe_core.timeslices import (
+    AnswerCutoffs,
+    CutoffEvery,
+    TimeSlice,
+    parse_query_date,
+    period_end,
+)
 
 Policy = Literal["point-in-time", "strict", "inclusive"]
 POLICIES: tuple[Policy, ...] = ("point-in-time", "strict", "inclusive")
 DEFAULT_POLICY: Policy = "point-in-time"
+# answer_cutoffs (AnswerCutoffs): which artefacts may answer, by their cutoff: "any", or
+# only those whose cutoff is a month, quarter or year end. One monthly build then answers
+# as a quarterly or yearly build would (evaluate --answer-cutoffs year).
+
+
+def on_answer_grid(cutoff: date, answer_cutoffs: AnswerCutoffs) -> bool:
+    """May an artefact with this cutoff answer under `answer_cutoffs`?"""
+    if answer_cutoffs == "any":
+        return True
+    every: CutoffEvery = answer_cutoffs
+    return period_end(cutoff, every) == cutoff
+
+
+def staleness_days(when: date, cutoffs: Iterable[date]) -> int:
+    """How stale an answer as of `when` is: days from the latest cutoff it uses to `when`."""
+    return (when - max(cutoffs)).days
 
 
 def canonical_policy(policy: str) -> Literal["point-in-time", "inclusive"]:
@@ -74,21 +96,24 @@ def is_usable(artefact: Dated, when: date, policy: str) -> bool:
     return artefact.cutoff <= when
 
 
-def select_artefacts(records: Iterable[A], when: date, policy: str) -> list[A]:
+def select_artefacts(records: Iterable[A], when: date, policy: str,
+                     answer_cutoffs: AnswerCutoffs = "any") -> list[A]:
     """The artefacts usable as of `when`, at most one per slice, in time order: per
-    slice, the latest usable one (by cutoff, then generation). Under inclusive every
-    artefact of a started slice is usable, so that is the slice's final one."""
+    slice, the latest usable one (by cutoff, then generation), of those whose cutoff
+    `answer_cutoffs` admits. Under inclusive every artefact of a started slice is usable,
+    so that is the slice's final one."""
     by_label: dict[str, list[A]] = {}
     for rec in records:
-        if is_usable(rec, when, policy):
+        if is_usable(rec, when, policy) and on_answer_grid(rec.cutoff, answer_cutoffs):
             by_label.setdefault(rec.label, []).append(rec)
     chosen = [max(recs, key=lambda r: r.order) for recs in by_label.values()]
     return sorted(chosen, key=lambda r: r.time_slice)
 
 
-def first_usable_date(records: Iterable[Dated], policy: str) -> date:
+def first_usable_date(records: Iterable[Dated], policy: str,
+                      answer_cutoffs: AnswerCutoffs = "any") -> date:
     """The earliest date as of which some artefact is usable under `policy`."""
-    recs = list(records)
+    recs = [r for r in records if on_answer_grid(r.cutoff, answer_cutoffs)]
     if not recs:
         raise TimoeError("no trained artefact: train at least one expert first")
     if canonical_policy(policy) == "inclusive":
@@ -133,13 +158,16 @@ def first_eligible_date(slices: Sequence[TimeSlice], policy: str) -> date:
 
 
 def router_snapshot_for(
-    snapshots: Sequence[S], when: date, policy: str, usable_labels: list[str]
+    snapshots: Sequence[S], when: date, policy: str, usable_labels: list[str],
+    answer_cutoffs: AnswerCutoffs = "any",
 ) -> S | None:
     """The router snapshot an answer as of `when` uses: point-in-time, the one with the
-    largest cutoff on or before the date; inclusive, the latest one over exactly the
-    slices that answer (`usable_labels`). None when no snapshot fits."""
+    largest cutoff on or before the date (of those `answer_cutoffs` admits); inclusive,
+    the latest one over exactly the slices that answer (`usable_labels`). None when no
+    snapshot fits."""
     if canonical_policy(policy) == "inclusive":
         fits = [r for r in snapshots if r.slice_labels == usable_labels]
     else:
-        fits = [r for r in snapshots if r.data_cutoff <= when]
+        fits = [r for r in snapshots
+                if r.data_cutoff <= when and on_answer_grid(r.data_cutoff, answer_cutoffs)]
     return fits[-1] if fits else None

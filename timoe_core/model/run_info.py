@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from timoe_core import __version__
 from timoe_core.config import CONFIG_FILENAME
-from timoe_core.data.manifest import token_files_up_to
+from timoe_core.data.manifest import data_read_as_of
 from timoe_core.errors import TimoeError, describe_validation_error
 from timoe_core.io import atomic_write_json, read_metadata, read_small_file
 from timoe_core.model.gpt import GPTConfig
@@ -55,14 +55,16 @@ class RunInfo(BaseModel):
     # Written by timoe before 0.x: the whole manifest's sha256 (later years included).
     # Read, never written: an artefact records only what it read (data_files_sha256).
     data_manifest_sha256: str | None = None
-    # {"train/2015.bin": sha256, ...}: the token files of the years this artefact read.
+    # {"train/2015.bin": sha256, "train/2016.bin@2016-07-31": sha256, ...}: the token files
+    # of the years this artefact read, and of a year it read part of, that part (the
+    # documents dated up to the day after "@"; data.manifest.data_read_up_to).
     data_files_sha256: dict[str, str] = {}
     # ISO date of the latest text that shaped the final weights (train-expert records it;
     # imported models state it); None in runs written before cutoffs: the slice's end.
     data_cutoff: str | None = None
     # Snapshots inside the slice (train-expert --snapshots stages), earliest first:
     # {"data_cutoff": ISO date, "path": "snapshots/<date>"}; each folder holds its
-    # model.safetensors and snapshot.json (cutoff, stage year, steps, sha256).
+    # model.safetensors and snapshot.json (cutoff, stage end, steps, sha256).
     snapshots: list[dict[str, str]] = []
     timoe_version: str = __version__
     imported_from: str | None = None  # `timoe import`: the source format and folder
@@ -91,12 +93,15 @@ class RunInfo(BaseModel):
         """data_cutoff as a date (the slice's end for runs that did not record it)."""
         return date.fromisoformat(self.data_cutoff or self.end_date)
 
-    def at_cutoff(self, cutoff: date) -> RunInfo:
+    def at_cutoff(self, cutoff: date, data_files: dict[str, str] | None = None) -> RunInfo:
         """The run.json of an artefact of this run with an earlier (or the same) cutoff (a
-        snapshot, an expert stored in a bundle): what it read, and nothing later."""
+        snapshot, an expert stored in a bundle): what it read (`data_files`, else this
+        record's entries up to the cutoff), and nothing later."""
+        files = data_read_as_of(self.data_files_sha256, cutoff) if data_files is None \
+            else data_files
         return self.model_copy(update={
             "data_cutoff": cutoff.isoformat(), "snapshots": [], "data_manifest_sha256": None,
-            "data_files_sha256": token_files_up_to(self.data_files_sha256, cutoff.year),
+            "data_files_sha256": files,
         })
 
 
@@ -116,12 +121,12 @@ class SnapshotInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data_cutoff: str
-    stage_year: int = Field(ge=1, le=9999)
+    stage_end: str  # ISO date: the last day of the stage's period (= data_cutoff)
     stage_steps: int = Field(ge=0)
     decay_steps: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
-    @field_validator("data_cutoff")
+    @field_validator("data_cutoff", "stage_end")
     @classmethod
     def _cutoff(cls, value: str) -> str:
         return _iso_date(value)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from timoe_core.config import TrainRouterConfig
-from timoe_core.data.manifest import token_files_read
+from timoe_core.data.manifest import data_read_up_to, token_files_read
 from timoe_core.model.bundle import load_router_weights, save_router_weights
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.router import Router
@@ -151,7 +151,9 @@ def stage_task(stage: Stage) -> LearnedAvgTask:
     cache = None
     if cfg.cache_log_probs and stage.steps * cfg.batch_size * cfg.grad_accum > len(windows):
         key = cache_key(
-            data_files_sha256=token_files_read(windows.manifest, [stage.cutoff.year]),
+            # what the stage's windows read: its year up to its cutoff
+            data_files_sha256=data_read_up_to(windows.data_dir, windows.manifest,
+                                              [stage.cutoff.year], stage.cutoff),
             split="train", years=[stage.cutoff.year], seq_len=windows.seq_len,
             policy="point-in-time",
             experts={r.key: r.sha256 or "" for r in stage.view.artefacts},

@@ -36,7 +36,12 @@ from timoe_core.config import (
     resolve_config,
     save_config,
 )
-from timoe_core.data.manifest import Manifest, load_manifest, token_files_read
+from timoe_core.data.manifest import (
+    Manifest,
+    data_read_up_to,
+    load_manifest,
+    token_files_read,
+)
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_write_json, sha256_file
@@ -52,7 +57,7 @@ from timoe_core.model.run_info import (
     write_run_info,
 )
 from timoe_core.model.weights import load_weights_into, save_model_weights
-from timoe_core.timeslices import TimeSlice, year_cutoff
+from timoe_core.timeslices import TimeSlice, period_ends, year_cutoff
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
 from timoe_core.train.job import Stages, run_job, single_stage
@@ -71,25 +76,26 @@ _RECORD_NAMES = {
     "block_size": "--seq-len",
     "vocab_size": "vocab size (--data)",
     "bias": "bias",
-    "data_cutoff": "data (the last year with training windows)",
+    "data_cutoff": "data (the last period with training windows)",
     "snapshots": "--snapshots (or the data's years)",
 }
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One chronological stage of a staged run: year `year`, reading the windows of the
-    run's years <= year (the first `windows` of the run's TokenWindows, which are in
-    year order), `steps` main steps and a decay of `decay_steps`."""
+    """One chronological stage of a staged run: the period ending `end` (its cutoff),
+    reading the windows dated on or before it (the first `windows` of the run's
+    TokenWindows, which are in date order), `steps` main steps and a decay of
+    `decay_steps`."""
 
-    year: int
+    end: date
     windows: int
     steps: int
     decay_steps: int
 
     @property
     def cutoff(self) -> date:
-        return year_cutoff(self.year)
+        return self.end
 
 
 @dataclass
@@ -228,12 +234,13 @@ def verify_snapshots(plan: ExpertPlan) -> None:
         if not (folder / SNAPSHOT_INFO_FILENAME).is_file():
             if at_step > end:  # its decay branch ran at step `end`, before this checkpoint
                 raise TimoeError(
-                    f"snapshot {folder} (stage {stage.year}, listed in run.json) is missing or "
+                    f"snapshot {folder} (stage {stage.end}, listed in run.json) is missing or "
                     f"unfinished, but the run is past its step {end}: {fix}"
                 )
             continue
         meta = read_snapshot_info(folder)
-        expected = SnapshotInfo(data_cutoff=stage.cutoff.isoformat(), stage_year=stage.year,
+        expected = SnapshotInfo(data_cutoff=stage.cutoff.isoformat(),
+                                stage_end=stage.end.isoformat(),
                                 stage_steps=stage.steps, decay_steps=stage.decay_steps,
                                 sha256=meta.sha256)
         if meta != expected:
@@ -292,10 +299,13 @@ def plan_expert_run(
     if cfg.snapshots == "none":
         total_steps = budget_steps(cfg, len(windows), global_batch, tokens_per_step)
         data_cutoff = year_cutoff(max(windows.years))
+        data_files = token_files_read(manifest, [y for y in time_slice.years
+                                                 if y <= data_cutoff.year])
     else:
         stages = plan_stages(cfg, windows, global_batch, time_slice)
         total_steps = sum(s.steps for s in stages) + stages[-1].decay_steps
         data_cutoff = stages[-1].cutoff
+        data_files = data_read_up_to(cfg.data, manifest, time_slice.years, data_cutoff)
 
     run_dir = Path(cfg.out) if cfg.out is not None else Path("runs") / f"{kind}-{time_slice.label}"
     info = RunInfo(
@@ -309,8 +319,7 @@ def plan_expert_run(
             "vocab_size": manifest.vocab_size,
             "eot_token": manifest.eot_token,
         },
-        data_files_sha256=token_files_read(
-            manifest, [y for y in time_slice.years if y <= data_cutoff.year]),
+        data_files_sha256=data_files,
         data_cutoff=data_cutoff.isoformat(),
         snapshots=[
             {"data_cutoff": s.cutoff.isoformat(), "path": snapshot_relpath(s.cutoff)}
@@ -339,11 +348,12 @@ def snapshot_relpath(cutoff: date) -> str:
 def plan_stages(
     cfg: TrainExpertConfig, windows: TokenWindows, global_batch: int, time_slice: TimeSlice
 ) -> list[Stage]:
-    """The chronological stages of a staged run: one per year with training windows.
+    """The chronological stages of a staged run: one per period (--cutoff-every) that
+    brings new training windows, its cutoff the period's last day.
 
     Budgets are per stage, never global: stage k's steps come from --steps-per-stage or
-    from year k's own windows (one pass), so an artefact with cutoff k depends on data
-    <= k and the config only."""
+    from the windows new in period k (one pass), so an artefact with cutoff k depends on
+    data <= k and the config only."""
     if cfg.max_steps is not None or cfg.max_tokens is not None:
         flag = "--max-steps" if cfg.max_steps is not None else "--max-tokens"
         raise TimoeError(
@@ -351,18 +361,24 @@ def plan_stages(
             "the default) has a budget per year: give --steps-per-stage N, or --snapshots none "
             f"for one run of {flag}"
         )
-    stages = []
-    for year in windows.years:
-        upto = int((windows.window_years <= year).sum())
-        own = int((windows.window_years == year).sum())
-        if upto < global_batch:
-            raise TimoeError(
-                f"stage {year} of {time_slice.label} has {upto} training windows of "
-                f"{windows.seq_len + 1} tokens, fewer than one step's {global_batch}: lower "
-                "--batch-size or --grad-accum, use a shorter --seq-len, or --snapshots none"
-            )
-        steps = cfg.steps_per_stage or max(1, own // global_batch)
-        stages.append(Stage(year, upto, steps, stage_decay_steps(steps, cfg.decay_fraction)))
+    dates = windows.window_dates
+    first, last = (d.astype(object) for d in (dates[0], dates[-1]))
+    stages: list[Stage] = []
+    for end in period_ends(first, last, cfg.cutoff_every):
+        upto = windows.windows_up_to(end)
+        # Windows no earlier stage trained on: a period with none adds nothing to learn,
+        # and one whose windows up to its end are fewer than one step waits (no stage).
+        new = upto - (stages[-1].windows if stages else 0)
+        if new <= 0 or upto < global_batch:
+            continue
+        steps = cfg.steps_per_stage or max(1, new // global_batch)
+        stages.append(Stage(end, upto, steps, stage_decay_steps(steps, cfg.decay_fraction)))
+    if not stages:
+        raise TimoeError(
+            f"slice {time_slice.label} has {len(windows)} training windows of "
+            f"{windows.seq_len + 1} tokens, fewer than one step's {global_batch}: lower "
+            "--batch-size or --grad-accum, use a shorter --seq-len, or --snapshots none"
+        )
     return stages
 
 
@@ -432,8 +448,8 @@ class ExpertTask(TrainTask):
 
 class StageStream:
     """The data order of one stage: permutations of the stage's windows (the first
-    `windows` of the run), seeded by (seed, stage year, epoch), cut into steps. It knows
-    nothing of later years: a run that stops at this stage reads the same windows."""
+    `windows` of the run), seeded by (seed, stage end, epoch), cut into steps. It knows
+    nothing of later periods: a run that stops at this stage reads the same windows."""
 
     def __init__(self, stage: Stage, seed: int) -> None:
         self.stage, self.seed = stage, seed
@@ -443,7 +459,7 @@ class StageStream:
         per_epoch = self.stage.windows // n
         epoch, b = divmod(j, per_epoch)
         if self._perm is None or self._perm[0] != epoch:
-            rng = np.random.default_rng([self.seed, self.stage.year, epoch])
+            rng = np.random.default_rng([self.seed, self.stage.end.toordinal(), epoch])
             self._perm = (epoch, rng.permutation(self.stage.windows))
         return self._perm[1][b * n : (b + 1) * n]
 
@@ -469,9 +485,11 @@ class StagedExpertTask(ExpertTask):
     through a decay branch (loop.Branch); see docs/architecture.md."""
 
     def __init__(self, model: GPT, train: TokenWindows, val: TokenWindows | None, seed: int,
-                 eval_windows: int, stages: list[Stage], run_dir: Path, info: RunInfo) -> None:
+                 eval_windows: int, stages: list[Stage], run_dir: Path, info: RunInfo,
+                 data_files: dict[date, dict[str, str]]) -> None:
         super().__init__(model, train, val, seed, eval_windows)
         self.stages, self.run_dir, self.info = stages, run_dir, info
+        self.data_files = data_files  # stage end -> what its snapshot read (run.json)
         self.order = StagedOrder(stages, seed)
         self.schedule: StagedSchedule | None = None
 
@@ -508,9 +526,9 @@ class StagedExpertTask(ExpertTask):
         """The snapshot's weights and run.json (the run's, with the snapshot's cutoff), then
         snapshot.json (last: a folder holding it is whole)."""
         path = save_model_weights(folder, self.model)
-        write_run_info(folder, self.info.at_cutoff(stage.cutoff))
+        write_run_info(folder, self.info.at_cutoff(stage.cutoff, self.data_files[stage.end]))
         atomic_write_json(folder / SNAPSHOT_INFO_FILENAME, {
-            "data_cutoff": stage.cutoff.isoformat(), "stage_year": stage.year,
+            "data_cutoff": stage.cutoff.isoformat(), "stage_end": stage.end.isoformat(),
             "stage_steps": stage.steps, "decay_steps": stage.decay_steps,
             "sha256": sha256_file(path),
         })
@@ -540,8 +558,11 @@ class ExpertJob:
         train = TokenWindows(cfg.data, "train", years, seq_len, plan.manifest)
         eval_windows = cfg.eval_batches * cfg.batch_size
         if plan.stages:
+            data_files = {s.end: data_read_up_to(cfg.data, plan.manifest, years, s.end)
+                          for s in plan.stages[:-1]}
             return StagedExpertTask(model, train, val if len(val) else None, cfg.seed,
-                                    eval_windows, plan.stages, plan.run_dir, plan.run_info)
+                                    eval_windows, plan.stages, plan.run_dir, plan.run_info,
+                                    data_files)
         return ExpertTask(model, train, val if len(val) else None, seed=cfg.seed,
                           eval_windows=eval_windows)
 

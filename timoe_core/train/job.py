@@ -70,6 +70,7 @@ class StageRun:
     total_steps: int
     title: str
     wandb_config: dict[str, object]
+    checkpoint_at_end: bool = True  # False: the stage's caller saves what it keeps
 
 
 # A job's stages: yields each StageRun, is sent the loop's result, finishes after the last.
@@ -193,7 +194,8 @@ def run_stages(stages: Stages, env: DistEnv) -> LoopResult:
         run = next(stages)
         while True:
             result = run_training(run.task, run.cfg, run.run_dir, env, run.total_steps,
-                                  title=run.title, wandb_config=run.wandb_config)
+                                  title=run.title, wandb_config=run.wandb_config,
+                                  checkpoint_at_end=run.checkpoint_at_end)
             run = stages.send(result)
     except StopIteration:
         return result

@@ -452,9 +452,14 @@ def run_training(
     *,
     title: str = "train",
     wandb_config: dict[str, Any] | None = None,
+    checkpoint_at_end: bool = True,
 ) -> LoopResult:
     """Train `task` to `total_steps` (or cfg.stop_at_step), resuming from the latest
-    checkpoint in `run_dir` if there is one. Every rank calls this."""
+    checkpoint in `run_dir` if there is one. Every rank calls this.
+
+    checkpoint_at_end False: no checkpoint at the last step (a staged router's stage,
+    whose caller saves what it keeps and removes the trainer state at once; a kill
+    before that reruns the stage from its last checkpoint, to the same weights)."""
     run_dir = Path(run_dir)
     device = env.device
     ckpt = ckpt_state.latest_checkpoint(run_dir)
@@ -594,7 +599,9 @@ def run_training(
                         )
                 branch = None if stopping else task.branch_after(step)
                 if (
-                    (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or done
+                    (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                     and not (done and not checkpoint_at_end))
+                    or (done and checkpoint_at_end)
                     or stopping or branch is not None  # a branch resumes from its start
                 ):
                     elapsed = elapsed_before + time.perf_counter() - start

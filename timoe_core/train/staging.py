@@ -1,20 +1,24 @@
 """Staged (causal) routers: learned-avg and coadapt under the point-in-time policy.
 
 An answer as of d may depend on no text dated after d, and that holds for the router
-too. So the router trains in chronological stages, one per distinct data cutoff c of
-the experts' artefacts (their final weights and snapshots: one per data year):
+too. So the router trains in chronological stages, one per period end c (of its
+--cutoff-every: month, quarter or year) with artefacts usable then, and one at every
+artefact cutoff where a slice becomes usable (`router_cutoffs`). A period with nothing to
+learn (fewer new windows than one step) and no new slice has no stage: the previous
+router snapshot, the same weights, answers for it.
 
-- stage c trains on the windows of the year ending at c (the data dated after the
-  previous stage's cutoff, up to c), each read as of c, through the artefacts usable as
-  of c (`point_in_time.select_artefacts`), and saves a router snapshot
-  with cutoff c;
+- stage c trains on the windows dated after the previous stage's cutoff, up to c (and
+  in c's year), each read as of c, through the artefacts usable as of c
+  (`point_in_time.select_artefacts`), and saves a router snapshot with cutoff c (the
+  view holds only artefacts with cutoff <= c, all usable as of any date of c's year, so
+  a window's year as its query date reads it as of c);
 - its router starts from stage c-1's, grown by one slot per slice that became usable
   (`router.grow_router`: a new slot's init depends on the seed and its label only), so
   neither its shape nor its initialisation knows how many slices exist later;
 - its budget is `--steps-per-stage N`, default one pass over the stage's windows (none:
   0 steps, the snapshot is the previous router grown), with its own AdamW and
   warmup-stable-decay schedule: nothing depends on later stages;
-- coadapt: the expert of the slice holding year c (its artefact usable as of c) is
+- coadapt: the expert of the slice holding c (its artefact usable as of c) is
   trained too, and saved as a derived artefact (generation + 1) with cutoff c; every
   other artefact is frozen.
 
@@ -43,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +83,7 @@ from timoe_core.model.expert_pool import ExpertRecord
 from timoe_core.model.gpt import GPT
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.point_in_time import select_artefacts
+from timoe_core.timeslices import CutoffEvery, period_ends
 from timoe_core.model.router import (
     Router,
     RouterConfig,
@@ -106,16 +111,26 @@ from timoe_core.train.mixture_run import (
 STAGES_DIRNAME = "stages"
 
 
+def router_cutoffs(artefacts: list[ExpertRecord], every: CutoffEvery) -> list[date]:
+    """The cutoffs of a staged router's stages: every period end (of `every`) from the
+    first artefact's cutoff to the last's, and every artefact cutoff at which a slice
+    becomes usable (so a router snapshot's slots are the slices usable until the next)."""
+    cutoffs = sorted({r.cutoff for r in artefacts})
+    first_of_slice = {min(r.cutoff for r in artefacts if r.label == label)
+                      for label in {r.label for r in artefacts}}
+    return sorted(set(period_ends(cutoffs[0], cutoffs[-1], every)) | first_of_slice)
+
+
 @dataclass
 class Stage:
     """One stage's training, as a recipe's `stage_task` receives it."""
 
     cfg: MixtureConfig
-    cutoff: date  # the stage's data cutoff: its windows are of cutoff.year
+    cutoff: date  # the stage's data cutoff: its windows are dated in (previous cutoff, cutoff]
     view: TiMoE  # the artefacts usable as of cutoff, with the stage's router
     windows: TokenWindows
     val_windows: TokenWindows | None
-    holder: ExpertRecord | None  # the artefact of the slice holding cutoff.year
+    holder: ExpertRecord | None  # the artefact of the slice holding cutoff
     steps: int
     run_dir: Path  # OUT/stages/<date>
     env: DistEnv
@@ -172,7 +187,8 @@ def _record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int, manifes
         path = rec.weights_dir() / MODEL_FILENAME
         experts[rec.key] = rec.sha256 or sha256_file(path)
     keys = ("policy", "top_k", "router_embed_dim", "router_hidden_dim", "router_date_features",
-            "steps_per_stage", "seed", "batch_size", "grad_accum", "lr", "entropy_coef",
+            "steps_per_stage", "cutoff_every", "seed", "batch_size", "grad_accum", "lr",
+            "entropy_coef",
             "balance_coef", "z_loss_coef")
     return {
         "strategy": strategy, "staged": True, "experts": experts,
@@ -290,8 +306,10 @@ def _stages(
     say = main_print(env)
     device = env.device
     global_batch = cfg.batch_size * cfg.grad_accum
-    with_tokens = set(manifest.years_with_tokens("train"))
-    cutoffs = sorted({r.cutoff for r in base.artefacts})
+    cutoffs = router_cutoffs(base.artefacts, cfg.cutoff_every)
+    all_train = TokenWindows(data, "train", manifest.years_with_tokens("train"), seq_len, manifest)
+    all_val = TokenWindows(data, "val", manifest.years_with_tokens("val"), seq_len, manifest)
+    previous: date | None = None
     shared: dict[str, GPT] = {}
     adapted: list[ExpertRecord] = []
     adapted_models: dict[str, GPT] = {}
@@ -300,9 +318,21 @@ def _stages(
     amp = amp_enabled(cfg, device)
     for cutoff in cutoffs:
         year = cutoff.year
+        # The windows dated after the previous stage's cutoff, up to this one, of this
+        # stage's year (a year's earlier windows before the first stage are not read).
+        after = max(previous or date.min, date(year - 1, 12, 31))
+        previous = cutoff
         pool = base.artefacts + adapted
         chosen = select_artefacts(pool, cutoff, "point-in-time")
         labels = [r.label for r in chosen]
+        holder = next((r for r in chosen if r.time_slice.contains_year(year)), None)
+        windows = all_train.dated(after, cutoff)
+        n_windows = len(windows)
+        steps = 0
+        if n_windows >= global_batch and (holder is not None or not adapts):
+            steps = cfg.steps_per_stage or n_windows // global_batch
+        if router is not None and steps == 0 and router.config.slice_labels == labels:
+            continue  # nothing to learn and no new slice: the previous snapshot answers
         view = TiMoE(chosen, "avg", options, None, device, shared=shared)
         if router is None:
             first = init_src.router_for(cutoff) if init_src is not None else None
@@ -320,13 +350,6 @@ def _stages(
         else:
             router = grow_router(router, labels, cfg.seed)
         router.to(device)
-        holder = next((r for r in chosen if r.time_slice.contains_year(year)), None)
-        windows = (TokenWindows(data, "train", [year], seq_len, manifest)
-                   if year in with_tokens else None)
-        n_windows = len(windows) if windows is not None else 0
-        steps = 0
-        if n_windows >= global_batch and (holder is not None or not adapts):
-            steps = cfg.steps_per_stage or n_windows // global_batch
         router_dir = out / ROUTER_SNAPSHOTS_DIR / cutoff.isoformat()
         new_rec = None
         if adapts and steps:
@@ -341,11 +364,12 @@ def _stages(
         if done:
             router.load_state_dict(load_router_weights(router_dir))
         elif steps:
-            say(f"stage {cutoff.isoformat()}: {steps} steps on {n_windows} windows of "
-                f"{year}, experts {', '.join(r.key for r in chosen)}", highlight=False)
-            assert windows is not None
+            say(f"stage {cutoff.isoformat()}: {steps} steps on {n_windows} windows dated "
+                f"{after + timedelta(days=1)}..{cutoff}, experts "
+                f"{', '.join(r.key for r in chosen)}", highlight=False)
+            val = all_val.dated(after, cutoff)
             yield from _train_stage(cfg, strategy_, stage_task, view, router, holder, windows,
-                                    steps, cutoff, out, env, amp)
+                                    val, steps, cutoff, out, env, amp)
         if new_rec is not None:
             assert holder is not None
             if done:
@@ -379,8 +403,8 @@ def _stages(
 
 def _train_stage(
     cfg: MixtureConfig, strategy: Strategy, stage_task: StageTaskFactory, view: TiMoE,
-    router: Router, holder: ExpertRecord | None, windows: TokenWindows, steps: int,
-    cutoff: date, out: Path, env: DistEnv, amp: bool,
+    router: Router, holder: ExpertRecord | None, windows: TokenWindows, val: TokenWindows,
+    steps: int, cutoff: date, out: Path, env: DistEnv, amp: bool,
 ) -> Stages:
     """One stage for the shared loop, in OUT/stages/<date> (resumable)."""
     stage_dir = out / STAGES_DIRNAME / cutoff.isoformat()
@@ -388,7 +412,6 @@ def _train_stage(
     ckpt_state.open_run_dir(stage_dir, "resume")
     view.router = router
     view.strategy = strategy.name
-    val = TokenWindows(windows.data_dir, "val", [cutoff.year], windows.seq_len, windows.manifest)
     if strategy.adapts_experts:
         assert holder is not None
         # The adapted expert is a copy: the artefact it starts from stays as it is.
@@ -400,8 +423,11 @@ def _train_stage(
         val_windows=val if len(val) else None, holder=holder, steps=steps, run_dir=stage_dir,
         env=env, amp=amp, eval_windows=cfg.eval_batches * cfg.batch_size,
     ))
+    # The stage's last checkpoint would be removed as soon as its snapshot is saved:
+    # not written unless kept (its write and removal were most of a stage's fixed cost).
     result = yield StageRun(task, stage_cfg, stage_dir, steps,
                             f"{strategy.name} stage {cutoff.isoformat()}",
-                            config_to_dict(stage_cfg))
+                            config_to_dict(stage_cfg),
+                            checkpoint_at_end=cfg.keep_stage_checkpoints)
     if result.interrupted:
         raise TrainingInterrupted(ckpt_state.interrupted_message(stage_dir))
