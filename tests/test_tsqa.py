@@ -160,22 +160,6 @@ def test_each_item_is_asked_as_of_its_own_day(tmp_path):
     assert res.by_year[2016]["n"] == 3  # grouped by year as before
 
 
-def test_as_of_maps_each_item_s_date_to_its_query_date(tmp_path):
-    from timoe_core.demo import year_end_stand_in
-
-    recs = [item(date="2016-08-31"), item(year=2016), item(year=2017, date="2017-01-31")]
-    items = load_tsqa(str(write(tmp_path, recs)))
-    lm = TokenCostLM()
-    res = score_tsqa(lm, items, as_of=year_end_stand_in)
-    # the year end before each date (a Dec 31 is its own year end)
-    assert sorted(set(lm.dates)) == [date(2015, 12, 31), date(2016, 12, 31)]
-    assert lm.dates.count(date(2016, 12, 31)) == 2 * 4 and res.n == 3
-    assert [it.date for it in res.items] == ["2016-08-31", "2016-12-31", "2017-01-31"]
-    lm = TokenCostLM()
-    score_tsqa(lm, items, as_of=year_end_stand_in, query_date="2018-03")  # the date wins
-    assert set(lm.dates) == {date(2018, 3, 31)}
-
-
 def _stale_example(tmp_path):
     """Ten items; TokenCostLM always picks the same choice index, and the labels put
     `past` or `correct` (or `future`) there by hand."""

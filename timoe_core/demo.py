@@ -28,7 +28,6 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,7 +46,7 @@ from timoe_core.errors import TimoeError
 from timoe_core.evaluate.intervals import newcombe_difference
 from timoe_core.io import atomic_write_json, check_output_path
 from timoe_core.lock import lock_path, output_lock
-from timoe_core.timeslices import TimeSlicing
+from timoe_core.timeslices import AnswerCutoffs, TimeSlicing
 
 if TYPE_CHECKING:
     from timoe_core.evaluate.report import Table
@@ -305,28 +304,17 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
 # strategy and the leak-free dense series (the others have no cutoffs to choose from).
 STALE_MODELS = ("TiMoE avg", "TiMoE learned-avg", "TiMoE coadapt", "dense series (leak-free)")
 StaleVerdict = Literal["fewer", "within-noise", "more"]
-
-
-YEARLY_STAND_IN_NOTE = ("each question answered as of the Dec 31 before it, a stand-in for "
-                        "answering from year-end artefacts only")
-
-
-def year_end_stand_in(day: date) -> date:
-    """STAND-IN for a query-time option "answer from year-end artefacts only" (not built
-    yet): the last Dec 31 on or before `day`. Under the point-in-time rule, answering as
-    of that day uses each slice's latest artefact with cutoff <= that Dec 31, the very
-    artefacts yearly cutoffs would give as of `day` wherever each year end has one (the
-    demo's stages end at every year end)."""
-    return day if (day.month, day.day) == (12, 31) else date(day.year - 1, 12, 31)
+# (yearly, monthly): the artefacts each column answers from (evaluate --answer-cutoffs)
+STALE_CUTOFFS: tuple[AnswerCutoffs, AnswerCutoffs] = ("year", "month")
 
 
 def stale_by_cutoffs(s: DemoSettings, entries: list[tuple[str, str]],
                      progress: EvalProgress | None = None) -> dict[str, Any]:
     """The stale-answer rate of each model on the built-in questions asked after their
-    answer changed earlier that year, answered from every artefact up to the item's date
-    (monthly cutoffs, where the artefacts have them) and from year-end artefacts only
-    (`year_end_stand_in`), on the items every model answers both ways; per model the 95%
-    Newcombe interval of yearly - monthly, and the claim the intervals support."""
+    answer changed earlier that year, answered from month-end artefacts
+    (`answer_cutoffs="month"`) and from year-end artefacts only ("year": as a build with
+    yearly cutoffs answers), on the items every model answers both ways; per model the
+    95% Newcombe interval of yearly - monthly, and the claim the intervals support."""
     from timoe_core.evaluate.compare import parse_entry
     from timoe_core.evaluate.models import load_evaluated_model
     from timoe_core.evaluate.tsqa import asked_after_change, load_tsqa, score_tsqa
@@ -336,15 +324,19 @@ def stale_by_cutoffs(s: DemoSettings, entries: list[tuple[str, str]],
     results = {}
     for label, entry in entries:
         path, strategy = parse_entry(entry)
-        model = load_evaluated_model(path, strategy, device=s.device)
-        cb = (lambda d, t, e=label: progress(f"{e}: stale answers", d, t)) if progress else None
-        results[label] = (score_tsqa(model, items, as_of=year_end_stand_in, progress=cb),
-                          score_tsqa(model, items, progress=cb))
-        del model
+        pair = []
+        for every in STALE_CUTOFFS:
+            model = load_evaluated_model(path, strategy, device=s.device, answer_cutoffs=every)
+            cb = ((lambda d, t, e=f"{label}, {every}-end artefacts": progress(e, d, t))
+                  if progress else None)
+            pair.append(score_tsqa(model, items, progress=cb))
+            del model
+        results[label] = pair
     common = set(range(len(items)))
-    for yearly, monthly in results.values():
-        common &= set(yearly.indices) & set(monthly.indices)
-    reason = "left out: not every model answers it from year-end artefacts and from all"
+    for pair in results.values():
+        for r in pair:
+            common &= set(r.indices)
+    reason = "left out: not every model answers it from year-end and from month-end artefacts"
     models: dict[str, dict[str, Any]] = {}
     for label, pair in results.items():
         yearly, monthly = (r.restricted(common, reason).after_change for r in pair)
@@ -356,7 +348,7 @@ def stale_by_cutoffs(s: DemoSettings, entries: list[tuple[str, str]],
                                  interval=[lo, hi])
     verdict = stale_verdict(models) if common and models else None
     return {"items": len(common), "asked_after_change": len(items), "models": models,
-            "yearly_is_stand_in": True, "verdict": verdict,
+            "verdict": verdict,
             "claim": stale_line(verdict, len(common)) if verdict else None}
 
 

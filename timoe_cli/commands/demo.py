@@ -15,7 +15,6 @@ from timoe_core.demo import (
     PERPLEXITY_PLOT_FILENAME,
     QA_PLOT_FILENAME,
     REPORT_FILENAME,
-    YEARLY_STAND_IN_NOTE,
     Stage,
     disk_plan,
     run_demo,
@@ -59,10 +58,8 @@ def demo(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     stale = report.get("stale_by_cutoffs")
     if stale and stale["models"]:
         print_table("stale answers: questions asked in the months after their answer changed "
-                    f"that year ({stale['items']}), answered from yearly and from monthly "
-                    "cutoffs (95% intervals)", *stale_table(stale))
-        if stale.get("yearly_is_stand_in"):
-            console.print(f"yearly: {YEARLY_STAND_IN_NOTE}", highlight=False)
+                    f"that year ({stale['items']}), answered from year-end and from month-end "
+                    "artefacts (95% intervals)", *stale_table(stale))
         if stale.get("claim"):
             console.print(stale["claim"], highlight=False)
     if note:

@@ -625,14 +625,11 @@ def score_tsqa(
     items: Sequence[TSQAItem],
     *,
     query_date: str | None = None,
-    as_of: Callable[[date], date] | None = None,
     batch_items: int = 16,
     progress: Progress | None = None,
 ) -> TSQAResult:
-    """Score every item's choices; items with no eligible expert at their date are skipped.
-
-    Each item is read as of its own date, or `as_of(its date)` (e.g. the year end before
-    it), or `query_date` for every item."""
+    """Score every item's choices, each as of its own date (or `query_date` for all);
+    items with no eligible expert at their date are skipped."""
     if query_date is not None:
         model.eligible_experts(query_date)  # none eligible at all: bad input
     tok = get_tokenizer(str(model.tokenizer.get("name", "gpt2")))
@@ -647,8 +644,6 @@ def score_tsqa(
     reasons: set[str] = set()
     for i, it in enumerate(items):
         when = parse_query_date(query_date if query_date is not None else it.date)
-        if as_of is not None and query_date is None:
-            when = as_of(when)
         why = model.ineligibility(when)
         if why is None:
             kept.append(i)
