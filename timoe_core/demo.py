@@ -14,6 +14,8 @@ Each stage calls the library function behind the matching CLI command:
     coadapt       coadapt, staged, from the learned-avg router       OUT/timoe-coadapt
     evaluate      compare_models: held-out perplexity per data year and the built-in
                   temporal QA, each item read as of its own date     OUT/report.json, *.png
+                  (and the stale answers after a change that year, from year-end
+                  against month-end artefacts: stale_by_cutoffs)
 
 Resume: OUT/demo.json records the settings and each finished stage. A rerun skips the
 finished stages; a training stage that was interrupted resumes from its last
