@@ -99,6 +99,18 @@ def test_quick_demo_reports_every_strategy_with_finite_metrics(demo_run):
     assert head["claim"] in " ".join(first.stdout.split())
     if head["leak_verdict"] != "fewer":
         assert "every TiMoE strategy leaks fewer" not in first.stdout
+    # stale answers after a change that year, yearly against monthly cutoffs, per model,
+    # on the same questions; the claim only as the intervals allow
+    stale = report["stale_by_cutoffs"]
+    assert list(stale["models"]) == ["TiMoE avg", "TiMoE learned-avg", "TiMoE coadapt",
+                                     "dense series (leak-free)"]
+    assert 0 < stale["items"] <= stale["asked_after_change"] < 48
+    for m in stale["models"].values():
+        assert m["yearly"]["n"] == m["monthly"]["n"] == stale["items"]
+        lo, hi = m["interval"]
+        assert lo <= m["difference"] <= hi
+    assert "stale answers: questions asked in the months after" in first.stdout
+    assert stale["claim"] in " ".join(first.stdout.split())
     # --quick says plainly that it checks the pipeline, in its output and its report
     assert report["note"] == QUICK_NOTE
     assert first.stdout.count("too small to compare models") == 2

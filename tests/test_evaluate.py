@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import struct
 import subprocess
@@ -32,8 +33,10 @@ from timoe_core.evaluate import (
     plot_report,
     write_report,
 )
+from timoe_core.evaluate.intervals import wilson_interval
 from timoe_core.evaluate.models import MixtureModel
-from timoe_core.evaluate.report import fmt_ppl
+from timoe_core.evaluate.report import fmt_ppl, rate_cell
+from timoe_core.evaluate.tsqa import load_tsqa
 from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.model.mixture import TiMoE
 from timoe_core.timeslices import parse_query_date
@@ -309,6 +312,8 @@ def _tsqa_file(path: Path) -> Path:
                       "choices": [" Anna Berg", " Carl Dahl", " Eva Frost", " Gus Holm"],
                       "answer": y % 4, "labels": ["past", "future", "irrelevant", "past"]})
         items[-1]["labels"][y % 4] = "correct"
+    # one asked in the months after its answer changed that year
+    items[1].update(date=f"{items[1]['year']}-08-31", since=f"{items[1]['year']}-07-13")
     path.write_text(json.dumps(items))
     return path
 
@@ -322,6 +327,7 @@ def test_cli_json_validates_against_the_schema_and_png_is_real(world, tmp_path):
          "--data", str(world["data"]), "--tsqa", str(qa), "--json", str(out / "eval.json"),
          "--plot", str(out / "eval.png"), "--max-docs", "2", "--device", "cpu"],
         capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COLUMNS": "250"},  # wide enough that no row label folds
     )
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "eval.json").read_text())
@@ -331,6 +337,10 @@ def test_cli_json_validates_against_the_schema_and_png_is_real(world, tmp_path):
     assert t.n == 4
     assert t.accuracy + t.error_rates.past + t.error_rates.future + t.error_rates.irrelevant \
         == pytest.approx(1.0)
+    after = report["tsqa"]["after_change"]  # the stale-answer measure: 1 item qualifies
+    assert after["n"] == 1 and after["stale"] in (0, 1)
+    assert after["stale_interval"] == pytest.approx(list(wilson_interval(after["stale"], 1)))
+    assert "after a change that year" in r.stdout
     assert (out / "eval.config.yaml").is_file()  # the resolved config beside the JSON
     w, h = _png_size(out / "eval.png")
     assert w >= 400 and h >= 300 and (out / "eval.png").stat().st_size > 10_000
@@ -496,3 +506,50 @@ def test_plots_show_the_whole_qa_breakdown_and_a_log_scaled_readable_heatmap(tmp
     assert isinstance(ax.images[0].norm, LogNorm)
     colors = {t.get_text(): t.get_color() for t in ax.texts}
     assert colors["936"] == "black" and colors["24,061"] == "white" and colors["—"] == "black"
+
+
+# ---------------------------------------------------- stale answers by cutoffs (demo)
+
+
+def test_stale_answers_from_year_end_artefacts_are_the_same_both_ways(world, tmp_path):
+    """Experts whose only cutoffs are year ends answer from the same artefacts with
+    --answer-cutoffs year and month: the two columns agree exactly, and no claim is made."""
+    from timoe_core.config import DemoConfig
+    from timoe_core.demo import demo_settings, stale_by_cutoffs, stale_table
+    from timoe_core.evaluate.tsqa import asked_after_change
+
+    s = demo_settings(DemoConfig(out=tmp_path / "demo", device="cpu")).model_copy(
+        update={"eval_items": 200})
+    stale = stale_by_cutoffs(s, [("TiMoE avg", f"{world['experts']}:avg")])
+    after = [it for it in load_tsqa("builtin", max_items=200) if asked_after_change(it)]
+    assert stale["asked_after_change"] == len(after) > 20
+    # the first cutoff is 2014-12-31: items of 2013-2014 have no artefact to answer from
+    assert stale["items"] == sum(it.year >= 2015 for it in after)
+    m = stale["models"]["TiMoE avg"]
+    assert m["yearly"]["n"] == m["monthly"]["n"] == stale["items"]
+    assert m["yearly"]["counts"] == m["monthly"]["counts"]
+    assert m["difference"] == 0.0
+    lo, hi = m["interval"]
+    assert lo < 0 < hi
+    assert stale["verdict"] == "within-noise" and "no claim" in stale["claim"]
+    _, rows = stale_table(stale)
+    assert rows[0][:3] == ["TiMoE avg", rate_cell(m["yearly"]["stale"], stale["items"]),
+                           rate_cell(m["monthly"]["stale"], stale["items"])]
+    assert rows[0][3].startswith("+0.0 pts [")
+
+
+def test_the_stale_claim_is_only_what_the_intervals_support():
+    from timoe_core.demo import stale_line, stale_verdict
+    from timoe_core.evaluate.intervals import newcombe_difference
+
+    def model(k_yearly, k_monthly, n=100):
+        return {"interval": list(newcombe_difference(k_yearly, n, k_monthly, n))}
+
+    clear, close, worse = model(60, 20), model(30, 28), model(10, 40)
+    assert clear["interval"][0] > 0 and close["interval"][0] < 0 < close["interval"][1]
+    assert stale_verdict({"avg": clear, "dense series": clear}) == "fewer"
+    assert stale_verdict({"avg": clear, "dense series": close}) == "within-noise"
+    assert stale_verdict({"avg": clear, "dense series": worse}) == "more"
+    assert "fewer stale answers" in stale_line("fewer", 100)
+    assert "no claim either way" in stale_line("within-noise", 100)
+    assert "more stale answers" in stale_line("more", 100)

@@ -142,6 +142,79 @@ def _memorising_gpt(sentence: str, steps: int = 30) -> SingleModel:
     return SingleModel(gpt.eval(), info, strategy="expert:2015-2016", name="memoriser")
 
 
+def test_each_item_is_asked_as_of_its_own_day(tmp_path):
+    recs = [item(date="2016-08-31"), item(year=2016), item(date="2016-08"),
+            {k: v for k, v in item(date="2018-02-14").items() if k != "year"},
+            item(year=2019, date="2019")]
+    items = load_tsqa(str(write(tmp_path, recs)))
+    # a year alone is its Dec 31; a partial date its period's end
+    assert [(it.year, it.date) for it in items] == [
+        (2016, "2016-08-31"), (2016, "2016-12-31"), (2016, "2016-08-31"), (2018, "2018-02-14"),
+        (2019, "2019-12-31")]
+    lm = TokenCostLM()
+    res = score_tsqa(lm, items, batch_items=8)
+    assert res.n == 5
+    assert sorted(set(lm.dates)) == [date(2016, 8, 31), date(2016, 12, 31), date(2018, 2, 14),
+                                     date(2019, 12, 31)]
+    assert lm.dates.count(date(2016, 8, 31)) == 2 * 4  # two items, four choices each
+    assert res.by_year[2016]["n"] == 3  # grouped by year as before
+
+
+def _stale_example(tmp_path):
+    """Ten items; TokenCostLM always picks the same choice index, and the labels put
+    `past` or `correct` (or `future`) there by hand."""
+    probe = load_tsqa(str(write(tmp_path, [item()], "probe.json")))
+    pick = score_tsqa(TokenCostLM(), probe).chosen[0]
+
+    def rec(picked: str, **dates):
+        others = [lab for lab in LABELS4 if lab != picked]
+        labels = others[:pick] + [picked] + others[pick:]
+        return item(answer=labels.index("correct"), labels=labels, **dates)
+
+    inside = {"since": "2016-07-13"}
+    recs = ([rec("past", date="2016-07-31", **inside)] * 3  # stale: in the measure
+            + [rec("correct", date="2016-11-30", **inside)] * 4
+            + [rec("future", date="2016-09-30", **inside)]
+            + [rec("past", date="2016-12-31", **inside),  # the year end: yearly knows it
+               rec("past", date="2016-08-31", since="2015-05-01"),  # changed the year before
+               rec("past", date="2016-08-31"),  # no known change
+               rec("past", date="2016-06-30", since="2016-06-30"),  # the day itself counts
+               # without an earlier value among the choices, no stale answer is possible
+               item(date="2016-09-30", since="2016-07-13",
+                    labels=["correct", "irrelevant", "future", "irrelevant"])])
+    return load_tsqa(str(write(tmp_path, recs)))
+
+
+def test_stale_answers_count_the_earlier_value_after_a_change_that_year(tmp_path):
+    from timoe_core.evaluate.report import stale_cell, tsqa_table
+    from timoe_core.evaluate.tsqa import asked_after_change
+
+    items = _stale_example(tmp_path)
+    assert [asked_after_change(it) for it in items] == [True] * 8 + [False] * 3 + [True, False]
+    res = score_tsqa(TokenCostLM(), items)
+    stale = res.after_change
+    # 9 asked after a change that year: 3 + 1 (the day itself) chose the earlier value
+    assert (stale["n"], stale["stale"], stale["counts"]) == (
+        9, 4, {"correct": 4, "past": 4, "future": 1, "irrelevant": 0})
+    assert stale["stale_rate"] == pytest.approx(4 / 9)
+    # Wilson's 95% interval of 4/9, by hand: (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)
+    z, n, p = 1.959964, 9, 4 / 9
+    centre, half = p + z * z / (2 * n), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    want = ((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n))
+    assert stale["stale_interval"] == pytest.approx(want, abs=1e-6)
+    assert stale["stale_interval"] == pytest.approx([0.1888, 0.7333], abs=1e-4)
+    report = {"tsqa": res.to_dict()}
+    assert report["tsqa"]["after_change"]["stale"] == 4
+    assert stale_cell(report["tsqa"]) == "44.4% (4/9) [18.9, 73.3]"
+    rows = tsqa_table(report)[1]
+    assert rows[-1][:2] == ["after a change that year (past err: stale answers)", "9"]
+    assert rows[-1][4] == "44.4% (4/9) [18.9, 73.3]"  # its past err is the stale rate
+    # restricted to some items, the measure follows them
+    assert res.restricted({0, 1, 2, 3}, "test").after_change["n"] == 4
+    assert res.restricted({9, 10}, "test").after_change["n"] == 0
+    assert stale_cell(res.restricted({9, 10}, "test").to_dict()) == "—"
+
+
 def test_the_choice_that_is_the_training_text_wins():
     model = _memorising_gpt("The capital of Zorbia is Quintar.")
     from timoe_core.data.builtin import TSQAItem
@@ -201,6 +274,12 @@ def test_paper_style_records_with_choice_objects(tmp_path):
         (item(answer=7), "item 1, field 'answer'"),
         (item(year="soon"), "item 1, field 'year'"),
         ({k: v for k, v in item().items() if k != "question"}, "item 1, field 'question'"),
+        ({k: v for k, v in item().items() if k != "year"}, "item 1, field 'year': is missing"),
+        (item(date="2016-08-32"), "item 1, field 'date': must be a day"),
+        (item(date="31/08/2016"), "item 1, field 'date': must be a day"),
+        (item(date="2017-03-31"), "field 'date': 2017-03-31 is not in the item's year 2016"),
+        (item(date="2016-08-31", since="2016-09-01"), "field 'since': 2016-09-01 is after"),
+        (item(since="soon"), "item 1, field 'since': must be a day"),
     ],
 )
 def test_bad_items_name_the_item_and_the_field(tmp_path, bad, needle):

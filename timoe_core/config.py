@@ -555,7 +555,7 @@ class EvaluateConfig(StrictModel):
     strategy: str | None = Field(None, description=_STRATEGY_HELP)
     query_date: str | None = Field(
         None, description="Read everything as of DATE (YYYY, YYYY-MM or YYYY-MM-DD); "
-        "default: each document's or question's own year.",
+        "default: each document's own year, each question's own date.",
     )
     policy: Literal["point-in-time", "strict", "inclusive"] | None = Field(
         None, description=_POLICY_HELP

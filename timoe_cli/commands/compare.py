@@ -26,7 +26,7 @@ def compare(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> Non
     cfg = resolve_config(EvaluateConfig, config, flags)
     with progress_bars() as task:
         result = run_compare(cfg, task)
-    when = f"as of {cfg.query_date}" if cfg.query_date else "each item as of its own year"
+    when = f"as of {cfg.query_date}" if cfg.query_date else "each item as of its own date"
     print_table(f"comparison ({when})", *compare_table(result.report))
     for line in result.warnings:
         print_warning(line)

@@ -18,6 +18,7 @@ from timoe_core.demo import (
     Stage,
     disk_plan,
     run_demo,
+    stale_table,
 )
 from timoe_core.evaluate import compare_table
 
@@ -54,6 +55,13 @@ def demo(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
                       f"{100 * hi:+.1f}]", highlight=False)
     if head.get("claim"):
         console.print(head["claim"], highlight=False)
+    stale = report.get("stale_by_cutoffs")
+    if stale and stale["models"]:
+        print_table("stale answers: questions asked in the months after their answer changed "
+                    f"that year ({stale['items']}), answered from year-end and from month-end "
+                    "artefacts (95% intervals)", *stale_table(stale))
+        if stale.get("claim"):
+            console.print(stale["claim"], highlight=False)
     if note:
         console.print(Text(f"note: {note}", style="bold yellow"))
     console.print(f"report: {cfg.out / REPORT_FILENAME}; plots: {cfg.out / QA_PLOT_FILENAME}, "

@@ -26,6 +26,7 @@ from timoe_core.evaluate.report import (
     fmt_ppl,
     pct,
     ppl_cell,
+    stale_cell,
     tsqa_rate_cell,
 )
 from timoe_core.evaluate.tsqa import TSQAFields, load_tsqa, score_tsqa
@@ -192,6 +193,8 @@ def compare_table(result: dict[str, Any], *, per_year: bool = True) -> Table:
         rows.append(["QA acc (norm)", *[pct(t["accuracy_norm"]) for t in qa]])
         rows += [[f"{lab} err", *[tsqa_rate_cell(t, lab) for t in qa]]
                  for lab in ("past", "future", "irrelevant")]
+        if any((t.get("after_change") or {}).get("n") for t in qa):
+            rows.append(["stale answers after a change that year", *[stale_cell(t) for t in qa]])
     return headers, rows
 
 

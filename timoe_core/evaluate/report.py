@@ -144,7 +144,7 @@ def summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
         ["model", f"{report['name']}  [{report['model']}]"],
         ["strategy", str(report["strategy"])],
         ["query date", f"{qd} (= {report['query_date_resolved']})" if qd
-         else "each document's own year"],
+         else "each document's own year, each question's own date"],
         ["policy", str(report["policy"])],
         ["eligible experts", ", ".join(report["eligible_experts"]) or "—"],
         ["loaded experts", ", ".join(report["loaded_experts"]) or "—"],
@@ -183,10 +183,24 @@ def tsqa_table(report: Mapping[str, Any]) -> Table:
     headers = ["", "n", "accuracy (k/n) [95% CI]", "acc (norm)",
                *[f"{lab} err" for lab in ERROR_LABELS]]
     rows = []
-    for y, d in [("all", t), *t["by_year"].items()]:
+    groups = [("all", t), *t["by_year"].items()]
+    if (t.get("after_change") or {}).get("n"):
+        # past err of this row: the stale-answer rate
+        groups.append((AFTER_CHANGE_ROW, t["after_change"]))
+    for y, d in groups:
         rows.append([y, str(d["n"]), tsqa_rate_cell(d, "accuracy"), pct(d["accuracy_norm"]),
                      *[tsqa_rate_cell(d, lab) for lab in ERROR_LABELS]])
     return headers, rows
+
+
+AFTER_CHANGE_ROW = "after a change that year (past err: stale answers)"
+
+
+def stale_cell(t: Mapping[str, Any] | None) -> str:
+    """The stale-answer rate of a TSQA dict: the items asked after a change of their answer
+    earlier that year that chose the earlier value, with count and 95% interval."""
+    group = (t or {}).get("after_change") or {}
+    return rate_cell(group.get("stale"), group.get("n"))
 
 
 def matrix_table(report: Mapping[str, Any]) -> Table:
@@ -351,7 +365,7 @@ def _draw_qa_by_year(fig, models: list[Mapping[str, Any]], names: list[str]) -> 
     fig.suptitle("by question year ('13 = 2013; below it, the number of questions), each "
                  "question as of "
                  + ("the query date" if any(m.get("query_date") for m, _ in with_years)
-                    else "its own year"), fontsize="medium")
+                    else "its own date"), fontsize="medium")
 
 
 def _draw_perplexity(ax, models: list[Mapping[str, Any]], names: list[str]) -> None:

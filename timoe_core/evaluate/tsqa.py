@@ -1,10 +1,11 @@
 """Temporal multiple-choice QA in the TSQA format: load, validate, score.
 
 An item is a question, 4 choices (continuations of the question), the index of the
-correct one, a label per choice (correct / past / future / irrelevant) and a year.
-Each choice is scored by the log-likelihood of its tokens given `<EOT> + question`
-(the EOT marks a document start, as in the training files), read as of the item's
-year unless a query date overrides it. Accuracy takes the choice with the highest
+correct one, a label per choice (correct / past / future / irrelevant) and the day it
+is asked as of (`date`; a `year` alone means that year's Dec 31). Each choice is scored
+by the log-likelihood of its tokens given `<EOT> + question` (the EOT marks a document
+start, as in the training files), read as of the item's date unless a query date
+overrides it. Accuracy takes the choice with the highest
 summed log-likelihood; `accuracy_norm` the highest mean per token. The error rates
 are the share of items whose chosen answer is labelled past / future / irrelevant, so
 accuracy + the three error rates = 1.
@@ -14,7 +15,8 @@ file, or `hf:NAME[:SPLIT]` through `datasets`. Field names are configurable; a c
 may be a string or an object holding its text and label (as in the paper's TSQA
 release). Schemas (`--tsqa-schema`): `timoe` (the field names below) and
 `tsqa-release`, the published release's; either is adjusted part by part with
-`--tsqa-field PART=KEY` (PART: question, choices, text, label, labels, answer, year)
+`--tsqa-field PART=KEY` (PART: question, choices, text, label, labels, answer, year,
+date, since)
 and label values with `--tsqa-label OURS=THEIRS` (OURS: correct, past, future,
 irrelevant), e.g. `--tsqa-field choices=options --tsqa-label correct=gold`. Every
 error names the source, the item and the field; items whose choices repeat a text
@@ -27,7 +29,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +63,8 @@ class TSQAFields:
     answer: str = "answer"
     labels: str = "labels"
     year: str = "year"
+    date: str = "date"  # optional: the day asked as of (without it, `year`'s Dec 31)
+    since: str = "since"  # optional: the day the correct answer took effect
     choice_text: str = "text"  # when a choice is an object
     choice_label: str = "label"
     # Our label -> the value the source writes for it (only those that differ).
@@ -76,7 +80,8 @@ class TSQAFields:
 
 # `--tsqa-field PART=KEY` parts -> TSQAFields attributes.
 FIELD_PARTS = {"question": "question", "choices": "choices", "text": "choice_text",
-               "label": "choice_label", "labels": "labels", "answer": "answer", "year": "year"}
+               "label": "choice_label", "labels": "labels", "answer": "answer", "year": "year",
+               "date": "date", "since": "since"}
 # Named schemas. `tsqa-release`: the published TSQA (10,063 questions, 2013-2024, one
 # JSON file): a question, four choice objects each with its text and its label
 # (correct / past / future / irrelevant) and an integer year, as its dataset card
@@ -140,6 +145,7 @@ def validate_item(item: TSQAItem, index: int, source: str, fields: TSQAFields = 
     """Check one item; TimoeError names the item index and the field at fault."""
     _check_parts(item.question, item.choices, item.answer, item.labels, item.year,
                  index, source, fields)
+    _check_dates(item.year, item.date, item.since, index, source, fields)
     return item
 
 
@@ -180,6 +186,41 @@ def _check_parts(question: Any, choices: Any, answer: Any, labels: Any, year: An
         raise _fail(source, index, fields.year, f"must be a year from 1 to 9999, got {year!r}")
 
 
+def _check_dates(year: int, asked: str, since: str, index: int, source: str,
+                 fields: TSQAFields) -> None:
+    """`asked` is an ISO day of `year`; `since`, when given, an ISO day no later."""
+    try:
+        day = date.fromisoformat(asked)
+    except (TypeError, ValueError):
+        raise _fail(source, index, fields.date, f"must be a day YYYY-MM-DD, got {asked!r}"
+                    ) from None
+    if day.year != year:
+        raise _fail(source, index, fields.date, f"{asked} is not in the item's year {year}")
+    if since:
+        try:
+            start = date.fromisoformat(since)
+        except (TypeError, ValueError):
+            raise _fail(source, index, fields.since, f"must be a day YYYY-MM-DD, got {since!r}"
+                        ) from None
+        if start > day:
+            raise _fail(source, index, fields.since,
+                        f"{since} is after the day the item is asked as of ({asked}): the "
+                        "correct answer cannot take effect later")
+
+
+def _day_of(value: Any) -> date | None:
+    """A day from a record's date field: a date, or YYYY[-MM[-DD]] (a partial date is its
+    period's last day, as for --query-date)."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, (date, int, str)) and not isinstance(value, bool):
+        try:
+            return parse_query_date(value)
+        except TimoeError:
+            return None
+    return None
+
+
 def _year_of(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -199,9 +240,12 @@ def item_from_record(rec: Any, index: int, source: str, fields: TSQAFields = TSQ
     """One record (a mapping) as a validated TSQAItem."""
     if not isinstance(rec, dict):
         raise TimoeError(f"TSQA {source}: item {index} is a {type(rec).__name__}, not an object")
-    for name in (fields.question, fields.choices, fields.year):
+    for name in (fields.question, fields.choices):
         if name not in rec:
             raise _fail(source, index, name, "is missing")
+    if fields.year not in rec and fields.date not in rec:
+        raise _fail(source, index, fields.year, f"is missing (give a year or a "
+                    f"{fields.date!r} day)")
     raw = rec[fields.choices]
     if not isinstance(raw, (list, tuple)):
         raise _fail(source, index, fields.choices, f"must be a list, got {type(raw).__name__}")
@@ -238,17 +282,34 @@ def item_from_record(rec: Any, index: int, source: str, fields: TSQAFields = TSQ
     else:
         raise _fail(source, index, fields.answer, "is missing and no single choice is 'correct'")
 
-    year = _year_of(rec[fields.year])
+    day = None
+    if rec.get(fields.date) is not None:
+        day = _day_of(rec[fields.date])
+        if day is None:
+            raise _fail(source, index, fields.date,
+                        f"must be a day YYYY-MM-DD (or YYYY-MM, YYYY), got {rec[fields.date]!r}")
+    year = _year_of(rec[fields.year]) if fields.year in rec else day.year if day else None
     if year is None:
         raise _fail(source, index, fields.year, f"must be a year, got {rec[fields.year]!r}")
+    if day is not None and day.year != year:
+        raise _fail(source, index, fields.date, f"{day} is not in the item's year {year}")
+    since = None
+    if rec.get(fields.since) not in (None, ""):
+        since = _day_of(rec[fields.since])
+        if since is None:
+            raise _fail(source, index, fields.since,
+                        f"must be a day YYYY-MM-DD, got {rec[fields.since]!r}")
     question = rec[fields.question]
     if isinstance(question, str):
         choices = [_as_continuation(question, c) if isinstance(c, str) else c for c in choices]
     _check_parts(question, choices, answer, labels, year, index, source, fields)
+    asked = (day or date(year, 12, 31)).isoformat()
+    _check_dates(year, asked, since.isoformat() if since else "", index, source, fields)
     from timoe_core.data.builtin import TSQAItem
 
     return TSQAItem(question=question, choices=list(choices), answer=answer, labels=list(labels),
-                    year=year, fact_id=str(rec.get("fact_id", rec.get("id", index))))
+                    year=year, fact_id=str(rec.get("fact_id", rec.get("id", index))),
+                    date=asked, since=since.isoformat() if since else "")
 
 
 def _answer_index(value: Any, choices: list[Any]) -> int | None:
@@ -398,6 +459,38 @@ def _intervals(counts: dict[str, int], n: int) -> dict[str, list[float] | None]:
     return out
 
 
+def asked_after_change(item: TSQAItem) -> bool:
+    """Asked after its answer changed earlier in the same year and before that year's
+    end, with an earlier value among the choices: a question that a model whose cutoffs
+    are year ends can only answer from the year before (the stale-answer measure)."""
+    if not item.since or "past" not in item.labels:
+        return False
+    asked, since = date.fromisoformat(item.date), date.fromisoformat(item.since)
+    return since.year == asked.year and since <= asked < date(asked.year, 12, 31)
+
+
+def _group(items: Sequence[TSQAItem], chosen: Sequence[int], chosen_norm: Sequence[int]
+           ) -> dict[str, Any]:
+    """n, accuracy (raw, normalised), error rates, counts and their 95% intervals."""
+    acc, rates = _rates(items, chosen)
+    norm, _ = _rates(items, chosen_norm)
+    counts = _counts(items, chosen)
+    return {"n": len(items), "accuracy": acc, "accuracy_norm": norm, "error_rates": rates,
+            "counts": counts, "intervals": _intervals(counts, len(items))}
+
+
+def stale_answers(items: Sequence[TSQAItem], chosen: Sequence[int],
+                  chosen_norm: Sequence[int]) -> dict[str, Any]:
+    """Over the items `asked_after_change`: how often the earlier value (a choice labelled
+    past) was chosen (`stale`, of `n`), its rate and 95% Wilson interval, and the rest of
+    the group's figures."""
+    sel = [k for k, it in enumerate(items) if asked_after_change(it)]
+    group = _group([items[k] for k in sel], [chosen[k] for k in sel],
+                   [chosen_norm[k] for k in sel])
+    return {**group, "stale": group["counts"]["past"], "stale_rate": group["error_rates"]["past"],
+            "stale_interval": group["intervals"]["past"]}
+
+
 @dataclass
 class TSQAResult:
     """Per-item scores of the items scored, and the metrics over them."""
@@ -418,6 +511,8 @@ class TSQAResult:
     error_rates_norm: dict[str, float | None] = field(init=False)
     counts: dict[str, int] = field(init=False)  # correct, past, future, irrelevant
     by_year: dict[int, dict[str, Any]] = field(init=False)
+    # the items asked in the months after a change of their answer that year
+    after_change: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
         self.chosen = [int(np.argmax(s)) for s in self.scores]
@@ -430,13 +525,10 @@ class TSQAResult:
         self.by_year = {}
         for y in sorted({it.year for it in self.items}):
             sel = [k for k, it in enumerate(self.items) if it.year == y]
-            y_items = [self.items[k] for k in sel]
-            y_acc, y_rates = _rates(y_items, [self.chosen[k] for k in sel])
-            y_norm, _ = _rates(y_items, [self.chosen_norm[k] for k in sel])
-            y_counts = _counts(y_items, [self.chosen[k] for k in sel])
-            self.by_year[y] = {"n": len(sel), "accuracy": y_acc, "accuracy_norm": y_norm,
-                               "error_rates": y_rates, "counts": y_counts,
-                               "intervals": _intervals(y_counts, len(sel))}
+            self.by_year[y] = _group([self.items[k] for k in sel],
+                                     [self.chosen[k] for k in sel],
+                                     [self.chosen_norm[k] for k in sel])
+        self.after_change = stale_answers(self.items, self.chosen, self.chosen_norm)
 
     def restricted(self, indices: set[int], reason: str) -> TSQAResult:
         """The same scores over only the items at `indices` (e.g. those every model scored)."""
@@ -455,6 +547,9 @@ class TSQAResult:
             # the counts behind accuracy and error_rates, and their 95% Wilson intervals
             "counts": self.counts, "intervals": _intervals(self.counts, self.n),
             "by_year": {str(y): v for y, v in sorted(self.by_year.items())},
+            # asked after a change of the answer earlier that year: `stale_rate` is the
+            # share that chose the earlier value
+            "after_change": self.after_change,
             "skipped": self.skipped, "skipped_reason": self.skipped_reason,
         }
 
@@ -533,7 +628,8 @@ def score_tsqa(
     batch_items: int = 16,
     progress: Progress | None = None,
 ) -> TSQAResult:
-    """Score every item's choices; items with no eligible expert at their date are skipped."""
+    """Score every item's choices, each as of its own date (or `query_date` for all);
+    items with no eligible expert at their date are skipped."""
     if query_date is not None:
         model.eligible_experts(query_date)  # none eligible at all: bad input
     tok = get_tokenizer(str(model.tokenizer.get("name", "gpt2")))
@@ -547,7 +643,7 @@ def score_tsqa(
     kept: list[int] = []
     reasons: set[str] = set()
     for i, it in enumerate(items):
-        when = parse_query_date(query_date if query_date is not None else it.year)
+        when = parse_query_date(query_date if query_date is not None else it.date)
         why = model.ineligibility(when)
         if why is None:
             kept.append(i)
