@@ -395,6 +395,23 @@ class TrainExpertConfig(TrainingConfig):
         "shuffled run over the slice, usable once the slice has ended.",
     )
 
+    snapshot_kind: Literal["average", "decay"] = Field(
+        "average", json_schema_extra=cli(TRAIN),
+        description="How a staged run makes the snapshot at each stage end. average: a "
+        "running average of the weights along the main line (no extra training step) | "
+        "decay: a decay branch of --decay-fraction of the stage's steps off the main line.",
+    )
+    snapshot_average_fraction: float = Field(
+        0.2, gt=0.0, le=1.0, json_schema_extra=cli(TRAIN),
+        description="--snapshot-kind average: the average's horizon as a share of the steps "
+        "so far (it weighs about the last such share of the main line).",
+    )
+    snapshot_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", json_schema_extra=cli(TRAIN),
+        description="Storage dtype of the snapshots' weights (bfloat16: half the bytes; "
+        "loaded as float32). The run's final weights stay float32.",
+    )
+
     @model_validator(mode="after")
     def _check_target(self) -> "TrainExpertConfig":
         if (self.year is None) == (not self.all_years):
@@ -402,6 +419,12 @@ class TrainExpertConfig(TrainingConfig):
         refuse_ignored(self, {"steps_per_stage": (
             self.snapshots == "stages", ("to a staged run (--snapshots stages); with "
                                          "--snapshots none give --max-steps or --max-tokens"))})
+        staged = ("to a staged run (--snapshots stages): --snapshots none saves no snapshot")
+        refuse_ignored(self, {"snapshot_kind": (self.snapshots == "stages", staged),
+                              "snapshot_dtype": (self.snapshots == "stages", staged),
+                              "snapshot_average_fraction": (
+                                  self.snapshots == "stages" and self.snapshot_kind == "average",
+                                  "to --snapshot-kind average")})
         return self
 
 
