@@ -230,8 +230,15 @@ def verify_snapshots(plan: ExpertPlan) -> None:
         folder = plan.run_dir / snapshot_relpath(stage.cutoff)
         if not (folder / SNAPSHOT_INFO_FILENAME).is_file():
             # a decay branch runs at step `end` after its checkpoint; an average is saved
-            # at step `end` before any checkpoint of that step
-            past = at_step > end if plan.cfg.snapshot_kind == "decay" else at_step >= end
+            # at step `end`, a last stage's decay snapshot at the last step, each before
+            # any checkpoint of that step
+            if plan.cfg.snapshot_kind == "average":
+                past = at_step >= end
+            elif k == len(plan.stages) - 1:
+                end = plan.total_steps
+                past = at_step >= end
+            else:
+                past = at_step > end
             if past:
                 raise TimoeError(
                     f"snapshot {folder} (stage {stage.year}, listed in run.json) is missing or "
@@ -345,13 +352,16 @@ def snapshot_stages(cfg: TrainExpertConfig, stages: list[Stage], time_slice: Tim
     """The stages whose end gets a snapshot (earliest first): every stage but the last,
     whose end is the run's final weights (after its final decay).
 
-    A decay-branch snapshot at c is bitwise what a run that ends at c ends with (its final
-    decay is the branch), so the last stage needs none. An averaged snapshot is not: a run
-    whose data ends inside its slice (the slice is open: a later stage may come) saves the
-    average at its last stage's end too, and a query as of that cutoff uses it, not the
-    final weights (`expert_pool.run_dir_artefacts`), just as a run that goes on does. The
-    final weights of a closed slice (data up to its end) answer as of its end."""
-    if cfg.snapshot_kind == "average" and stages and stages[-1].cutoff < time_slice.end:
+    A float32 decay-branch snapshot at c is bitwise what a run that ends at c ends with (its
+    final decay is the branch), so the last stage needs none. Any other snapshot is not
+    (an average; weights stored as bfloat16): a run whose data ends inside its slice (the
+    slice is open: a later stage may come) saves its last stage's snapshot too (a decay
+    kind's is its final weights, stored as the snapshots are), and a query as of that
+    cutoff uses it, not the final weights (`expert_pool.run_dir_artefacts`), as in a run
+    that goes on. The final weights of a closed slice (data up to its end) answer as of
+    its end."""
+    exact = cfg.snapshot_kind == "decay" and cfg.snapshot_dtype == "float32"
+    if not exact and stages and stages[-1].cutoff < time_slice.end:
         return list(stages)
     return list(stages[:-1])
 
@@ -513,6 +523,7 @@ class StagedExpertTask(ExpertTask):
         # main step count at a stage end -> the stage whose snapshot is saved there
         self.snapshot_ends = {int(ends[stages.index(s)]): s for s in snapshot_at}
         self.main_steps = int(ends[-1])
+        self.total_steps = self.main_steps + stages[-1].decay_steps
         self.average = (WeightAverage(model, cfg.snapshot_average_fraction)
                         if cfg.snapshot_kind == "average" else None)
 
@@ -529,14 +540,19 @@ class StagedExpertTask(ExpertTask):
         return self.schedule
 
     def after_step(self, step: int, is_main: bool) -> None:
-        if self.average is None or step > self.main_steps:  # the final decay: not averaged
-            return
-        self.average.update(step)
-        stage = self.snapshot_ends.get(step)
+        if self.average is not None:
+            if step > self.main_steps:  # the final decay: not averaged
+                return
+            self.average.update(step)
+            stage = self.snapshot_ends.get(step)
+            weights = self.average.averaged_state
+        else:  # a decay snapshot of the last stage (see snapshot_stages): the final weights
+            stage = self.snapshot_ends.get(self.main_steps) if step == self.total_steps else None
+            weights = type(self.model).state_dict
         if stage is not None and is_main:
             folder = self.run_dir / snapshot_relpath(stage.cutoff)
             if not (folder / SNAPSHOT_INFO_FILENAME).is_file():
-                self.save_snapshot(folder, stage, self.average.averaged_state(self.model))
+                self.save_snapshot(folder, stage, weights(self.model))
 
     def state_dict(self) -> dict[str, Any] | None:
         return None if self.average is None else {"average": self.average.state_dict()}
