@@ -11,9 +11,9 @@
    branches of decay_fraction of their stage, each after a checkpoint), and one
    unstaged run (`--snapshots none`, `--max-steps` = the staged run's main steps and
    final decay). Target: average / unstaged <= 1.10.
-2. Quality. A dense series on the built-in corpus at the demo's size (200 documents a
-   year, 2 layers x 128, 64 tokens, batch 8, 40 steps a stage, lr 3e-3): at every year
-   end but the last, the snapshot's held-out perplexity on the validation windows of
+2. Quality. A dense series on the built-in corpus of 2013-2018 at the demo's size (200
+   documents a year, 2 layers x 128, 64 tokens, batch 8, 40 steps a stage, lr 3e-3): at
+   every year end but the last, the snapshot's held-out perplexity on the validation windows of
    every year up to that year end, for the decay-branch snapshot, the averaged snapshot
    (one run per horizon in `--fractions`) and the raw stable-phase weights there (the
    decay run's pre-branch checkpoint). Figures: the mean over the stage ends, with a
@@ -143,7 +143,8 @@ def _t95(n: int) -> float:
 
 
 def quality(root: Path, *, docs_per_year: int, steps_per_stage: int, fractions: list[float],
-            model: dict[str, Any], seq_len: int, batch: int, lr: float) -> Figures:
+            model: dict[str, Any], seq_len: int, batch: int, lr: float, end_year: int
+            ) -> Figures:
     from timoe_core.config import PrepareDataConfig, TrainExpertConfig
     from timoe_core.data.prepare import prepare_data
     from timoe_core.model.run_info import read_run_info
@@ -151,7 +152,7 @@ def quality(root: Path, *, docs_per_year: int, steps_per_stage: int, fractions: 
 
     data = root / "quality-data"
     quiet(prepare_data, PrepareDataConfig(source="builtin", out=data, seq_len=seq_len,
-                                          val_fraction=0.1, workers=1,
+                                          val_fraction=0.1, workers=1, end_year=end_year,
                                           builtin_docs_per_year=docs_per_year, seed=0))
     common = dict(data=data, all_years=True, seq_len=seq_len, batch_size=batch, lr=lr,
                   device="cpu", log_every=1000, steps_per_stage=steps_per_stage, **model)
@@ -277,7 +278,8 @@ def run(quick: bool = False, *, parts: tuple[str, ...] = PARTS, seq_len: int | N
         batch: int = 8, steps_per_stage: int | None = None, repeats: int | None = None,
         vocab_size: int = 2048, n_embd: int | None = None, n_layer: int | None = None,
         n_head: int | None = None, docs_per_year: int | None = None,
-        quality_steps: int | None = None, fractions: list[float] | None = None) -> Figures:
+        quality_steps: int | None = None, fractions: list[float] | None = None,
+        end_year: int | None = None) -> Figures:
     seq_len = seq_len or 128
     steps_per_stage = steps_per_stage or 8
     repeats = repeats or (3 if quick else 5)
@@ -294,7 +296,8 @@ def run(quick: bool = False, *, parts: tuple[str, ...] = PARTS, seq_len: int | N
             f |= quality(root, docs_per_year=docs_per_year or 200,
                          steps_per_stage=quality_steps or 40,
                          fractions=fractions or [0.1, 0.2, 0.4], model=demo,
-                         seq_len=64 if seq_len == 128 else seq_len, batch=batch, lr=3e-3)
+                         seq_len=64 if seq_len == 128 else seq_len, batch=batch, lr=3e-3,
+                         end_year=end_year or 2018)
     if "storage" in parts:
         f |= storage()
     return f

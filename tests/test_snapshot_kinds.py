@@ -16,14 +16,19 @@ import torch
 from helpers import make_data_dir, one_thread, run_cli  # noqa: F401 (fixture)
 from safetensors import safe_open
 
-from timoe_core.config import EvaluateConfig, PrepareDataConfig, TrainExpertConfig
+from timoe_core.config import (
+    CoadaptConfig,
+    EvaluateConfig,
+    PrepareDataConfig,
+    TrainExpertConfig,
+)
 from timoe_core.data.prepare import prepare_data
 from timoe_core.evaluate.run import run_evaluate
 from timoe_core.model.expert_pool import run_dir_artefacts
 from timoe_core.model.gpt import GPT
 from timoe_core.model.run_info import read_run_info
 from timoe_core.model.weights import load_model_weights, load_weights_into
-from timoe_core.train import train_expert
+from timoe_core.train import coadapt, train_expert
 from timoe_core.train.loop import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -204,6 +209,10 @@ def proof_builds(tmp_path_factory):
                                                snapshot_kind=kind, snapshot_dtype=dtype,
                                                **MODEL, **TRAIN))
             out[(until, kind, dtype)] = (data, experts)
+        # coadapt over the bf16 averaged experts, its adapted experts stored as bf16
+        out[(until, "coadapt")] = (data, coadapt(CoadaptConfig(
+            experts=[root / f"{until}-average-bfloat16"], data=data,
+            out=root / f"{until}-coadapt", snapshot_dtype="bfloat16", **TRAIN)))
     return out
 
 
@@ -243,3 +252,29 @@ def test_each_kind_and_dtype_passes_the_counterfactual_test(proof_builds, kind, 
     a, b = answers(full_data, full), answers(cut_data, cut)
     assert a == b
     assert {x["name"] for x in a[2]} == {"2013-2014@2014-12-31", "2015-2016@2015-12-31"}
+
+
+@pytest.mark.slow
+def test_coadapt_with_bfloat16_adapted_experts_passes_the_counterfactual_test(proof_builds):
+    (full_data, full), (cut_data, cut) = proof_builds[(None, "coadapt")], proof_builds[
+        (CUT, "coadapt")]
+    adapted = sorted(p for p in (full / "experts").iterdir()
+                     if p.name.split("@")[-1].split("+")[0] <= CUT) if (
+        full / "experts").is_dir() else []
+    assert adapted  # adapted experts with cutoff <= D: bf16, and the same bytes in both
+    for folder in adapted:
+        twin = cut / folder.relative_to(full)
+        assert _sha(folder / "model.safetensors") == _sha(twin / "model.safetensors"), folder
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+
+    def answers(data: Path, bundle: Path):
+        r = run_evaluate(EvaluateConfig(model=bundle, data=data, tsqa="builtin",
+                                        query_date=CUT, device="cpu", batch_size=4,
+                                        max_items=40))
+        ppl = {y: v for y, v in r.report["perplexity"].items() if int(y) <= 2015}
+        return ppl, r.tsqa.scores, r.report["artefacts_used"]
+
+    a, b = answers(full_data, full), answers(cut_data, cut)
+    assert a == b
+    assert any(x["name"].endswith("+adapted") for x in a[2])

@@ -519,10 +519,18 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
     )
     seq_len: int | None = TrainRouterConfig.model_fields["seq_len"]  # the same option
     keep_stage_checkpoints: bool = TrainRouterConfig.model_fields["keep_stage_checkpoints"]
+    snapshot_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", json_schema_extra=cli(TRAIN),
+        description="Storage dtype of the adapted experts (one per router stage; bfloat16: "
+        "half the bytes, loaded as float32; the next stage goes on from what is stored).",
+    )
 
     @model_validator(mode="after")
     def _check_ignored(self) -> CoadaptConfig:
         refuse_stage_budget_without_stages(self)
+        refuse_ignored(self, {"snapshot_dtype": (
+            self.policy != "inclusive", "to a staged coadapt (--policy point-in-time), whose "
+            "adapted experts are stored one per router stage")})
         return self
 
 
