@@ -60,6 +60,12 @@ def _staged(quick: bool) -> Figures:
     return staged.run(quick)
 
 
+def _snapshots(quick: bool) -> Figures:
+    from benchmarks import snapshots
+
+    return snapshots.run(quick)
+
+
 def _generate(quick: bool) -> Figures:
     from benchmarks import generate
 
@@ -87,6 +93,8 @@ GROUPS: dict[str, tuple[str, Callable[[bool], Figures]]] = {
                _router),
     "staged": (("staged expert and router training vs unstaged, same tokens; log-prob "
                 "cache once across stages"), _staged),
+    "snapshots": (("snapshot kinds: compute with 24 stages vs unstaged, quality of averaged "
+                   "vs decay-branch vs raw weights, bytes per artefact kind"), _snapshots),
     "generate": ("decode vs the memory-bandwidth roofline, 1, 2 and 6 eligible experts",
                  _generate),
     "evaluate": ("evaluate perplexity vs the bare mixture forward", _evaluate),

@@ -171,7 +171,6 @@ def quality(root: Path, *, docs_per_year: int, steps_per_stage: int, fractions: 
                    for p in (runs["decay"] / "checkpoints").glob("step-*")}
     ppl: dict[str, list[float]] = {name: [] for name in ["raw", *runs]}
     stage_ends: list[str] = []
-    windows = 0
     end = 0
     for snap in info.snapshots:
         cutoff = snap["data_cutoff"]
@@ -179,7 +178,7 @@ def quality(root: Path, *, docs_per_year: int, steps_per_stage: int, fractions: 
         end += meta["stage_steps"]
         years = [y for y in range(int(info.slice_label[:4]), int(cutoff[:4]) + 1)]
         for name, run in runs.items():
-            value, windows = _perplexity(run / snap["path"], config, data, years, seq_len)
+            value, _ = _perplexity(run / snap["path"], config, data, years, seq_len)
             ppl[name].append(value)
         ppl["raw"].append(_perplexity(checkpoints[end], config, data, years, seq_len)[0])
         stage_ends.append(cutoff)
@@ -279,7 +278,13 @@ def run(quick: bool = False, *, parts: tuple[str, ...] = PARTS, seq_len: int | N
         vocab_size: int = 2048, n_embd: int | None = None, n_layer: int | None = None,
         n_head: int | None = None, docs_per_year: int | None = None,
         quality_steps: int | None = None, fractions: list[float] | None = None,
-        end_year: int | None = None) -> Figures:
+        end_year: int | None = None, quality_batch: int | None = None) -> Figures:
+    """Every part. --quick: 3 rounds, and the quality runs at 20 steps a stage of batch 4
+    (the demo's stages are 40 of batch 8) with three horizons."""
+    if quick:
+        quality_steps = quality_steps or 20
+        quality_batch = quality_batch or 4
+        fractions = fractions or [0.1, 0.25, 0.5]
     seq_len = seq_len or 128
     steps_per_stage = steps_per_stage or 8
     repeats = repeats or (3 if quick else 5)
@@ -296,7 +301,8 @@ def run(quick: bool = False, *, parts: tuple[str, ...] = PARTS, seq_len: int | N
             f |= quality(root, docs_per_year=docs_per_year or 200,
                          steps_per_stage=quality_steps or 40,
                          fractions=fractions or [0.1, 0.2, 0.4], model=demo,
-                         seq_len=64 if seq_len == 128 else seq_len, batch=batch, lr=3e-3,
+                         seq_len=64 if seq_len == 128 else seq_len,
+                         batch=quality_batch or batch, lr=3e-3,
                          end_year=end_year or 2018)
     if "storage" in parts:
         f |= storage()
@@ -311,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps-per-stage", type=int, default=None, help="compute: default 8")
     ap.add_argument("--quality-steps", type=int, default=None, help="quality: default 40")
     ap.add_argument("--fractions", default=None, help="quality: default 0.1,0.2,0.4")
+    ap.add_argument("--quality-batch", type=int, default=None, help="quality: default 8")
     ap.add_argument("--repeats", type=int, default=None, help="rounds (default 5; quick 3)")
     a = ap.parse_args(argv)
     parts = tuple(p for p in a.only.split(",") if p)
@@ -318,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--only: use some of {', '.join(PARTS)}")
     fr = [float(x) for x in a.fractions.split(",")] if a.fractions else None
     f = run(a.quick, parts=parts, steps_per_stage=a.steps_per_stage, repeats=a.repeats,
-            quality_steps=a.quality_steps, fractions=fr)
+            quality_steps=a.quality_steps, fractions=fr, quality_batch=a.quality_batch)
     if a.json is not None:
         write_json(a.json, f)
     return 0

@@ -317,6 +317,10 @@ SMALLEST = {
     "router": {"batch": 2, "seq": 16, "repeats": 1},
     "staged": {"seq_len": 16, "batch": 2, "steps_per_stage": 2, "repeats": 1,
                "vocab_size": 256, "n_embd": 16, "n_layer": 1, "n_head": 2},
+    "snapshots": {"seq_len": 16, "batch": 2, "steps_per_stage": 2, "repeats": 1,
+                  "vocab_size": 256, "n_embd": 16, "n_layer": 1, "n_head": 2,
+                  "docs_per_year": 12, "quality_steps": 2, "fractions": [0.5],
+                  "end_year": 2015},
     "generate": {"preset": "tiny", "eligible": [1, 2], "prompt_tokens": 8, "new_tokens": 2,
                  "repeats": 1, "full": False},
     "evaluate": {"experts": 3, "windows": 1, "batch_size": 8, "repeats": 1},
@@ -325,11 +329,11 @@ SMALLEST = {
 
 
 def _group_runner(name: str):
-    from benchmarks import evaluate, generate, prepare_data, staged, train_throughput
+    from benchmarks import evaluate, generate, prepare_data, snapshots, staged, train_throughput
 
     return {"prepare_data": prepare_data.run, "train": train_throughput.run,
             "mixture": mixture.run, "router": mixture.run_router_training,
-            "staged": staged.run, "generate": generate.run, "evaluate": evaluate.run,
+            "staged": staged.run, "snapshots": snapshots.run, "generate": generate.run, "evaluate": evaluate.run,
             "gpu": gpu.run}[name]
 
 

@@ -157,7 +157,7 @@ def test_bfloat16_snapshots_are_half_the_bytes_and_load_as_float32(capsys, data,
     snap = "snapshots/2013-12-31"
     f32, b16 = tmp_path / "float32" / snap, tmp_path / "bfloat16" / snap
     with safe_open(str(b16 / "model.safetensors"), "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+        assert {f.get_slice(k).get_dtype() for k in list(f.keys())} == {"BF16"}
     size = {p: (p / "model.safetensors").stat().st_size for p in (f32, b16)}
     assert size[b16] < 0.51 * size[f32] + 4096
     # the bf16 file is the float32 snapshot rounded; loaded, it computes in float32
@@ -266,7 +266,7 @@ def test_coadapt_with_bfloat16_adapted_experts_passes_the_counterfactual_test(pr
         twin = cut / folder.relative_to(full)
         assert _sha(folder / "model.safetensors") == _sha(twin / "model.safetensors"), folder
         with safe_open(str(folder / "model.safetensors"), "pt") as f:
-            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+            assert {f.get_slice(k).get_dtype() for k in list(f.keys())} == {"BF16"}
 
     def answers(data: Path, bundle: Path):
         r = run_evaluate(EvaluateConfig(model=bundle, data=data, tsqa="builtin",

@@ -55,8 +55,8 @@ from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.model.router import Router, RouterConfig, RouterSnapshot
 from timoe_core.model.run_info import MODEL_FILENAME, RunInfo, write_run_info
 from timoe_core.model.weights import (
-    check_state_matches,
     StorageDtype,
+    check_state_matches,
     check_weights_usable,
     save_model_weights,
     save_safetensors,

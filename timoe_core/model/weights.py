@@ -18,7 +18,6 @@ from timoe_core.io import atomic_path, sha256_file, write_failure_as_os_error
 from timoe_core.model.gpt import GPT
 from timoe_core.model.run_info import MODEL_FILENAME, RUN_INFO_FILENAME, RunInfo, read_run_info
 
-
 StorageDtype = Literal["float32", "bfloat16"]
 _STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
