@@ -77,7 +77,7 @@ def test_average_kind_takes_no_extra_step_and_records_itself(capsys, data, tmp_p
     assert steps == {"average": 7, "decay": 8}
     snap = "snapshots/2013-12-31"
     meta = json.loads((tmp_path / "average" / snap / "snapshot.json").read_text())
-    assert meta["kind"] == "average" and meta["average_fraction"] == 0.2
+    assert meta["kind"] == "average" and meta["average_fraction"] == 0.1
     assert (meta["stage_year"], meta["stage_steps"], meta["decay_steps"]) == (2013, 3, 0)
     assert meta["dtype"] == "float32"
     assert json.loads((tmp_path / "decay" / snap / "snapshot.json").read_text())["kind"] == "decay"
@@ -278,3 +278,8 @@ def test_coadapt_with_bfloat16_adapted_experts_passes_the_counterfactual_test(pr
     a, b = answers(full_data, full), answers(cut_data, cut)
     assert a == b
     assert any(x["name"].endswith("+adapted") for x in a[2])
+    # By default a finished stage keeps only its metrics: no trainer checkpoint (optimizer
+    # moments), no published weights (its adapted expert is in the bundle).
+    stages = sorted((full / "stages").iterdir())
+    assert len(stages) == 4
+    assert all(sorted(p.name for p in st.iterdir()) == ["metrics.jsonl"] for st in stages)

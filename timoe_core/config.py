@@ -395,14 +395,14 @@ class TrainExpertConfig(TrainingConfig):
         "shuffled run over the slice, usable once the slice has ended.",
     )
 
-    snapshot_kind: Literal["average", "decay"] = Field(
-        "average", json_schema_extra=cli(TRAIN),
+    snapshot_kind: Literal["average", "decay"] = Field(  # default: docs/benchmarks.md
+        "decay", json_schema_extra=cli(TRAIN),
         description="How a staged run makes the snapshot at each stage end. average: a "
         "running average of the weights along the main line (no extra training step) | "
         "decay: a decay branch of --decay-fraction of the stage's steps off the main line.",
     )
     snapshot_average_fraction: float = Field(
-        0.2, gt=0.0, le=1.0, json_schema_extra=cli(TRAIN),
+        0.1, gt=0.0, le=1.0, json_schema_extra=cli(TRAIN),
         description="--snapshot-kind average: the average's horizon as a share of the steps "
         "so far (it weighs about the last such share of the main line).",
     )
