@@ -66,6 +66,12 @@ def _cutoffs(quick: bool) -> Figures:
     return cutoffs.run(quick)
 
 
+def _snapshots(quick: bool) -> Figures:
+    from benchmarks import snapshots
+
+    return snapshots.run(quick)
+
+
 def _generate(quick: bool) -> Figures:
     from benchmarks import generate
 
@@ -95,6 +101,8 @@ GROUPS: dict[str, tuple[str, Callable[[bool], Figures]]] = {
                 "cache once across stages"), _staged),
     "cutoffs": (("mean staleness of answers, yearly vs quarterly vs monthly cutoffs; a "
                  "router stage's fixed cost"), _cutoffs),
+    "snapshots": (("snapshot kinds: compute with 24 stages vs unstaged, quality of averaged "
+                   "vs decay-branch vs raw weights, bytes per artefact kind"), _snapshots),
     "generate": ("decode vs the memory-bandwidth roofline, 1, 2 and 6 eligible experts",
                  _generate),
     "evaluate": ("evaluate perplexity vs the bare mixture forward", _evaluate),

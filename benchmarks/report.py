@@ -97,6 +97,27 @@ with the sequence length; and (a), (a'), (b) at 2016 with two experts of the `sm
 preset (6 layers, 384 wide): the mixing work (`logaddexp` and the 1/n weight, once per
 vocabulary entry and position) costs what it costs whatever the expert, so its share
 falls as the experts grow.""",
+    "snapshots": """\
+What a snapshot at every period end costs, and what it is worth, per snapshot kind
+(`--snapshot-kind average|decay`). Compute: a dense `--all-years` series over 24 years
+of random tokens (vocab 2048, the `tiny` preset, batch 8 x 128 tokens, 8 steps a
+stage): 24 chronological stages, as many as the months of a 2-year slice with monthly
+cutoffs (a stage is a stage: the loop does not know what a period is), so 23 snapshots;
+the averaged kind (no extra step: a running average along the main line), the
+decay-branch kind (a branch of decay_fraction of its stage, after a checkpoint, per
+snapshot) and one unstaged run (`--snapshots none`, `--max-steps` = the staged main
+steps and final decay), interleaved in rounds; target averaged / unstaged <= 1.10x.
+Quality: a dense series on the built-in corpus of 2013-2018 at the demo's model size
+(200 documents a year, 2 layers x 128, 64 tokens, lr 3e-3; --quick: 20 steps a stage of
+batch 4): at every year end but the last, the held-out perplexity of the snapshot on
+the validation windows of every year up to it, for the decay-branch snapshot, the
+averaged one (one run per horizon `--snapshot-average-fraction`) and the raw
+stable-phase weights there (the decay run's pre-branch checkpoint); the ratios to decay
+are means over the year ends with a 95% t-interval; target averaged <= 1.03x decay.
+Storage: bytes per artefact kind at gpt2-124m size, computed from parameter counts (no
+124M model trained), and the files a 2013-2024 build with 2-year slices writes with
+yearly and monthly cutoffs (one router snapshot and one adapted expert per router
+stage).""",
     "router": """\
 Six random `tiny` experts, data of random tokens for 2013-2024 (a batch mixes query
 dates, as in training). One optimizer step of `LearnedAvgTask` through the shared
@@ -362,6 +383,9 @@ def render(data: Mapping[str, Any]) -> str:
         if entry.get("command"):  # a group measured on its own, merged into this file
             out += [f"Measured on its own: `{entry['command']}`, {entry.get('date')}.", ""]
         names = [n for n in entry["figures"] if n in figures]
+        if entry.get("command"):  # a group measured in a run of its own, merged in
+            out += [f"Measured in a run of its own: `{entry['command']}`, {entry.get('date')}"
+                    f" (load average before {entry.get('loadavg_before')}).", ""]
         cpu = entry.get("cpu_seconds")
         out += [f"{len(names)} figures, {entry.get('seconds')} s"
                 + (f" ({cpu} s of CPU)." if cpu is not None else "."), ""]

@@ -7,7 +7,7 @@ run into a fresh folder, interleaved in rounds (order rotated, medians, per-roun
 ratios; see common.py), on one synthetic data dir of random tokens:
 
 1. Expert training, one 2-year slice (2013-2014: two chronological stages):
-   staged, `--snapshots stages` (the default: stage 2013 reads 2013 only, then a decay
+   staged, `--snapshots stages --snapshot-kind decay` (stage 2013 reads 2013 only, then a decay
    branch saves the 2013 snapshot, the main run goes on through 2014 and the final
    decay) against `--snapshots none` with `--max-steps` = the staged run's main steps
    (both stages and the final decay): the same main-run tokens. Target: staged / none
@@ -188,7 +188,8 @@ def expert_training(root: Path, *, seq_len: int, batch: int, steps_per_stage: in
                          vocab_size=vocab_size, name="expert-data")
     common = dict(data=data, year=YEARS_EXPERT[0], seq_len=seq_len, batch_size=batch,
                   device="cpu", **model)
-    staged = TrainExpertConfig(**common, steps_per_stage=steps_per_stage, out=root / "plan")
+    staged = TrainExpertConfig(**common, steps_per_stage=steps_per_stage, snapshot_kind="decay",
+                               out=root / "plan")
     plan = plan_expert_run(staged, world_size=1, check_run_dir=False)
     unstaged = TrainExpertConfig(**common, snapshots="none", max_steps=plan.total_steps)
     configs = {"staged": staged, "unstaged": unstaged}

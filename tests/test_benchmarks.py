@@ -318,6 +318,10 @@ SMALLEST = {
     "staged": {"seq_len": 16, "batch": 2, "steps_per_stage": 2, "repeats": 1,
                "vocab_size": 256, "n_embd": 16, "n_layer": 1, "n_head": 2},
     "cutoffs": {"years": 4, "tokens_per_year": 8 * 33 * 12, "repeats": 1},
+    "snapshots": {"seq_len": 16, "batch": 2, "steps_per_stage": 2, "repeats": 1,
+                  "vocab_size": 256, "n_embd": 16, "n_layer": 1, "n_head": 2,
+                  "docs_per_year": 12, "quality_steps": 2, "fractions": [0.5],
+                  "end_year": 2015},
     "generate": {"preset": "tiny", "eligible": [1, 2], "prompt_tokens": 8, "new_tokens": 2,
                  "repeats": 1, "full": False},
     "evaluate": {"experts": 3, "windows": 1, "batch_size": 8, "repeats": 1},
@@ -326,12 +330,20 @@ SMALLEST = {
 
 
 def _group_runner(name: str):
-    from benchmarks import cutoffs, evaluate, generate, prepare_data, staged, train_throughput
+    from benchmarks import (
+        cutoffs,
+        evaluate,
+        generate,
+        prepare_data,
+        snapshots,
+        staged,
+        train_throughput,
+    )
 
     return {"prepare_data": prepare_data.run, "train": train_throughput.run,
             "mixture": mixture.run, "router": mixture.run_router_training,
-            "staged": staged.run, "cutoffs": cutoffs.run, "generate": generate.run,
-            "evaluate": evaluate.run,
+            "staged": staged.run, "cutoffs": cutoffs.run, "snapshots": snapshots.run,
+            "generate": generate.run, "evaluate": evaluate.run,
             "gpu": gpu.run}[name]
 
 

@@ -235,8 +235,9 @@ def test_wandb_offline_resume_continues_the_same_run(capsys, data, tmp_path, mon
 
 # ------------------------------------------------- staged runs (the default)
 
+# These tests cover the decay-branch snapshot kind (tests/test_snapshot_kinds.py the others).
 STAGED = ["--seq-len", "32", "--batch-size", "4", "--log-every", "5", "--device", "cpu",
-          "--steps-per-stage", "3"]
+          "--steps-per-stage", "3", "--snapshot-kind", "decay"]
 
 
 def test_staged_run_snapshots_each_year_but_the_last(capsys, data, tmp_path):

@@ -403,6 +403,23 @@ class TrainExpertConfig(TrainingConfig):
         "has ended.",
     )
 
+    snapshot_kind: Literal["average", "decay"] = Field(  # default: docs/benchmarks.md
+        "decay", json_schema_extra=cli(TRAIN),
+        description="How a staged run makes the snapshot at each stage end. average: a "
+        "running average of the weights along the main line (no extra training step) | "
+        "decay: a decay branch of --decay-fraction of the stage's steps off the main line.",
+    )
+    snapshot_average_fraction: float = Field(
+        0.1, gt=0.0, le=1.0, json_schema_extra=cli(TRAIN),
+        description="--snapshot-kind average: the average's horizon as a share of the steps "
+        "so far (it weighs about the last such share of the main line).",
+    )
+    snapshot_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", json_schema_extra=cli(TRAIN),
+        description="Storage dtype of the snapshots' weights (bfloat16: half the bytes; "
+        "loaded as float32). The run's final weights stay float32.",
+    )
+
     @model_validator(mode="after")
     def _check_target(self) -> "TrainExpertConfig":
         if (self.year is None) == (not self.all_years):
@@ -411,6 +428,12 @@ class TrainExpertConfig(TrainingConfig):
                   "--max-steps or --max-tokens")
         refuse_ignored(self, {"steps_per_stage": (self.snapshots == "stages", staged),
                               "cutoff_every": (self.snapshots == "stages", staged)})
+        no_snapshot = "to a staged run (--snapshots stages): --snapshots none saves no snapshot"
+        refuse_ignored(self, {"snapshot_kind": (self.snapshots == "stages", no_snapshot),
+                              "snapshot_dtype": (self.snapshots == "stages", no_snapshot),
+                              "snapshot_average_fraction": (
+                                  self.snapshots == "stages" and self.snapshot_kind == "average",
+                                  "to --snapshot-kind average")})
         return self
 
 
@@ -505,10 +528,18 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
     )
     seq_len: int | None = TrainRouterConfig.model_fields["seq_len"]  # the same option
     keep_stage_checkpoints: bool = TrainRouterConfig.model_fields["keep_stage_checkpoints"]
+    snapshot_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", json_schema_extra=cli(TRAIN),
+        description="Storage dtype of the adapted experts (one per router stage; bfloat16: "
+        "half the bytes, loaded as float32; the next stage goes on from what is stored).",
+    )
 
     @model_validator(mode="after")
     def _check_ignored(self) -> CoadaptConfig:
         refuse_stage_budget_without_stages(self)
+        refuse_ignored(self, {"snapshot_dtype": (
+            self.policy != "inclusive", "to a staged coadapt (--policy point-in-time), whose "
+            "adapted experts are stored one per router stage")})
         return self
 
 

@@ -20,8 +20,8 @@ from timoe_core.config import TrainExpertConfig
 @handles_errors
 @training_options(
     TrainExpertConfig,
-    ["year", "all_years", "snapshots", "preset", "n_layer", "n_head", "n_embd", "seq_len",
-     "dropout"],
+    ["year", "all_years", "snapshots", "snapshot_kind", "snapshot_average_fraction",
+     "snapshot_dtype", "preset", "n_layer", "n_head", "n_embd", "seq_len", "dropout"],
 )
 def train_expert(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     """Train the GPT expert of one time slice (--year), or a dense model on all years."""

@@ -55,6 +55,7 @@ from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.model.router import Router, RouterConfig, RouterSnapshot
 from timoe_core.model.run_info import MODEL_FILENAME, RunInfo, write_run_info
 from timoe_core.model.weights import (
+    StorageDtype,
     check_state_matches,
     check_weights_usable,
     save_model_weights,
@@ -197,10 +198,11 @@ def write_bundle(
     router: Router | None,
     router_snapshots: Sequence[RouterSnapshot] = (),
     router_data_cutoff: date | None = None,
+    dtype: StorageDtype = "float32",
 ) -> None:
     """Write a bundle over the artefacts `records`; those whose key is in `embedded` get
     their weights copied into it (from memory when in `loaded`, keyed by artefact key: an
-    adapted expert). timoe.json is written last, and the records are updated to what the
+    adapted expert, stored as `dtype`). timoe.json is written last, and the records are updated to what the
     bundle now holds."""
     out_dir = Path(out_dir).resolve()
     sources = {  # every expert's weights must be there before anything is written
@@ -214,7 +216,7 @@ def write_bundle(
         if embed:
             target = out_dir / EMBEDDED_EXPERTS_DIR / embedded_dirname(rec)
             if rec.key in loaded:
-                save_model_weights(target, loaded[rec.key])
+                save_model_weights(target, loaded[rec.key], dtype)
             else:
                 src = sources[rec.key] / MODEL_FILENAME
                 if src.resolve() != (target / MODEL_FILENAME).resolve():

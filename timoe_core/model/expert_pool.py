@@ -220,5 +220,9 @@ def run_dir_artefacts(run_dir: Path, info: RunInfo) -> list[ExpertRecord]:
                                 sha256=sha,
                                 data_cutoff=date.fromisoformat(snap["data_cutoff"]),
                                 snapshot_folder=folder))
-    out.append(ExpertRecord(info=info, candidates=[run_dir], sha256=None))
+    # An averaged snapshot at the run's own cutoff (its data ended inside its slice:
+    # train.expert.snapshot_stages) is what answers as of that cutoff, as in a run that
+    # goes on; the final weights then are no point-in-time artefact.
+    if not any(date.fromisoformat(s["data_cutoff"]) == info.cutoff for s in info.snapshots):
+        out.append(ExpertRecord(info=info, candidates=[run_dir], sha256=None))
     return out

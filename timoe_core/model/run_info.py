@@ -130,8 +130,13 @@ class SnapshotInfo(BaseModel):
     data_cutoff: str
     stage_end: str  # ISO date: the last day of the stage's period (= data_cutoff)
     stage_steps: int = Field(ge=0)
-    decay_steps: int = Field(ge=0)
+    decay_steps: int = Field(ge=0)  # of the decay branch; 0 for an averaged snapshot
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # How the snapshot was made (--snapshot-kind; files written before kinds: decay) and
+    # stored (--snapshot-dtype); average_fraction: the average's horizon (kind average).
+    kind: Literal["average", "decay"] = "decay"
+    average_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    dtype: Literal["float32", "bfloat16"] = "float32"
 
     @model_validator(mode="before")
     @classmethod

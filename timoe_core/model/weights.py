@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors import SafetensorError
@@ -17,12 +18,25 @@ from timoe_core.io import atomic_path, sha256_file, write_failure_as_os_error
 from timoe_core.model.gpt import GPT
 from timoe_core.model.run_info import MODEL_FILENAME, RUN_INFO_FILENAME, RunInfo, read_run_info
 
+StorageDtype = Literal["float32", "bfloat16"]
+_STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-def save_model_weights(run_dir: Path, model: torch.nn.Module) -> Path:
+
+def save_model_weights(run_dir: Path, model: torch.nn.Module,
+                       dtype: StorageDtype = "float32") -> Path:
     """Weights as safetensors, atomically. Tied weights are stored once (lm_head is wte)."""
+    return save_weights_state(run_dir, model.state_dict(), dtype)
+
+
+def save_weights_state(run_dir: Path, state: dict[str, torch.Tensor],
+                       dtype: StorageDtype = "float32") -> Path:
+    """A model's state dict as RUN_DIR/model.safetensors, atomically, its floating-point
+    tensors stored as `dtype` (bfloat16: round-to-nearest-even, deterministic; loading
+    copies them into the float32 model, so compute stays float32)."""
+    store = _STORAGE[dtype]
     state = {
-        k: v.detach().contiguous().cpu()
-        for k, v in model.state_dict().items()
+        k: (v.detach().to(store) if v.is_floating_point() else v.detach()).contiguous().cpu()
+        for k, v in state.items()
         if k != "lm_head.weight"
     }
     path = Path(run_dir) / MODEL_FILENAME

@@ -56,9 +56,10 @@ from timoe_core.model.run_info import (
     read_snapshot_info,
     write_run_info,
 )
-from timoe_core.model.weights import load_weights_into, save_model_weights
+from timoe_core.model.weights import load_weights_into, save_model_weights, save_weights_state
 from timoe_core.timeslices import TimeSlice, period_ends, year_cutoff
 from timoe_core.train import state as ckpt_state
+from timoe_core.train.averaging import WeightAverage
 from timoe_core.train.distributed import DistEnv, check_launch
 from timoe_core.train.job import Stages, run_job, single_stage
 from timoe_core.train.loop import Branch, DataPosition, LoopResult, ShuffledOrder, TrainTask
@@ -166,8 +167,9 @@ def _select_slice(cfg: TrainExpertConfig, manifest: Manifest) -> tuple[str, Time
 # stages and snapshots were made with, and mix the two. A run of --snapshots none is one
 # continued run: its budget and lr may change on a rerun (only its seed may not).
 _STAGE_FIELDS = ("steps_per_stage", "cutoff_every", "batch_size", "grad_accum", "lr",
-                 "min_lr_ratio", "warmup_fraction", "decay_fraction", "decay_shape", "weight_decay", "beta1",
-                 "beta2", "grad_clip", "seed")
+                 "min_lr_ratio", "warmup_fraction", "decay_fraction", "decay_shape",
+                 "weight_decay", "beta1", "beta2", "grad_clip", "seed", "snapshot_kind",
+                 "snapshot_average_fraction", "snapshot_dtype")
 
 
 def _conflicts(saved: RunInfo, new: RunInfo, saved_cfg: TrainExpertConfig | None,
@@ -227,22 +229,30 @@ def verify_snapshots(plan: ExpertPlan) -> None:
     ckpt = ckpt_state.latest_checkpoint(plan.run_dir)
     at_step = ckpt.step if ckpt is not None else 0
     fix = "restore it, or start over with --no-resume --overwrite"
-    end = 0
-    for stage in plan.stages[:-1]:
-        end += stage.steps
+    ends = np.cumsum([s.steps for s in plan.stages])
+    for k, stage in enumerate(plan.stages[:len(snapshot_stages(plan.cfg, plan.stages,
+                                                                  plan.time_slice))]):
+        end = int(ends[k])
         folder = plan.run_dir / snapshot_relpath(stage.cutoff)
         if not (folder / SNAPSHOT_INFO_FILENAME).is_file():
-            if at_step > end:  # its decay branch ran at step `end`, before this checkpoint
+            # a decay branch runs at step `end` after its checkpoint; an average is saved
+            # at step `end`, a last stage's decay snapshot at the last step, each before
+            # any checkpoint of that step
+            if plan.cfg.snapshot_kind == "average":
+                past = at_step >= end
+            elif k == len(plan.stages) - 1:
+                end = plan.total_steps
+                past = at_step >= end
+            else:
+                past = at_step > end
+            if past:
                 raise TimoeError(
                     f"snapshot {folder} (stage {stage.end}, listed in run.json) is missing or "
                     f"unfinished, but the run is past its step {end}: {fix}"
                 )
             continue
         meta = read_snapshot_info(folder)
-        expected = SnapshotInfo(data_cutoff=stage.cutoff.isoformat(),
-                                stage_end=stage.end.isoformat(),
-                                stage_steps=stage.steps, decay_steps=stage.decay_steps,
-                                sha256=meta.sha256)
+        expected = snapshot_info(plan.cfg, stage, meta.sha256)
         if meta != expected:
             diff = ", ".join(f"{k} {getattr(meta, k)} (this run: {getattr(expected, k)})"
                              for k in type(meta).model_fields
@@ -323,7 +333,7 @@ def plan_expert_run(
         data_cutoff=data_cutoff.isoformat(),
         snapshots=[
             {"data_cutoff": s.cutoff.isoformat(), "path": snapshot_relpath(s.cutoff)}
-            for s in stages[:-1]
+            for s in snapshot_stages(cfg, stages, time_slice)
         ],
     )
     plan = ExpertPlan(
@@ -343,6 +353,37 @@ def plan_expert_run(
 
 def snapshot_relpath(cutoff: date) -> str:
     return f"{SNAPSHOTS_DIRNAME}/{cutoff.isoformat()}"
+
+
+def snapshot_stages(cfg: TrainExpertConfig, stages: list[Stage], time_slice: TimeSlice
+                    ) -> list[Stage]:
+    """The stages whose end gets a snapshot (earliest first): every stage but the last,
+    whose end is the run's final weights (after its final decay).
+
+    A float32 decay-branch snapshot at c is bitwise what a run that ends at c ends with (its
+    final decay is the branch), so the last stage needs none. Any other snapshot is not
+    (an average; weights stored as bfloat16): a run whose data ends inside its slice (the
+    slice is open: a later stage may come) saves its last stage's snapshot too (a decay
+    kind's is its final weights, stored as the snapshots are), and a query as of that
+    cutoff uses it, not the final weights (`expert_pool.run_dir_artefacts`), as in a run
+    that goes on. The final weights of a closed slice (data up to its end) answer as of
+    its end."""
+    exact = cfg.snapshot_kind == "decay" and cfg.snapshot_dtype == "float32"
+    if not exact and stages and stages[-1].cutoff < time_slice.end:
+        return list(stages)
+    return list(stages[:-1])
+
+
+def snapshot_info(cfg: TrainExpertConfig, stage: Stage, sha256: str) -> SnapshotInfo:
+    """The snapshot.json of `stage`'s snapshot in a run of `cfg`."""
+    average = cfg.snapshot_kind == "average"
+    return SnapshotInfo(
+        data_cutoff=stage.cutoff.isoformat(), stage_end=stage.end.isoformat(),
+        stage_steps=stage.steps, decay_steps=0 if average else stage.decay_steps, sha256=sha256,
+        kind=cfg.snapshot_kind,
+        average_fraction=cfg.snapshot_average_fraction if average else None,
+        dtype=cfg.snapshot_dtype,
+    )
 
 
 def plan_stages(
@@ -481,17 +522,27 @@ class StagedOrder:
 
 
 class StagedExpertTask(ExpertTask):
-    """An expert trained in chronological stages, a snapshot after each but the last
-    through a decay branch (loop.Branch); see docs/architecture.md."""
+    """An expert trained in chronological stages, a snapshot at the end of each but the
+    last: the running average of the main line's weights (`--snapshot-kind average`,
+    train/averaging.py) or a decay branch (`decay`, loop.Branch); see
+    docs/architecture.md."""
 
     def __init__(self, model: GPT, train: TokenWindows, val: TokenWindows | None, seed: int,
                  eval_windows: int, stages: list[Stage], run_dir: Path, info: RunInfo,
-                 data_files: dict[date, dict[str, str]]) -> None:
+                 data_files: dict[date, dict[str, str]], cfg: TrainExpertConfig,
+                 snapshot_at: list[Stage]) -> None:
         super().__init__(model, train, val, seed, eval_windows)
-        self.stages, self.run_dir, self.info = stages, run_dir, info
+        self.stages, self.run_dir, self.info, self.cfg = stages, run_dir, info, cfg
         self.data_files = data_files  # stage end -> what its snapshot read (run.json)
         self.order = StagedOrder(stages, seed)
         self.schedule: StagedSchedule | None = None
+        ends = np.cumsum([s.steps for s in stages])
+        # main step count at a stage end -> the stage whose snapshot is saved there
+        self.snapshot_ends = {int(ends[stages.index(s)]): s for s in snapshot_at}
+        self.main_steps = int(ends[-1])
+        self.total_steps = self.main_steps + stages[-1].decay_steps
+        self.average = (WeightAverage(model, cfg.snapshot_average_fraction)
+                        if cfg.snapshot_kind == "average" else None)
 
     def own_schedule(self, cfg: TrainingConfig, total_steps: int) -> StagedSchedule:
         first = self.stages[0].steps
@@ -505,7 +556,31 @@ class StagedExpertTask(ExpertTask):
         )
         return self.schedule
 
+    def after_step(self, step: int, is_main: bool) -> None:
+        if self.average is not None:
+            if step > self.main_steps:  # the final decay: not averaged
+                return
+            self.average.update(step)
+            stage = self.snapshot_ends.get(step)
+            weights = self.average.averaged_state
+        else:  # a decay snapshot of the last stage (see snapshot_stages): the final weights
+            stage = self.snapshot_ends.get(self.main_steps) if step == self.total_steps else None
+            weights = type(self.model).state_dict
+        if stage is not None and is_main:
+            folder = self.run_dir / snapshot_relpath(stage.cutoff)
+            if not (folder / SNAPSHOT_INFO_FILENAME).is_file():
+                self.save_snapshot(folder, stage, weights(self.model))
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return None if self.average is None else {"average": self.average.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.average is not None and "average" in state:
+            self.average.load_state_dict(state["average"])
+
     def branch_after(self, step: int) -> Branch | None:
+        if self.average is not None:  # averaged snapshots need no branch
+            return None
         order = self.order
         assert isinstance(order, StagedOrder)
         for k, stage in enumerate(self.stages[:-1]):
@@ -517,21 +592,20 @@ class StagedExpertTask(ExpertTask):
                     steps=stage.decay_steps,
                     take=lambda i, n, s=stream, at=stage.steps: s.block(at + i, n),
                     lr=lambda i, f=schedule.branch_lr, d=stage.decay_steps: f(i, d),
-                    save=lambda f=folder, st=stage: self.save_snapshot(f, st),
+                    save=lambda f=folder, st=stage: self.save_snapshot(
+                        f, st, self.model.state_dict()),
                     done=(folder / SNAPSHOT_INFO_FILENAME).is_file(),
                 )
         return None
 
-    def save_snapshot(self, folder: Path, stage: Stage) -> None:
-        """The snapshot's weights and run.json (the run's, with the snapshot's cutoff), then
-        snapshot.json (last: a folder holding it is whole)."""
-        path = save_model_weights(folder, self.model)
+    def save_snapshot(self, folder: Path, stage: Stage, weights: dict[str, torch.Tensor]
+                      ) -> None:
+        """The snapshot's weights (as --snapshot-dtype) and run.json (the run's, with the
+        snapshot's cutoff), then snapshot.json (last: a folder holding it is whole)."""
+        path = save_weights_state(folder, weights, self.cfg.snapshot_dtype)
         write_run_info(folder, self.info.at_cutoff(stage.cutoff, self.data_files[stage.end]))
-        atomic_write_json(folder / SNAPSHOT_INFO_FILENAME, {
-            "data_cutoff": stage.cutoff.isoformat(), "stage_end": stage.end.isoformat(),
-            "stage_steps": stage.steps, "decay_steps": stage.decay_steps,
-            "sha256": sha256_file(path),
-        })
+        info = snapshot_info(self.cfg, stage, sha256_file(path))
+        atomic_write_json(folder / SNAPSHOT_INFO_FILENAME, info.model_dump(exclude_none=True))
 
 
 class ExpertJob:
@@ -558,11 +632,12 @@ class ExpertJob:
         train = TokenWindows(cfg.data, "train", years, seq_len, plan.manifest)
         eval_windows = cfg.eval_batches * cfg.batch_size
         if plan.stages:
+            snapshot_at = snapshot_stages(cfg, plan.stages, plan.time_slice)
             data_files = {s.end: data_read_up_to(cfg.data, plan.manifest, years, s.end)
-                          for s in plan.stages[:-1]}
+                          for s in snapshot_at}
             return StagedExpertTask(model, train, val if len(val) else None, cfg.seed,
                                     eval_windows, plan.stages, plan.run_dir, plan.run_info,
-                                    data_files)
+                                    data_files, cfg, snapshot_at)
         return ExpertTask(model, train, val if len(val) else None, seed=cfg.seed,
                           eval_windows=eval_windows)
 

@@ -245,6 +245,18 @@ class TrainTask:
         """The decay branch to run once `step` main steps are done, if any."""
         return None
 
+    def after_step(self, step: int, is_main: bool) -> None:
+        """Called on every rank once main step `step` (1-based) is applied, never after a
+        branch step (train-expert's averaged snapshots: `is_main` writes them)."""
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Training state of the task's own that a resume needs (saved in the trainer
+        checkpoint as "task_state"), or None."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned, from a checkpoint."""
+
 
 # --------------------------------------------------------------------- trainer
 
@@ -473,6 +485,9 @@ def run_training(
         trainer.optimizer.load_state_dict(saved["optimizer"])
         step, tokens, elapsed = saved["step"], saved["tokens"], saved["elapsed"]
         position = DataPosition.from_dict(saved["data"])
+        task_state = saved.get("task_state")
+        if task_state is not None:
+            task.load_state_dict(task_state)
         if saved["world_size"] == env.world_size and len(saved["rng"]) == env.world_size:
             ckpt_state.restore_rng(saved["rng"][env.rank], device)
         else:
@@ -519,6 +534,9 @@ def run_training(
                 "rng": rngs,
                 "world_size": env.world_size,
             }
+            task_state = task.state_dict()
+            if task_state is not None:
+                trainer_state["task_state"] = task_state
             path = ckpt_state.write_checkpoint(
                 run_dir, at_step, task.save_weights, trainer_state, keep=cfg.keep_checkpoints
             ).path
@@ -548,6 +566,7 @@ def run_training(
                     step, _micro_batches(task, mine, cfg.grad_accum, device), cfg.grad_accum
                 )
                 step += 1
+                task.after_step(step, env.is_main)
                 ckpt_state.fault_point(env.rank, step)  # test hook, inert unless set
                 position = next_position
                 tokens += tokens_per_step

@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from timoe_core.config import config_to_dict, save_config
+from timoe_core.config import CoadaptConfig, config_to_dict, save_config
 from timoe_core.data.manifest import (
     Manifest,
     check_compatible,
@@ -92,7 +92,7 @@ from timoe_core.model.router import (
 )
 from timoe_core.model.run_info import MODEL_FILENAME
 from timoe_core.model.weighting import Strategy
-from timoe_core.model.weights import load_weights_into, save_model_weights
+from timoe_core.model.weights import StorageDtype, load_weights_into, save_model_weights
 from timoe_core.timeslices import CutoffEvery, period_ends
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, TrainingInterrupted
@@ -195,7 +195,8 @@ def _record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int, manifes
         "data_files_sha256": token_files_read(manifest, {r.cutoff.year for r in mix.artefacts}),
         "seq_len": seq_len,
         "router_init": str(getattr(cfg, "router", None) or "") or None,
-    } | {k: getattr(cfg, k) for k in keys}
+    } | {k: getattr(cfg, k) for k in keys} | (
+        {"snapshot_dtype": cfg.snapshot_dtype} if isinstance(cfg, CoadaptConfig) else {})
 
 
 def _decide_run_dir(cfg: MixtureConfig, strategy: str, record: dict[str, Any]) -> RunDirAction:
@@ -301,6 +302,8 @@ def _stages(
     manifest = load_manifest(data)
     seq_len = resolve_seq_len(base, manifest, cfg.seq_len)
     router_init: Path | None = getattr(cfg, "router", None)  # a coadapt config has no --router
+    # coadapt: how its adapted experts are stored (a router has none)
+    dtype: StorageDtype = cfg.snapshot_dtype if isinstance(cfg, CoadaptConfig) else "float32"
     init_src = TiMoE.from_bundle(router_init) if router_init is not None else None
 
     say = main_print(env)
@@ -377,7 +380,9 @@ def _stages(
                                           new_rec.candidates[0]).to(device).eval()
             else:
                 model = view.expert(holder.label)
-                save_model_weights(new_rec.candidates[0], model)
+                save_model_weights(new_rec.candidates[0], model, dtype)
+                if dtype != "float32":  # go on from what is stored, as a resumed run does
+                    load_weights_into(model, new_rec.candidates[0])
             model.requires_grad_(False)
             model.eval()
             shared[new_rec.key] = model
@@ -396,7 +401,7 @@ def _stages(
     if env.is_main:
         write_bundle(out, base.artefacts + adapted, adapted_models,
                      {r.key for r in adapted}, strategy, options, router, snapshots,
-                     cutoffs[-1])
+                     cutoffs[-1], dtype=dtype)
         say(f"bundle written to {out} ({strategy}, {len(snapshots)} router stages)",
             highlight=False)
 
