@@ -27,10 +27,10 @@ import torch
 from timoe_core.config import MixtureOptions
 from timoe_core.device import resolve_device
 from timoe_core.errors import TimoeError
-from timoe_core.interop.hub import resolve_model_path
 from timoe_core.model.bundle import BUNDLE_FILENAME
 from timoe_core.model.expert_pool import ExpertRecord, run_dir_artefacts
 from timoe_core.model.gpt import GPT
+from timoe_core.model.hub import resolve_model_path
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.point_in_time import POLICIES, canonical_policy
 from timoe_core.model.run_info import (
