@@ -2,7 +2,10 @@
 
 `--year Y` trains the expert of the data's slice containing Y on that slice's train
 windows only; `--all-years` trains one dense model on every slice (run.json kind
-"dense", slice label covering the whole range). Everything about the input is checked
+"dense", slice label covering the whole range); `--base --until DATE` a base model on
+every year that ends on or before DATE (kind "base"), to start experts from.
+`--init-from SRC` starts the weights from SRC (`train.init_from`): every artefact of
+the run records it (run.json `init_from`) and has a data cutoff of at least SRC's. Everything about the input is checked
 before anything is written (`plan_expert_run`); then the run dir is prepared once
 (`prepare_run_dir`) and the workers train, all by the shared job driver
 (`timoe_core.train.job`; this module's `EXPERT_JOB`).
@@ -52,9 +55,10 @@ from timoe_core.model.run_info import (
     write_run_info,
 )
 from timoe_core.model.weights import load_weights_into, save_model_weights
-from timoe_core.timeslices import TimeSlice, year_cutoff
+from timoe_core.timeslices import TimeSlice, parse_query_date, year_cutoff
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
+from timoe_core.train.init_from import InitSource, check_fits, resolve_init_source
 from timoe_core.train.job import Stages, run_job, single_stage
 from timoe_core.train.loop import Branch, DataPosition, LoopResult, ShuffledOrder, TrainTask
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
@@ -73,6 +77,7 @@ _RECORD_NAMES = {
     "bias": "bias",
     "data_cutoff": "data (the last year with training windows)",
     "snapshots": "--snapshots (or the data's years)",
+    "init_from": "--init-from",
 }
 
 
@@ -108,6 +113,11 @@ class ExpertPlan:
     # "overwrite" (clear it first).
     action: str = "new"
     notes: list[str] = field(default_factory=list)
+    init: InitSource | None = None  # --init-from
+
+    def snapshot_cutoff(self, stage: Stage) -> date:
+        """A stage snapshot's cutoff: its stage's, or --init-from's when that is later."""
+        return max(stage.cutoff, self.init.cutoff) if self.init else stage.cutoff
 
     @property
     def model_config(self) -> GPTConfig:
@@ -144,6 +154,17 @@ def _select_slice(cfg: TrainExpertConfig, manifest: Manifest) -> tuple[str, Time
     slicing = manifest.time_slicing()
     if cfg.all_years:
         return "dense", TimeSlice(slicing.start_year, slicing.end_year)
+    if cfg.base:
+        assert cfg.until is not None
+        until = parse_query_date(cfg.until)
+        years = [y for y in slicing.years if year_cutoff(y) <= until]
+        if not years:
+            raise TimoeError(
+                f"--until {cfg.until}: no year of the data's slicing {slicing.start_year}-"
+                f"{slicing.end_year} ends on or before {until.isoformat()} (a base reads whole "
+                f"years): give --until {slicing.start_year} or later"
+            )
+        return "base", TimeSlice(slicing.start_year, max(years))
     assert cfg.year is not None
     if not slicing.contains_year(cfg.year):
         labels = ", ".join(s.label for s in slicing.slices)
@@ -233,7 +254,8 @@ def verify_snapshots(plan: ExpertPlan) -> None:
                 )
             continue
         meta = read_snapshot_info(folder)
-        expected = SnapshotInfo(data_cutoff=stage.cutoff.isoformat(), stage_year=stage.year,
+        expected = SnapshotInfo(data_cutoff=plan.snapshot_cutoff(stage).isoformat(),
+                                stage_year=stage.year,
                                 stage_steps=stage.steps, decay_steps=stage.decay_steps,
                                 sha256=meta.sha256)
         if meta != expected:
@@ -298,24 +320,43 @@ def plan_expert_run(
         data_cutoff = stages[-1].cutoff
 
     run_dir = Path(cfg.out) if cfg.out is not None else Path("runs") / f"{kind}-{time_slice.label}"
+    tokenizer: dict[str, object] = {"name": manifest.tokenizer,
+                                    "vocab_size": manifest.vocab_size,
+                                    "eot_token": manifest.eot_token}
+    init = None
+    notes = []
+    if cfg.init_from:
+        init = resolve_init_source(
+            cfg.init_from, run_dir, time_slice=time_slice, slicing=manifest.time_slicing(),
+            kind=kind, init_cutoff=cfg.init_cutoff, optimizer=cfg.init_optimizer)
+        check_fits(init, model_config, tokenizer)
+        own_files_cutoff = data_cutoff
+        data_cutoff = max(data_cutoff, init.cutoff)
+        raised = [s.cutoff.isoformat() for s in stages[:-1] if s.cutoff < init.cutoff]
+        if raised:
+            notes.append(
+                f"snapshot(s) {', '.join(raised)} take the cutoff {init.cutoff.isoformat()} "
+                f"of --init-from {cfg.init_from} (its weights read text up to then): no answer "
+                "before that date uses them"
+            )
+    else:
+        own_files_cutoff = data_cutoff
     info = RunInfo(
         kind=kind,  # type: ignore[arg-type]
         slice_label=time_slice.label,
         start_date=time_slice.start.isoformat(),
         end_date=time_slice.end.isoformat(),
         model_config_=model_config,
-        tokenizer={
-            "name": manifest.tokenizer,
-            "vocab_size": manifest.vocab_size,
-            "eot_token": manifest.eot_token,
-        },
+        tokenizer=tokenizer,
         data_files_sha256=token_files_read(
-            manifest, [y for y in time_slice.years if y <= data_cutoff.year]),
+            manifest, [y for y in time_slice.years if y <= own_files_cutoff.year]),
         data_cutoff=data_cutoff.isoformat(),
         snapshots=[
-            {"data_cutoff": s.cutoff.isoformat(), "path": snapshot_relpath(s.cutoff)}
+            {"data_cutoff": (max(s.cutoff, init.cutoff) if init else s.cutoff).isoformat(),
+             "path": snapshot_relpath(s.cutoff)}
             for s in stages[:-1]
         ],
+        init_from=init.record if init is not None else None,
     )
     plan = ExpertPlan(
         cfg=cfg,
@@ -326,6 +367,8 @@ def plan_expert_run(
         world_size=world_size,
         total_steps=total_steps,
         stages=stages,
+        notes=notes,
+        init=init,
     )
     if check_run_dir:
         _check_run_dir(plan, restart=restart)
@@ -471,7 +514,7 @@ class StagedExpertTask(ExpertTask):
     def __init__(self, model: GPT, train: TokenWindows, val: TokenWindows | None, seed: int,
                  eval_windows: int, stages: list[Stage], run_dir: Path, info: RunInfo) -> None:
         super().__init__(model, train, val, seed, eval_windows)
-        self.stages, self.run_dir, self.info = stages, run_dir, info
+        self.stages, self.run_dir, self.info = stages, run_dir, info  # info: the run's
         self.order = StagedOrder(stages, seed)
         self.schedule: StagedSchedule | None = None
 
@@ -508,9 +551,10 @@ class StagedExpertTask(ExpertTask):
         """The snapshot's weights and run.json (the run's, with the snapshot's cutoff), then
         snapshot.json (last: a folder holding it is whole)."""
         path = save_model_weights(folder, self.model)
-        write_run_info(folder, self.info.at_cutoff(stage.cutoff))
+        info = self.info.at_cutoff(stage.cutoff)  # raised to --init-from's cutoff if later
+        write_run_info(folder, info)
         atomic_write_json(folder / SNAPSHOT_INFO_FILENAME, {
-            "data_cutoff": stage.cutoff.isoformat(), "stage_year": stage.year,
+            "data_cutoff": info.cutoff.isoformat(), "stage_year": stage.year,
             "stage_steps": stage.steps, "decay_steps": stage.decay_steps,
             "sha256": sha256_file(path),
         })
@@ -535,15 +579,22 @@ class ExpertJob:
         cfg = plan.cfg
         ckpt_state.seed_all(cfg.seed)
         model = GPT(plan.model_config)
+        if plan.init is not None:  # a resumed run's checkpoint replaces these weights
+            model.load_state_dict(plan.init.load_state(), strict=True)
         years, seq_len = plan.time_slice.years, plan.model_config.block_size
         val = TokenWindows(cfg.data, "val", years, seq_len, plan.manifest)
         train = TokenWindows(cfg.data, "train", years, seq_len, plan.manifest)
         eval_windows = cfg.eval_batches * cfg.batch_size
+        task: ExpertTask
         if plan.stages:
-            return StagedExpertTask(model, train, val if len(val) else None, cfg.seed,
+            task = StagedExpertTask(model, train, val if len(val) else None, cfg.seed,
                                     eval_windows, plan.stages, plan.run_dir, plan.run_info)
-        return ExpertTask(model, train, val if len(val) else None, seed=cfg.seed,
-                          eval_windows=eval_windows)
+        else:
+            task = ExpertTask(model, train, val if len(val) else None, seed=cfg.seed,
+                              eval_windows=eval_windows)
+        if plan.init is not None and plan.init.record.optimizer:
+            task.start_optimizer_state = plan.init.optimizer_state()
+        return task
 
     def wandb_config(self, plan: ExpertPlan, env: DistEnv) -> dict[str, Any]:
         return {
