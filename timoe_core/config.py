@@ -763,8 +763,9 @@ class ImportConfig(StrictModel):
                               "e.g. 2015-2016 (one year: 2015-2015).")
     data_cutoff: str | None = Field(None, description="Latest date of any text the model saw, "
                                     "YYYY[-MM[-DD]] (default: the slice's last day).")
-    kind: Literal["expert", "dense"] = Field("expert", description="expert (one slice) or dense "
-                                             "(all years).")
+    kind: Literal["expert", "dense", "base"] = Field(
+        "expert", description="expert (one slice), dense (all years) or base (the years up "
+        "to --data-cutoff, to start experts from with train-expert --init-from).")
     out: Path | None = Field(None, description="Run dir to write (must not exist, or be empty).")
 
 

@@ -322,10 +322,11 @@ def _load(path: Path, strategy: str | None, policy: str | None, dev: torch.devic
         info = read_run_info(path)
         if info.kind == "dense" and kind == "dense-series":
             return _dense_series(path, info, policy, dev)
-        if info.kind == "dense":
+        if info.kind in ("dense", "base"):  # a base reads every year up to its cutoff
             if kind not in (None, "dense"):
                 raise TimoeError(
-                    f"{path} is a dense run dir: strategy {strategy!r} needs a TiMoE bundle; "
+                    f"{path} is a {info.kind} run dir: strategy {strategy!r} needs a TiMoE "
+                    "bundle; "
                     "use --strategy dense (or leave it out)"
                 )
             return _single(path, dev, "dense", f"dense ({path.name})", policy)

@@ -58,7 +58,12 @@ from timoe_core.model.weights import load_weights_into, save_model_weights
 from timoe_core.timeslices import TimeSlice, parse_query_date, year_cutoff
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
-from timoe_core.train.init_from import InitSource, check_fits, resolve_init_source
+from timoe_core.train.init_from import (
+    InitSource,
+    check_fits,
+    load_init_weights,
+    resolve_init_source,
+)
 from timoe_core.train.job import Stages, run_job, single_stage
 from timoe_core.train.loop import Branch, DataPosition, LoopResult, ShuffledOrder, TrainTask
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
@@ -120,12 +125,26 @@ class ExpertPlan:
         return max(stage.cutoff, self.init.cutoff) if self.init else stage.cutoff
 
     @property
+    def snapshot_years(self) -> set[int]:
+        return {s.year for s in snapshot_stages(self.stages, self.init, self.run_info.cutoff)}
+
+    @property
     def model_config(self) -> GPTConfig:
         return self.run_info.model_config_
 
     @property
     def title(self) -> str:
         return f"{self.run_info.kind} {self.time_slice.label}"
+
+
+def snapshot_stages(stages: list[Stage], init: InitSource | None, final: date) -> list[Stage]:
+    """The stages that save a snapshot: each but the last, except one whose cutoff, raised
+    to --init-from's, ties with a later artefact of the run (a later stage's snapshot or the
+    final weights): that one read more and is always chosen over it, so it is never made."""
+    if init is None:
+        return stages[:-1]
+    cutoffs = [max(s.cutoff, init.cutoff) for s in stages[:-1]] + [final]
+    return [s for k, s in enumerate(stages[:-1]) if cutoffs[k] < cutoffs[k + 1]]
 
 
 def _model_config(cfg: TrainExpertConfig, manifest: Manifest) -> GPTConfig:
@@ -194,9 +213,13 @@ def _conflicts(saved: RunInfo, new: RunInfo, saved_cfg: TrainExpertConfig | None
     b |= new.model_config_.model_dump()
     for key in a:
         if a[key] != b.get(key):
+            was, now = a[key], b.get(key)
+            if key == "init_from":  # which weights, by name and checksum
+                was, now = (f"{v['spec']} sha256 {v['sha256'][:12]}..., optimizer "
+                            f"{v['optimizer']}" if v else "none" for v in (was, now))
             diffs.append(
                 f"{_RECORD_NAMES.get(key) or flag_name(TrainExpertConfig, key)} "
-                f"(run has {a[key]}, flags give {b.get(key)})"
+                f"(run has {was}, flags give {now})"
             )
     if saved_cfg is not None:
         for key in _STAGE_FIELDS if cfg.snapshots == "stages" else ("seed",):
@@ -243,8 +266,11 @@ def verify_snapshots(plan: ExpertPlan) -> None:
     at_step = ckpt.step if ckpt is not None else 0
     fix = "restore it, or start over with --no-resume --overwrite"
     end = 0
+    made = plan.snapshot_years
     for stage in plan.stages[:-1]:
         end += stage.steps
+        if stage.year not in made:
+            continue
         folder = plan.run_dir / snapshot_relpath(stage.cutoff)
         if not (folder / SNAPSHOT_INFO_FILENAME).is_file():
             if at_step > end:  # its decay branch ran at step `end`, before this checkpoint
@@ -332,15 +358,21 @@ def plan_expert_run(
         check_fits(init, model_config, tokenizer)
         own_files_cutoff = data_cutoff
         data_cutoff = max(data_cutoff, init.cutoff)
-        raised = [s.cutoff.isoformat() for s in stages[:-1] if s.cutoff < init.cutoff]
-        if raised:
+        kept = snapshot_stages(stages, init, data_cutoff)
+        raised = [s.cutoff.isoformat() for s in kept if s.cutoff < init.cutoff]
+        dropped = [s.cutoff.isoformat() for s in stages[:-1] if s not in kept]
+        if raised or dropped:
             notes.append(
-                f"snapshot(s) {', '.join(raised)} take the cutoff {init.cutoff.isoformat()} "
-                f"of --init-from {cfg.init_from} (its weights read text up to then): no answer "
-                "before that date uses them"
+                f"--init-from {cfg.init_from} read text up to {init.cutoff.isoformat()}: "
+                + (f"snapshot {', '.join(raised)} takes that cutoff, so no answer before it "
+                   "uses it" if raised else "")
+                + ("; " if raised and dropped else "")
+                + (f"snapshot {', '.join(dropped)} is not made (a later artefact of this run "
+                   "has the same cutoff and read more)" if dropped else "")
             )
     else:
         own_files_cutoff = data_cutoff
+        kept = stages[:-1]
     info = RunInfo(
         kind=kind,  # type: ignore[arg-type]
         slice_label=time_slice.label,
@@ -354,7 +386,7 @@ def plan_expert_run(
         snapshots=[
             {"data_cutoff": (max(s.cutoff, init.cutoff) if init else s.cutoff).isoformat(),
              "path": snapshot_relpath(s.cutoff)}
-            for s in stages[:-1]
+            for s in kept
         ],
         init_from=init.record if init is not None else None,
     )
@@ -512,9 +544,12 @@ class StagedExpertTask(ExpertTask):
     through a decay branch (loop.Branch); see docs/architecture.md."""
 
     def __init__(self, model: GPT, train: TokenWindows, val: TokenWindows | None, seed: int,
-                 eval_windows: int, stages: list[Stage], run_dir: Path, info: RunInfo) -> None:
+                 eval_windows: int, stages: list[Stage], run_dir: Path, info: RunInfo,
+                 snapshot_years: set[int] | None = None) -> None:
         super().__init__(model, train, val, seed, eval_windows)
         self.stages, self.run_dir, self.info = stages, run_dir, info  # info: the run's
+        # the stages that save a snapshot (snapshot_stages); None: each but the last
+        self.snapshot_years = snapshot_years
         self.order = StagedOrder(stages, seed)
         self.schedule: StagedSchedule | None = None
 
@@ -535,6 +570,8 @@ class StagedExpertTask(ExpertTask):
         assert isinstance(order, StagedOrder)
         for k, stage in enumerate(self.stages[:-1]):
             if int(order.starts[k + 1]) == step:
+                if self.snapshot_years is not None and stage.year not in self.snapshot_years:
+                    return None  # no branch: the main run goes on as it would after one
                 stream, schedule = order.streams[k], self.schedule
                 assert schedule is not None
                 folder = self.run_dir / snapshot_relpath(stage.cutoff)
@@ -580,7 +617,7 @@ class ExpertJob:
         ckpt_state.seed_all(cfg.seed)
         model = GPT(plan.model_config)
         if plan.init is not None:  # a resumed run's checkpoint replaces these weights
-            model.load_state_dict(plan.init.load_state(), strict=True)
+            load_init_weights(model, plan.init)
         years, seq_len = plan.time_slice.years, plan.model_config.block_size
         val = TokenWindows(cfg.data, "val", years, seq_len, plan.manifest)
         train = TokenWindows(cfg.data, "train", years, seq_len, plan.manifest)
@@ -588,7 +625,8 @@ class ExpertJob:
         task: ExpertTask
         if plan.stages:
             task = StagedExpertTask(model, train, val if len(val) else None, cfg.seed,
-                                    eval_windows, plan.stages, plan.run_dir, plan.run_info)
+                                    eval_windows, plan.stages, plan.run_dir, plan.run_info,
+                                    plan.snapshot_years)
         else:
             task = ExpertTask(model, train, val if len(val) else None, seed=cfg.seed,
                               eval_windows=eval_windows)

@@ -107,7 +107,10 @@ class InitSource:
 
 def check_fits(src: InitSource, model_config: GPTConfig, tokenizer: dict[str, object]) -> None:
     """TimoeError naming the tensor (up to 3) or tokenizer field where SRC's weights do
-    not fit the model this run trains: they would be another model."""
+    not fit the model this run trains: they would be another model. One difference is
+    allowed: an embedding with fewer rows than this run's padded vocab, but every token
+    of the data (GPT-2's own 50,257, as transformers stores it): `load_init_weights`
+    keeps this run's initialisation for the padding rows, which are never a token id."""
     spec = src.record.spec
     if src.tokenizer is not None:
         for key in ("name", "eot_token"):
@@ -120,6 +123,11 @@ def check_fits(src: InitSource, model_config: GPTConfig, tokenizer: dict[str, ob
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in GPT(model_config).state_dict().items()}
     got = src.tensor_shapes()
+    real_vocab = int(str(tokenizer.get("vocab_size", model_config.vocab_size)))
+    for name in ("wte.weight", "lm_head.weight"):
+        if (name in got and len(got[name]) == 2 and got[name][1] == expected[name][1]
+                and real_vocab <= got[name][0] < expected[name][0]):
+            got[name] = expected[name]  # padded on load
     diffs = [f"{k} is missing" for k in expected if k not in got]
     diffs += [f"{k} is unexpected" for k in got if k not in expected]
     diffs += [f"{k} has shape {got[k]}, this run's model {v}" for k, v in expected.items()
@@ -296,3 +304,15 @@ def _resolve_bundle_expert(bundle: Path, member: str, spec: str) -> InitSource:
                          f"against {bundle / BUNDLE_FILENAME}: rebuild the bundle")
     own = read_run_info(folder) if (folder / RUN_INFO_FILENAME).is_file() else rec.info
     return _timoe_source(folder, spec, "bundle-expert", sha, rec.cutoff, own, None)
+
+
+def load_init_weights(model: GPT, src: InitSource) -> None:
+    """SRC's weights into `model` (checked by `check_fits`); embedding rows SRC lacks (the
+    vocab's padding) keep `model`'s own initialisation."""
+    state = src.load_state()
+    wte = state.get("wte.weight")
+    if wte is not None and wte.shape[0] < model.wte.weight.shape[0]:
+        padded = model.wte.weight.detach().clone()
+        padded[: wte.shape[0]] = wte
+        state["wte.weight"] = state["lm_head.weight"] = padded
+    model.load_state_dict(state, strict=True)
