@@ -60,8 +60,9 @@ def built(tmp_path_factory) -> dict[str, Path]:
     data = make_data_dir(root, years=range(2013, 2017), tokens_per_year=1024, vocab_size=128)
     train_expert(TrainExpertConfig(base=True, until="2014", data=data, out=root / "base", **TINY))
     train_expert(TrainExpertConfig(year=2013, data=data, out=root / "experts" / "a", **TINY))
-    from timoe_cli.main import app  # noqa: F401 - the CLI's avg bundle, as a user makes it
     from typer.testing import CliRunner
+
+    from timoe_cli.main import app
 
     done = CliRunner().invoke(app, ["train-router", "--strategy", "avg", "--experts",
                                     str(root / "experts"), "--out", str(root / "bundle")])
