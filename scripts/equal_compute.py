@@ -98,35 +98,35 @@ def build(out: Path, s: DemoSettings) -> dict:
              "dense": n_stages * stage_cost(s.expert_steps, decay)}
     seconds: dict[str, float] = {}
 
-    def timed(name: str, fn) -> None:
+    def timed(name: str, train, cfg) -> None:
         t0 = time.perf_counter()
-        fn()
+        train(cfg)
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
 
     first = slices[0].start_year
-    timed("shared-base", lambda: train_expert(TrainExpertConfig(
+    timed("shared-base", train_expert, TrainExpertConfig(
         base=True, until=str(first), data=data, out=out / "base", **model,
-        **{**training, "steps_per_stage": base_steps})))
+        **{**training, "steps_per_stage": base_steps}))
     for k, sl in enumerate(slices):
         common = {"year": sl.start_year, "data": data, **model}
-        timed("independent", lambda: train_expert(TrainExpertConfig(
-            out=out / "independent" / sl.label, **common, **training)))
-        timed("chained", lambda: train_expert(TrainExpertConfig(
+        timed("independent", train_expert, TrainExpertConfig(
+            out=out / "independent" / sl.label, **common, **training))
+        timed("chained", train_expert, TrainExpertConfig(
             out=out / "chained" / sl.label, init_from="previous" if k else None, **common,
-            **training)))
-        timed("shared-base", lambda: train_expert(TrainExpertConfig(
+            **training))
+        timed("shared-base", train_expert, TrainExpertConfig(
             out=out / "shared-base" / sl.label, init_from=str(out / "base"), **common,
-            **{**training, "steps_per_stage": based_steps})))
-    timed("dense", lambda: train_expert(TrainExpertConfig(
-        all_years=True, data=data, out=out / "dense", **model, **training)))
+            **{**training, "steps_per_stage": based_steps}))
+    timed("dense", train_expert, TrainExpertConfig(
+        all_years=True, data=data, out=out / "dense", **model, **training))
     entries, labels = [], []
     for family in FAMILIES:
         for strategy in ("avg", "learned-avg"):
             bundle = out / f"{family}-{strategy}"
             extra = (_training(s, s.router_steps, s.router_lr) if strategy == "learned-avg"
                      else {})
-            timed(f"{family} {strategy} router", lambda: train_router(TrainRouterConfig(
-                strategy=strategy, experts=[out / family], data=data, out=bundle, **extra)))
+            timed(f"{family} {strategy} router", train_router, TrainRouterConfig(
+                strategy=strategy, experts=[out / family], data=data, out=bundle, **extra))
             entries.append(f"{bundle}:{strategy}")
             labels.append(f"{family} {strategy}")
     entries += [f"{out / 'dense'}:dense-series", f"{out / 'dense'}:dense"]
