@@ -88,7 +88,8 @@ def test_base_until_reads_the_years_that_end_by_the_date(built, tmp_path, capsys
     assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize("kind", ["run", "snapshot", "bundle-expert", "previous"])
+@pytest.mark.parametrize("kind", ["run", "snapshot", "bundle-expert", "bundle-label",
+                                  "bundle-key", "previous"])
 def test_init_from_each_timoe_source_starts_from_its_weights(built, kind):
     root = built["root"]
     spec, folder, cutoff = {
@@ -96,6 +97,9 @@ def test_init_from_each_timoe_source_starts_from_its_weights(built, kind):
         "snapshot": (str(built["base"] / "snapshots" / "2013-12-31"),
                      built["base"] / "snapshots" / "2013-12-31", "2013-12-31"),
         "bundle-expert": (f"{built['bundle']}:expert:2014", built["expert"], "2014-12-31"),
+        "bundle-label": (f"{built['bundle']}:2013-2014", built["expert"], "2014-12-31"),
+        "bundle-key": (f"{built['bundle']}:2013-2014@2013-12-31",
+                       built["expert"] / "snapshots" / "2013-12-31", "2013-12-31"),
         "previous": ("previous", built["expert"], "2014-12-31"),
     }[kind]
     cfg = TrainExpertConfig(year=2015, data=built["data"], out=root / "experts" / "b",
@@ -104,7 +108,8 @@ def test_init_from_each_timoe_source_starts_from_its_weights(built, kind):
     assert _equal(state, _weights(folder))
     rec = plan.run_info.init_from
     assert rec is not None and rec.spec == spec
-    assert rec.kind == ("run" if kind == "previous" else kind)
+    assert rec.kind == {"previous": "run", "bundle-label": "bundle-expert",
+                        "bundle-key": "bundle-expert"}.get(kind, kind)
     assert rec.sha256 == sha256_file(folder / "model.safetensors")
     assert rec.data_cutoff == cutoff
     assert (root / "experts" / "b" / rec.path).resolve() == folder.resolve()
@@ -148,6 +153,20 @@ def test_a_chained_run_records_the_chain_in_every_artefact_and_takes_the_optimiz
     rec = plan2.run_info.init_from
     assert rec.kind == "snapshot" and rec.init_from is not None
     assert rec.init_from.sha256 == expert_sha
+
+
+def test_previous_and_bundle_members_that_do_not_exist_are_refused(built, tmp_path, capsys):
+    base = ["train-expert", "--data", built["data"], *TINY_FLAGS]
+    code, _, err = run_cli(capsys, *base, "--year", "2013", "--out", tmp_path / "experts" / "a",
+                           "--init-from", "previous")
+    assert code == 2 and "2013-2014 is the first slice" in err and "--base --until" in err
+    code, _, err = run_cli(capsys, *base, "--year", "2015", "--out", tmp_path / "experts" / "b",
+                           "--init-from", "previous")
+    assert code == 2 and "holds no expert run dir of the slice 2013-2014" in err
+    code, _, err = run_cli(capsys, *base, "--year", "2015", "--out", tmp_path / "c",
+                           "--init-from", f"{built['bundle']}:expert:2019")
+    assert code == 2 and "has no expert 'expert:2019'" in err and "2013-2014@2014-12-31" in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_init_optimizer_needs_a_trainer_checkpoint(built, tmp_path, capsys):
