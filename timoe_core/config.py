@@ -395,6 +395,31 @@ class TrainExpertConfig(TrainingConfig):
         None, ge=0.0, lt=1.0, description="Override the preset's dropout.",
         json_schema_extra=cli(MODEL),
     )
+    base: bool = Field(
+        False, json_schema_extra=cli(TRAIN),
+        description="Train a base model on every year up to --until (run.json kind base), "
+        "to start experts from (--init-from).",
+    )
+    until: str | None = Field(
+        None, json_schema_extra=cli(TRAIN),
+        description="--base: the last date of its text (YYYY, YYYY-MM or YYYY-MM-DD); it "
+        "reads the years that end on or before it.",
+    )
+    init_from: str | None = Field(
+        None, json_schema_extra=cli(TRAIN),
+        description="Start from these weights: a run dir, a snapshot folder, BUNDLE:expert:"
+        "YEAR, a GPTBase or GPT-2 folder, hf:ORG/NAME, or previous (the preceding slice's "
+        "expert in --out's folder). The run's data cutoff is then at least theirs.",
+    )
+    init_optimizer: bool = Field(
+        False, json_schema_extra=cli(TRAIN),
+        description="With --init-from a run dir: also take its optimizer state.",
+    )
+    init_cutoff: str | None = Field(
+        None, json_schema_extra=cli(TRAIN),
+        description="The date of the latest text --init-from's weights read; needed for a "
+        "GPTBase, GPT-2 or hf: folder, which records none.",
+    )
     snapshots: Literal["stages", "none"] = Field(
         "stages", json_schema_extra=cli(TRAIN),
         description="stages: train in chronological stages, one per period (--cutoff-every), "
@@ -422,8 +447,13 @@ class TrainExpertConfig(TrainingConfig):
 
     @model_validator(mode="after")
     def _check_target(self) -> "TrainExpertConfig":
-        if (self.year is None) == (not self.all_years):
-            raise ValueError("give exactly one of --year YEAR or --all-years")
+        if sum((self.year is not None, self.all_years, self.base)) != 1:
+            raise ValueError("give exactly one of --year YEAR, --all-years or --base --until DATE")
+        if self.base != (self.until is not None):
+            raise ValueError("--base and --until DATE go together: --base --until DATE trains a "
+                             "base model on the years up to DATE")
+        if not self.init_from and (self.init_optimizer or self.init_cutoff is not None):
+            raise ValueError("--init-optimizer and --init-cutoff need --init-from SRC")
         staged = ("to a staged run (--snapshots stages); with --snapshots none give "
                   "--max-steps or --max-tokens")
         refuse_ignored(self, {"steps_per_stage": (self.snapshots == "stages", staged),
@@ -779,8 +809,9 @@ class ImportConfig(StrictModel):
                               "e.g. 2015-2016 (one year: 2015-2015).")
     data_cutoff: str | None = Field(None, description="Latest date of any text the model saw, "
                                     "YYYY[-MM[-DD]] (default: the slice's last day).")
-    kind: Literal["expert", "dense"] = Field("expert", description="expert (one slice) or dense "
-                                             "(all years).")
+    kind: Literal["expert", "dense", "base"] = Field(
+        "expert", description="expert (one slice), dense (all years) or base (the years up "
+        "to --data-cutoff, to start experts from with train-expert --init-from).")
     out: Path | None = Field(None, description="Run dir to write (must not exist, or be empty).")
 
 

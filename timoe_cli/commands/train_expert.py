@@ -20,11 +20,13 @@ from timoe_core.config import TrainExpertConfig
 @handles_errors
 @training_options(
     TrainExpertConfig,
-    ["year", "all_years", "snapshots", "snapshot_kind", "snapshot_average_fraction",
-     "snapshot_dtype", "preset", "n_layer", "n_head", "n_embd", "seq_len", "dropout"],
+    ["year", "all_years", "base", "until", "init_from", "init_optimizer", "init_cutoff",
+     "snapshots", "snapshot_kind", "snapshot_average_fraction", "snapshot_dtype", "preset",
+     "n_layer", "n_head", "n_embd", "seq_len", "dropout"],
 )
 def train_expert(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
-    """Train the GPT expert of one time slice (--year), or a dense model on all years."""
+    """Train the GPT expert of one time slice (--year), a dense model on all years, or a base
+    model on the years up to a date (--base --until); --init-from starts from other weights."""
     from timoe_core.train.expert import train_expert as run
 
     cfg = load_config(TrainExpertConfig, config, **flags)

@@ -27,10 +27,10 @@ import torch
 from timoe_core.config import MixtureOptions
 from timoe_core.device import resolve_device
 from timoe_core.errors import TimoeError
-from timoe_core.interop.hub import resolve_model_path
 from timoe_core.model.bundle import BUNDLE_FILENAME
 from timoe_core.model.expert_pool import ExpertRecord, run_dir_artefacts
 from timoe_core.model.gpt import GPT
+from timoe_core.model.hub import resolve_model_path
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.point_in_time import POLICIES, canonical_policy
 from timoe_core.model.run_info import (
@@ -341,10 +341,11 @@ def _load(path: Path, strategy: str | None, policy: str | None, dev: torch.devic
         info = read_run_info(path)
         if info.kind == "dense" and kind == "dense-series":
             return _dense_series(path, info, policy, dev)
-        if info.kind == "dense":
+        if info.kind in ("dense", "base"):  # a base reads every year up to its cutoff
             if kind not in (None, "dense"):
                 raise TimoeError(
-                    f"{path} is a dense run dir: strategy {strategy!r} needs a TiMoE bundle; "
+                    f"{path} is a {info.kind} run dir: strategy {strategy!r} needs a TiMoE "
+                    "bundle; "
                     "use --strategy dense (or leave it out)"
                 )
             return _single(path, dev, "dense", f"dense ({path.name})", policy)

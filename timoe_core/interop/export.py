@@ -28,8 +28,6 @@ from timoe_core import __version__
 from timoe_core.config import ExportConfig, save_config
 from timoe_core.data.manifest import sha256_file
 from timoe_core.errors import TimoeError
-from timoe_core.interop.gpt2 import EOT_TOKEN, hf_gpt2_config, to_gpt2_state
-from timoe_core.interop.hub import resolve_model_path
 from timoe_core.io import (
     atomic_write_json,
     atomic_write_text,
@@ -39,6 +37,8 @@ from timoe_core.io import (
 )
 from timoe_core.lock import output_lock
 from timoe_core.model.gpt import GPT
+from timoe_core.model.gpt2_layout import EOT_TOKEN, hf_gpt2_config, to_gpt2_state
+from timoe_core.model.hub import resolve_model_path
 from timoe_core.model.point_in_time import DEFAULT_POLICY, canonical_policy, is_usable
 from timoe_core.model.run_info import RUN_INFO_FILENAME, RunInfo, read_run_info
 from timoe_core.model.weights import load_expert, save_safetensors

@@ -99,14 +99,16 @@ def is_usable(artefact: Dated, when: date, policy: str) -> bool:
 def select_artefacts(records: Iterable[A], when: date, policy: str,
                      answer_cutoffs: AnswerCutoffs = "any") -> list[A]:
     """The artefacts usable as of `when`, at most one per slice, in time order: per
-    slice, the latest usable one (by cutoff, then generation), of those whose cutoff
+    slice, the latest usable one (by cutoff, then generation; of equal ones the last
+    given, a run's final weights after its snapshots: a snapshot whose cutoff was raised
+    to that of the weights its run started from may tie with them), of those whose cutoff
     `answer_cutoffs` admits. Under inclusive every artefact of a started slice is usable,
     so that is the slice's final one."""
     by_label: dict[str, list[A]] = {}
     for rec in records:
         if is_usable(rec, when, policy) and on_answer_grid(rec.cutoff, answer_cutoffs):
             by_label.setdefault(rec.label, []).append(rec)
-    chosen = [max(recs, key=lambda r: r.order) for recs in by_label.values()]
+    chosen = [max(reversed(recs), key=lambda r: r.order) for recs in by_label.values()]
     return sorted(chosen, key=lambda r: r.time_slice)
 
 

@@ -48,12 +48,42 @@ TRAINER_STATE_FILENAME = "trainer_state.pt"
 METRICS_FILENAME = "metrics.jsonl"  # written by train/metrics.py; read here, below train
 
 
+InitKind = Literal["run", "snapshot", "bundle-expert", "gptbase", "hf"]
+
+
+class InitRecord(BaseModel):
+    """What a run's weights started from (`train-expert --init-from`): the chain of an
+    artefact, recorded in its run.json. Its text shaped the run, so the run's data_cutoff
+    is at least this record's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: str  # as given: a path, BUNDLE:expert:YEAR, hf:ORG/NAME, or "previous"
+    kind: InitKind
+    path: str  # the folder its weights were read from, relative to the run dir
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of the weights file read
+    data_cutoff: str  # its latest text (stated by --init-cutoff for a foreign folder)
+    optimizer: bool = False  # its AdamW state was taken too (--init-optimizer)
+    init_from: InitRecord | None = None  # its own chain, if it had one
+
+    @field_validator("data_cutoff")
+    @classmethod
+    def _cutoff(cls, value: str) -> str:
+        return _iso_date(value)
+
+    @property
+    def cutoff(self) -> date:
+        return date.fromisoformat(self.data_cutoff)
+
+
 class RunInfo(BaseModel):
     """run.json: enough to know what a model is without loading its weights."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    kind: Literal["expert", "dense"]
+    # expert: a time slice's; dense: every slice (--all-years); base: every year up to a
+    # date (--base --until), the common --init-from of the experts.
+    kind: Literal["expert", "dense", "base"]
     slice_label: str  # "2015-2016"; for dense runs the whole range, "2013-2024"
     start_date: str  # ISO date of the slice's first day
     end_date: str  # ISO date of the slice's last day
@@ -75,20 +105,29 @@ class RunInfo(BaseModel):
     snapshots: list[dict[str, str]] = []
     timoe_version: str = __version__
     imported_from: str | None = None  # `timoe import`: the source format and folder
+    init_from: InitRecord | None = None  # `train-expert --init-from`: what it started from
 
     @field_validator("snapshots")
     @classmethod
     def _snapshot_entries(cls, entries: list[dict[str, str]]) -> list[dict[str, str]]:
-        """Each entry {"data_cutoff": ISO date, "path": "snapshots/<that date>"}: a path
-        anywhere else (an absolute one, `..`) would read weights from outside the run."""
+        """Each entry {"data_cutoff": ISO date, "path": "snapshots/<its stage's date>"}: a
+        path anywhere else (an absolute one, `..`) would read weights from outside the run.
+        The stage's date is the cutoff, or earlier when the run started from weights with a
+        later cutoff (--init-from), whose cutoff the snapshot then takes."""
         for i, entry in enumerate(entries):
             if set(entry) != {"data_cutoff", "path"}:
                 raise ValueError(f"entry {i} must hold data_cutoff and path, holds "
                                  f"{sorted(entry)}")
             _iso_date(entry["data_cutoff"])
-            if entry["path"] != f"{SNAPSHOTS_DIRNAME}/{entry['data_cutoff']}":
+            folder, _, stage = entry["path"].partition("/")
+            try:
+                stage_date = date.fromisoformat(stage)
+            except ValueError:
+                stage_date = None
+            if (folder != SNAPSHOTS_DIRNAME or stage_date is None or stage != stage_date.isoformat()
+                    or stage_date > date.fromisoformat(entry["data_cutoff"])):
                 raise ValueError(f"entry {i}: path {entry['path']!r} is not "
-                                 f"{SNAPSHOTS_DIRNAME}/<its data_cutoff>")
+                                 f"{SNAPSHOTS_DIRNAME}/<a date on or before its data_cutoff>")
         return entries
 
     @property
@@ -103,9 +142,12 @@ class RunInfo(BaseModel):
     def at_cutoff(self, cutoff: date, data_files: dict[str, str] | None = None) -> RunInfo:
         """The run.json of an artefact of this run with an earlier (or the same) cutoff (a
         snapshot, an expert stored in a bundle): what it read (`data_files`, else this
-        record's entries up to the cutoff), and nothing later."""
+        record's entries up to the cutoff), and nothing later. Its cutoff is never before
+        that of the weights the run started from."""
         files = data_read_as_of(self.data_files_sha256, cutoff) if data_files is None \
             else data_files
+        if self.init_from is not None:
+            cutoff = max(cutoff, self.init_from.cutoff)
         return self.model_copy(update={
             "data_cutoff": cutoff.isoformat(), "snapshots": [], "data_manifest_sha256": None,
             "data_files_sha256": files,

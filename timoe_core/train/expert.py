@@ -2,10 +2,13 @@
 
 `--year Y` trains the expert of the data's slice containing Y on that slice's train
 windows only; `--all-years` trains one dense model on every slice (run.json kind
-"dense", slice label covering the whole range). Everything about the input is checked
-before anything is written (`plan_expert_run`); then the run dir is prepared once
-(`prepare_run_dir`) and the workers train, all by the shared job driver
-(`timoe_core.train.job`; this module's `EXPERT_JOB`).
+"dense", slice label covering the whole range); `--base --until DATE` a base model on
+every year that ends on or before DATE (kind "base"), to start experts from.
+`--init-from SRC` starts the weights from SRC (`train.init_from`): every artefact of
+the run records it (run.json `init_from`) and has a data cutoff of at least SRC's.
+Everything about the input is checked before anything is written (`plan_expert_run`);
+then the run dir is prepared once (`prepare_run_dir`) and the workers train, all by the
+shared job driver (`timoe_core.train.job`; this module's `EXPERT_JOB`).
 
 Resume rules (the run dir is RUN_DIR = --out):
 - RUN_DIR holds a run with a checkpoint: the run resumes from it, unless the new flags
@@ -57,10 +60,16 @@ from timoe_core.model.run_info import (
     write_run_info,
 )
 from timoe_core.model.weights import load_weights_into, save_model_weights, save_weights_state
-from timoe_core.timeslices import TimeSlice, period_ends, year_cutoff
+from timoe_core.timeslices import TimeSlice, parse_query_date, period_ends, year_cutoff
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.averaging import WeightAverage
 from timoe_core.train.distributed import DistEnv, check_launch
+from timoe_core.train.init_from import (
+    InitSource,
+    check_fits,
+    load_init_weights,
+    resolve_init_source,
+)
 from timoe_core.train.job import Stages, run_job, single_stage
 from timoe_core.train.loop import Branch, DataPosition, LoopResult, ShuffledOrder, TrainTask
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
@@ -79,6 +88,7 @@ _RECORD_NAMES = {
     "bias": "bias",
     "data_cutoff": "data (the last period with training windows)",
     "snapshots": "--snapshots (or the data's years)",
+    "init_from": "--init-from",
 }
 
 
@@ -115,6 +125,16 @@ class ExpertPlan:
     # "overwrite" (clear it first).
     action: str = "new"
     notes: list[str] = field(default_factory=list)
+    init: InitSource | None = None  # --init-from
+
+    def snapshot_cutoff(self, stage: Stage) -> date:
+        """A stage snapshot's cutoff: its stage's, or --init-from's when that is later."""
+        return max(stage.cutoff, self.init.cutoff) if self.init else stage.cutoff
+
+    @property
+    def snapshot_at(self) -> list[Stage]:
+        """The stages that save a snapshot (`snapshot_stages`)."""
+        return snapshot_stages(self.cfg, self.stages, self.time_slice, self.init)
 
     @property
     def model_config(self) -> GPTConfig:
@@ -151,6 +171,17 @@ def _select_slice(cfg: TrainExpertConfig, manifest: Manifest) -> tuple[str, Time
     slicing = manifest.time_slicing()
     if cfg.all_years:
         return "dense", TimeSlice(slicing.start_year, slicing.end_year)
+    if cfg.base:
+        assert cfg.until is not None
+        until = parse_query_date(cfg.until)
+        years = [y for y in slicing.years if year_cutoff(y) <= until]
+        if not years:
+            raise TimoeError(
+                f"--until {cfg.until}: no year of the data's slicing {slicing.start_year}-"
+                f"{slicing.end_year} ends on or before {until.isoformat()} (a base reads whole "
+                f"years): give --until {slicing.start_year} or later"
+            )
+        return "base", TimeSlice(slicing.start_year, max(years))
     assert cfg.year is not None
     if not slicing.contains_year(cfg.year):
         labels = ", ".join(s.label for s in slicing.slices)
@@ -181,9 +212,13 @@ def _conflicts(saved: RunInfo, new: RunInfo, saved_cfg: TrainExpertConfig | None
     b |= new.model_config_.model_dump()
     for key in a:
         if a[key] != b.get(key):
+            was, now = a[key], b.get(key)
+            if key == "init_from":  # which weights, by name and checksum
+                was, now = (f"{v['spec']} sha256 {v['sha256'][:12]}..., optimizer "
+                            f"{v['optimizer']}" if v else "none" for v in (was, now))
             diffs.append(
                 f"{_RECORD_NAMES.get(key) or flag_name(TrainExpertConfig, key)} "
-                f"(run has {a[key]}, flags give {b.get(key)})"
+                f"(run has {was}, flags give {now})"
             )
     if saved_cfg is not None:
         for key in _STAGE_FIELDS if cfg.snapshots == "stages" else ("seed",):
@@ -230,8 +265,10 @@ def verify_snapshots(plan: ExpertPlan) -> None:
     at_step = ckpt.step if ckpt is not None else 0
     fix = "restore it, or start over with --no-resume --overwrite"
     ends = np.cumsum([s.steps for s in plan.stages])
-    for k, stage in enumerate(plan.stages[:len(snapshot_stages(plan.cfg, plan.stages,
-                                                                  plan.time_slice))]):
+    made = plan.snapshot_at
+    for k, stage in enumerate(plan.stages):
+        if stage not in made:
+            continue
         end = int(ends[k])
         folder = plan.run_dir / snapshot_relpath(stage.cutoff)
         if not (folder / SNAPSHOT_INFO_FILENAME).is_file():
@@ -252,7 +289,7 @@ def verify_snapshots(plan: ExpertPlan) -> None:
                 )
             continue
         meta = read_snapshot_info(folder)
-        expected = snapshot_info(plan.cfg, stage, meta.sha256)
+        expected = snapshot_info(plan.cfg, stage, meta.sha256, plan.snapshot_cutoff(stage))
         if meta != expected:
             diff = ", ".join(f"{k} {getattr(meta, k)} (this run: {getattr(expected, k)})"
                              for k in type(meta).model_fields
@@ -318,23 +355,47 @@ def plan_expert_run(
         data_files = data_read_up_to(cfg.data, manifest, time_slice.years, data_cutoff)
 
     run_dir = Path(cfg.out) if cfg.out is not None else Path("runs") / f"{kind}-{time_slice.label}"
+    tokenizer: dict[str, object] = {"name": manifest.tokenizer,
+                                    "vocab_size": manifest.vocab_size,
+                                    "eot_token": manifest.eot_token}
+    init = None
+    notes = []
+    if cfg.init_from:
+        init = resolve_init_source(
+            cfg.init_from, run_dir, time_slice=time_slice, slicing=manifest.time_slicing(),
+            kind=kind, init_cutoff=cfg.init_cutoff, optimizer=cfg.init_optimizer)
+        check_fits(init, model_config, tokenizer)
+        data_cutoff = max(data_cutoff, init.cutoff)
+        kept = snapshot_stages(cfg, stages, time_slice, init)
+        raised = [s.cutoff.isoformat() for s in kept if s.cutoff < init.cutoff]
+        dropped = [s.cutoff.isoformat() for s in snapshot_stages(cfg, stages, time_slice)
+                   if s not in kept]
+        if raised or dropped:
+            notes.append(
+                f"--init-from {cfg.init_from} read text up to {init.cutoff.isoformat()}: "
+                + (f"snapshot {', '.join(raised)} takes that cutoff, so no answer before it "
+                   "uses it" if raised else "")
+                + ("; " if raised and dropped else "")
+                + (f"snapshot {', '.join(dropped)} is not made (a later artefact of this run "
+                   "has the same cutoff and read more)" if dropped else "")
+            )
+    else:
+        kept = snapshot_stages(cfg, stages, time_slice)
     info = RunInfo(
         kind=kind,  # type: ignore[arg-type]
         slice_label=time_slice.label,
         start_date=time_slice.start.isoformat(),
         end_date=time_slice.end.isoformat(),
         model_config_=model_config,
-        tokenizer={
-            "name": manifest.tokenizer,
-            "vocab_size": manifest.vocab_size,
-            "eot_token": manifest.eot_token,
-        },
+        tokenizer=tokenizer,
         data_files_sha256=data_files,
         data_cutoff=data_cutoff.isoformat(),
         snapshots=[
-            {"data_cutoff": s.cutoff.isoformat(), "path": snapshot_relpath(s.cutoff)}
-            for s in snapshot_stages(cfg, stages, time_slice)
+            {"data_cutoff": (max(s.cutoff, init.cutoff) if init else s.cutoff).isoformat(),
+             "path": snapshot_relpath(s.cutoff)}
+            for s in kept
         ],
+        init_from=init.record if init is not None else None,
     )
     plan = ExpertPlan(
         cfg=cfg,
@@ -345,6 +406,8 @@ def plan_expert_run(
         world_size=world_size,
         total_steps=total_steps,
         stages=stages,
+        notes=notes,
+        init=init,
     )
     if check_run_dir:
         _check_run_dir(plan, restart=restart)
@@ -355,8 +418,8 @@ def snapshot_relpath(cutoff: date) -> str:
     return f"{SNAPSHOTS_DIRNAME}/{cutoff.isoformat()}"
 
 
-def snapshot_stages(cfg: TrainExpertConfig, stages: list[Stage], time_slice: TimeSlice
-                    ) -> list[Stage]:
+def snapshot_stages(cfg: TrainExpertConfig, stages: list[Stage], time_slice: TimeSlice,
+                    init: InitSource | None = None) -> list[Stage]:
     """The stages whose end gets a snapshot (earliest first): every stage but the last,
     whose end is the run's final weights (after its final decay).
 
@@ -367,18 +430,29 @@ def snapshot_stages(cfg: TrainExpertConfig, stages: list[Stage], time_slice: Tim
     kind's is its final weights, stored as the snapshots are), and a query as of that
     cutoff uses it, not the final weights (`expert_pool.run_dir_artefacts`), as in a run
     that goes on. The final weights of a closed slice (data up to its end) answer as of
-    its end."""
+    its end.
+
+    With --init-from, a snapshot's cutoff is raised to SRC's when that is later; one whose
+    raised cutoff ties with the next artefact of the run (a later snapshot or the final
+    weights) is not made: that one read more and would always be chosen over it."""
     exact = cfg.snapshot_kind == "decay" and cfg.snapshot_dtype == "float32"
-    if not exact and stages and stages[-1].cutoff < time_slice.end:
-        return list(stages)
-    return list(stages[:-1])
+    open_slice = not exact and bool(stages) and stages[-1].cutoff < time_slice.end
+    made = list(stages) if open_slice else list(stages[:-1])
+    if init is None or not made:
+        return made
+    cutoffs = [max(s.cutoff, init.cutoff) for s in made]
+    if not open_slice:  # the final weights follow the last snapshot
+        cutoffs.append(max(stages[-1].cutoff, init.cutoff))
+    return [s for k, s in enumerate(made) if k + 1 >= len(cutoffs) or cutoffs[k] < cutoffs[k + 1]]
 
 
-def snapshot_info(cfg: TrainExpertConfig, stage: Stage, sha256: str) -> SnapshotInfo:
-    """The snapshot.json of `stage`'s snapshot in a run of `cfg`."""
+def snapshot_info(cfg: TrainExpertConfig, stage: Stage, sha256: str, cutoff: date
+                  ) -> SnapshotInfo:
+    """The snapshot.json of `stage`'s snapshot in a run of `cfg` (`cutoff`: the stage's,
+    raised to --init-from's when that is later)."""
     average = cfg.snapshot_kind == "average"
     return SnapshotInfo(
-        data_cutoff=stage.cutoff.isoformat(), stage_end=stage.end.isoformat(),
+        data_cutoff=cutoff.isoformat(), stage_end=stage.end.isoformat(),
         stage_steps=stage.steps, decay_steps=0 if average else stage.decay_steps, sha256=sha256,
         kind=cfg.snapshot_kind,
         average_fraction=cfg.snapshot_average_fraction if average else None,
@@ -534,6 +608,7 @@ class StagedExpertTask(ExpertTask):
         super().__init__(model, train, val, seed, eval_windows)
         self.stages, self.run_dir, self.info, self.cfg = stages, run_dir, info, cfg
         self.data_files = data_files  # stage end -> what its snapshot read (run.json)
+        self.snapshot_at = snapshot_at  # the stages that save a snapshot (snapshot_stages)
         self.order = StagedOrder(stages, seed)
         self.schedule: StagedSchedule | None = None
         ends = np.cumsum([s.steps for s in stages])
@@ -585,6 +660,8 @@ class StagedExpertTask(ExpertTask):
         assert isinstance(order, StagedOrder)
         for k, stage in enumerate(self.stages[:-1]):
             if int(order.starts[k + 1]) == step:
+                if stage not in self.snapshot_at:
+                    return None  # no branch: the main run goes on as it would after one
                 stream, schedule = order.streams[k], self.schedule
                 assert schedule is not None
                 folder = self.run_dir / snapshot_relpath(stage.cutoff)
@@ -601,11 +678,13 @@ class StagedExpertTask(ExpertTask):
     def save_snapshot(self, folder: Path, stage: Stage, weights: dict[str, torch.Tensor]
                       ) -> None:
         """The snapshot's weights (as --snapshot-dtype) and run.json (the run's, with the
-        snapshot's cutoff), then snapshot.json (last: a folder holding it is whole)."""
+        snapshot's cutoff, raised to --init-from's if that is later), then snapshot.json
+        (last: a folder holding it is whole)."""
         path = save_weights_state(folder, weights, self.cfg.snapshot_dtype)
-        write_run_info(folder, self.info.at_cutoff(stage.cutoff, self.data_files[stage.end]))
-        info = snapshot_info(self.cfg, stage, sha256_file(path))
-        atomic_write_json(folder / SNAPSHOT_INFO_FILENAME, info.model_dump(exclude_none=True))
+        info = self.info.at_cutoff(stage.cutoff, self.data_files[stage.end])
+        write_run_info(folder, info)
+        meta = snapshot_info(self.cfg, stage, sha256_file(path), info.cutoff)
+        atomic_write_json(folder / SNAPSHOT_INFO_FILENAME, meta.model_dump(exclude_none=True))
 
 
 class ExpertJob:
@@ -627,19 +706,26 @@ class ExpertJob:
         cfg = plan.cfg
         ckpt_state.seed_all(cfg.seed)
         model = GPT(plan.model_config)
+        if plan.init is not None:  # a resumed run's checkpoint replaces these weights
+            load_init_weights(model, plan.init)
         years, seq_len = plan.time_slice.years, plan.model_config.block_size
         val = TokenWindows(cfg.data, "val", years, seq_len, plan.manifest)
         train = TokenWindows(cfg.data, "train", years, seq_len, plan.manifest)
         eval_windows = cfg.eval_batches * cfg.batch_size
+        task: ExpertTask
         if plan.stages:
-            snapshot_at = snapshot_stages(cfg, plan.stages, plan.time_slice)
+            snapshot_at = plan.snapshot_at
             data_files = {s.end: data_read_up_to(cfg.data, plan.manifest, years, s.end)
                           for s in snapshot_at}
-            return StagedExpertTask(model, train, val if len(val) else None, cfg.seed,
+            task = StagedExpertTask(model, train, val if len(val) else None, cfg.seed,
                                     eval_windows, plan.stages, plan.run_dir, plan.run_info,
                                     data_files, cfg, snapshot_at)
-        return ExpertTask(model, train, val if len(val) else None, seed=cfg.seed,
-                          eval_windows=eval_windows)
+        else:
+            task = ExpertTask(model, train, val if len(val) else None, seed=cfg.seed,
+                              eval_windows=eval_windows)
+        if plan.init is not None and plan.init.record.optimizer:
+            task.start_optimizer_state = plan.init.optimizer_state()
+        return task
 
     def wandb_config(self, plan: ExpertPlan, env: DistEnv) -> dict[str, Any]:
         return {

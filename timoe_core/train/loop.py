@@ -214,6 +214,9 @@ class TrainTask:
     order: DataOrder
     tokens_per_window: int
     find_unused_parameters: bool = False
+    # AdamW state a new run starts from (train-expert --init-optimizer); a resumed run
+    # takes its own checkpoint's instead.
+    start_optimizer_state: dict[str, Any] | None = None
 
     def batch(self, indices: np.ndarray, device: torch.device) -> Any:
         raise NotImplementedError
@@ -494,6 +497,10 @@ def run_training(
             ckpt_state.seed_all(ckpt_state.rank_seed(cfg.seed + step, env.rank))
     else:
         ckpt_state.seed_all(ckpt_state.rank_seed(cfg.seed, env.rank))
+        if task.start_optimizer_state is not None:  # its moments; this run's hyperparameters
+            fresh = trainer.optimizer.state_dict()
+            trainer.optimizer.load_state_dict({**fresh, "state": task.start_optimizer_state[
+                "state"]})
 
     end_step = min(total_steps, cfg.stop_at_step) if cfg.stop_at_step else total_steps
     per_rank = cfg.batch_size * cfg.grad_accum
