@@ -78,7 +78,7 @@ def test_average_kind_takes_no_extra_step_and_records_itself(capsys, data, tmp_p
     snap = "snapshots/2013-12-31"
     meta = json.loads((tmp_path / "average" / snap / "snapshot.json").read_text())
     assert meta["kind"] == "average" and meta["average_fraction"] == 0.1
-    assert (meta["stage_year"], meta["stage_steps"], meta["decay_steps"]) == (2013, 3, 0)
+    assert (meta["stage_end"], meta["stage_steps"], meta["decay_steps"]) == ("2013-12-31", 3, 0)
     assert meta["dtype"] == "float32"
     assert json.loads((tmp_path / "decay" / snap / "snapshot.json").read_text())["kind"] == "decay"
     # The same main line: the final weights agree; the snapshots are other weights.
@@ -238,7 +238,12 @@ def test_each_kind_and_dtype_passes_the_counterfactual_test(proof_builds, kind, 
             for name in names:
                 assert _sha(folder / name) == _sha(twin / name), (folder, name)
             compared += 1
-    assert compared == 2  # 2013-12-31 and 2015-12-31
+    # a snapshot at every month end with data (both slices), and the cut build has no
+    # other snapshot <= D
+    cut_names = {f.relative_to(cut) for f in cut.glob("*/snapshots/*") if f.name <= CUT}
+    full_names = {f.relative_to(full) for f in full.glob("*/snapshots/*") if f.name <= CUT}
+    assert compared == len(full_names) and full_names == cut_names
+    assert {f.parts[0] for f in full_names} == {"2013", "2015"} and compared > 2
 
     # The answers as of D over both experts' artefacts: perplexity, every TSQA choice
     # score, the artefacts used.
@@ -251,7 +256,9 @@ def test_each_kind_and_dtype_passes_the_counterfactual_test(proof_builds, kind, 
 
     a, b = answers(full_data, full), answers(cut_data, cut)
     assert a == b
-    assert {x["name"] for x in a[2]} == {"2013-2014@2014-12-31", "2015-2016@2015-12-31"}
+    # 2015-2016 answers with its latest snapshot <= D (the last month with data)
+    latest = max(f.name for f in full_names if f.parts[0] == "2015")
+    assert {x["name"] for x in a[2]} == {"2013-2014@2014-12-31", f"2015-2016@{latest}"}
 
 
 @pytest.mark.slow
@@ -281,5 +288,7 @@ def test_coadapt_with_bfloat16_adapted_experts_passes_the_counterfactual_test(pr
     # By default a finished stage keeps only its metrics: no trainer checkpoint (optimizer
     # moments), no published weights (its adapted expert is in the bundle).
     stages = sorted((full / "stages").iterdir())
-    assert len(stages) == 4
+    # one stage per router snapshot, a month end each
+    assert [st.name for st in stages] == sorted(p.name for p in (full / "routers").iterdir())
+    assert len(stages) > 12
     assert all(sorted(p.name for p in st.iterdir()) == ["metrics.jsonl"] for st in stages)
