@@ -131,7 +131,7 @@ work; target staged / unstaged <= 1.10x, and the seconds per extra stage (a stag
 run dir, checkpoint, router snapshot, cache files and the artefacts it loads) is the
 fixed part. Each stage reads its windows twice, so each builds a log-prob cache; the
 frozen experts' forward passes are counted (windows x experts through
-`_target_log_probs`) against the training windows x their usable experts: 1.0 means
+`target_log_probs`) against the training windows x their usable experts: 1.0 means
 every window went through each frozen expert once across all stages (2.0 would mean
 no cache). Each stage trains on its own year only, so no window is computed twice.""",
     "generate": """\

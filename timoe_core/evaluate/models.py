@@ -31,6 +31,7 @@ from timoe_core.interop.hub import resolve_model_path
 from timoe_core.model.bundle import BUNDLE_FILENAME
 from timoe_core.model.expert_pool import ExpertRecord, run_dir_artefacts
 from timoe_core.model.gpt import GPT
+from timoe_core.model.logprobs import target_log_probs
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.point_in_time import POLICIES, canonical_policy
 from timoe_core.model.run_info import (
@@ -165,7 +166,7 @@ class SingleModel(EvaluatedModel):
         return self.info.slice_label
 
     def _target_log_probs(self, input_ids, targets, query_dates=None):
-        return self.gpt.target_log_probs(input_ids, targets)
+        return target_log_probs(self.gpt, input_ids, targets)
 
     def eligible_experts(self, query_date=None):
         if query_date is not None:

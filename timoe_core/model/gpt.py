@@ -352,16 +352,6 @@ class GPT(nn.Module):
         """Next-token log-probabilities (B, T, vocab) in fp32."""
         return F.log_softmax(self.logits(idx, kv_cache).float(), dim=-1)
 
-    def target_log_probs(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """log P(targets[b, t] | idx[b, :t+1]) as (B, T): all a training loss needs.
-
-        Computed as logit[target] - logsumexp(logits), which never builds a second
-        vocab-sized tensor beside the logits.
-        """
-        logits = self.logits(idx).float()
-        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return picked - torch.logsumexp(logits, dim=-1)
-
     def flops_per_token(self) -> int:
         """Training FLOPs per token (6N + attention), as in the PaLM/nanoGPT MFU estimate."""
         c = self.config

@@ -14,13 +14,12 @@ from torch import nn
 
 from timoe_core.model.gpt import KVCache
 from timoe_core.model.logprobs import (
-    CHUNK_BYTES,
-    MIN_CHUNK_TOKENS,
     _chunks,
     _project,
     _runs,
-    _target_log_probs,
     add_to_mixture,
+    chunk_positions,
+    target_log_probs,
 )
 from timoe_core.model.router import RouterAux, RouterOutput, RouterState
 from timoe_core.model.weighting import get_strategy
@@ -77,10 +76,8 @@ class MixtureComputation:
         return lw.unsqueeze(1), None
 
     def _chunk(self) -> int:
-        """Positions per vocab projection: about CHUNK_BYTES of fp32 logits."""
-        if self.chunk_tokens:
-            return self.chunk_tokens
-        return max(MIN_CHUNK_TOKENS, CHUNK_BYTES // (4 * self.vocab_size))
+        """Positions per vocab projection: `chunk_tokens`, else `chunk_positions`."""
+        return self.chunk_tokens or chunk_positions(self.vocab_size)
 
     # ------------------------------------------------------ full distributions
 
@@ -236,7 +233,7 @@ class MixtureComputation:
                     with torch.set_grad_enabled(grad):
                         x = ids if every else ids[rows]
                         y = targets if every else targets[rows]
-                        vals = _target_log_probs(expert, x, y, self._chunk())
+                        vals = target_log_probs(expert, x, y, self._chunk())
                     col = vals if every else col.index_put((rows.nonzero().flatten(),), vals)
             cols.append(col)
         return torch.stack(cols, dim=-1)
