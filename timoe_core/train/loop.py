@@ -98,7 +98,7 @@ from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, StopRequest, outer_launch
 from timoe_core.train.metrics import MetricsLogger, truncate_metrics
 from timoe_core.train.optim import build_adamw
-from timoe_core.train.schedule import WSDSchedule
+from timoe_core.train.schedule import Schedule, WSDSchedule
 
 # ------------------------------------------------------------------ data order
 
@@ -236,9 +236,9 @@ class TrainTask:
     def load_weights(self, directory: Path) -> None:
         raise NotImplementedError
 
-    def own_schedule(self, cfg: TrainingConfig, total_steps: int) -> Any:
-        """A schedule of the task's own (with `lr(step)` and `state_dict()`), or None for
-        the run's warmup-stable-decay over `total_steps`."""
+    def own_schedule(self, cfg: TrainingConfig, total_steps: int) -> Schedule | None:
+        """A schedule of the task's own, or None for the run's warmup-stable-decay over
+        `total_steps`."""
         return None
 
     def branch_after(self, step: int) -> Branch | None:
@@ -320,7 +320,8 @@ class Trainer:
             self.raw, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
             fused=self.runtime.fused_adamw,
         )
-        self.schedule = task.own_schedule(cfg, total_steps) or make_schedule(cfg, total_steps)
+        self.schedule: Schedule = (task.own_schedule(cfg, total_steps)
+                                   or make_schedule(cfg, total_steps))
         self.amp = self.runtime.amp
         model: nn.Module = self.raw
         if self.runtime.compile:
@@ -466,6 +467,7 @@ def run_training(
     step, tokens, elapsed, position = 0, 0, 0.0, DataPosition()
     if saved is not None:
         trainer.optimizer.load_state_dict(saved["optimizer"])
+        trainer.schedule.load_state_dict(saved["schedule"])
         step, tokens, elapsed = saved["step"], saved["tokens"], saved["elapsed"]
         position = DataPosition.from_dict(saved["data"])
         if saved["world_size"] == env.world_size and len(saved["rng"]) == env.world_size:
