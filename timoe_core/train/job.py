@@ -23,12 +23,11 @@ import sys
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from rich.console import Console
 
 from timoe_core.config import TrainingConfig, config_to_dict
-from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -40,8 +39,7 @@ from timoe_core.train.distributed import (
     train_or_launch,
 )
 from timoe_core.train.loop import LoopResult, TrainTask, run_training
-
-RunDirAction = Literal["new", "resume", "overwrite"]
+from timoe_core.train.run_dir import RunDirAction, interrupted_message
 
 
 class JobPlan(Protocol):
@@ -160,7 +158,7 @@ def run_job(job: TrainingJob, cfg: TrainingConfig) -> Path:
         if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
                            lambda: job.prepare_run_dir(plan),
                            lambda p: train_in_worker(p, job), worker_main):
-            raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
+            raise TrainingInterrupted(interrupted_message(plan.run_dir))
     return plan.run_dir
 
 

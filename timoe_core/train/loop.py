@@ -62,10 +62,10 @@ is the one an uninterrupted run would have done (bitwise in one process).
 Writing a training command (timoe_core.train.expert is the worked example)
 ---------------------------------------------------------------------------
 1. Check every input first and raise TimoeError (nothing written yet); decide the run
-   dir with `state.decide_run_dir(run_dir, resume=, overwrite=, restart=, conflicts=)`
+   dir with `run_dir.decide_run_dir(run_dir, resume=, overwrite=, restart=, conflicts=)`
    where `conflicts()` names the recorded settings the new flags change.
-2. Not inside an outer launcher: `state.open_run_dir(run_dir, action)`, then write
-   run.json and `save_config(state.config_to_save(cfg), run_dir)`.
+2. Not inside an outer launcher: `run_dir.open_run_dir(run_dir, action)`, then write
+   run.json and `save_config(run_dir.config_to_save(cfg), run_dir)`.
 3. `distributed.launch(worker, payload, LaunchSpec.from_config(cfg, run_dir))` with a
    module-level `worker(payload) -> exit code`; one worker runs in this process.
 4. In the worker: `env = distributed.init_workers(cfg.device)`, seed and build the

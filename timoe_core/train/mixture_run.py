@@ -63,10 +63,11 @@ from timoe_core.model.weighting import get_strategy
 from timoe_core.timeslices import year_cutoff
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, check_launch
-from timoe_core.train.job import RunDirAction, Stages, main_print, single_stage
+from timoe_core.train.job import Stages, main_print, single_stage
 from timoe_core.train.logprob_cache import CACHE_DIRNAME
 from timoe_core.train.loop import LoopResult, TrainTask
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
+from timoe_core.train.run_dir import RunDirAction, config_to_save, decide_run_dir, open_run_dir
 from timoe_core.train.schedule import budget_steps
 
 MIXTURE_RUN_FILENAME = "mixture_run.json"
@@ -310,7 +311,8 @@ def plan_mixture_run(
             + "; ".join(f"{y} ({r})" for y, r in skipped.items())
         )
     if check_run_dir:
-        plan.action = _decide_run_dir(plan, restart)
+        plan.action = decide_mixture_run_dir(cfg, plan.run_dir, record, restart,
+                                             checkpointed=True)
     return plan
 
 
@@ -325,7 +327,8 @@ def _window_counts(windows: TokenWindows) -> tuple[list[int], list[int]]:
 # --------------------------------------------------------------------- run dir
 
 
-def _conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def record_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """One "field (run has X, flags give Y)" per setting of `new` a run recorded otherwise."""
     diffs = []
     for key, b in new.items():
         a = saved.get(key)
@@ -345,23 +348,21 @@ def _read_record(run_dir: Path) -> dict[str, Any]:
         raise TimoeError(f"{path} is unreadable ({exc}): start over with --overwrite") from None
 
 
-def _decide_run_dir(plan: MixturePlan, restart: bool) -> RunDirAction:
-    """new / resume / overwrite for --out, or a one-line refusal (nothing written)."""
-    cfg, run_dir = plan.cfg, plan.run_dir
-    if (run_dir / BUNDLE_FILENAME).is_file() and not (run_dir / MIXTURE_RUN_FILENAME).is_file():
-        if not cfg.overwrite:
-            raise TimoeError(
-                f"--out {run_dir} holds a bundle that no {plan.strategy} run wrote (e.g. an avg "
-                "bundle): pass --overwrite to replace it, or choose another --out"
-            )
-        return "overwrite"
-    return ckpt_state.decide_run_dir(
+def decide_mixture_run_dir(
+    cfg: MixtureConfig, run_dir: Path, record: dict[str, Any], restart: bool, *,
+    checkpointed: bool,
+) -> RunDirAction:
+    """`run_dir.decide_run_dir` for a mixture run (in one stage, or staged: `checkpointed`
+    False), its recorded settings compared with `record`."""
+    return decide_run_dir(
         run_dir,
         resume=cfg.resume,
         overwrite=cfg.overwrite,
         restart=restart,
-        conflicts=lambda: _conflicts(_read_record(run_dir), plan.record),
+        conflicts=lambda: record_conflicts(_read_record(run_dir), record),
         marker=MIXTURE_RUN_FILENAME,
+        replaceable=BUNDLE_FILENAME,
+        checkpointed=checkpointed,
     )
 
 
@@ -376,10 +377,10 @@ def prepare_run_dir(plan: MixturePlan) -> None:
     the weights beside it are about to change."""
     if plan.action == "overwrite":
         clear_bundle_artifacts(plan.run_dir)
-    ckpt_state.open_run_dir(plan.run_dir, plan.action)
+    open_run_dir(plan.run_dir, plan.action)
     (plan.run_dir / BUNDLE_FILENAME).unlink(missing_ok=True)
     atomic_write_json(plan.run_dir / MIXTURE_RUN_FILENAME, plan.record)
-    save_config(ckpt_state.config_to_save(plan.cfg), plan.run_dir)
+    save_config(config_to_save(plan.cfg), plan.run_dir)
     if plan.cfg.wandb != "disabled":
         wandb_run_id(plan.run_dir, create=True)
 

@@ -58,7 +58,7 @@ def _saved_warmup(state: ScheduleState) -> int:
 def _number(state: ScheduleState, key: str) -> float:
     value = state.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"the saved schedule's {key} is {value!r}, not a number")
+        raise TypeError(f"the saved schedule's {key} is {value!r}, not a number")
     return value
 
 
