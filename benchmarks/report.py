@@ -136,7 +136,7 @@ every window went through each frozen expert once across all stages (2.0 would m
 no cache). Each stage trains on its own year only, so no window is computed twice.""",
     "generate": """\
 Six random `small` experts (6 layers, 384 wide, vocab 50304) with a 512-token context,
-fp32, greedy decoding with the KV cache (a `StaticKVCache` per expert, filled in place)
+fp32, greedy decoding with the KV cache (a `KVCache` per expert, filled in place)
 of 64 new tokens (32 with --quick) after a 256-token random prompt, through the avg
 mixture as of 2014, 2016 and 2024: 1, 2 and 6 eligible experts. A decoding step reads
 every weight of every eligible expert once (blocks, final LayerNorm, the 50304-wide

@@ -1,8 +1,8 @@
 """Sampling from a TiMoE mixture (as of a query date) or from a single GPT run dir.
 
-Decoding keeps a KV cache per eligible expert (a `StaticKVCache`, preallocated once per
-generation and filled in place) and the router's running prefix sum
-(`TiMoE.next_log_probs`), so each new token costs one position per expert instead of
+Decoding (model/decoding.py) keeps a KV cache per eligible expert (a `KVCache`,
+preallocated once per generation and filled in place) and the router's running prefix
+sum (`mixture_next_log_probs`), so each new token costs one position per expert instead of
 the whole context; `use_cache=False` recomputes the context every token (the reference
 the cache is checked against, and the baseline of benchmarks/generate.py).
 
@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from timoe_core.errors import TimoeError
-from timoe_core.model.gpt import GPT, StaticKVCache
-from timoe_core.model.mixture import MixtureState, QueryDate, TiMoE
+from timoe_core.model.decoding import MixtureState, expert_next_log_probs, mixture_next_log_probs
+from timoe_core.model.gpt import GPT
+from timoe_core.model.kv_cache import KVCache
+from timoe_core.model.mixture import QueryDate, TiMoE
 
 StopReason = Literal["eot", "max_new_tokens"]
 
@@ -89,38 +91,37 @@ def sample_token(
 Step = Callable[[torch.Tensor, object | None, bool], tuple[torch.Tensor, object]]
 
 
-# With the cache, every expert decodes into a `StaticKVCache` of block_size positions,
+# With the cache, every expert decodes into a `KVCache` of block_size positions,
 # made at the first step and emptied whenever a window starts (after a cut): a step
 # writes its new keys and values in place instead of re-concatenating them.
 
 
 def _mixture_step(model: TiMoE, query_date: QueryDate, experts: list[str]) -> Step:
-    caches: dict[str, StaticKVCache] = {}
+    caches: dict[str, KVCache] = {}
 
     def step(ids: torch.Tensor, state: MixtureState | None, use_cache: bool):
         if state is None and use_cache:
             for label in experts:  # made once, emptied when a window starts again
-                cache = caches.get(label) or StaticKVCache.for_model(model.expert(label))
-                cache.length = 0
+                cache = caches.get(label) or model.expert(label).new_kv_cache()
+                cache.reset()
                 caches[label] = cache
             state = MixtureState(eligible=model.eligibility(query_date, 1), caches=dict(caches))
-        lp, new_state = model.next_log_probs(ids, query_date, state)
+        lp, new_state = mixture_next_log_probs(model, ids, query_date, state)
         return lp[0], new_state if use_cache else None
 
     return step
 
 
 def _gpt_step(model: GPT) -> Step:
-    made: list[StaticKVCache] = []
+    made: list[KVCache] = []
 
-    def step(ids: torch.Tensor, state: StaticKVCache | None, use_cache: bool):
+    def step(ids: torch.Tensor, state: KVCache | None, use_cache: bool):
         cache = state
         if use_cache and cache is None:
-            made[:] = made or [StaticKVCache.for_model(model)]
+            made[:] = made or [model.new_kv_cache()]
             cache = made[0]
-            cache.length = 0
-        h = model.hidden_states(ids, kv_cache=cache)[:, -1]
-        return torch.log_softmax(model.lm_head(h).float(), dim=-1)[0], cache
+            cache.reset()
+        return expert_next_log_probs(model, ids, cache)[0], cache
 
     return step
 

@@ -1,18 +1,17 @@
-"""TiMoE's computations: the weights (uniform or the router's), the full distribution,
-the target-only path of training and evaluation, and one decoding step; each folds the
-eligible experts' terms with `logprobs.add_to_mixture`."""
+"""TiMoE's computations: the weights (uniform or the router's), the full distribution and
+the target-only path of training and evaluation; each folds the eligible experts' terms
+with `logprobs.add_to_mixture` (as decoding does, model/decoding.py)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from timoe_core.model.gpt import KVCache
 from timoe_core.model.logprobs import (
     _chunks,
     _project,
@@ -40,23 +39,13 @@ class MixtureOutput:
     router_aux: RouterAux | None = None
 
 
-@dataclass
-class MixtureState:
-    """Incremental decoding state: KV cache per eligible expert and the router's prefix sum."""
-
-    eligible: torch.Tensor  # (B, K) bool, fixed by the query dates
-    caches: dict[str, KVCache] = field(default_factory=dict)
-    router: RouterState | None = None
-    length: int = 0  # tokens consumed so far
-
-
 class MixtureComputation:
     """The computing part of `TiMoE` (a mixin: TiMoE holds the state)."""
 
     def _uses_router(self) -> bool:
         return get_strategy(self.strategy).uses_router
 
-    def _log_weights(
+    def log_weights(
         self,
         input_ids: torch.Tensor,
         eligible: torch.Tensor,
@@ -94,7 +83,7 @@ class MixtureComputation:
             return self._gather_views(ids, None, query_dates, lambda v, x, _, d:
                                       v.mixture_log_probs(x, d), (B, T, self.vocab_size))
         eligible = self.eligibility(query_dates, B)
-        lw, _ = self._log_weights(ids, eligible)
+        lw, _ = self.log_weights(ids, eligible)
         active = (eligible & torch.isfinite(lw).any(1)).cpu()  # top-k may drop an expert from a row
         # avg: equal weights, so add log(1/n) once at the end instead of once per expert.
         uniform = not self._uses_router()
@@ -159,7 +148,7 @@ class MixtureComputation:
         tgt = targets.to(self.device)
         B, T = ids.shape
         eligible = self.eligibility(query_dates, B)
-        lw, router_out = self._log_weights(ids, eligible, router=router)
+        lw, router_out = self.log_weights(ids, eligible, router=router)
         lw = lw.expand(B, T, -1)
         active = eligible & torch.isfinite(lw).any(1)
         train_set = (
@@ -237,55 +226,3 @@ class MixtureComputation:
                     col = vals if every else col.index_put((rows.nonzero().flatten(),), vals)
             cols.append(col)
         return torch.stack(cols, dim=-1)
-
-    # -------------------------------------------------------------- generation
-
-    @torch.no_grad()
-    def next_log_probs(
-        self,
-        input_ids: torch.Tensor,
-        query_dates: QueryDates | None = None,
-        state: MixtureState | None = None,
-    ) -> tuple[torch.Tensor, MixtureState]:
-        """(B, V) log-probs of the token after `input_ids`, and the state to continue.
-
-        Without `state`, `input_ids` is the whole context (query_dates needed); with it,
-        `input_ids` holds only the new tokens. Every eligible expert keeps a KV cache
-        (top-k may silence an expert now and need it later), and only the last position
-        is projected onto the vocabulary.
-        """
-        ids = input_ids.to(self.device)
-        B, T = ids.shape
-        if state is None:
-            state = MixtureState(eligible=self.eligibility(query_dates, B))
-        lw, router_out = self._log_weights(ids, state.eligible, state.router)
-        lw = lw[:, -1]  # (B, K)
-        def nothing_folded() -> torch.Tensor:
-            return torch.full((B, self.vocab_size), float("-inf"), device=self.device)
-
-        out = None  # the first expert's term starts the sum (no -inf tensor to fold into)
-        for k, s in enumerate(self.slices):
-            rows = state.eligible[:, k]
-            if not rows.any():
-                continue
-            every = bool(rows.all())
-            expert = self.expert(s)
-            cache = state.caches.setdefault(s.label, [])
-            h = expert.hidden_states(ids if every else ids[rows], kv_cache=cache)[:, -1]
-            lp = torch.log_softmax(expert.lm_head(h).float(), dim=-1)
-            if every:
-                out = add_to_mixture(out, lp, lw[:, k].unsqueeze(1), inplace=True)
-            else:
-                if out is None:
-                    out = nothing_folded()
-                out[rows] = add_to_mixture(out[rows], lp, lw[rows, k].unsqueeze(1), inplace=True)
-        if out is None:  # no row has an eligible expert
-            out = nothing_folded()
-        return out, MixtureState(
-            eligible=state.eligible,
-            caches=state.caches,
-            router=router_out.state if router_out is not None else None,
-            length=state.length + T,
-        )
-
-
