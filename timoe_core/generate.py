@@ -88,7 +88,8 @@ def sample_token(
 # A step: (token ids (1, n), state or None, use_cache) -> ((V,) next-token log-probs, state).
 # With a state the ids are only the new tokens; without, the whole window. use_cache=False
 # returns no state, so the next step recomputes the window.
-Step = Callable[[torch.Tensor, object | None, bool], tuple[torch.Tensor, object]]
+DecodeState = MixtureState | KVCache
+Step = Callable[[torch.Tensor, DecodeState | None, bool], tuple[torch.Tensor, DecodeState | None]]
 
 
 # With the cache, every expert decodes into a `KVCache` of block_size positions,
@@ -99,7 +100,9 @@ Step = Callable[[torch.Tensor, object | None, bool], tuple[torch.Tensor, object]
 def _mixture_step(model: TiMoE, query_date: QueryDate, experts: list[str]) -> Step:
     caches: dict[str, KVCache] = {}
 
-    def step(ids: torch.Tensor, state: MixtureState | None, use_cache: bool):
+    def step(ids: torch.Tensor, state: DecodeState | None, use_cache: bool
+             ) -> tuple[torch.Tensor, DecodeState | None]:
+        assert state is None or isinstance(state, MixtureState)
         if state is None and use_cache:
             for label in experts:  # made once, emptied when a window starts again
                 cache = caches.get(label) or model.expert(label).new_kv_cache()
@@ -115,7 +118,9 @@ def _mixture_step(model: TiMoE, query_date: QueryDate, experts: list[str]) -> St
 def _gpt_step(model: GPT) -> Step:
     made: list[KVCache] = []
 
-    def step(ids: torch.Tensor, state: KVCache | None, use_cache: bool):
+    def step(ids: torch.Tensor, state: DecodeState | None, use_cache: bool
+             ) -> tuple[torch.Tensor, DecodeState | None]:
+        assert state is None or isinstance(state, KVCache)
         cache = state
         if use_cache and cache is None:
             made[:] = made or [model.new_kv_cache()]
@@ -171,13 +176,16 @@ def generate_tokens(
     if bad:
         raise TimoeError(f"prompt token {bad[0]} is outside the model's vocabulary of {vocab_size}")
     # after the checks: bad input loads no expert
-    step = _mixture_step(model, query_date, experts) if isinstance(model, TiMoE) else (
-        _gpt_step(model))
+    if isinstance(model, TiMoE):
+        assert query_date is not None  # refused above
+        step = _mixture_step(model, query_date, experts)
+    else:
+        step = _gpt_step(model)
     keep = max(1, block_size // 2)
     start = max(0, len(tokens) - block_size)  # first token of the window
     generator = torch.Generator().manual_seed(seed)
 
-    state: object | None = None
+    state: DecodeState | None = None
     fed = start  # tokens[start:fed] are in the caches
     new: list[int] = []
     rebuilds = 0

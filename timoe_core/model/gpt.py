@@ -8,7 +8,7 @@ scaled_dot_product_attention, and an optional KV cache (model/kv_cache.py) that 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn as nn
@@ -77,9 +77,9 @@ def preset_config(name: str, **overrides: object) -> GPTConfig:
     """A preset with any field overridden; None values leave the preset's value."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-    fields = dict(PRESETS[name])
+    fields: dict[str, object] = dict(PRESETS[name])
     fields.update({k: v for k, v in overrides.items() if v is not None})
-    return GPTConfig(**fields)
+    return GPTConfig.model_validate(fields)
 
 
 class Linear(nn.Linear):
@@ -241,7 +241,7 @@ class GPT(nn.Module):
         With `kv_cache` (filled in place), `idx` holds only the new tokens and positions
         continue the cache.
         """
-        B, T = idx.shape
+        T = idx.size(1)
         past_len = kv_cache.length if kv_cache is not None else 0
         limit = self.config.block_size
         if kv_cache is not None:
@@ -269,7 +269,7 @@ class GPT(nn.Module):
         B, pos = idx.size(0), cache.length
         C, H = self.config.n_embd, self.config.n_head
         x = self.wte.weight[idx] + self.wpe.weight[pos]
-        for block, (keys, values) in zip(self.blocks, cache.layers):
+        for block, (keys, values) in zip(cast("list[Block]", self.blocks), cache.layers):
             attn, mlp = block.attn, block.mlp  # their layers' forward, called directly
             qkv = attn.qkv.forward(block.ln_1.forward(x)).view(B, 3, H, 1, C // H)
             q, k, v = qkv.unbind(1)

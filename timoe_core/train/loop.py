@@ -85,11 +85,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from timoe_core.config import TrainingConfig
 from timoe_core.errors import TimoeError
@@ -328,9 +329,7 @@ class Trainer:
             model = torch.compile(model)  # type: ignore[assignment]
         self.ddp = env.is_distributed
         if self.ddp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            model = DDP(
+            model = DistributedDataParallel(
                 model,
                 device_ids=[env.device.index] if env.device.type == "cuda" else None,
                 find_unused_parameters=task.find_unused_parameters,
@@ -348,7 +347,8 @@ class Trainer:
         metric_sums: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro_batches):
             last = i == n_micro - 1
-            sync = contextlib.nullcontext() if (last or not self.ddp) else self.model.no_sync()
+            sync = (contextlib.nullcontext() if (last or not self.ddp)
+                    else cast(DistributedDataParallel, self.model).no_sync())
             with sync:
                 with self.autocast():
                     loss, metrics = self.task.loss(self.model, batch)
