@@ -44,7 +44,8 @@ from timoe_core.train.distributed import DistEnv
 from timoe_core.train.job import main_print
 from timoe_core.train.logprob_cache import LogProbCache, cache_key, token_files_fingerprint
 from timoe_core.train.loop import ShuffledOrder, amp_enabled
-from timoe_core.train.mixture_run import MixturePlan, MixtureTask
+from timoe_core.train.mixture_run import MixturePlan
+from timoe_core.train.mixture_task import MixtureTask
 from timoe_core.train.recipe import MixtureRecipe
 from timoe_core.train.staging import Stage
 

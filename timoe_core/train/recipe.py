@@ -20,7 +20,8 @@ from timoe_core.config import CoadaptConfig, TrainRouterConfig
 from timoe_core.model.point_in_time import canonical_policy
 from timoe_core.model.weighting import Strategy
 from timoe_core.train.job import run_job
-from timoe_core.train.mixture_run import MixtureConfig, MixtureJob, TaskFactory
+from timoe_core.train.mixture_record import MixtureConfig
+from timoe_core.train.mixture_run import MixtureJob, TaskFactory
 from timoe_core.train.staging import StagedJob, StageTaskFactory
 
 

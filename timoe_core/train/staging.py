@@ -93,15 +93,14 @@ from timoe_core.train.distributed import DistEnv, TrainingInterrupted
 from timoe_core.train.job import StageRun, Stages, main_print
 from timoe_core.train.loop import amp_enabled
 from timoe_core.train.metrics import METRICS_FILENAME, check_wandb_mode
-from timoe_core.train.mixture_run import (
+from timoe_core.train.mixture_record import (
     MIXTURE_RUN_FILENAME,
     MixtureConfig,
-    MixtureTask,
-    check_required_inputs,
     clear_bundle_artifacts,
     decide_mixture_run_dir,
-    mixture_options,
 )
+from timoe_core.train.mixture_run import check_required_inputs, mixture_options
+from timoe_core.train.mixture_task import MixtureTask
 from timoe_core.train.run_dir import (
     RunDirAction,
     config_to_save,
