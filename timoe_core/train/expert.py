@@ -54,8 +54,9 @@ from timoe_core.model.run_info import (
 from timoe_core.model.weights import load_weights_into, save_model_weights
 from timoe_core.timeslices import TimeSlice, year_cutoff
 from timoe_core.train import state as ckpt_state
-from timoe_core.train.distributed import DistEnv, check_launch
+from timoe_core.train.distributed import DistEnv
 from timoe_core.train.job import Stages, run_job, single_stage
+from timoe_core.train.launch import check_launch
 from timoe_core.train.loop import Branch, DataPosition, LoopResult, ShuffledOrder, TrainTask
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
 from timoe_core.train.run_dir import config_to_save, decide_run_dir, open_run_dir

@@ -35,9 +35,8 @@ from timoe_core.train.distributed import (
     TrainingInterrupted,
     init_workers,
     outer_launch,
-    run_dir_lock,
-    train_or_launch,
 )
+from timoe_core.train.launch import run_dir_lock, train_or_launch
 from timoe_core.train.loop import LoopResult, TrainTask, run_training
 from timoe_core.train.run_dir import RunDirAction, interrupted_message
 

@@ -66,7 +66,7 @@ Writing a training command (timoe_core.train.expert is the worked example)
    where `conflicts()` names the recorded settings the new flags change.
 2. Not inside an outer launcher: `run_dir.open_run_dir(run_dir, action)`, then write
    run.json and `save_config(run_dir.config_to_save(cfg), run_dir)`.
-3. `distributed.launch(worker, payload, LaunchSpec.from_config(cfg, run_dir))` with a
+3. `launch.launch(worker, payload, LaunchSpec.from_config(cfg, run_dir))` with a
    module-level `worker(payload) -> exit code`; one worker runs in this process.
 4. In the worker: `env = distributed.init_workers(cfg.device)`, seed and build the
    task, `result = run_training(task, cfg, run_dir, env, total_steps)`, `env.close()`;

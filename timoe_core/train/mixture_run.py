@@ -58,8 +58,9 @@ from timoe_core.model.run_info import MODEL_FILENAME
 from timoe_core.model.weighting import get_strategy
 from timoe_core.timeslices import year_cutoff
 from timoe_core.train import state as ckpt_state
-from timoe_core.train.distributed import DistEnv, check_launch
+from timoe_core.train.distributed import DistEnv
 from timoe_core.train.job import Stages, main_print, single_stage
+from timoe_core.train.launch import check_launch
 from timoe_core.train.loop import LoopResult, TrainTask
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
 from timoe_core.train.mixture_record import (
