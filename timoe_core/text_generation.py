@@ -17,7 +17,8 @@ import torch
 
 from timoe_core.config import GenerateConfig
 from timoe_core.errors import TimoeError
-from timoe_core.evaluate.models import load_evaluated_model, model_warnings
+from timoe_core.evaluate.evaluated_model import model_warnings
+from timoe_core.evaluate.models import load_evaluated_model
 from timoe_core.generate import GenerationResult, generate_tokens
 from timoe_core.timeslices import parse_query_date
 from timoe_core.tokenizer import get_tokenizer
