@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, TypeVar
 
 import torch
 
@@ -32,6 +32,19 @@ from timoe_core.train.distributed import (
     WorkersFailed,
     outer_launch,
 )
+from timoe_core.train.loop import LoopResult
+from timoe_core.train.run_dir import RunDirAction
+
+PayloadT = TypeVar("PayloadT")
+
+
+class WorkerPayload(TypedDict):
+    """What a spawned worker is given (plain data: it is pickled across processes)."""
+
+    job: str  # the job's ref, "module:attribute"
+    config: dict[str, object]  # the command's config, as config_to_dict writes it
+    prepared: bool  # the run dir is prepared already (by the launching process)
+    action: RunDirAction  # the run-dir decision the launching process made
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,7 @@ def run_id_for(key: str) -> str:
     return "timoe-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def launch(entry: Callable[[Any], int], payload: Any, spec: LaunchSpec) -> int:
+def launch(entry: Callable[[PayloadT], int], payload: PayloadT, spec: LaunchSpec) -> int:
     """Run `entry(payload)` on every worker and return the exit code to use.
 
     `entry` must be a module-level function (it is pickled by reference into spawned
@@ -174,14 +187,14 @@ def run_dir_lock(
 
 
 def train_or_launch(
-    payload: dict[str, Any],
+    payload: WorkerPayload,
     cfg: TrainingConfig,
     run_dir: Path,
     world_size: int,
     outer: LaunchEnv | None,
     prepare: Callable[[], None],
-    train_here: Callable[[dict[str, Any]], Any],
-    worker: Callable[[dict[str, Any]], int],
+    train_here: Callable[[WorkerPayload], LoopResult],
+    worker: Callable[[WorkerPayload], int],
 ) -> bool:
     """Prepare the run dir and train; True when Ctrl-C/SIGTERM stopped the run (after a
     checkpoint). Under an outer launcher (torchrun, Slurm) the run dir is already
@@ -206,7 +219,7 @@ def _quiet_elastic_logs() -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def run_worker(entry: Callable[[Any], int], payload: Any) -> int:
+def run_worker(entry: Callable[[PayloadT], int], payload: PayloadT) -> int:
     """A spawned worker: `entry(payload)`; a TimoeError prints one line and returns 2.
 
     Returning (rather than raising) keeps the agent from restarting a worker whose input

@@ -76,4 +76,7 @@ class MixtureRecipe:
 
     def train(self, cfg: MixtureConfig) -> Path:
         """Train the bundle `cfg` describes through the one job driver (`run_job`)."""
-        return run_job(self.job_for(cfg), cfg)
+        job = self.job_for(cfg)
+        if isinstance(job, StagedJob):  # one call each: run_job is typed by the job's plan
+            return run_job(job, cfg)
+        return run_job(job, cfg)
