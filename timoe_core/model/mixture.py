@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ from timoe_core.model.gpt import GPT
 from timoe_core.model.logprobs import add_to_mixture
 from timoe_core.model.mixture_compute import MixtureComputation, MixtureOutput
 from timoe_core.model.mixture_views import MixtureViews
-from timoe_core.model.point_in_time import POLICIES
+from timoe_core.model.point_in_time import POLICIES, Policy
 from timoe_core.model.router import (
     Router,
     RouterConfig,
@@ -196,7 +196,7 @@ class TiMoE(MixtureViews, MixtureComputation, nn.Module):
             if adapts and (rec.embedded or (rec is self._records[rec.label]
                                             and rec.label in self._adapted))
         }
-        loaded = {self._records[label].key: m for label, m in self._experts.items()}
+        loaded = {self._records[label].key: cast(GPT, m) for label, m in self._experts.items()}
         bundle.write_bundle(out_dir, self._all, loaded, embedded, self.strategy, self.options,
                             self.router, self._router_snapshots, self.router_data_cutoff)
 
@@ -223,16 +223,18 @@ class TiMoE(MixtureViews, MixtureComputation, nn.Module):
         self._strategy = value
 
     @property
-    def policy(self) -> str:
+    def policy(self) -> Policy:
         return self.options.policy
 
     @policy.setter
     def policy(self, value: str) -> None:
-        if value not in POLICIES:
-            raise TimoeError(
-                f"unknown eligibility policy {value!r}: use one of {', '.join(POLICIES)}"
-            )
-        self.options.policy = value  # type: ignore[assignment]
+        for policy in POLICIES:
+            if value == policy:
+                self.options.policy = policy
+                return
+        raise TimoeError(
+            f"unknown eligibility policy {value!r}: use one of {', '.join(POLICIES)}"
+        )
 
     def uncovered_years(self) -> list[str]:
         """Years between the experts' slices that no expert covers ("2017" or "2017-2018")."""
