@@ -84,8 +84,9 @@ class MixturePlan:
     """Everything checked and derived from the config before anything is written."""
 
     cfg: MixtureConfig
-    strategy: str  # "learned-avg" | "coadapt"
+    strategy: str  # "learned-avg" | "coadapt" (or a plugin's)
     run_dir: Path
+    data_dir: Path
     manifest: Manifest
     labels: list[str]  # the experts' slices, in time order
     expert_sha256: dict[str, str]
@@ -110,10 +111,10 @@ class MixturePlan:
         return f"{self.strategy} {self.labels[0]}..{self.labels[-1]}"
 
     def train_windows(self) -> TokenWindows:
-        return TokenWindows(self.cfg.data, "train", self.years, self.seq_len, self.manifest)
+        return TokenWindows(self.data_dir, "train", self.years, self.seq_len, self.manifest)
 
     def val_windows(self) -> TokenWindows | None:
-        val = TokenWindows(self.cfg.data, "val", self.years, self.seq_len, self.manifest)
+        val = TokenWindows(self.data_dir, "val", self.years, self.seq_len, self.manifest)
         return val if len(val) else None
 
 
@@ -198,14 +199,14 @@ def plan_mixture_run(
     restart: bool = False,
 ) -> MixturePlan:
     """Check every input and derive the run; raises TimoeError, writes nothing."""
-    check_required_inputs(cfg)
+    data_dir, out = check_required_inputs(cfg)
     world_size = check_launch(cfg, world_size)
     check_wandb_mode(cfg.wandb)
 
     # avg: reads run.json files only; the trained mixture is built in the workers.
     mix = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=mixture_options(cfg))
-    manifest = load_manifest(cfg.data)
-    check_compatible(mix, manifest, cfg.data)
+    manifest = load_manifest(data_dir)
+    check_compatible(mix, manifest, data_dir)
     seq_len = resolve_seq_len(mix, manifest, cfg.seq_len)
 
     years, skipped, own = _years(mix, manifest, strategy)
@@ -215,7 +216,7 @@ def plan_mixture_run(
             f"no data year of {cfg.data} can train the {strategy} mixture of experts "
             f"{', '.join(mix.labels)} ({why}): give experts for the data's years"
         )
-    windows = TokenWindows(cfg.data, "train", years, seq_len, manifest)
+    windows = TokenWindows(data_dir, "train", years, seq_len, manifest)
     if len(windows) == 0:
         raise TimoeError(
             f"no training windows of {seq_len + 1} tokens in {cfg.data} for years "
@@ -248,7 +249,7 @@ def plan_mixture_run(
         cfg,
         steps_per_epoch * global_batch,
         global_batch,
-        global_batch * seq_len,  # type: ignore[arg-type]
+        global_batch * seq_len,
     )
 
     expert_sha = _expert_sha256(mix)
@@ -270,7 +271,8 @@ def plan_mixture_run(
     plan = MixturePlan(
         cfg=cfg,
         strategy=strategy,
-        run_dir=Path(cfg.out),
+        run_dir=Path(out),
+        data_dir=data_dir,
         manifest=manifest,
         labels=mix.labels,
         expert_sha256=expert_sha,
@@ -326,8 +328,10 @@ def build_mixture(plan: MixturePlan, device: torch.device) -> TiMoE:
     mix = TiMoE.from_expert_dirs(
         cfg.experts, strategy=plan.strategy, options=mixture_options(cfg), device=device
     )
-    if plan.record.get("router_init") is not None:
-        src = TiMoE.from_bundle(cfg.router)  # type: ignore[union-attr]
+    router_init = getattr(cfg, "router", None)  # coadapt --router BUNDLE
+    if plan.record.get("router_init") is not None and router_init is not None:
+        src = TiMoE.from_bundle(router_init)
+        assert src.router is not None  # checked when planned (_check_router_init)
         mix.router = src.router.to(device)
     return mix
 
