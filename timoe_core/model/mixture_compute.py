@@ -25,7 +25,13 @@ from timoe_core.model.weighting import get_strategy
 from timoe_core.timeslices import TimeSlice
 
 if TYPE_CHECKING:
-    from timoe_core.model.mixture import QueryDates
+    from datetime import date
+
+    from timoe_core.config import MixtureOptions
+    from timoe_core.model.expert_pool import ExpertRecord
+    from timoe_core.model.gpt import GPT
+    from timoe_core.model.mixture import QueryDates, TiMoE
+    from timoe_core.model.router import Router
 
 @dataclass
 class MixtureOutput:
@@ -41,6 +47,31 @@ class MixtureOutput:
 
 class MixtureComputation:
     """The computing part of `TiMoE` (a mixin: TiMoE holds the state)."""
+
+    # TiMoE's state and views this part reads (declared for the type checker only).
+    options: MixtureOptions
+    router: Router | None
+    slices: list[TimeSlice]
+    device: torch.device
+    chunk_tokens: int | None
+    staged: bool
+    _trainable: set[str]
+
+    if TYPE_CHECKING:
+        @property
+        def strategy(self) -> str: ...
+
+        @property
+        def vocab_size(self) -> int: ...
+
+        def eligibility(self, query_dates: QueryDates, batch_size: int) -> torch.Tensor: ...
+
+        def expert(self, time_slice: TimeSlice | str) -> GPT: ...
+
+        def _record(self, time_slice: TimeSlice | str) -> ExpertRecord: ...
+
+        def _by_view(self, query_dates: QueryDates, batch_size: int
+                     ) -> list[tuple[TiMoE, list[int], date]]: ...
 
     def _uses_router(self) -> bool:
         return get_strategy(self.strategy).uses_router
@@ -58,6 +89,7 @@ class MixtureComputation:
         of it, so that gradients are synchronised)."""
         if self._uses_router():
             call = router if router is not None else self.router
+            assert call is not None, "TiMoE gives a router strategy's mixture its router"
             out = call(input_ids, eligible, state=state, top_k=self.options.top_k)
             return out.log_weights, out
         n = eligible.sum(1, keepdim=True).to(torch.float32)
@@ -157,7 +189,7 @@ class MixtureComputation:
         elp = self._experts_target(ids, tgt, active, train_set, cached_expert_log_probs)
         tlp = add_to_mixture(None, elp, lw, experts_dim=-1)
         aux = None
-        if router_out is not None:
+        if router_out is not None and self.router is not None:
             o = self.options
             aux = self.router.aux_losses(
                 router_out, o.entropy_coef, o.balance_coef, o.z_loss_coef, mask=tgt != -1
