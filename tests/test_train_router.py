@@ -19,9 +19,9 @@ from helpers import (  # noqa: F401 (fixture)
 from safetensors.torch import load_file
 
 from timoe_core.config import TrainRouterConfig
-from timoe_core.errors import TimoeError
 from timoe_core.data.manifest import sha256_file
 from timoe_core.data.windows import TokenWindows
+from timoe_core.errors import TimoeError
 from timoe_core.model.bundle import BUNDLE_FILENAME, ROUTER_FILENAME
 from timoe_core.model.gpt import GPT
 from timoe_core.model.mixture import TiMoE
