@@ -152,7 +152,7 @@ work; target staged / unstaged <= 1.10x, and the seconds per extra stage (a stag
 run dir, checkpoint, router snapshot, cache files and the artefacts it loads) is the
 fixed part. Each stage reads its windows twice, so each builds a log-prob cache; the
 frozen experts' forward passes are counted (windows x experts through
-`_target_log_probs`) against the training windows x their usable experts: 1.0 means
+`target_log_probs`) against the training windows x their usable experts: 1.0 means
 every window went through each frozen expert once across all stages (2.0 would mean
 no cache). Each stage trains on its own year only, so no window is computed twice.""",
     "cutoffs": """\
@@ -170,7 +170,7 @@ is what one more stage costs; times 144 (12 years of months) is the fixed cost o
 monthly router over 2013-2024. Exactly what each side runs: benchmarks/cutoffs.py.""",
     "generate": """\
 Six random `small` experts (6 layers, 384 wide, vocab 50304) with a 512-token context,
-fp32, greedy decoding with the KV cache (a `StaticKVCache` per expert, filled in place)
+fp32, greedy decoding with the KV cache (a `KVCache` per expert, filled in place)
 of 64 new tokens (32 with --quick) after a 256-token random prompt, through the avg
 mixture as of 2014, 2016 and 2024: 1, 2 and 6 eligible experts. A decoding step reads
 every weight of every eligible expert once (blocks, final LayerNorm, the 50304-wide

@@ -24,7 +24,7 @@ ratios; see common.py), on one synthetic data dir of random tokens:
    see as many eligible experts per window (one in 2013-2014, two in 2015-2016), so
    the two sides do the same work per step. Each
    stage reads its windows twice (two epochs), so each builds a log-prob cache; the
-   frozen experts' forward passes are counted (`mixture_compute._target_log_probs`, windows x
+   frozen experts' forward passes are counted (`logprobs.target_log_probs`, windows x
    experts) against the training windows x their usable experts: 1.0 means every
    window went through each frozen expert once across all stages (target == 1; 2.0
    would mean no cache).
@@ -271,7 +271,7 @@ def router_training(root: Path, *, seq_len: int, batch: int, steps_per_stage: in
         c["expert_windows"] = sum(int((windows.window_years == y).sum())
                                   * len(mix.usable_artefacts(str(y))) for y in YEARS_ROUTER)
         with contextlib.ExitStack() as stack:
-            stack.enter_context(counting(mixture_module, "_target_log_probs",
+            stack.enter_context(counting(mixture_module, "target_log_probs",
                                          lambda expert, ids, *a: int(ids.size(0)), c, "forwards"))
             stack.enter_context(counting(LearnedAvgTask, "batch",
                                          lambda self, idx, *a: len(idx), c, "windows_read"))

@@ -476,7 +476,7 @@ def test_dates_are_parsed_as_period_ends():
 def test_plots_show_the_whole_qa_breakdown_and_a_log_scaled_readable_heatmap(tmp_path):
     from matplotlib.colors import LogNorm
 
-    from timoe_core.evaluate.report import plot_matrix
+    from timoe_core.evaluate.plots import plot_matrix
 
     def qa(acc, past, fut):
         by_year = {"2015": {"n": 2, "accuracy": 0.5, "error_rates": {"past": 0.5, "future": 0.0,

@@ -9,7 +9,8 @@ from helpers import GPT2_EOT, invoke_cli, make_expert_runs
 from timoe_core.config import MixtureOptions
 from timoe_core.errors import TimoeError
 from timoe_core.generate import generate_tokens, sample_token
-from timoe_core.model.gpt import FEW_ROWS, GPT, Linear, StaticKVCache
+from timoe_core.model.decoding import mixture_next_log_probs
+from timoe_core.model.gpt import FEW_ROWS, GPT, Linear
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.weights import load_expert
 
@@ -71,10 +72,10 @@ def test_incremental_log_probs_equal_the_full_mixture(tmp_path, runs, strategy):
     mix = mixture(tmp_path, strategy)
     x = torch.randint(0, V, (2, 12))
     dates = ["2016", "2024"]
-    lp, state = mix.next_log_probs(x[:, :5], dates)
+    lp, state = mixture_next_log_probs(mix, x[:, :5], dates)
     assert torch.allclose(lp, mix.mixture_log_probs(x[:, :5], dates)[:, -1], atol=1e-5)
     for t in range(5, 12):
-        lp, state = mix.next_log_probs(x[:, t : t + 1], state=state)
+        lp, state = mixture_next_log_probs(mix, x[:, t : t + 1], state=state)
         full = mix.mixture_log_probs(x[:, : t + 1], dates)[:, -1]
         assert torch.allclose(lp, full, atol=1e-5)
     assert state.length == 12 and set(state.caches) == {s.label for s in mix.slices}
@@ -84,7 +85,7 @@ def test_static_kv_cache_gives_the_full_forward_and_refuses_overflow(runs):
     gpt, _ = load_expert(runs["2017-2018"])
     x = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(1))
     full = gpt.log_probs(x)
-    cache = StaticKVCache.for_model(gpt, batch_size=2, capacity=20)
+    cache = gpt.new_kv_cache(batch_size=2, capacity=20)
     pieces = [(0, 6), (6, 7), (7, 15), (15, 16), (16, 20)]  # prompt, one token, chunks
     for a, b in pieces:
         lp = torch.log_softmax(gpt.lm_head(gpt.hidden_states(x[:, a:b], kv_cache=cache)), -1)

@@ -664,7 +664,7 @@ def test_train_router_refuses_options_its_strategy_ignores(tmp_path, capsys, sma
 
 @pytest.mark.parametrize("name", ["snapshots", "checkpoints", "wandb", "model.safetensors"])
 def test_overwrite_removes_a_link_in_the_run_dir_never_what_it_points_at(tmp_path, name):
-    from timoe_core.train import state as ckpt_state
+    from timoe_core.train.run_dir import open_run_dir
 
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -673,5 +673,5 @@ def test_overwrite_removes_a_link_in_the_run_dir_never_what_it_points_at(tmp_pat
     run.mkdir()
     (run / "run.json").write_text("{}")
     (run / name).symlink_to(mine)
-    ckpt_state.open_run_dir(run, "overwrite")
+    open_run_dir(run, "overwrite")
     assert not os.path.lexists(run / name) and (mine / "thesis.txt").read_text() == "my thesis"

@@ -219,6 +219,29 @@ def test_target_log_probs_equal_the_full_mixture_at_the_targets(tmp_path, runs, 
         assert abs(-tlp.mean().item() + full.mean().item()) < 1e-5
 
 
+def test_a_single_expert_and_a_one_expert_mixture_share_the_target_kernel(tmp_path, runs, x):
+    """One target-log-prob kernel: a single expert under evaluation and an avg mixture
+    whose only eligible expert it is give bitwise equal log P(target), ignored targets
+    (-1) included, with or without autograd."""
+    from timoe_core.evaluate.models import load_evaluated_model
+    from timoe_core.model.logprobs import target_log_probs
+
+    mix = TiMoE.from_expert_dirs([tmp_path / "runs"], options=INCLUSIVE)
+    single = load_evaluated_model(runs["2013-2014"], "expert:2013")
+    targets = torch.randint(0, V, x.shape, generator=torch.Generator().manual_seed(2))
+    targets[0, -3:] = -1
+    ref = mix.mixture_target_log_probs(x, targets, "2013")  # only 2013-2014 is eligible
+    assert torch.equal(single.target_log_probs(x, targets, None), ref)
+    assert torch.equal(ref[0, -3:], torch.zeros(3))
+    expert = mix.expert("2013-2014")
+    for chunk in (None, 7):
+        with torch.enable_grad():
+            expert.requires_grad_(True)
+            graded = target_log_probs(expert, x, targets, chunk)
+        assert graded.requires_grad
+        assert torch.allclose(graded.detach(), ref, atol=1e-6, rtol=0)
+
+
 def test_learned_router_weights_are_used(tmp_path, runs, x):
     """A non-uniform router gives a different mixture than avg, built from its weights."""
     mix = random_router(TiMoE.from_expert_dirs([tmp_path / "runs"], strategy="learned-avg", options=INCLUSIVE))

@@ -16,13 +16,8 @@ from helpers import make_data_dir
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
 from timoe_core.train import state as ckpt_state
-from timoe_core.train.distributed import (
-    LaunchSpec,
-    StopRequest,
-    check_launch_spec,
-    launch,
-    outer_launch,
-)
+from timoe_core.train.distributed import StopRequest, outer_launch
+from timoe_core.train.launch import LaunchSpec, check_launch_spec, launch
 from timoe_core.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]

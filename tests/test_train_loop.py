@@ -160,8 +160,29 @@ def test_interrupted_wsd_run_resumed_equals_uninterrupted_bitwise(data, tmp_path
     a = ckpt_state.load_trainer_state(ckpt_state.latest_checkpoint(full))
     b = ckpt_state.load_trainer_state(ckpt_state.latest_checkpoint(tmp_path / "part"))
     assert a["data"] == b["data"] and a["tokens"] == b["tokens"]
+    assert a["schedule"] == b["schedule"]
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+
+def test_a_run_extended_inside_its_warmup_resumes_the_schedule_it_had(data, tmp_path):
+    # The schedule's state is loaded on resume: a 40-step run (warmup 10 steps) stopped
+    # at step 5 and rerun with --max-steps 80 goes on with its 10-step warmup, as the
+    # uninterrupted 40-step run does, not the 20 steps a fresh 80-step run would take;
+    # only the decay moves to the new end.
+    common = {"warmup_fraction": 0.25, "decay_fraction": 0.1, "log_every": 1, "dropout": 0.1}
+    full = train_expert(cfg(data, tmp_path / "full", max_steps=40, stop_at_step=30, **common))
+    part = cfg(data, tmp_path / "part", max_steps=40, **common)
+    train_expert(part.model_copy(update={"stop_at_step": 5}))
+    train_expert(part.model_copy(update={"max_steps": 80, "stop_at_step": 30}))
+
+    def lrs(run_dir):
+        return [(r["step"], r["lr"]) for r in read_metrics(run_dir) if r["type"] == "train"]
+
+    assert len(lrs(full)) == 30 and lrs(tmp_path / "part") == lrs(full)
+    assert_bitwise_equal(weights(full), weights(tmp_path / "part"))
+    saved = ckpt_state.load_trainer_state(ckpt_state.latest_checkpoint(tmp_path / "part"))
+    assert saved["schedule"]["warmup_steps"] == 10 and saved["schedule"]["total_steps"] == 80
 
 
 # -------------------------------------------------------------- checkpoints

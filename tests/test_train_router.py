@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from timoe_core.config import TrainRouterConfig
 from timoe_core.data.manifest import sha256_file
 from timoe_core.data.windows import TokenWindows
+from timoe_core.errors import TimoeError
 from timoe_core.model.bundle import BUNDLE_FILENAME, ROUTER_FILENAME
 from timoe_core.model.gpt import GPT
 from timoe_core.model.mixture import TiMoE
@@ -358,6 +359,27 @@ def test_staged_router_writes_one_snapshot_per_cutoff_and_resumes(inputs, tmp_pa
     assert len(sorted((kept / "stages").rglob("trainer_state.pt"))) == 5
     assert (kept / "routers").is_dir() and (kept / "timoe.json").read_text() == (
         out / "timoe.json").read_text().replace(str(out), str(kept))
+
+
+def test_a_staged_router_decides_its_run_dir_as_every_job_does(inputs, tmp_path):
+    # The one run-dir decision (train.run_dir.decide_run_dir): a staged run's settings
+    # changed by the flags are named as every job names them, --no-resume is refused, a
+    # bundle no training run wrote is replaced only under --overwrite; nothing is touched.
+    data, experts = inputs
+    cfg = TrainRouterConfig(experts=[experts], data=data, out=tmp_path / "m", batch_size=8,
+                            steps_per_stage=1, device="cpu", log_every=5)
+    out = train_router(cfg)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(TimoeError, match=r"cannot resume .*--lr \(run has 0.001, flags give 0.002\)"):
+        train_router(cfg.model_copy(update={"lr": 0.002}))
+    with pytest.raises(TimoeError, match="already holds a run: rerun without --no-resume"):
+        train_router(cfg.model_copy(update={"resume": False}))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    avg = train_router(TrainRouterConfig(strategy="avg", experts=[experts], out=tmp_path / "a"))
+    with pytest.raises(TimoeError, match="holds a timoe.json that no training run wrote"):
+        train_router(cfg.model_copy(update={"out": avg}))
+    trained = train_router(cfg.model_copy(update={"out": avg, "overwrite": True}))
+    assert json.loads((trained / "timoe.json").read_text())["strategy"] == "learned-avg"
 
 
 def test_an_unstaged_router_over_experts_with_snapshots_has_one_slot_per_slice(

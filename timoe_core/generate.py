@@ -1,8 +1,8 @@
 """Sampling from a TiMoE mixture (as of a query date) or from a single GPT run dir.
 
-Decoding keeps a KV cache per eligible expert (a `StaticKVCache`, preallocated once per
-generation and filled in place) and the router's running prefix sum
-(`TiMoE.next_log_probs`), so each new token costs one position per expert instead of
+Decoding (model/decoding.py) keeps a KV cache per eligible expert (a `KVCache`,
+preallocated once per generation and filled in place) and the router's running prefix
+sum (`mixture_next_log_probs`), so each new token costs one position per expert instead of
 the whole context; `use_cache=False` recomputes the context every token (the reference
 the cache is checked against, and the baseline of benchmarks/generate.py).
 
@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from timoe_core.errors import TimoeError
-from timoe_core.model.gpt import GPT, StaticKVCache
-from timoe_core.model.mixture import MixtureState, QueryDate, TiMoE
+from timoe_core.model.decoding import MixtureState, expert_next_log_probs, mixture_next_log_probs
+from timoe_core.model.gpt import GPT
+from timoe_core.model.kv_cache import KVCache
+from timoe_core.model.mixture import QueryDate, TiMoE
 
 StopReason = Literal["eot", "max_new_tokens"]
 
@@ -86,41 +88,45 @@ def sample_token(
 # A step: (token ids (1, n), state or None, use_cache) -> ((V,) next-token log-probs, state).
 # With a state the ids are only the new tokens; without, the whole window. use_cache=False
 # returns no state, so the next step recomputes the window.
-Step = Callable[[torch.Tensor, object | None, bool], tuple[torch.Tensor, object]]
+DecodeState = MixtureState | KVCache
+Step = Callable[[torch.Tensor, DecodeState | None, bool], tuple[torch.Tensor, DecodeState | None]]
 
 
-# With the cache, every expert decodes into a `StaticKVCache` of block_size positions,
+# With the cache, every expert decodes into a `KVCache` of block_size positions,
 # made at the first step and emptied whenever a window starts (after a cut): a step
 # writes its new keys and values in place instead of re-concatenating them.
 
 
 def _mixture_step(model: TiMoE, query_date: QueryDate, experts: list[str]) -> Step:
-    caches: dict[str, StaticKVCache] = {}
+    caches: dict[str, KVCache] = {}
 
-    def step(ids: torch.Tensor, state: MixtureState | None, use_cache: bool):
+    def step(ids: torch.Tensor, state: DecodeState | None, use_cache: bool
+             ) -> tuple[torch.Tensor, DecodeState | None]:
+        assert state is None or isinstance(state, MixtureState)
         if state is None and use_cache:
             for label in experts:  # made once, emptied when a window starts again
-                cache = caches.get(label) or StaticKVCache.for_model(model.expert(label))
-                cache.length = 0
+                cache = caches.get(label) or model.expert(label).new_kv_cache()
+                cache.reset()
                 caches[label] = cache
             state = MixtureState(eligible=model.eligibility(query_date, 1), caches=dict(caches))
-        lp, new_state = model.next_log_probs(ids, query_date, state)
+        lp, new_state = mixture_next_log_probs(model, ids, query_date, state)
         return lp[0], new_state if use_cache else None
 
     return step
 
 
 def _gpt_step(model: GPT) -> Step:
-    made: list[StaticKVCache] = []
+    made: list[KVCache] = []
 
-    def step(ids: torch.Tensor, state: StaticKVCache | None, use_cache: bool):
+    def step(ids: torch.Tensor, state: DecodeState | None, use_cache: bool
+             ) -> tuple[torch.Tensor, DecodeState | None]:
+        assert state is None or isinstance(state, KVCache)
         cache = state
         if use_cache and cache is None:
-            made[:] = made or [StaticKVCache.for_model(model)]
+            made[:] = made or [model.new_kv_cache()]
             cache = made[0]
-            cache.length = 0
-        h = model.hidden_states(ids, kv_cache=cache)[:, -1]
-        return torch.log_softmax(model.lm_head(h).float(), dim=-1)[0], cache
+            cache.reset()
+        return expert_next_log_probs(model, ids, cache)[0], cache
 
     return step
 
@@ -170,13 +176,16 @@ def generate_tokens(
     if bad:
         raise TimoeError(f"prompt token {bad[0]} is outside the model's vocabulary of {vocab_size}")
     # after the checks: bad input loads no expert
-    step = _mixture_step(model, query_date, experts) if isinstance(model, TiMoE) else (
-        _gpt_step(model))
+    if isinstance(model, TiMoE):
+        assert query_date is not None  # refused above
+        step = _mixture_step(model, query_date, experts)
+    else:
+        step = _gpt_step(model)
     keep = max(1, block_size // 2)
     start = max(0, len(tokens) - block_size)  # first token of the window
     generator = torch.Generator().manual_seed(seed)
 
-    state: object | None = None
+    state: DecodeState | None = None
     fed = start  # tokens[start:fed] are in the caches
     new: list[int] = []
     rebuilds = 0

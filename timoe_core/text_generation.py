@@ -17,8 +17,11 @@ import torch
 
 from timoe_core.config import GenerateConfig
 from timoe_core.errors import TimoeError
-from timoe_core.evaluate.models import load_evaluated_model, model_warnings
+from timoe_core.evaluate.evaluated_model import MixtureModel, SingleModel, model_warnings
+from timoe_core.evaluate.models import load_evaluated_model
 from timoe_core.generate import GenerationResult, generate_tokens
+from timoe_core.model.gpt import GPT
+from timoe_core.model.mixture import TiMoE
 from timoe_core.timeslices import parse_query_date
 from timoe_core.tokenizer import get_tokenizer
 
@@ -40,14 +43,15 @@ def run_generate(cfg: GenerateConfig) -> GeneratedText:
         parse_query_date(cfg.query_date)
     m = load_evaluated_model(cfg.model, cfg.strategy, policy=cfg.policy, device=cfg.device)
     notes = [f"warning: {w}" for w in model_warnings(m, cfg.query_date)]
-    if m.dated:
+    if isinstance(m, MixtureModel):  # dated: answers as of the query date
         if cfg.query_date is None:
             raise TimoeError(
                 "--query-date is required for a TiMoE mixture: generation is as of a date"
             )
         m.eligible_experts(cfg.query_date)  # none that early: exit 2, naming the first date
-        net = m.mix
+        net: TiMoE | GPT = m.mix
     else:
+        assert isinstance(m, SingleModel)  # what load_evaluated_model returns otherwise
         net = m.gpt
         if cfg.query_date is not None:
             notes.append(

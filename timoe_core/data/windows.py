@@ -136,7 +136,7 @@ class TokenWindows:
     def year_of(self, index: int) -> int:
         return self.years[self._locate(index)[0]]
 
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs+targets as LongTensor (B, seq_len + 1), years as LongTensor (B,))."""
         rows = np.stack([self[int(i)] for i in indices])
         years = self.window_years[np.asarray(indices, dtype=np.int64)]

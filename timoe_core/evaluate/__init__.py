@@ -10,14 +10,16 @@
 """
 
 from timoe_core.evaluate.compare import compare_models, compare_table, parse_entry
-from timoe_core.evaluate.models import EvaluatedModel, load_evaluated_model
+from timoe_core.evaluate.evaluated_model import EvaluatedModel
+from timoe_core.evaluate.models import load_evaluated_model
 from timoe_core.evaluate.perplexity import (
     PerplexityMatrix,
     PerplexityResult,
     evaluate_perplexity,
     perplexity_matrix,
 )
-from timoe_core.evaluate.report import evaluation_report, plot_compare, plot_report, write_report
+from timoe_core.evaluate.plots import plot_compare, plot_report
+from timoe_core.evaluate.report import evaluation_report, write_report
 from timoe_core.evaluate.tsqa import TSQAFields, TSQAResult, load_tsqa, score_tsqa
 
 __all__ = [

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from timoe_core.errors import TimoeError
+from timoe_core.evaluate.evaluated_model import model_warnings
 from timoe_core.timeslices import AnswerCutoffs
 from timoe_core.evaluate.intervals import mean_perplexity_interval
-from timoe_core.evaluate.models import load_evaluated_model, model_warnings, parse_strategy
+from timoe_core.evaluate.models import load_evaluated_model, parse_strategy
 from timoe_core.evaluate.perplexity import evaluate_perplexity
 from timoe_core.evaluate.report import (
     Table,

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 from timoe_core.errors import TimoeError
-from timoe_core.evaluate.models import EvaluatedModel, load_evaluated_model
+from timoe_core.evaluate.evaluated_model import EvaluatedModel
+from timoe_core.evaluate.models import load_evaluated_model
 from timoe_core.evaluate.tsqa import (
     batches_by_date,
     continuation_batch,

@@ -31,8 +31,8 @@ from timoe_core.data.manifest import (  # noqa: F401  (check_compatible re-expor
     resolve_seq_len,
 )
 from timoe_core.data.windows import TokenWindows
+from timoe_core.evaluate.evaluated_model import EvaluatedModel
 from timoe_core.evaluate.intervals import mean_log_interval
-from timoe_core.evaluate.models import EvaluatedModel
 from timoe_core.timeslices import parse_query_date
 
 # progress(done, total): called after every batch with windows scored so far.

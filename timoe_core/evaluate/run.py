@@ -21,16 +21,11 @@ from typing import Any
 from timoe_core.config import EvaluateConfig, is_saved_config, save_config
 from timoe_core.errors import TimoeError
 from timoe_core.evaluate.compare import compare_models, parse_entry
-from timoe_core.evaluate.models import load_evaluated_model, model_warnings
+from timoe_core.evaluate.evaluated_model import model_warnings
+from timoe_core.evaluate.models import load_evaluated_model
 from timoe_core.evaluate.perplexity import evaluate_perplexity, perplexity_matrix
-from timoe_core.evaluate.report import (
-    evaluation_report,
-    is_json_report,
-    is_png,
-    plot_compare,
-    plot_report,
-    write_report,
-)
+from timoe_core.evaluate.plots import plot_compare, plot_report
+from timoe_core.evaluate.report import evaluation_report, is_json_report, is_png, write_report
 from timoe_core.evaluate.tsqa import (
     TSQAFields,
     TSQAResult,

@@ -1,18 +1,21 @@
 """The GPT expert: a GPT-2 style decoder in one readable file (after nanoGPT).
 
 Pre-LayerNorm blocks, GELU MLP, tied input/output embeddings, PyTorch's
-scaled_dot_product_attention, and an optional KV cache for generation.
+scaled_dot_product_attention, and an optional KV cache (model/kv_cache.py) that decoding
+(model/decoding.py) hands to `hidden_states`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from timoe_core.model.kv_cache import KVCache, KVCacheLayer
 
 GPT2_VOCAB_SIZE = 50257
 PresetName = Literal["tiny", "small", "gpt2-124m"]
@@ -74,65 +77,9 @@ def preset_config(name: str, **overrides: object) -> GPTConfig:
     """A preset with any field overridden; None values leave the preset's value."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-    fields = dict(PRESETS[name])
+    fields: dict[str, object] = dict(PRESETS[name])
     fields.update({k: v for k, v in overrides.items() if v is not None})
-    return GPTConfig(**fields)
-
-
-# One layer's cached keys and values: (batch, heads, time, head_dim) each.
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-class StaticKVCache:
-    """Keys and values of every layer, preallocated for `capacity` positions (decoding).
-
-    A step writes its new positions in place and attends over the filled prefix, so no
-    step copies the cache; a `KVCache` list re-concatenates every layer's keys and values
-    each token, which the profiler showed as a fifth of a decoding step on CPU.
-    """
-
-    def __init__(
-        self,
-        config: GPTConfig,
-        batch_size: int,
-        capacity: int,
-        *,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        head_dim = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, capacity, head_dim)
-        self.keys = torch.empty(shape, dtype=dtype, device=device)
-        self.values = torch.empty(shape, dtype=dtype, device=device)
-        self.layers = [(self.keys[i], self.values[i]) for i in range(config.n_layer)]  # views
-        self.capacity = capacity
-        self.length = 0  # positions filled
-
-    @classmethod
-    def for_model(
-        cls, model: GPT, batch_size: int = 1, capacity: int | None = None
-    ) -> StaticKVCache:
-        """A cache shaped for `model` (its dtype and device), `capacity` default block_size."""
-        w = model.lm_head.weight
-        return cls(model.config, batch_size, capacity or model.config.block_size,
-                   dtype=w.dtype, device=w.device)
-
-
-class _StaticLayer:
-    """Layer `index` of a StaticKVCache, as the attention sees it during one step."""
-
-    __slots__ = ("cache", "index")
-
-    def __init__(self, cache: StaticKVCache, index: int) -> None:
-        self.cache, self.index = cache, index
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the step's keys/values after the filled prefix; views of all so far."""
-        start, end = self.cache.length, self.cache.length + k.size(2)
-        keys, values = self.cache.layers[self.index]
-        keys[:, :, start:end] = k
-        values[:, :, start:end] = v
-        return keys[:, :, :end], values[:, :, :end]
+    return GPTConfig.model_validate(fields)
 
 
 class Linear(nn.Linear):
@@ -173,20 +120,15 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        past: tuple[torch.Tensor, torch.Tensor] | _StaticLayer | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        past: KVCacheLayer | None = None,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if isinstance(past, _StaticLayer):
+        cached = 0
+        if past is not None:
             cached = past.cache.length
             k, v = past.append(k, v)
-        elif past is not None:
-            cached = past[0].size(2)
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
-        else:
-            cached = 0
         if cached == 0:
             mask, causal = None, True
         elif T == 1:
@@ -201,7 +143,7 @@ class CausalSelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return F.dropout(self.proj(y), self.dropout, self.training), (k, v)
+        return F.dropout(self.proj(y), self.dropout, self.training)
 
 
 class MLP(nn.Module):
@@ -226,12 +168,10 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        past: tuple[torch.Tensor, torch.Tensor] | _StaticLayer | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        a, present = self.attn(self.ln_1(x), past)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
-        return x, present
+        past: KVCacheLayer | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), past)
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -269,6 +209,13 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if non_embedding else n
 
+    def new_kv_cache(self, batch_size: int = 1, capacity: int | None = None) -> KVCache:
+        """An empty KV cache shaped for this model (its dtype and device) and `batch_size`
+        rows, `capacity` positions (default block_size)."""
+        c, w = self.config, self.lm_head.weight
+        return KVCache(c.n_layer, batch_size, c.n_head, capacity or c.block_size,
+                       c.n_embd // c.n_head, dtype=w.dtype, device=w.device)
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -277,8 +224,8 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) and, given targets, the mean cross-entropy.
 
-        Targets equal to -1 are ignored. With `kv_cache` (a list that is filled in
-        place), `idx` holds only the new tokens and positions continue the cache.
+        Targets equal to -1 are ignored. With `kv_cache` (filled in place), `idx` holds
+        only the new tokens and positions continue the cache.
         """
         logits = self.logits(idx, kv_cache)
         loss = None
@@ -288,42 +235,31 @@ class GPT(nn.Module):
             )
         return logits, loss
 
-    def hidden_states(
-        self, idx: torch.Tensor, kv_cache: KVCache | StaticKVCache | None = None
-    ) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Final-layer-normed hidden states (B, T, n_embd).
 
-        With `kv_cache` (a `KVCache` list, filled in place, or a `StaticKVCache`), `idx`
-        holds only the new tokens and positions continue the cache.
+        With `kv_cache` (filled in place), `idx` holds only the new tokens and positions
+        continue the cache.
         """
-        B, T = idx.shape
-        static = isinstance(kv_cache, StaticKVCache)
-        past_len = kv_cache.length if static else (kv_cache[0][0].size(2) if kv_cache else 0)
-        limit = min(self.config.block_size, kv_cache.capacity) if static else self.config.block_size
+        T = idx.size(1)
+        past_len = kv_cache.length if kv_cache is not None else 0
+        limit = self.config.block_size
+        if kv_cache is not None:
+            limit = min(limit, kv_cache.capacity)
         if past_len + T > limit:
             what = "block_size" if limit == self.config.block_size else "the cache's capacity"
             raise ValueError(f"sequence of {past_len + T} tokens exceeds {what} {limit}")
-        if static and T == 1 and not self.training:
+        if kv_cache is not None and T == 1 and not self.training:
             return self._decode_step(idx, kv_cache)
         pos = torch.arange(past_len, past_len + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
-        if static:
-            for i, block in enumerate(self.blocks):
-                x, _ = block(x, _StaticLayer(kv_cache, i))
-            kv_cache.length += T
-            return self.ln_f(x)
-        fresh = kv_cache is not None and not kv_cache
         for i, block in enumerate(self.blocks):
-            past = None if (kv_cache is None or fresh) else kv_cache[i]
-            x, present = block(x, past)
-            if kv_cache is not None:
-                if fresh:
-                    kv_cache.append(present)
-                else:
-                    kv_cache[i] = present
+            x = block(x, None if kv_cache is None else kv_cache.layer(i))
+        if kv_cache is not None:
+            kv_cache.length += T
         return self.ln_f(x)
 
-    def _decode_step(self, idx: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+    def _decode_step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """`hidden_states` of one new position per row (B, 1) in eval mode: the blocks'
         math, written as one loop over the layers' weights. A decoding step is bound by
         reading the weights, and every operation between its products adds to it: this
@@ -333,7 +269,7 @@ class GPT(nn.Module):
         B, pos = idx.size(0), cache.length
         C, H = self.config.n_embd, self.config.n_head
         x = self.wte.weight[idx] + self.wpe.weight[pos]
-        for block, (keys, values) in zip(self.blocks, cache.layers):
+        for block, (keys, values) in zip(cast("list[Block]", self.blocks), cache.layers):
             attn, mlp = block.attn, block.mlp  # their layers' forward, called directly
             qkv = attn.qkv.forward(block.ln_1.forward(x)).view(B, 3, H, 1, C // H)
             q, k, v = qkv.unbind(1)
@@ -351,16 +287,6 @@ class GPT(nn.Module):
     def log_probs(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Next-token log-probabilities (B, T, vocab) in fp32."""
         return F.log_softmax(self.logits(idx, kv_cache).float(), dim=-1)
-
-    def target_log_probs(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """log P(targets[b, t] | idx[b, :t+1]) as (B, T): all a training loss needs.
-
-        Computed as logit[target] - logsumexp(logits), which never builds a second
-        vocab-sized tensor beside the logits.
-        """
-        logits = self.logits(idx).float()
-        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return picked - torch.logsumexp(logits, dim=-1)
 
     def flops_per_token(self) -> int:
         """Training FLOPs per token (6N + attention), as in the PaLM/nanoGPT MFU estimate."""

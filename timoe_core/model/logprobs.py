@@ -1,9 +1,10 @@
 """The mixture formula and the target-log-prob kernels (TiMoE's arithmetic).
 
 `add_to_mixture` folds one expert's term log w_k + log P_k into the running logsumexp;
-`_target_log_probs` is an expert's log P(target) chunk by chunk of positions (with
-autograd, or for a frozen expert into one reused buffer). Every path of `TiMoE` calls
-these, so the numbers of training, evaluation and decoding come from one place.
+`target_log_probs` is an expert's log P(target) chunk by chunk of positions (with
+autograd, or for a frozen expert into one reused buffer): the one target-log-prob kernel,
+used by every path of `TiMoE` and by a single expert or dense model under evaluation, so
+the numbers of training, evaluation and decoding come from one place.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from timoe_core.model.gpt import GPT
 # One chunk of vocab-sized log-probs (positions x vocab x 4 bytes) is about this big.
 CHUNK_BYTES = 32 << 20
 MIN_CHUNK_TOKENS = 64
+
+
+def chunk_positions(vocab_size: int) -> int:
+    """Positions per vocab projection: about CHUNK_BYTES of fp32 logits."""
+    return max(MIN_CHUNK_TOKENS, CHUNK_BYTES // (4 * vocab_size))
+
 
 def add_to_mixture(
     total: torch.Tensor | None,
@@ -74,10 +81,14 @@ def _project(hidden: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> t
     return out
 
 
-def _target_log_probs(
-    expert: GPT, ids: torch.Tensor, targets: torch.Tensor, chunk: int
+def target_log_probs(
+    expert: GPT, ids: torch.Tensor, targets: torch.Tensor, chunk: int | None = None
 ) -> torch.Tensor:
-    """log P(targets) under one expert as (B, T), vocab projection done chunk by chunk."""
+    """log P(targets[b, t] | ids[b, :t+1]) under one expert as fp32 (B, T), the vocab
+    projection done `chunk` positions at a time (default `chunk_positions`), so no
+    (B, T, vocab) tensor exists. Targets equal to -1 are ignored (their log-prob is 0)."""
+    if chunk is None:
+        chunk = chunk_positions(expert.config.vocab_size)
     h = expert.hidden_states(ids)
     B, T, C = h.shape
     flat_h, flat_t = h.reshape(-1, C), targets.reshape(-1)
@@ -93,7 +104,7 @@ def _target_log_probs(
 def _frozen_target_log_probs(
     expert: GPT, flat_h: torch.Tensor, flat_t: torch.Tensor, chunk: int
 ) -> torch.Tensor:
-    """`_target_log_probs` without autograd (a frozen expert): each chunk's logits go into
+    """`target_log_probs` without autograd (a frozen expert): each chunk's logits go into
     one reused buffer, log-softmax in place, then the targets are gathered; about half
     the memory traffic of cross_entropy, which writes a second vocab-sized tensor."""
     out = torch.empty(flat_t.shape, dtype=torch.float32, device=flat_h.device)

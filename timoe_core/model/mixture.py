@@ -8,7 +8,7 @@ For a query date d, eligible experts E(d) and weights w_k summing to 1 over E(d)
 The formula is `add_to_mixture` below: one expert's term folded into the running
 logsumexp. Every path calls it, expert by expert: the full distribution
 (`mixture_log_probs`), the target-only one for training and evaluation (`forward`) and
-decoding (`next_log_probs`). The weights come from the strategy's weighting
+decoding (`decoding.mixture_next_log_probs`). The weights come from the strategy's weighting
 (`timoe_core.model.weighting`: uniform over E(d), or the causal router); the experts are
 records loaded lazily with their checksums verified (`expert_pool.py`); the bundle
 files are `bundle.py`.
@@ -34,7 +34,7 @@ Cost model:
   experts with gradients and every other expert under no_grad; `cached_expert_log_probs`
   skips frozen experts entirely (their target log-probs read from a cache, see
   `experts_target_log_probs`); `router_aux` carries the auxiliary losses.
-- Generation: `next_log_probs` keeps a KV cache per eligible expert and the router's
+- Generation (model/decoding.py): `mixture_next_log_probs` keeps a KV cache per eligible expert and the router's
   running prefix sum, and projects only the last position onto the vocabulary.
 """
 
@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -60,9 +60,9 @@ from timoe_core.model.expert_pool import (
 )
 from timoe_core.model.gpt import GPT
 from timoe_core.model.logprobs import add_to_mixture
-from timoe_core.model.mixture_compute import MixtureComputation, MixtureOutput, MixtureState
+from timoe_core.model.mixture_compute import MixtureComputation, MixtureOutput
 from timoe_core.model.mixture_views import MixtureViews
-from timoe_core.model.point_in_time import POLICIES
+from timoe_core.model.point_in_time import POLICIES, Policy
 from timoe_core.model.router import (
     Router,
     RouterConfig,
@@ -198,7 +198,7 @@ class TiMoE(MixtureViews, MixtureComputation, nn.Module):
             if adapts and (rec.embedded or (rec is self._records[rec.label]
                                             and rec.label in self._adapted))
         }
-        loaded = {self._records[label].key: m for label, m in self._experts.items()}
+        loaded = {self._records[label].key: cast(GPT, m) for label, m in self._experts.items()}
         bundle.write_bundle(out_dir, self._all, loaded, embedded, self.strategy, self.options,
                             self.router, self._router_snapshots, self.router_data_cutoff)
 
@@ -225,16 +225,18 @@ class TiMoE(MixtureViews, MixtureComputation, nn.Module):
         self._strategy = value
 
     @property
-    def policy(self) -> str:
+    def policy(self) -> Policy:
         return self.options.policy
 
     @policy.setter
     def policy(self, value: str) -> None:
-        if value not in POLICIES:
-            raise TimoeError(
-                f"unknown eligibility policy {value!r}: use one of {', '.join(POLICIES)}"
-            )
-        self.options.policy = value  # type: ignore[assignment]
+        for policy in POLICIES:
+            if value == policy:
+                self.options.policy = policy
+                return
+        raise TimoeError(
+            f"unknown eligibility policy {value!r}: use one of {', '.join(POLICIES)}"
+        )
 
     def uncovered_years(self) -> list[str]:
         """Years between the experts' slices that no expert covers ("2017" or "2017-2018")."""
@@ -357,4 +359,4 @@ class TiMoE(MixtureViews, MixtureComputation, nn.Module):
             self._records[label].data_cutoff = cutoff
 
 
-__all__ = ["MixtureOutput", "MixtureState", "QueryDate", "QueryDates", "TiMoE", "add_to_mixture"]
+__all__ = ["MixtureOutput", "QueryDate", "QueryDates", "TiMoE", "add_to_mixture"]

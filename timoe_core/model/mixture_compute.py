@@ -1,33 +1,37 @@
-"""TiMoE's computations: the weights (uniform or the router's), the full distribution,
-the target-only path of training and evaluation, and one decoding step; each folds the
-eligible experts' terms with `logprobs.add_to_mixture`."""
+"""TiMoE's computations: the weights (uniform or the router's), the full distribution and
+the target-only path of training and evaluation; each folds the eligible experts' terms
+with `logprobs.add_to_mixture` (as decoding does, model/decoding.py)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from timoe_core.model.gpt import KVCache
 from timoe_core.model.logprobs import (
-    CHUNK_BYTES,
-    MIN_CHUNK_TOKENS,
     _chunks,
     _project,
     _runs,
-    _target_log_probs,
     add_to_mixture,
+    chunk_positions,
+    target_log_probs,
 )
 from timoe_core.model.router import RouterAux, RouterOutput, RouterState
 from timoe_core.model.weighting import get_strategy
 from timoe_core.timeslices import TimeSlice
 
 if TYPE_CHECKING:
-    from timoe_core.model.mixture import QueryDates
+    from datetime import date
+
+    from timoe_core.config import MixtureOptions
+    from timoe_core.model.expert_pool import ExpertRecord
+    from timoe_core.model.gpt import GPT
+    from timoe_core.model.mixture import QueryDates, TiMoE
+    from timoe_core.model.router import Router
 
 @dataclass
 class MixtureOutput:
@@ -41,23 +45,38 @@ class MixtureOutput:
     router_aux: RouterAux | None = None
 
 
-@dataclass
-class MixtureState:
-    """Incremental decoding state: KV cache per eligible expert and the router's prefix sum."""
-
-    eligible: torch.Tensor  # (B, K) bool, fixed by the query dates
-    caches: dict[str, KVCache] = field(default_factory=dict)
-    router: RouterState | None = None
-    length: int = 0  # tokens consumed so far
-
-
 class MixtureComputation:
     """The computing part of `TiMoE` (a mixin: TiMoE holds the state)."""
+
+    # TiMoE's state and views this part reads (declared for the type checker only).
+    options: MixtureOptions
+    router: Router | None
+    slices: list[TimeSlice]
+    device: torch.device
+    chunk_tokens: int | None
+    staged: bool
+    _trainable: set[str]
+
+    if TYPE_CHECKING:
+        @property
+        def strategy(self) -> str: ...
+
+        @property
+        def vocab_size(self) -> int: ...
+
+        def eligibility(self, query_dates: QueryDates, batch_size: int) -> torch.Tensor: ...
+
+        def expert(self, time_slice: TimeSlice | str) -> GPT: ...
+
+        def _record(self, time_slice: TimeSlice | str) -> ExpertRecord: ...
+
+        def _by_view(self, query_dates: QueryDates, batch_size: int
+                     ) -> list[tuple[TiMoE, list[int], date]]: ...
 
     def _uses_router(self) -> bool:
         return get_strategy(self.strategy).uses_router
 
-    def _log_weights(
+    def log_weights(
         self,
         input_ids: torch.Tensor,
         eligible: torch.Tensor,
@@ -70,6 +89,7 @@ class MixtureComputation:
         of it, so that gradients are synchronised)."""
         if self._uses_router():
             call = router if router is not None else self.router
+            assert call is not None, "TiMoE gives a router strategy's mixture its router"
             out = call(input_ids, eligible, state=state, top_k=self.options.top_k)
             return out.log_weights, out
         n = eligible.sum(1, keepdim=True).to(torch.float32)
@@ -77,10 +97,8 @@ class MixtureComputation:
         return lw.unsqueeze(1), None
 
     def _chunk(self) -> int:
-        """Positions per vocab projection: about CHUNK_BYTES of fp32 logits."""
-        if self.chunk_tokens:
-            return self.chunk_tokens
-        return max(MIN_CHUNK_TOKENS, CHUNK_BYTES // (4 * self.vocab_size))
+        """Positions per vocab projection: `chunk_tokens`, else `chunk_positions`."""
+        return self.chunk_tokens or chunk_positions(self.vocab_size)
 
     # ------------------------------------------------------ full distributions
 
@@ -97,7 +115,7 @@ class MixtureComputation:
             return self._gather_views(ids, None, query_dates, lambda v, x, _, d:
                                       v.mixture_log_probs(x, d), (B, T, self.vocab_size))
         eligible = self.eligibility(query_dates, B)
-        lw, _ = self._log_weights(ids, eligible)
+        lw, _ = self.log_weights(ids, eligible)
         active = (eligible & torch.isfinite(lw).any(1)).cpu()  # top-k may drop an expert from a row
         # avg: equal weights, so add log(1/n) once at the end instead of once per expert.
         uniform = not self._uses_router()
@@ -162,7 +180,7 @@ class MixtureComputation:
         tgt = targets.to(self.device)
         B, T = ids.shape
         eligible = self.eligibility(query_dates, B)
-        lw, router_out = self._log_weights(ids, eligible, router=router)
+        lw, router_out = self.log_weights(ids, eligible, router=router)
         lw = lw.expand(B, T, -1)
         active = eligible & torch.isfinite(lw).any(1)
         train_set = (
@@ -171,7 +189,7 @@ class MixtureComputation:
         elp = self._experts_target(ids, tgt, active, train_set, cached_expert_log_probs)
         tlp = add_to_mixture(None, elp, lw, experts_dim=-1)
         aux = None
-        if router_out is not None:
+        if router_out is not None and self.router is not None:
             o = self.options
             aux = self.router.aux_losses(
                 router_out, o.entropy_coef, o.balance_coef, o.z_loss_coef, mask=tgt != -1
@@ -236,59 +254,7 @@ class MixtureComputation:
                     with torch.set_grad_enabled(grad):
                         x = ids if every else ids[rows]
                         y = targets if every else targets[rows]
-                        vals = _target_log_probs(expert, x, y, self._chunk())
+                        vals = target_log_probs(expert, x, y, self._chunk())
                     col = vals if every else col.index_put((rows.nonzero().flatten(),), vals)
             cols.append(col)
         return torch.stack(cols, dim=-1)
-
-    # -------------------------------------------------------------- generation
-
-    @torch.no_grad()
-    def next_log_probs(
-        self,
-        input_ids: torch.Tensor,
-        query_dates: QueryDates | None = None,
-        state: MixtureState | None = None,
-    ) -> tuple[torch.Tensor, MixtureState]:
-        """(B, V) log-probs of the token after `input_ids`, and the state to continue.
-
-        Without `state`, `input_ids` is the whole context (query_dates needed); with it,
-        `input_ids` holds only the new tokens. Every eligible expert keeps a KV cache
-        (top-k may silence an expert now and need it later), and only the last position
-        is projected onto the vocabulary.
-        """
-        ids = input_ids.to(self.device)
-        B, T = ids.shape
-        if state is None:
-            state = MixtureState(eligible=self.eligibility(query_dates, B))
-        lw, router_out = self._log_weights(ids, state.eligible, state.router)
-        lw = lw[:, -1]  # (B, K)
-        def nothing_folded() -> torch.Tensor:
-            return torch.full((B, self.vocab_size), float("-inf"), device=self.device)
-
-        out = None  # the first expert's term starts the sum (no -inf tensor to fold into)
-        for k, s in enumerate(self.slices):
-            rows = state.eligible[:, k]
-            if not rows.any():
-                continue
-            every = bool(rows.all())
-            expert = self.expert(s)
-            cache = state.caches.setdefault(s.label, [])
-            h = expert.hidden_states(ids if every else ids[rows], kv_cache=cache)[:, -1]
-            lp = torch.log_softmax(expert.lm_head(h).float(), dim=-1)
-            if every:
-                out = add_to_mixture(out, lp, lw[:, k].unsqueeze(1), inplace=True)
-            else:
-                if out is None:
-                    out = nothing_folded()
-                out[rows] = add_to_mixture(out[rows], lp, lw[rows, k].unsqueeze(1), inplace=True)
-        if out is None:  # no row has an eligible expert
-            out = nothing_folded()
-        return out, MixtureState(
-            eligible=state.eligible,
-            caches=state.caches,
-            router=router_out.state if router_out is not None else None,
-            length=state.length + T,
-        )
-
-

@@ -5,7 +5,7 @@ the point-in-time rule, model/point_in_time.py), the mixture of exactly those
 from __future__ import annotations
 
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -14,10 +14,13 @@ from timoe_core.errors import TimoeError
 from timoe_core.model import point_in_time
 from timoe_core.model.expert_pool import ExpertRecord
 from timoe_core.model.router import RouterSnapshot
-from timoe_core.timeslices import TimeSlice, parse_query_date
+from timoe_core.timeslices import AnswerCutoffs, TimeSlice, parse_query_date
 
 if TYPE_CHECKING:
+    from timoe_core.config import MixtureOptions
     from timoe_core.model.mixture import QueryDate, QueryDates, TiMoE
+    from timoe_core.model.point_in_time import Policy
+    from timoe_core.model.router import Router
 
 
 def _dates_per_row(query_dates: QueryDates, batch_size: int) -> list[date]:
@@ -40,6 +43,29 @@ def _dates_per_row(query_dates: QueryDates, batch_size: int) -> list[date]:
 
 class MixtureViews:
     """The eligibility part of `TiMoE` (a mixin: TiMoE holds the state)."""
+
+    # TiMoE's state this part reads (declared for the type checker only).
+    options: MixtureOptions
+    router: Router | None
+    router_data_cutoff: date | None
+    slices: list[TimeSlice]
+    device: torch.device
+    chunk_tokens: int | None
+    answer_cutoffs: AnswerCutoffs
+    staged: bool
+    _records: dict[str, ExpertRecord]
+    _router_snapshots: list[RouterSnapshot]
+    _pool: list[ExpertRecord]
+    _views: dict[tuple[str, ...], TiMoE]
+
+    if TYPE_CHECKING:
+        @property
+        def policy(self) -> Policy: ...
+
+        @property
+        def strategy(self) -> str: ...
+
+        def _uses_router(self) -> bool: ...
 
     def eligible_experts(self, query_date: QueryDate) -> list[TimeSlice]:
         """The experts usable as of `query_date` (TimoeError naming the first usable date)."""
@@ -133,20 +159,21 @@ class MixtureViews:
         per slice) and, with a staged router, its snapshot for that date. Nothing of a
         later artefact is in it, so its outputs cannot depend on one. A mixture that is
         not staged is its own answer."""
-        if not self.staged:
-            return self
-        key = self.selection_key(query_date)
-        view = self._views.get(key)
+        mix = cast("TiMoE", self)  # the mixin's object is a TiMoE
+        if not mix.staged:
+            return mix
+        key = mix.selection_key(query_date)
+        view = mix._views.get(key)
         if view is None:
-            snap = self.router_for(query_date)
+            snap = mix.router_for(query_date)
             router = snap.router if snap is not None else None
-            strategy = self.strategy if router is not None or not self._uses_router() else "avg"
-            view = type(self)(self.usable_artefacts(query_date), strategy, self.options, router,
-                         self.device, shared=self._shared)
-            view.answer_cutoffs = self.answer_cutoffs
-            view.chunk_tokens = self.chunk_tokens
+            strategy = mix.strategy if router is not None or not mix._uses_router() else "avg"
+            view = type(mix)(mix.usable_artefacts(query_date), strategy, mix.options, router,
+                             mix.device, shared=mix._shared)
+            view.answer_cutoffs = mix.answer_cutoffs
+            view.chunk_tokens = mix.chunk_tokens
             view.eval()
-            self._views[key] = view
+            mix._views[key] = view
         return view
 
     def _by_view(self, query_dates: QueryDates, batch_size: int) -> list[tuple[TiMoE, list[int], date]]:

@@ -89,14 +89,14 @@ A = TypeVar("A", bound=Ordered)
 S = TypeVar("S", bound=Snapshot)
 
 
-def is_usable(artefact: Dated, when: date, policy: str) -> bool:
+def is_usable(artefact: Dated, when: date, policy: Policy) -> bool:
     """May an answer as of `when` use `artefact` under `policy`?"""
     if canonical_policy(policy) == "inclusive":
         return artefact.time_slice.start <= when
     return artefact.cutoff <= when
 
 
-def select_artefacts(records: Iterable[A], when: date, policy: str,
+def select_artefacts(records: Iterable[A], when: date, policy: Policy,
                      answer_cutoffs: AnswerCutoffs = "any") -> list[A]:
     """The artefacts usable as of `when`, at most one per slice, in time order: per
     slice, the latest usable one (by cutoff, then generation; of equal ones the last
@@ -112,7 +112,7 @@ def select_artefacts(records: Iterable[A], when: date, policy: str,
     return sorted(chosen, key=lambda r: r.time_slice)
 
 
-def first_usable_date(records: Iterable[Dated], policy: str,
+def first_usable_date(records: Iterable[Dated], policy: Policy,
                       answer_cutoffs: AnswerCutoffs = "any") -> date:
     """The earliest date as of which some artefact is usable under `policy`."""
     recs = [r for r in records if on_answer_grid(r.cutoff, answer_cutoffs)]
@@ -123,7 +123,7 @@ def first_usable_date(records: Iterable[Dated], policy: str,
     return min(r.cutoff for r in recs)
 
 
-def none_usable(when: date, policy: str, first: date) -> TimoeError:
+def none_usable(when: date, policy: Policy, first: date) -> TimoeError:
     """The error of a query no artefact may answer, naming the first usable date."""
     return TimoeError(
         f"no expert is eligible as of {when.isoformat()} (policy {policy}): "
@@ -142,7 +142,7 @@ class _FinalArtefact:
 
 
 def eligible_slices(
-    slices: Sequence[TimeSlice], query_date: str | int | date, policy: str
+    slices: Sequence[TimeSlice], query_date: str | int | date, policy: Policy
 ) -> list[TimeSlice]:
     """The slices whose final artefact is usable as of `query_date`, in time order
     (TimoeError naming the first usable date when there is none)."""
@@ -154,13 +154,13 @@ def eligible_slices(
     return [a.time_slice for a in chosen]
 
 
-def first_eligible_date(slices: Sequence[TimeSlice], policy: str) -> date:
+def first_eligible_date(slices: Sequence[TimeSlice], policy: Policy) -> date:
     """The earliest date as of which some slice's final artefact is usable."""
     return first_usable_date([_FinalArtefact(s) for s in slices], policy)
 
 
 def router_snapshot_for(
-    snapshots: Sequence[S], when: date, policy: str, usable_labels: list[str],
+    snapshots: Sequence[S], when: date, policy: Policy, usable_labels: list[str],
     answer_cutoffs: AnswerCutoffs = "any",
 ) -> S | None:
     """The router snapshot an answer as of `when` uses: point-in-time, the one with the

@@ -14,13 +14,10 @@ from timoe_core.lock import output_lock
 from timoe_core.model.bundle import BUNDLE_FILENAME
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.weighting import AVG
-from timoe_core.train import state as ckpt_state
-from timoe_core.train.mixture_run import (
-    MIXTURE_RUN_FILENAME,
-    clear_bundle_artifacts,
-    mixture_options,
-)
+from timoe_core.train.mixture_record import MIXTURE_RUN_FILENAME, clear_bundle_artifacts
+from timoe_core.train.mixture_run import mixture_options
 from timoe_core.train.recipe import BundleRecipe
+from timoe_core.train.run_dir import open_run_dir
 
 
 def _check_avg_out(out: Path | None, overwrite: bool) -> Path:
@@ -49,7 +46,7 @@ def write_avg_bundle(cfg: TrainRouterConfig) -> Path:
         mix = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=mixture_options(cfg))
         if cfg.overwrite:
             clear_bundle_artifacts(out)
-            ckpt_state.open_run_dir(out, "overwrite")  # a learned-avg run's checkpoints too
+            open_run_dir(out, "overwrite")  # a learned-avg run's checkpoints too
         mix.save_bundle(out)
         save_config(cfg, out)
     return out

@@ -51,7 +51,8 @@ from timoe_core.model.weighting import COADAPT
 from timoe_core.model.weights import load_weights_into, save_model_weights
 from timoe_core.train.distributed import DistEnv
 from timoe_core.train.loop import GroupedOrder
-from timoe_core.train.mixture_run import MixturePlan, MixtureTask
+from timoe_core.train.mixture_run import MixturePlan
+from timoe_core.train.mixture_task import MixtureTask
 from timoe_core.train.recipe import MixtureRecipe
 from timoe_core.train.staging import Stage
 

@@ -44,7 +44,8 @@ from timoe_core.train.distributed import DistEnv
 from timoe_core.train.job import main_print
 from timoe_core.train.logprob_cache import LogProbCache, cache_key, token_files_fingerprint
 from timoe_core.train.loop import ShuffledOrder, amp_enabled
-from timoe_core.train.mixture_run import MixturePlan, MixtureTask
+from timoe_core.train.mixture_run import MixturePlan
+from timoe_core.train.mixture_task import MixtureTask
 from timoe_core.train.recipe import MixtureRecipe
 from timoe_core.train.staging import Stage
 
@@ -66,7 +67,7 @@ class LearnedAvgTask(MixtureTask):
     ) -> None:
         super().__init__(mix, train, val, eval_windows)
         assert mix.router is not None
-        self.router: Router = mix.router  # type: ignore[assignment]
+        self.router: Router = mix.router
         self.model = self.router
         self.cache = cache
         self.order = ShuffledOrder(len(train), lambda epoch: train.shuffled_indices(seed, epoch))
@@ -110,7 +111,7 @@ def make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> LearnedAvgTask:
             policy=mix.policy,
             experts=plan.expert_sha256,
             compute_dtype="bfloat16" if amp else "float32",
-            token_files=token_files_fingerprint(cfg.data, "train", plan.years),
+            token_files=token_files_fingerprint(train.data_dir, "train", plan.years),
         )
         reads = plan.total_steps * plan.global_batch
         say = main_print(env)
@@ -149,7 +150,8 @@ def stage_task(stage: Stage) -> LearnedAvgTask:
     when the stage reads more windows than it holds."""
     cfg, windows, env = stage.cfg, stage.windows, stage.env
     cache = None
-    if cfg.cache_log_probs and stage.steps * cfg.batch_size * cfg.grad_accum > len(windows):
+    if (isinstance(cfg, TrainRouterConfig) and cfg.cache_log_probs
+            and stage.steps * cfg.batch_size * cfg.grad_accum > len(windows)):
         key = cache_key(
             # what the stage's windows read: its year up to its cutoff
             data_files_sha256=data_read_up_to(windows.data_dir, windows.manifest,

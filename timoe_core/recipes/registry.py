@@ -11,7 +11,7 @@ from timoe_core.model.weighting import register_strategy
 from timoe_core.recipes import avg, learned_avg
 from timoe_core.recipes import coadapt as coadapt_recipe
 from timoe_core.train.recipe import Recipe
-from timoe_core.train.state import check_finished_runs
+from timoe_core.train.run_dir import check_finished_runs
 
 RECIPES: dict[str, Recipe] = {}
 

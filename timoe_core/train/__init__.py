@@ -1,14 +1,18 @@
 """Training: the shared loop and the commands built on it.
 
-distributed   workers (PyTorch's elastic launcher), process groups, Ctrl-C
-schedule      warmup-stable-decay learning rate
+distributed   the workers' environment, process groups, Ctrl-C
+launch        launching workers (PyTorch's elastic launcher), the run dir's lock
+schedule      warmup-stable-decay learning rate (state saved and loaded on resume)
 optim         AdamW with decay on matrices only
 loop          the TrainTask protocol and `run_training` (every training command)
 state         checkpoints: layout, atomic writes, resume, RNG states
+run_dir       the one run-dir decision (new / resume / overwrite), opening a run dir
 metrics       rich progress, metrics.jsonl, wandb
 job           the one training-job driver: plan, resume check, task, finish (`run_job`)
 expert        `train_expert(cfg)`: `timoe train-expert` (EXPERT_JOB)
-mixture_run   the job of every mixture strategy (MixtureJob): inputs, run dir, bundle
+mixture_run   the job of every mixture strategy in one run (MixtureJob): plan, bundle
+mixture_record mixture_run.json, the conflicts a rerun is held to, the run-dir decision
+mixture_task  MixtureTask, the task every mixture recipe extends
 logprob_cache frozen experts' target log-probs on disk, reused across router epochs
 staging       StagedJob: point-in-time mixtures, one stage per data cutoff
 recipe        the recipe protocol (MixtureRecipe, BundleRecipe) the strategies implement

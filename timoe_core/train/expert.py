@@ -63,7 +63,7 @@ from timoe_core.model.weights import load_weights_into, save_model_weights, save
 from timoe_core.timeslices import TimeSlice, parse_query_date, period_ends, year_cutoff
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.averaging import WeightAverage
-from timoe_core.train.distributed import DistEnv, check_launch
+from timoe_core.train.distributed import DistEnv
 from timoe_core.train.init_from import (
     InitSource,
     check_fits,
@@ -71,8 +71,10 @@ from timoe_core.train.init_from import (
     resolve_init_source,
 )
 from timoe_core.train.job import Stages, run_job, single_stage
+from timoe_core.train.launch import check_launch
 from timoe_core.train.loop import Branch, DataPosition, LoopResult, ShuffledOrder, TrainTask
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
+from timoe_core.train.run_dir import config_to_save, decide_run_dir, open_run_dir
 from timoe_core.train.schedule import StagedSchedule, budget_steps, stage_decay_steps
 
 # How run.json fields that are not options are named to the user when a resume
@@ -249,7 +251,7 @@ def _check_run_dir(plan: ExpertPlan, restart: bool) -> None:
     def conflicts() -> list[str]:
         return _conflicts(read_run_info(run_dir), plan.run_info, _saved_config(run_dir), cfg)
 
-    plan.action = ckpt_state.decide_run_dir(
+    plan.action = decide_run_dir(
         run_dir, resume=cfg.resume, overwrite=cfg.overwrite, restart=restart, conflicts=conflicts
     )
     if plan.action == "resume":
@@ -500,9 +502,9 @@ def plan_stages(
 def prepare_run_dir(plan: ExpertPlan) -> None:
     """Create or reset the run dir and record what the run is (run.json, config.yaml)."""
     run_dir = plan.run_dir
-    ckpt_state.open_run_dir(run_dir, plan.action)
+    open_run_dir(run_dir, plan.action)
     write_run_info(run_dir, plan.run_info)
-    save_config(ckpt_state.config_to_save(plan.cfg), run_dir)
+    save_config(config_to_save(plan.cfg), run_dir)
     if plan.cfg.wandb != "disabled":
         wandb_run_id(run_dir, create=True)
 

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Protocol, TypeVar, cast
 
 from rich.console import Console
 
 from timoe_core.config import TrainingConfig, config_to_dict
-from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -36,12 +35,10 @@ from timoe_core.train.distributed import (
     TrainingInterrupted,
     init_workers,
     outer_launch,
-    run_dir_lock,
-    train_or_launch,
 )
+from timoe_core.train.launch import WorkerPayload, run_dir_lock, train_or_launch
 from timoe_core.train.loop import LoopResult, TrainTask, run_training
-
-RunDirAction = Literal["new", "resume", "overwrite"]
+from timoe_core.train.run_dir import RunDirAction, interrupted_message
 
 
 class JobPlan(Protocol):
@@ -77,48 +74,52 @@ class StageRun:
 Stages = Generator[StageRun, LoopResult, None]
 
 
-class TrainingJob(Protocol):
-    """One kind of training run."""
+ConfigT = TypeVar("ConfigT", bound=TrainingConfig)
+PlanT = TypeVar("PlanT", bound=JobPlan)
+
+
+class TrainingJob(Protocol[ConfigT, PlanT]):
+    """One kind of training run: its config model and its plan class."""
 
     ref: str  # "module:attribute" naming this job object, for spawned workers
 
     @property
-    def config_model(self) -> type[TrainingConfig]: ...  # read-only: narrower in a job
+    def config_model(self) -> type[ConfigT]: ...
 
     def plan(
-        self, cfg: Any, world_size: int | None = None, check_run_dir: bool = True,
+        self, cfg: ConfigT, world_size: int | None = None, check_run_dir: bool = True,
         restart: bool = False,
-    ) -> JobPlan:
+    ) -> PlanT:
         """Check every input and derive the run (with check_run_dir: also the resume
         check, setting `plan.action`); raises TimoeError, writes nothing."""
         ...
 
-    def prepare_run_dir(self, plan: Any) -> None:
+    def prepare_run_dir(self, plan: PlanT) -> None:
         """Create or reset the run dir and record what the run is."""
         ...
 
-    def stages(self, plan: Any, env: DistEnv) -> Stages:
+    def stages(self, plan: PlanT, env: DistEnv) -> Stages:
         """This worker's stages, in order (a single-run job: `single_stage(self, ...)`)."""
         ...
 
 
-class SingleRunJob(TrainingJob, Protocol):
+class SingleRunJob(TrainingJob[ConfigT, PlanT], Protocol[ConfigT, PlanT]):
     """A job trained in one run: its task, what it logs, what it does after."""
 
-    def build_task(self, plan: Any, env: DistEnv) -> TrainTask:
+    def build_task(self, plan: PlanT, env: DistEnv) -> TrainTask:
         """The model(s) and data of this worker, ready for the loop."""
         ...
 
-    def wandb_config(self, plan: Any, env: DistEnv) -> dict[str, Any]:
+    def wandb_config(self, plan: PlanT, env: DistEnv) -> dict[str, object]:
         """What the job adds to the config logged to wandb."""
         ...
 
-    def finish(self, plan: Any, task: TrainTask, result: LoopResult, env: DistEnv) -> None:
+    def finish(self, plan: PlanT, task: TrainTask, result: LoopResult, env: DistEnv) -> None:
         """After the loop, on every rank (e.g. write the bundle on rank 0)."""
         ...
 
 
-def single_stage(job: SingleRunJob, plan: JobPlan, env: DistEnv) -> Stages:
+def single_stage(job: SingleRunJob[ConfigT, PlanT], plan: PlanT, env: DistEnv) -> Stages:
     """The one stage of a single-run job: its task over the whole planned run."""
     task = job.build_task(plan, env)
     result = yield StageRun(task, plan.cfg, plan.run_dir, plan.total_steps, plan.title,
@@ -126,23 +127,24 @@ def single_stage(job: SingleRunJob, plan: JobPlan, env: DistEnv) -> Stages:
     job.finish(plan, task, result, env)
 
 
-def find_job(ref: str) -> TrainingJob:
-    """The job `ref` names: "module:attribute", the attribute maybe dotted ("RECIPE.job")."""
+def find_job(ref: str) -> TrainingJob[TrainingConfig, JobPlan]:
+    """The job `ref` names: "module:attribute", the attribute maybe dotted ("RECIPE.job").
+    What a ref names is known only at run time: the job is taken to be what it says."""
     module, _, attr = ref.partition(":")
-    found: Any = importlib.import_module(module)
+    found: object = importlib.import_module(module)
     for name in attr.split("."):
         found = getattr(found, name)
-    return found
+    return cast("TrainingJob[TrainingConfig, JobPlan]", found)
 
 
-def main_print(env: DistEnv) -> Any:
+def main_print(env: DistEnv) -> Callable[..., None]:
     """`print` for rank 0's console; a no-op on the other ranks."""
     if not env.is_main:
         return lambda *a, **k: None
     return Console(soft_wrap=True, markup=False, emoji=False).print
 
 
-def run_job(job: TrainingJob, cfg: TrainingConfig) -> Path:
+def run_job(job: TrainingJob[ConfigT, PlanT], cfg: ConfigT) -> Path:
     """Plan, prepare the run dir, train (here or in spawned workers); returns the run dir.
 
     TimoeError for bad input (nothing written), TrainingInterrupted when stopped by
@@ -152,7 +154,7 @@ def run_job(job: TrainingJob, cfg: TrainingConfig) -> Path:
     restart = outer is not None and outer.restart_count > 0
     with run_dir_lock(cfg, outer):  # planned under the lock: it reads the run dir's state
         plan = job.plan(cfg, restart=restart)
-        payload = {
+        payload: WorkerPayload = {
             "job": job.ref,
             "config": config_to_dict(cfg),
             "prepared": False,
@@ -161,14 +163,21 @@ def run_job(job: TrainingJob, cfg: TrainingConfig) -> Path:
         if train_or_launch(payload, cfg, plan.run_dir, plan.world_size, outer,
                            lambda: job.prepare_run_dir(plan),
                            lambda p: train_in_worker(p, job), worker_main):
-            raise TrainingInterrupted(ckpt_state.interrupted_message(plan.run_dir))
+            raise TrainingInterrupted(interrupted_message(plan.run_dir))
     return plan.run_dir
 
 
-def train_in_worker(payload: dict[str, Any], job: TrainingJob | None = None) -> LoopResult:
+def train_in_worker(
+    payload: WorkerPayload, job: TrainingJob[ConfigT, PlanT] | None = None
+) -> LoopResult:
     """One worker's whole job (every rank runs it); a spawned worker finds `job` by its
     ref, the calling process passes it."""
-    job = job or find_job(payload["job"])
+    if job is None:
+        return _train_job(find_job(payload["job"]), payload)
+    return _train_job(job, payload)
+
+
+def _train_job(job: TrainingJob[ConfigT, PlanT], payload: WorkerPayload) -> LoopResult:
     cfg = job.config_model.model_validate(payload["config"])
     env = init_workers(cfg.device)
     try:
@@ -201,7 +210,7 @@ def run_stages(stages: Stages, env: DistEnv) -> LoopResult:
         return result
 
 
-def worker_main(payload: dict[str, Any]) -> int:
+def worker_main(payload: WorkerPayload) -> int:
     """Entry point of a spawned worker (module level: pickled by reference)."""
     result = train_in_worker(payload)
     if result.interrupted:

@@ -45,6 +45,7 @@ from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
 from timoe_core.io import atomic_path, atomic_write_json
 from timoe_core.model.mixture import TiMoE
+from timoe_core.model.point_in_time import Policy
 from timoe_core.train.distributed import DistEnv
 
 CACHE_DIRNAME = "logprob-cache"
@@ -60,7 +61,7 @@ def cache_key(
     split: str,
     years: list[int],
     seq_len: int,
-    policy: str,
+    policy: Policy,
     experts: dict[str, str],
     compute_dtype: str = "float32",
     token_files: list[list[Any]] | None = None,

@@ -62,11 +62,11 @@ is the one an uninterrupted run would have done (bitwise in one process).
 Writing a training command (timoe_core.train.expert is the worked example)
 ---------------------------------------------------------------------------
 1. Check every input first and raise TimoeError (nothing written yet); decide the run
-   dir with `state.decide_run_dir(run_dir, resume=, overwrite=, restart=, conflicts=)`
+   dir with `run_dir.decide_run_dir(run_dir, resume=, overwrite=, restart=, conflicts=)`
    where `conflicts()` names the recorded settings the new flags change.
-2. Not inside an outer launcher: `state.open_run_dir(run_dir, action)`, then write
-   run.json and `save_config(state.config_to_save(cfg), run_dir)`.
-3. `distributed.launch(worker, payload, LaunchSpec.from_config(cfg, run_dir))` with a
+2. Not inside an outer launcher: `run_dir.open_run_dir(run_dir, action)`, then write
+   run.json and `save_config(run_dir.config_to_save(cfg), run_dir)`.
+3. `launch.launch(worker, payload, LaunchSpec.from_config(cfg, run_dir))` with a
    module-level `worker(payload) -> exit code`; one worker runs in this process.
 4. In the worker: `env = distributed.init_workers(cfg.device)`, seed and build the
    task, `result = run_training(task, cfg, run_dir, env, total_steps)`, `env.close()`;
@@ -85,11 +85,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from timoe_core.config import TrainingConfig
 from timoe_core.errors import TimoeError
@@ -98,7 +99,7 @@ from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, StopRequest, outer_launch
 from timoe_core.train.metrics import MetricsLogger, truncate_metrics
 from timoe_core.train.optim import build_adamw
-from timoe_core.train.schedule import WSDSchedule
+from timoe_core.train.schedule import Schedule, WSDSchedule
 
 # ------------------------------------------------------------------ data order
 
@@ -239,9 +240,9 @@ class TrainTask:
     def load_weights(self, directory: Path) -> None:
         raise NotImplementedError
 
-    def own_schedule(self, cfg: TrainingConfig, total_steps: int) -> Any:
-        """A schedule of the task's own (with `lr(step)` and `state_dict()`), or None for
-        the run's warmup-stable-decay over `total_steps`."""
+    def own_schedule(self, cfg: TrainingConfig, total_steps: int) -> Schedule | None:
+        """A schedule of the task's own, or None for the run's warmup-stable-decay over
+        `total_steps`."""
         return None
 
     def branch_after(self, step: int) -> Branch | None:
@@ -335,16 +336,15 @@ class Trainer:
             self.raw, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
             fused=self.runtime.fused_adamw,
         )
-        self.schedule = task.own_schedule(cfg, total_steps) or make_schedule(cfg, total_steps)
+        self.schedule: Schedule = (task.own_schedule(cfg, total_steps)
+                                   or make_schedule(cfg, total_steps))
         self.amp = self.runtime.amp
         model: nn.Module = self.raw
         if self.runtime.compile:
             model = torch.compile(model)  # type: ignore[assignment]
         self.ddp = env.is_distributed
         if self.ddp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            model = DDP(
+            model = DistributedDataParallel(
                 model,
                 device_ids=[env.device.index] if env.device.type == "cuda" else None,
                 find_unused_parameters=task.find_unused_parameters,
@@ -362,7 +362,8 @@ class Trainer:
         metric_sums: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro_batches):
             last = i == n_micro - 1
-            sync = contextlib.nullcontext() if (last or not self.ddp) else self.model.no_sync()
+            sync = (contextlib.nullcontext() if (last or not self.ddp)
+                    else cast(DistributedDataParallel, self.model).no_sync())
             with sync:
                 with self.autocast():
                     loss, metrics = self.task.loss(self.model, batch)
@@ -486,6 +487,7 @@ def run_training(
     step, tokens, elapsed, position = 0, 0, 0.0, DataPosition()
     if saved is not None:
         trainer.optimizer.load_state_dict(saved["optimizer"])
+        trainer.schedule.load_state_dict(saved["schedule"])
         step, tokens, elapsed = saved["step"], saved["tokens"], saved["elapsed"]
         position = DataPosition.from_dict(saved["data"])
         task_state = saved.get("task_state")

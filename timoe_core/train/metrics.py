@@ -26,7 +26,7 @@ import netrc
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from rich.console import Console
@@ -34,6 +34,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -56,6 +57,8 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     kept = [r for r in read_metrics(run_dir) if int(r.get("step", 0)) <= step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
+
+WandbMode = Literal["disabled", "offline", "online"]
 
 def check_wandb_mode(mode: str) -> None:
     """--wandb online without credentials would prompt: refuse it before training."""
@@ -101,7 +104,7 @@ class MetricsLogger:
         start_step: int,
         total_steps: int,
         title: str,
-        wandb_mode: str = "disabled",
+        wandb_mode: WandbMode = "disabled",
         wandb_project: str = "timoe",
         wandb_config: dict[str, Any] | None = None,
         console: Console | None = None,
@@ -112,7 +115,7 @@ class MetricsLogger:
         self.console = console or Console(soft_wrap=True, markup=False, emoji=False)  # log lines are never wrapped
         self._file = None
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._wandb = None
         if not enabled:
             return
@@ -138,7 +141,7 @@ class MetricsLogger:
         else:
             self.console.print(f"{title}: steps {start_step} -> {total_steps}", highlight=False)
 
-    def _start_wandb(self, mode: str, project: str, config: dict[str, Any], title: str) -> Any:
+    def _start_wandb(self, mode: WandbMode, project: str, config: dict[str, Any], title: str) -> Any:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
@@ -169,7 +172,7 @@ class MetricsLogger:
 
     def progress(self, step: int) -> None:
         """Advance the live bar (cheap: no device sync)."""
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=step)
 
     def train(self, record: dict[str, Any]) -> None:
@@ -182,7 +185,7 @@ class MetricsLogger:
             _fmt(record["lr"], ".2e"),
             _fmt(record["tokens_per_s"], ",.0f"),
         )
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=record["step"], loss=loss, lr=lr, tps=tps)
         else:
             self.console.print(

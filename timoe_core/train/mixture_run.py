@@ -36,14 +36,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from timoe_core.config import (
-    CoadaptConfig,
     MixtureOptions,
-    TrainRouterConfig,
-    flag_name,
     save_config,
 )
 from timoe_core.data.manifest import (
@@ -55,44 +51,27 @@ from timoe_core.data.manifest import (
 )
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_json, read_json_object, remove_output, sha256_file
-from timoe_core.model.bundle import BUNDLE_FILENAME, EMBEDDED_EXPERTS_DIR, ROUTER_FILENAME
+from timoe_core.io import atomic_write_json, sha256_file
+from timoe_core.model.bundle import BUNDLE_FILENAME, ROUTER_FILENAME
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.run_info import MODEL_FILENAME
 from timoe_core.model.weighting import get_strategy
 from timoe_core.timeslices import year_cutoff
 from timoe_core.train import state as ckpt_state
-from timoe_core.train.distributed import DistEnv, check_launch
-from timoe_core.train.job import RunDirAction, Stages, main_print, single_stage
-from timoe_core.train.logprob_cache import CACHE_DIRNAME
+from timoe_core.train.distributed import DistEnv
+from timoe_core.train.job import Stages, main_print, single_stage
+from timoe_core.train.launch import check_launch
 from timoe_core.train.loop import LoopResult, TrainTask
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
-from timoe_core.train.schedule import budget_steps
-
-MIXTURE_RUN_FILENAME = "mixture_run.json"
-# What --overwrite clears besides the run artifacts every training command writes.
-BUNDLE_ARTIFACTS = (
-    BUNDLE_FILENAME,
-    ROUTER_FILENAME,
-    EMBEDDED_EXPERTS_DIR,
+from timoe_core.train.mixture_record import (
     MIXTURE_RUN_FILENAME,
-    CACHE_DIRNAME,
+    MixtureConfig,
+    clear_bundle_artifacts,
+    decide_mixture_run_dir,
 )
-
-MixtureConfig = TrainRouterConfig | CoadaptConfig
-
-# How mixture_run.json fields that are not options are named to the user when a resume
-# conflicts; every other field is an option, named by its flag (config.flag_name).
-_RECORD_NAMES = {
-    "experts": "--experts (expert weights sha256)",
-    "data_files_sha256": "data (the token files of --data it reads)",
-    "years": "data years",
-    "router_init": "--router",
-}
-
-
-def _record_name(key: str) -> str:
-    return _RECORD_NAMES.get(key) or flag_name(CoadaptConfig, key)
+from timoe_core.train.mixture_task import MixtureTask
+from timoe_core.train.run_dir import RunDirAction, config_to_save, open_run_dir
+from timoe_core.train.schedule import budget_steps
 
 
 def mixture_options(cfg: MixtureConfig) -> MixtureOptions:
@@ -105,8 +84,9 @@ class MixturePlan:
     """Everything checked and derived from the config before anything is written."""
 
     cfg: MixtureConfig
-    strategy: str  # "learned-avg" | "coadapt"
+    strategy: str  # "learned-avg" | "coadapt" (or a plugin's)
     run_dir: Path
+    data_dir: Path
     manifest: Manifest
     labels: list[str]  # the experts' slices, in time order
     expert_sha256: dict[str, str]
@@ -131,10 +111,10 @@ class MixturePlan:
         return f"{self.strategy} {self.labels[0]}..{self.labels[-1]}"
 
     def train_windows(self) -> TokenWindows:
-        return TokenWindows(self.cfg.data, "train", self.years, self.seq_len, self.manifest)
+        return TokenWindows(self.data_dir, "train", self.years, self.seq_len, self.manifest)
 
     def val_windows(self) -> TokenWindows | None:
-        val = TokenWindows(self.cfg.data, "val", self.years, self.seq_len, self.manifest)
+        val = TokenWindows(self.data_dir, "val", self.years, self.seq_len, self.manifest)
         return val if len(val) else None
 
 
@@ -219,14 +199,14 @@ def plan_mixture_run(
     restart: bool = False,
 ) -> MixturePlan:
     """Check every input and derive the run; raises TimoeError, writes nothing."""
-    check_required_inputs(cfg)
+    data_dir, out = check_required_inputs(cfg)
     world_size = check_launch(cfg, world_size)
     check_wandb_mode(cfg.wandb)
 
     # avg: reads run.json files only; the trained mixture is built in the workers.
     mix = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=mixture_options(cfg))
-    manifest = load_manifest(cfg.data)
-    check_compatible(mix, manifest, cfg.data)
+    manifest = load_manifest(data_dir)
+    check_compatible(mix, manifest, data_dir)
     seq_len = resolve_seq_len(mix, manifest, cfg.seq_len)
 
     years, skipped, own = _years(mix, manifest, strategy)
@@ -236,7 +216,7 @@ def plan_mixture_run(
             f"no data year of {cfg.data} can train the {strategy} mixture of experts "
             f"{', '.join(mix.labels)} ({why}): give experts for the data's years"
         )
-    windows = TokenWindows(cfg.data, "train", years, seq_len, manifest)
+    windows = TokenWindows(data_dir, "train", years, seq_len, manifest)
     if len(windows) == 0:
         raise TimoeError(
             f"no training windows of {seq_len + 1} tokens in {cfg.data} for years "
@@ -269,7 +249,7 @@ def plan_mixture_run(
         cfg,
         steps_per_epoch * global_batch,
         global_batch,
-        global_batch * seq_len,  # type: ignore[arg-type]
+        global_batch * seq_len,
     )
 
     expert_sha = _expert_sha256(mix)
@@ -291,7 +271,8 @@ def plan_mixture_run(
     plan = MixturePlan(
         cfg=cfg,
         strategy=strategy,
-        run_dir=Path(cfg.out),
+        run_dir=Path(out),
+        data_dir=data_dir,
         manifest=manifest,
         labels=mix.labels,
         expert_sha256=expert_sha,
@@ -310,7 +291,8 @@ def plan_mixture_run(
             + "; ".join(f"{y} ({r})" for y, r in skipped.items())
         )
     if check_run_dir:
-        plan.action = _decide_run_dir(plan, restart)
+        plan.action = decide_mixture_run_dir(cfg, plan.run_dir, record, restart,
+                                             checkpointed=True)
     return plan
 
 
@@ -322,64 +304,15 @@ def _window_counts(windows: TokenWindows) -> tuple[list[int], list[int]]:
     return years, counts
 
 
-# --------------------------------------------------------------------- run dir
-
-
-def _conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    diffs = []
-    for key, b in new.items():
-        a = saved.get(key)
-        if a != b:
-            if key == "experts" and isinstance(a, dict):
-                changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-                a, b = f"other weights for {', '.join(changed)}", "these"
-            diffs.append(f"{_record_name(key)} (run has {a}, flags give {b})")
-    return diffs
-
-
-def _read_record(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / MIXTURE_RUN_FILENAME
-    try:
-        return read_json_object(path, "start over with --overwrite")
-    except OSError as exc:
-        raise TimoeError(f"{path} is unreadable ({exc}): start over with --overwrite") from None
-
-
-def _decide_run_dir(plan: MixturePlan, restart: bool) -> RunDirAction:
-    """new / resume / overwrite for --out, or a one-line refusal (nothing written)."""
-    cfg, run_dir = plan.cfg, plan.run_dir
-    if (run_dir / BUNDLE_FILENAME).is_file() and not (run_dir / MIXTURE_RUN_FILENAME).is_file():
-        if not cfg.overwrite:
-            raise TimoeError(
-                f"--out {run_dir} holds a bundle that no {plan.strategy} run wrote (e.g. an avg "
-                "bundle): pass --overwrite to replace it, or choose another --out"
-            )
-        return "overwrite"
-    return ckpt_state.decide_run_dir(
-        run_dir,
-        resume=cfg.resume,
-        overwrite=cfg.overwrite,
-        restart=restart,
-        conflicts=lambda: _conflicts(_read_record(run_dir), plan.record),
-        marker=MIXTURE_RUN_FILENAME,
-    )
-
-
-def clear_bundle_artifacts(run_dir: Path) -> None:
-    """Remove what a bundle / mixture run wrote into `run_dir` (never anything else)."""
-    for name in BUNDLE_ARTIFACTS:
-        remove_output(Path(run_dir) / name)  # a link: only the link goes
-
-
 def prepare_run_dir(plan: MixturePlan) -> None:
     """Create or reset --out and record what the run is; the old bundle file goes, since
     the weights beside it are about to change."""
     if plan.action == "overwrite":
         clear_bundle_artifacts(plan.run_dir)
-    ckpt_state.open_run_dir(plan.run_dir, plan.action)
+    open_run_dir(plan.run_dir, plan.action)
     (plan.run_dir / BUNDLE_FILENAME).unlink(missing_ok=True)
     atomic_write_json(plan.run_dir / MIXTURE_RUN_FILENAME, plan.record)
-    save_config(ckpt_state.config_to_save(plan.cfg), plan.run_dir)
+    save_config(config_to_save(plan.cfg), plan.run_dir)
     if plan.cfg.wandb != "disabled":
         wandb_run_id(plan.run_dir, create=True)
 
@@ -395,75 +328,12 @@ def build_mixture(plan: MixturePlan, device: torch.device) -> TiMoE:
     mix = TiMoE.from_expert_dirs(
         cfg.experts, strategy=plan.strategy, options=mixture_options(cfg), device=device
     )
-    if plan.record.get("router_init") is not None:
-        src = TiMoE.from_bundle(cfg.router)  # type: ignore[union-attr]
+    router_init = getattr(cfg, "router", None)  # coadapt --router BUNDLE
+    if plan.record.get("router_init") is not None and router_init is not None:
+        src = TiMoE.from_bundle(router_init)
+        assert src.router is not None  # checked when planned (_check_router_init)
         mix.router = src.router.to(device)
     return mix
-
-
-class MixtureTask(TrainTask):
-    """What both mixture tasks share: windows of every trained year, each with its year
-    as query date; loss = -mean log P_mix(target) + the router's auxiliary losses, from
-    target-token log-probs only (`TiMoE.forward`: no (B, T, V) mixture is built)."""
-
-    mix: TiMoE
-
-    def __init__(
-        self, mix: TiMoE, train: TokenWindows, val: TokenWindows | None, eval_windows: int
-    ) -> None:
-        self.mix = mix
-        self.train = train
-        self.val = val
-        self.tokens_per_window = train.seq_len
-        self._eval_windows = eval_windows
-
-    @staticmethod
-    def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-        if device.type == "cuda":
-            return rows.pin_memory().to(device, non_blocking=True)
-        return rows
-
-    def mixture(self, model: torch.nn.Module) -> Callable[..., Any]:
-        """The mixture's forward for `model`, the trained module as the loop wrapped it
-        (DDP and/or compile): the wrapper is called, never stored in `self.mix`."""
-        raise NotImplementedError
-
-    def mixture_loss(
-        self,
-        model: torch.nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        years: list[int],
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self.mixture(model)(x, y, years, **kwargs)
-        nll = -out.target_log_probs.mean()
-        aux = out.router_aux
-        metrics = {
-            "nll": nll.detach(),
-            "router_entropy": aux.entropy.detach(),
-            "router_balance": aux.balance.detach(),
-            "router_z_loss": aux.z_loss.detach(),
-        }
-        return nll + aux.total, metrics
-
-    def eval_indices(self) -> Any:
-        """Up to eval_windows validation windows spread evenly over the years."""
-        if self.val is None or len(self.val) == 0:
-            return None
-        n = min(len(self.val), self._eval_windows)
-        return np.unique(np.linspace(0, len(self.val) - 1, n).round().astype(np.int64))
-
-    def eval_batch(self, indices: np.ndarray, device: torch.device) -> Any:
-        assert self.val is not None
-        rows, years = self.val.batch(indices)
-        rows = self._to_device(rows, device)
-        return rows[:, :-1], rows[:, 1:], years.tolist()
-
-    def eval_loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        """The mixture's held-out NLL (no auxiliary losses: comparable with avg's)."""
-        x, y, years = batch
-        return -self.mixture(model)(x, y, years).target_log_probs.mean()
 
 
 def training_cutoff(plan: MixturePlan, mix: TiMoE) -> date:
@@ -473,7 +343,7 @@ def training_cutoff(plan: MixturePlan, mix: TiMoE) -> date:
 
 
 # A recipe's task over the planned run's windows (the mixture built, on this worker).
-TaskFactory = Callable[[MixturePlan, TiMoE, DistEnv], "MixtureTask"]
+TaskFactory = Callable[[MixturePlan, TiMoE, DistEnv], MixtureTask]
 
 
 class MixtureJob:

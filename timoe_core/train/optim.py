@@ -18,7 +18,8 @@ def param_groups(modules: nn.Module | Iterable[nn.Module], weight_decay: float) 
     if isinstance(modules, nn.Module):
         modules = [modules]
     seen: set[int] = set()
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for module in modules:
         for p in module.parameters():
             if not p.requires_grad or id(p) in seen:

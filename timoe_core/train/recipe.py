@@ -20,7 +20,8 @@ from timoe_core.config import CoadaptConfig, TrainRouterConfig
 from timoe_core.model.point_in_time import canonical_policy
 from timoe_core.model.weighting import Strategy
 from timoe_core.train.job import run_job
-from timoe_core.train.mixture_run import MixtureConfig, MixtureJob, TaskFactory
+from timoe_core.train.mixture_record import MixtureConfig
+from timoe_core.train.mixture_run import MixtureJob, TaskFactory
 from timoe_core.train.staging import StagedJob, StageTaskFactory
 
 
@@ -75,4 +76,7 @@ class MixtureRecipe:
 
     def train(self, cfg: MixtureConfig) -> Path:
         """Train the bundle `cfg` describes through the one job driver (`run_job`)."""
-        return run_job(self.job_for(cfg), cfg)
+        job = self.job_for(cfg)
+        if isinstance(job, StagedJob):  # one call each: run_job is typed by the job's plan
+            return run_job(job, cfg)
+        return run_job(job, cfg)

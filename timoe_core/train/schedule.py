@@ -13,22 +13,56 @@ shape(p) one of
     cosine   (1 + cos(pi p)) / 2
     1-sqrt   1 - sqrt(p)
 
-The schedule is a pure function of the step: it has no state beyond its settings, so
-resuming needs only the step. Extending a run (a larger --max-steps) moves the decay to
-the new end, which is the point of WSD: the stable phase can be continued.
+The learning rate is a function of the step and of the settings. A checkpoint saves the
+schedule's `state_dict` and a resumed run loads it (`load_state_dict`): the warmup a run
+started with is kept, while its budget and peak lr are the rerun's (flags may extend a
+run or change its lr). So a run stopped inside its warmup and rerun with a larger
+--max-steps finishes the warmup it began, and only the decay moves to the new end, which
+is the point of WSD: the stable phase can be continued.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Protocol
+
+from timoe_core.config import TrainingConfig
 
 DecayShape = Literal["linear", "cosine", "1-sqrt"]
 DECAY_SHAPES: tuple[str, ...] = ("linear", "cosine", "1-sqrt")
 
 
-@dataclass(frozen=True)
+ScheduleState = dict[str, float | int | str | None]
+
+
+class Schedule(Protocol):
+    """What the trainer asks of a schedule: the lr of a step, and its state to save with a
+    checkpoint and to load on resume."""
+
+    def lr(self, step: int) -> float: ...
+
+    def state_dict(self) -> ScheduleState: ...
+
+    def load_state_dict(self, state: ScheduleState) -> None: ...
+
+
+def _saved_warmup(state: ScheduleState) -> int:
+    """The warmup steps a saved schedule ran with (a checkpoint written before the schedule
+    saved them holds the fraction and the total it was computed from)."""
+    if state.get("warmup_steps") is not None:
+        return int(_number(state, "warmup_steps"))
+    return int(_number(state, "warmup_fraction") * _number(state, "total_steps") + 0.5)
+
+
+def _number(state: ScheduleState, key: str) -> float:
+    value = state.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"the saved schedule's {key} is {value!r}, not a number")
+    return value
+
+
+@dataclass
 class WSDSchedule:
     peak_lr: float
     total_steps: int
@@ -36,6 +70,8 @@ class WSDSchedule:
     decay_fraction: float = 0.1
     min_lr_ratio: float = 0.1
     decay_shape: DecayShape = "linear"
+    # The warmup a resumed run began with (`load_state_dict`); None: warmup_fraction's.
+    kept_warmup_steps: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.total_steps < 1:
@@ -47,6 +83,8 @@ class WSDSchedule:
 
     @property
     def warmup_steps(self) -> int:
+        if self.kept_warmup_steps is not None:
+            return self.kept_warmup_steps
         return int(self.warmup_fraction * self.total_steps + 0.5)
 
     @property
@@ -66,9 +104,15 @@ class WSDSchedule:
     def lr(self, step: int) -> float:
         return self.peak_lr * self.factor(step)
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> ScheduleState:
         """Plain values only (readable with torch.load(weights_only=True))."""
-        return asdict(self)
+        state: ScheduleState = {k: v for k, v in asdict(self).items() if k != "kept_warmup_steps"}
+        return state | {"warmup_steps": self.warmup_steps}
+
+    def load_state_dict(self, state: ScheduleState) -> None:
+        """Keep the warmup the saved run began (a run shortened below it: what fits
+        before the decay); budget, peak lr and decay stay this run's settings."""
+        self.kept_warmup_steps = min(_saved_warmup(state), self.total_steps - self.decay_steps)
 
 
 def decay_factor(i: int, decay_steps: int, min_lr_ratio: float, shape: DecayShape) -> float:
@@ -85,7 +129,7 @@ def decay_factor(i: int, decay_steps: int, min_lr_ratio: float, shape: DecayShap
     return min_lr_ratio + (1.0 - min_lr_ratio) * s
 
 
-@dataclass(frozen=True)
+@dataclass
 class StagedSchedule:
     """WSD over chronological stages: warmup (`warmup_steps`, fixed by the first stage
     alone), the peak through every stage's main steps (`main_steps` in all), then the last
@@ -119,8 +163,13 @@ class StagedSchedule:
         """Step `i` of a decay branch of `decay_steps` steps."""
         return self.peak_lr * decay_factor(i, decay_steps, self.min_lr_ratio, self.decay_shape)
 
-    def state_dict(self) -> dict[str, object]:
-        return asdict(self)
+    def state_dict(self) -> ScheduleState:
+        return dict(asdict(self))
+
+    def load_state_dict(self, state: ScheduleState) -> None:
+        """Keep the warmup the saved run began (a staged run refuses a rerun that changes
+        its stages' settings, so the rest is the saved run's already)."""
+        self.warmup_steps = min(_saved_warmup(state), self.main_steps)
 
 
 def stage_decay_steps(stage_steps: int, decay_fraction: float) -> int:
@@ -129,7 +178,7 @@ def stage_decay_steps(stage_steps: int, decay_fraction: float) -> int:
 
 
 def budget_steps(
-    cfg: Any, train_windows: int, global_batch: int, tokens_per_step: int
+    cfg: TrainingConfig, train_windows: int, global_batch: int, tokens_per_step: int
 ) -> int:
     """Optimizer steps of a run: --max-steps, else --max-tokens worth, else one epoch
     of `train_windows` (the windows one epoch reads)."""

@@ -66,7 +66,6 @@ from timoe_core.errors import TimoeError
 from timoe_core.io import (
     atomic_write_json,
     check_output_path,
-    read_json_object,
     remove_output,
     sha256_file,
 )
@@ -96,16 +95,23 @@ from timoe_core.model.weights import StorageDtype, load_weights_into, save_model
 from timoe_core.timeslices import CutoffEvery, period_ends
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, TrainingInterrupted
-from timoe_core.train.job import RunDirAction, StageRun, Stages, main_print
+from timoe_core.train.job import StageRun, Stages, main_print
 from timoe_core.train.loop import amp_enabled
 from timoe_core.train.metrics import METRICS_FILENAME, check_wandb_mode
-from timoe_core.train.mixture_run import (
+from timoe_core.train.mixture_record import (
     MIXTURE_RUN_FILENAME,
     MixtureConfig,
-    MixtureTask,
-    check_required_inputs,
     clear_bundle_artifacts,
-    mixture_options,
+    decide_mixture_run_dir,
+)
+from timoe_core.train.mixture_run import check_required_inputs, mixture_options
+from timoe_core.train.mixture_task import MixtureTask
+from timoe_core.train.run_dir import (
+    RunDirAction,
+    config_to_save,
+    interrupted_message,
+    open_run_dir,
+    remove_training_state,
 )
 
 STAGES_DIRNAME = "stages"
@@ -199,33 +205,6 @@ def _record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int, manifes
         {"snapshot_dtype": cfg.snapshot_dtype} if isinstance(cfg, CoadaptConfig) else {})
 
 
-def _decide_run_dir(cfg: MixtureConfig, strategy: str, record: dict[str, Any]) -> RunDirAction:
-    """new / resume / overwrite for --out, or a one-line refusal (nothing written)."""
-    out = check_required_inputs(cfg)[1]
-    marker = out / MIXTURE_RUN_FILENAME
-    if out.exists() and not out.is_dir():
-        raise TimoeError(f"--out {out} is a file: give a folder for the bundle")
-    if cfg.overwrite:
-        return "overwrite"
-    if marker.is_file():
-        saved = read_json_object(marker, "start over with --overwrite")
-        diffs = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
-        if diffs:
-            raise TimoeError(
-                f"--out {out} holds a {saved.get('strategy')} run with other settings "
-                f"({', '.join(diffs)}): rerun with the same flags to resume, or pass "
-                "--overwrite to start over"
-            )
-        if not cfg.resume:
-            raise TimoeError(f"--out {out} holds a run and --no-resume was given: pass "
-                             "--overwrite to start over")
-        return "resume"
-    if out.is_dir() and any(out.iterdir()):
-        raise TimoeError(f"--out {out} is not empty and holds no {strategy} run: choose a new "
-                         "folder or pass --overwrite")
-    return "new"
-
-
 @dataclass
 class StagedPlan:
     """A staged run, checked and derived before anything is written (`JobPlan`)."""
@@ -269,7 +248,7 @@ class StagedJob:
         record = _record(cfg, self.strategy.name, base, seq_len, manifest)
         plan = StagedPlan(cfg, self.strategy, out, record)
         if check_run_dir:
-            plan.action = _decide_run_dir(cfg, self.strategy.name, record)
+            plan.action = decide_mixture_run_dir(cfg, out, record, restart, checkpointed=False)
         return plan
 
     def prepare_run_dir(self, plan: StagedPlan) -> None:
@@ -280,11 +259,11 @@ class StagedJob:
             clear_bundle_artifacts(out)
             for name in (STAGES_DIRNAME, ROUTER_SNAPSHOTS_DIR):
                 remove_output(out / name)  # a link: only the link goes, never its target
-            ckpt_state.open_run_dir(out, "overwrite")
+            open_run_dir(out, "overwrite")
         out.mkdir(parents=True, exist_ok=True)
         (out / BUNDLE_FILENAME).unlink(missing_ok=True)  # until every stage is done
         atomic_write_json(out / MIXTURE_RUN_FILENAME, plan.record)
-        save_config(ckpt_state.config_to_save(plan.cfg), out)
+        save_config(config_to_save(plan.cfg), out)
 
     def stages(self, plan: StagedPlan, env: DistEnv) -> Stages:
         return _stages(plan.cfg, self.strategy, self.stage_task, env)
@@ -393,7 +372,7 @@ def _stages(
             if steps and not cfg.keep_stage_checkpoints:
                 # Stage done: its snapshot is saved and a rerun skips it, so only its
                 # metrics stay (trainer state, published weights, log-prob cache go).
-                ckpt_state.remove_training_state(out / STAGES_DIRNAME / cutoff.isoformat(),
+                remove_training_state(out / STAGES_DIRNAME / cutoff.isoformat(),
                                                  keep=(METRICS_FILENAME,))
         frozen = Router(router.config)
         frozen.load_state_dict(router.state_dict())
@@ -414,7 +393,7 @@ def _train_stage(
     """One stage for the shared loop, in OUT/stages/<date> (resumable)."""
     stage_dir = out / STAGES_DIRNAME / cutoff.isoformat()
     stage_cfg = cfg.model_copy(update={"max_steps": steps, "out": stage_dir})
-    ckpt_state.open_run_dir(stage_dir, "resume")
+    open_run_dir(stage_dir, "resume")
     view.router = router
     view.strategy = strategy.name
     if strategy.adapts_experts:
@@ -435,4 +414,4 @@ def _train_stage(
                             config_to_dict(stage_cfg),
                             checkpoint_at_end=cfg.keep_stage_checkpoints)
     if result.interrupted:
-        raise TrainingInterrupted(ckpt_state.interrupted_message(stage_dir))
+        raise TrainingInterrupted(interrupted_message(stage_dir))
