@@ -84,6 +84,9 @@ def compute(root: Path, *, seq_len: int, batch: int, steps_per_stage: int, repea
     # (a counter costs nothing next to a step), so no untimed run is needed.
     steps: dict[str, int] = {}
     snapshots: dict[str, int] = {}
+    # CPU seconds of each run beside its wall time: on a shared machine the wall time of
+    # a run swings with other processes' load, its CPU time much less
+    cpu: dict[str, list[float]] = {}
     calls = [0]
 
     def side(name: str) -> Callable[[], Measured]:
@@ -92,9 +95,10 @@ def compute(root: Path, *, seq_len: int, batch: int, steps_per_stage: int, repea
             out = root / f"{name}-{calls[0]}"
             counts: dict[str, int] = {}
             with counting(Trainer, "apply", lambda *a, **k: 1, counts, "steps"):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 quiet(train(name), out)
                 took = time.perf_counter() - t0
+            cpu.setdefault(name, []).append(time.process_time() - c0)
             steps[name] = counts["steps"]
             snapshots[name] = len(list(out.glob("snapshots/*/snapshot.json")))
             shutil.rmtree(out, ignore_errors=True)
@@ -108,7 +112,12 @@ def compute(root: Path, *, seq_len: int, batch: int, steps_per_stage: int, repea
         "snapshots_stages": figure(len(plan.stages), "stages"),
         "snapshots_main_steps": figure(steps["unstaged"], "steps"),
     }
+    f["snapshots_unstaged_cpu_seconds"] = figure(round(statistics.median(cpu["unstaged"]), 4),
+                                                 "s")
     for kind in ("average", "decay"):
+        f[f"snapshots_{kind}_cpu_ratio_to_unstaged"] = figure(
+            round(statistics.median(a / b for a, b in zip(cpu[kind], cpu["unstaged"])), 4),
+            "x", "snapshots_unstaged_cpu_seconds")
         f[f"snapshots_{kind}_seconds"] = figure(round(rounds.median(kind), 4), "s")
         f[f"snapshots_{kind}_ratio_to_unstaged"] = figure(
             round(rounds.median_ratio(kind, "unstaged"), 4), "x", "snapshots_unstaged_seconds",
@@ -124,7 +133,9 @@ def compute(root: Path, *, seq_len: int, batch: int, steps_per_stage: int, repea
               f"{fmt_runs(rounds.seconds[name], digits=2)}), {steps[name]} optimizer steps, "
               f"{snapshots[name]} snapshots")
     for kind in ("average", "decay"):
-        print(f"  {kind} / unstaged: {f[f'snapshots_{kind}_ratio_to_unstaged']['value']:.3f}x")
+        print(f"  {kind} / unstaged: {f[f'snapshots_{kind}_ratio_to_unstaged']['value']:.3f}x "
+              f"wall, {f[f'snapshots_{kind}_cpu_ratio_to_unstaged']['value']:.3f}x CPU (runs "
+              f"{fmt_runs(cpu[kind], digits=1)} s against {fmt_runs(cpu['unstaged'], digits=1)})")
     return f
 
 
@@ -329,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     ap.add_argument("--only", default=",".join(PARTS), help="compute,quality,storage")
     ap.add_argument("--steps-per-stage", type=int, default=None, help="compute: default 8")
+    ap.add_argument("--seq-len", type=int, default=None, help="compute: default 128")
     ap.add_argument("--quality-steps", type=int, default=None, help="quality: default 40")
     ap.add_argument("--fractions", default=None, help="quality: default 0.1,0.2,0.4")
     ap.add_argument("--quality-batch", type=int, default=None, help="quality: default 8")
@@ -339,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--only: use some of {', '.join(PARTS)}")
     fr = [float(x) for x in a.fractions.split(",")] if a.fractions else None
     f = run(a.quick, parts=parts, steps_per_stage=a.steps_per_stage, repeats=a.repeats,
+            seq_len=a.seq_len,
             quality_steps=a.quality_steps, fractions=fr, quality_batch=a.quality_batch)
     if a.json is not None:
         write_json(a.json, f)
