@@ -462,6 +462,8 @@ def render(data: Mapping[str, Any]) -> str:
             continue
         if entry.get("command"):  # a group measured on its own, merged into this file
             out += [f"Measured on its own: `{entry['command']}`, {entry.get('date')}.", ""]
+        if entry.get("note"):
+            out += [entry["note"], ""]
         names = [n for n in entry["figures"] if n in figures]
         if entry.get("command"):  # a group measured in a run of its own, merged in
             out += [f"Measured in a run of its own: `{entry['command']}`, {entry.get('date')}"
