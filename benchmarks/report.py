@@ -361,6 +361,8 @@ def render(data: Mapping[str, Any]) -> str:
             continue
         if entry.get("command"):  # a group measured on its own, merged into this file
             out += [f"Measured on its own: `{entry['command']}`, {entry.get('date')}.", ""]
+        if entry.get("note"):
+            out += [entry["note"], ""]
         names = [n for n in entry["figures"] if n in figures]
         cpu = entry.get("cpu_seconds")
         out += [f"{len(names)} figures, {entry.get('seconds')} s"

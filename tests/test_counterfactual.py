@@ -49,8 +49,11 @@ MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 32}
 def build(root: Path, until: str | None) -> dict[str, Path]:
     """data, experts, and one bundle per strategy under `root` (library calls only)."""
     data = root / "data"
+    # Slices 2013-2014 .. 2017-2018: the full build goes on two years after every cut, and
+    # has experts, snapshots and router stages the cut builds lack (the slicing is the
+    # same in every build).
     prepare_data(PrepareDataConfig(out=data, seq_len=32, val_fraction=0.3, workers=1,
-                                   builtin_docs_per_year=12, until=until))
+                                   builtin_docs_per_year=12, until=until, end_year=2018))
     manifest = load_manifest(data)
     with_tokens = set(manifest.years_with_tokens("train"))
     experts = root / "experts"
@@ -78,20 +81,24 @@ def builds(tmp_path_factory) -> dict[str | None, dict[str, Path]]:
 _ANSWERS: dict[tuple, dict] = {}
 
 
-def answers(paths: dict[str, Path], strategy: str, when: str, policy: str | None = None):
-    """Everything read as of `when`: perplexity of the years <= when, the TSQA block and
-    every choice's score, a seeded generation, the artefacts used."""
-    key = (paths[strategy], when, policy)
+def answers(paths: dict[str, Path], strategy: str, when: str, policy: str | None = None,
+            data: Path | None = None):
+    """Everything read as of `when`: perplexity of the years <= when on the held-out text
+    of `data` (default the build's own), the TSQA block and every choice's score, a
+    seeded generation, the artefacts used."""
+    data = data or paths["data"]
+    key = (paths[strategy], when, policy, data)
     if key not in _ANSWERS:
-        _ANSWERS[key] = _answers(paths, strategy, when, policy)
+        _ANSWERS[key] = _answers(paths, strategy, when, policy, data)
     return _ANSWERS[key]
 
 
-def _answers(paths: dict[str, Path], strategy: str, when: str, policy: str | None):
+def _answers(paths: dict[str, Path], strategy: str, when: str, policy: str | None,
+             data: Path):
     # TSQA_ITEMS of the built-in questions, all read as of `when` (time is spent on the
     # vocabulary projection; every item is scored the same way).
     series = strategy == "dense-series"  # a dense run's snapshots, read as of each date
-    result = run_evaluate(EvaluateConfig(model=paths[strategy], data=paths["data"],
+    result = run_evaluate(EvaluateConfig(model=paths[strategy], data=data,
                                          tsqa="builtin", query_date=when, policy=policy,
                                          device="cpu", batch_size=4, max_items=TSQA_ITEMS,
                                          strategy="dense-series" if series else None))
@@ -112,7 +119,11 @@ def _answers(paths: dict[str, Path], strategy: str, when: str, policy: str | Non
 @pytest.mark.parametrize("when", CUTS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_an_answer_as_of_d_is_bitwise_the_one_built_without_later_text(builds, strategy, when):
-    full, cut = answers(builds[None], strategy, when), answers(builds[when], strategy, when)
+    # Both read the same held-out text, the cut build's (the documents up to D): a year cut
+    # mid-way holds fewer held-out documents than the full year.
+    held_out = builds[when]["data"]
+    full = answers(builds[None], strategy, when, data=held_out)
+    cut = answers(builds[when], strategy, when, data=held_out)
     assert len([v for v in full["perplexity"].values() if v is not None]) >= 3
     assert full["tsqa"]["n"] == TSQA_ITEMS
     for key in ("perplexity", "tsqa", "scores", "generated", "artefacts"):
@@ -149,10 +160,20 @@ def test_every_expert_artefact_up_to_d_is_the_same_in_both_builds(builds, when):
                 folders.append(run)
             for folder in folders:
                 twin = other / folder.relative_to(run)
-                for name in _SAME_FILES:
-                    if (folder / name).is_file() or name == "run.json":
-                        assert (folder / name).read_text() == (twin / name).read_text(), (
-                            folder / name)
+                cutoff = json.loads((folder / "run.json").read_text())["data_cutoff"]
+                if not twin.is_dir() and json.loads(
+                        (other / "run.json").read_text())["data_cutoff"] == cutoff:
+                    # the cut build's last stage: its final weights, where the full build
+                    # has a snapshot; what it read and its weights are the same
+                    twin_info = json.loads((other / "run.json").read_text())
+                    info_here = json.loads((folder / "run.json").read_text())
+                    assert twin_info["data_files_sha256"] == info_here["data_files_sha256"]
+                    twin = other
+                else:
+                    for name in _SAME_FILES:
+                        if (folder / name).is_file() or name == "run.json":
+                            assert (folder / name).read_text() == (twin / name).read_text(), (
+                                folder / name)
                 files = json.loads((folder / "run.json").read_text())["data_files_sha256"]
                 assert files and all(
                     "@" not in k or k.split("@")[1] <= when for k in files)
@@ -168,8 +189,9 @@ def test_every_expert_artefact_up_to_d_is_the_same_in_both_builds(builds, when):
 
 def test_the_inclusive_rule_leaks_and_the_comparison_shows_it(builds):
     when = "2015-12-31"
-    full = answers(builds[None], "avg", when, policy="inclusive")
-    cut = answers(builds[when], "avg", when, policy="inclusive")
+    held_out = builds[when]["data"]
+    full = answers(builds[None], "avg", when, policy="inclusive", data=held_out)
+    cut = answers(builds[when], "avg", when, policy="inclusive", data=held_out)
     assert full["scores"] != cut["scores"]
     assert full["perplexity"] != cut["perplexity"]
     # The full build's 2015-2016 expert that answers read 2016.
@@ -177,10 +199,10 @@ def test_the_inclusive_rule_leaks_and_the_comparison_shows_it(builds):
 
 
 def test_staged_routers_still_learn(builds):
-    full = builds[None]
-    avg = answers(full, "avg", "2016-12-31")
-    learned = answers(full, "learned-avg", "2016-12-31")
+    full, held_out = builds[None], builds["2016-12-31"]["data"]  # answers computed above
+    avg = answers(full, "avg", "2016-12-31", data=held_out)
+    learned = answers(full, "learned-avg", "2016-12-31", data=held_out)
     assert learned["perplexity"] != avg["perplexity"]
     assert any(a["name"] == "router@2016-12-31" for a in learned["artefacts"])
-    coadapted = answers(full, "coadapt", "2016-12-31")
+    coadapted = answers(full, "coadapt", "2016-12-31", data=held_out)
     assert any(a["name"].endswith("+adapted") for a in coadapted["artefacts"])

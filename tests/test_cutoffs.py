@@ -97,3 +97,15 @@ def test_answer_cutoffs_needs_a_choice_of_artefacts(capsys, monthly, tmp_path):
     code, _, err = run_cli(capsys, "evaluate", "--model", run, "--data", data, "--device", "cpu",
                            "--answer-cutoffs", "decade")
     assert code == 2 and "answer-cutoffs" in err
+
+
+def test_a_snapshot_json_of_yearly_stages_still_reads(tmp_path):
+    """snapshot.json written before cutoffs by period named its stage by year."""
+    from timoe_core.model.run_info import SnapshotInfo
+
+    old = {"data_cutoff": "2015-12-31", "stage_year": 2015, "stage_steps": 3, "decay_steps": 1,
+           "sha256": "0" * 64}
+    info = SnapshotInfo.model_validate(old)
+    assert info.stage_end == "2015-12-31" and info.data_cutoff == "2015-12-31"
+    with pytest.raises(ValueError):
+        SnapshotInfo.model_validate(old | {"stage_end": "2015-13-01"})

@@ -114,7 +114,9 @@ def test_a_staged_router_killed_in_a_later_stage_resumes_after_the_finished_stag
 
     inputs = _mixture_inputs(tmp_path / "inputs")
 
-    def argv(out: Path) -> list[str]:  # point-in-time: 3 stages (2014, 2016, 2018)
+    # point-in-time, monthly router stages on data dated by year: 5 stages, every year end
+    # 2014-2018 (2015's and 2017's windows are read through the slices usable then)
+    def argv(out: Path) -> list[str]:
         return ["train-router", "--strategy", "learned-avg",
                 "--experts", str(inputs / "experts"), "--data", str(inputs / "data"),
                 "--out", str(out), "--batch-size", "4", "--steps-per-stage", "8",
@@ -141,7 +143,7 @@ def test_a_staged_router_killed_in_a_later_stage_resumes_after_the_finished_stag
                for d in (out / "stages").iterdir())
     routers = {p.relative_to(out): load_file(p) for p in sorted(out.rglob("router.safetensors"))}
     expected = {p.relative_to(ref): load_file(p) for p in sorted(ref.rglob("router.safetensors"))}
-    assert routers.keys() == expected.keys() and len(routers) == 4  # 3 snapshots + latest
+    assert routers.keys() == expected.keys() and len(routers) == 6  # 5 snapshots + latest
     for k, tensors in routers.items():
         assert all(torch.equal(v, expected[k][n]) for n, v in tensors.items()), k
 

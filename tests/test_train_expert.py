@@ -360,6 +360,9 @@ def test_cutoff_every_quarter_and_year_make_fewer_stages(capsys, dated_data, tmp
         assert code == 0, err
         info = json.loads((tmp_path / every / "run.json").read_text())
         assert [s["data_cutoff"] for s in info["snapshots"]] + [info["data_cutoff"]] == expected
+    # a rerun with other periods would mix two runs' stages: refused, naming the option
+    code, _, err = run_cli(capsys, *common, "--cutoff-every", "month", "--out", tmp_path / "year")
+    assert code == 2 and "--cutoff-every (run has year, flags give month)" in err
     code, _, err = run_cli(capsys, *common, "--cutoff-every", "week", "--out", tmp_path / "w")
     assert code == 2 and "--cutoff-every" in err and not (tmp_path / "w").exists()
     code, _, err = run_cli(capsys, *common[:-2], "--snapshots", "none", "--max-steps", "1",

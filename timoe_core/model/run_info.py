@@ -25,7 +25,14 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from timoe_core import __version__
 from timoe_core.config import CONFIG_FILENAME
@@ -125,6 +132,16 @@ class SnapshotInfo(BaseModel):
     stage_steps: int = Field(ge=0)
     decay_steps: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yearly(cls, data: Any) -> Any:
+        """snapshot.json written before cutoffs by period named its stage by year."""
+        if isinstance(data, dict) and "stage_year" in data and "stage_end" not in data:
+            data = dict(data)
+            year = data.pop("stage_year")
+            data["stage_end"] = f"{year}-12-31" if isinstance(year, int) else year
+        return data
 
     @field_validator("data_cutoff", "stage_end")
     @classmethod

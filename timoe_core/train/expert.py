@@ -165,8 +165,8 @@ def _select_slice(cfg: TrainExpertConfig, manifest: Manifest) -> tuple[str, Time
 # other value would go on with another schedule, batch or data order than its finished
 # stages and snapshots were made with, and mix the two. A run of --snapshots none is one
 # continued run: its budget and lr may change on a rerun (only its seed may not).
-_STAGE_FIELDS = ("steps_per_stage", "batch_size", "grad_accum", "lr", "min_lr_ratio",
-                 "warmup_fraction", "decay_fraction", "decay_shape", "weight_decay", "beta1",
+_STAGE_FIELDS = ("steps_per_stage", "cutoff_every", "batch_size", "grad_accum", "lr",
+                 "min_lr_ratio", "warmup_fraction", "decay_fraction", "decay_shape", "weight_decay", "beta1",
                  "beta2", "grad_clip", "seed")
 
 

@@ -83,7 +83,6 @@ from timoe_core.model.expert_pool import ExpertRecord
 from timoe_core.model.gpt import GPT
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.point_in_time import select_artefacts
-from timoe_core.timeslices import CutoffEvery, period_ends
 from timoe_core.model.router import (
     Router,
     RouterConfig,
@@ -94,6 +93,7 @@ from timoe_core.model.router import (
 from timoe_core.model.run_info import MODEL_FILENAME
 from timoe_core.model.weighting import Strategy
 from timoe_core.model.weights import load_weights_into, save_model_weights
+from timoe_core.timeslices import CutoffEvery, period_ends
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv, TrainingInterrupted
 from timoe_core.train.job import RunDirAction, StageRun, Stages, main_print
