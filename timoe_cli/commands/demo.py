@@ -62,6 +62,8 @@ def demo(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
                     "artefacts (95% intervals)", *stale_table(stale))
         if stale.get("claim"):
             console.print(stale["claim"], highlight=False)
+        if stale.get("note"):
+            console.print(f"note: {stale['note']}", highlight=False)
     if note:
         console.print(Text(f"note: {note}", style="bold yellow"))
     console.print(f"report: {cfg.out / REPORT_FILENAME}; plots: {cfg.out / QA_PLOT_FILENAME}, "
