@@ -238,12 +238,12 @@ def test_each_kind_and_dtype_passes_the_counterfactual_test(proof_builds, kind, 
             for name in names:
                 assert _sha(folder / name) == _sha(twin / name), (folder, name)
             compared += 1
-    # a snapshot at every month end with data (both slices), and the cut build has no
+    # a snapshot at every stage end with data (both slices), and the cut build has no
     # other snapshot <= D
     cut_names = {f.relative_to(cut) for f in cut.glob("*/snapshots/*") if f.name <= CUT}
     full_names = {f.relative_to(full) for f in full.glob("*/snapshots/*") if f.name <= CUT}
     assert compared == len(full_names) and full_names == cut_names
-    assert {f.parts[0] for f in full_names} == {"2013", "2015"} and compared > 2
+    assert {f.parts[0] for f in full_names} == {"2013", "2015"} and compared >= 2
 
     # The answers as of D over both experts' artefacts: perplexity, every TSQA choice
     # score, the artefacts used.
@@ -288,7 +288,7 @@ def test_coadapt_with_bfloat16_adapted_experts_passes_the_counterfactual_test(pr
     # By default a finished stage keeps only its metrics: no trainer checkpoint (optimizer
     # moments), no published weights (its adapted expert is in the bundle).
     stages = sorted((full / "stages").iterdir())
-    # one stage per router snapshot, a month end each
+    # one stage per router snapshot, a period end each
     assert [st.name for st in stages] == sorted(p.name for p in (full / "routers").iterdir())
-    assert len(stages) > 12
+    assert len(stages) >= 4
     assert all(sorted(p.name for p in st.iterdir()) == ["metrics.jsonl"] for st in stages)
