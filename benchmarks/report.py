@@ -253,7 +253,8 @@ EQUAL_COMPUTE = """\
 ## Quality at equal training compute (independent, chained and shared-base experts against the dense series)
 
 Measured once by `python scripts/equal_compute.py --out /tmp/eqc` (the `small` size), not
-by `python -m benchmarks`: on the built-in corpus (40 documents a year, 2013-2024), the
+by `python -m benchmarks`, before the built-in corpus was dated to the day (a rerun trains
+on other text and asks other questions): on the built-in corpus (40 documents a year, 2013-2024), the
 demo's model at 1 layer x 64 wide (seq 64, batch 8, lr 3e-3), 8 steps per year stage.
 Every row trained 108 optimizer steps of 8 x 64 tokens (decay branches counted): six
 independent experts (2 x 8 steps + a branch + a final decay each); the same chained
