@@ -52,7 +52,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 D = "2015-12-31"
 END_YEAR = 2018  # slices 2013-2014, 2015-2016, 2017-2018
 MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 32}
-TRAIN = {"batch_size": 4, "device": "cpu", "log_every": 1000, "eval_batches": 1}
+TRAIN = {"batch_size": 4, "device": "cpu", "log_every": 1000, "eval_batches": 1,
+         "cutoff_every": "month"}
 MIXTURES = ["avg", "learned-avg", "learned-avg-cached", "coadapt"]
 
 

@@ -26,7 +26,8 @@ def monthly(tmp_path_factory):
     data = make_data_dir(root, years=(2013, 2014), vocab_size=512, doc_dates="spread")
     run = train_expert(TrainExpertConfig(
         year=2013, data=data, out=root / "run", n_layer=1, n_head=2, n_embd=16, seq_len=32,
-        batch_size=4, steps_per_stage=1, device="cpu", log_every=100, eval_batches=1))
+        batch_size=4, steps_per_stage=1, device="cpu", log_every=100, eval_batches=1,
+        cutoff_every="month"))
     info = json.loads((run / "run.json").read_text())
     cutoffs = [s["data_cutoff"] for s in info["snapshots"]] + [info["data_cutoff"]]
     return data, run, cutoffs

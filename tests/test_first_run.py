@@ -54,8 +54,8 @@ def test_help_prints_brackets_as_written_and_names_dense_series(monkeypatch):
 
     text = squeezed(invoke_cli("evaluate", "--help").output)
     assert squeezed("needs timoe[eval])") in text
-    assert squeezed("dense-series (its yearly snapshots, leak-free)") in text
-    assert squeezed("runs/dense:dense-series for its yearly snapshots") in squeezed(
+    assert squeezed("dense-series (its snapshots, leak-free)") in text
+    assert squeezed("runs/dense:dense-series for its snapshots") in squeezed(
         invoke_cli("compare", "--help").output)
 
 

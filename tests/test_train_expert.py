@@ -307,7 +307,7 @@ def test_monthly_stages_snapshot_every_month_end_with_new_windows(capsys, dated_
     code, _, err = run_cli(capsys, "train-expert", "--data", dated_data, "--out", tmp_path / "m",
                            "--year", "2013", "--seq-len", "32", "--batch-size", "4",
                            "--log-every", "50", "--device", "cpu", "--n-layer", "1",
-                           "--n-embd", "16", "--n-head", "2")  # month is the default
+                           "--n-embd", "16", "--n-head", "2", "--cutoff-every", "month")
     assert code == 0, err
     windows = TokenWindows(dated_data, "train", [2013, 2014], 32)
     ends, counts = [], []
@@ -367,5 +367,5 @@ def test_cutoff_every_quarter_and_year_make_fewer_stages(capsys, dated_data, tmp
     code, _, err = run_cli(capsys, *common, "--cutoff-every", "week", "--out", tmp_path / "w")
     assert code == 2 and "--cutoff-every" in err and not (tmp_path / "w").exists()
     code, _, err = run_cli(capsys, *common[:-2], "--snapshots", "none", "--max-steps", "1",
-                           "--cutoff-every", "year", "--out", tmp_path / "n")
+                           "--cutoff-every", "month", "--out", tmp_path / "n")
     assert code == 2 and "--cutoff-every has no effect" in err
