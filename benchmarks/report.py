@@ -252,81 +252,79 @@ MISSED_NOTES: dict[str, str] = {
 EQUAL_COMPUTE = """\
 ## Quality at equal training compute (independent, chained and shared-base experts against the dense series)
 
-Measured once by `python scripts/equal_compute.py --out /tmp/eqc` (the `small` size), not
-by `python -m benchmarks`, before the built-in corpus was dated to the day (a rerun trains
-on other text and asks other questions): on the built-in corpus (40 documents a year, 2013-2024), the
-demo's model at 1 layer x 64 wide (seq 64, batch 8, lr 3e-3), 8 steps per year stage.
-Every row trained 108 optimizer steps of 8 x 64 tokens (decay branches counted): six
-independent experts (2 x 8 steps + a branch + a final decay each); the same chained
-(`--init-from previous`); a shared base on 2013 (`--base --until 2013`, 11 steps + decay)
-and six experts started from it at 7 steps a stage; the dense model (12 stages of 8
-steps, 11 branches, a final decay), read as the leak-free series and as the all-years
-model. learned-avg adds 1 router step per year (12) to each family alike. Held-out
-perplexity of each year as of that year (its own held-out windows, up to 4 of 64
-tokens: a few hundred tokens a year, so per-year figures are rough; the mean's interval
-is missing because a year has 1 window), and 192 built-in questions each as of its own
-year, each rate with its count and 95% Wilson interval. Intel Xeon, 2 cores shared with
-other jobs (load average 8-12), torch 2.13.0+cpu, 2 threads; 31 minutes in all.
+Measured by `python scripts/equal_compute.py --out /tmp/eqc_new` (the `small` size), not
+by `python -m benchmarks`, on the built-in corpus dated to the day (40 documents a year,
+2013-2024), the demo's model at 1 layer x 64 wide (seq 64, batch 8, lr 3e-3), 8 steps
+per year stage. Every row trained 108 optimizer steps of 8 x 64 tokens (decay branches
+counted): six independent experts (2 x 8 steps + a branch + a final decay each); the
+same chained (`--init-from previous`); a shared base on 2013 (`--base --until 2013`, 11
+steps + decay) and six experts started from it at 7 steps a stage; the dense model (12
+stages of 8 steps, 11 branches, a final decay), read as the leak-free series and as the
+all-years model. learned-avg adds 1 router step per year (12) to each family alike.
+Held-out perplexity of each year as of that year (its own held-out windows, up to 4 of
+64 tokens: a few hundred tokens a year, so per-year figures are rough; the mean's
+interval is missing because a year has 1 window), and 187 built-in questions each as of
+its own date, each rate with its count and 95% Wilson interval. x86_64, 2 cores, torch
+2.13.0+cpu, 2 threads; about 6 minutes in all (an earlier run on the corpus dated by
+year, at load 8-12, took 31).
 
 |  | independent avg | independent learned-avg | chained avg | chained learned-avg | shared-base avg | shared-base learned-avg | dense series (leak-free) | dense (all years) |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 | training steps x batch x seq | 108 x 8 x 64 | 108 x 8 x 64 | 108 x 8 x 64 | 108 x 8 x 64 | 108 x 8 x 64 | 108 x 8 x 64 | 108 x 8 x 64 | 108 x 8 x 64 |
 | strategy | avg | learned-avg | avg | learned-avg | avg | learned-avg | dense-series | dense |
-| ppl, mean of 12 years [95% CI], point-in-time | 1,217 [no CI: a year has 1 window] | 1,193 [no CI: a year has 1 window] | 658.7 [no CI: a year has 1 window] | 628.4 [no CI: a year has 1 window] | 388.1 [no CI: a year has 1 window] | 376.6 [no CI: a year has 1 window] | 589.1 [no CI: a year has 1 window] |  |
-| ppl 2013 | 5,472 | 5,472 | 5,472 | 5,472 | 820.5 | 820.5 | 5,472 |  |
-| ppl 2014 | 615.6 | 615.6 | 615.6 | 615.6 | 270.3 | 270.3 | 615.6 |  |
-| ppl 2015 | 1,185 | 1,066 | 488.2 | 471.9 | 393.8 | 386.0 | 282.4 |  |
-| ppl 2016 | 561.0 | 560.9 | 263.0 | 228.3 | 237.5 | 237.4 | 158.8 |  |
-| ppl 2017 | 877.7 | 821.4 | 225.9 | 193.8 | 318.8 | 307.0 | 134.7 |  |
-| ppl 2018 | 690.2 | 689.8 | 204.0 | 154.5 | 285.3 | 281.1 | 105.7 |  |
-| ppl 2019 | 878.8 | 838.5 | 146.2 | 109.8 | 324.1 | 311.7 | 80.90 |  |
-| ppl 2020 | 679.2 | 675.5 | 136.5 | 78.60 | 344.7 | 330.0 | 65.44 |  |
-| ppl 2021 | 1,185 | 1,144 | 147.6 | 95.51 | 558.1 | 524.6 | 69.95 |  |
-| ppl 2022 | 676.3 | 672.1 | 64.28 | 35.58 | 314.2 | 294.7 | 24.17 |  |
-| ppl 2023 | 879.1 | 861.4 | 63.87 | 40.17 | 343.2 | 330.5 | 26.16 |  |
-| ppl 2024 | 904.9 | 898.4 | 77.35 | 44.70 | 446.7 | 425.5 | 32.79 |  |
-| ppl, mean of 12 years [95% CI], NOT point-in-time (read later years) |  |  |  |  |  |  |  | 13.70 [no CI: a year has 1 window] |
-| ppl 2013, not point-in-time |  |  |  |  |  |  |  | 11.07 |
-| ppl 2014, not point-in-time |  |  |  |  |  |  |  | 8.52 |
-| ppl 2015, not point-in-time |  |  |  |  |  |  |  | 8.87 |
-| ppl 2016, not point-in-time |  |  |  |  |  |  |  | 8.61 |
-| ppl 2017, not point-in-time |  |  |  |  |  |  |  | 10.50 |
-| ppl 2018, not point-in-time |  |  |  |  |  |  |  | 11.24 |
-| ppl 2019, not point-in-time |  |  |  |  |  |  |  | 11.83 |
-| ppl 2020, not point-in-time |  |  |  |  |  |  |  | 12.34 |
-| ppl 2021, not point-in-time |  |  |  |  |  |  |  | 17.51 |
-| ppl 2022, not point-in-time |  |  |  |  |  |  |  | 12.22 |
-| ppl 2023, not point-in-time |  |  |  |  |  |  |  | 18.92 |
-| ppl 2024, not point-in-time |  |  |  |  |  |  |  | 32.79 |
-| QA items | 192 | 192 | 192 | 192 | 192 | 192 | 192 | 192 |
-| QA accuracy (k/n) [95% CI] | 25.5% (49/192) [19.9, 32.1] | 25.5% (49/192) [19.9, 32.1] | 24.0% (46/192) [18.5, 30.5] | 28.1% (54/192) [22.2, 34.9] | 25.5% (49/192) [19.9, 32.1] | 25.5% (49/192) [19.9, 32.1] | 23.4% (45/192) [18.0, 29.9] | 32.8% (63/192) [26.6, 39.7] |
-| QA acc (norm) | 31.2% | 31.8% | 34.4% | 36.5% | 26.6% | 27.1% | 29.7% | 37.0% |
-| past err | 37.5% (72/192) [31.0, 44.5] | 37.5% (72/192) [31.0, 44.5] | 41.1% (79/192) [34.4, 48.2] | 39.6% (76/192) [32.9, 46.6] | 39.1% (75/192) [32.4, 46.1] | 38.0% (73/192) [31.5, 45.1] | 38.5% (74/192) [31.9, 45.6] | 30.7% (59/192) [24.6, 37.6] |
-| future err | 8.3% (16/192) [5.2, 13.1] | 8.3% (16/192) [5.2, 13.1] | 6.8% (13/192) [4.0, 11.2] | 7.3% (14/192) [4.4, 11.9] | 5.2% (10/192) [2.9, 9.3] | 5.7% (11/192) [3.2, 10.0] | 6.8% (13/192) [4.0, 11.2] | 9.4% (18/192) [6.0, 14.3] |
-| irrelevant err | 28.6% (55/192) [22.7, 35.4] | 28.6% (55/192) [22.7, 35.4] | 28.1% (54/192) [22.2, 34.9] | 25.0% (48/192) [19.4, 31.6] | 30.2% (58/192) [24.2, 37.0] | 30.7% (59/192) [24.6, 37.6] | 31.2% (60/192) [25.1, 38.1] | 27.1% (52/192) [21.3, 33.8] |
+| ppl, mean of 12 years [95% CI], point-in-time | 1,282 [no CI: a year has 1 window] | 1,256 [no CI: a year has 1 window] | 642.9 [no CI: a year has 1 window] | 618.0 [no CI: a year has 1 window] | 350.2 [no CI: a year has 1 window] | 340.6 [no CI: a year has 1 window] | 587.7 [no CI: a year has 1 window] |  |
+| ppl 2013 | 5,444 | 5,444 | 5,444 | 5,444 | 498.1 | 498.1 | 5,444 |  |
+| ppl 2014 | 638.9 | 638.9 | 638.9 | 638.9 | 253.5 | 253.5 | 638.9 |  |
+| ppl 2015 | 1,404 | 1,278 | 438.0 | 407.3 | 421.2 | 408.2 | 329.6 |  |
+| ppl 2016 | 696.1 | 696.0 | 258.6 | 209.3 | 271.8 | 271.7 | 163.0 |  |
+| ppl 2017 | 1,125 | 1,069 | 241.8 | 210.3 | 394.0 | 381.6 | 136.4 |  |
+| ppl 2018 | 712.5 | 709.9 | 173.7 | 135.8 | 314.7 | 308.7 | 96.60 |  |
+| ppl 2019 | 1,180 | 1,133 | 171.4 | 142.8 | 421.4 | 409.9 | 88.80 |  |
+| ppl 2020 | 652.4 | 650.0 | 76.91 | 53.42 | 257.6 | 248.8 | 34.80 |  |
+| ppl 2021 | 867.5 | 838.7 | 68.53 | 50.09 | 292.7 | 279.4 | 25.10 |  |
+| ppl 2022 | 673.0 | 672.1 | 63.53 | 39.30 | 272.7 | 259.7 | 28.90 |  |
+| ppl 2023 | 1,127 | 1,093 | 73.87 | 49.88 | 425.1 | 405.3 | 31.43 |  |
+| ppl 2024 | 866.8 | 854.3 | 65.08 | 35.28 | 379.6 | 362.2 | 35.15 |  |
+| ppl, mean of 12 years [95% CI], NOT point-in-time (read later years) |  |  |  |  |  |  |  | 14.84 [no CI: a year has 1 window] |
+| ppl 2013, not point-in-time |  |  |  |  |  |  |  | 7.86 |
+| ppl 2014, not point-in-time |  |  |  |  |  |  |  | 8.41 |
+| ppl 2015, not point-in-time |  |  |  |  |  |  |  | 13.99 |
+| ppl 2016, not point-in-time |  |  |  |  |  |  |  | 8.49 |
+| ppl 2017, not point-in-time |  |  |  |  |  |  |  | 11.69 |
+| ppl 2018, not point-in-time |  |  |  |  |  |  |  | 12.86 |
+| ppl 2019, not point-in-time |  |  |  |  |  |  |  | 14.45 |
+| ppl 2020, not point-in-time |  |  |  |  |  |  |  | 11.04 |
+| ppl 2021, not point-in-time |  |  |  |  |  |  |  | 11.49 |
+| ppl 2022, not point-in-time |  |  |  |  |  |  |  | 14.94 |
+| ppl 2023, not point-in-time |  |  |  |  |  |  |  | 27.76 |
+| ppl 2024, not point-in-time |  |  |  |  |  |  |  | 35.15 |
+| QA items | 187 | 187 | 187 | 187 | 187 | 187 | 187 | 187 |
+| QA accuracy (k/n) [95% CI] | 25.7% (48/187) [19.9, 32.4] | 25.1% (47/187) [19.5, 31.8] | 21.9% (41/187) [16.6, 28.4] | 22.5% (42/187) [17.1, 29.0] | 23.5% (44/187) [18.0, 30.1] | 23.5% (44/187) [18.0, 30.1] | 24.6% (46/187) [19.0, 31.2] | 30.5% (57/187) [24.3, 37.4] |
+| QA acc (norm) | 23.5% | 22.5% | 21.4% | 23.0% | 19.8% | 20.3% | 20.3% | 26.2% |
+| past err | 32.1% (60/187) [25.8, 39.1] | 32.6% (61/187) [26.3, 39.6] | 33.2% (62/187) [26.8, 40.2] | 32.6% (61/187) [26.3, 39.6] | 31.0% (58/187) [24.8, 38.0] | 31.6% (59/187) [25.3, 38.5] | 33.2% (62/187) [26.8, 40.2] | 27.3% (51/187) [21.4, 34.1] |
+| future err | 3.7% (7/187) [1.8, 7.5] | 3.7% (7/187) [1.8, 7.5] | 4.8% (9/187) [2.6, 8.9] | 4.8% (9/187) [2.6, 8.9] | 4.8% (9/187) [2.6, 8.9] | 4.8% (9/187) [2.6, 8.9] | 2.7% (5/187) [1.1, 6.1] | 6.4% (12/187) [3.7, 10.9] |
+| irrelevant err | 38.5% (72/187) [31.8, 45.6] | 38.5% (72/187) [31.8, 45.6] | 40.1% (75/187) [33.3, 47.3] | 40.1% (75/187) [33.3, 47.3] | 40.6% (76/187) [33.9, 47.8] | 40.1% (75/187) [33.3, 47.3] | 39.6% (74/187) [32.8, 46.7] | 35.8% (67/187) [29.3, 42.9] |
+| stale answers after a change that year | 33.9% (20/59) [23.1, 46.6] | 33.9% (20/59) [23.1, 46.6] | 35.6% (21/59) [24.6, 48.3] | 35.6% (21/59) [24.6, 48.3] | 30.5% (18/59) [20.3, 43.1] | 30.5% (18/59) [20.3, 43.1] | 30.5% (18/59) [20.3, 43.1] | 27.1% (16/59) [17.4, 39.6] |
 
-seconds: {"shared-base": 464, "independent": 412, "chained": 351, "dense": 166, "independent avg router": 0, "independent learned-avg router": 57, "chained avg router": 0, "chained learned-avg router": 51, "shared-base avg router": 0, "shared-base learned-avg router": 50, "evaluate": 307}
-rc 124
+seconds: {"shared-base": 90, "independent": 95, "chained": 87, "dense": 69, "independent avg router": 0, "independent learned-avg router": 4, "chained avg router": 0, "chained learned-avg router": 4, "shared-base avg router": 0, "shared-base learned-avg router": 4, "evaluate": 21}
 
 What it shows, at this size:
 
 - **TiMoE does not beat the leak-free dense series.** From 2015 on the dense series has
-  the lowest point-in-time perplexity in every year (2024: 32.8, against 44.7 for chained
-  learned-avg and 899-905 for independent experts). The shared-base rows have the lowest
-  *mean* (377-388 against 589) only because of 2013: the base puts 11 more steps on the
-  first year before any expert reads it (2013: 821 against 5,472), which is where a mean
-  of perplexities is dominated; every later year is worse than the series.
+  the lowest point-in-time perplexity in every year (2024: 35.2, against 35.3 for chained
+  learned-avg and 854-867 for independent experts). The shared-base rows have the lowest
+  *mean* (341-350 against 588) only because of 2013: the base puts 11 more steps on the
+  first year before any expert reads it (2013: 498 against 5,444), which is where a mean
+  of perplexities is dominated; every year from 2015 on is worse than the series.
 - **Chaining is the step that matters.** Independent experts restart from random weights
-  every slice and stay near 700-1,200 in every year; chained experts carry what came
-  before and fall to 36-77 by 2022-2024, close to the series, which is itself one chain
-  without restarts. What separates them from it is the per-slice warmup and the
-  mixture's average over older experts.
-- **QA is at chance for every point-in-time row** (23-28% on 4 choices, intervals of
-  +-6 points overlapping), and no future-error rate differs from another outside noise
-  (5.2-8.3% point-in-time, 9.4% for the all-years model): 192 questions and 8 steps a
-  year cannot separate these models. A larger size (`--size demo`, the demo's
-  40 steps a year on 200 documents) was not run: on this shared machine it would take
-  hours.
+  every slice and stay near 640-1,400 in every year; chained experts carry what came
+  before and fall to 35-74 by 2020-2024, level with the series by 2024, which is itself
+  one chain without restarts. What separates them from it is the per-slice warmup and
+  the mixture's average over older experts.
+- **QA is at chance for every point-in-time row** (22-26% on 4 choices, intervals of
+  +-6 points overlapping), and no future-error or stale-answer rate differs from another
+  outside noise: 187 questions and 8 steps a year cannot separate these models. A larger
+  size (`--size demo`, the demo's 40 steps a year on 200 documents) was not run.
 """
 
 

@@ -220,6 +220,15 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+def _answers_as_of_cut(data: Path, model: Path):
+    """Perplexity of the years up to D, every TSQA choice score and the artefacts used, as
+    of D, of `model` (a folder of experts or a bundle) on `data`."""
+    r = run_evaluate(EvaluateConfig(model=model, data=data, tsqa="builtin", query_date=CUT,
+                                    device="cpu", batch_size=4, max_items=40))
+    ppl = {y: v for y, v in r.report["perplexity"].items() if int(y) <= 2015}
+    return ppl, r.tsqa.scores, r.report["artefacts_used"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("kind", "dtype"), KINDS)
 def test_each_kind_and_dtype_passes_the_counterfactual_test(proof_builds, kind, dtype):
@@ -247,14 +256,7 @@ def test_each_kind_and_dtype_passes_the_counterfactual_test(proof_builds, kind, 
 
     # The answers as of D over both experts' artefacts: perplexity, every TSQA choice
     # score, the artefacts used.
-    def answers(data: Path, experts: Path):
-        r = run_evaluate(EvaluateConfig(model=experts, data=data, tsqa="builtin",
-                                        query_date=CUT, device="cpu", batch_size=4,
-                                        max_items=40))
-        ppl = {y: v for y, v in r.report["perplexity"].items() if int(y) <= 2015}
-        return ppl, r.tsqa.scores, r.report["artefacts_used"]
-
-    a, b = answers(full_data, full), answers(cut_data, cut)
+    a, b = _answers_as_of_cut(full_data, full), _answers_as_of_cut(cut_data, cut)
     assert a == b
     # 2015-2016 answers with its latest snapshot <= D (the last month with data)
     latest = max(f.name for f in full_names if f.parts[0] == "2015")
@@ -275,14 +277,7 @@ def test_coadapt_with_bfloat16_adapted_experts_passes_the_counterfactual_test(pr
         with safe_open(str(folder / "model.safetensors"), "pt") as f:
             assert {f.get_slice(k).get_dtype() for k in list(f.keys())} == {"BF16"}
 
-    def answers(data: Path, bundle: Path):
-        r = run_evaluate(EvaluateConfig(model=bundle, data=data, tsqa="builtin",
-                                        query_date=CUT, device="cpu", batch_size=4,
-                                        max_items=40))
-        ppl = {y: v for y, v in r.report["perplexity"].items() if int(y) <= 2015}
-        return ppl, r.tsqa.scores, r.report["artefacts_used"]
-
-    a, b = answers(full_data, full), answers(cut_data, cut)
+    a, b = _answers_as_of_cut(full_data, full), _answers_as_of_cut(cut_data, cut)
     assert a == b
     assert any(x["name"].endswith("+adapted") for x in a[2])
     # By default a finished stage keeps only its metrics: no trainer checkpoint (optimizer
