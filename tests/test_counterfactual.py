@@ -36,7 +36,8 @@ from timoe_core.evaluate.models import load_evaluated_model
 from timoe_core.evaluate.run import run_evaluate
 from timoe_core.generate import generate_tokens
 from timoe_core.model.mixture import TiMoE
-from timoe_core.train import coadapt, train_expert, train_router
+from timoe_core.recipes.registry import coadapt, train_router
+from timoe_core.train import train_expert
 
 CUTS = ["2016-12-31", "2015-12-31", "2016-07-15", "2015-08-31"]
 STRATEGIES = ["avg", "learned-avg", "coadapt", "dense-series"]

@@ -30,7 +30,8 @@ from timoe_core.data.manifest import load_manifest
 from timoe_core.data.prepare import prepare_data
 from timoe_core.evaluate.run import run_evaluate
 from timoe_core.model.run_info import read_run_info
-from timoe_core.train import train_expert, train_router
+from timoe_core.recipes.registry import train_router
+from timoe_core.train import train_expert
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -38,7 +38,8 @@ from timoe_core.evaluate.run import run_evaluate
 from timoe_core.evaluate.tsqa import load_tsqa, score_tsqa
 from timoe_core.generate import generate_tokens
 from timoe_core.interop.export import export_model
-from timoe_core.train import coadapt, train_expert, train_router
+from timoe_core.recipes.registry import coadapt, train_router
+from timoe_core.train import train_expert
 
 try:
     import lm_eval  # noqa: F401 (timoe[eval]: then lm-eval's date_field is checked too)

@@ -154,7 +154,7 @@ def test_point_in_time_refuses_a_router_trained_on_every_year(mixture_inputs, tm
     from timoe_core.config import CoadaptConfig, EvaluateConfig, TrainRouterConfig
     from timoe_core.evaluate.run import run_evaluate
     from timoe_core.model.bundle import read_bundle
-    from timoe_core.train import coadapt, train_router
+    from timoe_core.recipes.registry import coadapt, train_router
 
     data, experts = mixture_inputs  # data 2013-2018, experts of 2013-14, 2015-16, 2017-18
     common = {"experts": [experts], "data": data, "out": tmp_path / strategy, "max_steps": 2,

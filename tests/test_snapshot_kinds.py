@@ -28,7 +28,8 @@ from timoe_core.model.expert_pool import run_dir_artefacts
 from timoe_core.model.gpt import GPT
 from timoe_core.model.run_info import read_run_info
 from timoe_core.model.weights import load_model_weights, load_weights_into
-from timoe_core.train import coadapt, train_expert
+from timoe_core.recipes.registry import coadapt
+from timoe_core.train import train_expert
 from timoe_core.train.loop import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

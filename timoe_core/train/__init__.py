@@ -21,9 +21,7 @@ The strategies' recipes, and `train_router` / `coadapt`, are in timoe_core/recip
 the layer above this one.
 """
 
-from pathlib import Path
 
-from timoe_core.config import CoadaptConfig, TrainRouterConfig
 from timoe_core.train.distributed import TrainingInterrupted, WorkersFailed
 from timoe_core.train.expert import train_expert
 from timoe_core.train.loop import (
@@ -38,23 +36,6 @@ from timoe_core.train.loop import (
 from timoe_core.train.schedule import WSDSchedule
 
 
-# `train_router` and `coadapt` live in timoe_core/recipes/, the layer above this one; they
-# stay importable from here, where they were, as the one upward import the layers
-# contract allows (pyproject.toml, ignore_imports), made only when called.
-def train_router(cfg: TrainRouterConfig) -> Path:
-    """`timoe_core.recipes.train_router` (timoe train-router)."""
-    from timoe_core.recipes.registry import train_router as run
-
-    return run(cfg)
-
-
-def coadapt(cfg: CoadaptConfig) -> Path:
-    """`timoe_core.recipes.coadapt` (timoe coadapt)."""
-    from timoe_core.recipes.registry import coadapt as run
-
-    return run(cfg)
-
-
 __all__ = [
     "DataPosition",
     "GroupedOrder",
@@ -65,8 +46,6 @@ __all__ = [
     "TrainingInterrupted",
     "WSDSchedule",
     "WorkersFailed",
-    "coadapt",
     "run_training",
     "train_expert",
-    "train_router",
 ]
