@@ -135,14 +135,22 @@ def token_files_read(manifest: Manifest, years: Iterable[int]) -> dict[str, str]
 PART_SEPARATOR = "@"
 
 
+def read_index(data_dir: Path, split: str, year: int, manifest: Manifest | None = None
+               ) -> np.ndarray:
+    """A year's per-document index (`INDEX_DTYPE` records, in file order); TimoeError
+    naming it when it is missing (or, given the manifest, not listed there)."""
+    rel = index_file_relpath(split, year)
+    path = Path(data_dir) / rel
+    if not path.is_file() or (manifest is not None and rel not in manifest.files):
+        raise TimoeError(f"{data_dir} has no {rel} (document dates): prepare the data again "
+                         "with this timoe")
+    return np.fromfile(path, dtype=INDEX_DTYPE)
+
+
 def documents_up_to(data_dir: Path, split: str, year: int, cutoff: date) -> int:
     """Tokens (EOTs included) of a year's file in its documents dated on or before
     `cutoff`: the file's first ones (documents are in date order)."""
-    path = Path(data_dir) / index_file_relpath(split, year)
-    if not path.is_file():
-        raise TimoeError(f"{data_dir} has no {index_file_relpath(split, year)} (document dates): "
-                         "prepare the data again with this timoe")
-    index = np.fromfile(path, dtype=INDEX_DTYPE)
+    index = read_index(data_dir, split, year)
     next_day_us = (date.fromordinal(cutoff.toordinal() + 1) - _EPOCH_DAY).days * 86_400_000_000
     return int(index["tokens"][index["time_us"] < next_day_us].sum())
 

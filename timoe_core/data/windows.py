@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from timoe_core.data.manifest import (
-    INDEX_DTYPE,
     Manifest,
     Split,
     index_file_relpath,
     load_manifest,
+    read_index,
     token_file_relpath,
 )
 from timoe_core.errors import TimoeError
@@ -76,14 +76,8 @@ class TokenWindows:
         so `windows_up_to(d)` windows are the ones dated on or before d."""
         parts = []
         for year, n_windows in zip(self.years, np.diff(self._offsets)):
-            rel = index_file_relpath(self.split, year)
-            path = self.data_dir / rel
-            if rel not in self.manifest.files or not path.is_file():
-                raise TimoeError(
-                    f"{self.data_dir} has no {rel} (document dates): prepare the data again "
-                    "with this timoe"
-                )
-            index = np.fromfile(path, dtype=INDEX_DTYPE)
+            index = read_index(self.data_dir, self.split, year, self.manifest)
+            path = self.data_dir / index_file_relpath(self.split, year)
             ends = np.cumsum(index["tokens"])  # token after each document's last
             if len(ends) == 0 or int(ends[-1]) != self.manifest.tokens(year, self.split):
                 raise TimoeError(f"{path} does not describe {token_file_relpath(self.split, year)}"
