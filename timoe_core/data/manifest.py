@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -147,12 +147,16 @@ def read_index(data_dir: Path, split: str, year: int, manifest: Manifest | None 
     return np.fromfile(path, dtype=INDEX_DTYPE)
 
 
-def documents_up_to(data_dir: Path, split: str, year: int, cutoff: date) -> int:
-    """Tokens (EOTs included) of a year's file in its documents dated on or before
-    `cutoff`: the file's first ones (documents are in date order)."""
+def documents_up_to(data_dir: Path, split: str, year: int, cutoffs: Sequence[date]
+                    ) -> list[int]:
+    """Tokens (EOTs included) of a year's file in its documents dated on or before each of
+    `cutoffs`: the file's first ones (documents are in date order)."""
     index = read_index(data_dir, split, year)
-    next_day_us = (date.fromordinal(cutoff.toordinal() + 1) - _EPOCH_DAY).days * 86_400_000_000
-    return int(index["tokens"][index["time_us"] < next_day_us].sum())
+    out = []
+    for cutoff in cutoffs:
+        next_day_us = (date.fromordinal(cutoff.toordinal() + 1) - _EPOCH_DAY).days * 86_400_000_000
+        out.append(int(index["tokens"][index["time_us"] < next_day_us].sum()))
+    return out
 
 
 _EPOCH_DAY = date(1970, 1, 1)
@@ -166,31 +170,48 @@ def data_read_up_to(data_dir: Path, manifest: Manifest, years: Iterable[int],
     sha256 of the documents dated up to the cutoff (the first bytes of its files), named
     `train/2016.bin@2016-07-31`. Nothing in it depends on a document dated after the
     cutoff, so a build cut at any later day records the same."""
-    out = token_files_read(manifest, [y for y in years if date(y, 12, 31) <= cutoff])
-    if cutoff.year in set(years) and cutoff < date(cutoff.year, 12, 31):
+    return data_read_up_to_each(data_dir, manifest, years, [cutoff])[cutoff]
+
+
+def data_read_up_to_each(data_dir: Path, manifest: Manifest, years: Iterable[int],
+                         cutoffs: Sequence[date]) -> dict[date, dict[str, str]]:
+    """`data_read_up_to` for each of `cutoffs` (a staged run's snapshots), reading each
+    year's index and token files once, however many cutoffs fall inside it."""
+    years = list(years)
+    out = {c: token_files_read(manifest, [y for y in years if date(y, 12, 31) <= c])
+           for c in cutoffs}
+    inside: dict[int, list[date]] = {}
+    for c in sorted(set(cutoffs)):
+        if c.year in years and c < date(c.year, 12, 31):
+            inside.setdefault(c.year, []).append(c)
+    for year, cuts in inside.items():
         for split in SPLITS:
-            rel = token_file_relpath(split, cutoff.year)
+            rel = token_file_relpath(split, year)
             if rel not in manifest.files:
                 continue
-            n_bytes = documents_up_to(data_dir, split, cutoff.year, cutoff) * 2
-            if n_bytes:
-                out[f"{rel}{PART_SEPARATOR}{cutoff.isoformat()}"] = sha256_prefix(
-                    Path(data_dir) / rel, n_bytes)
-    return dict(sorted(out.items()))
+            n_bytes = [n * 2 for n in documents_up_to(data_dir, split, year, cuts)]
+            shas = sha256_prefixes(Path(data_dir) / rel, n_bytes)
+            for c, n, sha in zip(cuts, n_bytes, shas):
+                if n:
+                    out[c][f"{rel}{PART_SEPARATOR}{c.isoformat()}"] = sha
+    return {c: dict(sorted(files.items())) for c, files in out.items()}
 
 
-def sha256_prefix(path: Path, n_bytes: int) -> str:
-    """sha256 of the first n_bytes of a file."""
-    digest = hashlib.sha256()
+def sha256_prefixes(path: Path, n_bytes: Sequence[int]) -> list[str]:
+    """sha256 of the first n bytes of a file, for each n of `n_bytes` (non-decreasing), in
+    one pass over the file."""
+    digest, done, out = hashlib.sha256(), 0, []
     with open(path, "rb") as f:
-        left = n_bytes
-        while left > 0:
-            chunk = f.read(min(left, 8 << 20))
-            if not chunk:
-                raise TimoeError(f"{path} is shorter than its index says: prepare the data again")
-            digest.update(chunk)
-            left -= len(chunk)
-    return digest.hexdigest()
+        for n in n_bytes:
+            while done < n:
+                chunk = f.read(min(n - done, 8 << 20))
+                if not chunk:
+                    raise TimoeError(f"{path} is shorter than its index says: prepare the data "
+                                     "again")
+                digest.update(chunk)
+                done += len(chunk)
+            out.append(digest.copy().hexdigest())
+    return out
 
 
 def data_read_as_of(files: dict[str, str], cutoff: date) -> dict[str, str]:

@@ -42,6 +42,7 @@ from timoe_core.config import (
 from timoe_core.data.manifest import (
     Manifest,
     data_read_up_to,
+    data_read_up_to_each,
     load_manifest,
     token_files_read,
 )
@@ -717,8 +718,8 @@ class ExpertJob:
         task: ExpertTask
         if plan.stages:
             snapshot_at = plan.snapshot_at
-            data_files = {s.end: data_read_up_to(cfg.data, plan.manifest, years, s.end)
-                          for s in snapshot_at}
+            data_files = data_read_up_to_each(cfg.data, plan.manifest, years,
+                                              [s.end for s in snapshot_at])
             task = StagedExpertTask(model, train, val if len(val) else None, cfg.seed,
                                     eval_windows, plan.stages, plan.run_dir, plan.run_info,
                                     data_files, cfg, snapshot_at)
