@@ -20,7 +20,8 @@ from rich.table import Table
 
 from timoe_cli.common import ConfigOption, console, err_console, handles_errors, load_config
 from timoe_cli.options import config_options
-from timoe_core.config import SCALE, PrepareDataConfig
+from timoe_core.config import PrepareDataConfig
+from timoe_core.config.fields import SCALE
 from timoe_core.errors import TimoeError
 
 if TYPE_CHECKING:
