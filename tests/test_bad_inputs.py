@@ -30,7 +30,8 @@ from timoe_core.config import (
     TrainRouterConfig,
     resolve_config,
 )
-from timoe_core.data.sources import SourceOptions, open_source
+from timoe_core.data.batches import SourceOptions
+from timoe_core.data.sources import open_source
 from timoe_core.errors import TimoeError
 
 REPO = Path(__file__).resolve().parents[1]

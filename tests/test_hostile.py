@@ -24,8 +24,10 @@ from helpers import make_data_dir, make_expert_runs, run_cli
 from pydantic import ValidationError
 
 from timoe_core.config import EvaluateConfig, GenerateConfig, TrainExpertConfig, resolve_config
+from timoe_core.data.batches import SourceOptions
+from timoe_core.data.dates import DateError, parse_year
 from timoe_core.data.manifest import load_manifest
-from timoe_core.data.sources import DateError, SourceOptions, open_source, parse_year
+from timoe_core.data.sources import open_source
 from timoe_core.errors import TimoeError
 from timoe_core.io import check_output_files, write_failure_as_os_error
 from timoe_core.lock import lock_path, output_lock

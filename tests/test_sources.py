@@ -10,16 +10,10 @@ from datetime import date, datetime, timezone
 import pytest
 from helpers import write_jsonl
 
-from timoe_core.data import sources
-from timoe_core.data.sources import (
-    DateError,
-    SourceOptions,
-    open_source,
-    parse_date,
-    parse_year,
-    shard_of,
-    utc_date,
-)
+from timoe_core.data import readers, sources
+from timoe_core.data.batches import SourceOptions, shard_of
+from timoe_core.data.dates import DateError, parse_date, parse_year, utc_date
+from timoe_core.data.sources import open_source
 from timoe_core.errors import TimoeError
 
 
@@ -119,7 +113,7 @@ def test_jsonl_reader_is_exact_across_block_boundaries(tmp_path, monkeypatch):
         {"text": ("x" * (i % 97)) + f" doc {i} ünïcødé", "date": 2013 + i % 12} for i in range(500)
     ]
     p = write_jsonl(tmp_path / "a.jsonl", rows)
-    monkeypatch.setattr(sources, "JSONL_BLOCK_BYTES", 61)  # lines longer than a block too
+    monkeypatch.setattr(readers, "JSONL_BLOCK_BYTES", 61)  # lines longer than a block too
     texts, years, _ = read_all(str(p))
     assert texts == [r["text"] for r in rows]
     assert years == [r["date"] for r in rows]

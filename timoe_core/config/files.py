@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from timoe_core.errors import TimoeError
+from timoe_core.errors import TimoeError, first_line
 from timoe_core.io import atomic_write_text
 
 if sys.version_info >= (3, 11):
@@ -72,8 +72,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise TimoeError(f"config file {path} must end in .yaml, .yml, .toml or .json")
     except (yaml.YAMLError, tomllib.TOMLDecodeError, ValueError) as exc:
         # ValueError: a number Python will not convert (an integer of over 4300 digits)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TimoeError(f"config file {path} is not valid: {first}") from None
+        raise TimoeError(f"config file {path} is not valid: {first_line(exc)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

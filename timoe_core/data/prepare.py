@@ -55,6 +55,8 @@ from typing import Any
 import numpy as np
 
 from timoe_core.config import CONFIG_FILENAME, PrepareDataConfig, save_config
+from timoe_core.data.batches import SourceOptions, text_hash
+from timoe_core.data.dates import utc_date
 from timoe_core.data.manifest import (
     INDEX_DTYPE,
     MANIFEST_FILENAME,
@@ -69,7 +71,7 @@ from timoe_core.data.manifest import (
     load_manifest,
     token_file_relpath,
 )
-from timoe_core.data.sources import SourceOptions, open_source, text_hash, utc_date
+from timoe_core.data.sources import open_source
 from timoe_core.errors import TimoeError
 from timoe_core.io import (
     atomic_write_json,
