@@ -18,8 +18,9 @@ from kill_harness import kill_when
 
 from timoe_core.config import PrepareDataConfig
 from timoe_core.data.batches import text_hash
-from timoe_core.data.manifest import load_manifest, sha256_file
-from timoe_core.data.prepare import INDEX_DTYPE, is_val, prepare_data
+from timoe_core.data.manifest import INDEX_DTYPE, load_manifest, sha256_file
+from timoe_core.data.prepare import prepare_data
+from timoe_core.data.split import is_val
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
 from timoe_core.tokenizer import get_tokenizer

@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -409,15 +410,15 @@ def test_prepare_data_killed_midway_then_rerun_restarts_cleanly(tmp_path):
 
 
 def test_a_staging_folder_of_a_live_run_is_left_alone(tmp_path):
-    from timoe_core.data import prepare
+    from timoe_core.data.output_dir import owner_tag
 
     src = _corpus(tmp_path / "c.jsonl", 50)
     live = tmp_path / ".data.partial-live"
     live.mkdir()
-    (live / ".owner").write_text(prepare._owner_tag())  # this very process: alive
+    (live / ".owner").write_text(owner_tag())  # this very process: alive
     dead = tmp_path / ".data.partial-dead"
     dead.mkdir()
-    (dead / ".owner").write_text(f"{prepare.socket.gethostname()} {_dead_pid()}")
+    (dead / ".owner").write_text(f"{socket.gethostname()} {_dead_pid()}")
     foreign = tmp_path / ".data.partial-other-host"
     foreign.mkdir()
     (foreign / ".owner").write_text("some-other-host 1")

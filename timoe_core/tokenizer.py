@@ -15,8 +15,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from timoe_core.errors import TimoeError
+
+if TYPE_CHECKING:  # tiktoken and numpy load on first use, not when the CLI starts
+    import numpy as np
+    import numpy.typing as npt
+    import tiktoken
 
 TOKENIZER_NAME = "gpt2"
 GPT2_FILES_DIR = Path(__file__).resolve().parent / "assets" / "gpt2"
@@ -39,7 +45,7 @@ class Tokenizer:
     name: str
     vocab_size: int
     eot_token: int
-    _encoding: object
+    _encoding: tiktoken.Encoding
 
     def encode(self, text: str) -> list[int]:
         """Ordinary text: special-token strings in the text are encoded as plain text."""
@@ -47,6 +53,12 @@ class Tokenizer:
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
         return self._encoding.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+    def encode_to_numpy(self, text: str) -> npt.NDArray[np.uint32]:
+        """`encode` as one uint32 buffer, no Python int per token (prepare-data's encoder).
+        With no disallowed specials it encodes special-token strings as plain text, as
+        `encode` does; lone surrogates raise UnicodeEncodeError (the caller replaces them)."""
+        return self._encoding.encode_to_numpy(text, disallowed_special=())
 
     def decode(self, tokens: Sequence[int]) -> str:
         return self._encoding.decode(list(tokens))

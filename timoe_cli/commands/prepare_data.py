@@ -26,7 +26,7 @@ from timoe_core.errors import TimoeError
 
 if TYPE_CHECKING:
     from timoe_core.data.manifest import Manifest
-    from timoe_core.data.prepare import PrepareProgress
+    from timoe_core.data.progress import PrepareProgress
 
 _FIELDS = [
     "source", "text_field", "date_field", "skip_bad_rows", "max_docs", "builtin_docs_per_year",
@@ -76,7 +76,7 @@ def prepare_data(
     if merge and not merge_dirs:
         raise TimoeError("--merge needs the data dirs to merge: --merge DIR1 DIR2 ... --out DIR")
     cfg = load_config(PrepareDataConfig, config, **flags,
-                      merge=list(merge_dirs) if merge else None)
+                      merge=merge_dirs if merge else None)
     what = "merging" if cfg.merge else "tokenising"
     with Progress(
         SpinnerColumn(),

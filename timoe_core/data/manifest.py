@@ -25,8 +25,8 @@ MANIFEST_FILENAME = "manifest.json"
 # 2: every token file has its per-document index (.idx: date to the day), which
 # cutoffs by month or quarter read. Data of format 1 is refused with how to re-prepare it.
 FORMAT_VERSION = 2
-SPLITS: tuple[str, ...] = ("train", "val")
 Split = Literal["train", "val"]
+SPLITS: tuple[Split, ...] = ("train", "val")
 # One record per document of a token file, in the file's order (train/YEAR.idx): its
 # date (microseconds since the Unix epoch, UTC), text hash and token count (EOT included).
 INDEX_DTYPE = np.dtype([("time_us", "<i8"), ("hash", "<u8"), ("tokens", "<i8")])

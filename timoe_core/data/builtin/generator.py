@@ -162,6 +162,10 @@ class TSQAItem:
             self.date = f"{self.year:04d}-12-31"
 
 
+# A change key's precision by its length: YYYY, YYYY-MM, YYYY-MM-DD.
+_PRECISION_OF_LENGTH: dict[int, Precision] = {4: "year", 7: "month", 10: "day"}
+
+
 def _change_date(fact_id: str, key: object) -> tuple[date, Precision]:
     """A facts.yaml change key as (the day it counts from, its precision)."""
     if isinstance(key, bool):
@@ -169,7 +173,7 @@ def _change_date(fact_id: str, key: object) -> tuple[date, Precision]:
     if isinstance(key, date):  # YAML reads an unquoted YYYY-MM-DD as a date
         return key, "day"
     text = str(key) if isinstance(key, (int, str)) else ""
-    precision: Precision = {4: "year", 7: "month", 10: "day"}.get(len(text), "day")
+    precision = _PRECISION_OF_LENGTH.get(len(text), "day")
     try:
         return parse_query_date(text), precision  # a partial date: its period's last day
     except TimoeError:
@@ -256,7 +260,7 @@ AFTER_CHANGE_ITEMS = 2
 
 def _month_ends(first: date, last: date) -> list[date]:
     """Every month's last day d with first <= d <= last."""
-    out = []
+    out: list[date] = []
     y, m = first.year, first.month
     while True:
         end = date(y, m, calendar.monthrange(y, m)[1])
