@@ -1,7 +1,7 @@
 """Command-line options derived from the config models: each option is declared once.
 
 An option's type, default, bounds and help live on its pydantic field in
-timoe_core/config.py (`Field(default, ge=..., description=..., json_schema_extra=
+timoe_core/config/ (`Field(default, ge=..., description=..., json_schema_extra=
 cli(panel, flag))`); the config-file key is the field name, the flag is
 `--field-name` unless `cli(flag=...)` says otherwise. `config_options` turns fields
 into Typer parameters and hands the command the given values as one dict:
