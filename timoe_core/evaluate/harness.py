@@ -34,13 +34,13 @@ from typing import Any
 import torch
 
 from timoe_core.errors import TimoeError
-from timoe_core.evaluate.evaluated_model import EvaluatedModel
-from timoe_core.evaluate.models import load_evaluated_model
-from timoe_core.evaluate.tsqa import (
+from timoe_core.evaluate.continuations import (
     batches_by_date,
     continuation_batch,
     continuation_log_likelihoods,
 )
+from timoe_core.evaluate.evaluated_model import EvaluatedModel
+from timoe_core.evaluate.models import load_evaluated_model
 from timoe_core.timeslices import parse_query_date
 from timoe_core.tokenizer import get_tokenizer
 
