@@ -3,11 +3,18 @@ strategy leaks fewer future answers than the dense model, tested on 95% interval
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from timoe_core.evaluate.intervals import newcombe_difference
 
 LeakVerdict = Literal["fewer", "within-noise", "more"]
+
+
+class FutureErrorDifference(TypedDict):
+    """Dense future-error rate minus a TiMoE strategy's, and its 95% Newcombe interval."""
+
+    difference: float
+    interval: list[float]  # [low, high]
 
 
 def _future_counts(model: dict[str, Any]) -> tuple[int, int] | None:
@@ -20,16 +27,20 @@ def _future_counts(model: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def leak_verdict(dense: tuple[int, int], timoe: dict[str, tuple[int, int]]
-                 ) -> tuple[LeakVerdict, dict[str, dict[str, Any]]]:
+                 ) -> tuple[LeakVerdict, dict[str, FutureErrorDifference]]:
     """Does every TiMoE strategy leak fewer future answers than the dense model?
 
     `dense` and each `timoe` value are (future-error count, items). Per strategy the 95%
     Newcombe interval of dense rate - TiMoE rate: "fewer" when every interval lies above
-    0, "more" when some interval lies below 0, otherwise "within-noise"."""
-    diffs = {}
+    0, "more" when some interval lies below 0, otherwise "within-noise". Every count needs
+    at least one item."""
+    diffs: dict[str, FutureErrorDifference] = {}
     for label, (k, n) in timoe.items():
-        lo, hi = newcombe_difference(dense[0], dense[1], k, n)  # type: ignore[misc]
-        diffs[label] = {"difference": dense[0] / dense[1] - k / n, "interval": [lo, hi]}
+        ci = newcombe_difference(dense[0], dense[1], k, n)
+        if ci is None:
+            raise ValueError(f"leak_verdict needs items on both sides: dense {dense}, "
+                             f"{label} {(k, n)}")
+        diffs[label] = {"difference": dense[0] / dense[1] - k / n, "interval": list(ci)}
     if diffs and all(d["interval"][0] > 0 for d in diffs.values()):
         return "fewer", diffs
     if any(d["interval"][1] < 0 for d in diffs.values()):
@@ -69,12 +80,13 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     models = {m["label"]: m for m in result["models"]}
     dense = next((_future_counts(m) for k, m in models.items() if k.startswith("dense (all")),
                  None)
-    timoe = {k: _future_counts(m) for k, m in models.items()
-             if k.startswith("TiMoE") and "inclusive" not in k}
+    counts = {k: _future_counts(m) for k, m in models.items()
+              if k.startswith("TiMoE") and "inclusive" not in k}
+    timoe = {k: v for k, v in counts.items() if v is not None}
     verdict: LeakVerdict | None = None
-    diffs: dict[str, dict[str, Any]] = {}
-    if dense is not None and timoe and all(v is not None for v in timoe.values()):
-        verdict, diffs = leak_verdict(dense, timoe)  # type: ignore[arg-type]
+    diffs: dict[str, FutureErrorDifference] = {}
+    if dense is not None and timoe and len(timoe) == len(counts):  # every strategy has QA
+        verdict, diffs = leak_verdict(dense, timoe)
     return {"models": rows, "leak_verdict": verdict, "future_error_differences": diffs,
             "claim": verdict_line(verdict, dense[1]) if verdict and dense else None,
             "timoe_leaks_less_than_dense": None if verdict is None else verdict == "fewer"}

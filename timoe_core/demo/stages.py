@@ -26,7 +26,7 @@ from timoe_core.demo.settings import (
 )
 from timoe_core.demo.stale import STALE_MODELS, stale_by_cutoffs
 from timoe_core.io import atomic_write_json
-from timoe_core.timeslices import TimeSlicing
+from timoe_core.timeslices import TimeSlice, TimeSlicing
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,15 @@ def demo_stages(
         PrepareDataConfig(source="builtin", out=layout.data, seq_len=s.seq_len,
                           val_fraction=s.val_fraction,
                           builtin_docs_per_year=s.docs_per_year, seed=s.seed, overwrite=True)))]
+
+    def expert(sl: TimeSlice) -> Callable[[], Any]:  # binds this slice, not the loop's last
+        return lambda: train_expert(TrainExpertConfig(
+            year=sl.start_year, data=layout.data, out=layout.experts / sl.label, **model,
+            **expert_training))
+
     for sl in slicing.slices:
         stages.append(Stage(f"expert {sl.label}", f"train-expert: the {sl.label} expert",
-                            lambda sl=sl: train_expert(TrainExpertConfig(
-                                year=sl.start_year, data=layout.data,
-                                out=layout.experts / sl.label, **model, **expert_training))))
+                            expert(sl)))
     stages.append(Stage("dense", "train-expert --all-years: dense series, same compute",
                         lambda: train_expert(TrainExpertConfig(
                             all_years=True, data=layout.data, out=layout.dense, **model,

@@ -58,11 +58,11 @@ def stale_by_cutoffs(s: DemoSettings, entries: list[tuple[str, str]],
     for label, pair in results.items():
         yearly, monthly = (r.restricted(common, reason).after_change for r in pair)
         models[label] = {"yearly": yearly, "monthly": monthly}
-        if common:
-            lo, hi = newcombe_difference(yearly["stale"], yearly["n"], monthly["stale"],
-                                         monthly["n"])  # type: ignore[misc]
+        # None exactly when `common` is empty (both columns count its items)
+        ci = newcombe_difference(yearly["stale"], yearly["n"], monthly["stale"], monthly["n"])
+        if ci is not None:
             models[label].update(difference=yearly["stale_rate"] - monthly["stale_rate"],
-                                 interval=[lo, hi])
+                                 interval=list(ci))
     verdict = stale_verdict(models) if common and models else None
     return {"items": len(common), "asked_after_change": len(items), "models": models,
             "verdict": verdict, "stages_every": DEMO_CUTOFF_EVERY,
