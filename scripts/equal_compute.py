@@ -43,7 +43,8 @@ from timoe_core.config import (
 )
 from timoe_core.data.manifest import load_manifest
 from timoe_core.data.prepare import prepare_data
-from timoe_core.demo import DemoSettings, _training, demo_settings
+from timoe_core.demo import DemoSettings, demo_settings
+from timoe_core.demo.stages import training_options
 from timoe_core.evaluate import compare_models, compare_table
 from timoe_core.recipes.registry import train_router
 from timoe_core.train import train_expert
@@ -89,7 +90,7 @@ def build(out: Path, s: DemoSettings) -> dict:
     slices = manifest.time_slicing().slices
     n_stages = len(manifest.years_with_tokens("train"))
     decay = TrainExpertConfig.model_fields["decay_fraction"].default
-    training = _training(s, s.expert_steps, s.expert_lr)
+    training = training_options(s, s.expert_steps, s.expert_lr)
     base_steps, based_steps = base_budget(s, n_stages, decay)
     steps = {"independent": n_stages * stage_cost(s.expert_steps, decay),
              "chained": n_stages * stage_cost(s.expert_steps, decay),
@@ -123,7 +124,7 @@ def build(out: Path, s: DemoSettings) -> dict:
     for family in FAMILIES:
         for strategy in ("avg", "learned-avg"):
             bundle = out / f"{family}-{strategy}"
-            extra = (_training(s, s.router_steps, s.router_lr) if strategy == "learned-avg"
+            extra = (training_options(s, s.router_steps, s.router_lr) if strategy == "learned-avg"
                      else {})
             timed(f"{family} {strategy} router", train_router, TrainRouterConfig(
                 strategy=strategy, experts=[out / family], data=data, out=bundle, **extra))

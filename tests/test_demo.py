@@ -17,10 +17,10 @@ from timoe_core.demo import (
     QUICK_NOTE,
     REPORT_FILENAME,
     STATE_FILENAME,
-    _bytes_under,
     demo_settings,
     disk_needed,
 )
+from timoe_core.demo.disk import _bytes_under
 
 pytestmark = pytest.mark.slow
 

@@ -171,18 +171,20 @@ def test_a_query_date_past_the_data_is_said_and_still_answered(capsys, runs, tmp
 
 def test_the_demo_refuses_to_start_on_a_disk_clearly_too_small(capsys, tmp_path, monkeypatch):
     from timoe_core import demo
+    from timoe_core.config import DemoConfig
+    from timoe_core.demo import disk, run
 
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr(demo.shutil, "disk_usage", lambda p: Usage(10**12, 10**12, 10**8))
-    monkeypatch.setattr(demo, "_stages", lambda *a, **k: [])  # nothing would run anyway
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: Usage(10**12, 10**12, 10**8))
+    monkeypatch.setattr(run, "demo_stages", lambda *a, **k: [])  # nothing would run anyway
     code, _, err = run_cli(capsys, "demo", "--quick", "--out", tmp_path / "d")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     line = " ".join(err.split())
     assert re.search(r"the demo needs about [\d.]+ GB under .*; 0\.1 GB free: [\d.]+ GB short",
                      line), line
     assert not (tmp_path / "d").exists()  # nothing written
-    need = demo.disk_needed(demo.demo_settings(demo.DemoConfig(quick=True)), False)
-    kept = demo.disk_needed(demo.demo_settings(demo.DemoConfig(quick=True)), True)
+    need = demo.disk_needed(demo.demo_settings(DemoConfig(quick=True)), False)
+    kept = demo.disk_needed(demo.demo_settings(DemoConfig(quick=True)), True)
     assert 1e9 < need < kept  # keeping every checkpoint needs more
 
 

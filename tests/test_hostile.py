@@ -242,7 +242,7 @@ def test_overwrite_deletes_only_what_the_tool_wrote(tmp_path, capsys):
     assert code == 2 and "holds" in err and "prepare-data did not write" in err, err
     assert (run / "model.safetensors").is_file()
 
-    from timoe_core.demo import _remove_demo_outputs
+    from timoe_core.demo.outdir import _remove_demo_outputs
 
     demo = tmp_path / "demo"
     (demo / "experts").mkdir(parents=True)
@@ -323,7 +323,7 @@ def test_ctrl_c_during_the_imports_is_exit_130_without_a_traceback():
 
 def test_a_question_ending_in_whitespace_is_scored_on_the_tokens_the_model_sees():
     from timoe_core.data.builtin.generator import TSQAItem
-    from timoe_core.evaluate.tsqa import _encode_item
+    from timoe_core.evaluate.tsqa.scoring import _encode_item
     from timoe_core.tokenizer import get_tokenizer
 
     tok = get_tokenizer()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
 from timoe_cli import restore_interrupt_handling
 from timoe_core import __version__
 
-try:  # typer >= 0.20 vendors its own click
+if TYPE_CHECKING:  # checked against the typer the dev install brings (>= 0.20)
     from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover
-    from click import exceptions as click_exceptions
+else:
+    try:  # typer >= 0.20 vendors its own click
+        from typer._click import exceptions as click_exceptions
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exceptions
 
 from timoe_cli.commands import (
     coadapt,

@@ -85,14 +85,15 @@ def option_annotation(model: type[BaseModel], name: str) -> Any:
     field = model.model_fields[name]
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     base = list[str] if extra.get("repeat") else _cli_type(field.annotation)
-    flag = extra.get("flag") or "--" + name.replace("_", "-")
+    given, panel = extra.get("flag"), extra.get("panel")
+    flag = given if isinstance(given, str) and given else "--" + name.replace("_", "-")
     if base is bool and "flag" not in extra and field.default is not False:
         flag = f"{flag}/--no-{flag.removeprefix('--')}"
     option = typer.Option(
-        str(flag),
+        flag,
         help=field.description,
-        show_default=_shown_default(field, str(flag)),
-        rich_help_panel=extra.get("panel"),
+        show_default=_shown_default(field, flag),
+        rich_help_panel=panel if isinstance(panel, str) else None,
         hidden=bool(extra.get("hidden", False)),
     )
     return Annotated[base | None, option]

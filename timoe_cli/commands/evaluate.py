@@ -11,6 +11,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -34,7 +35,7 @@ def progress_bars() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
         disable=not err_console.is_terminal,
     ) as bars:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def task(description: str) -> Callable[[int, int], None]:
             def update(done: int, total: int) -> None:

@@ -19,6 +19,7 @@ def export(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None
     """Export timoe models as folders transformers opens (AutoModelForCausalLM)."""
     cfg = resolve_config(ExportConfig, config, flags)
     exported = export_model(cfg)
+    assert cfg.out is not None  # export_model refuses a missing --out
     for e in exported:
         where = cfg.out if str(e.folder) == "." else cfg.out / e.folder
         console.print(f"{e.label}: {where} (GPT2LMHeadModel)", highlight=False)

@@ -23,6 +23,7 @@ def generate(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> No
     """Sample text from a TiMoE bundle as of a query date."""
     cfg = resolve_config(GenerateConfig, config, flags)
     out = run_generate(cfg)
+    assert cfg.prompt is not None  # run_generate refuses a missing --prompt
     for note in out.notes:
         err_console.print(note, highlight=False, markup=False)
     result = out.result

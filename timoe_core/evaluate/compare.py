@@ -17,7 +17,6 @@ import torch
 
 from timoe_core.errors import TimoeError
 from timoe_core.evaluate.evaluated_model import model_warnings
-from timoe_core.timeslices import AnswerCutoffs
 from timoe_core.evaluate.intervals import mean_perplexity_interval
 from timoe_core.evaluate.models import load_evaluated_model, parse_strategy
 from timoe_core.evaluate.perplexity import evaluate_perplexity
@@ -30,7 +29,8 @@ from timoe_core.evaluate.report import (
     stale_cell,
     tsqa_rate_cell,
 )
-from timoe_core.evaluate.tsqa import TSQAFields, load_tsqa, score_tsqa
+from timoe_core.evaluate.tsqa import TSQAFields, TSQAResult, load_tsqa, score_tsqa
+from timoe_core.timeslices import AnswerCutoffs
 
 # progress(description, done, total)
 CompareProgress = Callable[[str, int, int], None]
@@ -97,7 +97,7 @@ def compare_models(
     items = load_tsqa(tsqa_source, fields=fields, max_items=max_items) if tsqa_source else None
 
     reports: list[dict[str, Any]] = []
-    qa_results = []
+    qa_results: list[TSQAResult] = []  # one per model when there are items, else none
     for entry, label, (path, strategy) in zip(entries, short_labels(entries), parsed):
         model = load_evaluated_model(path, strategy, policy=policy, device=device, amp=amp,
                                      answer_cutoffs=answer_cutoffs)
@@ -110,7 +110,7 @@ def compare_models(
             cb = (lambda d, t, e=entry: progress(f"{e}: TSQA", d, t)) if progress else None
             qa = score_tsqa(model, items, query_date=query_date, batch_items=tsqa_batch_items,
                             progress=cb)
-        qa_results.append(qa)
+            qa_results.append(qa)
         report = evaluation_report(model, model_path=path, query_date=query_date, perplexity=ppl,
                                    tsqa=qa, data_dir=data_dir, tsqa_source=tsqa_source)
         reports.append({"entry": entry, "label": label, **report,

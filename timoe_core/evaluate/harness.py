@@ -34,13 +34,15 @@ from typing import Any
 import torch
 
 from timoe_core.errors import TimoeError
-from timoe_core.evaluate.evaluated_model import EvaluatedModel
-from timoe_core.evaluate.models import load_evaluated_model
-from timoe_core.evaluate.tsqa import (
+from timoe_core.evaluate.continuations import (
     batches_by_date,
     continuation_batch,
     continuation_log_likelihoods,
 )
+from timoe_core.evaluate.evaluated_model import EvaluatedModel, MixtureModel, SingleModel
+from timoe_core.evaluate.models import load_evaluated_model
+from timoe_core.model.gpt import GPT
+from timoe_core.model.mixture import TiMoE
 from timoe_core.timeslices import parse_query_date
 from timoe_core.tokenizer import get_tokenizer
 
@@ -61,7 +63,16 @@ def _bool(value: Any) -> bool:
     return bool(value)
 
 
-class TimoeLM(_LMBase):  # type: ignore[misc, valid-type]
+def _network(model: EvaluatedModel) -> TiMoE | GPT:
+    """The network behind an evaluated model: its mixture, or its one set of weights."""
+    if isinstance(model, MixtureModel):
+        return model.mix
+    if isinstance(model, SingleModel):
+        return model.gpt
+    raise TypeError(f"no network behind a {type(model).__name__}")
+
+
+class TimoeLM(_LMBase):
     """The harness model `timoe` (see the module docstring)."""
 
     def __init__(self, model: str | EvaluatedModel | None = None, query_date: Any = None,
@@ -170,12 +181,12 @@ class TimoeLM(_LMBase):  # type: ignore[misc, valid-type]
 
     def _greedy(self, inp: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor, qd: Any
                 ) -> list[bool]:
-        m = self.model
-        dev = m.device
-        if hasattr(m, "mix"):
-            full = m.mix.mixture_log_probs(inp.to(dev), qd)
+        dev = self.model.device
+        net = _network(self.model)
+        if isinstance(net, TiMoE):
+            full = net.mixture_log_probs(inp.to(dev), qd)
         else:
-            full = m.gpt.log_probs(inp.to(dev))
+            full = net.log_probs(inp.to(dev))
         best = full.argmax(-1).cpu()
         return [bool(((best[r] == tgt[r]) | ~mask[r]).all()) for r in range(len(inp))]
 
@@ -218,7 +229,7 @@ class TimoeLM(_LMBase):  # type: ignore[misc, valid-type]
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(kwargs.get("max_gen_toks", 64))
             m = self.model
-            net = m.mix if hasattr(m, "mix") else m.gpt
+            net = _network(m)
             prompt = ([self.tok.eot_token] + self.tok.encode(context))[-(m.block_size - 1):]
             result = generate_tokens(net, prompt, query_date=self._date_of(req),
                                      max_new_tokens=max_new, greedy=True,

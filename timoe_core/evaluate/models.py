@@ -163,7 +163,8 @@ def _load(path: Path, strategy: str | None, policy: str | None, dev: torch.devic
                     "use --strategy dense (or leave it out)"
                 )
             return _single(path, dev, "dense", f"dense ({path.name})", policy)
-        if kind is None or (kind == "expert" and info.time_slice.contains_year(year)):
+        # a year comes with strategy expert:YEAR only (parse_strategy)
+        if kind is None or (year is not None and info.time_slice.contains_year(year)):
             return _single(path, dev, f"expert:{info.slice_label}", f"expert {info.slice_label}",
                            policy)
         if kind == "expert":
@@ -187,7 +188,7 @@ def _load(path: Path, strategy: str | None, policy: str | None, dev: torch.devic
             f"{path} is not a TiMoE bundle (no {BUNDLE_FILENAME}), a run dir (no "
             f"{RUN_INFO_FILENAME}) or a folder of run dirs"
         )
-    if kind == "expert":
+    if year is not None:  # expert:YEAR
         d = _expert_dir_for_year(run_dirs, year, path)
         info = read_run_info(d)
         return _single(d, dev, f"expert:{info.slice_label}", f"expert {info.slice_label}",
@@ -248,7 +249,7 @@ def _load_from_bundle(
         )
     if policy is not None:
         mix.policy = policy
-    if kind == "expert":
+    if year is not None:  # expert:YEAR
         slices = [s for s in mix.slices if s.contains_year(year)]
         if not slices:
             raise TimoeError(f"no expert in bundle {bundle} covers {year}: its experts are "

@@ -72,11 +72,12 @@ class PerplexityResult:
 
     def overall(self) -> float | None:
         """exp of the mean NLL over every scored token of every year."""
-        scored = [r for r in self.years.values() if r.perplexity is not None]
-        tokens = sum(r.tokens for r in scored)
+        scored = [(r.nll, r.tokens) for r in self.years.values()
+                  if r.perplexity is not None and r.nll is not None]
+        tokens = sum(n for _, n in scored)
         if not tokens:
             return None
-        return math.exp(sum(r.nll * r.tokens for r in scored) / tokens)
+        return math.exp(sum(nll * n for nll, n in scored) / tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,7 +99,7 @@ class PerplexityMatrix:
     def to_dict(self) -> dict[str, Any]:
         reasons: dict[str, str] = {}
         for q in self.query_dates:
-            why = {self.cells[(q, y)].reason for y in self.data_years} - {None}
+            why = {r for y in self.data_years if (r := self.cells[(q, y)].reason) is not None}
             if why:
                 reasons[q] = "; ".join(sorted(why))
         return {
@@ -259,7 +260,7 @@ def perplexity_matrix(
     qs = [str(q) for q in (query_dates if query_dates is not None else cells.data_years)]
     for q in qs:
         parse_query_date(q)  # a malformed date is bad input, before any work
-    wanted = [(q, y) for q in qs for y in cells.data_years]
+    wanted: list[tuple[str | None, int]] = [(q, y) for q in qs for y in cells.data_years]
     wanted += [(query_date, y) for y in cells.data_years]
     scored = cells.score(list(dict.fromkeys(wanted)), batch_size, progress)
     matrix = PerplexityMatrix(qs, cells.data_years, cells.seq_len,

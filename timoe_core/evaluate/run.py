@@ -132,20 +132,23 @@ def run_evaluate(
     if cfg.query_date is not None:
         m.eligible_experts(cfg.query_date)  # no expert that early: exit 2, naming the first date
     warnings = model_warnings(m, cfg.query_date)
-    for line in warnings if warn is not None else []:
-        warn(line)
+    if warn is not None:
+        for line in warnings:
+            warn(line)
     items = (load_tsqa(cfg.tsqa, fields=tsqa_fields(cfg), max_items=cfg.max_items)
              if cfg.tsqa else None)
 
     ppl = mat = qa = None
     if cfg.data is not None:
-        common = {"query_date": cfg.query_date, "max_docs": cfg.max_docs,
-                  "batch_size": cfg.batch_size, "seq_len": cfg.seq_len}
         if cfg.matrix:
-            mat, ppl = perplexity_matrix(m, cfg.data, query_dates=cfg.matrix_query_dates,
-                                         progress=task("perplexity matrix"), **common)
+            mat, ppl = perplexity_matrix(
+                m, cfg.data, query_dates=cfg.matrix_query_dates, query_date=cfg.query_date,
+                max_docs=cfg.max_docs, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                progress=task("perplexity matrix"))
         else:
-            ppl = evaluate_perplexity(m, cfg.data, progress=task("perplexity"), **common)
+            ppl = evaluate_perplexity(
+                m, cfg.data, query_date=cfg.query_date, max_docs=cfg.max_docs,
+                batch_size=cfg.batch_size, seq_len=cfg.seq_len, progress=task("perplexity"))
     if items is not None:
         qa = score_tsqa(m, items, query_date=cfg.query_date, batch_items=cfg.tsqa_batch_size,
                         progress=task("TSQA"))
@@ -171,7 +174,8 @@ def run_compare(cfg: EvaluateConfig, progress: Progress | None = None) -> Evalua
         parse_query_date(cfg.query_date)
     result = compare_models(
         cfg.models, cfg.data, cfg.tsqa, query_date=cfg.query_date, policy=cfg.policy,
-        answer_cutoffs=cfg.answer_cutoffs, max_docs=cfg.max_docs, max_items=cfg.max_items, batch_size=cfg.batch_size,
+        answer_cutoffs=cfg.answer_cutoffs, max_docs=cfg.max_docs, max_items=cfg.max_items,
+        batch_size=cfg.batch_size,
         tsqa_batch_items=cfg.tsqa_batch_size, seq_len=cfg.seq_len, fields=tsqa_fields(cfg),
         device=cfg.device, amp=cfg.amp, progress=lambda d, done, tot: task(d)(done, tot),
     )
