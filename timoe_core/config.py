@@ -781,6 +781,12 @@ class DemoConfig(StrictModel):
         False, description="Keep each finished stage's trainer checkpoints (optimizer "
         "state, several times the weights; by default removed once the stage is done).",
     )
+    cutoff_every: CutoffEvery = Field(
+        "year", description="month | quarter | year: the period of every training stage. "
+        "month: a cutoff at each month end, at the yearly compute (averaged bfloat16 "
+        "snapshots, no extra step) and about 4 times the disk; the stale-answer table then "
+        "compares month-end with year-end artefacts.",
+    )
 
 
 # ------------------------------------------------------------------ interop
