@@ -33,10 +33,8 @@ def monthly(tmp_path_factory):
     return data, run, cutoffs
 
 
-def _latest(cutoffs: list[str], when: str, every: str | None = None) -> str:
-    ok = [c for c in cutoffs if c <= when and (every is None or point_in_time.on_answer_grid(
-        date.fromisoformat(c), every))]
-    return max(ok)
+def _latest(cutoffs: list[str], when: str) -> str:
+    return max(c for c in cutoffs if c <= when)
 
 
 def test_as_of_any_day_the_latest_artefact_with_cutoff_on_or_before_it(monthly):
@@ -51,15 +49,44 @@ def test_as_of_any_day_the_latest_artefact_with_cutoff_on_or_before_it(monthly):
         for every in ("quarter", "year"):
             grid = point_in_time.select_artefacts(records, date.fromisoformat(when),
                                                   "point-in-time", every)
-            expected = [c for c in cutoffs if c <= when and point_in_time.on_answer_grid(
-                date.fromisoformat(c), every)]
+            # as a build with cutoffs at every such period end would answer: what was in
+            # effect at the last one on or before the date
+            period_end = point_in_time.answer_date(date.fromisoformat(when), every).isoformat()
+            expected = [c for c in cutoffs if c <= period_end]
             assert [r.cutoff.isoformat() for r in grid] == ([max(expected)] if expected else [])
     assert point_in_time.staleness_days(date(2014, 8, 15), [date(2013, 12, 31),
                                                           date(2014, 7, 31)]) == 15
-    assert point_in_time.on_answer_grid(date(2014, 6, 30), "quarter")
-    assert not point_in_time.on_answer_grid(date(2014, 7, 31), "quarter")
-    assert point_in_time.on_answer_grid(date(2014, 7, 31), "month")
-    assert point_in_time.on_answer_grid(date(2014, 7, 15), "any")
+
+
+@pytest.mark.parametrize(("when", "every", "expected"), [
+    ("2014-07-15", "any", "2014-07-15"),
+    ("2014-07-15", "month", "2014-06-30"),
+    ("2014-07-31", "month", "2014-07-31"),
+    ("2014-03-01", "month", "2014-02-28"),
+    ("2016-03-01", "month", "2016-02-29"),
+    ("2014-07-15", "quarter", "2014-06-30"),
+    ("2014-06-30", "quarter", "2014-06-30"),
+    ("2014-01-05", "quarter", "2013-12-31"),
+    ("2014-12-30", "year", "2013-12-31"),
+    ("2014-12-31", "year", "2014-12-31"),
+])
+def test_answer_date_is_the_last_period_end_on_or_before_the_query(when, every, expected):
+    got = point_in_time.answer_date(date.fromisoformat(when), every)
+    assert got.isoformat() == expected and got <= date.fromisoformat(when)
+
+
+def test_answer_cutoffs_use_the_artefact_in_effect_at_the_period_end(monthly):
+    """A period end with no artefact of its own (its stage brought nothing new) answers
+    from the latest earlier one, as a build cut at that period end would: the rule moves
+    the query date back, it does not skip to an artefact whose own cutoff is a period end."""
+    _, run, cutoffs = monthly
+    records = [r for r in records_from_run_dirs([run]) if r.cutoff != date(2013, 12, 31)]
+    (chosen,) = point_in_time.select_artefacts(records, date(2014, 2, 10), "point-in-time",
+                                               "year")
+    assert chosen.cutoff == max(r.cutoff for r in records if r.cutoff < date(2013, 12, 31))
+    assert point_in_time.first_usable_date(records, "point-in-time", "year") == date(2013, 12, 31)
+    assert point_in_time.first_usable_date(records, "point-in-time", "month") == min(
+        r.cutoff for r in records)
 
 
 @pytest.mark.parametrize("answer_cutoffs", ["any", "quarter", "year"])
@@ -73,7 +100,8 @@ def test_evaluate_json_reports_cutoffs_used_and_staleness(capsys, monthly, tmp_p
                            "--answer-cutoffs", answer_cutoffs, "--json", out, "--max-docs", "4")
     assert code == 0, err
     report = json.loads(out.read_text())
-    latest = _latest(cutoffs, when, None if answer_cutoffs == "any" else answer_cutoffs)
+    latest = _latest(cutoffs, point_in_time.answer_date(date.fromisoformat(when),
+                                                        answer_cutoffs).isoformat())
     assert latest == {"any": "2014-07-31", "quarter": "2014-06-30",
                       "year": "2013-12-31"}[answer_cutoffs]
     assert report["artefacts_used"] == [{"name": f"2013-2014@{latest}", "data_cutoff": latest}]

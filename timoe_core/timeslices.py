@@ -31,11 +31,22 @@ def year_cutoff(year: int) -> date:
     return date(year, 12, 31)
 
 
+def months_per_period(every: CutoffEvery) -> int:
+    """How many calendar months a period of `every` spans."""
+    return _MONTHS_PER_PERIOD[every]
+
+
 def period_end(d: date, every: CutoffEvery) -> date:
     """The last day of the period (calendar month, quarter or year) holding `d`."""
     months = _MONTHS_PER_PERIOD[every]
     last_month = ((d.month - 1) // months + 1) * months
     return date(d.year, last_month, calendar.monthrange(d.year, last_month)[1])
+
+
+def period_start(d: date, every: CutoffEvery) -> date:
+    """The first day of the period (calendar month, quarter or year) holding `d`."""
+    months = _MONTHS_PER_PERIOD[every]
+    return date(d.year, (d.month - 1) // months * months + 1, 1)
 
 
 def period_ends(first: date, last: date, every: CutoffEvery) -> list[date]:

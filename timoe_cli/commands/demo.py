@@ -24,7 +24,8 @@ from timoe_core.evaluate import compare_table
 
 
 @handles_errors
-@config_options(DemoConfig, ["out", "quick", "seed", "device", "overwrite", "keep_checkpoints"])
+@config_options(DemoConfig, ["out", "quick", "cutoff_every", "seed", "device", "overwrite",
+                            "keep_checkpoints"])
 def demo(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     """Run the whole pipeline on the built-in corpus: data, experts, dense baseline,
     routers, coadapt, evaluation, report. A rerun resumes where the last one stopped."""

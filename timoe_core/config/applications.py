@@ -17,7 +17,7 @@ from timoe_core.config.fields import (
     parse_assignments,
     refuse_ignored,
 )
-from timoe_core.timeslices import AnswerCutoffs
+from timoe_core.timeslices import AnswerCutoffs, CutoffEvery
 
 _MODEL_HELP = "TiMoE bundle, expert/dense run dir, or folder of expert run dirs."
 _STRATEGY_HELP = ("avg | learned-avg | coadapt | expert:YEAR | dense (a dense run's final, "
@@ -45,9 +45,10 @@ class EvaluateConfig(StrictModel):
         None, description=_POLICY_HELP
     )
     answer_cutoffs: AnswerCutoffs = Field(
-        "any", description="any | month | quarter | year: answer only from artefacts (expert "
-        "snapshots, router snapshots) whose data cutoff is such a period end, so a monthly "
-        "build answers as a yearly one would (default any: the latest usable).",
+        "any", description="any | month | quarter | year: answer as of the last such period "
+        "end on or before the query date, from the artefacts (expert and router snapshots) "
+        "usable then, so a monthly build answers as a yearly one would (default any: the "
+        "query date itself).",
     )
     data: Path | None = Field(None, description="Prepared data dir: val perplexity.")
     tsqa: str | None = Field(
@@ -201,6 +202,12 @@ class DemoConfig(StrictModel):
     keep_checkpoints: bool = Field(  # a finished demo stage is never resumed
         False, description="Keep each finished stage's trainer checkpoints (optimizer "
         "state, several times the weights; by default removed once the stage is done).",
+    )
+    cutoff_every: CutoffEvery = Field(
+        "year", description="month | quarter | year: the period of every training stage. "
+        "month: a cutoff at each month end at the yearly compute (averaged bfloat16 "
+        "snapshots, no extra step), with about 6 times the disk; the stale-answer table "
+        "then compares month-end with year-end artefacts.",
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from timoe_core.config import DemoConfig, TrainExpertConfig
 from timoe_core.demo.settings import DemoSettings, demo_settings
 from timoe_core.errors import TimoeError
-from timoe_core.timeslices import TimeSlicing
+from timoe_core.timeslices import TimeSlicing, months_per_period
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,17 @@ def disk_needed(s: DemoSettings, keep_checkpoints: bool) -> int:
     moments), or of every run with `keep_checkpoints`. Measured against `du` in
     tests/test_demo.py."""
     w, r = _weight_bytes(s)
+    snapshot = w // 2 if s.snapshot_dtype == "bfloat16" else w  # a snapshot, adapted expert
     slicing = TimeSlicing()
     n_slices = len(slicing.slices)
     n_years = slicing.end_year - slicing.start_year + 1
-    stages = n_years  # one router stage per data year (every artefact cutoff)
-    kept = (2 * n_slices * w  # each expert: final weights + a snapshot after its first year
-            + n_years * w  # the dense run: final weights + a snapshot per earlier year
+    per_year = 12 // months_per_period(s.cutoff_every)
+    stages = n_years * per_year  # at most one router stage per period (every cutoff)
+    kept = (n_slices * (w + (slicing.slice_years * per_year - 1) * snapshot)  # each expert:
+            # its final weights and a snapshot at every earlier period end
+            + w + (stages - 1) * snapshot  # the dense run: the same over every year
             + (stages + 1) * r  # learned-avg: a router per stage + the latest
-            + (stages + 1) * r + stages * w  # coadapt: the same + an adapted expert a stage
+            + (stages + 1) * r + stages * snapshot  # coadapt: the same + an adapted expert
             + (64 << 20))  # the data, reports, plots, metrics (a few MB)
     checkpoint = 2 * 3  # two checkpoints of weights + two AdamW moments
     if not keep_checkpoints:

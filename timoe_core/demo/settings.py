@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
 from timoe_core.config import DemoConfig
-from timoe_core.timeslices import CutoffEvery
+from timoe_core.model.weights import StorageDtype
+from timoe_core.timeslices import CutoffEvery, months_per_period
 
 STATE_FILENAME = "demo.json"
 REPORT_FILENAME = "report.json"
@@ -19,11 +21,6 @@ PERPLEXITY_PLOT_FILENAME = "perplexity.png"
 QUICK_DOCS_PER_YEAR = 40  # --quick's corpus size (what tells a quick run's settings apart)
 QUICK_NOTE = ("--quick checks that the pipeline runs end to end; its models and question "
               "set are too small to compare models: read its figures as noise")
-
-# The demo's stages: one per year (see stages.training_options). With yearly artefacts the
-# stale-answer table's two columns answer from the same artefacts; monthly stages make
-# them differ.
-DEMO_CUTOFF_EVERY: CutoffEvery = "year"
 
 # eval_progress(description, done, total), as compare_models reports it
 EvalProgress = Callable[[str, int, int], None]
@@ -40,8 +37,13 @@ class DemoSettings(BaseModel):
     n_embd: int
     batch_size: int
     expert_lr: float
-    expert_steps: int  # per year-stage of every expert and of the dense model
-    router_steps: int  # per router stage (one per data year)
+    cutoff_every: CutoffEvery  # every training stage's period (demo --cutoff-every)
+    # per stage of every expert and of the dense model; None: one pass over the windows
+    # new in each period (about the yearly budget in all, whatever the period)
+    expert_steps: int | None
+    snapshot_kind: Literal["decay", "average"]  # of the expert and dense-series snapshots
+    snapshot_dtype: StorageDtype  # of those snapshots and of coadapt's adapted experts
+    router_steps: int  # per router stage (one per period with data)
     router_lr: float
     coadapt_steps: int  # per coadapt stage
     coadapt_lr: float
@@ -52,17 +54,34 @@ class DemoSettings(BaseModel):
 
 
 def demo_settings(cfg: DemoConfig) -> DemoSettings:
-    """The default run (<= 10 min on a 2-core CPU) or --quick (<= 2 min)."""
+    """The default run (<= 10 min on a 2-core CPU) or --quick (<= 2 min), at yearly
+    cutoffs; `--cutoff-every month` (or quarter) keeps the yearly compute budget."""
     # Batch 8: at equal tokens, twice the optimizer steps of batch 16 take a tiny expert
     # from held-out loss 2.76 to 1.32 in the same time (2013-2014 expert, 40x16 vs 80x8).
     common = dict(val_fraction=0.1, seq_len=64, n_layer=2, n_head=4, n_embd=128,
                   batch_size=8, expert_lr=3e-3, router_lr=3e-3, coadapt_lr=3e-4,
                   seed=cfg.seed, device=cfg.device)
+    yearly_cutoffs = dict(cutoff_every="year", snapshot_kind="decay", snapshot_dtype="float32")
     if cfg.quick:
-        return DemoSettings(**common, docs_per_year=QUICK_DOCS_PER_YEAR, expert_steps=8,
-                            router_steps=1, coadapt_steps=1, eval_windows_per_year=4, eval_items=48)
-    return DemoSettings(**common, docs_per_year=200, expert_steps=40, router_steps=5,
-                        coadapt_steps=3, eval_windows_per_year=8, eval_items=None)
+        yearly = DemoSettings(**common, **yearly_cutoffs, docs_per_year=QUICK_DOCS_PER_YEAR,
+                              expert_steps=8, router_steps=1, coadapt_steps=1,
+                              eval_windows_per_year=4, eval_items=48)
+    else:
+        yearly = DemoSettings(**common, **yearly_cutoffs, docs_per_year=200, expert_steps=40,
+                              router_steps=5, coadapt_steps=3, eval_windows_per_year=8,
+                              eval_items=None)
+    if cfg.cutoff_every == "year":
+        return yearly
+    # Shorter periods at the yearly budget: experts take one pass over each period's new
+    # windows (the yearly stages' 40 steps are about one pass of a year: 292 windows of
+    # batch 8); a router or coadapt stage its share of the yearly steps, at least one. The
+    # averaged snapshot needs no extra step where a decay branch per period would add one
+    # each, and bfloat16 halves the bytes of 12 times as many snapshots (docs/cli.md).
+    share = months_per_period(cfg.cutoff_every) / 12
+    return yearly.model_copy(update=dict(
+        cutoff_every=cfg.cutoff_every, expert_steps=None, snapshot_kind="average",
+        snapshot_dtype="bfloat16", router_steps=max(1, round(yearly.router_steps * share)),
+        coadapt_steps=max(1, round(yearly.coadapt_steps * share))))
 
 
 @dataclass(frozen=True)

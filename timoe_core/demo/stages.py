@@ -15,7 +15,6 @@ from timoe_core.config import (
 )
 from timoe_core.demo.headline import headline
 from timoe_core.demo.settings import (
-    DEMO_CUTOFF_EVERY,
     PERPLEXITY_PLOT_FILENAME,
     QA_PLOT_FILENAME,
     QUICK_DOCS_PER_YEAR,
@@ -40,12 +39,12 @@ class Stage:
 StageCallback = Callable[[int, int, Stage, bool], None]
 
 
-def training_options(s: DemoSettings, steps: int, lr: float) -> dict[str, Any]:
-    """The options every demo training stage shares: `steps` per chronological stage, a
-    stage per year (its budgets and disk use are sized for yearly cutoffs: a snapshot of
-    the tiny preset is ~26 MB in fp32, and monthly ones would be 12 times as many)."""
+def training_options(s: DemoSettings, steps: int | None, lr: float) -> dict[str, Any]:
+    """The options every demo training stage shares: `steps` per chronological stage
+    (None: one pass over each period's new windows), a stage per `s.cutoff_every`."""
     return dict(steps_per_stage=steps, batch_size=s.batch_size, lr=lr, seed=s.seed,
-                device=s.device, log_every=max(1, steps // 2), cutoff_every=DEMO_CUTOFF_EVERY)
+                device=s.device, log_every=max(1, (steps or 10) // 2),
+                cutoff_every=s.cutoff_every)
 
 
 def demo_stages(
@@ -57,7 +56,8 @@ def demo_stages(
     from timoe_core.train import train_expert
 
     model = dict(n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, seq_len=s.seq_len)
-    expert_training = training_options(s, s.expert_steps, s.expert_lr)
+    expert_training = dict(training_options(s, s.expert_steps, s.expert_lr),
+                           snapshot_kind=s.snapshot_kind, snapshot_dtype=s.snapshot_dtype)
     stages = [Stage("data", "prepare-data: the built-in corpus", lambda: prepare_data(
         PrepareDataConfig(source="builtin", out=layout.data, seq_len=s.seq_len,
                           val_fraction=s.val_fraction,
@@ -94,6 +94,7 @@ def demo_stages(
                             experts=[layout.experts], data=layout.data,
                             out=layout.bundle("coadapt"), router=layout.bundle("learned-avg"),
                             keep_stage_checkpoints=keep_checkpoints,
+                            snapshot_dtype=s.snapshot_dtype,
                             **training_options(s, s.coadapt_steps, s.coadapt_lr)))))
     stages.append(Stage("evaluate", "evaluate: every strategy and baseline, side by side",
                         lambda: _evaluate(s, layout, slicing, eval_progress)))

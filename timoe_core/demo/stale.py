@@ -6,16 +6,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from timoe_core.demo.settings import DEMO_CUTOFF_EVERY, DemoSettings, EvalProgress
+from timoe_core.demo.settings import DemoSettings, EvalProgress
 from timoe_core.evaluate.intervals import newcombe_difference
 from timoe_core.timeslices import AnswerCutoffs
 
 if TYPE_CHECKING:
     from timoe_core.evaluate.report import Table
 
-STALE_SAME_ARTEFACTS_NOTE = ("the demo trains a stage per year, so month-end and year-end "
-                             "artefacts are the same ones here: both columns agree by "
-                             "construction until its stages are monthly")
+STALE_SAME_ARTEFACTS_NOTE = ("this demo trained a stage per year, so month-end and year-end "
+                             "artefacts are the same ones: both columns agree by "
+                             "construction (timoe demo --cutoff-every month trains monthly "
+                             "stages)")
 
 # The models whose stale answers the demo compares by cutoffs: every point-in-time
 # strategy and the leak-free dense series (the others have no cutoffs to choose from).
@@ -65,8 +66,8 @@ def stale_by_cutoffs(s: DemoSettings, entries: list[tuple[str, str]],
                                  interval=list(ci))
     verdict = stale_verdict(models) if common and models else None
     return {"items": len(common), "asked_after_change": len(items), "models": models,
-            "verdict": verdict, "stages_every": DEMO_CUTOFF_EVERY,
-            "note": STALE_SAME_ARTEFACTS_NOTE if DEMO_CUTOFF_EVERY == "year" else None,
+            "verdict": verdict, "stages_every": s.cutoff_every,
+            "note": STALE_SAME_ARTEFACTS_NOTE if s.cutoff_every == "year" else None,
             "claim": stale_line(verdict, len(common)) if verdict else None}
 
 

@@ -15,7 +15,7 @@ training driver (the artefacts of each stage), export (a single run dir as of
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import date
+from datetime import date, timedelta
 from typing import Literal, Protocol, TypeVar
 
 from timoe_core.errors import TimoeError
@@ -25,22 +25,37 @@ from timoe_core.timeslices import (
     TimeSlice,
     parse_query_date,
     period_end,
+    period_start,
 )
 
 Policy = Literal["point-in-time", "strict", "inclusive"]
 POLICIES: tuple[Policy, ...] = ("point-in-time", "strict", "inclusive")
 DEFAULT_POLICY: Policy = "point-in-time"
-# answer_cutoffs (AnswerCutoffs): which artefacts may answer, by their cutoff: "any", or
-# only those whose cutoff is a month, quarter or year end. One monthly build then answers
-# as a quarterly or yearly build would (evaluate --answer-cutoffs year).
+# answer_cutoffs (AnswerCutoffs): "any", or a period (month, quarter, year): an answer as
+# of d then uses what an answer as of the last such period end on or before d would, so
+# one monthly build answers as a quarterly or yearly build would (evaluate
+# --answer-cutoffs year). A stage that learned nothing new writes no artefact, so the
+# artefact in effect at a period end may have an earlier cutoff: the rule moves the date,
+# never filters artefacts by their own cutoff.
 
 
-def on_answer_grid(cutoff: date, answer_cutoffs: AnswerCutoffs) -> bool:
-    """May an artefact with this cutoff answer under `answer_cutoffs`?"""
+def answer_date(when: date, answer_cutoffs: AnswerCutoffs) -> date:
+    """The date whose artefacts answer as of `when`: `when` itself, or under a period the
+    last period end on or before it (never later than `when`: no leak)."""
     if answer_cutoffs == "any":
-        return True
+        return when
     every: CutoffEvery = answer_cutoffs
-    return period_end(cutoff, every) == cutoff
+    end = period_end(when, every)
+    return when if end == when else period_end(
+        period_start(when, every) - timedelta(days=1), every)
+
+
+def first_answer_date(first_usable: date, answer_cutoffs: AnswerCutoffs) -> date:
+    """The first date that `answer_date` maps on or after `first_usable`."""
+    if answer_cutoffs == "any":
+        return first_usable
+    every: CutoffEvery = answer_cutoffs
+    return period_end(first_usable, every)
 
 
 def staleness_days(when: date, cutoffs: Iterable[date]) -> int:
@@ -101,12 +116,13 @@ def select_artefacts(records: Iterable[A], when: date, policy: Policy,
     """The artefacts usable as of `when`, at most one per slice, in time order: per
     slice, the latest usable one (by cutoff, then generation; of equal ones the last
     given, a run's final weights after its snapshots: a snapshot whose cutoff was raised
-    to that of the weights its run started from may tie with them), of those whose cutoff
-    `answer_cutoffs` admits. Under inclusive every artefact of a started slice is usable,
-    so that is the slice's final one."""
+    to that of the weights its run started from may tie with them), as of
+    `answer_date(when, answer_cutoffs)`. Under inclusive every artefact of a started slice
+    is usable, so that is the slice's final one."""
+    when = answer_date(when, answer_cutoffs)
     by_label: dict[str, list[A]] = {}
     for rec in records:
-        if is_usable(rec, when, policy) and on_answer_grid(rec.cutoff, answer_cutoffs):
+        if is_usable(rec, when, policy):
             by_label.setdefault(rec.label, []).append(rec)
     chosen = [max(reversed(recs), key=lambda r: r.order) for recs in by_label.values()]
     return sorted(chosen, key=lambda r: r.time_slice)
@@ -114,13 +130,16 @@ def select_artefacts(records: Iterable[A], when: date, policy: Policy,
 
 def first_usable_date(records: Iterable[Dated], policy: Policy,
                       answer_cutoffs: AnswerCutoffs = "any") -> date:
-    """The earliest date as of which some artefact is usable under `policy`."""
-    recs = [r for r in records if on_answer_grid(r.cutoff, answer_cutoffs)]
+    """The earliest date as of which some artefact is usable under `policy` (and
+    `answer_cutoffs`)."""
+    recs = list(records)
     if not recs:
         raise TimoeError("no trained artefact: train at least one expert first")
     if canonical_policy(policy) == "inclusive":
-        return min(r.time_slice.start for r in recs)
-    return min(r.cutoff for r in recs)
+        first = min(r.time_slice.start for r in recs)
+    else:
+        first = min(r.cutoff for r in recs)
+    return first_answer_date(first, answer_cutoffs)
 
 
 def none_usable(when: date, policy: Policy, first: date) -> TimoeError:
@@ -164,12 +183,12 @@ def router_snapshot_for(
     answer_cutoffs: AnswerCutoffs = "any",
 ) -> S | None:
     """The router snapshot an answer as of `when` uses: point-in-time, the one with the
-    largest cutoff on or before the date (of those `answer_cutoffs` admits); inclusive,
+    largest cutoff on or before `answer_date(when, answer_cutoffs)`; inclusive,
     the latest one over exactly the slices that answer (`usable_labels`). None when no
     snapshot fits."""
     if canonical_policy(policy) == "inclusive":
         fits = [r for r in snapshots if r.slice_labels == usable_labels]
     else:
-        fits = [r for r in snapshots
-                if r.data_cutoff <= when and on_answer_grid(r.data_cutoff, answer_cutoffs)]
+        when = answer_date(when, answer_cutoffs)
+        fits = [r for r in snapshots if r.data_cutoff <= when]
     return fits[-1] if fits else None
