@@ -47,6 +47,18 @@ def training_options(s: DemoSettings, steps: int | None, lr: float) -> dict[str,
                 cutoff_every=s.cutoff_every)
 
 
+def expert_config(s: DemoSettings, layout: DemoLayout, time_slice: TimeSlice | None
+                  ) -> TrainExpertConfig:
+    """The train-expert config of the demo's expert of `time_slice`, or of its dense run
+    (None: --all-years)."""
+    where = (dict(year=time_slice.start_year, out=layout.experts / time_slice.label)
+             if time_slice is not None else dict(all_years=True, out=layout.dense))
+    return TrainExpertConfig(
+        **where, data=layout.data, n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd,
+        seq_len=s.seq_len, snapshot_kind=s.snapshot_kind, snapshot_dtype=s.snapshot_dtype,
+        **training_options(s, s.expert_steps, s.expert_lr))
+
+
 def demo_stages(
     s: DemoSettings, layout: DemoLayout, slicing: TimeSlicing, eval_progress: EvalProgress | None,
     keep_checkpoints: bool = False,
@@ -55,26 +67,19 @@ def demo_stages(
     from timoe_core.recipes.registry import coadapt, train_router
     from timoe_core.train import train_expert
 
-    model = dict(n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, seq_len=s.seq_len)
-    expert_training = dict(training_options(s, s.expert_steps, s.expert_lr),
-                           snapshot_kind=s.snapshot_kind, snapshot_dtype=s.snapshot_dtype)
     stages = [Stage("data", "prepare-data: the built-in corpus", lambda: prepare_data(
         PrepareDataConfig(source="builtin", out=layout.data, seq_len=s.seq_len,
                           val_fraction=s.val_fraction,
                           builtin_docs_per_year=s.docs_per_year, seed=s.seed, overwrite=True)))]
 
     def expert(sl: TimeSlice) -> Callable[[], Any]:  # binds this slice, not the loop's last
-        return lambda: train_expert(TrainExpertConfig(
-            year=sl.start_year, data=layout.data, out=layout.experts / sl.label, **model,
-            **expert_training))
+        return lambda: train_expert(expert_config(s, layout, sl))
 
     for sl in slicing.slices:
         stages.append(Stage(f"expert {sl.label}", f"train-expert: the {sl.label} expert",
                             expert(sl)))
     stages.append(Stage("dense", "train-expert --all-years: dense series, same compute",
-                        lambda: train_expert(TrainExpertConfig(
-                            all_years=True, data=layout.data, out=layout.dense, **model,
-                            **expert_training))))
+                        lambda: train_expert(expert_config(s, layout, None))))
     stages.append(Stage("avg", "train-router --strategy avg: the equal-weight bundle",
                         lambda: train_router(TrainRouterConfig(
                             strategy="avg", experts=[layout.experts], out=layout.bundle("avg"),
