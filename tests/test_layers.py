@@ -62,3 +62,15 @@ def test_an_upward_import_inside_a_function_breaks_the_contract(tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "timoe_core.model is not allowed to import timoe_core.train" in result.stdout
     assert "timoe_core.model.gpt -> timoe_core.train.loop" in result.stdout
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_of_timoe_core_is_over_400_lines():
+    """A module does one job: past 400 lines it is doing several (split it by job)."""
+    package = Path(timoe_core.__file__).parent
+    sizes = {str(p.relative_to(package)): len(p.read_text(encoding="utf-8").splitlines())
+             for p in package.rglob("*.py")}
+    assert len(sizes) > 50
+    assert {p: n for p, n in sizes.items() if n > MAX_MODULE_LINES} == {}
