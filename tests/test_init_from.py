@@ -26,7 +26,8 @@ from timoe_core.model.run_info import read_run_info
 from timoe_core.train import state as ckpt_state
 from timoe_core.train import train_expert
 from timoe_core.train.distributed import DistEnv
-from timoe_core.train.expert import EXPERT_JOB, plan_expert_run
+from timoe_core.train.expert import EXPERT_JOB
+from timoe_core.train.expert_plan import plan_expert_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

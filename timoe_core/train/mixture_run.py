@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic
 
 import torch
 
@@ -61,7 +61,7 @@ from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv
 from timoe_core.train.job import Stages, main_print, single_stage
 from timoe_core.train.launch import check_launch
-from timoe_core.train.loop import LoopResult, TrainTask
+from timoe_core.train.loop import LoopResult
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
 from timoe_core.train.mixture_record import (
     MIXTURE_RUN_FILENAME,
@@ -69,9 +69,10 @@ from timoe_core.train.mixture_record import (
     clear_bundle_artifacts,
     decide_mixture_run_dir,
 )
-from timoe_core.train.mixture_task import MixtureTask
+from timoe_core.train.mixture_task import EvalBatch, MixtureTask
 from timoe_core.train.run_dir import RunDirAction, config_to_save, open_run_dir
 from timoe_core.train.schedule import budget_steps
+from timoe_core.train.task import BatchT, TrainTask
 
 
 def mixture_options(cfg: MixtureConfig) -> MixtureOptions:
@@ -343,16 +344,16 @@ def training_cutoff(plan: MixturePlan, mix: TiMoE) -> date:
 
 
 # A recipe's task over the planned run's windows (the mixture built, on this worker).
-TaskFactory = Callable[[MixturePlan, TiMoE, DistEnv], MixtureTask]
+TaskFactory = Callable[[MixturePlan, TiMoE, DistEnv], MixtureTask[BatchT]]
 
 
-class MixtureJob:
+class MixtureJob(Generic[BatchT]):
     """A strategy's training run as a `TrainingJob` (job.py), made by its recipe
     (`train.recipe.MixtureRecipe.job`): `ref` names the recipe's job for spawned
     workers ("module:RECIPE.job")."""
 
     def __init__(
-        self, strategy: str, config_model: type[MixtureConfig], make_task: TaskFactory,
+        self, strategy: str, config_model: type[MixtureConfig], make_task: TaskFactory[BatchT],
         ref: str,
     ) -> None:
         self.strategy = strategy
@@ -373,7 +374,7 @@ class MixtureJob:
         """One stage over every year."""
         return single_stage(self, plan, env)
 
-    def build_task(self, plan: MixturePlan, env: DistEnv) -> MixtureTask:
+    def build_task(self, plan: MixturePlan, env: DistEnv) -> MixtureTask[BatchT]:
         return self.make_task(plan, build_mixture(plan, env.device), env)
 
     def wandb_config(self, plan: MixturePlan, env: DistEnv) -> dict[str, Any]:
@@ -385,7 +386,8 @@ class MixtureJob:
             "total_steps": plan.total_steps,
         }
 
-    def finish(self, plan: MixturePlan, task: TrainTask, result: LoopResult, env: DistEnv) -> None:
+    def finish(self, plan: MixturePlan, task: TrainTask[BatchT, EvalBatch], result: LoopResult,
+               env: DistEnv) -> None:
         """Rank 0 writes the bundle (timoe.json last: the bundle is complete)."""
         assert isinstance(task, MixtureTask)
         if not result.interrupted and env.is_main:
