@@ -6,9 +6,11 @@ windows only; `--all-years` trains one dense model on every slice (run.json kind
 every year that ends on or before DATE (kind "base"), to start experts from.
 `--init-from SRC` starts the weights from SRC (`train.init_from`): every artefact of
 the run records it (run.json `init_from`) and has a data cutoff of at least SRC's.
-Everything about the input is checked before anything is written (`plan_expert_run`);
-then the run dir is prepared once (`prepare_run_dir`) and the workers train, all by the
-shared job driver (`timoe_core.train.job`; this module's `EXPERT_JOB`).
+Everything about the input is checked before anything is written (`plan_expert_run`,
+train/expert_plan.py); then the run dir is prepared once (`prepare_run_dir`) and the
+workers train the task (train/expert_task.py; a staged run's stages and snapshots:
+train/expert_stages.py), all by the shared job driver (`timoe_core.train.job`; this
+module's `EXPERT_JOB`).
 
 Resume rules (the run dir is RUN_DIR = --out):
 - RUN_DIR holds a run with a checkpoint: the run resumes from it, unless the new flags

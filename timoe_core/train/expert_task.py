@@ -106,7 +106,7 @@ class StageStream:
 
 class StagedOrder:
     """Main step s reads from the stream of the stage holding s; the last stage's stream
-    goes on through the final decay (DataOrder protocol, see loop.py)."""
+    goes on through the final decay (DataOrder protocol, see orders.py)."""
 
     def __init__(self, stages: list[Stage], seed: int) -> None:
         self.stages = stages
@@ -123,7 +123,7 @@ class StagedOrder:
 class StagedExpertTask(ExpertTask):
     """An expert trained in chronological stages, a snapshot at the end of each but the
     last: the running average of the main line's weights (`--snapshot-kind average`,
-    train/averaging.py) or a decay branch (`decay`, loop.Branch); see
+    train/averaging.py) or a decay branch (`decay`, task.Branch); see
     docs/architecture.md."""
 
     def __init__(self, model: GPT, train: TokenWindows, val: TokenWindows | None, seed: int,
