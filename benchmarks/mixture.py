@@ -310,7 +310,7 @@ def run_router_training(
         for s in mix.slices:
             mix.expert(s)  # loading is not what is measured
         train = plan.train_windows()
-        key = cache_key(data_files_sha256=plan.record["data_files_sha256"], split="train",
+        key = cache_key(data_files_sha256=plan.data_files_sha256, split="train",
                         years=plan.years, seq_len=T, policy=mix.policy,
                         experts=plan.expert_sha256)
         t0 = time.perf_counter()

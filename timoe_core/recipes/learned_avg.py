@@ -110,7 +110,7 @@ def make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> LearnedAvgTask:
     if cfg.cache_log_probs:
         amp = amp_enabled(cfg, env.device)
         key = cache_key(
-            data_files_sha256=plan.record["data_files_sha256"],
+            data_files_sha256=plan.data_files_sha256,
             split="train",
             years=plan.years,
             seq_len=plan.seq_len,

@@ -9,7 +9,8 @@ task          the TrainTask protocol (generic in its batch types), decay branche
 trainer       one optimizer step (Trainer), runtime choices, the held-out evaluation
 trainer_state the trainer state a checkpoint holds: assembled, and restored on resume
 loop          `run_training`: the shared loop of every training command
-state         checkpoints: layout, atomic writes, resume, RNG states
+state         checkpoints: layout, atomic writes, resume; the trainer state's shape
+rng           every RNG a run draws from: seeded, captured and restored
 run_dir       the one run-dir decision (new / resume / overwrite), opening a run dir
 metrics       rich progress, metrics.jsonl, wandb
 job           the one training-job driver: plan, resume check, task, finish (`run_job`)

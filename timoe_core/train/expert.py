@@ -29,7 +29,7 @@ from timoe_core.config import TrainExpertConfig
 from timoe_core.data.manifest import data_read_up_to_each
 from timoe_core.data.windows import TokenWindows
 from timoe_core.model.gpt import GPT
-from timoe_core.train import state as ckpt_state
+from timoe_core.train import rng
 from timoe_core.train.distributed import DistEnv
 from timoe_core.train.expert_plan import ExpertPlan, plan_expert_run, prepare_run_dir
 from timoe_core.train.expert_task import ExpertBatch, ExpertTask, StagedExpertTask
@@ -56,7 +56,7 @@ class ExpertJob:
 
     def build_task(self, plan: ExpertPlan, env: DistEnv) -> ExpertTask:
         cfg = plan.cfg
-        ckpt_state.seed_all(cfg.seed)
+        rng.seed_all(cfg.seed)
         model = GPT(plan.model_config)
         if plan.init is not None:  # a resumed run's checkpoint replaces these weights
             load_init_weights(model, plan.init)

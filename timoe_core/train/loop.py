@@ -222,9 +222,8 @@ def run_training(
                        f"at {end_step})")
     run = _Run(task, trainer, cfg, run_dir, env, logger, progress, end_step, checkpoint_at_end,
                ckpt.path if ckpt else None)
-    interrupted = False
+    interrupted, repeat_aborts = False, not env.is_distributed and outer_launch() is None
     try:
-        repeat_aborts = not env.is_distributed and outer_launch() is None
         with StopRequest(repeat_aborts=repeat_aborts, announce=env.is_main) as stop:
             if saved is not None:
                 run.resume_branch()

@@ -79,7 +79,7 @@ from timoe_core.model.router import (
 from timoe_core.model.run_info import MODEL_FILENAME
 from timoe_core.model.weighting import Strategy
 from timoe_core.model.weights import StorageDtype, load_weights_into, save_model_weights
-from timoe_core.train import state as ckpt_state
+from timoe_core.train import rng
 from timoe_core.train.distributed import DistEnv, TrainingInterrupted
 from timoe_core.train.job import StageRun, Stages, main_print
 from timoe_core.train.metrics import METRICS_FILENAME
@@ -88,8 +88,9 @@ from timoe_core.train.mixture_record import (
     MixtureConfig,
     clear_bundle_artifacts,
     decide_mixture_run_dir,
+    mixture_options,
 )
-from timoe_core.train.mixture_run import check_required_inputs, mixture_options
+from timoe_core.train.mixture_run import check_required_inputs
 from timoe_core.train.run_dir import (
     config_to_save,
     interrupted_message,
@@ -107,7 +108,7 @@ STAGES_DIRNAME = "stages"
 def _fresh_router(cfg: MixtureConfig, labels: list[str], vocab_size: int, first: GPT) -> Router:
     """Stage 1's router: seeded by cfg.seed, token table from the earliest artefact usable
     then, every slot's date-feature column from (seed, label)."""
-    ckpt_state.seed_all(cfg.seed)
+    rng.seed_all(cfg.seed)
     router = Router(RouterConfig(
         slice_labels=labels, vocab_size=vocab_size, embed_dim=cfg.router_embed_dim,
         hidden_dim=cfg.router_hidden_dim, date_features=cfg.router_date_features,

@@ -7,12 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from timoe_core.config import CoadaptConfig
 from timoe_core.data.manifest import Manifest, token_files_read
 from timoe_core.errors import TimoeError
-from timoe_core.io import check_output_path, sha256_file
+from timoe_core.io import JSONObject, check_output_path, sha256_file
 from timoe_core.model.expert_pool import ExpertRecord
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.run_info import MODEL_FILENAME
@@ -55,7 +54,7 @@ def check_inputs(cfg: MixtureConfig, strategy: str) -> tuple[Path, Path]:
 
 
 def staged_record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int,
-                  manifest: Manifest) -> dict[str, Any]:
+                  manifest: Manifest) -> JSONObject:
     """mixture_run.json of a staged run: the experts (by checksum), the data read and
     every option that shapes a stage."""
     experts = {}
@@ -66,13 +65,16 @@ def staged_record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int,
             "steps_per_stage", "cutoff_every", "seed", "batch_size", "grad_accum", "lr",
             "entropy_coef",
             "balance_coef", "z_loss_coef")
-    return {
+    record: JSONObject = {
         "strategy": strategy, "staged": True, "experts": experts,
         "data_files_sha256": token_files_read(manifest, {r.cutoff.year for r in mix.artefacts}),
         "seq_len": seq_len,
         "router_init": str(getattr(cfg, "router", None) or "") or None,
-    } | {k: getattr(cfg, k) for k in keys} | (
-        {"snapshot_dtype": cfg.snapshot_dtype} if isinstance(cfg, CoadaptConfig) else {})
+    }
+    record |= {k: getattr(cfg, k) for k in keys}
+    if isinstance(cfg, CoadaptConfig):
+        record["snapshot_dtype"] = cfg.snapshot_dtype
+    return record
 
 
 @dataclass
@@ -82,7 +84,7 @@ class StagedPlan:
     cfg: MixtureConfig
     strategy: Strategy
     run_dir: Path
-    record: dict[str, Any]  # mixture_run.json
+    record: JSONObject  # mixture_run.json
     action: RunDirAction = "new"
     world_size: int = 1
     total_steps: int = 0  # each stage has its own budget

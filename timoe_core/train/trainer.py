@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from timoe_core.config import TrainingConfig
-from timoe_core.train import state as ckpt_state
+from timoe_core.train import rng
 from timoe_core.train.distributed import DistEnv
 from timoe_core.train.optim import build_adamw
 from timoe_core.train.schedule import Schedule, WSDSchedule
@@ -167,7 +167,7 @@ class Trainer(Generic[BatchT, EvalBatchT]):
         per_rank = cfg.batch_size * cfg.grad_accum
         weights = {k: v.detach().clone() for k, v in self.raw.state_dict().items()}
         optimizer = copy.deepcopy(self.optimizer.state_dict())
-        rng = ckpt_state.capture_rng(env.device)
+        rng_state = rng.capture_rng(env.device)
         for i in range(branch.steps):
             mine = branch.take(i, global_batch)[env.rank * per_rank : (env.rank + 1) * per_rank]
             self.accumulate(micro_batches(self.task, mine, cfg.grad_accum, env.device),
@@ -178,7 +178,7 @@ class Trainer(Generic[BatchT, EvalBatchT]):
         env.barrier()
         self.raw.load_state_dict(weights)
         self.optimizer.load_state_dict(optimizer)
-        ckpt_state.restore_rng(rng, env.device)
+        rng.restore_rng(rng_state, env.device)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:

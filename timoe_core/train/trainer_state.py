@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from timoe_core.config import TrainingConfig
+from timoe_core.train import rng
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv
 from timoe_core.train.orders import DataPosition
@@ -33,7 +34,7 @@ def restore(saved: ckpt_state.SavedTrainerState | None, task: TrainTask[BatchT, 
     RNGs; a new run (None) seeds its RNGs and starts from the task's optimizer state,
     if it has one."""
     if saved is None:
-        ckpt_state.seed_all(ckpt_state.rank_seed(cfg.seed, env.rank))
+        rng.seed_all(rng.rank_seed(cfg.seed, env.rank))
         if task.start_optimizer_state is not None:  # its moments; this run's hyperparameters
             fresh = trainer.optimizer.state_dict()
             trainer.optimizer.load_state_dict({**fresh, "state": task.start_optimizer_state[
@@ -47,9 +48,9 @@ def restore(saved: ckpt_state.SavedTrainerState | None, task: TrainTask[BatchT, 
     if task_state is not None:
         task.load_state_dict(task_state)
     if saved["world_size"] == env.world_size and len(saved["rng"]) == env.world_size:
-        ckpt_state.restore_rng(saved["rng"][env.rank], env.device)
+        rng.restore_rng(saved["rng"][env.rank], env.device)
     else:
-        ckpt_state.seed_all(ckpt_state.rank_seed(cfg.seed + progress.step, env.rank))
+        rng.seed_all(rng.rank_seed(cfg.seed + progress.step, env.rank))
     return progress
 
 
@@ -58,7 +59,7 @@ def save(run_dir: Path, task: TrainTask[BatchT, EvalBatchT],
          env: DistEnv) -> Path | None:
     """Checkpoint the run at `progress.step` (every rank calls this: the RNG states are
     gathered to rank 0, which writes); returns the checkpoint's folder on every rank."""
-    rngs = env.gather_to_main(ckpt_state.capture_rng(env.device))
+    rngs = env.gather_to_main(rng.capture_rng(env.device))
     path = None
     if env.is_main:
         assert rngs is not None
