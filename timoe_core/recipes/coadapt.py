@@ -108,7 +108,9 @@ class CoadaptTask(MixtureTask[CoadaptBatch]):
         return self.mixture_loss(model, x, y, years, trainable=[active])
 
     def save_weights(self, directory: Path) -> None:
-        save_router_weights(directory, self.mix.router)  # type: ignore[arg-type]
+        router = self.mix.router
+        assert router is not None  # a coadapt mixture has a router
+        save_router_weights(directory, router)
         for label in self.adapted:
             save_model_weights(directory / EMBEDDED_EXPERTS_DIR / label, self.mix.expert(label))
 

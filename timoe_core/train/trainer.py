@@ -16,7 +16,7 @@ import contextlib
 import copy
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Generic, cast
+from typing import Generic
 
 import numpy as np
 import torch
@@ -108,7 +108,9 @@ class Trainer(Generic[BatchT, EvalBatchT]):
         self.amp = self.runtime.amp
         model: nn.Module = self.raw
         if self.runtime.compile:
-            model = torch.compile(model)  # type: ignore[assignment]
+            compiled = torch.compile(model)
+            assert isinstance(compiled, nn.Module)  # a module compiles to an OptimizedModule
+            model = compiled
         self.ddp = env.is_distributed
         if self.ddp:
             model = DistributedDataParallel(
@@ -129,8 +131,9 @@ class Trainer(Generic[BatchT, EvalBatchT]):
         metric_sums: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro_batches):
             last = i == n_micro - 1
-            sync = (contextlib.nullcontext() if (last or not self.ddp)
-                    else cast(DistributedDataParallel, self.model).no_sync())
+            model = self.model
+            sync = (model.no_sync() if not last and isinstance(model, DistributedDataParallel)
+                    else contextlib.nullcontext())
             with sync:
                 with self.autocast():
                     loss, metrics = self.task.loss(self.model, batch)
