@@ -288,8 +288,8 @@ def run_router_training(
     from timoe_core.recipes.learned_avg import LearnedAvgTask
     from timoe_core.train.distributed import DistEnv
     from timoe_core.train.logprob_cache import LogProbCache, cache_key
-    from timoe_core.train.loop import Trainer
     from timoe_core.train.mixture_run import build_mixture, plan_mixture_run
+    from timoe_core.train.trainer import Trainer
 
     B = batch or (4 if quick else 8)
     T = seq or (64 if quick else 128)
@@ -310,7 +310,7 @@ def run_router_training(
         for s in mix.slices:
             mix.expert(s)  # loading is not what is measured
         train = plan.train_windows()
-        key = cache_key(data_files_sha256=plan.record["data_files_sha256"], split="train",
+        key = cache_key(data_files_sha256=plan.data_files_sha256, split="train",
                         years=plan.years, seq_len=T, policy=mix.policy,
                         experts=plan.expert_sha256)
         t0 = time.perf_counter()

@@ -68,7 +68,7 @@ bounded whatever the corpus size (streaming). Files are flat uint16: 2 bytes a t
     "train": """\
 Same model (same init) and same batch, in one process: the bare loop is
 `model(x, y) -> loss.backward() -> AdamW.step() -> zero_grad()`; the train step is
-`timoe_core.train.loop.Trainer.step` (WSD lr, autocast context, loss / grad-accum,
+`timoe_core.train.trainer.Trainer.step` (WSD lr, autocast context, loss / grad-accum,
 gradient clipping, AdamW with decay-on-matrices groups); "with data" adds what
 `run_training` does around it every step (`ShuffledOrder.take` and the memmap reads of
 the windows). `tiny` preset (2 layers, 128 wide, 50304-word output layer), batch 8 x 128

@@ -58,8 +58,9 @@ def compute(root: Path, *, seq_len: int, batch: int, steps_per_stage: int, repea
             vocab_size: int, model: dict[str, Any]) -> Figures:
     from tests.helpers import make_data_dir
     from timoe_core.config import TrainExpertConfig
-    from timoe_core.train.expert import plan_expert_run, train_expert
-    from timoe_core.train.loop import Trainer
+    from timoe_core.train.expert import train_expert
+    from timoe_core.train.expert_plan import plan_expert_run
+    from timoe_core.train.trainer import Trainer
 
     years = list(range(FIRST_YEAR, FIRST_YEAR + STAGES))
     data = make_data_dir(root, years=years, tokens_per_year=batch * steps_per_stage

@@ -179,8 +179,9 @@ def expert_training(root: Path, *, seq_len: int, batch: int, steps_per_stage: in
                     repeats: int, vocab_size: int, model: dict[str, Any]) -> Figures:
     from tests.helpers import make_data_dir
     from timoe_core.config import TrainExpertConfig
-    from timoe_core.train.expert import plan_expert_run, train_expert
-    from timoe_core.train.loop import Trainer
+    from timoe_core.train.expert import train_expert
+    from timoe_core.train.expert_plan import plan_expert_run
+    from timoe_core.train.trainer import Trainer
 
     per_year = batch * steps_per_stage  # one pass over its own year per stage
     data = make_data_dir(root, years=YEARS_EXPERT, tokens_per_year=per_year * (seq_len + 1),

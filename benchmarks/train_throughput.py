@@ -7,7 +7,7 @@
 Same model (same init), same batch, measured side by side in one process:
 
 - bare loop: `_, loss = model(x, y); loss.backward(); AdamW.step(); zero_grad()`;
-- train step: the loop's own `Trainer.step` (timoe_core.train.loop): lr from the WSD
+- train step: the loop's own `Trainer.step` (timoe_core.train.trainer): lr from the WSD
   schedule, autocast context, loss / grad_accum, gradient clipping, AdamW with
   decay-on-matrices groups;
 - train loop with data: `Trainer.step` plus what `run_training` does around it every
@@ -39,8 +39,9 @@ from timoe_core.config import TrainingConfig
 from timoe_core.data.windows import TokenWindows
 from timoe_core.model.gpt import GPT, GPTConfig, preset_config
 from timoe_core.train.distributed import DistEnv
-from timoe_core.train.expert import ExpertTask
-from timoe_core.train.loop import DataPosition, Trainer
+from timoe_core.train.expert_task import ExpertTask
+from timoe_core.train.orders import DataPosition
+from timoe_core.train.trainer import Trainer
 
 TARGET_OVERHEAD = 0.10
 

@@ -13,7 +13,7 @@ from timoe_core.demo import demo_settings, disk_needed
 from timoe_core.demo.settings import DemoLayout
 from timoe_core.demo.stages import expert_config
 from timoe_core.timeslices import TimeSlicing
-from timoe_core.train.expert import plan_expert_run
+from timoe_core.train.expert_plan import plan_expert_run
 
 
 def _planned(settings, layout: DemoLayout) -> dict[str, tuple[int, int, int]]:

@@ -23,10 +23,11 @@ from timoe_core.model.foreign import read_foreign_model
 from timoe_core.model.gpt import GPT, GPTConfig
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.run_info import read_run_info
+from timoe_core.train import rng, train_expert
 from timoe_core.train import state as ckpt_state
-from timoe_core.train import train_expert
 from timoe_core.train.distributed import DistEnv
-from timoe_core.train.expert import EXPERT_JOB, plan_expert_run
+from timoe_core.train.expert import EXPERT_JOB
+from timoe_core.train.expert_plan import plan_expert_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -298,7 +299,7 @@ def test_init_from_a_gpt2_folder_pads_its_vocab_with_this_runs_init(gpt2_data, t
                             init_cutoff="2019-02-14", **FOREIGN)
     state, plan = _start_state(cfg)
     theirs = read_foreign_model("hf", src).state_dict()
-    ckpt_state.seed_all(cfg.seed)
+    rng.seed_all(cfg.seed)
     fresh = GPT(plan.model_config).state_dict()
     assert state["wte.weight"].shape == (VOCAB, 32)
     assert torch.equal(state["wte.weight"][:50257], theirs["wte.weight"])

@@ -30,7 +30,7 @@ from timoe_core.model.run_info import read_run_info
 from timoe_core.model.weights import load_model_weights, load_weights_into
 from timoe_core.recipes.registry import coadapt
 from timoe_core.train import train_expert
-from timoe_core.train.loop import Trainer
+from timoe_core.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STAGED = ["--seq-len", "32", "--batch-size", "4", "--log-every", "5", "--device", "cpu",

@@ -21,9 +21,11 @@ from timoe_core.errors import TimoeError
 from timoe_core.model.gpt import GPT, preset_config
 from timoe_core.train import state as ckpt_state
 from timoe_core.train.distributed import DistEnv
-from timoe_core.train.expert import ExpertTask, train_expert
-from timoe_core.train.loop import DataPosition, GroupedOrder, ShuffledOrder, Trainer
+from timoe_core.train.expert import train_expert
+from timoe_core.train.expert_task import ExpertTask
 from timoe_core.train.metrics import read_metrics
+from timoe_core.train.orders import DataPosition, GroupedOrder, ShuffledOrder
+from timoe_core.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VOCAB = 512  # a small vocabulary keeps CPU steps in milliseconds
@@ -373,7 +375,7 @@ def test_the_loop_reads_back_only_when_it_logs(data, tmp_path, host_reads):
 
 def test_runtime_choices_resolve_per_device_and_are_recorded(data, tmp_path):
     from timoe_core.config import TrainingConfig
-    from timoe_core.train.loop import RuntimeChoices
+    from timoe_core.train.trainer import RuntimeChoices
 
     cpu = RuntimeChoices.resolve(TrainingConfig(), torch.device("cpu"), [])
     assert cpu.to_dict() == {"device": "cpu", "amp": False, "compile": False, "tf32": False,

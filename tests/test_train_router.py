@@ -414,7 +414,7 @@ def test_router_stages_by_quarter_read_each_quarters_windows_as_of_its_end(tmp_p
 
     from timoe_core.data.windows import TokenWindows
     from timoe_core.model.mixture import TiMoE
-    from timoe_core.train.staging import router_cutoffs
+    from timoe_core.train.staging_plan import router_cutoffs
 
     data = make_data_dir(tmp_path, years=range(2013, 2017), tokens_per_year=2048, vocab_size=128,
                          doc_dates="spread")

@@ -13,9 +13,9 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypeVar
+from typing import Any, Literal, TextIO, TypeVar, Union
 
 from pydantic import BaseModel, ValidationError
 
@@ -100,6 +100,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# A value json.dumps writes as it is (what a record file holds): read-only containers, so
+# a dict[str, str] or a list[int] is one.
+JSONValue = Union[str, int, float, bool, None, Sequence["JSONValue"], Mapping[str, "JSONValue"]]
+# A record written as a JSON object (mixture_run.json, the log-prob cache key).
+JSONObject = dict[str, JSONValue]
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -221,7 +221,7 @@ def run_dir_artefacts(run_dir: Path, info: RunInfo) -> list[ExpertRecord]:
                                 data_cutoff=date.fromisoformat(snap["data_cutoff"]),
                                 snapshot_folder=folder))
     # An averaged snapshot at the run's own cutoff (its data ended inside its slice:
-    # train.expert.snapshot_stages) is what answers as of that cutoff, as in a run that
+    # train.expert_stages.snapshot_stages) is what answers as of that cutoff, as in a run that
     # goes on; the final weights then are no point-in-time artefact.
     if not any(date.fromisoformat(s["data_cutoff"]) == info.cutoff for s in info.snapshots):
         out.append(ExpertRecord(info=info, candidates=[run_dir], sha256=None))

@@ -76,6 +76,10 @@ class InitRecord(BaseModel):
         return date.fromisoformat(self.data_cutoff)
 
 
+# What a run dir holds: a slice's expert, a dense model on every slice, or a base model.
+RunKind = Literal["expert", "dense", "base"]
+
+
 class RunInfo(BaseModel):
     """run.json: enough to know what a model is without loading its weights."""
 
@@ -83,7 +87,7 @@ class RunInfo(BaseModel):
 
     # expert: a time slice's; dense: every slice (--all-years); base: every year up to a
     # date (--base --until), the common --init-from of the experts.
-    kind: Literal["expert", "dense", "base"]
+    kind: RunKind
     slice_label: str  # "2015-2016"; for dense runs the whole range, "2013-2024"
     start_date: str  # ISO date of the slice's first day
     end_date: str  # ISO date of the slice's last day

@@ -14,8 +14,11 @@ from timoe_core.lock import output_lock
 from timoe_core.model.bundle import BUNDLE_FILENAME
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.weighting import AVG
-from timoe_core.train.mixture_record import MIXTURE_RUN_FILENAME, clear_bundle_artifacts
-from timoe_core.train.mixture_run import mixture_options
+from timoe_core.train.mixture_record import (
+    MIXTURE_RUN_FILENAME,
+    clear_bundle_artifacts,
+    mixture_options,
+)
 from timoe_core.train.recipe import BundleRecipe
 from timoe_core.train.run_dir import open_run_dir
 

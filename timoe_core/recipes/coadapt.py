@@ -35,30 +35,34 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from timoe_core.config import CoadaptConfig
+from timoe_core.data.windows import TokenWindows
 from timoe_core.model.bundle import (
     EMBEDDED_EXPERTS_DIR,
     load_router_weights,
     save_router_weights,
 )
-from timoe_core.model.mixture import TiMoE
+from timoe_core.model.mixture import MixtureOutput, TiMoE
 from timoe_core.model.weighting import COADAPT
 from timoe_core.model.weights import load_weights_into, save_model_weights
 from timoe_core.train.distributed import DistEnv
-from timoe_core.train.loop import GroupedOrder
 from timoe_core.train.mixture_run import MixturePlan
 from timoe_core.train.mixture_task import MixtureTask
+from timoe_core.train.orders import GroupedOrder
 from timoe_core.train.recipe import MixtureRecipe
-from timoe_core.train.staging import Stage
+from timoe_core.train.stage import Stage
+
+# A coadapt micro-batch: inputs, targets, each row's year (its query date), and the label
+# of the one slice expert the batch trains (every window of it is of that slice).
+CoadaptBatch = tuple[torch.Tensor, torch.Tensor, list[int], str]
 
 
-class CoadaptTask(MixtureTask):
-    """Router + active expert per step (TrainTask protocol, see loop.py)."""
+class CoadaptTask(MixtureTask[CoadaptBatch]):
+    """Router + active expert per step (TrainTask protocol, see train/task.py)."""
 
     name = "coadapt"
     find_unused_parameters = True  # only one expert is used (and trained) per step
@@ -66,8 +70,8 @@ class CoadaptTask(MixtureTask):
     def __init__(
         self,
         mix: TiMoE,
-        train: Any,
-        val: Any,
+        train: TokenWindows,
+        val: TokenWindows | None,
         seed: int,
         eval_windows: int,
         own_expert: dict[int, str],
@@ -85,10 +89,10 @@ class CoadaptTask(MixtureTask):
         self.model = mix
         self.order = GroupedOrder(self.window_slot, seed)
 
-    def mixture(self, model: torch.nn.Module) -> Callable[..., Any]:
+    def mixture(self, model: torch.nn.Module) -> Callable[..., MixtureOutput]:
         return model  # the whole mixture (maybe wrapped by DDP) is the trained module
 
-    def batch(self, indices: np.ndarray, device: torch.device) -> Any:
+    def batch(self, indices: np.ndarray, device: torch.device) -> CoadaptBatch:
         slots = np.unique(self.window_slot[indices])
         if len(slots) != 1:
             raise RuntimeError(f"a coadapt micro-batch mixes the slices {slots.tolist()}")
@@ -96,14 +100,17 @@ class CoadaptTask(MixtureTask):
         rows = self._to_device(rows, device)
         return rows[:, :-1], rows[:, 1:], years.tolist(), self.mix.labels[int(slots[0])]
 
-    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict]:
+    def loss(self, model: torch.nn.Module, batch: CoadaptBatch
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, y, years, active = batch
         for label in self.adapted:  # only the active expert in train mode (dropout)
             self.mix.expert(label).train(self.mix.training and label == active)
         return self.mixture_loss(model, x, y, years, trainable=[active])
 
     def save_weights(self, directory: Path) -> None:
-        save_router_weights(directory, self.mix.router)  # type: ignore[arg-type]
+        router = self.mix.router
+        assert router is not None  # a coadapt mixture has a router
+        save_router_weights(directory, router)
         for label in self.adapted:
             save_model_weights(directory / EMBEDDED_EXPERTS_DIR / label, self.mix.expert(label))
 

@@ -29,29 +29,34 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from timoe_core.config import TrainRouterConfig
-from timoe_core.data.manifest import data_read_up_to, token_files_read
+from timoe_core.data.manifest import data_read_up_to
+from timoe_core.data.windows import TokenWindows
 from timoe_core.model.bundle import load_router_weights, save_router_weights
-from timoe_core.model.mixture import TiMoE
+from timoe_core.model.mixture import MixtureOutput, TiMoE
 from timoe_core.model.router import Router
 from timoe_core.model.weighting import LEARNED_AVG
 from timoe_core.train.distributed import DistEnv
 from timoe_core.train.job import main_print
 from timoe_core.train.logprob_cache import LogProbCache, cache_key, token_files_fingerprint
-from timoe_core.train.loop import ShuffledOrder, amp_enabled
 from timoe_core.train.mixture_run import MixturePlan
 from timoe_core.train.mixture_task import MixtureTask
+from timoe_core.train.orders import ShuffledOrder
 from timoe_core.train.recipe import MixtureRecipe
-from timoe_core.train.staging import Stage
+from timoe_core.train.stage import Stage
+from timoe_core.train.trainer import amp_enabled
+
+# A learned-avg micro-batch: inputs, targets, each row's year (its query date), and the
+# frozen experts' cached target log-probs of these windows (None: no log-prob cache).
+LearnedAvgBatch = tuple[torch.Tensor, torch.Tensor, list[int], torch.Tensor | None]
 
 
-class LearnedAvgTask(MixtureTask):
-    """The router alone is trained (TrainTask protocol, see loop.py); the experts stay
+class LearnedAvgTask(MixtureTask[LearnedAvgBatch]):
+    """The router alone is trained (TrainTask protocol, see train/task.py); the experts stay
     in the mixture, frozen."""
 
     name = "learned-avg"
@@ -59,8 +64,8 @@ class LearnedAvgTask(MixtureTask):
     def __init__(
         self,
         mix: TiMoE,
-        train: Any,
-        val: Any,
+        train: TokenWindows,
+        val: TokenWindows | None,
         seed: int,
         eval_windows: int,
         cache: LogProbCache | None = None,
@@ -72,12 +77,12 @@ class LearnedAvgTask(MixtureTask):
         self.cache = cache
         self.order = ShuffledOrder(len(train), lambda epoch: train.shuffled_indices(seed, epoch))
 
-    def mixture(self, model: torch.nn.Module) -> Callable[..., Any]:
+    def mixture(self, model: torch.nn.Module) -> Callable[..., MixtureOutput]:
         # The weights come from `model` (the router as the loop wrapped it, DDP and/or
         # compiled), so that its gradients are synchronised.
         return functools.partial(self.mix, router=model)
 
-    def batch(self, indices: np.ndarray, device: torch.device) -> Any:
+    def batch(self, indices: np.ndarray, device: torch.device) -> LearnedAvgBatch:
         rows, years = self.train.batch(indices)
         rows = self._to_device(rows, device)
         cached = None
@@ -85,7 +90,8 @@ class LearnedAvgTask(MixtureTask):
             cached = self._to_device(self.cache.read(indices), device)
         return rows[:, :-1], rows[:, 1:], years.tolist(), cached
 
-    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict]:
+    def loss(self, model: torch.nn.Module, batch: LearnedAvgBatch
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, y, years, cached = batch
         return self.mixture_loss(model, x, y, years, cached_expert_log_probs=cached)
 
@@ -104,7 +110,7 @@ def make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> LearnedAvgTask:
     if cfg.cache_log_probs:
         amp = amp_enabled(cfg, env.device)
         key = cache_key(
-            data_files_sha256=plan.record["data_files_sha256"],
+            data_files_sha256=plan.data_files_sha256,
             split="train",
             years=plan.years,
             seq_len=plan.seq_len,

@@ -33,8 +33,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from types import FrameType
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -107,6 +109,12 @@ def _export_slurm_env(launch: LaunchEnv) -> None:
     env["LOCAL_RANK"] = str(launch.local_rank)
 
 
+T = TypeVar("T")
+# What signal.signal installs and returns: a function, SIG_DFL/SIG_IGN, or None (not
+# installed from Python).
+_SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+
+
 @dataclass
 class DistEnv:
     """This process's place among the workers, and the few collectives the loop needs."""
@@ -117,7 +125,7 @@ class DistEnv:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None  # None: a single process without a process group
     restart_count: int = 0
-    _control: Any = None  # process group for CPU-side control messages
+    _control: dist.ProcessGroup | None = None  # process group for CPU-side control messages
 
     @property
     def is_main(self) -> bool:
@@ -146,19 +154,20 @@ class DistEnv:
             dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
-    def gather_to_main(self, obj: Any) -> list[Any] | None:
+    def gather_to_main(self, obj: T) -> list[T] | None:
         """Every rank's `obj` as a list on rank 0 (None elsewhere)."""
         if not self.is_distributed:
             return [obj]
-        out: list[Any] | None = [None] * self.world_size if self.is_main else None
+        # rank 0's list is only room for the gather, which overwrites every entry
+        out = [obj] * self.world_size if self.is_main else None
         dist.gather_object(obj, out, dst=0, group=self._control)
         return out
 
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's `obj` on every rank."""
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's `obj` on every rank (the others' `obj` is overwritten unread)."""
         if not self.is_distributed:
             return obj
-        box = [obj if self.is_main else None]
+        box = [obj]
         dist.broadcast_object_list(box, src=0, group=self._control)
         return box[0]
 
@@ -241,9 +250,9 @@ class StopRequest:
         self.announce = announce
         self.requested = False
         self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
+        self._previous: dict[int, _SignalHandler] = {}
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested and self.repeat_aborts and signum == signal.SIGINT:
             raise KeyboardInterrupt
         if not self.requested:

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar, cast
+from typing import Generic, Protocol, TypeVar, cast
 
 from rich.console import Console
 
@@ -37,8 +37,9 @@ from timoe_core.train.distributed import (
     outer_launch,
 )
 from timoe_core.train.launch import WorkerPayload, run_dir_lock, train_or_launch
-from timoe_core.train.loop import LoopResult, TrainTask, run_training
+from timoe_core.train.loop import LoopResult, run_training
 from timoe_core.train.run_dir import RunDirAction, interrupted_message
+from timoe_core.train.task import BatchT, EvalBatchT, TrainTask
 
 
 class JobPlan(Protocol):
@@ -58,10 +59,10 @@ class JobPlan(Protocol):
 
 
 @dataclass
-class StageRun:
+class StageRun(Generic[BatchT, EvalBatchT]):
     """One stage of a job for the shared loop: its task, config, run dir and budget."""
 
-    task: TrainTask
+    task: TrainTask[BatchT, EvalBatchT]
     cfg: TrainingConfig
     run_dir: Path
     total_steps: int
@@ -69,9 +70,21 @@ class StageRun:
     wandb_config: dict[str, object]
     checkpoint_at_end: bool = True  # False: the stage's caller saves what it keeps
 
+    def train(self, env: DistEnv) -> LoopResult:
+        """This stage through the shared loop (`loop.run_training`)."""
+        return run_training(self.task, self.cfg, self.run_dir, env, self.total_steps,
+                            title=self.title, wandb_config=self.wandb_config,
+                            checkpoint_at_end=self.checkpoint_at_end)
 
-# A job's stages: yields each StageRun, is sent the loop's result, finishes after the last.
-Stages = Generator[StageRun, LoopResult, None]
+
+class TrainableStage(Protocol):
+    """A stage as the driver sees it (a `StageRun` of any task's batch types)."""
+
+    def train(self, env: DistEnv) -> LoopResult: ...
+
+
+# A job's stages: yields each stage, is sent the loop's result, finishes after the last.
+Stages = Generator[TrainableStage, LoopResult, None]
 
 
 ConfigT = TypeVar("ConfigT", bound=TrainingConfig)
@@ -103,10 +116,10 @@ class TrainingJob(Protocol[ConfigT, PlanT]):
         ...
 
 
-class SingleRunJob(TrainingJob[ConfigT, PlanT], Protocol[ConfigT, PlanT]):
+class SingleRunJob(TrainingJob[ConfigT, PlanT], Protocol[ConfigT, PlanT, BatchT, EvalBatchT]):
     """A job trained in one run: its task, what it logs, what it does after."""
 
-    def build_task(self, plan: PlanT, env: DistEnv) -> TrainTask:
+    def build_task(self, plan: PlanT, env: DistEnv) -> TrainTask[BatchT, EvalBatchT]:
         """The model(s) and data of this worker, ready for the loop."""
         ...
 
@@ -114,12 +127,14 @@ class SingleRunJob(TrainingJob[ConfigT, PlanT], Protocol[ConfigT, PlanT]):
         """What the job adds to the config logged to wandb."""
         ...
 
-    def finish(self, plan: PlanT, task: TrainTask, result: LoopResult, env: DistEnv) -> None:
+    def finish(self, plan: PlanT, task: TrainTask[BatchT, EvalBatchT], result: LoopResult,
+               env: DistEnv) -> None:
         """After the loop, on every rank (e.g. write the bundle on rank 0)."""
         ...
 
 
-def single_stage(job: SingleRunJob[ConfigT, PlanT], plan: PlanT, env: DistEnv) -> Stages:
+def single_stage(job: SingleRunJob[ConfigT, PlanT, BatchT, EvalBatchT], plan: PlanT,
+                 env: DistEnv) -> Stages:
     """The one stage of a single-run job: its task over the whole planned run."""
     task = job.build_task(plan, env)
     result = yield StageRun(task, plan.cfg, plan.run_dir, plan.total_steps, plan.title,
@@ -202,9 +217,7 @@ def run_stages(stages: Stages, env: DistEnv) -> LoopResult:
     try:
         run = next(stages)
         while True:
-            result = run_training(run.task, run.cfg, run.run_dir, env, run.total_steps,
-                                  title=run.title, wandb_config=run.wandb_config,
-                                  checkpoint_at_end=run.checkpoint_at_end)
+            result = run.train(env)
             run = stages.send(result)
     except StopIteration:
         return result

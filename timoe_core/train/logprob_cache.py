@@ -36,14 +36,13 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_path, atomic_write_json
+from timoe_core.io import JSONObject, atomic_path, atomic_write_json
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.point_in_time import Policy
 from timoe_core.train.distributed import DistEnv
@@ -55,6 +54,11 @@ CACHE_FORMAT = 1
 CHUNK_BYTES = 64 << 20
 
 
+# One token file as the cache key records it: [name, size, mtime_ns, sampled sha256]
+# (a list, as JSON reads it back).
+TokenFileFingerprint = list[str | int]
+
+
 def cache_key(
     *,
     data_files_sha256: dict[str, str],
@@ -64,8 +68,8 @@ def cache_key(
     policy: Policy,
     experts: dict[str, str],
     compute_dtype: str = "float32",
-    token_files: list[list[Any]] | None = None,
-) -> dict[str, Any]:
+    token_files: list[TokenFileFingerprint] | None = None,
+) -> JSONObject:
     """What the cached numbers depend on; `experts` maps slice label -> weights sha256,
     `compute_dtype` is the experts' forward precision ("bfloat16" under autocast),
     `token_files` the `token_files_fingerprint` of the windows' token files."""
@@ -87,7 +91,8 @@ _SAMPLES = 16
 _SAMPLE_BYTES = 1 << 16
 
 
-def token_files_fingerprint(data_dir: Path, split: str, years: list[int]) -> list[list[Any]]:
+def token_files_fingerprint(data_dir: Path, split: str, years: list[int]
+                            ) -> list[TokenFileFingerprint]:
     """Per token file: [name, size, mtime_ns, sha256 of 16 evenly spread 64 KiB blocks].
 
     The manifest's checksums say what the files held when prepared, not what they hold
@@ -95,7 +100,7 @@ def token_files_fingerprint(data_dir: Path, split: str, years: list[int]) -> lis
     reuse a cache computed from the old tokens. The modification time catches any write
     through the file system; the sampled hash catches one that restored the time. Cheap:
     at most 1 MiB read per file."""
-    out: list[list[Any]] = []
+    out: list[TokenFileFingerprint] = []
     for year in sorted(years):
         path = Path(data_dir) / split / f"{year}.bin"
         try:
@@ -114,7 +119,7 @@ def token_files_fingerprint(data_dir: Path, split: str, years: list[int]) -> lis
     return out
 
 
-def _digest(key: dict[str, Any]) -> str:
+def _digest(key: JSONObject) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -122,7 +127,7 @@ class LogProbCache:
     """(windows, T, K) fp16 log P_k(target) of the frozen experts, read by window index."""
 
     def __init__(
-        self, directory: Path, key: dict[str, Any], shape: tuple[int, int, int], chunk_rows: int
+        self, directory: Path, key: JSONObject, shape: tuple[int, int, int], chunk_rows: int
     ) -> None:
         self.directory = Path(directory)
         self.key = key
@@ -151,7 +156,7 @@ class LogProbCache:
         path = self.chunk_path(chunk)
         return path.is_file() and path.stat().st_size == self._chunk_bytes(chunk)
 
-    def _meta(self, complete: bool) -> dict[str, Any]:
+    def _meta(self, complete: bool) -> JSONObject:
         return {
             "key": self.key,
             "shape": list(self.shape),
@@ -195,7 +200,7 @@ class LogProbCache:
     # ----------------------------------------------------------------- building
 
     @staticmethod
-    def exists(run_dir: Path, key: dict[str, Any]) -> bool:
+    def exists(run_dir: Path, key: JSONObject) -> bool:
         """A complete cache of `key` is in `run_dir` (its chunks are checked on opening)."""
         path = Path(run_dir) / CACHE_DIRNAME / _digest(key) / META_FILENAME
         try:
@@ -208,7 +213,7 @@ class LogProbCache:
     def open_or_build(
         cls,
         run_dir: Path,
-        key: dict[str, Any],
+        key: JSONObject,
         windows: TokenWindows,
         mix: TiMoE,
         env: DistEnv,

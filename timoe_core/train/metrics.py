@@ -25,8 +25,9 @@ import math
 import netrc
 import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlparse
 
 from rich.console import Console
@@ -45,6 +46,12 @@ from timoe_core.model.run_info import (  # metrics.jsonl is read there, below tr
     METRICS_FILENAME,
     read_metrics,
 )
+
+if TYPE_CHECKING:  # imported when wandb is used (it is slow to import)
+    import wandb
+
+# A value of a metrics.jsonl record.
+MetricValue = str | int | float | bool | None
 
 WANDB_ID_FILENAME = "wandb_run_id"
 
@@ -106,7 +113,7 @@ class MetricsLogger:
         title: str,
         wandb_mode: WandbMode = "disabled",
         wandb_project: str = "timoe",
-        wandb_config: dict[str, Any] | None = None,
+        wandb_config: dict[str, object] | None = None,
         console: Console | None = None,
     ) -> None:
         self.enabled = enabled
@@ -116,7 +123,7 @@ class MetricsLogger:
         self._file = None
         self._progress: Progress | None = None
         self._task: TaskID | None = None
-        self._wandb = None
+        self._wandb: wandb.Run | None = None
         if not enabled:
             return
         # Held open for the run (closed in close()): one flushed line per record.
@@ -141,7 +148,8 @@ class MetricsLogger:
         else:
             self.console.print(f"{title}: steps {start_step} -> {total_steps}", highlight=False)
 
-    def _start_wandb(self, mode: WandbMode, project: str, config: dict[str, Any], title: str) -> Any:
+    def _start_wandb(self, mode: WandbMode, project: str, config: dict[str, object], title: str
+                     ) -> wandb.Run:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
@@ -159,7 +167,7 @@ class MetricsLogger:
         run.define_metric("*", step_metric="step")
         return run
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: Mapping[str, MetricValue]) -> None:
         assert self._file is not None
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -175,11 +183,12 @@ class MetricsLogger:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=step)
 
-    def train(self, record: dict[str, Any]) -> None:
+    def train(self, record: dict[str, float | None]) -> None:
+        """A train record: step, loss, lr, grad_norm, tokens, tokens_per_s, elapsed and
+        the task's metrics."""
         if not self.enabled:
             return
-        record = {"type": "train"} | record
-        self._write(record)
+        self._write({"type": "train", **record})
         loss, lr, tps = (
             _fmt(record["loss"], ".4f"),
             _fmt(record["lr"], ".2e"),
@@ -194,24 +203,25 @@ class MetricsLogger:
                 highlight=False,
             )
 
-    def eval(self, record: dict[str, Any]) -> None:
+    def eval(self, record: dict[str, float]) -> None:
+        """An eval record: step, eval_loss, eval_ppl, tokens, elapsed."""
         if not self.enabled:
             return
-        self._write({"type": "eval"} | record)
+        self._write({"type": "eval", **record})
         text = f"eval at step {record['step']}: loss {record['eval_loss']:.4f}"
         if self._progress is not None:
             self._progress.console.print(text, highlight=False)
         else:
             self.console.print(text, highlight=False)
 
-    def runtime(self, step: int, choices: dict[str, Any], total_steps: int | None = None
+    def runtime(self, step: int, choices: dict[str, str | bool], total_steps: int | None = None
                 ) -> None:
         """How this invocation trains (device, amp, compile, ...) and the step the run
         ends at (`run_progress` reads it): a record and one line."""
         if not self.enabled:
             return
         total = {} if total_steps is None else {"total_steps": total_steps}
-        self._write({"type": "runtime", "step": step} | total | choices)
+        self._write({"type": "runtime", "step": step, **total, **choices})
         self.message("runtime: " + ", ".join(f"{k} {v}" for k, v in choices.items()))
 
     def message(self, text: str) -> None:

@@ -1,22 +1,29 @@
-"""What a mixture run records and how a rerun is held to it: mixture_run.json (what the
-run is: strategy, experts and their checksums, data, settings), the comparison that
-names every setting the flags change, the run-dir decision of both mixture jobs (in one
-stage, or staged), and the bundle files --overwrite clears from --out.
+"""What a mixture run is and records, and how a rerun is held to it: its config (and the
+`mixture_options` of it), mixture_run.json (what the run is: strategy, experts and their
+checksums, data, settings), the comparison that names every setting the flags change,
+the run-dir decision of both mixture jobs (in one stage, or staged), and the bundle
+files --overwrite clears from --out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from timoe_core.config import CoadaptConfig, TrainRouterConfig, flag_name
+from timoe_core.config import CoadaptConfig, MixtureOptions, TrainRouterConfig, flag_name
 from timoe_core.errors import TimoeError
-from timoe_core.io import read_json_object, remove_output
+from timoe_core.io import JSONObject, read_json_object, remove_output
 from timoe_core.model.bundle import BUNDLE_FILENAME, EMBEDDED_EXPERTS_DIR, ROUTER_FILENAME
 from timoe_core.train.logprob_cache import CACHE_DIRNAME
 from timoe_core.train.run_dir import RunDirAction, decide_run_dir
 
 MixtureConfig = TrainRouterConfig | CoadaptConfig
+
+
+def mixture_options(cfg: MixtureConfig) -> MixtureOptions:
+    """The MixtureOptions part of a command config."""
+    return MixtureOptions(**{name: getattr(cfg, name) for name in MixtureOptions.model_fields})
+
 
 MIXTURE_RUN_FILENAME = "mixture_run.json"
 # What --overwrite clears besides the run artifacts every training command writes.
@@ -42,20 +49,20 @@ def _record_name(key: str) -> str:
     return _RECORD_NAMES.get(key) or flag_name(CoadaptConfig, key)
 
 
-def record_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def record_conflicts(saved: JSONObject, new: JSONObject) -> list[str]:
     """One "field (run has X, flags give Y)" per setting of `new` a run recorded otherwise."""
     diffs = []
     for key, b in new.items():
         a = saved.get(key)
         if a != b:
-            if key == "experts" and isinstance(a, dict):
+            if key == "experts" and isinstance(a, dict) and isinstance(b, Mapping):
                 changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
                 a, b = f"other weights for {', '.join(changed)}", "these"
             diffs.append(f"{_record_name(key)} (run has {a}, flags give {b})")
     return diffs
 
 
-def _read_record(run_dir: Path) -> dict[str, Any]:
+def _read_record(run_dir: Path) -> JSONObject:
     path = run_dir / MIXTURE_RUN_FILENAME
     try:
         return read_json_object(path, "start over with --overwrite")
@@ -64,7 +71,7 @@ def _read_record(run_dir: Path) -> dict[str, Any]:
 
 
 def decide_mixture_run_dir(
-    cfg: MixtureConfig, run_dir: Path, record: dict[str, Any], restart: bool, *,
+    cfg: MixtureConfig, run_dir: Path, record: JSONObject, restart: bool, *,
     checkpointed: bool,
 ) -> RunDirAction:
     """`run_dir.decide_run_dir` for a mixture run (in one stage, or staged: `checkpointed`

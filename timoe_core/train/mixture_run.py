@@ -34,14 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Generic
 
 import torch
 
-from timoe_core.config import (
-    MixtureOptions,
-    save_config,
-)
+from timoe_core.config import save_config
 from timoe_core.data.manifest import (
     Manifest,
     check_compatible,
@@ -51,32 +48,29 @@ from timoe_core.data.manifest import (
 )
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_write_json, sha256_file
+from timoe_core.io import JSONObject, atomic_write_json, sha256_file
 from timoe_core.model.bundle import BUNDLE_FILENAME, ROUTER_FILENAME
 from timoe_core.model.mixture import TiMoE
 from timoe_core.model.run_info import MODEL_FILENAME
 from timoe_core.model.weighting import get_strategy
 from timoe_core.timeslices import year_cutoff
-from timoe_core.train import state as ckpt_state
+from timoe_core.train import rng
 from timoe_core.train.distributed import DistEnv
 from timoe_core.train.job import Stages, main_print, single_stage
 from timoe_core.train.launch import check_launch
-from timoe_core.train.loop import LoopResult, TrainTask
+from timoe_core.train.loop import LoopResult
 from timoe_core.train.metrics import check_wandb_mode, wandb_run_id
 from timoe_core.train.mixture_record import (
     MIXTURE_RUN_FILENAME,
     MixtureConfig,
     clear_bundle_artifacts,
     decide_mixture_run_dir,
+    mixture_options,
 )
-from timoe_core.train.mixture_task import MixtureTask
+from timoe_core.train.mixture_task import EvalBatch, MixtureTask
 from timoe_core.train.run_dir import RunDirAction, config_to_save, open_run_dir
 from timoe_core.train.schedule import budget_steps
-
-
-def mixture_options(cfg: MixtureConfig) -> MixtureOptions:
-    """The MixtureOptions part of a command config."""
-    return MixtureOptions(**{name: getattr(cfg, name) for name in MixtureOptions.model_fields})
+from timoe_core.train.task import BatchT, TrainTask
 
 
 @dataclass
@@ -97,7 +91,8 @@ class MixturePlan:
     num_windows: int
     world_size: int
     total_steps: int
-    record: dict[str, Any]  # mixture_run.json
+    data_files_sha256: dict[str, str]  # the token files it reads
+    record: JSONObject  # mixture_run.json
     action: RunDirAction = "new"
     notes: list[str] = field(default_factory=list)
 
@@ -254,10 +249,11 @@ def plan_mixture_run(
 
     expert_sha = _expert_sha256(mix)
     router_init = _check_router_init(cfg, mix)
-    record = {
+    data_files = token_files_read(manifest, years)
+    record: JSONObject = {
         "strategy": strategy,
         "experts": expert_sha,
-        "data_files_sha256": token_files_read(manifest, years),
+        "data_files_sha256": data_files,
         "years": years,
         "seq_len": seq_len,
         "policy": cfg.policy,
@@ -283,6 +279,7 @@ def plan_mixture_run(
         num_windows=len(windows),
         world_size=world_size,
         total_steps=total_steps,
+        data_files_sha256=data_files,
         record=record,
     )
     if skipped:
@@ -324,7 +321,7 @@ def build_mixture(plan: MixturePlan, device: torch.device) -> TiMoE:
     """The mixture to train: the experts (loaded when used), a router seeded by cfg.seed
     (its output layer is zero, so training starts from avg), or --router's."""
     cfg = plan.cfg
-    ckpt_state.seed_all(cfg.seed)
+    rng.seed_all(cfg.seed)
     mix = TiMoE.from_expert_dirs(
         cfg.experts, strategy=plan.strategy, options=mixture_options(cfg), device=device
     )
@@ -343,16 +340,16 @@ def training_cutoff(plan: MixturePlan, mix: TiMoE) -> date:
 
 
 # A recipe's task over the planned run's windows (the mixture built, on this worker).
-TaskFactory = Callable[[MixturePlan, TiMoE, DistEnv], MixtureTask]
+TaskFactory = Callable[[MixturePlan, TiMoE, DistEnv], MixtureTask[BatchT]]
 
 
-class MixtureJob:
+class MixtureJob(Generic[BatchT]):
     """A strategy's training run as a `TrainingJob` (job.py), made by its recipe
     (`train.recipe.MixtureRecipe.job`): `ref` names the recipe's job for spawned
     workers ("module:RECIPE.job")."""
 
     def __init__(
-        self, strategy: str, config_model: type[MixtureConfig], make_task: TaskFactory,
+        self, strategy: str, config_model: type[MixtureConfig], make_task: TaskFactory[BatchT],
         ref: str,
     ) -> None:
         self.strategy = strategy
@@ -373,10 +370,10 @@ class MixtureJob:
         """One stage over every year."""
         return single_stage(self, plan, env)
 
-    def build_task(self, plan: MixturePlan, env: DistEnv) -> MixtureTask:
+    def build_task(self, plan: MixturePlan, env: DistEnv) -> MixtureTask[BatchT]:
         return self.make_task(plan, build_mixture(plan, env.device), env)
 
-    def wandb_config(self, plan: MixturePlan, env: DistEnv) -> dict[str, Any]:
+    def wandb_config(self, plan: MixturePlan, env: DistEnv) -> dict[str, object]:
         return {
             "strategy": plan.strategy,
             "experts": plan.labels,
@@ -385,7 +382,8 @@ class MixtureJob:
             "total_steps": plan.total_steps,
         }
 
-    def finish(self, plan: MixturePlan, task: TrainTask, result: LoopResult, env: DistEnv) -> None:
+    def finish(self, plan: MixturePlan, task: TrainTask[BatchT, EvalBatch], result: LoopResult,
+               env: DistEnv) -> None:
         """Rank 0 writes the bundle (timoe.json last: the bundle is complete)."""
         assert isinstance(task, MixtureTask)
         if not result.interrupted and env.is_main:

@@ -5,20 +5,19 @@ from target-token log-probs only, plus the router's auxiliary losses."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
 
 from timoe_core.data.windows import TokenWindows
 from timoe_core.model.mixture import MixtureOutput, TiMoE
-from timoe_core.train.loop import TrainTask
+from timoe_core.train.task import BatchT, TrainTask
 
 # A held-out batch: inputs, targets, each row's year (its query date).
 EvalBatch = tuple[torch.Tensor, torch.Tensor, list[int]]
 
 
-class MixtureTask(TrainTask):
+class MixtureTask(TrainTask[BatchT, EvalBatch]):
     """What both mixture tasks share: windows of every trained year, each with its year
     as query date; loss = -mean log P_mix(target) + the router's auxiliary losses, from
     target-token log-probs only (`TiMoE.forward`: no (B, T, V) mixture is built)."""
@@ -51,9 +50,15 @@ class MixtureTask(TrainTask):
         x: torch.Tensor,
         y: torch.Tensor,
         years: list[int],
-        **kwargs: Any,
+        *,
+        trainable: list[str] | None = None,
+        cached_expert_log_probs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self.mixture(model)(x, y, years, **kwargs)
+        """`trainable`: the experts run with gradients (coadapt's active one; None: the
+        mixture's trainable experts); `cached_expert_log_probs`: the frozen experts'
+        target log-probs from the log-prob cache (learned-avg)."""
+        out = self.mixture(model)(x, y, years, trainable=trainable,
+                                  cached_expert_log_probs=cached_expert_log_probs)
         nll = -out.target_log_probs.mean()
         aux = out.router_aux
         if aux is None:  # a weighting without a router (uniform): nothing to add
@@ -79,7 +84,7 @@ class MixtureTask(TrainTask):
         rows = self._to_device(rows, device)
         return rows[:, :-1], rows[:, 1:], years.tolist()
 
-    def eval_loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    def eval_loss(self, model: torch.nn.Module, batch: EvalBatch) -> torch.Tensor:
         """The mixture's held-out NLL (no auxiliary losses: comparable with avg's)."""
         x, y, years = batch
         return -self.mixture(model)(x, y, years).target_log_probs.mean()

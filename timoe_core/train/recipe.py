@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol
 
 from timoe_core.config import CoadaptConfig, TrainRouterConfig
 from timoe_core.model.point_in_time import canonical_policy
@@ -22,7 +22,9 @@ from timoe_core.model.weighting import Strategy
 from timoe_core.train.job import run_job
 from timoe_core.train.mixture_record import MixtureConfig
 from timoe_core.train.mixture_run import MixtureJob, TaskFactory
-from timoe_core.train.staging import StagedJob, StageTaskFactory
+from timoe_core.train.stage import StageTaskFactory
+from timoe_core.train.staging import StagedJob
+from timoe_core.train.task import BatchT
 
 
 class Recipe(Protocol):
@@ -49,28 +51,28 @@ class BundleRecipe:
 
 
 @dataclass(frozen=True, eq=False)
-class MixtureRecipe:
+class MixtureRecipe(Generic[BatchT]):
     """A strategy that trains part of a mixture, through the one job driver (job.py)."""
 
     strategy: Strategy
-    config_model: type[TrainRouterConfig] | type[CoadaptConfig]
-    make_task: TaskFactory
-    stage_task: StageTaskFactory
+    config_model: type[TrainRouterConfig | CoadaptConfig]
+    make_task: TaskFactory[BatchT]
+    stage_task: StageTaskFactory[BatchT]
     module: str  # the module holding this recipe as RECIPE: spawned workers find it
 
     @cached_property
-    def job(self) -> MixtureJob:
+    def job(self) -> MixtureJob[BatchT]:
         """Policy inclusive: one stage over every year (several workers allowed)."""
         return MixtureJob(self.strategy.name, self.config_model, self.make_task,
                           ref=f"{self.module}:RECIPE.job")
 
     @cached_property
-    def staged_job(self) -> StagedJob:
+    def staged_job(self) -> StagedJob[BatchT]:
         """Policy point-in-time: one stage per data cutoff, a router snapshot each."""
         return StagedJob(self.strategy, self.config_model, self.stage_task,
                          ref=f"{self.module}:RECIPE.staged_job")
 
-    def job_for(self, cfg: MixtureConfig) -> MixtureJob | StagedJob:
+    def job_for(self, cfg: MixtureConfig) -> MixtureJob[BatchT] | StagedJob[BatchT]:
         staged = canonical_policy(cfg.policy) == "point-in-time"
         return self.staged_job if staged else self.job
 

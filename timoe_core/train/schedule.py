@@ -134,7 +134,7 @@ class StagedSchedule:
     """WSD over chronological stages: warmup (`warmup_steps`, fixed by the first stage
     alone), the peak through every stage's main steps (`main_steps` in all), then the last
     stage's decay (`decay_steps`). Every earlier stage ends with a decay branch of its own
-    length (`branch_lr`), run off the main line (train/loop.py). Nothing here depends on
+    length (`branch_lr`), run off the main line (train/trainer.py). Nothing here depends on
     stages that come later than the step it is asked about."""
 
     peak_lr: float

@@ -45,30 +45,17 @@ several workers are refused), then writes the bundle.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Generic
 
 import torch
 
 from timoe_core.config import CoadaptConfig, config_to_dict, save_config
-from timoe_core.data.manifest import (
-    Manifest,
-    check_compatible,
-    load_manifest,
-    resolve_seq_len,
-    token_files_read,
-)
+from timoe_core.data.manifest import check_compatible, load_manifest, resolve_seq_len
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
-from timoe_core.io import (
-    atomic_write_json,
-    check_output_path,
-    remove_output,
-    sha256_file,
-)
+from timoe_core.io import atomic_write_json, remove_output
 from timoe_core.model.bundle import (
     BUNDLE_FILENAME,
     EMBEDDED_EXPERTS_DIR,
@@ -92,86 +79,36 @@ from timoe_core.model.router import (
 from timoe_core.model.run_info import MODEL_FILENAME
 from timoe_core.model.weighting import Strategy
 from timoe_core.model.weights import StorageDtype, load_weights_into, save_model_weights
-from timoe_core.timeslices import CutoffEvery, period_ends
-from timoe_core.train import state as ckpt_state
+from timoe_core.train import rng
 from timoe_core.train.distributed import DistEnv, TrainingInterrupted
 from timoe_core.train.job import StageRun, Stages, main_print
-from timoe_core.train.loop import amp_enabled
-from timoe_core.train.metrics import METRICS_FILENAME, check_wandb_mode
+from timoe_core.train.metrics import METRICS_FILENAME
 from timoe_core.train.mixture_record import (
     MIXTURE_RUN_FILENAME,
     MixtureConfig,
     clear_bundle_artifacts,
     decide_mixture_run_dir,
+    mixture_options,
 )
-from timoe_core.train.mixture_run import check_required_inputs, mixture_options
-from timoe_core.train.mixture_task import MixtureTask
+from timoe_core.train.mixture_run import check_required_inputs
 from timoe_core.train.run_dir import (
-    RunDirAction,
     config_to_save,
     interrupted_message,
     open_run_dir,
     remove_training_state,
 )
+from timoe_core.train.stage import Stage, StageTaskFactory
+from timoe_core.train.staging_plan import StagedPlan, check_inputs, router_cutoffs, staged_record
+from timoe_core.train.task import BatchT
+from timoe_core.train.trainer import amp_enabled
 
 STAGES_DIRNAME = "stages"
-
-
-def router_cutoffs(artefacts: list[ExpertRecord], every: CutoffEvery) -> list[date]:
-    """The cutoffs of a staged router's stages: every period end (of `every`) from the
-    first artefact's cutoff to the last's, and every artefact cutoff at which a slice
-    becomes usable (so a router snapshot's slots are the slices usable until the next)."""
-    cutoffs = sorted({r.cutoff for r in artefacts})
-    first_of_slice = {min(r.cutoff for r in artefacts if r.label == label)
-                      for label in {r.label for r in artefacts}}
-    return sorted(set(period_ends(cutoffs[0], cutoffs[-1], every)) | first_of_slice)
-
-
-@dataclass
-class Stage:
-    """One stage's training, as a recipe's `stage_task` receives it."""
-
-    cfg: MixtureConfig
-    cutoff: date  # the stage's data cutoff: its windows are dated in (previous cutoff, cutoff]
-    view: TiMoE  # the artefacts usable as of cutoff, with the stage's router
-    windows: TokenWindows
-    val_windows: TokenWindows | None
-    holder: ExpertRecord | None  # the artefact of the slice holding cutoff
-    steps: int
-    run_dir: Path  # OUT/stages/<date>
-    env: DistEnv
-    amp: bool
-    eval_windows: int
-
-
-# A recipe's task for one stage (learned-avg: the router; coadapt: router + own expert).
-StageTaskFactory = Callable[[Stage], MixtureTask]
-
-
-def _check(cfg: MixtureConfig, strategy: str) -> tuple[Path, Path]:
-    """The staged run's inputs checked; returns (data dir, out dir)."""
-    data_out = check_required_inputs(cfg)
-    check_output_path(data_out[1], "--out")
-    if cfg.nproc_per_node != 1 or cfg.nnodes != 1:
-        raise TimoeError(
-            f"a staged {strategy} router (policy point-in-time) trains its stages in one "
-            "process: leave out --nproc-per-node/--nnodes, or use --policy inclusive"
-        )
-    if cfg.max_steps is not None or cfg.max_tokens is not None:
-        flag = "--max-steps" if cfg.max_steps is not None else "--max-tokens"
-        raise TimoeError(
-            f"{flag} sets one budget for the whole run, but a staged {strategy} router "
-            "(policy point-in-time, the default) has a budget per stage: give "
-            "--steps-per-stage N, or --policy inclusive for one run over every year"
-        )
-    check_wandb_mode(cfg.wandb)
-    return data_out
 
 
 def _fresh_router(cfg: MixtureConfig, labels: list[str], vocab_size: int, first: GPT) -> Router:
     """Stage 1's router: seeded by cfg.seed, token table from the earliest artefact usable
     then, every slot's date-feature column from (seed, label)."""
-    ckpt_state.seed_all(cfg.seed)
+    rng.seed_all(cfg.seed)
     router = Router(RouterConfig(
         slice_labels=labels, vocab_size=vocab_size, embed_dim=cfg.router_embed_dim,
         hidden_dim=cfg.router_hidden_dim, date_features=cfg.router_date_features,
@@ -186,50 +123,13 @@ def _fresh_router(cfg: MixtureConfig, labels: list[str], vocab_size: int, first:
     return router
 
 
-def _record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int, manifest: Manifest
-            ) -> dict[str, Any]:
-    experts = {}
-    for rec in mix.artefacts:
-        path = rec.weights_dir() / MODEL_FILENAME
-        experts[rec.key] = rec.sha256 or sha256_file(path)
-    keys = ("policy", "top_k", "router_embed_dim", "router_hidden_dim", "router_date_features",
-            "steps_per_stage", "cutoff_every", "seed", "batch_size", "grad_accum", "lr",
-            "entropy_coef",
-            "balance_coef", "z_loss_coef")
-    return {
-        "strategy": strategy, "staged": True, "experts": experts,
-        "data_files_sha256": token_files_read(manifest, {r.cutoff.year for r in mix.artefacts}),
-        "seq_len": seq_len,
-        "router_init": str(getattr(cfg, "router", None) or "") or None,
-    } | {k: getattr(cfg, k) for k in keys} | (
-        {"snapshot_dtype": cfg.snapshot_dtype} if isinstance(cfg, CoadaptConfig) else {})
-
-
-@dataclass
-class StagedPlan:
-    """A staged run, checked and derived before anything is written (`JobPlan`)."""
-
-    cfg: MixtureConfig
-    strategy: Strategy
-    run_dir: Path
-    record: dict[str, Any]  # mixture_run.json
-    action: RunDirAction = "new"
-    world_size: int = 1
-    total_steps: int = 0  # each stage has its own budget
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def title(self) -> str:
-        return f"{self.strategy.name} (staged)"
-
-
-class StagedJob:
+class StagedJob(Generic[BatchT]):
     """A strategy's staged (point-in-time) training as a `TrainingJob` (job.py): one stage
     per data cutoff, each stage's task made by the recipe's `stage_task`."""
 
     def __init__(
-        self, strategy: Strategy, config_model: type[MixtureConfig], stage_task: StageTaskFactory,
-        ref: str,
+        self, strategy: Strategy, config_model: type[MixtureConfig],
+        stage_task: StageTaskFactory[BatchT], ref: str,
     ) -> None:
         self.strategy = strategy
         self.config_model = config_model
@@ -240,12 +140,12 @@ class StagedJob:
         self, cfg: MixtureConfig, world_size: int | None = None, check_run_dir: bool = True,
         restart: bool = False,
     ) -> StagedPlan:
-        data, out = _check(cfg, self.strategy.name)
+        data, out = check_inputs(cfg, self.strategy.name)
         base = TiMoE.from_expert_dirs(cfg.experts, strategy="avg", options=mixture_options(cfg))
         manifest = load_manifest(data)
         check_compatible(base, manifest, data)
         seq_len = resolve_seq_len(base, manifest, cfg.seq_len)
-        record = _record(cfg, self.strategy.name, base, seq_len, manifest)
+        record = staged_record(cfg, self.strategy.name, base, seq_len, manifest)
         plan = StagedPlan(cfg, self.strategy, out, record)
         if check_run_dir:
             plan.action = decide_mixture_run_dir(cfg, out, record, restart, checkpointed=False)
@@ -270,7 +170,7 @@ class StagedJob:
 
 
 def _stages(
-    cfg: MixtureConfig, strategy_: Strategy, stage_task: StageTaskFactory, env: DistEnv
+    cfg: MixtureConfig, strategy_: Strategy, stage_task: StageTaskFactory[BatchT], env: DistEnv
 ) -> Stages:
     """Each stage in time order (skipping completed ones), then the bundle."""
     strategy = strategy_.name
@@ -386,7 +286,7 @@ def _stages(
 
 
 def _train_stage(
-    cfg: MixtureConfig, strategy: Strategy, stage_task: StageTaskFactory, view: TiMoE,
+    cfg: MixtureConfig, strategy: Strategy, stage_task: StageTaskFactory[BatchT], view: TiMoE,
     router: Router, holder: ExpertRecord | None, windows: TokenWindows, val: TokenWindows,
     steps: int, cutoff: date, out: Path, env: DistEnv, amp: bool,
 ) -> Stages:

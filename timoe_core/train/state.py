@@ -43,17 +43,16 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import random
 import re
 import shutil
 import signal
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypedDict, TypeVar, cast
 
-import numpy as np
 import torch
 
 from timoe_core import __version__
@@ -72,6 +71,37 @@ from timoe_core.model.run_info import (
     TRAINER_STATE_FILENAME,
 )
 from timoe_core.train.metrics import METRICS_FILENAME, WANDB_ID_FILENAME
+from timoe_core.train.rng import RngState
+from timoe_core.train.schedule import ScheduleState
+from timoe_core.train.task import TaskState
+
+
+class _TaskStateField(TypedDict, total=False):
+    task_state: TaskState  # only when the task has a state of its own
+
+
+class TrainerState(_TaskStateField):
+    """What the loop saves besides the weights (trainer_state.pt), from each component's
+    own state."""
+
+    task: str
+    tokens: int
+    elapsed: float
+    data: dict[str, int]  # DataPosition.to_dict
+    optimizer: dict[str, object]  # optimizer.state_dict()
+    schedule: ScheduleState
+    rng: list[RngState]  # every rank's, in rank order
+    world_size: int
+
+
+class SavedTrainerState(TrainerState):
+    """A trainer state as a checkpoint holds it: what `write_checkpoint` adds."""
+
+    format: int
+    step: int
+    timoe_version: str
+    files: dict[str, str]  # weight file (relative path) -> sha256
+
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 STATE_FORMAT = 1
@@ -153,8 +183,8 @@ def _fsync_file(path: Path) -> None:
 def write_checkpoint(
     run_dir: Path,
     step: int,
-    save_weights: Any,
-    trainer_state: dict[str, Any],
+    save_weights: Callable[[Path], None],
+    trainer_state: TrainerState,
     keep: int = 2,
 ) -> Checkpoint:
     """Write checkpoint `step` atomically, publish its weights, prune old ones.
@@ -175,11 +205,13 @@ def write_checkpoint(
         try:
             save_weights(tmp)
             weights = _weight_files(tmp)
-            state = dict(trainer_state)
-            state["files"] = {rel: sha256_file(tmp / rel) for rel in weights}
-            state["format"] = STATE_FORMAT
-            state["step"] = step
-            state["timoe_version"] = __version__
+            state: SavedTrainerState = {
+                **trainer_state,
+                "files": {rel: sha256_file(tmp / rel) for rel in weights},
+                "format": STATE_FORMAT,
+                "step": step,
+                "timoe_version": __version__,
+            }
             torch.save(state, tmp / TRAINER_STATE_FILENAME)
         except Exception as exc:  # torch/safetensors wrap a full disk in their own errors
             os_error = write_failure_as_os_error(exc, tmp)
@@ -273,7 +305,7 @@ def _corrupt(path: Path, why: str) -> TimoeError:
     )
 
 
-def load_trainer_state(ckpt: Checkpoint, verify_files: bool = True) -> dict[str, Any]:
+def load_trainer_state(ckpt: Checkpoint, verify_files: bool = True) -> SavedTrainerState:
     """The trainer state of `ckpt`, checked; TimoeError naming the file when it is bad."""
     path = ckpt.state_path
     if not path.is_file():
@@ -307,60 +339,9 @@ def load_trainer_state(ckpt: Checkpoint, verify_files: bool = True) -> dict[str,
                 raise _corrupt(f, "missing")
             if sha256_file(f) != digest:
                 raise _corrupt(f, "its sha256 differs from the one in trainer_state.pt")
-    return state
-
-
-# -------------------------------------------------------------------------- RNG
-
-
-def seed_all(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy's global RNG and Python's `random`."""
-    seed = int(seed) % (2**63)
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """A per-rank seed (dropout masks differ between ranks), fixed by (seed, rank)."""
-    return int(np.random.SeedSequence([int(seed), int(rank), 1]).generate_state(1, np.uint64)[0])
-
-
-def capture_rng(device: torch.device) -> dict[str, Any]:
-    """This process's RNG states as tensors and plain values (weights_only-safe)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    out: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": str(kind),
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "gauss": float(gauss),
-        },
-        "python": {
-            "version": int(version),
-            "state": torch.tensor(py_state, dtype=torch.int64),
-            "gauss": py_gauss,
-        },
-        "cuda": None,
-    }
-    if device.type == "cuda":
-        out["cuda"] = torch.cuda.get_rng_state(device)
-    return out
-
-
-def restore_rng(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
-    )
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss"]))
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
+    # A pickle's contents are known only at run time: the fields checked above are what
+    # the type says.
+    return cast(SavedTrainerState, state)
 
 
 # Files of a run dir (or a snapshot folder) written atomically: their temp files are debris.
