@@ -21,6 +21,7 @@ from timoe_core.config import (
     EvaluateConfig,
     PrepareDataConfig,
     TrainExpertConfig,
+    TrainRouterConfig,
 )
 from timoe_core.data.prepare import prepare_data
 from timoe_core.evaluate.run import run_evaluate
@@ -28,7 +29,7 @@ from timoe_core.model.expert_pool import run_dir_artefacts
 from timoe_core.model.gpt import GPT
 from timoe_core.model.run_info import read_run_info
 from timoe_core.model.weights import load_model_weights, load_weights_into
-from timoe_core.recipes.registry import coadapt
+from timoe_core.recipes.registry import coadapt, train_router
 from timoe_core.train import train_expert
 from timoe_core.train.trainer import Trainer
 
@@ -210,7 +211,11 @@ def proof_builds(tmp_path_factory):
                                                snapshot_kind=kind, snapshot_dtype=dtype,
                                                **MODEL, **TRAIN))
             out[(until, kind, dtype)] = (data, experts)
-        # coadapt over the bf16 averaged experts, its adapted experts stored as bf16
+        # learned-avg and coadapt over the bf16 averaged experts, their router snapshots
+        # (and coadapt's adapted experts) stored as bf16
+        out[(until, "learned-avg")] = (data, train_router(TrainRouterConfig(
+            experts=[root / f"{until}-average-bfloat16"], data=data,
+            out=root / f"{until}-learned-avg", snapshot_dtype="bfloat16", **TRAIN)))
         out[(until, "coadapt")] = (data, coadapt(CoadaptConfig(
             experts=[root / f"{until}-average-bfloat16"], data=data,
             out=root / f"{until}-coadapt", snapshot_dtype="bfloat16", **TRAIN)))
@@ -264,10 +269,34 @@ def test_each_kind_and_dtype_passes_the_counterfactual_test(proof_builds, kind, 
     assert {x["name"] for x in a[2]} == {"2013-2014@2014-12-31", f"2015-2016@{latest}"}
 
 
+def _same_bf16_router_snapshots(full: Path, cut: Path) -> None:
+    """The router snapshots with cutoff <= D: bf16, and the same bytes in both builds."""
+    routers = sorted(p for p in (full / "routers").iterdir() if p.name <= CUT)
+    assert len(routers) >= 2 and {p.name for p in routers} == {
+        p.name for p in (cut / "routers").iterdir() if p.name <= CUT}
+    for folder in routers:
+        twin = cut / folder.relative_to(full)
+        assert _sha(folder / "router.safetensors") == _sha(twin / "router.safetensors"), folder
+        with safe_open(str(folder / "router.safetensors"), "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in list(f.keys())} == {"BF16"}
+
+
+@pytest.mark.slow
+def test_learned_avg_with_bfloat16_router_snapshots_passes_the_counterfactual_test(
+        proof_builds):
+    (full_data, full), (cut_data, cut) = proof_builds[(None, "learned-avg")], proof_builds[
+        (CUT, "learned-avg")]
+    _same_bf16_router_snapshots(full, cut)
+    a, b = _answers_as_of_cut(full_data, full), _answers_as_of_cut(cut_data, cut)
+    assert a == b
+    assert any(x["name"].startswith("router@") for x in a[2])
+
+
 @pytest.mark.slow
 def test_coadapt_with_bfloat16_adapted_experts_passes_the_counterfactual_test(proof_builds):
     (full_data, full), (cut_data, cut) = proof_builds[(None, "coadapt")], proof_builds[
         (CUT, "coadapt")]
+    _same_bf16_router_snapshots(full, cut)
     adapted = sorted(p for p in (full / "experts").iterdir()
                      if p.name.split("@")[-1].split("+")[0] <= CUT) if (
         full / "experts").is_dir() else []

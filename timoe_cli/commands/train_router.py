@@ -21,7 +21,7 @@ from timoe_core.config import TrainRouterConfig
 from timoe_core.model.mixture import TiMoE
 
 _OWN = ["strategy", "experts", *MIXTURE_FIELDS[:3], "cache_log_probs", *MIXTURE_FIELDS[3:],
-        "keep_stage_checkpoints"]
+        "keep_stage_checkpoints", "snapshot_dtype"]
 
 
 @handles_errors

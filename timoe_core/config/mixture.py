@@ -62,6 +62,12 @@ _SEQ_LEN: int | None = Field(
     None, ge=2, json_schema_extra=cli(MIXTURE),
     description="Window length (default: the experts' context or the data's, the shorter).",
 )
+_SNAPSHOT_DTYPE: Literal["float32", "bfloat16"] = Field(
+    "float32", json_schema_extra=cli(TRAIN),
+    description="Staged routers: storage dtype of the router snapshots and (coadapt) of the "
+    "adapted experts, one per router stage (bfloat16: half the bytes, loaded as float32; "
+    "the next stage goes on from what is stored).",
+)
 _KEEP_STAGE_CHECKPOINTS: bool = Field(  # a finished stage is never resumed: its router
     False, json_schema_extra=cli(TRAIN),  # snapshot (and adapted expert) is what counts
     description="Staged routers: keep each finished stage's trainer checkpoints "
@@ -83,6 +89,7 @@ class TrainRouterConfig(TrainingConfig, MixtureOptions):
     )
     seq_len: int | None = _SEQ_LEN
     keep_stage_checkpoints: bool = _KEEP_STAGE_CHECKPOINTS
+    snapshot_dtype: Literal["float32", "bfloat16"] = _SNAPSHOT_DTYPE
 
     @model_validator(mode="after")
     def _check_ignored(self) -> TrainRouterConfig:
@@ -111,18 +118,11 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
     )
     seq_len: int | None = _SEQ_LEN
     keep_stage_checkpoints: bool = _KEEP_STAGE_CHECKPOINTS
-    snapshot_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", json_schema_extra=cli(TRAIN),
-        description="Storage dtype of the adapted experts (one per router stage; bfloat16: "
-        "half the bytes, loaded as float32; the next stage goes on from what is stored).",
-    )
+    snapshot_dtype: Literal["float32", "bfloat16"] = _SNAPSHOT_DTYPE
 
     @model_validator(mode="after")
     def _check_ignored(self) -> CoadaptConfig:
         refuse_stage_budget_without_stages(self)
-        refuse_ignored(self, {"snapshot_dtype": (
-            self.policy != "inclusive", ("to a staged coadapt (--policy point-in-time), whose "
-                                         "adapted experts are stored one per router stage"))})
         return self
 
 
@@ -134,7 +134,7 @@ _TRAINING_ONLY = ("data", "max_steps", "max_tokens", "steps_per_stage", "cutoff_
                   "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
                   "nproc_per_node", "nnodes", "wandb", "entropy_coef", "balance_coef",
                   "z_loss_coef", "router_embed_dim", "router_hidden_dim", "router_date_features",
-                  "cache_log_probs", "seq_len")
+                  "cache_log_probs", "seq_len", "snapshot_dtype")
 
 
 def refuse_stage_budget_without_stages(cfg: TrainingConfig) -> None:
@@ -143,4 +143,7 @@ def refuse_stage_budget_without_stages(cfg: TrainingConfig) -> None:
     policy = getattr(cfg, "policy", "point-in-time")
     staged = policy in ("point-in-time", "strict")
     why = "to a staged router (--policy point-in-time); with --policy inclusive give --max-steps"
-    refuse_ignored(cfg, {"steps_per_stage": (staged, why), "cutoff_every": (staged, why)})
+    stored = ("to a staged router (--policy point-in-time), whose snapshots (and adapted "
+              "experts) are stored one per stage")
+    refuse_ignored(cfg, {"steps_per_stage": (staged, why), "cutoff_every": (staged, why),
+                         "snapshot_dtype": (staged, stored)})

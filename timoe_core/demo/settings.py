@@ -42,7 +42,7 @@ class DemoSettings(BaseModel):
     # new in each period (about the yearly budget in all, whatever the period)
     expert_steps: int | None
     snapshot_kind: Literal["decay", "average"]  # of the expert and dense-series snapshots
-    snapshot_dtype: StorageDtype  # of those snapshots and of coadapt's adapted experts
+    snapshot_dtype: StorageDtype  # of those snapshots, the router snapshots, adapted experts
     router_steps: int  # per router stage (one per period with data)
     router_lr: float
     coadapt_steps: int  # per coadapt stage

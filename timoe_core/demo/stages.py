@@ -93,6 +93,7 @@ def demo_stages(
                             strategy="learned-avg", experts=[layout.experts], data=layout.data,
                             out=layout.bundle("learned-avg"),
                             keep_stage_checkpoints=keep_checkpoints,
+                            snapshot_dtype=s.snapshot_dtype,
                             **training_options(s, s.router_steps, s.router_lr)))))
     stages.append(Stage("coadapt", "coadapt: router and each batch's own expert",
                         lambda: coadapt(CoadaptConfig(

@@ -60,6 +60,7 @@ from timoe_core.model.weights import (
     check_weights_usable,
     save_model_weights,
     save_safetensors,
+    stored_state,
 )
 
 BUNDLE_FILENAME = "timoe.json"
@@ -202,8 +203,9 @@ def write_bundle(
 ) -> None:
     """Write a bundle over the artefacts `records`; those whose key is in `embedded` get
     their weights copied into it (from memory when in `loaded`, keyed by artefact key: an
-    adapted expert, stored as `dtype`). timoe.json is written last, and the records are updated to what the
-    bundle now holds."""
+    adapted expert). Adapted experts, the router and its snapshots are stored as `dtype`.
+    timoe.json is written last, and the records are updated to what the bundle now
+    holds."""
     out_dir = Path(out_dir).resolve()
     sources = {  # every expert's weights must be there before anything is written
         rec.key: rec.weights_dir() for rec in records
@@ -243,13 +245,14 @@ def write_bundle(
         )
     router_sha = None
     if router is not None:
-        router_sha = save_router_weights(out_dir, router)
+        router_sha = save_router_weights(out_dir, router, dtype)
     else:
         (out_dir / ROUTER_FILENAME).unlink(missing_ok=True)
     snapshot_specs = []
     for snap in router_snapshots:
         folder = out_dir / ROUTER_SNAPSHOTS_DIR / snap.data_cutoff.isoformat()
-        sha = _same_router_weights(folder, snap.router) or save_router_weights(folder, snap.router)
+        sha = (_same_router_weights(folder, snap.router, dtype)
+               or save_router_weights(folder, snap.router, dtype))
         snapshot_specs.append({
             "data_cutoff": snap.data_cutoff.isoformat(),
             "path": os.path.relpath(folder, out_dir),
@@ -276,10 +279,10 @@ def write_bundle(
             rec.embedded, rec.candidates = True, [out_dir / spec.path]
 
 
-def _same_router_weights(directory: Path, router: Router) -> str | None:
+def _same_router_weights(directory: Path, router: Router, dtype: StorageDtype) -> str | None:
     """The sha256 of `directory`/router.safetensors when it holds exactly `router`'s
-    weights (a staged run saved each stage's there already), else None: reading it back
-    costs less than writing and syncing it again."""
+    weights stored as `dtype` (a staged run saved each stage's there already), else None:
+    reading it back costs less than writing and syncing it again."""
     path = Path(directory) / ROUTER_FILENAME
     if not path.is_file():
         return None
@@ -287,18 +290,19 @@ def _same_router_weights(directory: Path, router: Router) -> str | None:
         saved = load_file(str(path))
     except (SafetensorError, OSError):
         return None
-    state = router.state_dict()
-    if saved.keys() != state.keys() or not all(
-            torch.equal(saved[k], state[k].detach().cpu()) for k in state):
+    state = stored_state(router.state_dict(), dtype)
+    if saved.keys() != state.keys() or not all(torch.equal(saved[k], state[k]) for k in state):
         return None
     return sha256_file(path)
 
 
-def save_router_weights(directory: Path, router: Router) -> str:
-    """`directory`/router.safetensors, atomically (a bundle or a training checkpoint);
-    returns its sha256."""
+def save_router_weights(directory: Path, router: Router,
+                        dtype: StorageDtype = "float32") -> str:
+    """`directory`/router.safetensors, atomically (a bundle or a training checkpoint), its
+    floating-point tensors stored as `dtype` (loading copies them into the float32
+    router); returns its sha256."""
     path = Path(directory) / ROUTER_FILENAME
-    state = {k: v.detach().contiguous().cpu() for k, v in router.state_dict().items()}
+    state = stored_state(router.state_dict(), dtype)
     with atomic_path(path) as tmp:
         try:
             save_safetensors(state, tmp, metadata={"format": "pt", "timoe_version": __version__})

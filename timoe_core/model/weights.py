@@ -22,6 +22,15 @@ StorageDtype = Literal["float32", "bfloat16"]
 _STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def stored_state(state: dict[str, torch.Tensor], dtype: StorageDtype
+                 ) -> dict[str, torch.Tensor]:
+    """A state dict as it is written: detached, contiguous, on the CPU, its floating-point
+    tensors as `dtype` (bfloat16: round-to-nearest-even, deterministic)."""
+    store = _STORAGE[dtype]
+    return {k: (v.detach().to(store) if v.is_floating_point() else v.detach()).contiguous().cpu()
+            for k, v in state.items()}
+
+
 def save_model_weights(run_dir: Path, model: torch.nn.Module,
                        dtype: StorageDtype = "float32") -> Path:
     """Weights as safetensors, atomically. Tied weights are stored once (lm_head is wte)."""
@@ -33,12 +42,7 @@ def save_weights_state(run_dir: Path, state: dict[str, torch.Tensor],
     """A model's state dict as RUN_DIR/model.safetensors, atomically, its floating-point
     tensors stored as `dtype` (bfloat16: round-to-nearest-even, deterministic; loading
     copies them into the float32 model, so compute stays float32)."""
-    store = _STORAGE[dtype]
-    state = {
-        k: (v.detach().to(store) if v.is_floating_point() else v.detach()).contiguous().cpu()
-        for k, v in state.items()
-        if k != "lm_head.weight"
-    }
+    state = stored_state({k: v for k, v in state.items() if k != "lm_head.weight"}, dtype)
     path = Path(run_dir) / MODEL_FILENAME
     with atomic_path(path) as tmp:
         try:

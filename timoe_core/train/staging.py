@@ -51,7 +51,7 @@ from typing import Generic
 
 import torch
 
-from timoe_core.config import CoadaptConfig, config_to_dict, save_config
+from timoe_core.config import config_to_dict, save_config
 from timoe_core.data.manifest import check_compatible, load_manifest, resolve_seq_len
 from timoe_core.data.windows import TokenWindows
 from timoe_core.errors import TimoeError
@@ -181,8 +181,8 @@ def _stages(
     manifest = load_manifest(data)
     seq_len = resolve_seq_len(base, manifest, cfg.seq_len)
     router_init: Path | None = getattr(cfg, "router", None)  # a coadapt config has no --router
-    # coadapt: how its adapted experts are stored (a router has none)
-    dtype: StorageDtype = cfg.snapshot_dtype if isinstance(cfg, CoadaptConfig) else "float32"
+    # how router snapshots (and coadapt's adapted experts) are stored
+    dtype: StorageDtype = cfg.snapshot_dtype
     init_src = TiMoE.from_bundle(router_init) if router_init is not None else None
 
     say = main_print(env)
@@ -268,7 +268,9 @@ def _stages(
             adapted_models[new_rec.key] = model
             adapted.append(new_rec)
         if not done:
-            save_router_weights(router_dir, router)
+            save_router_weights(router_dir, router, dtype)
+            if dtype != "float32":  # go on from what is stored, as a resumed run does
+                router.load_state_dict(load_router_weights(router_dir))
             if steps and not cfg.keep_stage_checkpoints:
                 # Stage done: its snapshot is saved and a rerun skips it, so only its
                 # metrics stay (trainer state, published weights, log-prob cache go).

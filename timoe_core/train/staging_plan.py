@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from timoe_core.config import CoadaptConfig
 from timoe_core.data.manifest import Manifest, token_files_read
 from timoe_core.errors import TimoeError
 from timoe_core.io import JSONObject, check_output_path, sha256_file
@@ -63,8 +62,7 @@ def staged_record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int,
         experts[rec.key] = rec.sha256 or sha256_file(path)
     keys = ("policy", "top_k", "router_embed_dim", "router_hidden_dim", "router_date_features",
             "steps_per_stage", "cutoff_every", "seed", "batch_size", "grad_accum", "lr",
-            "entropy_coef",
-            "balance_coef", "z_loss_coef")
+            "entropy_coef", "balance_coef", "z_loss_coef", "snapshot_dtype")
     record: JSONObject = {
         "strategy": strategy, "staged": True, "experts": experts,
         "data_files_sha256": token_files_read(manifest, {r.cutoff.year for r in mix.artefacts}),
@@ -72,8 +70,6 @@ def staged_record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int,
         "router_init": str(getattr(cfg, "router", None) or "") or None,
     }
     record |= {k: getattr(cfg, k) for k in keys}
-    if isinstance(cfg, CoadaptConfig):
-        record["snapshot_dtype"] = cfg.snapshot_dtype
     return record
 
 
