@@ -450,3 +450,42 @@ def test_router_stages_by_quarter_read_each_quarters_windows_as_of_its_end(tmp_p
     # last's, and every cutoff at which a slice becomes usable
     assert router_cutoffs(mix.artefacts, "year") == [date(2014, 12, 31), date(2015, 12, 31),
                                                      date(2016, 12, 31)]
+
+
+def test_a_month_with_fewer_windows_than_a_step_waits_for_the_next_stage(tmp_path, capsys):
+    """Monthly router stages over months that hold fewer windows than a batch: such a
+    month trains nothing and writes no snapshot, and its windows are read by the next
+    stage of its year (none is lost, none read twice, none read before its date)."""
+    import re
+    from datetime import date, timedelta
+
+    from helpers import make_data_dir, make_expert_runs
+
+    from timoe_core.data.windows import TokenWindows
+
+    data = make_data_dir(tmp_path, years=range(2013, 2017), tokens_per_year=2048, vocab_size=128,
+                         doc_dates="spread")
+    make_expert_runs(tmp_path / "experts", ["2013-2014", "2015-2016"],
+                     tokenizer={"name": "gpt2", "vocab_size": 128, "eot_token": 127})
+    cfg = TrainRouterConfig(experts=[tmp_path / "experts"], data=data, out=tmp_path / "m",
+                            batch_size=12, steps_per_stage=1, device="cpu", log_every=5,
+                            cutoff_every="month")
+    out = train_router(cfg)
+    printed = capsys.readouterr().out
+    stages = [(date.fromisoformat(a), date.fromisoformat(b), int(n)) for n, a, b in re.findall(
+        r"stage \S+: 1 steps on (\d+) windows dated (\S+)\.\.(\S+),", printed)]
+    windows = TokenWindows(data, "train", range(2013, 2017), 32)
+    # a document (8 windows) every 7 weeks or so: fewer than a batch of 12 in any month
+    assert len(stages) >= 4 and any(first.month < end.month for first, end, _ in stages)
+    for year in (2015, 2016):
+        trained = [(first, end, n) for first, end, n in stages if end.year == year]
+        previous = date(year - 1, 12, 31)
+        for first, end, n in trained:
+            assert first == previous + timedelta(days=1) and n >= 12
+            assert n == windows.windows_up_to(end) - windows.windows_up_to(previous)
+            previous = end
+    spec = json.loads((out / "timoe.json").read_text())
+    cutoffs = [r["data_cutoff"] for r in spec["router_snapshots"]]
+    # a snapshot where a stage trained or a slice became usable, no other
+    assert set(cutoffs) == {end.isoformat() for _, end, _ in stages} | {"2014-12-31",
+                                                                         "2016-12-31"}

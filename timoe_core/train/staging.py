@@ -200,10 +200,11 @@ def _stages(
     amp = amp_enabled(cfg, device)
     for cutoff in cutoffs:
         year = cutoff.year
-        # The windows dated after the previous stage's cutoff, up to this one, of this
-        # stage's year (a year's earlier windows before the first stage are not read).
+        # The windows dated after the last trained stage's cutoff, up to this one, of this
+        # stage's year (a year's earlier windows before the first stage are not read): a
+        # period with fewer windows than a step trains nothing, and its windows wait for
+        # the next stage of its year.
         after = max(previous or date.min, date(year - 1, 12, 31))
-        previous = cutoff
         pool = base.artefacts + adapted
         chosen = select_artefacts(pool, cutoff, "point-in-time")
         labels = [r.label for r in chosen]
@@ -213,6 +214,8 @@ def _stages(
         steps = 0
         if n_windows >= global_batch and (holder is not None or not adapts):
             steps = cfg.steps_per_stage or n_windows // global_batch
+        if steps:
+            previous = cutoff
         if router is not None and steps == 0 and router.config.slice_labels == labels:
             continue  # nothing to learn and no new slice: the previous snapshot answers
         view = TiMoE(chosen, "avg", options, None, device, shared=shared)
