@@ -205,9 +205,9 @@ class DemoConfig(StrictModel):
     )
     cutoff_every: CutoffEvery = Field(
         "year", description="month | quarter | year: the period of every training stage. "
-        "month: a cutoff at each month end at the yearly compute (averaged bfloat16 "
-        "snapshots, no extra step), with about 6 times the disk; the stale-answer table "
-        "then compares month-end with year-end artefacts.",
+        "month: a cutoff at each month end, one pass over each month's windows (averaged "
+        "bfloat16 snapshots, no extra step), about 7 times the disk (7.4 GB); the "
+        "stale-answer table then compares month-end with year-end artefacts.",
     )
 
 

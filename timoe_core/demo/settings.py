@@ -39,7 +39,7 @@ class DemoSettings(BaseModel):
     expert_lr: float
     cutoff_every: CutoffEvery  # every training stage's period (demo --cutoff-every)
     # per stage of every expert and of the dense model; None: one pass over the windows
-    # new in each period (about the yearly budget in all, whatever the period)
+    # new in each period (close to the yearly stages' budget, see demo_settings)
     expert_steps: int | None
     snapshot_kind: Literal["decay", "average"]  # of the expert and dense-series snapshots
     snapshot_dtype: StorageDtype  # of those snapshots, the router snapshots, adapted experts
@@ -55,7 +55,7 @@ class DemoSettings(BaseModel):
 
 def demo_settings(cfg: DemoConfig) -> DemoSettings:
     """The default run (<= 10 min on a 2-core CPU) or --quick (<= 2 min), at yearly
-    cutoffs; `--cutoff-every month` (or quarter) keeps the yearly compute budget."""
+    cutoffs; `--cutoff-every month` (or quarter) trains about the yearly budget."""
     # Batch 8: at equal tokens, twice the optimizer steps of batch 16 take a tiny expert
     # from held-out loss 2.76 to 1.32 in the same time (2013-2014 expert, 40x16 vs 80x8).
     common = dict(val_fraction=0.1, seq_len=64, n_layer=2, n_head=4, n_embd=128,
@@ -72,11 +72,15 @@ def demo_settings(cfg: DemoConfig) -> DemoSettings:
                               eval_items=None)
     if cfg.cutoff_every == "year":
         return yearly
-    # Shorter periods at the yearly budget: experts take one pass over each period's new
-    # windows (the yearly stages' 40 steps are about one pass of a year: 292 windows of
-    # batch 8); a router or coadapt stage its share of the yearly steps, at least one. The
-    # averaged snapshot needs no extra step where a decay branch per period would add one
-    # each, and bfloat16 halves the bytes of 12 times as many snapshots (docs/cli.md).
+    # Shorter periods at about the yearly budget: experts take one pass over each
+    # period's new windows (the default's 40 steps a year are about one pass of a year's
+    # 292 windows of batch 8: monthly, 0.8x its steps; --quick's months hold fewer windows
+    # than a batch and take one step each, 1.4x its 8 a year); a router or coadapt stage
+    # takes its share of the yearly steps, at least one (monthly: 12 a year against the
+    # default's 5 and 3, a router step being cheap next to an expert's). The averaged
+    # snapshot needs no extra step where a decay branch per period would add one each,
+    # and bfloat16 halves the bytes of 12 times as many snapshots
+    # (tests/test_demo_settings.py).
     share = months_per_period(cfg.cutoff_every) / 12
     return yearly.model_copy(update=dict(
         cutoff_every=cfg.cutoff_every, expert_steps=None, snapshot_kind="average",
