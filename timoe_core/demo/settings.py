@@ -77,7 +77,7 @@ def demo_settings(cfg: DemoConfig) -> DemoSettings:
     # 292 windows of batch 8: monthly, 0.8x its steps; --quick's months hold fewer windows
     # than a batch and take one step each, 1.4x its 8 a year); a router or coadapt stage
     # takes its share of the yearly steps, at least one (monthly: 12 a year against the
-    # default's 5 and 3, a router step being cheap next to an expert's). The averaged
+    # default's 5 and 3). The averaged
     # snapshot needs no extra step where a decay branch per period would add one each,
     # and bfloat16 halves the bytes of 12 times as many snapshots
     # (tests/test_demo_settings.py).
