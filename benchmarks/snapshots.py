@@ -20,10 +20,10 @@
    95% t-interval of the per-stage ratios to decay. Target: averaged within 3% of
    decay (ratio <= 1.03).
 3. Storage. Bytes of every artefact kind at gpt2-124m size, computed from the parameter
-   counts (no 124M model is trained): an expert's final weights, a snapshot in float32
-   and bfloat16, a router snapshot, an adapted expert, a trainer checkpoint; and how many
-   of each a build over 2013-2024 with 2-year slices writes with yearly and monthly
-   cutoffs.
+   counts (no 124M model is trained): an expert's final weights; a snapshot, a router
+   snapshot and an adapted expert, each in float32 and bfloat16; a trainer checkpoint;
+   and how many of each a build over 2013-2024 with 2-year slices writes with yearly
+   and monthly cutoffs.
 """
 
 from __future__ import annotations
@@ -253,7 +253,8 @@ def storage() -> Figures:
         "expert_final": params * 4,
         "snapshot_float32": params * 4,
         "snapshot_bfloat16": params * 2,
-        "router_snapshot": router_params * 4,
+        "router_snapshot_float32": router_params * 4,
+        "router_snapshot_bfloat16": router_params * 2,
         "adapted_expert_float32": params * 4,
         "adapted_expert_bfloat16": params * 2,
         # weights + AdamW's two moments (fp32), + the running average (kind average)
@@ -279,7 +280,7 @@ def storage() -> Figures:
         for snap_dtype, adapt_dtype in (("float32", "float32"), ("bfloat16", "bfloat16")):
             total = (c["expert_final"] * sizes["expert_final"]
                      + c["snapshot"] * sizes[f"snapshot_{snap_dtype}"]
-                     + c["router_snapshot"] * sizes["router_snapshot"]
+                     + c["router_snapshot"] * sizes[f"router_snapshot_{snap_dtype}"]
                      + c["adapted_expert"] * sizes[f"adapted_expert_{adapt_dtype}"])
             f[f"storage_{every}_{snap_dtype}_total_bytes"] = figure(total, "bytes")
             print(f"  {every:>7} ({snap_dtype}): {c['expert_final']} finals, {c['snapshot']} "
