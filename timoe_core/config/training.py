@@ -46,8 +46,9 @@ class TrainingConfig(StrictModel):
         "--cutoff-every; default: one pass over that period's windows). The budget of a "
         "staged run.",
     )
-    # Default year: monthly cutoffs miss the compute (<= 1.10x) and storage targets
-    # (docs/benchmarks.md, the cutoffs and snapshots groups), so month is opt-in for now.
+    # Default year: monthly cutoffs miss the storage target and the averaged snapshot's
+    # quality target (docs/benchmarks.md, the snapshots group), and the monthly demo gave
+    # no fresher answers (README), so month is opt-in for now.
     cutoff_every: CutoffEvery = Field(
         "year", json_schema_extra=cli(TRAIN),
         description="month | quarter | year: a staged run's period. Each period end with "
