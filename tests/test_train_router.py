@@ -404,27 +404,34 @@ def test_an_unstaged_router_over_experts_with_snapshots_has_one_slot_per_slice(
     assert TiMoE.from_bundle(out).router.n_experts == 2
 
 
+def _router_over_spread_dates(tmp_path, capsys, name: str, batch_size: int, every: str):
+    """A staged learned-avg router over two slice experts, on 2013-2016 data whose
+    documents are dated across each year (8 a year of 256 tokens): (data, bundle, what it
+    printed)."""
+    from helpers import make_data_dir, make_expert_runs
+
+    data = make_data_dir(tmp_path, years=range(2013, 2017), tokens_per_year=2048, vocab_size=128,
+                         doc_dates="spread")
+    make_expert_runs(tmp_path / "experts", ["2013-2014", "2015-2016"],
+                     tokenizer={"name": "gpt2", "vocab_size": 128, "eot_token": 127})
+    cfg = TrainRouterConfig(experts=[tmp_path / "experts"], data=data, out=tmp_path / name,
+                            batch_size=batch_size, steps_per_stage=1, device="cpu", log_every=5,
+                            cutoff_every=every)
+    out = train_router(cfg)
+    return data, out, capsys.readouterr().out
+
+
 def test_router_stages_by_quarter_read_each_quarters_windows_as_of_its_end(tmp_path, capsys):
     """A staged router with --cutoff-every quarter: a stage at every quarter end with new
     windows (documents dated across each year), each reading exactly the windows dated in
     (previous cutoff, its end], through the artefacts usable then."""
     from datetime import date
 
-    from helpers import make_data_dir, make_expert_runs
-
     from timoe_core.data.windows import TokenWindows
     from timoe_core.model.mixture import TiMoE
     from timoe_core.train.staging_plan import router_cutoffs
 
-    data = make_data_dir(tmp_path, years=range(2013, 2017), tokens_per_year=2048, vocab_size=128,
-                         doc_dates="spread")
-    make_expert_runs(tmp_path / "experts", ["2013-2014", "2015-2016"],
-                     tokenizer={"name": "gpt2", "vocab_size": 128, "eot_token": 127})
-    cfg = TrainRouterConfig(experts=[tmp_path / "experts"], data=data, out=tmp_path / "q",
-                            batch_size=4, steps_per_stage=1, device="cpu", log_every=5,
-                            cutoff_every="quarter")
-    out = train_router(cfg)
-    printed = capsys.readouterr().out
+    data, out, printed = _router_over_spread_dates(tmp_path, capsys, "q", 4, "quarter")
     quarters = [date(y, m, d) for y in (2015, 2016) for m, d in ((3, 31), (6, 30), (9, 30),
                                                                   (12, 31))]
     expected = [date(2014, 12, 31)] + quarters
@@ -459,19 +466,9 @@ def test_a_month_with_fewer_windows_than_a_step_waits_for_the_next_stage(tmp_pat
     import re
     from datetime import date, timedelta
 
-    from helpers import make_data_dir, make_expert_runs
-
     from timoe_core.data.windows import TokenWindows
 
-    data = make_data_dir(tmp_path, years=range(2013, 2017), tokens_per_year=2048, vocab_size=128,
-                         doc_dates="spread")
-    make_expert_runs(tmp_path / "experts", ["2013-2014", "2015-2016"],
-                     tokenizer={"name": "gpt2", "vocab_size": 128, "eot_token": 127})
-    cfg = TrainRouterConfig(experts=[tmp_path / "experts"], data=data, out=tmp_path / "m",
-                            batch_size=12, steps_per_stage=1, device="cpu", log_every=5,
-                            cutoff_every="month")
-    out = train_router(cfg)
-    printed = capsys.readouterr().out
+    data, out, printed = _router_over_spread_dates(tmp_path, capsys, "m", 12, "month")
     stages = [(date.fromisoformat(a), date.fromisoformat(b), int(n)) for n, a, b in re.findall(
         r"stage \S+: 1 steps on (\d+) windows dated (\S+)\.\.(\S+),", printed)]
     windows = TokenWindows(data, "train", range(2013, 2017), 32)
