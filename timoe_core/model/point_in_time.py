@@ -45,9 +45,9 @@ def answer_date(when: date, answer_cutoffs: AnswerCutoffs) -> date:
     if answer_cutoffs == "any":
         return when
     every: CutoffEvery = answer_cutoffs
-    end = period_end(when, every)
-    return when if end == when else period_end(
-        period_start(when, every) - timedelta(days=1), every)
+    # the day before its period's first day ends the previous period
+    return when if period_end(when, every) == when else (
+        period_start(when, every) - timedelta(days=1))
 
 
 def first_answer_date(first_usable: date, answer_cutoffs: AnswerCutoffs) -> date:
