@@ -167,6 +167,21 @@ def test_non_object_and_non_string_text_are_bad_rows(tmp_path):
     assert (texts, bad) == (["ok"], 2)
 
 
+def test_a_text_that_is_not_a_string_is_named_where_it_is_in_every_reader(tmp_path):
+    """One check for every reader (BatchBuilder.add): the place, the field, the type."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    p = write_jsonl(tmp_path / "a.jsonl", [{"text": 5, "date": 2014}])
+    with pytest.raises(TimoeError, match=r"a\.jsonl:1: field 'text' is a int, not a string"):
+        read_all(str(p))
+    pq.write_table(pa.table({"text": [7], "date": [2014]}), tmp_path / "b.parquet")
+    with pytest.raises(TimoeError, match=r"b\.parquet row 1: field 'text' is a int, not a "
+                                         r"string"):
+        read_all(str(tmp_path / "b.parquet"))
+    assert read_all(str(tmp_path / "b.parquet"), skip_bad_rows=True) == ([], [], 1)
+
+
 def test_null_text_is_passed_on_as_empty(tmp_path):
     p = write_jsonl(tmp_path / "a.jsonl", [{"text": None, "date": 2014}])
     assert read_all(str(p))[0] == [None]

@@ -92,7 +92,12 @@ class BatchBuilder:
     def add(self, text: Any, date_value: Any, where_fn: Callable[[], str], shard: Shard,
             date_field: str | None = None) -> None:
         """One row: kept when this shard owns its text; a bad date is this shard's to
-        report only then (shard 0 reports rows without text)."""
+        report only then (shard 0 reports rows without text). A text that is not a
+        string is a bad row, reported by the shard that owns unreadable rows."""
+        if text is not None and not isinstance(text, str):
+            self.bad(f"{where_fn()}: field {self.opts.text_field!r} is a "
+                     f"{type(text).__name__}, not a string", shard)
+            return
         if not shard.owns(text):
             return
         try:

@@ -98,12 +98,6 @@ def jsonl_batches(path: Path, opts: SourceOptions, shard: Shard) -> Iterator[Doc
                         builder.bad(missing_field_message(f"{path}:{line_no}", which, name,
                                                            row))
                     continue
-                if text is not None and not isinstance(text, str):
-                    builder.bad(
-                        f"{path}:{line_no}: field {text_field!r} is a "
-                        f"{type(text).__name__}, not a string", shard,
-                    )
-                    continue
                 builder.add(text, date_value, lambda: f"{path}:{line_no}",  # noqa: B023
                             shard, row_date_field)
             batch = builder.take()
@@ -176,12 +170,6 @@ def iterable_dataset_batches(
         texts, dates = cols[text_field], cols[date_field]
         for text, date_value in zip(texts, dates):
             row_no += 1
-            if text is not None and not isinstance(text, str):
-                builder.bad(
-                    f"{label} row {row_no}: field {text_field!r} is a "
-                    f"{type(text).__name__}, not a string", shard,
-                )
-                continue
             builder.add(text, date_value, lambda: f"{label} row {row_no}",  # noqa: B023
                         shard, date_field)
         yield builder.take()
