@@ -114,10 +114,14 @@ the validation windows of every year up to it, for the decay-branch snapshot, th
 averaged one (one run per horizon `--snapshot-average-fraction`) and the raw
 stable-phase weights there (the decay run's pre-branch checkpoint); the ratios to decay
 are means over the year ends with a 95% t-interval; target averaged <= 1.03x decay.
-Storage: bytes per artefact kind at gpt2-124m size, computed from parameter counts (no
-124M model trained), and the files a 2013-2024 build with 2-year slices writes with
-yearly and monthly cutoffs (one router snapshot and one adapted expert per router
-stage).""",
+The `monthly` figures: the same series with monthly cutoffs, one pass over each month's
+new windows a stage (as the monthly demo trains), every month-end snapshot on the
+held-out text dated up to it. Storage: bytes per artefact kind at gpt2-124m size,
+computed from parameter counts (no 124M model trained), and the files a 2013-2024 build
+with 2-year slices writes with yearly and monthly cutoffs (one router snapshot and one
+adapted expert per router stage; `adapted_blocks`: `coadapt --adapted-weights blocks`,
+whose adapted experts are bfloat16 deltas without the token embedding; router snapshots
+counted whole, though stored as deltas they hold only the rows that changed).""",
     "router": """\
 Six random `tiny` experts, data of random tokens for 2013-2024 (a batch mixes query
 dates, as in training). One optimizer step of `LearnedAvgTask` through the shared

@@ -18,10 +18,14 @@
    (one run per horizon in `--fractions`) and the raw stable-phase weights there (the
    decay run's pre-branch checkpoint). Figures: the mean over the stage ends, with a
    95% t-interval of the per-stage ratios to decay. Target: averaged within 3% of
-   decay (ratio <= 1.03).
+   decay (ratio <= 1.03). Then the same with monthly cutoffs (`snapshots_quality_monthly_*`):
+   one pass over each month's new windows a stage, as the monthly demo trains, and the
+   perplexity of every month-end snapshot on the held-out text dated up to that month end.
 3. Storage. Bytes of every artefact kind at gpt2-124m size, computed from the parameter
    counts (no 124M model is trained): an expert's final weights; a snapshot, a router
-   snapshot and an adapted expert, each in float32 and bfloat16; a trainer checkpoint;
+   snapshot and an adapted expert, each in float32 and bfloat16 (and an adapted expert
+   of `coadapt --adapted-weights blocks`, a delta without the token embedding); a
+   trainer checkpoint;
    and how many of each a build over 2013-2024 with 2-year slices writes with yearly
    and monthly cutoffs.
 """
@@ -37,8 +41,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -143,15 +148,16 @@ def compute(root: Path, *, seq_len: int, batch: int, steps_per_stage: int, repea
 # ------------------------------------------------------------------- quality
 
 
-def _perplexity(weights: Path, config: Any, data: Path, years: list[int], seq_len: int
-                ) -> tuple[float, int]:
-    """exp(mean token loss) of the model at `weights` on the val windows of `years`."""
+def _perplexity(weights: Path, config: Any, data: Path, years: list[int], seq_len: int,
+                upto: date) -> tuple[float, int]:
+    """exp(mean token loss) of the model at `weights` on the val windows of `years`
+    dated up to `upto`."""
     from timoe_core.data.windows import TokenWindows
     from timoe_core.model.gpt import GPT
     from timoe_core.model.weights import load_weights_into
 
     model = load_weights_into(GPT(config, init_weights=False), weights).eval()
-    windows = TokenWindows(data, "val", years, seq_len)
+    windows = TokenWindows(data, "val", years, seq_len).dated(None, upto)
     total, n = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(windows), 16):
@@ -168,20 +174,27 @@ def _t95(n: int) -> float:
     return table.get(n, table[max(k for k in table if k <= n)] if n < 31 else 1.96)
 
 
-def quality(root: Path, *, docs_per_year: int, steps_per_stage: int, fractions: list[float],
-            model: dict[str, Any], seq_len: int, batch: int, lr: float, end_year: int
+def quality(root: Path, *, docs_per_year: int, steps_per_stage: int | None,
+            fractions: list[float], model: dict[str, Any], seq_len: int, batch: int,
+            lr: float, end_year: int, cutoff_every: Literal["year", "month"] = "year"
             ) -> Figures:
+    """Yearly: `steps_per_stage` steps a year. Monthly: one pass over each month's new
+    windows (steps_per_stage None), as the monthly demo trains, with a snapshot at every
+    month end; its figures are named snapshots_quality_monthly_*."""
     from timoe_core.config import PrepareDataConfig, TrainExpertConfig
     from timoe_core.data.prepare import prepare_data
     from timoe_core.model.run_info import read_run_info
     from timoe_core.train.expert import train_expert
 
     data = root / "quality-data"
-    quiet(prepare_data, PrepareDataConfig(source="builtin", out=data, seq_len=seq_len,
-                                          val_fraction=0.1, workers=1, end_year=end_year,
-                                          builtin_docs_per_year=docs_per_year, seed=0))
+    if not data.is_dir():
+        quiet(prepare_data, PrepareDataConfig(source="builtin", out=data, seq_len=seq_len,
+                                              val_fraction=0.1, workers=1, end_year=end_year,
+                                              builtin_docs_per_year=docs_per_year, seed=0))
     common = dict(data=data, all_years=True, seq_len=seq_len, batch_size=batch, lr=lr,
-                  device="cpu", log_every=1000, steps_per_stage=steps_per_stage, **model)
+                  device="cpu", log_every=1000, steps_per_stage=steps_per_stage,
+                  cutoff_every=cutoff_every, **model)
+    root = root / f"quality-{cutoff_every}"
     runs = {"decay": root / "q-decay"}
     # the decay run keeps every pre-branch checkpoint: the raw stable-phase weights
     quiet(train_expert, TrainExpertConfig(**common, snapshot_kind="decay", out=runs["decay"],
@@ -203,33 +216,37 @@ def quality(root: Path, *, docs_per_year: int, steps_per_stage: int, fractions: 
         meta = json.loads((runs["decay"] / snap["path"] / "snapshot.json").read_text())
         end += meta["stage_steps"]
         years = [y for y in range(int(info.slice_label[:4]), int(cutoff[:4]) + 1)]
+        upto = date.fromisoformat(cutoff)
         for name, run in runs.items():
-            value, _ = _perplexity(run / snap["path"], config, data, years, seq_len)
+            value, _ = _perplexity(run / snap["path"], config, data, years, seq_len, upto)
             ppl[name].append(value)
-        ppl["raw"].append(_perplexity(checkpoints[end], config, data, years, seq_len)[0])
+        ppl["raw"].append(_perplexity(checkpoints[end], config, data, years, seq_len, upto)[0])
         stage_ends.append(cutoff)
     n = len(stage_ends)
-    f: Figures = {"snapshots_quality_stage_ends": figure(n, "snapshots"),
-                  "snapshots_quality_decay_ppl": figure(round(statistics.mean(ppl["decay"]), 3),
-                                                        "ppl")}
+    prefix = "snapshots_quality_" + ("monthly_" if cutoff_every == "month" else "")
+    f: Figures = {f"{prefix}stage_ends": figure(n, "snapshots"),
+                  f"{prefix}decay_ppl": figure(round(statistics.mean(ppl["decay"]), 3), "ppl")}
+    steps = (f"{steps_per_stage} steps" if steps_per_stage else
+             f"one pass ({end / (len(info.snapshots) + 1):.1f} steps on average)")
     print(f"[quality] dense series on the built-in corpus ({docs_per_year} docs a year), "
-          f"{len(info.snapshots) + 1} stages x {steps_per_stage} steps; held-out perplexity "
-          f"of each year-end snapshot on the years up to it (mean over {n} year ends, 95% "
-          "interval of the ratio to decay)")
+          f"{len(info.snapshots) + 1} stages ({cutoff_every}) x {steps} of batch {batch}; "
+          f"held-out perplexity of each {cutoff_every}-end snapshot on the text up to it "
+          f"(mean over {n} {cutoff_every} ends, 95% interval of the ratio to decay)")
     print(f"  {'decay':>14}: {statistics.mean(ppl['decay']):8.3f}")
     for name in ["raw", *[k for k in runs if k != "decay"]]:
         ratios = [a / b for a, b in zip(ppl[name], ppl["decay"])]
         mean = statistics.mean(ratios)
         half = _t95(n - 1) * statistics.stdev(ratios) / math.sqrt(n) if n > 1 else float("nan")
-        key = name.replace("-", "_").replace(".", "")
-        f[f"snapshots_quality_{key}_ppl"] = figure(round(statistics.mean(ppl[name]), 3), "ppl")
-        f[f"snapshots_quality_{key}_ratio_to_decay"] = figure(
-            round(mean, 4), "x", "snapshots_quality_decay_ppl",
+        key = prefix + name.replace("-", "_").replace(".", "")
+        f[f"{key}_ppl"] = figure(round(statistics.mean(ppl[name]), 3), "ppl")
+        f[f"{key}_ratio_to_decay"] = figure(
+            round(mean, 4), "x", f"{prefix}decay_ppl",
             *((TARGET_QUALITY, "<=") if name.startswith("average") else (None, None)))
-        f[f"snapshots_quality_{key}_ratio_interval"] = figure(round(half, 4), "+/-")
+        f[f"{key}_ratio_interval"] = figure(round(half, 4), "+/-")
+        each = (f"  (per {cutoff_every} end: {', '.join(f'{r:.3f}' for r in ratios)})"
+                if n <= 12 else f"  (range {min(ratios):.3f}..{max(ratios):.3f})")
         print(f"  {name:>14}: {statistics.mean(ppl[name]):8.3f}  ratio to decay "
-              f"{mean:.4f} +/- {half:.4f}  (per year end: "
-              f"{', '.join(f'{r:.3f}' for r in ratios)})")
+              f"{mean:.4f} +/- {half:.4f}{each}")
     return f
 
 
@@ -249,6 +266,7 @@ def storage() -> Figures:
         labels = [f"{y}-{y + 1}" for y in range(2013, 2025, 2)]
         router = Router(RouterConfig(slice_labels=labels, vocab_size=pad_vocab(50257)))
         router_params = sum(p.numel() for p in router.parameters())
+        embedding = gpt.wte.weight.numel()
     sizes = {
         "expert_final": params * 4,
         "snapshot_float32": params * 4,
@@ -257,6 +275,8 @@ def storage() -> Figures:
         "router_snapshot_bfloat16": router_params * 2,
         "adapted_expert_float32": params * 4,
         "adapted_expert_bfloat16": params * 2,
+        # coadapt --adapted-weights blocks: a delta from its parent without the embedding
+        "adapted_expert_blocks_bfloat16": (params - embedding) * 2,
         # weights + AdamW's two moments (fp32), + the running average (kind average)
         "trainer_checkpoint_decay": params * 12,
         "trainer_checkpoint_average": params * 16,
@@ -277,13 +297,16 @@ def storage() -> Figures:
     for k, v in sizes.items():
         print(f"  {k:>28}: {v / GB:7.3f} GB")
     for every, c in counts.items():
-        for snap_dtype, adapt_dtype in (("float32", "float32"), ("bfloat16", "bfloat16")):
+        # (router snapshots counted whole: a delta's changed rows depend on the data)
+        for snap_dtype, adapt in (("float32", "float32"), ("bfloat16", "bfloat16"),
+                                  ("bfloat16", "blocks_bfloat16")):
             total = (c["expert_final"] * sizes["expert_final"]
                      + c["snapshot"] * sizes[f"snapshot_{snap_dtype}"]
                      + c["router_snapshot"] * sizes[f"router_snapshot_{snap_dtype}"]
-                     + c["adapted_expert"] * sizes[f"adapted_expert_{adapt_dtype}"])
-            f[f"storage_{every}_{snap_dtype}_total_bytes"] = figure(total, "bytes")
-            print(f"  {every:>7} ({snap_dtype}): {c['expert_final']} finals, {c['snapshot']} "
+                     + c["adapted_expert"] * sizes[f"adapted_expert_{adapt}"])
+            key = snap_dtype if adapt == snap_dtype else f"{snap_dtype}_adapted_{adapt}"
+            f[f"storage_{every}_{key}_total_bytes"] = figure(total, "bytes")
+            print(f"  {every:>7} ({key}): {c['expert_final']} finals, {c['snapshot']} "
                   f"snapshots, {c['router_snapshot']} router snapshots, {c['adapted_expert']} "
                   f"adapted experts: {total / GB:7.2f} GB")
         for k, v in c.items():
@@ -292,6 +315,9 @@ def storage() -> Figures:
         "storage_monthly_bfloat16_total_bytes"]["value"]
     f["storage_monthly_bfloat16_ratio_to_yearly_float32"] = figure(
         round(m / y, 3), "x", "storage_yearly_float32_total_bytes")
+    b = f["storage_monthly_bfloat16_adapted_blocks_bfloat16_total_bytes"]["value"]
+    f["storage_monthly_bfloat16_adapted_blocks_ratio_to_yearly_float32"] = figure(
+        round(b / y, 3), "x", "storage_yearly_float32_total_bytes")
     return f
 
 
@@ -325,12 +351,13 @@ def run(quick: bool = False, *, parts: tuple[str, ...] = PARTS, seq_len: int | N
                          repeats=repeats, vocab_size=vocab_size, model=model)
         if "quality" in parts:
             demo = {"n_layer": n_layer or 2, "n_head": n_head or 4, "n_embd": n_embd or 128}
-            f |= quality(root, docs_per_year=docs_per_year or 200,
-                         steps_per_stage=quality_steps or 40,
-                         fractions=fractions or [0.1, 0.2, 0.4], model=demo,
-                         seq_len=64 if seq_len == 128 else seq_len,
-                         batch=quality_batch or batch, lr=3e-3,
-                         end_year=end_year or 2018)
+            for every in ("year", "month"):  # month: one pass a month, as the demo
+                f |= quality(root, docs_per_year=docs_per_year or 200,
+                             steps_per_stage=(quality_steps or 40) if every == "year" else None,
+                             fractions=fractions or [0.1, 0.2, 0.4], model=demo,
+                             seq_len=64 if seq_len == 128 else seq_len,
+                             batch=quality_batch or batch, lr=3e-3,
+                             end_year=end_year or 2018, cutoff_every=every)
     if "storage" in parts:
         f |= storage()
     return f

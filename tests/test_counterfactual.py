@@ -40,7 +40,9 @@ from timoe_core.recipes.registry import coadapt, train_router
 from timoe_core.train import train_expert
 
 CUTS = ["2016-12-31", "2015-12-31", "2016-07-15", "2015-08-31"]
-STRATEGIES = ["avg", "learned-avg", "coadapt", "dense-series"]
+# coadapt-delta: coadapt with bf16 router snapshots and `--adapted-weights blocks`, so
+# its router snapshots and adapted experts are stored as deltas from their parents
+STRATEGIES = ["avg", "learned-avg", "coadapt", "coadapt-delta", "dense-series"]
 TSQA_ITEMS = 160
 TRAIN = {"batch_size": 2, "steps_per_stage": 2, "device": "cpu", "log_every": 100,
          "eval_batches": 1, "cutoff_every": "month"}
@@ -70,6 +72,9 @@ def build(root: Path, until: str | None) -> dict[str, Path]:
             strategy=strategy, experts=[experts], data=data, out=root / strategy, **TRAIN))
     out["coadapt"] = coadapt(CoadaptConfig(experts=[experts], data=data, out=root / "coadapt",
                                            **TRAIN))
+    out["coadapt-delta"] = coadapt(CoadaptConfig(
+        experts=[experts], data=data, out=root / "coadapt-delta", snapshot_dtype="bfloat16",
+        adapted_weights="blocks", **TRAIN))
     return out
 
 
@@ -207,3 +212,9 @@ def test_staged_routers_still_learn(builds):
     assert any(a["name"] == "router@2016-12-31" for a in learned["artefacts"])
     coadapted = answers(full, "coadapt", "2016-12-31", data=held_out)
     assert any(a["name"].endswith("+adapted") for a in coadapted["artefacts"])
+    # the proof of coadapt-delta read deltas: every adapted expert and some router
+    # snapshots are stored as deltas from their parents
+    delta = full["coadapt-delta"]
+    adapted = sorted((delta / "experts").glob("*/model.parent.json"))
+    assert adapted and len(adapted) == len(list((delta / "experts").glob("*/model.safetensors")))
+    assert list((delta / "routers").glob("*/router.parent.json"))

@@ -40,12 +40,14 @@ def test_monthly_stages_and_their_budget(tmp_path: Path, quick: bool):
     yearly = demo_settings(DemoConfig(quick=quick))
     monthly = demo_settings(DemoConfig(quick=quick, cutoff_every="month"))
     assert (yearly.cutoff_every, monthly.cutoff_every) == ("year", "month")
-    # no extra training step per snapshot, and half the bytes of twelve times as many
-    assert (monthly.snapshot_kind, monthly.snapshot_dtype) == ("average", "bfloat16")
-    assert monthly.model_dump(exclude={"cutoff_every", "expert_steps", "snapshot_kind",
-                                       "snapshot_dtype", "router_steps", "coadapt_steps"}) \
-        == yearly.model_dump(exclude={"cutoff_every", "expert_steps", "snapshot_kind",
-                                      "snapshot_dtype", "router_steps", "coadapt_steps"})
+    # no extra training step per snapshot, half the bytes of twelve times as many, and
+    # adapted experts stored as deltas without the token embedding
+    assert (monthly.snapshot_kind, monthly.snapshot_dtype, monthly.adapted_weights) == (
+        "average", "bfloat16", "blocks")
+    assert yearly.adapted_weights == "all"
+    differ = {"cutoff_every", "expert_steps", "snapshot_kind", "snapshot_dtype",
+              "adapted_weights", "router_steps", "coadapt_steps"}
+    assert monthly.model_dump(exclude=differ) == yearly.model_dump(exclude=differ)
     layout = DemoLayout(tmp_path)
     prepare_data(PrepareDataConfig(source="builtin", out=layout.data, seq_len=yearly.seq_len,
                                    val_fraction=yearly.val_fraction,

@@ -331,3 +331,26 @@ def test_init_from_hf_reads_the_local_hub_cache_offline(gpt2_data, tmp_path):
     assert (rec.spec, rec.kind, rec.data_cutoff) == ("hf:someone/tiny-gpt2", "hf", "2019-12-31")
     assert rec.sha256 == sha256_file(src / "model.safetensors")
     assert read_run_info(out).data_cutoff == "2019-12-31"
+
+
+def test_init_from_an_adapted_expert_stored_as_a_delta_starts_from_its_whole_weights(
+        built, tmp_path):
+    """coadapt --adapted-weights blocks stores each adapted expert as a delta from its
+    parent (its header lists only what changed): --init-from reads it whole."""
+    from timoe_core.config import CoadaptConfig
+    from timoe_core.model.weights import load_model_weights
+    from timoe_core.recipes.registry import coadapt
+
+    bundle = coadapt(CoadaptConfig(experts=[built["root"] / "experts"], data=built["data"],
+                                   out=tmp_path / "co", snapshot_dtype="bfloat16",
+                                   adapted_weights="blocks", batch_size=8, steps_per_stage=1,
+                                   device="cpu", log_every=100, eval_batches=1))
+    folder = bundle / "experts" / "2013-2014@2014-12-31+adapted"
+    assert (folder / "model.parent.json").is_file()  # a delta
+    whole = load_model_weights(folder)
+    assert "wte.weight" not in _weights(folder) and "wte.weight" in whole
+    cfg = TrainExpertConfig(year=2015, data=built["data"], out=tmp_path / "b",
+                            init_from=f"{bundle}:2013-2014@2014-12-31+adapted", **TINY)
+    state, _ = _start_state(cfg)  # the header check passes: the shapes are the whole's
+    assert state.keys() == whole.keys()
+    assert all(torch.equal(state[k], whole[k].float()) for k in state)

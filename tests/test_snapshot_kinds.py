@@ -28,7 +28,7 @@ from timoe_core.evaluate.run import run_evaluate
 from timoe_core.model.expert_pool import run_dir_artefacts
 from timoe_core.model.gpt import GPT
 from timoe_core.model.run_info import read_run_info
-from timoe_core.model.weights import load_model_weights, load_weights_into
+from timoe_core.model.weights import load_model_weights, load_weights_into, read_weights_file
 from timoe_core.recipes.registry import coadapt, train_router
 from timoe_core.train import train_expert
 from timoe_core.train.trainer import Trainer
@@ -216,9 +216,13 @@ def proof_builds(tmp_path_factory):
         out[(until, "learned-avg")] = (data, train_router(TrainRouterConfig(
             experts=[root / f"{until}-average-bfloat16"], data=data,
             out=root / f"{until}-learned-avg", snapshot_dtype="bfloat16", **TRAIN)))
-        out[(until, "coadapt")] = (data, coadapt(CoadaptConfig(
-            experts=[root / f"{until}-average-bfloat16"], data=data,
-            out=root / f"{until}-coadapt", snapshot_dtype="bfloat16", **TRAIN)))
+        # the router snapshots are stored as deltas from the previous one, and with
+        # --adapted-weights blocks the adapted experts as deltas from their parent
+        for adapted_weights in ("all", "blocks"):
+            out[(until, "coadapt", adapted_weights)] = (data, coadapt(CoadaptConfig(
+                experts=[root / f"{until}-average-bfloat16"], data=data,
+                out=root / f"{until}-coadapt-{adapted_weights}", snapshot_dtype="bfloat16",
+                adapted_weights=adapted_weights, **TRAIN)))
     return out
 
 
@@ -269,16 +273,31 @@ def test_each_kind_and_dtype_passes_the_counterfactual_test(proof_builds, kind, 
     assert {x["name"] for x in a[2]} == {"2013-2014@2014-12-31", f"2015-2016@{latest}"}
 
 
+def _stored_as_bf16(path: Path) -> bool:
+    """Whether the weights file `path` is a delta from its parent (asserting that every
+    weight it stores, and every weight it resolves to, is bf16; a delta's row indices are
+    int64)."""
+    with safe_open(str(path), "pt") as f:
+        delta = (f.metadata() or {}).get("delta") is not None
+        dtypes = {k: f.get_slice(k).get_dtype() for k in list(f.keys())}
+    assert {d for k, d in dtypes.items() if not k.endswith(".delta_rows")} <= {"BF16"}, path
+    assert {d for k, d in dtypes.items() if k.endswith(".delta_rows")} <= {"I64"}, path
+    assert {v.dtype for v in read_weights_file(path, "").values()} == {torch.bfloat16}, path
+    return delta
+
+
 def _same_bf16_router_snapshots(full: Path, cut: Path) -> None:
-    """The router snapshots with cutoff <= D: bf16, and the same bytes in both builds."""
+    """The router snapshots with cutoff <= D: bf16, and the same bytes in both builds;
+    some stored as deltas from the previous snapshot."""
     routers = sorted(p for p in (full / "routers").iterdir() if p.name <= CUT)
     assert len(routers) >= 2 and {p.name for p in routers} == {
         p.name for p in (cut / "routers").iterdir() if p.name <= CUT}
+    deltas = 0
     for folder in routers:
         twin = cut / folder.relative_to(full)
         assert _sha(folder / "router.safetensors") == _sha(twin / "router.safetensors"), folder
-        with safe_open(str(folder / "router.safetensors"), "pt") as f:
-            assert {f.get_slice(k).get_dtype() for k in list(f.keys())} == {"BF16"}
+        deltas += _stored_as_bf16(folder / "router.safetensors")
+    assert deltas >= 1
 
 
 @pytest.mark.slow
@@ -293,9 +312,11 @@ def test_learned_avg_with_bfloat16_router_snapshots_passes_the_counterfactual_te
 
 
 @pytest.mark.slow
-def test_coadapt_with_bfloat16_adapted_experts_passes_the_counterfactual_test(proof_builds):
-    (full_data, full), (cut_data, cut) = proof_builds[(None, "coadapt")], proof_builds[
-        (CUT, "coadapt")]
+@pytest.mark.parametrize("adapted_weights", ["all", "blocks"])
+def test_coadapt_with_bfloat16_adapted_experts_passes_the_counterfactual_test(
+        proof_builds, adapted_weights):
+    (full_data, full), (cut_data, cut) = (proof_builds[(None, "coadapt", adapted_weights)],
+                                          proof_builds[(CUT, "coadapt", adapted_weights)])
     _same_bf16_router_snapshots(full, cut)
     adapted = sorted(p for p in (full / "experts").iterdir()
                      if p.name.split("@")[-1].split("+")[0] <= CUT) if (
@@ -304,8 +325,12 @@ def test_coadapt_with_bfloat16_adapted_experts_passes_the_counterfactual_test(pr
     for folder in adapted:
         twin = cut / folder.relative_to(full)
         assert _sha(folder / "model.safetensors") == _sha(twin / "model.safetensors"), folder
-        with safe_open(str(folder / "model.safetensors"), "pt") as f:
-            assert {f.get_slice(k).get_dtype() for k in list(f.keys())} == {"BF16"}
+        delta = _stored_as_bf16(folder / "model.safetensors")
+        if adapted_weights == "blocks":  # a delta that does not store the token embedding
+            with safe_open(str(folder / "model.safetensors"), "pt") as f:  # but the blocks
+                stored, entry = set(f.keys()), json.loads(f.metadata()["delta"])
+            assert delta and "wte.weight" in entry["inherited"]
+            assert "blocks.0.attn.qkv.weight" in stored, "the blocks were not adapted"
 
     a, b = _answers_as_of_cut(full_data, full), _answers_as_of_cut(cut_data, cut)
     assert a == b

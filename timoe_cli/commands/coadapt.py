@@ -21,7 +21,7 @@ from timoe_core.model.mixture import TiMoE
 
 @handles_errors
 @training_options(CoadaptConfig, ["experts", "router", *MIXTURE_FIELDS, "keep_stage_checkpoints",
-                                   "snapshot_dtype"])
+                                   "snapshot_dtype", "adapted_weights"])
 def coadapt(config: Path | None = ConfigOption, *, flags: dict[str, Any]) -> None:
     """Train the router together with each batch's own slice expert (lr default 1e-4);
     the adapted experts are stored in the bundle."""

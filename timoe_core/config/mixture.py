@@ -119,6 +119,13 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
     seq_len: int | None = _SEQ_LEN
     keep_stage_checkpoints: bool = _KEEP_STAGE_CHECKPOINTS
     snapshot_dtype: Literal["float32", "bfloat16"] = _SNAPSHOT_DTYPE
+    adapted_weights: Literal["all", "blocks"] = Field(
+        "all", json_schema_extra=cli(TRAIN),
+        description="What coadapt trains of the active expert. all: every weight | blocks: "
+        "all but the token embedding (tied to the output layer), which stays the expert's "
+        "own, so a staged run stores each adapted expert as a delta from the artefact it "
+        "went on from (at the demo's size, a twentieth of the expert).",
+    )
 
     @model_validator(mode="after")
     def _check_ignored(self) -> CoadaptConfig:

@@ -31,9 +31,9 @@ class DiskPlan:
                 f"{self.free / gb:.1f} GB free")
 
 
-def _weight_bytes(s: DemoSettings) -> tuple[int, int]:
-    """(bytes of one expert's weights, of one router's) at the demo's sizes, counted on
-    the meta device (nothing allocated)."""
+def _weight_bytes(s: DemoSettings) -> tuple[int, int, int]:
+    """(bytes of one expert's weights, of its token embedding, of one router's) at the
+    demo's sizes in float32, counted on the meta device (nothing allocated)."""
     import torch
 
     from timoe_core.model.gpt import GPT, pad_vocab, preset_config
@@ -50,7 +50,7 @@ def _weight_bytes(s: DemoSettings) -> tuple[int, int]:
 
     def size(m: torch.nn.Module) -> int:
         return sum(p.numel() * p.element_size() for p in m.parameters())
-    return size(gpt), size(router)
+    return size(gpt), gpt.wte.weight.numel() * gpt.wte.weight.element_size(), size(router)
 
 
 def disk_needed(s: DemoSettings, keep_checkpoints: bool) -> int:
@@ -58,8 +58,11 @@ def disk_needed(s: DemoSettings, keep_checkpoints: bool) -> int:
     checkpoints of the run in progress (two kept, each the weights and AdamW's two
     moments), or of every run with `keep_checkpoints`. Measured against `du` in
     tests/test_demo.py."""
-    w, r = _weight_bytes(s)
-    snapshot = w // 2 if s.snapshot_dtype == "bfloat16" else w  # a snapshot, adapted expert
+    w, embedding, r = _weight_bytes(s)
+    stored = 2 if s.snapshot_dtype == "bfloat16" else 1  # float32 bytes per stored byte
+    snapshot = w // stored  # an expert's or the dense run's snapshot
+    # an adapted expert: with --adapted-weights blocks a delta without the token embedding
+    adapted = (w - embedding if s.adapted_weights == "blocks" else w) // stored
     slicing = TimeSlicing()
     n_slices = len(slicing.slices)
     n_years = slicing.end_year - slicing.start_year + 1
@@ -68,8 +71,9 @@ def disk_needed(s: DemoSettings, keep_checkpoints: bool) -> int:
     kept = (n_slices * (w + (slicing.slice_years * per_year - 1) * snapshot)  # each expert:
             # its final weights and a snapshot at every earlier period end
             + w + (stages - 1) * snapshot  # the dense run: the same over every year
-            + (stages + 1) * r  # learned-avg: a router per stage + the latest
-            + (stages + 1) * r + stages * snapshot  # coadapt: the same + an adapted expert
+            # learned-avg: a router per stage + the latest (whole: deltas are smaller)
+            + (stages + 1) * (r // stored)
+            + (stages + 1) * (r // stored) + stages * adapted  # coadapt: + adapted experts
             + (64 << 20))  # the data, reports, plots, metrics (a few MB)
     checkpoint = 2 * 3  # two checkpoints of weights + two AdamW moments
     if not keep_checkpoints:

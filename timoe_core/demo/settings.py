@@ -46,6 +46,7 @@ class DemoSettings(BaseModel):
     router_steps: int  # per router stage (one per period with data)
     router_lr: float
     coadapt_steps: int  # per coadapt stage
+    adapted_weights: Literal["all", "blocks"]  # what coadapt trains of each expert
     coadapt_lr: float
     eval_windows_per_year: int
     eval_items: int | None  # None: every built-in question
@@ -61,7 +62,8 @@ def demo_settings(cfg: DemoConfig) -> DemoSettings:
     common = dict(val_fraction=0.1, seq_len=64, n_layer=2, n_head=4, n_embd=128,
                   batch_size=8, expert_lr=3e-3, router_lr=3e-3, coadapt_lr=3e-4,
                   seed=cfg.seed, device=cfg.device)
-    yearly_cutoffs = dict(cutoff_every="year", snapshot_kind="decay", snapshot_dtype="float32")
+    yearly_cutoffs = dict(cutoff_every="year", snapshot_kind="decay", snapshot_dtype="float32",
+                          adapted_weights="all")
     if cfg.quick:
         yearly = DemoSettings(**common, **yearly_cutoffs, docs_per_year=QUICK_DOCS_PER_YEAR,
                               expert_steps=8, router_steps=1, coadapt_steps=1,
@@ -79,12 +81,14 @@ def demo_settings(cfg: DemoConfig) -> DemoSettings:
     # takes its share of the yearly steps, at least one (monthly: 12 a year against the
     # default's 5 and 3). The averaged
     # snapshot needs no extra step where a decay branch per period would add one each,
-    # and bfloat16 halves the bytes of 12 times as many snapshots
+    # and bfloat16 halves the bytes of 12 times as many snapshots; coadapt leaves the
+    # token embedding (94% of a demo expert) as it was, so each of its 12 times as many
+    # adapted experts is stored as a small delta from its parent
     # (tests/test_demo_settings.py).
     share = months_per_period(cfg.cutoff_every) / 12
     return yearly.model_copy(update=dict(
         cutoff_every=cfg.cutoff_every, expert_steps=None, snapshot_kind="average",
-        snapshot_dtype="bfloat16", router_steps=max(1, round(yearly.router_steps * share)),
+        snapshot_dtype="bfloat16", adapted_weights="blocks", router_steps=max(1, round(yearly.router_steps * share)),
         coadapt_steps=max(1, round(yearly.coadapt_steps * share))))
 
 

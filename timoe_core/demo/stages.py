@@ -100,7 +100,7 @@ def demo_stages(
                             experts=[layout.experts], data=layout.data,
                             out=layout.bundle("coadapt"), router=layout.bundle("learned-avg"),
                             keep_stage_checkpoints=keep_checkpoints,
-                            snapshot_dtype=s.snapshot_dtype,
+                            snapshot_dtype=s.snapshot_dtype, adapted_weights=s.adapted_weights,
                             **training_options(s, s.coadapt_steps, s.coadapt_lr)))))
     stages.append(Stage("evaluate", "evaluate: every strategy and baseline, side by side",
                         lambda: _evaluate(s, layout, slicing, eval_progress)))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -37,18 +36,14 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from timoe_core import __version__
 from timoe_core.config import MixtureOptions
 from timoe_core.errors import TimoeError
 from timoe_core.io import (
-    atomic_path,
     atomic_write_json,
     read_metadata,
     sha256_file,
-    write_failure_as_os_error,
 )
 from timoe_core.model.expert_pool import ExpertRecord
 from timoe_core.model.gpt import GPT, GPTConfig
@@ -58,9 +53,11 @@ from timoe_core.model.weights import (
     StorageDtype,
     check_state_matches,
     check_weights_usable,
+    copy_weights_file,
+    read_weights_file,
     save_model_weights,
-    save_safetensors,
-    stored_state,
+    weights_file_holds,
+    write_weights_file,
 )
 
 BUNDLE_FILENAME = "timoe.json"
@@ -218,12 +215,15 @@ def write_bundle(
         if embed:
             target = out_dir / EMBEDDED_EXPERTS_DIR / embedded_dirname(rec)
             if rec.key in loaded:
-                save_model_weights(target, loaded[rec.key], dtype)
+                # a staged run stored it there already (maybe as a delta from its parent)
+                state = {k: v for k, v in loaded[rec.key].state_dict().items()
+                         if k != "lm_head.weight"}
+                if not weights_file_holds(target / MODEL_FILENAME, state, dtype):
+                    save_model_weights(target, loaded[rec.key], dtype)
             else:
                 src = sources[rec.key] / MODEL_FILENAME
                 if src.resolve() != (target / MODEL_FILENAME).resolve():
-                    with atomic_path(target / MODEL_FILENAME) as tmp:
-                        shutil.copyfile(src, tmp)
+                    copy_weights_file(src, target / MODEL_FILENAME)
             write_run_info(target, rec.info.at_cutoff(rec.cutoff))
             weights = target
         else:
@@ -243,22 +243,26 @@ def write_bundle(
                 data_cutoff=rec.cutoff.isoformat(), generation=rec.generation,
             )
         )
-    router_sha = None
-    if router is not None:
-        router_sha = save_router_weights(out_dir, router, dtype)
-    else:
-        (out_dir / ROUTER_FILENAME).unlink(missing_ok=True)
     snapshot_specs = []
+    folder: Path | None = None
     for snap in router_snapshots:
-        folder = out_dir / ROUTER_SNAPSHOTS_DIR / snap.data_cutoff.isoformat()
-        sha = (_same_router_weights(folder, snap.router, dtype)
-               or save_router_weights(folder, snap.router, dtype))
+        parent, folder = folder, out_dir / ROUTER_SNAPSHOTS_DIR / snap.data_cutoff.isoformat()
+        sha = (sha256_file(folder / ROUTER_FILENAME)
+               if weights_file_holds(folder / ROUTER_FILENAME, snap.router.state_dict(), dtype)
+               else save_router_weights(folder, snap.router, dtype,
+                                        parent and parent / ROUTER_FILENAME))
         snapshot_specs.append({
             "data_cutoff": snap.data_cutoff.isoformat(),
             "path": os.path.relpath(folder, out_dir),
             "sha256": sha,
             "config": json.loads(snap.router.config.model_dump_json()),
         })
+    router_sha = None
+    if router is not None:  # the latest router: the last snapshot's weights, mostly
+        router_sha = save_router_weights(out_dir, router, dtype,
+                                         folder and folder / ROUTER_FILENAME)
+    else:
+        (out_dir / ROUTER_FILENAME).unlink(missing_ok=True)
     bundle = {
         "format_version": BUNDLE_FORMAT_VERSION,
         "strategy": strategy,
@@ -279,38 +283,14 @@ def write_bundle(
             rec.embedded, rec.candidates = True, [out_dir / spec.path]
 
 
-def _same_router_weights(directory: Path, router: Router, dtype: StorageDtype) -> str | None:
-    """The sha256 of `directory`/router.safetensors when it holds exactly `router`'s
-    weights stored as `dtype` (a staged run saved each stage's there already), else None:
-    reading it back costs less than writing and syncing it again."""
-    path = Path(directory) / ROUTER_FILENAME
-    if not path.is_file():
-        return None
-    try:
-        saved = load_file(str(path))
-    except (SafetensorError, OSError):
-        return None
-    state = stored_state(router.state_dict(), dtype)
-    if saved.keys() != state.keys() or not all(torch.equal(saved[k], state[k]) for k in state):
-        return None
-    return sha256_file(path)
-
-
-def save_router_weights(directory: Path, router: Router,
-                        dtype: StorageDtype = "float32") -> str:
+def save_router_weights(directory: Path, router: Router, dtype: StorageDtype = "float32",
+                        parent: Path | None = None) -> str:
     """`directory`/router.safetensors, atomically (a bundle or a training checkpoint), its
     floating-point tensors stored as `dtype` (loading copies them into the float32
-    router); returns its sha256."""
+    router), as a delta from the router file `parent` where that is smaller; returns its
+    sha256."""
     path = Path(directory) / ROUTER_FILENAME
-    state = stored_state(router.state_dict(), dtype)
-    with atomic_path(path) as tmp:
-        try:
-            save_safetensors(state, tmp, metadata={"format": "pt", "timoe_version": __version__})
-        except (SafetensorError, OSError) as exc:  # a full disk, as the OSError it is (exit 2)
-            os_error = write_failure_as_os_error(exc, path)
-            if os_error is None:
-                raise
-            raise os_error from None
+    write_weights_file(path, router.state_dict(), dtype, parent)
     return sha256_file(path)
 
 
@@ -323,7 +303,4 @@ def load_router_weights(
         raise TimoeError(f"{path} is missing: the bundle's router weights are gone; rebuild it")
     if expected_sha is not None and sha256_file(path) != expected_sha:
         raise TimoeError(f"{path} fails its checksum: the router was changed; rebuild the bundle")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise TimoeError(f"{path} is corrupt ({exc}): rebuild the bundle") from None
+    return read_weights_file(path, "rebuild the bundle")

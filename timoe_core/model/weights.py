@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from timoe_core import __version__
 from timoe_core.errors import TimoeError
-from timoe_core.io import atomic_path, sha256_file, write_failure_as_os_error
+from timoe_core.io import (
+    atomic_path,
+    atomic_write_json,
+    sha256_file,
+    write_failure_as_os_error,
+)
 from timoe_core.model.gpt import GPT
 from timoe_core.model.run_info import MODEL_FILENAME, RUN_INFO_FILENAME, RunInfo, read_run_info
+from timoe_core.model.weight_delta import apply_row_delta, row_delta
 
 StorageDtype = Literal["float32", "bfloat16"]
 _STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -32,28 +40,165 @@ def stored_state(state: dict[str, torch.Tensor], dtype: StorageDtype
 
 
 def save_model_weights(run_dir: Path, model: torch.nn.Module,
-                       dtype: StorageDtype = "float32") -> Path:
+                       dtype: StorageDtype = "float32", parent: Path | None = None) -> Path:
     """Weights as safetensors, atomically. Tied weights are stored once (lm_head is wte)."""
-    return save_weights_state(run_dir, model.state_dict(), dtype)
+    return save_weights_state(run_dir, model.state_dict(), dtype, parent)
 
 
 def save_weights_state(run_dir: Path, state: dict[str, torch.Tensor],
-                       dtype: StorageDtype = "float32") -> Path:
+                       dtype: StorageDtype = "float32", parent: Path | None = None) -> Path:
     """A model's state dict as RUN_DIR/model.safetensors, atomically, its floating-point
     tensors stored as `dtype` (bfloat16: round-to-nearest-even, deterministic; loading
-    copies them into the float32 model, so compute stays float32)."""
-    state = stored_state({k: v for k, v in state.items() if k != "lm_head.weight"}, dtype)
+    copies them into the float32 model, so compute stays float32); as a delta from the
+    weights file `parent` where that is smaller (`write_weights_file`)."""
     path = Path(run_dir) / MODEL_FILENAME
+    write_weights_file(path, {k: v for k, v in state.items() if k != "lm_head.weight"},
+                       dtype, parent)
+    return path
+
+
+def parent_link(path: Path) -> Path:
+    """The file beside the weights file `path` that says where its parent is (kept out of
+    the weights file, whose bytes must not depend on where the parent lives)."""
+    return path.with_name(path.name.removesuffix(".safetensors") + ".parent.json")
+
+
+def write_weights_file(path: Path, state: dict[str, torch.Tensor], dtype: StorageDtype,
+                       parent: Path | None = None) -> None:
+    """`state` as the safetensors file `path`, atomically, its floating-point tensors
+    stored as `dtype`. With `parent` (a weights file the state went on from), the tensors
+    and rows bitwise equal to the parent's are not stored again (model/weight_delta.py):
+    the file's metadata records the parent's sha256, and `parent_link(path)` its path."""
+    stored = stored_state(state, dtype)
+    metadata = {"format": "pt", "timoe_version": __version__}
+    link = parent_link(path)
+    delta = None
+    if parent is not None:
+        parent_sha = sha256_file(parent)
+        delta = row_delta(stored, read_weights_file(parent, "retrain the run"))
+        if delta is not None:
+            stored, metadata["delta"] = delta
+            metadata["parent_sha256"] = parent_sha
+            atomic_write_json(link, {"path": os.path.relpath(parent, path.parent),
+                                     "sha256": parent_sha})
     with atomic_path(path) as tmp:
         try:
-            save_safetensors(state, tmp, metadata={"format": "pt", "timoe_version": __version__})
+            save_safetensors(stored, tmp, metadata=metadata)
         except (SafetensorError, OSError) as exc:
             # its I/O errors (disk full...) as the OSError they are
             os_error = write_failure_as_os_error(exc, path)
             if os_error is None:
                 raise
             raise os_error from None
-    return path
+    if delta is None:
+        link.unlink(missing_ok=True)
+
+
+def copy_weights_file(src: Path, dst: Path) -> None:
+    """Copy a weights file, atomically; a delta's link to its parent is rewritten to lead
+    from `dst` to the same parent."""
+    link = parent_link(src)
+    if _metadata(src).get("delta") is not None:
+        target = json.loads(link.read_text())
+        atomic_write_json(parent_link(dst), {
+            "path": os.path.relpath(os.path.normpath(src.parent / target["path"]), dst.parent),
+            "sha256": target["sha256"]})
+    else:
+        parent_link(dst).unlink(missing_ok=True)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def weights_file_holds(path: Path, state: dict[str, torch.Tensor], dtype: StorageDtype
+                       ) -> bool:
+    """Whether the weights file `path` holds exactly `state` stored as `dtype` (a staged
+    run saved it there already: reading it back costs less than writing and syncing)."""
+    if not path.is_file():
+        return False
+    try:
+        saved = read_weights_file(path, "")
+    except TimoeError:
+        return False
+    stored = stored_state(state, dtype)
+    return saved.keys() == stored.keys() and all(torch.equal(saved[k], stored[k])
+                                                 for k in stored)
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+# The last parents read, by (path, sha256): loading a run of snapshots in order reads
+# each one's parent once. Their tensors are shared with what `read_weights_file` returns.
+_PARENTS: OrderedDict[tuple[str, str], dict[str, torch.Tensor]] = OrderedDict()
+_PARENTS_KEPT = 2
+
+
+def read_weights_file(path: Path, fix: str) -> dict[str, torch.Tensor]:
+    """The state stored in the safetensors file `path`, a delta resolved through its
+    parents (each checked against the sha256 it was stored against), walked up the chain
+    to a whole file (or a parent read just before), then applied back down. TimoeError
+    ending in `fix` when a file is corrupt or a parent is missing or changed. Treat its
+    tensors as read-only (load them into a module)."""
+    chain: list[tuple[Path, dict[str, torch.Tensor], str, tuple[str, str] | None]] = []
+    current, key = path, None
+    while True:
+        try:
+            metadata = _metadata(current)
+            tensors = load_file(str(current))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise TimoeError(f"{current} is corrupt ({exc}): {fix}") from None
+        delta = metadata.get("delta")
+        if delta is None:
+            state = tensors
+            break
+        chain.append((current, tensors, delta, key))
+        current, key = _parent(current, metadata.get("parent_sha256", ""), fix)
+        if any(key == k for *_, k in chain):
+            raise TimoeError(f"{path} is stored as a delta from a chain of parents that "
+                             f"loops back to {current}: {fix}")
+        cached = _PARENTS.get(key)
+        if cached is not None:
+            state = cached
+            break
+    _remember(key, state)  # the parent of the last delta read (None: `path` is whole)
+    for current, tensors, delta, key in reversed(chain):
+        try:
+            state = apply_row_delta(tensors, delta, state)
+        except ValueError as exc:
+            raise TimoeError(f"{current} is corrupt ({exc}): {fix}") from None
+        _remember(key, state)
+    return state
+
+
+def _parent(path: Path, sha: str, fix: str) -> tuple[Path, tuple[str, str]]:
+    """The weights file the delta `path` was stored against, checked against its sha256,
+    and its cache key."""
+    link = parent_link(path)
+    try:
+        # lexically, as os.path.relpath wrote it (a chain's paths stay short)
+        parent = Path(os.path.normpath(path.parent / str(json.loads(link.read_text())["path"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TimoeError(f"{path} is stored as a delta from its parent, but {link}, which "
+                         f"says where that is, is missing or unreadable: {fix}") from None
+    if not parent.is_file():
+        raise TimoeError(f"{path} is stored as a delta from {parent}, which is missing: "
+                         f"restore it, or {fix}")
+    if sha256_file(parent) != sha:
+        raise TimoeError(f"{parent} changed since {path} was stored as a delta from it "
+                         f"(sha256 mismatch): restore it, or {fix}")
+    return parent, (str(parent.resolve()), sha)
+
+
+def _remember(key: tuple[str, str] | None, state: dict[str, torch.Tensor]) -> None:
+    """Keep `state` as the parent read under `key` (the last _PARENTS_KEPT)."""
+    if key is None:
+        return
+    _PARENTS.pop(key, None)
+    _PARENTS[key] = state
+    while len(_PARENTS) > _PARENTS_KEPT:
+        _PARENTS.popitem(last=False)
 
 
 def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
@@ -81,10 +226,7 @@ def load_model_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     path = Path(run_dir) / MODEL_FILENAME
     if not path.is_file():
         raise TimoeError(f"{path} is missing: the run has no saved weights yet")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise TimoeError(f"{path} is corrupt ({exc}): retrain or restore it") from None
+    return read_weights_file(path, "retrain or restore it")
 
 
 def load_weights_into(model: GPT, directory: Path) -> GPT:

@@ -18,7 +18,10 @@ experts get no gradient at all (AdamW then leaves them, and their moments, untou
 Start: the experts' own weights; the router is fresh (its output layer is zero, so the
 mixture starts as avg) or, with --router BUNDLE, that bundle's router (e.g. a
 learned-avg one, for a warm start). The learning rate defaults to 1e-4, below the
-experts' pre-training rate, since the experts are already trained.
+experts' pre-training rate, since the experts are already trained. With
+`--adapted-weights blocks` the token embedding (tied to the output layer, most of a small
+expert's weights) stays as it was, so a staged run stores each adapted expert as a delta
+from its parent (model/weight_delta.py).
 
 Output: OUT is a coadapt bundle; every adapted expert is stored inside it, in
 OUT/experts/<label>/ (model.safetensors + run.json, checksummed in timoe.json); experts
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -59,6 +63,7 @@ from timoe_core.train.stage import Stage
 # A coadapt micro-batch: inputs, targets, each row's year (its query date), and the label
 # of the one slice expert the batch trains (every window of it is of that slice).
 CoadaptBatch = tuple[torch.Tensor, torch.Tensor, list[int], str]
+AdaptedWeights = Literal["all", "blocks"]  # --adapted-weights
 
 
 class CoadaptTask(MixtureTask[CoadaptBatch]):
@@ -75,6 +80,7 @@ class CoadaptTask(MixtureTask[CoadaptBatch]):
         seed: int,
         eval_windows: int,
         own_expert: dict[int, str],
+        adapted_weights: AdaptedWeights = "all",
     ) -> None:
         super().__init__(mix, train, val, eval_windows)
         # The slot of the expert that holds each window's year: the group of the window.
@@ -86,6 +92,9 @@ class CoadaptTask(MixtureTask[CoadaptBatch]):
         for label in sorted({s.label for y in train.years for s in mix.eligible_experts(str(y))}):
             mix.expert(label)
         mix.set_trainable_experts(self.adapted)
+        if adapted_weights == "blocks":  # the token embedding (and tied output) stays
+            for label in self.adapted:
+                mix.expert(label).wte.weight.requires_grad_(False)
         self.model = mix
         self.order = GroupedOrder(self.window_slot, seed)
 
@@ -124,6 +133,7 @@ class CoadaptTask(MixtureTask[CoadaptBatch]):
 
 def make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> CoadaptTask:
     cfg = plan.cfg
+    assert isinstance(cfg, CoadaptConfig)
     return CoadaptTask(
         mix,
         plan.train_windows(),
@@ -131,15 +141,17 @@ def make_task(plan: MixturePlan, mix: TiMoE, env: DistEnv) -> CoadaptTask:
         seed=cfg.seed,
         eval_windows=cfg.eval_batches * cfg.batch_size,
         own_expert=plan.own_expert,
+        adapted_weights=cfg.adapted_weights,
     )
 
 
 def stage_task(stage: Stage) -> CoadaptTask:
     """One stage: the router and the expert of the slice holding the stage's year (a copy
     of its artefact usable then, which the driver took out of the shared pool)."""
-    assert stage.holder is not None
+    assert stage.holder is not None and isinstance(stage.cfg, CoadaptConfig)
     return CoadaptTask(stage.view, stage.windows, stage.val_windows, stage.cfg.seed,
-                       stage.eval_windows, {stage.cutoff.year: stage.holder.label})
+                       stage.eval_windows, {stage.cutoff.year: stage.holder.label},
+                       stage.cfg.adapted_weights)
 
 
 RECIPE = MixtureRecipe(COADAPT, CoadaptConfig, make_task, stage_task, __name__)

@@ -91,10 +91,13 @@ class InitSource:
         path = self.folder / MODEL_FILENAME
         try:
             with safe_open(str(path), framework="pt") as f:
+                delta = "delta" in (f.metadata() or {})
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types
             raise TimoeError(f"--init-from {self.record.spec}: {path} is not readable "
                              f"safetensors ({exc}): give another --init-from") from None
+        if delta:  # stored as a delta from its parent: the header lists the changes only
+            return {k: tuple(v.shape) for k, v in self.load_state().items()}
         if "wte.weight" in shapes:
             shapes["lm_head.weight"] = shapes["wte.weight"]
         return shapes

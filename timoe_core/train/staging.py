@@ -59,6 +59,7 @@ from timoe_core.io import atomic_write_json, remove_output
 from timoe_core.model.bundle import (
     BUNDLE_FILENAME,
     EMBEDDED_EXPERTS_DIR,
+    ROUTER_FILENAME,
     ROUTER_SNAPSHOTS_DIR,
     embedded_dirname,
     load_router_weights,
@@ -262,7 +263,9 @@ def _stages(
                                           new_rec.candidates[0]).to(device).eval()
             else:
                 model = view.expert(holder.label)
-                save_model_weights(new_rec.candidates[0], model, dtype)
+                # a delta from the artefact it went on from, where that is smaller
+                save_model_weights(new_rec.candidates[0], model, dtype,
+                                   parent=holder.weights_dir() / MODEL_FILENAME)
                 if dtype != "float32":  # go on from what is stored, as a resumed run does
                     load_weights_into(model, new_rec.candidates[0])
             model.requires_grad_(False)
@@ -271,7 +274,9 @@ def _stages(
             adapted_models[new_rec.key] = model
             adapted.append(new_rec)
         if not done:
-            save_router_weights(router_dir, router, dtype)
+            previous_router = (out / ROUTER_SNAPSHOTS_DIR / snapshots[-1].data_cutoff.isoformat()
+                               / ROUTER_FILENAME) if snapshots else None
+            save_router_weights(router_dir, router, dtype, parent=previous_router)
             if dtype != "float32":  # go on from what is stored, as a resumed run does
                 router.load_state_dict(load_router_weights(router_dir))
             if steps and not cfg.keep_stage_checkpoints:
