@@ -158,6 +158,8 @@ def _perplexity(weights: Path, config: Any, data: Path, years: list[int], seq_le
 
     model = load_weights_into(GPT(config, init_weights=False), weights).eval()
     windows = TokenWindows(data, "val", years, seq_len).dated(None, upto)
+    if len(windows) == 0:  # no held-out text dated by then (a tiny corpus's first months)
+        return math.nan, 0
     total, n = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(windows), 16):
@@ -194,7 +196,6 @@ def quality(root: Path, *, docs_per_year: int, steps_per_stage: int | None,
     common = dict(data=data, all_years=True, seq_len=seq_len, batch_size=batch, lr=lr,
                   device="cpu", log_every=1000, steps_per_stage=steps_per_stage,
                   cutoff_every=cutoff_every, **model)
-    root = root / f"quality-{cutoff_every}"
     runs = {"decay": root / "q-decay"}
     # the decay run keeps every pre-branch checkpoint: the raw stable-phase weights
     quiet(train_expert, TrainExpertConfig(**common, snapshot_kind="decay", out=runs["decay"],
@@ -217,10 +218,13 @@ def quality(root: Path, *, docs_per_year: int, steps_per_stage: int | None,
         end += meta["stage_steps"]
         years = [y for y in range(int(info.slice_label[:4]), int(cutoff[:4]) + 1)]
         upto = date.fromisoformat(cutoff)
-        for name, run in runs.items():
-            value, _ = _perplexity(run / snap["path"], config, data, years, seq_len, upto)
+        here = {name: _perplexity(run / snap["path"], config, data, years, seq_len, upto)[0]
+                for name, run in runs.items()}
+        if math.isnan(here["decay"]):
+            continue  # nothing held out up to this cutoff: no figure
+        here["raw"] = _perplexity(checkpoints[end], config, data, years, seq_len, upto)[0]
+        for name, value in here.items():
             ppl[name].append(value)
-        ppl["raw"].append(_perplexity(checkpoints[end], config, data, years, seq_len, upto)[0])
         stage_ends.append(cutoff)
     n = len(stage_ends)
     prefix = "snapshots_quality_" + ("monthly_" if cutoff_every == "month" else "")
@@ -243,10 +247,15 @@ def quality(root: Path, *, docs_per_year: int, steps_per_stage: int | None,
             round(mean, 4), "x", f"{prefix}decay_ppl",
             *((TARGET_QUALITY, "<=") if name.startswith("average") else (None, None)))
         f[f"{key}_ratio_interval"] = figure(round(half, 4), "+/-")
-        each = (f"  (per {cutoff_every} end: {', '.join(f'{r:.3f}' for r in ratios)})"
-                if n <= 12 else f"  (range {min(ratios):.3f}..{max(ratios):.3f})")
+        # the ratio of the mean perplexities weighs the first stage ends most (fewest
+        # steps, highest perplexity), where an average of fast-moving weights lags
+        of_means = statistics.mean(ppl[name]) / statistics.mean(ppl["decay"])
+        f[f"{key}_ratio_of_mean_ppl"] = figure(round(of_means, 4), "x")
+        each = (f"per {cutoff_every} end: {', '.join(f'{r:.3f}' for r in ratios)}"
+                if n <= 12 else f"range {min(ratios):.3f}..{max(ratios):.3f}, first 12: "
+                f"{statistics.mean(ratios[:12]):.4f}, later: {statistics.mean(ratios[12:]):.4f}")
         print(f"  {name:>14}: {statistics.mean(ppl[name]):8.3f}  ratio to decay "
-              f"{mean:.4f} +/- {half:.4f}{each}")
+              f"{mean:.4f} +/- {half:.4f}, of the means {of_means:.4f}  ({each})")
     return f
 
 
@@ -333,7 +342,8 @@ def run(quick: bool = False, *, parts: tuple[str, ...] = PARTS, seq_len: int | N
         quality_steps: int | None = None, fractions: list[float] | None = None,
         end_year: int | None = None, quality_batch: int | None = None) -> Figures:
     """Every part. --quick: 2 rounds, and the quality runs at 20 steps a stage of batch 4
-    (the demo's stages are 40 of batch 8) with two horizons."""
+    (the demo's stages are 40 of batch 8) with two horizons, the monthly one over
+    2013-2015."""
     if quick:
         quality_steps = quality_steps or 20
         quality_batch = quality_batch or 4
@@ -352,12 +362,14 @@ def run(quick: bool = False, *, parts: tuple[str, ...] = PARTS, seq_len: int | N
         if "quality" in parts:
             demo = {"n_layer": n_layer or 2, "n_head": n_head or 4, "n_embd": n_embd or 128}
             for every in ("year", "month"):  # month: one pass a month, as the demo
-                f |= quality(root, docs_per_year=docs_per_year or 200,
+                # (--quick: monthly over 2013-2015, 35 month ends, to stay short)
+                last = end_year or (2015 if quick and every == "month" else 2018)
+                f |= quality(root / every, docs_per_year=docs_per_year or 200,
                              steps_per_stage=(quality_steps or 40) if every == "year" else None,
                              fractions=fractions or [0.1, 0.2, 0.4], model=demo,
                              seq_len=64 if seq_len == 128 else seq_len,
                              batch=quality_batch or batch, lr=3e-3,
-                             end_year=end_year or 2018, cutoff_every=every)
+                             end_year=last, cutoff_every=every)
     if "storage" in parts:
         f |= storage()
     return f

@@ -206,8 +206,9 @@ class DemoConfig(StrictModel):
     cutoff_every: CutoffEvery = Field(
         "year", description="month | quarter | year: the period of every training stage. "
         "month: a cutoff at each month end, one pass over each month's windows (averaged "
-        "bfloat16 snapshots, no extra step), about 7 times the disk (7.4 GB); the "
-        "stale-answer table then compares month-end with year-end artefacts.",
+        "bfloat16 snapshots, no extra step; router snapshots and adapted experts stored "
+        "as deltas), about 4 times the disk (4.0 GB); the stale-answer table then compares "
+        "month-end with year-end artefacts.",
     )
 
 

@@ -124,7 +124,7 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
         description="What coadapt trains of the active expert. all: every weight | blocks: "
         "all but the token embedding (tied to the output layer), which stays the expert's "
         "own, so a staged run stores each adapted expert as a delta from the artefact it "
-        "went on from (at the demo's size, a twentieth of the expert).",
+        "went on from (at the demo's size, 6% of the expert's bytes).",
     )
 
     @model_validator(mode="after")

@@ -46,9 +46,9 @@ class TrainingConfig(StrictModel):
         "--cutoff-every; default: one pass over that period's windows). The budget of a "
         "staged run.",
     )
-    # Default year: monthly cutoffs miss the storage target and the averaged snapshot's
-    # quality target (docs/benchmarks.md, the snapshots group), and the monthly demo gave
-    # no fresher answers (README), so month is opt-in for now.
+    # Default year: monthly cutoffs meet the compute, storage and quality targets only with
+    # averaged bfloat16 snapshots (docs/benchmarks.md, the snapshots group), and the
+    # monthly demo answered more stale, not fresher (README), so month is opt-in for now.
     cutoff_every: CutoffEvery = Field(
         "year", json_schema_extra=cli(TRAIN),
         description="month | quarter | year: a staged run's period. Each period end with "
@@ -231,8 +231,9 @@ class TrainExpertConfig(TrainingConfig):
     snapshot_kind: Literal["average", "decay"] = Field(  # default: docs/benchmarks.md
         "decay", json_schema_extra=cli(TRAIN),
         description="How a staged run makes the snapshot at each stage end. average: a "
-        "running average of the weights along the main line (no extra training step) | "
-        "decay: a decay branch of --decay-fraction of the stage's steps off the main line.",
+        "running average of the weights along the main line (no extra training step; as "
+        "good as decay with monthly stages) | decay: a decay branch of --decay-fraction of "
+        "the stage's steps off the main line (better with yearly stages).",
     )
     snapshot_average_fraction: float = Field(
         0.1, gt=0.0, le=1.0, json_schema_extra=cli(TRAIN),
