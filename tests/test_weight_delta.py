@@ -126,7 +126,7 @@ def test_a_long_chain_of_deltas_reads_back_without_recursion(tmp_path, monkeypat
     recursion limit)."""
     import sys
 
-    import timoe_core.model.weights as weights
+    from timoe_core.model import weights
 
     depth, limit = 400, 300  # the read runs under a recursion limit below the depth
     state = {"embed.weight": torch.zeros(depth + 1, 2), "out.bias": torch.zeros(3)}
