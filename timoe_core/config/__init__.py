@@ -29,11 +29,17 @@ from timoe_core.config.files import (
     resolve_config,
     save_config,
 )
-from timoe_core.config.mixture import CoadaptConfig, MixtureOptions, TrainRouterConfig
+from timoe_core.config.mixture import (
+    AdaptedWeights,
+    CoadaptConfig,
+    MixtureOptions,
+    TrainRouterConfig,
+)
 from timoe_core.config.training import TrainExpertConfig, TrainingConfig
 
 __all__ = [
     "CONFIG_FILENAME",
+    "AdaptedWeights",
     "CoadaptConfig",
     "DemoConfig",
     "EvaluateConfig",

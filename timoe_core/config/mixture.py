@@ -108,6 +108,9 @@ class TrainRouterConfig(TrainingConfig, MixtureOptions):
                 raise TimoeError(str(exc)) from None
 
 
+AdaptedWeights = Literal["all", "blocks"]  # what coadapt trains of the active expert
+
+
 class CoadaptConfig(TrainingConfig, MixtureOptions):
     experts: list[Path] = _EXPERTS
     lr: float = Field(1e-4, gt=0.0, description="Peak learning rate.", json_schema_extra=cli(TRAIN))
@@ -119,7 +122,7 @@ class CoadaptConfig(TrainingConfig, MixtureOptions):
     seq_len: int | None = _SEQ_LEN
     keep_stage_checkpoints: bool = _KEEP_STAGE_CHECKPOINTS
     snapshot_dtype: Literal["float32", "bfloat16"] = _SNAPSHOT_DTYPE
-    adapted_weights: Literal["all", "blocks"] = Field(
+    adapted_weights: AdaptedWeights = Field(
         "all", json_schema_extra=cli(TRAIN),
         description="What coadapt trains of the active expert. all: every weight | blocks: "
         "all but the token embedding (tied to the output layer), which stays the expert's "

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from timoe_core.config import DemoConfig
+from timoe_core.config import AdaptedWeights, DemoConfig
 from timoe_core.model.weights import StorageDtype
 from timoe_core.timeslices import CutoffEvery, months_per_period
 
@@ -46,7 +46,7 @@ class DemoSettings(BaseModel):
     router_steps: int  # per router stage (one per period with data)
     router_lr: float
     coadapt_steps: int  # per coadapt stage
-    adapted_weights: Literal["all", "blocks"]  # what coadapt trains of each expert
+    adapted_weights: AdaptedWeights  # what coadapt trains of each expert
     coadapt_lr: float
     eval_windows_per_year: int
     eval_items: int | None  # None: every built-in question

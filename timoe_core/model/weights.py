@@ -97,12 +97,11 @@ def write_weights_file(path: Path, state: dict[str, torch.Tensor], dtype: Storag
 def copy_weights_file(src: Path, dst: Path) -> None:
     """Copy a weights file, atomically; a delta's link to its parent is rewritten to lead
     from `dst` to the same parent."""
-    link = parent_link(src)
-    if _metadata(src).get("delta") is not None:
-        target = json.loads(link.read_text())
-        atomic_write_json(parent_link(dst), {
-            "path": os.path.relpath(os.path.normpath(src.parent / target["path"]), dst.parent),
-            "sha256": target["sha256"]})
+    metadata = _metadata(src)
+    if metadata.get("delta") is not None:  # its parent checked as a read checks it
+        parent, key = _parent(src, metadata.get("parent_sha256", ""), "retrain the run")
+        atomic_write_json(parent_link(dst), {"path": os.path.relpath(parent, dst.parent),
+                                             "sha256": key[1]})
     else:
         parent_link(dst).unlink(missing_ok=True)
     with atomic_path(dst) as tmp:

@@ -38,12 +38,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-from timoe_core.config import CoadaptConfig
+from timoe_core.config import AdaptedWeights, CoadaptConfig
 from timoe_core.data.windows import TokenWindows
 from timoe_core.model.bundle import (
     EMBEDDED_EXPERTS_DIR,
@@ -63,7 +62,6 @@ from timoe_core.train.stage import Stage
 # A coadapt micro-batch: inputs, targets, each row's year (its query date), and the label
 # of the one slice expert the batch trains (every window of it is of that slice).
 CoadaptBatch = tuple[torch.Tensor, torch.Tensor, list[int], str]
-AdaptedWeights = Literal["all", "blocks"]  # --adapted-weights
 
 
 class CoadaptTask(MixtureTask[CoadaptBatch]):
