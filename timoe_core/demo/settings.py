@@ -88,7 +88,8 @@ def demo_settings(cfg: DemoConfig) -> DemoSettings:
     share = months_per_period(cfg.cutoff_every) / 12
     return yearly.model_copy(update=dict(
         cutoff_every=cfg.cutoff_every, expert_steps=None, snapshot_kind="average",
-        snapshot_dtype="bfloat16", adapted_weights="blocks", router_steps=max(1, round(yearly.router_steps * share)),
+        snapshot_dtype="bfloat16", adapted_weights="blocks",
+        router_steps=max(1, round(yearly.router_steps * share)),
         coadapt_steps=max(1, round(yearly.coadapt_steps * share))))
 
 

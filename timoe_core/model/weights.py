@@ -57,6 +57,10 @@ def save_weights_state(run_dir: Path, state: dict[str, torch.Tensor],
     return path
 
 
+# The metadata entry of a weights file stored as a delta from its parent (weight_delta.py).
+DELTA_METADATA = "delta"
+
+
 def parent_link(path: Path) -> Path:
     """The file beside the weights file `path` that says where its parent is (kept out of
     the weights file, whose bytes must not depend on where the parent lives)."""
@@ -75,9 +79,13 @@ def write_weights_file(path: Path, state: dict[str, torch.Tensor], dtype: Storag
     delta = None
     if parent is not None:
         parent_sha = sha256_file(parent)
-        delta = row_delta(stored, read_weights_file(parent, "retrain the run"))
+        parent_state = read_weights_file(parent, "retrain the run")
+        # kept as a read of this file keeps it: reading it back (a staged run goes on from
+        # what is stored) does not read the parent again
+        _remember((str(parent.resolve()), parent_sha), parent_state)
+        delta = row_delta(stored, parent_state)
         if delta is not None:
-            stored, metadata["delta"] = delta
+            stored, metadata[DELTA_METADATA] = delta
             metadata["parent_sha256"] = parent_sha
             atomic_write_json(link, {"path": os.path.relpath(parent, path.parent),
                                      "sha256": parent_sha})
@@ -98,7 +106,7 @@ def copy_weights_file(src: Path, dst: Path) -> None:
     """Copy a weights file, atomically; a delta's link to its parent is rewritten to lead
     from `dst` to the same parent."""
     metadata = _metadata(src)
-    if metadata.get("delta") is not None:  # its parent checked as a read checks it
+    if DELTA_METADATA in metadata:  # its parent checked as a read checks it
         parent, key = _parent(src, metadata.get("parent_sha256", ""), "retrain the run")
         atomic_write_json(parent_link(dst), {"path": os.path.relpath(parent, dst.parent),
                                              "sha256": key[1]})
@@ -148,7 +156,7 @@ def read_weights_file(path: Path, fix: str) -> dict[str, torch.Tensor]:
             tensors = load_file(str(current))
         except (SafetensorError, OSError, ValueError) as exc:
             raise TimoeError(f"{current} is corrupt ({exc}): {fix}") from None
-        delta = metadata.get("delta")
+        delta = metadata.get(DELTA_METADATA)
         if delta is None:
             state = tensors
             break

@@ -53,7 +53,7 @@ from timoe_core.model.run_info import (
     run_progress,
     unfinished_run_line,
 )
-from timoe_core.model.weights import check_weights_usable, load_model_weights
+from timoe_core.model.weights import DELTA_METADATA, check_weights_usable, load_model_weights
 from timoe_core.timeslices import TimeSlice, TimeSlicing, parse_query_date
 from timoe_core.train import state as ckpt_state
 
@@ -91,7 +91,7 @@ class InitSource:
         path = self.folder / MODEL_FILENAME
         try:
             with safe_open(str(path), framework="pt") as f:
-                delta = "delta" in (f.metadata() or {})
+                delta = DELTA_METADATA in (f.metadata() or {})
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types
             raise TimoeError(f"--init-from {self.record.spec}: {path} is not readable "
