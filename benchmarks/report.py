@@ -137,8 +137,10 @@ tokens: both sides are the library's entry points (`train_expert`, `train_router
 into a fresh folder, interleaved in rounds after a counted warm-up run of each. `tiny`
 preset (2 layers, 128 wide) on a synthetic vocabulary of 2048 (random tokens), fp32,
 batch 8 x 128 tokens, 32 steps per stage (--quick runs 5 rounds instead of 7, at the
-same sizes: shorter stages would measure mostly a stage's fixed cost). Expert: the slice 2013-2014 in its two stages (`--snapshots stages`, the
-default, `--steps-per-stage N`: a decay branch after stage 2013 saves its snapshot)
+same sizes: shorter stages would measure mostly a stage's fixed cost). Expert: the slice
+2013-2014 in its two yearly stages (`--snapshots stages`, the default, `--cutoff-every
+year --snapshot-kind decay --steps-per-stage N`: a decay branch after stage 2013 saves
+its snapshot; the snapshots group measures monthly stages and the averaged kind)
 against `--snapshots none` with `--max-steps` = the staged run's main steps (both stages
 and the final decay); target staged / none <= 1.10x. Optimizer steps are counted on
 each side (`Trainer.apply`): branch steps / main steps is the decay branches' share,
@@ -146,8 +148,8 @@ expected about (stages - 1) x decay_fraction / stages. The rest of the overhead,
 seconds per snapshot, is fixed per snapshot (the pre-branch checkpoint, the copy and
 restore of the state, the snapshot's files), so its share falls as stages grow.
 Router: learned-avg over two experts (2013-2014, 2015-2016) on 2013-2016; staged
-(`--policy point-in-time`: one stage per artefact cutoff, 2013 ... 2016, each on its own
-year's windows with `--steps-per-stage N`, over staged experts with snapshots) against
+(`--policy point-in-time --cutoff-every year`: one stage per artefact cutoff, 2013 ...
+2016, each on its own year's windows with `--steps-per-stage N`, over staged experts with snapshots) against
 the unstaged router (`--policy inclusive`, one run over the same four years with
 `--max-steps` = the staged steps in all, over `--snapshots none` experts of the same
 shape: today the inclusive router refuses experts with snapshots). Both see one

@@ -74,7 +74,8 @@ def compute(root: Path, *, seq_len: int, batch: int, steps_per_stage: int, repea
                          end_year=years[-1], name="compute-data")
     common = dict(data=data, all_years=True, seq_len=seq_len, batch_size=batch, device="cpu",
                   log_every=1000, **model)
-    average = TrainExpertConfig(**common, steps_per_stage=steps_per_stage,
+    # (each "year" stands for a month: a stage per year, as cutoffs every month make)
+    average = TrainExpertConfig(**common, steps_per_stage=steps_per_stage, cutoff_every="year",
                                 snapshot_kind="average", out=root / "plan")
     plan = plan_expert_run(average, world_size=1, check_run_dir=False)
     configs = {

@@ -189,8 +189,8 @@ def expert_training(root: Path, *, seq_len: int, batch: int, steps_per_stage: in
                          vocab_size=vocab_size, name="expert-data")
     common = dict(data=data, year=YEARS_EXPERT[0], seq_len=seq_len, batch_size=batch,
                   device="cpu", **model)
-    staged = TrainExpertConfig(**common, steps_per_stage=steps_per_stage, snapshot_kind="decay",
-                               out=root / "plan")
+    staged = TrainExpertConfig(**common, steps_per_stage=steps_per_stage, cutoff_every="year",
+                               snapshot_kind="decay", out=root / "plan")
     plan = plan_expert_run(staged, world_size=1, check_run_dir=False)
     unstaged = TrainExpertConfig(**common, snapshots="none", max_steps=plan.total_steps)
     configs = {"staged": staged, "unstaged": unstaged}
@@ -248,7 +248,8 @@ def router_training(root: Path, *, seq_len: int, batch: int, steps_per_stage: in
         budget = {"data": data, "year": year, "seq_len": seq_len, "batch_size": batch,
                   "device": "cpu", **model}
         quiet(train_expert, TrainExpertConfig(
-            **budget, steps_per_stage=2, out=experts["staged"] / f"expert-{year}"))
+            **budget, steps_per_stage=2, cutoff_every="year", snapshot_kind="decay",
+            out=experts["staged"] / f"expert-{year}"))
         quiet(train_expert, TrainExpertConfig(
             **budget, snapshots="none", max_steps=5, out=experts["unstaged"] / f"expert-{year}"))
     windows = TokenWindows(data, "train", YEARS_ROUTER, seq_len)
@@ -256,7 +257,7 @@ def router_training(root: Path, *, seq_len: int, batch: int, steps_per_stage: in
     common = {"strategy": "learned-avg", "data": data, "batch_size": batch, "device": "cpu"}
     configs = {
         "staged": TrainRouterConfig(**common, experts=[experts["staged"]],
-                                    steps_per_stage=steps_per_stage),
+                                    steps_per_stage=steps_per_stage, cutoff_every="year"),
         "unstaged": TrainRouterConfig(**common, experts=[experts["unstaged"]],
                                       policy="inclusive", max_steps=n_stages * steps_per_stage),
     }

@@ -1,10 +1,10 @@
 """The proof of point-in-time validity: an answer as of D depends on no text after D.
 
 The whole pipeline is built from the built-in corpus (documents dated to the day) at
-tiny sizes, with cutoffs every month: once on every year, once per cut D from
-`prepare-data --until D` (documents after D left out, slicing unchanged): experts with
-a snapshot at every month end, a dense series (`train-expert --all-years`, its monthly
-snapshots), then avg, learned-avg and coadapt bundles (monthly router stages). Read as
+tiny sizes, with cutoffs every month (the default): once on every year, once per cut D
+from `prepare-data --until D` (documents after D left out, slicing unchanged): experts
+with an averaged snapshot at every month end (the default kind), a dense series
+(`train-expert --all-years`, a decay-branch snapshot at every month end), then avg, learned-avg and coadapt bundles (monthly router stages). Read as
 of D, the builds must agree bitwise: per-year perplexity (years <= D), every TSQA
 choice score, a seeded generation and the artefacts used; and every expert artefact
 with cutoff <= D is the same file in both (weights, run.json with the data it read,
@@ -64,8 +64,9 @@ def build(root: Path, until: str | None) -> dict[str, Path]:
         if with_tokens & set(s.years):
             train_expert(TrainExpertConfig(year=s.start_year, data=data,
                                            out=experts / s.label, **MODEL, **TRAIN))
+    # the experts take the default snapshot kind (average), the dense series decay branches
     dense = train_expert(TrainExpertConfig(all_years=True, data=data, out=root / "dense",
-                                           **MODEL, **TRAIN))
+                                           snapshot_kind="decay", **MODEL, **TRAIN))
     out = {"data": data, "experts": experts, "dense-series": dense}
     for strategy in ("avg", "learned-avg"):
         out[strategy] = train_router(TrainRouterConfig(

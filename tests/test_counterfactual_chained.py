@@ -38,9 +38,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 CUTS = ["2016-12-31", "2015-12-31"]
 MIXTURES = ["chained-avg", "chained-learned-avg", "based-avg"]
 TSQA_ITEMS = 80
+# yearly stages, the experts' snapshots decay branches: tests/test_counterfactual.py
+# proves the default monthly ones
 TRAIN = {"batch_size": 2, "steps_per_stage": 2, "device": "cpu", "log_every": 100,
-         "eval_batches": 1}
-MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 32}
+         "eval_batches": 1, "cutoff_every": "year"}
+EXPERT = {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 32, "snapshot_kind": "decay"}
 
 
 def build(root: Path, until: str | None) -> dict[str, Path]:
@@ -57,15 +59,15 @@ def build(root: Path, until: str | None) -> dict[str, Path]:
         with_tokens = set(manifest.years_with_tokens("train"))
         slices = [s for s in manifest.time_slicing().slices if with_tokens & set(s.years)]
         train_expert(TrainExpertConfig(base=True, until="2013", data=data, out=Path("base"),
-                                       **MODEL, **TRAIN))
+                                       **EXPERT, **TRAIN))
         for k, s in enumerate(slices):
             train_expert(TrainExpertConfig(year=s.start_year, data=data,
                                            out=Path("chained") / s.label,
                                            init_from="previous" if k else None,
-                                           **MODEL, **TRAIN))
+                                           **EXPERT, **TRAIN))
             train_expert(TrainExpertConfig(year=s.start_year, data=data,
                                            out=Path("based") / s.label, init_from="base",
-                                           **MODEL, **TRAIN))
+                                           **EXPERT, **TRAIN))
         for name, experts, strategy in (("chained-avg", "chained", "avg"),
                                         ("chained-learned-avg", "chained", "learned-avg"),
                                         ("based-avg", "based", "avg")):

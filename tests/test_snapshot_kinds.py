@@ -1,9 +1,11 @@
 """Snapshot kinds (`--snapshot-kind average|decay`) and their storage (`--snapshot-dtype`):
 what each writes, that a stopped and resumed run writes bitwise the same snapshots, that a
-resume with another kind is refused, and the point-in-time proof for the kinds and dtypes
-tests/test_counterfactual.py does not build (its builds use the defaults): a full build
-against one from `prepare-data --until D`, bitwise on every snapshot with cutoff <= D
-(weights, run.json, snapshot.json) and on the answers as of D."""
+resume with another kind is refused, and the point-in-time proof, with yearly stages,
+for the kinds and dtypes (tests/test_counterfactual.py builds monthly stages, its experts
+averaged and its dense series with decay branches, and tests/test_counterfactual_chained.py
+yearly decay branches): a full build against one from `prepare-data --until D`, bitwise
+on every snapshot with cutoff <= D (weights, run.json, snapshot.json) and on the answers
+as of D."""
 
 from __future__ import annotations
 
@@ -192,8 +194,9 @@ def test_an_open_slice_answers_with_its_average_at_its_own_cutoff(capsys, data, 
 CUT = "2015-12-31"  # inside the 2015-2016 slice
 KINDS = [("average", "bfloat16"), ("decay", "bfloat16"), ("average", "float32")]
 MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 32}
+# yearly stages (tests/test_counterfactual.py proves monthly ones of both kinds)
 TRAIN = {"batch_size": 2, "steps_per_stage": 2, "device": "cpu", "log_every": 100,
-         "eval_batches": 1}
+         "eval_batches": 1, "cutoff_every": "year"}
 
 
 @pytest.fixture(scope="module")

@@ -295,9 +295,10 @@ def dated_data(tmp_path_factory):
 
 
 def test_monthly_stages_snapshot_every_month_end_with_new_windows(capsys, dated_data, tmp_path):
-    """Stage k = period k: it reads the windows dated <= its end; a period with no new
-    windows, or fewer up to its end than one step, gets no stage; a snapshot at every
-    period end but the last; snapshot.json and run.json record the period end."""
+    """With the defaults (a stage per month, averaged snapshots): stage k = month k, it
+    reads the windows dated <= its end; a month with no new windows, or fewer up to its
+    end than one step, gets no stage; a snapshot at every month end but the last, an
+    average at no extra step; snapshot.json and run.json record the month end."""
     import numpy as np
 
     from timoe_core.data.manifest import INDEX_DTYPE
@@ -307,7 +308,7 @@ def test_monthly_stages_snapshot_every_month_end_with_new_windows(capsys, dated_
     code, _, err = run_cli(capsys, "train-expert", "--data", dated_data, "--out", tmp_path / "m",
                            "--year", "2013", "--seq-len", "32", "--batch-size", "4",
                            "--log-every", "50", "--device", "cpu", "--n-layer", "1",
-                           "--n-embd", "16", "--n-head", "2", "--cutoff-every", "month")
+                           "--n-embd", "16", "--n-head", "2")
     assert code == 0, err
     windows = TokenWindows(dated_data, "train", [2013, 2014], 32)
     ends, counts = [], []
@@ -326,6 +327,7 @@ def test_monthly_stages_snapshot_every_month_end_with_new_windows(capsys, dated_
         folder = tmp_path / "m" / "snapshots" / end
         snap = json.loads((folder / "snapshot.json").read_text())
         assert snap["stage_end"] == snap["data_cutoff"] == end
+        assert (snap["kind"], snap["decay_steps"]) == ("average", 0)
         assert snap["stage_steps"] == max(1, (upto - prev) // 4)  # its new windows, one pass
         prev = upto
         # what it read: whole years before its end, and of its own year the documents
@@ -367,5 +369,5 @@ def test_cutoff_every_quarter_and_year_make_fewer_stages(capsys, dated_data, tmp
     code, _, err = run_cli(capsys, *common, "--cutoff-every", "week", "--out", tmp_path / "w")
     assert code == 2 and "--cutoff-every" in err and not (tmp_path / "w").exists()
     code, _, err = run_cli(capsys, *common[:-2], "--snapshots", "none", "--max-steps", "1",
-                           "--cutoff-every", "month", "--out", tmp_path / "n")
+                           "--cutoff-every", "year", "--out", tmp_path / "n")
     assert code == 2 and "--cutoff-every has no effect" in err
