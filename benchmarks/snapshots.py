@@ -150,14 +150,19 @@ def compute(root: Path, *, seq_len: int, batch: int, steps_per_stage: int, repea
 
 
 def _perplexity(weights: Path, config: Any, data: Path, years: list[int], seq_len: int,
-                upto: date) -> tuple[float, int]:
-    """exp(mean token loss) of the model at `weights` on the val windows of `years`
-    dated up to `upto`."""
+                upto: date, bfloat16: bool = False) -> tuple[float, int]:
+    """exp(mean token loss) of the model at `weights` (rounded to bfloat16, as
+    `--snapshot-dtype bfloat16` stores them, where `bfloat16`) on the val windows of
+    `years` dated up to `upto`."""
     from timoe_core.data.windows import TokenWindows
     from timoe_core.model.gpt import GPT
     from timoe_core.model.weights import load_weights_into
 
     model = load_weights_into(GPT(config, init_weights=False), weights).eval()
+    if bfloat16:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(torch.bfloat16))
     windows = TokenWindows(data, "val", years, seq_len).dated(None, upto)
     if len(windows) == 0:  # no held-out text dated by then (a tiny corpus's first months)
         return math.nan, 0
@@ -196,7 +201,7 @@ def quality(root: Path, *, docs_per_year: int, steps_per_stage: int | None,
                                               builtin_docs_per_year=docs_per_year, seed=0))
     common = dict(data=data, all_years=True, seq_len=seq_len, batch_size=batch, lr=lr,
                   device="cpu", log_every=1000, steps_per_stage=steps_per_stage,
-                  cutoff_every=cutoff_every, **model)
+                  cutoff_every=cutoff_every, snapshot_dtype="float32", **model)
     runs = {"decay": root / "q-decay"}
     # the decay run keeps every pre-branch checkpoint: the raw stable-phase weights
     quiet(train_expert, TrainExpertConfig(**common, snapshot_kind="decay", out=runs["decay"],
@@ -210,7 +215,10 @@ def quality(root: Path, *, docs_per_year: int, steps_per_stage: int | None,
     config = info.model_config_
     checkpoints = {int(p.name.removeprefix("step-")): p
                    for p in (runs["decay"] / "checkpoints").glob("step-*")}
-    ppl: dict[str, list[float]] = {name: [] for name in ["raw", *runs]}
+    # each averaged snapshot is also scored rounded to bfloat16 (its storage by default)
+    averages = [name for name in runs if name.startswith("average")]
+    ppl: dict[str, list[float]] = {name: [] for name in
+                                   ["raw", *runs, *(f"{a}-bf16" for a in averages)]}
     stage_ends: list[str] = []
     end = 0
     for snap in info.snapshots:
@@ -224,6 +232,9 @@ def quality(root: Path, *, docs_per_year: int, steps_per_stage: int | None,
         if math.isnan(here["decay"]):
             continue  # nothing held out up to this cutoff: no figure
         here["raw"] = _perplexity(checkpoints[end], config, data, years, seq_len, upto)[0]
+        for name in averages:
+            here[f"{name}-bf16"] = _perplexity(runs[name] / snap["path"], config, data, years,
+                                               seq_len, upto, bfloat16=True)[0]
         for name, value in here.items():
             ppl[name].append(value)
         stage_ends.append(cutoff)
@@ -238,7 +249,7 @@ def quality(root: Path, *, docs_per_year: int, steps_per_stage: int | None,
           f"held-out perplexity of each {cutoff_every}-end snapshot on the text up to it "
           f"(mean over {n} {cutoff_every} ends, 95% interval of the ratio to decay)")
     print(f"  {'decay':>14}: {statistics.mean(ppl['decay']):8.3f}")
-    for name in ["raw", *[k for k in runs if k != "decay"]]:
+    for name in [k for k in ppl if k != "decay"]:
         ratios = [a / b for a, b in zip(ppl[name], ppl["decay"])]
         mean = statistics.mean(ratios)
         half = _t95(n - 1) * statistics.stdev(ratios) / math.sqrt(n) if n > 1 else float("nan")

@@ -79,7 +79,8 @@ def test_one_step_changes_the_active_expert_and_the_router_only(inputs, tmp_path
     real = mixture_run.build_mixture
     monkeypatch.setattr(mixture_run, "build_mixture", lambda plan, device: built.append(
         real(plan, device)) or built[-1])
-    out = coadapt(config(inputs, tmp_path / "m", data=late, log_windows=True))
+    out = coadapt(config(inputs, tmp_path / "m", data=late, log_windows=True,
+                         adapted_weights="all"))
     (mix,) = built
     (active,) = active_slices(late, out)
     assert len(active) == 1

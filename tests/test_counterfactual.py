@@ -3,12 +3,13 @@
 The whole pipeline is built from the built-in corpus (documents dated to the day) at
 tiny sizes, with cutoffs every month (the default): once on every year, once per cut D
 from `prepare-data --until D` (documents after D left out, slicing unchanged): experts
-with an averaged snapshot at every month end (the default kind), a dense series
-(`train-expert --all-years`, a decay-branch snapshot at every month end), then avg, learned-avg and coadapt bundles (monthly router stages). Read as
-of D, the builds must agree bitwise: per-year perplexity (years <= D), every TSQA
-choice score, a seeded generation and the artefacts used; and every expert artefact
-with cutoff <= D is the same file in both (weights, run.json with the data it read,
-snapshot.json). D = 2016-12-31 is a slice boundary; 2015-12-31 a year end inside the
+with an averaged bf16 snapshot at every month end (the defaults), a dense series
+(`train-expert --all-years`, a float32 decay-branch snapshot at every month end), then
+avg, learned-avg and coadapt bundles (monthly router stages; coadapt twice, with the
+defaults and with float32 snapshots and whole adapted experts). Read as of D, the
+builds must agree bitwise: per-year perplexity (years <= D), every TSQA choice score, a
+seeded generation and the artefacts used; and every expert artefact with cutoff <= D is
+the same file in both (weights, run.json with the data it read, snapshot.json). D = 2016-12-31 is a slice boundary; 2015-12-31 a year end inside the
 2015-2016 slice; 2015-08-31 a month end inside it; 2016-07-15 mid-month, answered by
 the artefacts of 2016-06-30 although the cut build has read the first half of July:
 each holds only if an artefact with cutoff c is exactly what a run that never saw data
@@ -40,9 +41,10 @@ from timoe_core.recipes.registry import coadapt, train_router
 from timoe_core.train import train_expert
 
 CUTS = ["2016-12-31", "2015-12-31", "2016-07-15", "2015-08-31"]
-# coadapt-delta: coadapt with bf16 router snapshots and `--adapted-weights blocks`, so
-# its router snapshots and adapted experts are stored as deltas from their parents
-STRATEGIES = ["avg", "learned-avg", "coadapt", "coadapt-delta", "dense-series"]
+# coadapt with the defaults (bf16 router snapshots, `--adapted-weights blocks`) stores its
+# router snapshots and adapted experts as deltas from their parents; coadapt-float32
+# stores float32 ones, its adapted experts whole (`--adapted-weights all`)
+STRATEGIES = ["avg", "learned-avg", "coadapt", "coadapt-float32", "dense-series"]
 TSQA_ITEMS = 160
 TRAIN = {"batch_size": 2, "steps_per_stage": 2, "device": "cpu", "log_every": 100,
          "eval_batches": 1, "cutoff_every": "month"}
@@ -64,18 +66,20 @@ def build(root: Path, until: str | None) -> dict[str, Path]:
         if with_tokens & set(s.years):
             train_expert(TrainExpertConfig(year=s.start_year, data=data,
                                            out=experts / s.label, **MODEL, **TRAIN))
-    # the experts take the default snapshot kind (average), the dense series decay branches
+    # the experts take the default snapshots (averaged, bf16), the dense series float32
+    # decay branches
     dense = train_expert(TrainExpertConfig(all_years=True, data=data, out=root / "dense",
-                                           snapshot_kind="decay", **MODEL, **TRAIN))
+                                           snapshot_kind="decay", snapshot_dtype="float32",
+                                           **MODEL, **TRAIN))
     out = {"data": data, "experts": experts, "dense-series": dense}
     for strategy in ("avg", "learned-avg"):
         out[strategy] = train_router(TrainRouterConfig(
             strategy=strategy, experts=[experts], data=data, out=root / strategy, **TRAIN))
     out["coadapt"] = coadapt(CoadaptConfig(experts=[experts], data=data, out=root / "coadapt",
                                            **TRAIN))
-    out["coadapt-delta"] = coadapt(CoadaptConfig(
-        experts=[experts], data=data, out=root / "coadapt-delta", snapshot_dtype="bfloat16",
-        adapted_weights="blocks", **TRAIN))
+    out["coadapt-float32"] = coadapt(CoadaptConfig(
+        experts=[experts], data=data, out=root / "coadapt-float32", snapshot_dtype="float32",
+        adapted_weights="all", **TRAIN))
     return out
 
 
@@ -213,9 +217,9 @@ def test_staged_routers_still_learn(builds):
     assert any(a["name"] == "router@2016-12-31" for a in learned["artefacts"])
     coadapted = answers(full, "coadapt", "2016-12-31", data=held_out)
     assert any(a["name"].endswith("+adapted") for a in coadapted["artefacts"])
-    # the proof of coadapt-delta read deltas: every adapted expert and some router
-    # snapshots are stored as deltas from their parents
-    delta = full["coadapt-delta"]
+    # the proof of coadapt (the defaults) read deltas: every adapted expert and some
+    # router snapshots are stored as deltas from their parents
+    delta = full["coadapt"]
     adapted = sorted((delta / "experts").glob("*/model.parent.json"))
     assert adapted and len(adapted) == len(list((delta / "experts").glob("*/model.safetensors")))
     assert list((delta / "routers").glob("*/router.parent.json"))

@@ -38,11 +38,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 CUTS = ["2016-12-31", "2015-12-31"]
 MIXTURES = ["chained-avg", "chained-learned-avg", "based-avg"]
 TSQA_ITEMS = 80
-# yearly stages, the experts' snapshots decay branches: tests/test_counterfactual.py
+# yearly stages, the experts' snapshots float32 decay branches: tests/test_counterfactual.py
 # proves the default monthly ones
 TRAIN = {"batch_size": 2, "steps_per_stage": 2, "device": "cpu", "log_every": 100,
          "eval_batches": 1, "cutoff_every": "year"}
-EXPERT = {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 32, "snapshot_kind": "decay"}
+EXPERT = {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 32, "snapshot_kind": "decay",
+          "snapshot_dtype": "float32"}
 
 
 def build(root: Path, until: str | None) -> dict[str, Path]:

@@ -649,9 +649,9 @@ def test_the_config_written_beside_a_report_never_replaces_a_users_file(tmp_path
     (["--strategy", "avg", "--router-hidden-dim", "8"], "--router-hidden-dim"),
     (["--strategy", "learned-avg", "--data", "DATA", "--policy", "inclusive",
       "--steps-per-stage", "3"], "--steps-per-stage"),
-    (["--strategy", "avg", "--snapshot-dtype", "bfloat16"], "--snapshot-dtype"),
+    (["--strategy", "avg", "--snapshot-dtype", "float32"], "--snapshot-dtype"),
     (["--strategy", "learned-avg", "--data", "DATA", "--policy", "inclusive",
-      "--snapshot-dtype", "bfloat16"], "--snapshot-dtype"),
+      "--snapshot-dtype", "float32"], "--snapshot-dtype"),
 ], ids=["avg-lr", "avg-data", "avg-max-steps", "avg-router-dim", "inclusive-steps-per-stage",
         "avg-snapshot-dtype", "inclusive-snapshot-dtype"])
 def test_train_router_refuses_options_its_strategy_ignores(tmp_path, capsys, small_inputs,

@@ -81,9 +81,9 @@ def test_average_kind_takes_no_extra_step_and_records_itself(capsys, data, tmp_p
     assert steps == {"average": 7, "decay": 8}
     snap = "snapshots/2013-12-31"
     meta = json.loads((tmp_path / "average" / snap / "snapshot.json").read_text())
-    assert meta["kind"] == "average" and meta["average_fraction"] == 0.1
+    assert meta["kind"] == "average" and meta["average_fraction"] == 0.03  # the default
     assert (meta["stage_end"], meta["stage_steps"], meta["decay_steps"]) == ("2013-12-31", 3, 0)
-    assert meta["dtype"] == "float32"
+    assert meta["dtype"] == "bfloat16"  # the default
     assert json.loads((tmp_path / "decay" / snap / "snapshot.json").read_text())["kind"] == "decay"
     # The same main line: the final weights agree; the snapshots are other weights.
     avg, dec = tensors(tmp_path / "average" / snap), tensors(tmp_path / "decay" / snap)
@@ -95,10 +95,10 @@ def test_average_kind_takes_no_extra_step_and_records_itself(capsys, data, tmp_p
 def test_the_average_is_the_running_average_of_the_main_line(capsys, data, tmp_path):
     # --checkpoint-every 1 keeps the main line's weights after every step (the
     # checkpoints); the snapshot after stage 2013 (3 steps) must be their running average
-    # with weights 1/max(1, 0.5 t): w1, then w2, then lerp(w2, w3, 1/1.5).
+    # with weights 1/max(1, 0.5 t): w1, then w2, then lerp(w2, w3, 1/1.5), stored whole.
     code, _, err = train(capsys, data, tmp_path / "a", "--snapshot-kind", "average",
                          "--snapshot-average-fraction", "0.5", "--checkpoint-every", "1",
-                         "--keep-checkpoints", "100")
+                         "--keep-checkpoints", "100", "--snapshot-dtype", "float32")
     assert code == 0, err
     w = {t: tensors(tmp_path / "a" / "checkpoints" / f"step-{t:08d}") for t in (1, 2, 3)}
     snap = tensors(tmp_path / "a" / "snapshots/2013-12-31")
@@ -137,7 +137,7 @@ def test_a_resume_with_another_kind_or_dtype_is_refused_naming_the_flag(capsys, 
     assert train(capsys, data, out, "--snapshot-kind", "decay", "--stop-at-step", "2")[0] == 0
     before = sorted(p.name for p in out.rglob("*"))
     for flags, named in ((["--snapshot-kind", "average"], "--snapshot-kind"),
-                         (["--snapshot-kind", "decay", "--snapshot-dtype", "bfloat16"],
+                         (["--snapshot-kind", "decay", "--snapshot-dtype", "float32"],
                           "--snapshot-dtype")):
         code, _, err = train(capsys, data, out, *flags)
         assert code == 2 and named in err and "Traceback" not in err
@@ -148,7 +148,7 @@ def test_a_resume_with_another_kind_or_dtype_is_refused_naming_the_flag(capsys, 
 def test_snapshot_options_without_stages_are_refused(capsys, data, tmp_path):
     code, _, err = run_cli(capsys, "train-expert", "--data", data, "--out", tmp_path / "n",
                            "--year", "2013", "--snapshots", "none", "--max-steps", "2",
-                           "--snapshot-dtype", "bfloat16", "--device", "cpu")
+                           "--snapshot-dtype", "float32", "--device", "cpu")
     assert code == 2 and "--snapshot-dtype" in err and not (tmp_path / "n").exists()
     code, _, err = train(capsys, data, tmp_path / "d", "--snapshot-kind", "decay",
                          "--snapshot-average-fraction", "0.5")
@@ -177,9 +177,11 @@ def test_bfloat16_snapshots_are_half_the_bytes_and_load_as_float32(capsys, data,
 def test_an_open_slice_answers_with_its_average_at_its_own_cutoff(capsys, data, tmp_path):
     # 2017-2018 has data up to 2017 only: the average kind saves the 2017 average, and a
     # query as of 2017-12-31 uses it (as a run that goes on through 2018 would), not the
-    # final weights; the decay kind's final weights are its decay branch, so none there.
+    # final weights; the float32 decay kind's final weights are its decay branch, so none
+    # there.
     for kind in ("average", "decay"):
-        assert train(capsys, data, tmp_path / kind, "--snapshot-kind", kind, year="2017")[0] == 0
+        assert train(capsys, data, tmp_path / kind, "--snapshot-kind", kind,
+                     "--snapshot-dtype", "float32", year="2017")[0] == 0
     avg = read_run_info(tmp_path / "average")
     assert avg.snapshots == [{"data_cutoff": "2017-12-31", "path": "snapshots/2017-12-31"}]
     records = run_dir_artefacts(tmp_path / "average", avg)

@@ -237,13 +237,17 @@ class TrainExpertConfig(TrainingConfig):
         "good as decay with monthly stages) | decay: a decay branch of --decay-fraction of "
         "the stage's steps off the main line (better with --cutoff-every year).",
     )
+    # Default 0.03: nearer the decay branch than 0.1 at month ends and at year ends
+    # (docs/benchmarks.md, the snapshots group).
     snapshot_average_fraction: float = Field(
-        0.1, gt=0.0, le=1.0, json_schema_extra=cli(TRAIN),
+        0.03, gt=0.0, le=1.0, json_schema_extra=cli(TRAIN),
         description="--snapshot-kind average: the average's horizon as a share of the steps "
         "so far (it weighs about the last such share of the main line).",
     )
+    # Default bfloat16: half the bytes of a snapshot at every month end, and the same
+    # held-out perplexity (docs/benchmarks.md, the snapshots group).
     snapshot_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", json_schema_extra=cli(TRAIN),
+        "bfloat16", json_schema_extra=cli(TRAIN),
         description="Storage dtype of the snapshots' weights (bfloat16: half the bytes; "
         "loaded as float32). The run's final weights stay float32.",
     )

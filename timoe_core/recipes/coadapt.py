@@ -78,7 +78,7 @@ class CoadaptTask(MixtureTask[CoadaptBatch]):
         seed: int,
         eval_windows: int,
         own_expert: dict[int, str],
-        adapted_weights: AdaptedWeights = "all",
+        adapted_weights: AdaptedWeights,
     ) -> None:
         super().__init__(mix, train, val, eval_windows)
         # The slot of the expert that holds each window's year: the group of the window.
