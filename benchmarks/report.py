@@ -111,7 +111,8 @@ Quality: a dense series on the built-in corpus of 2013-2018 at the demo's model 
 (200 documents a year, 2 layers x 128, 64 tokens, lr 3e-3; --quick: 20 steps a stage of
 batch 4): at every year end but the last, the held-out perplexity of the snapshot on
 the validation windows of every year up to it, for the decay-branch snapshot, the
-averaged one (one run per horizon `--snapshot-average-fraction`) and the raw
+averaged one (one run per horizon `--snapshot-average-fraction`; `_bf16`: the same
+snapshot rounded to bfloat16, as `--snapshot-dtype bfloat16` stores it) and the raw
 stable-phase weights there (the decay run's pre-branch checkpoint); the ratios to decay
 are means over the year ends with a 95% t-interval; target averaged <= 1.03x decay.
 The `monthly` figures: the same series with monthly cutoffs, one pass over each month's
