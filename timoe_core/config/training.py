@@ -228,7 +228,7 @@ class TrainExpertConfig(TrainingConfig):
     )
 
     # Default average: at month ends as good as a decay branch (0.96-1.00x its held-out
-    # perplexity) at no extra step, where monthly decay branches cost 1.35x an unstaged
+    # perplexity) at no extra step, where monthly decay branches cost 1.3x an unstaged
     # run (docs/benchmarks.md, the snapshots group). At year ends decay is 4.5% better.
     snapshot_kind: Literal["average", "decay"] = Field(
         "average", json_schema_extra=cli(TRAIN),
