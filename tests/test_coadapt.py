@@ -202,3 +202,28 @@ def test_two_gloo_workers_agree_on_the_active_slice_every_step(inputs, tmp_path)
         assert same(bundle_weights(out, label), source_weights(experts, label)) == (
             label not in trained), label
     assert TiMoE.from_bundle(out).strategy == "coadapt"
+
+
+@pytest.mark.parametrize("policy", ["inclusive", "point-in-time"])
+def test_a_rerun_with_other_adapted_weights_is_refused_naming_the_flag(inputs, tmp_path,
+                                                                       policy):
+    """A stopped run resumed with the other --adapted-weights would train the token
+    embedding in some steps and not in others: refused, naming the flag, nothing
+    changed. A run recorded before the option existed trained every weight: it resumes
+    with `all`."""
+    from timoe_core.errors import TimoeError
+
+    out = tmp_path / "r"
+    budget = ({"max_steps": 2} if policy == "inclusive" else
+              {"max_steps": None, "steps_per_stage": 1, "cutoff_every": "year"})
+    first = config(inputs, out, policy=policy, adapted_weights="all", **budget)
+    coadapt(first.model_copy(update={"stop_at_step": 1}))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(TimoeError, match=r"--adapted-weights \(run has all, flags give blocks\)"):
+        coadapt(first.model_copy(update={"adapted_weights": "blocks"}))
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    record = json.loads((out / MIXTURE_RUN_FILENAME).read_text())
+    assert record.pop("adapted_weights") == "all"
+    (out / MIXTURE_RUN_FILENAME).write_text(json.dumps(record))
+    coadapt(first)  # resumes and finishes
+    assert (out / BUNDLE_FILENAME).is_file()

@@ -347,3 +347,47 @@ def test_coadapt_with_bfloat16_adapted_experts_passes_the_counterfactual_test(
     assert [st.name for st in stages] == sorted(p.name for p in (full / "routers").iterdir())
     assert len(stages) >= 4
     assert all(sorted(p.name for p in st.iterdir()) == ["metrics.jsonl"] for st in stages)
+
+
+def test_a_decay_run_resumes_whatever_average_horizon_it_recorded(capsys, data, tmp_path):
+    """The average's horizon does nothing to decay branches (and is refused as a flag
+    with them), so a decay run recorded under another default of it (0.1, before 0.03)
+    resumes; an averaged run with another horizon is refused, naming it."""
+    for kind in ("decay", "average"):
+        out = tmp_path / kind
+        flags = ["--snapshot-kind", kind, "--snapshot-dtype", "float32"]
+        assert train(capsys, data, out, *flags, "--stop-at-step", "2")[0] == 0
+        saved = out / "config.yaml"
+        text = saved.read_text()
+        assert "snapshot_average_fraction: 0.03\n" in text
+        saved.write_text(text.replace("snapshot_average_fraction: 0.03\n",
+                                      "snapshot_average_fraction: 0.1\n"))
+        code, _, err = train(capsys, data, out, *flags)
+        if kind == "decay":
+            assert code == 0, err
+            assert json.loads((out / "run.json").read_text())["data_cutoff"] == "2014-12-31"
+        else:
+            assert code == 2 and "--snapshot-average-fraction (run has 0.1" in err, err
+
+
+def test_a_single_run_recorded_under_the_earlier_defaults_resumes(capsys, data, tmp_path):
+    """A --snapshots none run's config.yaml records the staged options it ignores, at
+    the defaults of its version (yearly, decay, float32, 0.1): read back on a rerun, they
+    are what the run did, not options typed to no effect, so it resumes."""
+    out = tmp_path / "n"
+    argv = ["train-expert", "--data", data, "--out", out, "--year", "2013", "--snapshots",
+            "none", "--max-steps", "4", "--seq-len", "32", "--batch-size", "4", "--device",
+            "cpu", "--log-every", "5"]
+    assert run_cli(capsys, *argv, "--stop-at-step", "2")[0] == 0
+    saved = out / "config.yaml"
+    text = saved.read_text()
+    for now, before in (("cutoff_every: month", "cutoff_every: year"),
+                        ("snapshot_kind: average", "snapshot_kind: decay"),
+                        ("snapshot_dtype: bfloat16", "snapshot_dtype: float32"),
+                        ("snapshot_average_fraction: 0.03", "snapshot_average_fraction: 0.1")):
+        assert f"\n{now}\n" in text
+        text = text.replace(f"\n{now}\n", f"\n{before}\n")
+    saved.write_text(text)
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert (out / "checkpoints" / "step-00000004").is_dir()

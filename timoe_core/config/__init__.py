@@ -19,7 +19,7 @@ from timoe_core.config.applications import (
     ImportConfig,
 )
 from timoe_core.config.data import PrepareDataConfig
-from timoe_core.config.fields import flag_name
+from timoe_core.config.fields import flag_name, reading_recorded_config
 from timoe_core.config.files import (
     CONFIG_FILENAME,
     config_to_dict,
@@ -56,6 +56,7 @@ __all__ = [
     "format_validation_error",
     "is_saved_config",
     "read_config_file",
+    "reading_recorded_config",
     "resolve_config",
     "save_config",
 ]

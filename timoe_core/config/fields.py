@@ -4,7 +4,9 @@ help panels the commands share, and the rule that an option with no effect is re
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
@@ -85,10 +87,29 @@ def flag_name(model: type[BaseModel], name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# Set while a config a run recorded is read back (`reading_recorded_config`).
+_READING_RECORDED: ContextVar[bool] = ContextVar("reading_recorded", default=False)
+
+
+@contextmanager
+def reading_recorded_config() -> Iterator[None]:
+    """Within it, `refuse_ignored` refuses nothing: a run's config.yaml records every
+    option, and one without effect there may hold the default of an earlier version
+    (a --snapshots none run's `cutoff_every: year`). It names what the run did, not
+    what a user typed."""
+    token = _READING_RECORDED.set(True)
+    try:
+        yield
+    finally:
+        _READING_RECORDED.reset(token)
+
+
 def refuse_ignored(model: BaseModel, rules: dict[str, tuple[bool, str]]) -> None:
     """ValueError naming the first option set (to other than its default) that would have
     no effect: rules[field] = (it takes effect, when it would). Every option either takes
     effect or is refused; none is ignored silently."""
+    if _READING_RECORDED.get():
+        return
     for name, (effective, when) in rules.items():
         default = type(model).model_fields[name].get_default(call_default_factory=True)
         if not effective and getattr(model, name) != default:

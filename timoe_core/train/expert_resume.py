@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from timoe_core.config import CONFIG_FILENAME, TrainExpertConfig, flag_name, resolve_config
+from timoe_core.config import (
+    CONFIG_FILENAME,
+    TrainExpertConfig,
+    flag_name,
+    reading_recorded_config,
+    resolve_config,
+)
 from timoe_core.errors import TimoeError
 from timoe_core.model.run_info import RunInfo
 
@@ -58,6 +64,9 @@ def run_conflicts(saved: RunInfo, new: RunInfo, saved_cfg: TrainExpertConfig | N
     if saved_cfg is not None:
         for key in _STAGE_FIELDS if cfg.snapshots == "stages" else ("seed",):
             was, now = getattr(saved_cfg, key), getattr(cfg, key)
+            if key == "snapshot_average_fraction" and saved_cfg.snapshot_kind == "decay" == (
+                    cfg.snapshot_kind):
+                continue  # no effect on decay branches (and refused as a flag with them)
             if was != now:
                 diffs.append(f"{flag_name(TrainExpertConfig, key)} (run has {was}, flags give {now})")
     return diffs
@@ -70,7 +79,8 @@ def saved_config(run_dir: Path) -> TrainExpertConfig | None:
     if not path.is_file():
         return None
     try:
-        return resolve_config(TrainExpertConfig, path, {})
+        with reading_recorded_config():
+            return resolve_config(TrainExpertConfig, path, {})
     except TimoeError as exc:
         raise TimoeError(
             f"{path} is corrupt ({exc}): restore it, or start over with --no-resume --overwrite"

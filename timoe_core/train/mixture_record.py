@@ -45,15 +45,26 @@ _RECORD_NAMES = {
 }
 
 
+# Options recorded since a later version: what a run that recorded none of them trained.
+_RECORDED_LATER: JSONObject = {"adapted_weights": "all"}
+
+
 def _record_name(key: str) -> str:
     return _RECORD_NAMES.get(key) or flag_name(CoadaptConfig, key)
+
+
+def strategy_options(cfg: MixtureConfig) -> JSONObject:
+    """The options of mixture_run.json that one strategy alone has: coadapt's
+    --adapted-weights (a rerun with the other would train the embedding in some stages
+    and not in others)."""
+    return {"adapted_weights": cfg.adapted_weights} if isinstance(cfg, CoadaptConfig) else {}
 
 
 def record_conflicts(saved: JSONObject, new: JSONObject) -> list[str]:
     """One "field (run has X, flags give Y)" per setting of `new` a run recorded otherwise."""
     diffs = []
     for key, b in new.items():
-        a = saved.get(key)
+        a = saved.get(key, _RECORDED_LATER.get(key))
         if a != b:
             if key == "experts" and isinstance(a, dict) and isinstance(b, Mapping):
                 changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -66,6 +66,7 @@ from timoe_core.train.mixture_record import (
     clear_bundle_artifacts,
     decide_mixture_run_dir,
     mixture_options,
+    strategy_options,
 )
 from timoe_core.train.mixture_task import EvalBatch, MixtureTask
 from timoe_core.train.run_dir import RunDirAction, config_to_save, open_run_dir
@@ -263,7 +264,7 @@ def plan_mixture_run(
         "router_date_features": cfg.router_date_features,
         "router_init": router_init,
         "seed": cfg.seed,
-    }
+    } | strategy_options(cfg)
     plan = MixturePlan(
         cfg=cfg,
         strategy=strategy,

@@ -17,7 +17,7 @@ from timoe_core.model.run_info import MODEL_FILENAME
 from timoe_core.model.weighting import Strategy
 from timoe_core.timeslices import CutoffEvery, period_ends
 from timoe_core.train.metrics import check_wandb_mode
-from timoe_core.train.mixture_record import MixtureConfig
+from timoe_core.train.mixture_record import MixtureConfig, strategy_options
 from timoe_core.train.mixture_run import check_required_inputs
 from timoe_core.train.run_dir import RunDirAction
 
@@ -69,7 +69,7 @@ def staged_record(cfg: MixtureConfig, strategy: str, mix: TiMoE, seq_len: int,
         "seq_len": seq_len,
         "router_init": str(getattr(cfg, "router", None) or "") or None,
     }
-    record |= {k: getattr(cfg, k) for k in keys}
+    record |= {k: getattr(cfg, k) for k in keys} | strategy_options(cfg)
     return record
 
 
