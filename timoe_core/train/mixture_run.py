@@ -264,7 +264,8 @@ def plan_mixture_run(
         "router_date_features": cfg.router_date_features,
         "router_init": router_init,
         "seed": cfg.seed,
-    } | strategy_options(cfg)
+    }
+    record |= strategy_options(cfg)
     plan = MixturePlan(
         cfg=cfg,
         strategy=strategy,
