@@ -9,6 +9,8 @@ bitwise: per-year perplexity (years <= D), every TSQA choice score, the artefact
 and the run.json (the chain with its checksums) and weights of every artefact with
 cutoff <= D. Under the inclusive rule the chained comparison differs (the negative
 control). The run dirs are named relative to each build's folder, as a user would.
+Everything is built twice: with the defaults (monthly stages, averaged bfloat16
+snapshots) and with yearly stages and float32 decay branches.
 """
 
 from __future__ import annotations
@@ -38,17 +40,23 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 CUTS = ["2016-12-31", "2015-12-31"]
 MIXTURES = ["chained-avg", "chained-learned-avg", "based-avg"]
 TSQA_ITEMS = 80
-# yearly stages, the experts' snapshots float32 decay branches: tests/test_counterfactual.py
-# proves the default monthly ones
 TRAIN = {"batch_size": 2, "steps_per_stage": 2, "device": "cpu", "log_every": 100,
-         "eval_batches": 1, "cutoff_every": "year"}
-EXPERT = {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 32, "snapshot_kind": "decay",
-          "snapshot_dtype": "float32"}
+         "eval_batches": 1}
+MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 32}
+# Each build twice: with the defaults (monthly stages, averaged bfloat16 snapshots) and
+# with yearly stages and float32 decay-branch snapshots.
+PERIODS = {
+    "defaults": ({}, {}),
+    "yearly-decay": ({"cutoff_every": "year"},
+                     {"snapshot_kind": "decay", "snapshot_dtype": "float32"}),
+}
 
 
-def build(root: Path, until: str | None) -> dict[str, Path]:
+def build(root: Path, until: str | None, period: str) -> dict[str, Path]:
     """data, a base, chained and base-started experts and their bundles under `root`, all
-    named relative to it (the working directory while building)."""
+    named relative to it (the working directory while building), with PERIODS[period]."""
+    stages, snapshots = PERIODS[period]
+    train, expert = TRAIN | stages, MODEL | stages | snapshots
     root.mkdir(parents=True)
     here = Path.cwd()
     os.chdir(root)
@@ -60,29 +68,30 @@ def build(root: Path, until: str | None) -> dict[str, Path]:
         with_tokens = set(manifest.years_with_tokens("train"))
         slices = [s for s in manifest.time_slicing().slices if with_tokens & set(s.years)]
         train_expert(TrainExpertConfig(base=True, until="2013", data=data, out=Path("base"),
-                                       **EXPERT, **TRAIN))
+                                       **expert, **TRAIN))
         for k, s in enumerate(slices):
             train_expert(TrainExpertConfig(year=s.start_year, data=data,
                                            out=Path("chained") / s.label,
                                            init_from="previous" if k else None,
-                                           **EXPERT, **TRAIN))
+                                           **expert, **TRAIN))
             train_expert(TrainExpertConfig(year=s.start_year, data=data,
                                            out=Path("based") / s.label, init_from="base",
-                                           **EXPERT, **TRAIN))
+                                           **expert, **TRAIN))
         for name, experts, strategy in (("chained-avg", "chained", "avg"),
                                         ("chained-learned-avg", "chained", "learned-avg"),
                                         ("based-avg", "based", "avg")):
             train_router(TrainRouterConfig(strategy=strategy, experts=[Path(experts)], data=data,
-                                           out=Path(name), **TRAIN))
+                                           out=Path(name), **train))
     finally:
         os.chdir(here)
     return {name: root / name for name in ("data", "base", "chained", "based", *MIXTURES)}
 
 
-@pytest.fixture(scope="module")
-def builds(tmp_path_factory) -> dict[str | None, dict[str, Path]]:
-    root = tmp_path_factory.mktemp("counterfactual_chained")
-    return {until: build(root / (until or "all"), until) for until in [None, *CUTS]}
+@pytest.fixture(scope="module", params=list(PERIODS))
+def builds(request, tmp_path_factory) -> dict[str | None, dict[str, Path]]:
+    root = tmp_path_factory.mktemp(f"counterfactual_chained_{request.param}")
+    return {until: build(root / (until or "all"), until, request.param)
+            for until in [None, *CUTS]}
 
 
 _ANSWERS: dict[tuple, dict] = {}
@@ -110,14 +119,17 @@ def sha(path: Path) -> str:
 
 def artefacts_up_to(paths: dict[str, Path], when: str) -> dict[str, str]:
     """sha256 of the weights and run.json of every expert artefact with cutoff <= when, by
-    run and cutoff (a full build's snapshot is the final weights of a build cut there)."""
+    run and cutoff, as the point-in-time rule reads them (a full build's snapshot is what
+    a build cut there answers with: its final weights, or the snapshot it wrote at its
+    own cutoff)."""
     out = {}
     for family in ("base", "chained", "based"):
         runs = [paths[family]] if family == "base" else sorted(paths[family].iterdir())
         for run in runs:
             info = read_run_info(run)
-            folders = [(run / s["path"], s["data_cutoff"]) for s in info.snapshots]
-            for folder, cutoff in [*folders, (run, info.data_cutoff)]:
+            by_cutoff = {info.data_cutoff: run} | {s["data_cutoff"]: run / s["path"]
+                                                   for s in info.snapshots}
+            for cutoff, folder in by_cutoff.items():
                 if cutoff <= when:
                     for f in ("model.safetensors", "run.json"):
                         out[f"{run.relative_to(paths['data'].parent)}@{cutoff}/{f}"] = sha(
@@ -141,8 +153,10 @@ def test_a_chained_answer_as_of_d_is_bitwise_the_one_built_without_later_text(bu
 def test_every_chained_artefact_up_to_d_is_byte_identical(builds, when):
     full, cut = artefacts_up_to(builds[None], when), artefacts_up_to(builds[when], when)
     assert full == cut
-    assert "chained/2015-2016@2015-12-31/run.json" in full
-    assert "based/2015-2016@2015-12-31/run.json" in full
+    # (monthly: the last month end of 2015 with data, as the cut build's own cutoff)
+    for family in ("chained", "based"):
+        assert any(k.startswith(f"{family}/2015-2016@2015-") and k.endswith("/run.json")
+                   for k in full), family
 
 
 def test_the_chain_is_recorded_and_read_before_the_slice(builds):
@@ -151,11 +165,14 @@ def test_the_chain_is_recorded_and_read_before_the_slice(builds):
     second = read_run_info(paths["chained"] / "2015-2016")
     assert second.init_from is not None and second.init_from.spec == "previous"
     assert second.init_from.sha256 == sha(first / "model.safetensors")
-    assert second.init_from.data_cutoff == "2014-12-31"
+    assert second.init_from.data_cutoff == read_run_info(first).data_cutoff
+    assert second.init_from.data_cutoff.startswith("2014-")
     third = read_run_info(paths["chained"] / "2017-2018")
     assert third.init_from.init_from == second.init_from  # the whole chain, nested
     based = read_run_info(paths["based"] / "2013-2014")
-    assert (based.init_from.spec, based.init_from.data_cutoff) == ("base", "2013-12-31")
+    assert (based.init_from.spec, based.init_from.data_cutoff) == (
+        "base", read_run_info(paths["base"]).data_cutoff)
+    assert based.init_from.data_cutoff.startswith("2013-")
     assert based.init_from.sha256 == sha(paths["base"] / "model.safetensors")
 
 

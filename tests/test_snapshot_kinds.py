@@ -3,7 +3,7 @@ what each writes, that a stopped and resumed run writes bitwise the same snapsho
 resume with another kind is refused, and the point-in-time proof, with yearly stages,
 for the kinds and dtypes (tests/test_counterfactual.py builds monthly stages, its experts
 averaged and its dense series with decay branches, and tests/test_counterfactual_chained.py
-yearly decay branches): a full build against one from `prepare-data --until D`, bitwise
+both the defaults and yearly float32 decay branches): a full build against one from `prepare-data --until D`, bitwise
 on every snapshot with cutoff <= D (weights, run.json, snapshot.json) and on the answers
 as of D."""
 
