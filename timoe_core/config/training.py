@@ -261,14 +261,21 @@ class TrainExpertConfig(TrainingConfig):
                              "base model on the years up to DATE")
         if not self.init_from and (self.init_optimizer or self.init_cutoff is not None):
             raise ValueError("--init-optimizer and --init-cutoff need --init-from SRC")
+        refuse_ignored(self, self._effect_rules())
+        return self
+
+    def _effect_rules(self) -> dict[str, tuple[bool, str]]:
+        """The options that take effect in some runs only: name -> (whether they do in
+        this one, when they would)."""
+        stages = self.snapshots == "stages"
         staged = ("to a staged run (--snapshots stages); with --snapshots none give "
                   "--max-steps or --max-tokens")
-        refuse_ignored(self, {"steps_per_stage": (self.snapshots == "stages", staged),
-                              "cutoff_every": (self.snapshots == "stages", staged)})
         no_snapshot = "to a staged run (--snapshots stages): --snapshots none saves no snapshot"
-        refuse_ignored(self, {"snapshot_kind": (self.snapshots == "stages", no_snapshot),
-                              "snapshot_dtype": (self.snapshots == "stages", no_snapshot),
-                              "snapshot_average_fraction": (
-                                  self.snapshots == "stages" and self.snapshot_kind == "average",
-                                  "to --snapshot-kind average")})
-        return self
+        return {"steps_per_stage": (stages, staged), "cutoff_every": (stages, staged),
+                "snapshot_kind": (stages, no_snapshot), "snapshot_dtype": (stages, no_snapshot),
+                "snapshot_average_fraction": (stages and self.snapshot_kind == "average",
+                                              "to --snapshot-kind average")}
+
+    def options_without_effect(self) -> set[str]:
+        """The options this run ignores (a rerun is not held to what it recorded of them)."""
+        return {name for name, (effective, _) in self._effect_rules().items() if not effective}

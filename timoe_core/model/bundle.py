@@ -56,6 +56,7 @@ from timoe_core.model.weights import (
     copy_weights_file,
     read_weights_file,
     save_model_weights,
+    untied_state,
     weights_file_holds,
     write_weights_file,
 )
@@ -180,6 +181,11 @@ def read_bundle(bundle_dir: Path | str) -> BundleContents:
     return BundleContents(records, spec.strategy, options, router, snapshots, cutoff)
 
 
+def router_snapshot_dir(bundle_dir: Path, cutoff: date) -> Path:
+    """Where a bundle (or a staged run's OUT) keeps the router snapshot of `cutoff`."""
+    return Path(bundle_dir) / ROUTER_SNAPSHOTS_DIR / cutoff.isoformat()
+
+
 def embedded_dirname(rec: ExpertRecord) -> str:
     """Folder of an embedded expert under experts/: its slice, or for a derived
     artefact of a staged run its name (slice@cutoff+adapted)."""
@@ -216,8 +222,7 @@ def write_bundle(
             target = out_dir / EMBEDDED_EXPERTS_DIR / embedded_dirname(rec)
             if rec.key in loaded:
                 # a staged run stored it there already (maybe as a delta from its parent)
-                state = {k: v for k, v in loaded[rec.key].state_dict().items()
-                         if k != "lm_head.weight"}
+                state = untied_state(loaded[rec.key].state_dict())
                 if not weights_file_holds(target / MODEL_FILENAME, state, dtype):
                     save_model_weights(target, loaded[rec.key], dtype)
             else:
@@ -246,7 +251,7 @@ def write_bundle(
     snapshot_specs = []
     folder: Path | None = None
     for snap in router_snapshots:
-        parent, folder = folder, out_dir / ROUTER_SNAPSHOTS_DIR / snap.data_cutoff.isoformat()
+        parent, folder = folder, router_snapshot_dir(out_dir, snap.data_cutoff)
         sha = (sha256_file(folder / ROUTER_FILENAME)
                if weights_file_holds(folder / ROUTER_FILENAME, snap.router.state_dict(), dtype)
                else save_router_weights(folder, snap.router, dtype,

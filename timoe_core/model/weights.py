@@ -45,6 +45,11 @@ def save_model_weights(run_dir: Path, model: torch.nn.Module,
     return save_weights_state(run_dir, model.state_dict(), dtype, parent)
 
 
+def untied_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A GPT's state dict as its weights file holds it: lm_head is wte, stored once."""
+    return {k: v for k, v in state.items() if k != "lm_head.weight"}
+
+
 def save_weights_state(run_dir: Path, state: dict[str, torch.Tensor],
                        dtype: StorageDtype = "float32", parent: Path | None = None) -> Path:
     """A model's state dict as RUN_DIR/model.safetensors, atomically, its floating-point
@@ -52,8 +57,7 @@ def save_weights_state(run_dir: Path, state: dict[str, torch.Tensor],
     copies them into the float32 model, so compute stays float32); as a delta from the
     weights file `parent` where that is smaller (`write_weights_file`)."""
     path = Path(run_dir) / MODEL_FILENAME
-    write_weights_file(path, {k: v for k, v in state.items() if k != "lm_head.weight"},
-                       dtype, parent)
+    write_weights_file(path, untied_state(state), dtype, parent)
     return path
 
 
@@ -67,6 +71,12 @@ def parent_link(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(".safetensors") + ".parent.json")
 
 
+def _write_parent_link(path: Path, parent: Path, parent_sha: str) -> None:
+    """`parent_link(path)`: the parent's path relative to `path`'s folder, and its sha256."""
+    atomic_write_json(parent_link(path), {"path": os.path.relpath(parent, path.parent),
+                                          "sha256": parent_sha})
+
+
 def write_weights_file(path: Path, state: dict[str, torch.Tensor], dtype: StorageDtype,
                        parent: Path | None = None) -> None:
     """`state` as the safetensors file `path`, atomically, its floating-point tensors
@@ -75,7 +85,6 @@ def write_weights_file(path: Path, state: dict[str, torch.Tensor], dtype: Storag
     the file's metadata records the parent's sha256, and `parent_link(path)` its path."""
     stored = stored_state(state, dtype)
     metadata = {"format": "pt", "timoe_version": __version__}
-    link = parent_link(path)
     delta = None
     if parent is not None:
         parent_sha = sha256_file(parent)
@@ -87,8 +96,7 @@ def write_weights_file(path: Path, state: dict[str, torch.Tensor], dtype: Storag
         if delta is not None:
             stored, metadata[DELTA_METADATA] = delta
             metadata["parent_sha256"] = parent_sha
-            atomic_write_json(link, {"path": os.path.relpath(parent, path.parent),
-                                     "sha256": parent_sha})
+            _write_parent_link(path, parent, parent_sha)
     with atomic_path(path) as tmp:
         try:
             save_safetensors(stored, tmp, metadata=metadata)
@@ -99,7 +107,7 @@ def write_weights_file(path: Path, state: dict[str, torch.Tensor], dtype: Storag
                 raise
             raise os_error from None
     if delta is None:
-        link.unlink(missing_ok=True)
+        parent_link(path).unlink(missing_ok=True)
 
 
 def copy_weights_file(src: Path, dst: Path) -> None:
@@ -108,8 +116,7 @@ def copy_weights_file(src: Path, dst: Path) -> None:
     metadata = _metadata(src)
     if DELTA_METADATA in metadata:  # its parent checked as a read checks it
         parent, key = _parent(src, metadata.get("parent_sha256", ""), "retrain the run")
-        atomic_write_json(parent_link(dst), {"path": os.path.relpath(parent, dst.parent),
-                                             "sha256": key[1]})
+        _write_parent_link(dst, parent, key[1])
     else:
         parent_link(dst).unlink(missing_ok=True)
     with atomic_path(dst) as tmp:

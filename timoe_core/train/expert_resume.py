@@ -62,12 +62,12 @@ def run_conflicts(saved: RunInfo, new: RunInfo, saved_cfg: TrainExpertConfig | N
                 f"(run has {was}, flags give {now})"
             )
     if saved_cfg is not None:
+        # an option both runs ignore (the average's horizon under decay branches) shaped
+        # nothing, and cannot be typed to match
+        ignored = saved_cfg.options_without_effect() & cfg.options_without_effect()
         for key in _STAGE_FIELDS if cfg.snapshots == "stages" else ("seed",):
             was, now = getattr(saved_cfg, key), getattr(cfg, key)
-            if key == "snapshot_average_fraction" and saved_cfg.snapshot_kind == "decay" == (
-                    cfg.snapshot_kind):
-                continue  # no effect on decay branches (and refused as a flag with them)
-            if was != now:
+            if key not in ignored and was != now:
                 diffs.append(f"{flag_name(TrainExpertConfig, key)} (run has {was}, flags give {now})")
     return diffs
 

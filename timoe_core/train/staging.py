@@ -63,6 +63,7 @@ from timoe_core.model.bundle import (
     ROUTER_SNAPSHOTS_DIR,
     embedded_dirname,
     load_router_weights,
+    router_snapshot_dir,
     save_router_weights,
     write_bundle,
 )
@@ -236,7 +237,7 @@ def _stages(
         else:
             router = grow_router(router, labels, cfg.seed)
         router.to(device)
-        router_dir = out / ROUTER_SNAPSHOTS_DIR / cutoff.isoformat()
+        router_dir = router_snapshot_dir(out, cutoff)
         new_rec = None
         if adapts and steps:
             assert holder is not None
@@ -274,7 +275,7 @@ def _stages(
             adapted_models[new_rec.key] = model
             adapted.append(new_rec)
         if not done:
-            previous_router = (out / ROUTER_SNAPSHOTS_DIR / snapshots[-1].data_cutoff.isoformat()
+            previous_router = (router_snapshot_dir(out, snapshots[-1].data_cutoff)
                                / ROUTER_FILENAME) if snapshots else None
             save_router_weights(router_dir, router, dtype, parent=previous_router)
             if dtype != "float32":  # go on from what is stored, as a resumed run does
